@@ -1,0 +1,1 @@
+//! Strongbox benchmarks and load generator.

@@ -1,0 +1,312 @@
+//! Error codes carried on the wire and the errors of this crate.
+
+use thiserror::Error;
+
+/// Stable error codes carried by the `Error` and `Goodbye` frames.
+///
+/// A code is never renumbered and a retired code is never reused: peers of
+/// other versions and other languages match on these numbers. Codes are
+/// grouped by range: `1..=15` protocol, `16..=31` identity and
+/// authorization, `32..=47` topics, `48..=63` produce, `64..=79`
+/// subscriptions, `80..=95` storage and keys, `96..=111` admin requests,
+/// `112..` broker state.
+#[repr(u16)]
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ErrorCode {
+    /// A frame that is not valid in the stream's current state.
+    ProtocolViolation = 1,
+    /// A frame whose body does not decode.
+    MalformedFrame = 2,
+    /// A frame longer than the negotiated maximum.
+    FrameTooLarge = 3,
+    /// A frame type this peer does not know.
+    UnknownFrameType = 4,
+    /// No protocol version in common.
+    UnsupportedVersion = 5,
+    /// A frame arrived out of order, for example a second `Hello`.
+    UnexpectedFrame = 6,
+    /// The broker sent `Records` to a subscription that had no credit left.
+    CreditExceeded = 7,
+    /// A limit (streams, in-flight requests, connections) was exceeded.
+    LimitExceeded = 8,
+    /// The peer did not answer in time (handshake or keep-alive).
+    Timeout = 9,
+
+    /// The principal may not perform the operation on the resource.
+    NotAuthorized = 16,
+    /// The client certificate was missing, invalid, expired or revoked.
+    AuthenticationFailed = 17,
+
+    /// The topic does not exist.
+    UnknownTopic = 32,
+    /// The partition does not exist in the topic.
+    UnknownPartition = 33,
+    /// A topic with that name already exists.
+    TopicExists = 34,
+    /// The topic name breaks the naming rules.
+    InvalidTopicName = 35,
+    /// A topic configuration value is out of range.
+    InvalidConfig = 36,
+
+    /// A record batch whose CRC-32C does not match its contents.
+    CorruptBatch = 48,
+    /// A record batch whose framing is invalid (lengths, counts, flags).
+    InvalidBatch = 49,
+    /// An idempotent producer skipped sequence numbers.
+    OutOfOrderSequence = 50,
+    /// An idempotent producer used an epoch older than the current one.
+    ProducerFenced = 51,
+    /// The producer id is unknown to the broker.
+    UnknownProducer = 52,
+    /// The batch uses a compression codec the broker does not accept.
+    UnsupportedCodec = 53,
+
+    /// The requested offset is outside the partition's range.
+    OffsetOutOfRange = 64,
+    /// A commit for a partition not assigned to this group member.
+    NotAssigned = 65,
+    /// The consumer group name breaks the naming rules.
+    InvalidGroup = 66,
+
+    /// The partition's log cannot be read or written (corruption, I/O).
+    PartitionUnavailable = 80,
+    /// The key provider (HSM) could not wrap or unwrap a key.
+    KeyUnavailable = 81,
+    /// The key that protects the data has been destroyed.
+    KeyDestroyed = 82,
+    /// A key version is still needed by some envelopes.
+    KeyInUse = 83,
+
+    /// The request names something that does not exist.
+    NotFound = 96,
+    /// The request is well formed but its values are not acceptable.
+    InvalidRequest = 97,
+    /// The request conflicts with the current state (already decided, exists).
+    Conflict = 98,
+
+    /// The broker is shutting down; retry against it later.
+    ShuttingDown = 112,
+    /// An internal error; the broker log has the details.
+    Internal = 113,
+}
+
+impl ErrorCode {
+    /// Every code, in numeric order.
+    pub const ALL: &'static [ErrorCode] = &[
+        Self::ProtocolViolation,
+        Self::MalformedFrame,
+        Self::FrameTooLarge,
+        Self::UnknownFrameType,
+        Self::UnsupportedVersion,
+        Self::UnexpectedFrame,
+        Self::CreditExceeded,
+        Self::LimitExceeded,
+        Self::Timeout,
+        Self::NotAuthorized,
+        Self::AuthenticationFailed,
+        Self::UnknownTopic,
+        Self::UnknownPartition,
+        Self::TopicExists,
+        Self::InvalidTopicName,
+        Self::InvalidConfig,
+        Self::CorruptBatch,
+        Self::InvalidBatch,
+        Self::OutOfOrderSequence,
+        Self::ProducerFenced,
+        Self::UnknownProducer,
+        Self::UnsupportedCodec,
+        Self::OffsetOutOfRange,
+        Self::NotAssigned,
+        Self::InvalidGroup,
+        Self::PartitionUnavailable,
+        Self::KeyUnavailable,
+        Self::KeyDestroyed,
+        Self::KeyInUse,
+        Self::NotFound,
+        Self::InvalidRequest,
+        Self::Conflict,
+        Self::ShuttingDown,
+        Self::Internal,
+    ];
+
+    /// The numeric code.
+    pub fn as_u16(self) -> u16 {
+        self as u16
+    }
+
+    /// The code for `value`, if it is one this version knows.
+    pub fn from_u16(value: u16) -> Option<Self> {
+        Self::ALL.iter().copied().find(|c| c.as_u16() == value)
+    }
+
+    /// The code's name as written in docs/PROTOCOL.md, in snake case.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ProtocolViolation => "protocol_violation",
+            Self::MalformedFrame => "malformed_frame",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::UnknownFrameType => "unknown_frame_type",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::UnexpectedFrame => "unexpected_frame",
+            Self::CreditExceeded => "credit_exceeded",
+            Self::LimitExceeded => "limit_exceeded",
+            Self::Timeout => "timeout",
+            Self::NotAuthorized => "not_authorized",
+            Self::AuthenticationFailed => "authentication_failed",
+            Self::UnknownTopic => "unknown_topic",
+            Self::UnknownPartition => "unknown_partition",
+            Self::TopicExists => "topic_exists",
+            Self::InvalidTopicName => "invalid_topic_name",
+            Self::InvalidConfig => "invalid_config",
+            Self::CorruptBatch => "corrupt_batch",
+            Self::InvalidBatch => "invalid_batch",
+            Self::OutOfOrderSequence => "out_of_order_sequence",
+            Self::ProducerFenced => "producer_fenced",
+            Self::UnknownProducer => "unknown_producer",
+            Self::UnsupportedCodec => "unsupported_codec",
+            Self::OffsetOutOfRange => "offset_out_of_range",
+            Self::NotAssigned => "not_assigned",
+            Self::InvalidGroup => "invalid_group",
+            Self::PartitionUnavailable => "partition_unavailable",
+            Self::KeyUnavailable => "key_unavailable",
+            Self::KeyDestroyed => "key_destroyed",
+            Self::KeyInUse => "key_in_use",
+            Self::NotFound => "not_found",
+            Self::InvalidRequest => "invalid_request",
+            Self::Conflict => "conflict",
+            Self::ShuttingDown => "shutting_down",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// Whether a client may retry the same request unchanged later.
+    pub fn is_retriable(self) -> bool {
+        matches!(
+            self,
+            Self::PartitionUnavailable
+                | Self::KeyUnavailable
+                | Self::ShuttingDown
+                | Self::Timeout
+                | Self::LimitExceeded
+        )
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.as_u16())
+    }
+}
+
+/// Why bytes could not be decoded.
+///
+/// Offsets count from the start of the value being decoded (the frame body
+/// or the record batch).
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    /// The input ended before the value did.
+    #[error("truncated at byte {offset}: need {need} bytes, have {have}")]
+    Truncated {
+        /// Where the short read started.
+        offset: usize,
+        /// Bytes the value needs.
+        need: usize,
+        /// Bytes that were left.
+        have: usize,
+    },
+    /// Bytes were left after a complete value.
+    #[error("{remaining} trailing bytes at byte {offset}")]
+    TrailingBytes {
+        /// Where the unread bytes start.
+        offset: usize,
+        /// How many bytes were not read.
+        remaining: usize,
+    },
+    /// A string field was not UTF-8.
+    #[error("invalid UTF-8 in string at byte {offset}")]
+    InvalidUtf8 {
+        /// Where the string starts.
+        offset: usize,
+    },
+    /// A field held a value outside its domain (an unknown enum tag, a
+    /// reserved bit set).
+    #[error("invalid value for {field} at byte {offset}")]
+    InvalidValue {
+        /// The field's name as in docs/PROTOCOL.md.
+        field: &'static str,
+        /// Where the field starts.
+        offset: usize,
+    },
+    /// A frame type this version does not know.
+    #[error("unknown frame type 0x{0:04x}")]
+    UnknownFrameType(u16),
+    /// A frame length over the negotiated maximum, refused before reading it.
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    FrameTooLarge {
+        /// The declared length.
+        len: usize,
+        /// The negotiated maximum.
+        max: usize,
+    },
+    /// A frame length too small to hold the frame type.
+    #[error("frame length {0} is shorter than the 2-byte type")]
+    FrameTooShort(usize),
+    /// A record batch whose CRC-32C does not match.
+    #[error("record batch CRC-32C mismatch: stored {stored:08x}, computed {computed:08x}")]
+    CrcMismatch {
+        /// The CRC in the batch header.
+        stored: u32,
+        /// The CRC of the bytes received.
+        computed: u32,
+    },
+    /// A record batch that uses a compression codec this version rejects.
+    #[error("record batch uses unsupported compression codec {0}")]
+    UnsupportedCodec(u8),
+}
+
+impl DecodeError {
+    /// The wire error code a peer reports for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::UnknownFrameType(_) => ErrorCode::UnknownFrameType,
+            Self::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+            Self::CrcMismatch { .. } => ErrorCode::CorruptBatch,
+            Self::UnsupportedCodec(_) => ErrorCode::UnsupportedCodec,
+            _ => ErrorCode::MalformedFrame,
+        }
+    }
+}
+
+/// Why a value could not be encoded.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum EncodeError {
+    /// A field is longer than its length prefix can express.
+    #[error("{field} is {len} bytes long; the maximum is {max}")]
+    TooLong {
+        /// The field's name.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The largest length the prefix can hold.
+        max: usize,
+    },
+    /// The encoded frame would exceed the negotiated maximum.
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    FrameTooLarge {
+        /// The frame's encoded length.
+        len: usize,
+        /// The negotiated maximum.
+        max: usize,
+    },
+    /// A value is outside the range its field can encode.
+    #[error("{field} is out of range: {detail}")]
+    OutOfRange {
+        /// The field's name.
+        field: &'static str,
+        /// What was wrong with it.
+        detail: String,
+    },
+}

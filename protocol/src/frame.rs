@@ -1,0 +1,503 @@
+//! The frame: `u32 length | u16 type | body`, and its decoder.
+//!
+//! `length` counts the type and the body, not itself. A receiver checks
+//! `length` against the negotiated maximum before reading or allocating the
+//! rest, and rejects a body with bytes left over after its last field.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::codec::Reader;
+use crate::error::{DecodeError, EncodeError};
+use crate::frames::Body;
+use crate::frames::admin::{AdminRequest, AdminResponse};
+use crate::frames::control::{ErrorFrame, Goodbye, Hello, Ping, Pong, Welcome};
+use crate::frames::produce::{Produce, ProduceAck};
+use crate::frames::subscribe::{
+    Assignment, Commit, CommitAck, Credit, Records, Subscribe, SubscriptionEnd, Unsubscribe,
+};
+
+/// Bytes of the length prefix.
+pub const FRAME_HEADER_LEN: usize = 4;
+/// Bytes of the type field.
+pub const FRAME_TYPE_LEN: usize = 2;
+/// The maximum frame length (type and body) a peer must accept until the
+/// handshake says otherwise.
+pub const DEFAULT_MAX_FRAME_SIZE: u32 = 4 * 1024 * 1024;
+/// The smallest maximum a peer may announce.
+pub const MIN_MAX_FRAME_SIZE: u32 = 64 * 1024;
+/// The largest maximum a peer may announce.
+pub const ABSOLUTE_MAX_FRAME_SIZE: u32 = 64 * 1024 * 1024;
+
+macro_rules! frame_types {
+    ($( $(#[$doc:meta])* $name:ident = $code:literal, )*) => {
+        /// Every frame type of protocol version 1, with its wire code.
+        ///
+        /// Codes are grouped by stream: `0x00xx` control, `0x001x` produce,
+        /// `0x002x` subscriptions, `0x01xx` admin requests, `0x02xx` admin
+        /// responses. A code is never reused.
+        #[repr(u16)]
+        #[non_exhaustive]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum FrameType {
+            $( $(#[$doc])* $name = $code, )*
+        }
+
+        impl FrameType {
+            /// Every frame type, in code order.
+            pub const ALL: &'static [FrameType] = &[$(FrameType::$name,)*];
+
+            /// The type for a wire code.
+            pub fn from_u16(code: u16) -> Option<Self> {
+                match code {
+                    $( $code => Some(Self::$name), )*
+                    _ => None,
+                }
+            }
+
+            /// The type's name as written in docs/PROTOCOL.md.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( Self::$name => stringify!($name), )*
+                }
+            }
+        }
+    };
+}
+
+frame_types! {
+    /// Client → broker, control stream: versions and limits.
+    Hello = 0x0001,
+    /// Broker → client, control stream: the chosen version, principal, limits.
+    Welcome = 0x0002,
+    /// Either way, control stream: keep-alive probe.
+    Ping = 0x0003,
+    /// Either way, control stream: keep-alive answer.
+    Pong = 0x0004,
+    /// Either way, control stream: the sender closes the connection.
+    Goodbye = 0x0005,
+    /// Broker → client, any stream: a request failed or the stream ends.
+    Error = 0x0006,
+    /// Client → broker, producer stream: append a batch.
+    Produce = 0x0010,
+    /// Broker → client, producer stream: the batch is durable.
+    ProduceAck = 0x0011,
+    /// Client → broker, subscription stream: open it.
+    Subscribe = 0x0020,
+    /// Broker → client, subscription stream: partitions and positions.
+    Assignment = 0x0021,
+    /// Client → broker, subscription stream: more byte credit.
+    Credit = 0x0022,
+    /// Broker → client, subscription stream: record batches.
+    Records = 0x0023,
+    /// Client → broker, subscription stream: commit a group offset.
+    Commit = 0x0024,
+    /// Broker → client, subscription stream: the commit is durable.
+    CommitAck = 0x0025,
+    /// Client → broker, subscription stream: end it.
+    Unsubscribe = 0x0026,
+    /// Broker → client, subscription stream: the last frame.
+    SubscriptionEnd = 0x0027,
+    /// Admin request: the caller's principal.
+    WhoAmI = 0x0100,
+    /// Admin request: create a topic.
+    CreateTopic = 0x0101,
+    /// Admin request: delete a topic.
+    DeleteTopic = 0x0102,
+    /// Admin request: describe a topic.
+    DescribeTopic = 0x0103,
+    /// Admin request: list topics.
+    ListTopics = 0x0104,
+    /// Admin request: add an ACL rule.
+    AclGrant = 0x0110,
+    /// Admin request: remove an ACL rule.
+    AclRevoke = 0x0111,
+    /// Admin request: list ACL rules.
+    AclList = 0x0112,
+    /// Admin request: get an idempotent producer id.
+    InitProducer = 0x0120,
+    /// Admin request: key versions and rewrap progress.
+    KeyStatus = 0x0130,
+    /// Admin request: rotate a key.
+    KeyRotate = 0x0131,
+    /// Admin request: start a rewrap.
+    KeyRewrap = 0x0132,
+    /// Admin request: make a version decrypt-only.
+    KeyRetire = 0x0133,
+    /// Admin request: destroy a version.
+    KeyDestroy = 0x0134,
+    /// Admin request: mark a version compromised.
+    KeyCompromised = 0x0135,
+    /// Admin request: the audit chain head.
+    AuditHead = 0x0140,
+    /// Admin request: ask for access to a topic.
+    AccessRequest = 0x0150,
+    /// Admin request: list access requests.
+    AccessList = 0x0151,
+    /// Admin request: approve an access request.
+    AccessApprove = 0x0152,
+    /// Admin request: deny an access request.
+    AccessDeny = 0x0153,
+    /// Admin request: a topic's end-to-end recipients.
+    RecipientList = 0x0160,
+    /// Admin request: add or replace a recipient.
+    RecipientPut = 0x0161,
+    /// Admin request: remove a recipient.
+    RecipientRemove = 0x0162,
+    /// Admin response: success without data.
+    AdminOk = 0x0200,
+    /// Admin response to `WhoAmI`.
+    WhoAmIResult = 0x0201,
+    /// Admin response: one topic.
+    TopicResult = 0x0202,
+    /// Admin response: topics.
+    TopicListResult = 0x0203,
+    /// Admin response: ACL rules.
+    AclListResult = 0x0204,
+    /// Admin response: a producer id.
+    ProducerResult = 0x0205,
+    /// Admin response: key status.
+    KeyStatusResult = 0x0206,
+    /// Admin response: a key version after a change.
+    KeyChangedResult = 0x0207,
+    /// Admin response: the audit chain head.
+    AuditHeadResult = 0x0208,
+    /// Admin response: one access request.
+    AccessResult = 0x0209,
+    /// Admin response: access requests.
+    AccessListResult = 0x020A,
+    /// Admin response: a topic's recipients.
+    RecipientListResult = 0x020B,
+}
+
+impl FrameType {
+    /// The wire code.
+    pub fn as_u16(self) -> u16 {
+        self as u16
+    }
+
+    /// True for the admin request types (`0x01xx`).
+    pub fn is_admin_request(self) -> bool {
+        self.as_u16() & 0xFF00 == 0x0100
+    }
+
+    /// True for the admin response types (`0x02xx`).
+    pub fn is_admin_response(self) -> bool {
+        self.as_u16() & 0xFF00 == 0x0200
+    }
+}
+
+impl std::fmt::Display for FrameType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (0x{:04x})", self.name(), self.as_u16())
+    }
+}
+
+/// One decoded frame.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// See [`Hello`].
+    Hello(Hello),
+    /// See [`Welcome`].
+    Welcome(Welcome),
+    /// See [`Ping`].
+    Ping(Ping),
+    /// See [`Pong`].
+    Pong(Pong),
+    /// See [`Goodbye`].
+    Goodbye(Goodbye),
+    /// See [`ErrorFrame`].
+    Error(ErrorFrame),
+    /// See [`Produce`].
+    Produce(Produce),
+    /// See [`ProduceAck`].
+    ProduceAck(ProduceAck),
+    /// See [`Subscribe`].
+    Subscribe(Subscribe),
+    /// See [`Assignment`].
+    Assignment(Assignment),
+    /// See [`Credit`].
+    Credit(Credit),
+    /// See [`Records`].
+    Records(Records),
+    /// See [`Commit`].
+    Commit(Commit),
+    /// See [`CommitAck`].
+    CommitAck(CommitAck),
+    /// See [`Unsubscribe`].
+    Unsubscribe(Unsubscribe),
+    /// See [`SubscriptionEnd`].
+    SubscriptionEnd(SubscriptionEnd),
+    /// An admin request; its variant decides the frame type.
+    Request(AdminRequest),
+    /// An admin response; its variant decides the frame type.
+    Response(AdminResponse),
+}
+
+impl Frame {
+    /// The frame's type.
+    pub fn frame_type(&self) -> FrameType {
+        match self {
+            Self::Hello(_) => FrameType::Hello,
+            Self::Welcome(_) => FrameType::Welcome,
+            Self::Ping(_) => FrameType::Ping,
+            Self::Pong(_) => FrameType::Pong,
+            Self::Goodbye(_) => FrameType::Goodbye,
+            Self::Error(_) => FrameType::Error,
+            Self::Produce(_) => FrameType::Produce,
+            Self::ProduceAck(_) => FrameType::ProduceAck,
+            Self::Subscribe(_) => FrameType::Subscribe,
+            Self::Assignment(_) => FrameType::Assignment,
+            Self::Credit(_) => FrameType::Credit,
+            Self::Records(_) => FrameType::Records,
+            Self::Commit(_) => FrameType::Commit,
+            Self::CommitAck(_) => FrameType::CommitAck,
+            Self::Unsubscribe(_) => FrameType::Unsubscribe,
+            Self::SubscriptionEnd(_) => FrameType::SubscriptionEnd,
+            Self::Request(r) => r.frame_type(),
+            Self::Response(r) => r.frame_type(),
+        }
+    }
+
+    /// Appends the encoded frame to `dst`.
+    ///
+    /// # Errors
+    ///
+    /// [`EncodeError::FrameTooLarge`] when the frame would exceed
+    /// `max_frame_size` (nothing is appended), or [`EncodeError::TooLong`]
+    /// when a field exceeds its length prefix.
+    pub fn encode(&self, dst: &mut BytesMut, max_frame_size: u32) -> Result<(), EncodeError> {
+        let start = dst.len();
+        dst.put_u32(0);
+        dst.put_u16(self.frame_type().as_u16());
+        let body = match self {
+            Self::Hello(f) => f.encode_body(dst),
+            Self::Welcome(f) => f.encode_body(dst),
+            Self::Ping(f) => f.encode_body(dst),
+            Self::Pong(f) => f.encode_body(dst),
+            Self::Goodbye(f) => f.encode_body(dst),
+            Self::Error(f) => f.encode_body(dst),
+            Self::Produce(f) => f.encode_body(dst),
+            Self::ProduceAck(f) => f.encode_body(dst),
+            Self::Subscribe(f) => f.encode_body(dst),
+            Self::Assignment(f) => f.encode_body(dst),
+            Self::Credit(f) => f.encode_body(dst),
+            Self::Records(f) => f.encode_body(dst),
+            Self::Commit(f) => f.encode_body(dst),
+            Self::CommitAck(f) => f.encode_body(dst),
+            Self::Unsubscribe(f) => f.encode_body(dst),
+            Self::SubscriptionEnd(f) => f.encode_body(dst),
+            Self::Request(r) => r.encode_body(dst),
+            Self::Response(r) => r.encode_body(dst),
+        };
+        let len = dst.len() - start - FRAME_HEADER_LEN;
+        let fits = match body {
+            Ok(()) if len > max_frame_size as usize => Err(EncodeError::FrameTooLarge {
+                len,
+                max: max_frame_size as usize,
+            }),
+            other => other,
+        };
+        match fits {
+            Ok(()) => {
+                let len = u32::try_from(len).unwrap_or(u32::MAX);
+                if let Some(prefix) = dst.get_mut(start..start + FRAME_HEADER_LEN) {
+                    prefix.copy_from_slice(&len.to_be_bytes());
+                }
+                Ok(())
+            }
+            Err(e) => {
+                dst.truncate(start);
+                Err(e)
+            }
+        }
+    }
+
+    /// Encodes the frame into a new buffer.
+    ///
+    /// # Errors
+    ///
+    /// As [`Frame::encode`].
+    pub fn to_bytes(&self, max_frame_size: u32) -> Result<Bytes, EncodeError> {
+        let mut buf = BytesMut::new();
+        self.encode(&mut buf, max_frame_size)?;
+        Ok(buf.freeze())
+    }
+
+    /// Decodes a frame body of type `code`.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::UnknownFrameType`], or the first field that does not
+    /// decode, or [`DecodeError::TrailingBytes`].
+    pub fn decode_body(code: u16, body: Bytes) -> Result<Self, DecodeError> {
+        let ty = FrameType::from_u16(code).ok_or(DecodeError::UnknownFrameType(code))?;
+        let mut r = Reader::new(body);
+        let frame = match ty {
+            FrameType::Hello => Self::Hello(Hello::decode_body(&mut r)?),
+            FrameType::Welcome => Self::Welcome(Welcome::decode_body(&mut r)?),
+            FrameType::Ping => Self::Ping(Ping::decode_body(&mut r)?),
+            FrameType::Pong => Self::Pong(Pong::decode_body(&mut r)?),
+            FrameType::Goodbye => Self::Goodbye(Goodbye::decode_body(&mut r)?),
+            FrameType::Error => Self::Error(ErrorFrame::decode_body(&mut r)?),
+            FrameType::Produce => Self::Produce(Produce::decode_body(&mut r)?),
+            FrameType::ProduceAck => Self::ProduceAck(ProduceAck::decode_body(&mut r)?),
+            FrameType::Subscribe => Self::Subscribe(Subscribe::decode_body(&mut r)?),
+            FrameType::Assignment => Self::Assignment(Assignment::decode_body(&mut r)?),
+            FrameType::Credit => Self::Credit(Credit::decode_body(&mut r)?),
+            FrameType::Records => Self::Records(Records::decode_body(&mut r)?),
+            FrameType::Commit => Self::Commit(Commit::decode_body(&mut r)?),
+            FrameType::CommitAck => Self::CommitAck(CommitAck::decode_body(&mut r)?),
+            FrameType::Unsubscribe => Self::Unsubscribe(Unsubscribe::decode_body(&mut r)?),
+            FrameType::SubscriptionEnd => {
+                Self::SubscriptionEnd(SubscriptionEnd::decode_body(&mut r)?)
+            }
+            ty if ty.is_admin_request() => match AdminRequest::decode_body(ty, &mut r)? {
+                Some(req) => Self::Request(req),
+                None => return Err(DecodeError::UnknownFrameType(code)),
+            },
+            ty => match AdminResponse::decode_body(ty, &mut r)? {
+                Some(resp) => Self::Response(resp),
+                None => return Err(DecodeError::UnknownFrameType(code)),
+            },
+        };
+        r.finish()?;
+        Ok(frame)
+    }
+}
+
+/// The result of [`decode_frame`].
+#[allow(clippy::large_enum_variant)] // moved once, straight to its consumer
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    /// A whole frame and the bytes it took from the input.
+    Frame(Frame, usize),
+    /// The input holds part of a frame; at least this many more bytes are
+    /// needed.
+    NeedMore(usize),
+}
+
+/// Decodes one frame from the front of `src`.
+///
+/// The length prefix is checked against `max_frame_size` as soon as it is
+/// read, before waiting for or allocating the body.
+///
+/// # Errors
+///
+/// [`DecodeError::FrameTooLarge`] or [`DecodeError::FrameTooShort`] for a bad
+/// length; otherwise as [`Frame::decode_body`].
+pub fn decode_frame(src: &Bytes, max_frame_size: u32) -> Result<Decoded, DecodeError> {
+    let Some(len) = peek_length(src, max_frame_size)? else {
+        return Ok(Decoded::NeedMore(FRAME_HEADER_LEN - src.len()));
+    };
+    let total = FRAME_HEADER_LEN + len;
+    if src.len() < total {
+        return Ok(Decoded::NeedMore(total - src.len()));
+    }
+    let mut frame = src.slice(FRAME_HEADER_LEN..total);
+    let code = frame.get_u16();
+    Ok(Decoded::Frame(Frame::decode_body(code, frame)?, total))
+}
+
+/// Reads and checks the length prefix; `None` when fewer than four bytes
+/// are available.
+fn peek_length(src: &[u8], max_frame_size: u32) -> Result<Option<usize>, DecodeError> {
+    let Some(prefix) = src.get(..FRAME_HEADER_LEN) else {
+        return Ok(None);
+    };
+    let mut raw = [0u8; FRAME_HEADER_LEN];
+    raw.copy_from_slice(prefix);
+    let len = u32::from_be_bytes(raw) as usize;
+    if len > max_frame_size as usize {
+        return Err(DecodeError::FrameTooLarge {
+            len,
+            max: max_frame_size as usize,
+        });
+    }
+    if len < FRAME_TYPE_LEN {
+        return Err(DecodeError::FrameTooShort(len));
+    }
+    Ok(Some(len))
+}
+
+/// Reassembles frames from a byte stream that arrives in pieces.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use strongbox_protocol::frame::{Frame, FrameDecoder, DEFAULT_MAX_FRAME_SIZE};
+/// use strongbox_protocol::frames::control::Ping;
+///
+/// let wire = Frame::Ping(Ping { nonce: 7 }).to_bytes(DEFAULT_MAX_FRAME_SIZE)?;
+/// let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_SIZE);
+/// decoder.extend(&wire[..3]);
+/// assert_eq!(decoder.next_frame()?, None);
+/// decoder.extend(&wire[3..]);
+/// assert_eq!(decoder.next_frame()?, Some(Frame::Ping(Ping { nonce: 7 })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+    max_frame_size: u32,
+}
+
+impl FrameDecoder {
+    /// A decoder that refuses frames longer than `max_frame_size`.
+    pub fn new(max_frame_size: u32) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            max_frame_size,
+        }
+    }
+
+    /// Changes the limit, for example after the handshake.
+    pub fn set_max_frame_size(&mut self, max_frame_size: u32) {
+        self.max_frame_size = max_frame_size;
+    }
+
+    /// The current limit.
+    pub fn max_frame_size(&self) -> u32 {
+        self.max_frame_size
+    }
+
+    /// Bytes received but not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Capacity of the internal buffer; never much more than one maximum
+    /// frame.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Appends received bytes.
+    pub fn extend(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Decodes the next whole frame, if the buffer holds one.
+    ///
+    /// After an error the stream is unusable: the caller closes it with the
+    /// error's [`DecodeError::code`].
+    ///
+    /// # Errors
+    ///
+    /// As [`decode_frame`].
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
+        let Some(len) = peek_length(&self.buf, self.max_frame_size)? else {
+            return Ok(None);
+        };
+        let total = FRAME_HEADER_LEN + len;
+        if self.buf.len() < total {
+            // Reserve for this frame only; `len` is already bounded by the
+            // maximum, so a forged length cannot make us allocate more.
+            self.buf.reserve(total - self.buf.len());
+            return Ok(None);
+        }
+        let mut frame = self.buf.split_to(total).freeze();
+        frame.advance(FRAME_HEADER_LEN);
+        let code = frame.get_u16();
+        Frame::decode_body(code, frame).map(Some)
+    }
+}

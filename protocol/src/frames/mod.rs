@@ -1,0 +1,18 @@
+//! Frame bodies, one module per stream kind.
+
+use bytes::BytesMut;
+
+use crate::codec::Reader;
+use crate::error::{DecodeError, EncodeError};
+
+pub mod admin;
+pub mod admin_types;
+pub mod control;
+pub mod produce;
+pub mod subscribe;
+
+/// A frame body that encodes itself and decodes from a [`Reader`].
+pub(crate) trait Body: Sized {
+    fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError>;
+    fn decode_body(r: &mut Reader) -> Result<Self, DecodeError>;
+}

@@ -1,0 +1,64 @@
+//! The Strongbox wire protocol, without I/O.
+//!
+//! This crate defines everything two Strongbox peers say to each other over
+//! QUIC, and nothing about how the bytes travel:
+//!
+//! - [`frame`]: the frame (`u32 length | u16 type | body`), the
+//!   [`FrameType`](frame::FrameType) codes and a streaming
+//!   [`FrameDecoder`](frame::FrameDecoder) that refuses oversized frames
+//!   before allocating;
+//! - [`frames`]: every frame body, by stream kind;
+//! - [`batch`]: the record batch, the unit of append, encryption at rest and
+//!   delivery, with a builder and a zero-copy reader;
+//! - [`session`]: sans-IO state machines for both ends of the control stream,
+//!   producer streams, subscription streams and admin streams. They take
+//!   frames and the current time and hand back frames to send and events;
+//!   the caller owns the sockets and the clock, so the machines are
+//!   deterministic and are tested without a network;
+//! - [`error`]: the stable wire [`ErrorCode`](error::ErrorCode)s.
+//!
+//! docs/PROTOCOL.md specifies the same format byte by byte for
+//! implementations in other languages.
+//!
+//! ```
+//! use strongbox_protocol::frame::{decode_frame, Decoded, Frame, DEFAULT_MAX_FRAME_SIZE};
+//! use strongbox_protocol::frames::control::Hello;
+//!
+//! let hello = Frame::Hello(Hello {
+//!     versions: vec![1],
+//!     client_name: "example/0.1".into(),
+//!     max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+//!     features: 0,
+//! });
+//! let wire = hello.to_bytes(DEFAULT_MAX_FRAME_SIZE)?;
+//! assert_eq!(decode_frame(&wire, DEFAULT_MAX_FRAME_SIZE)?, Decoded::Frame(hello, wire.len()));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![warn(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    clippy::panic
+)]
+
+pub mod batch;
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod frames;
+pub mod session;
+
+/// The ALPN protocol id of this protocol on QUIC.
+pub const ALPN: &[u8] = b"strongbox/1";
+
+/// The protocol versions this crate implements.
+pub const SUPPORTED_VERSIONS: &[u16] = &[1];
+
+/// The newest protocol version this crate implements.
+pub const CURRENT_VERSION: u16 = 1;
+
+pub use error::{DecodeError, EncodeError, ErrorCode};
+pub use frame::{Frame, FrameDecoder, FrameType};

@@ -1,0 +1,15 @@
+//! The Strongbox storage engine: the encrypted partition log, key providers,
+//! the key registry and the metadata store.
+//!
+//! The core is synchronous and does no networking; the broker drives it.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![warn(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    clippy::panic
+)]
+
+pub mod keys;
