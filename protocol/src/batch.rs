@@ -112,7 +112,8 @@ impl BatchHeader {
     /// Sequence of the last record, for an idempotent batch.
     pub fn last_sequence(&self) -> Option<u32> {
         let p = self.producer?;
-        p.base_sequence.checked_add(self.record_count.checked_sub(1)?)
+        p.base_sequence
+            .checked_add(self.record_count.checked_sub(1)?)
     }
 }
 
@@ -216,7 +217,10 @@ impl RecordBatch {
     /// Iterates the records without copying keys, headers or values.
     pub fn records(&self) -> Records {
         Records {
-            inner: RecordReader::new(self.bytes.slice(BATCH_HEADER_LEN..), self.header.base_timestamp),
+            inner: RecordReader::new(
+                self.bytes.slice(BATCH_HEADER_LEN..),
+                self.header.base_timestamp,
+            ),
             index: 0,
         }
     }
@@ -229,13 +233,15 @@ impl RecordBatch {
 ///
 /// [`DecodeError`] for a short or inconsistent header.
 pub fn parse_header(bytes: &[u8]) -> Result<BatchHeader, DecodeError> {
-    let mut r = Reader::new(Bytes::copy_from_slice(bytes.get(..BATCH_HEADER_LEN).ok_or(
-        DecodeError::Truncated {
-            offset: 0,
-            need: BATCH_HEADER_LEN,
-            have: bytes.len(),
-        },
-    )?));
+    let mut r = Reader::new(Bytes::copy_from_slice(
+        bytes
+            .get(..BATCH_HEADER_LEN)
+            .ok_or(DecodeError::Truncated {
+                offset: 0,
+                need: BATCH_HEADER_LEN,
+                have: bytes.len(),
+            })?,
+    ));
     if r.u16()? != BATCH_MAGIC {
         return Err(DecodeError::InvalidValue {
             field: "magic",
@@ -436,13 +442,13 @@ impl RecordReader {
         let mut r = Reader::new(record.clone());
         let at = |r: &Reader| start + 4 + r.position();
         let delta = r.i32()?;
-        let timestamp = self
-            .base_timestamp
-            .checked_add(i64::from(delta))
-            .ok_or(DecodeError::InvalidValue {
-                field: "timestamp_delta",
-                offset: start + 4,
-            })?;
+        let timestamp =
+            self.base_timestamp
+                .checked_add(i64::from(delta))
+                .ok_or(DecodeError::InvalidValue {
+                    field: "timestamp_delta",
+                    offset: start + 4,
+                })?;
         let key_len = r.u32()?;
         let key = if key_len == NO_KEY {
             None
@@ -552,7 +558,10 @@ impl BatchBuilder {
             + 4
             + key.map_or(0, <[u8]>::len)
             + 2
-            + headers.iter().map(|(n, v)| 2 + n.len() + 4 + v.len()).sum::<usize>()
+            + headers
+                .iter()
+                .map(|(n, v)| 2 + n.len() + 4 + v.len())
+                .sum::<usize>()
             + 4
             + value.len()
     }
@@ -582,10 +591,13 @@ impl BatchBuilder {
                     self.base_timestamp
                 ),
             })?;
-        let count = self.count.checked_add(1).ok_or_else(|| EncodeError::OutOfRange {
-            field: "record_count",
-            detail: "a batch holds at most u32::MAX records".into(),
-        })?;
+        let count = self
+            .count
+            .checked_add(1)
+            .ok_or_else(|| EncodeError::OutOfRange {
+                field: "record_count",
+                detail: "a batch holds at most u32::MAX records".into(),
+            })?;
         if key.is_some_and(|k| k.len() >= NO_KEY as usize) {
             return Err(EncodeError::TooLong {
                 field: "key",
@@ -627,13 +639,26 @@ impl BatchBuilder {
     ///
     /// # Errors
     ///
-    /// [`EncodeError::OutOfRange`] for an empty batch or a body over 4 GiB.
+    /// [`EncodeError::OutOfRange`] for an empty batch, a body over 4 GiB, or
+    /// an idempotent batch whose last sequence would overflow `u32`.
     pub fn finish(mut self) -> Result<Bytes, EncodeError> {
         if self.count == 0 {
             return Err(EncodeError::OutOfRange {
                 field: "record_count",
                 detail: "a batch needs at least one record".into(),
             });
+        }
+        // `RecordBatch::parse` refuses a batch whose last sequence overflows.
+        if let Some(p) = self.producer {
+            if p.base_sequence.checked_add(self.count - 1).is_none() {
+                return Err(EncodeError::OutOfRange {
+                    field: "base_sequence",
+                    detail: format!(
+                        "base_sequence {} + {} records overflows u32",
+                        p.base_sequence, self.count
+                    ),
+                });
+            }
         }
         let body_length = crate::codec::len32("body", self.buf.len() - BATCH_HEADER_LEN)?;
         let mut header = [0u8; BATCH_HEADER_LEN];

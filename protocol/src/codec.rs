@@ -73,11 +73,13 @@ impl Reader {
         let start = self.pos;
         self.pos += n;
         // `start + n <= buf.len()` was checked above.
-        self.buf.get(start..start + n).ok_or(DecodeError::Truncated {
-            offset: start,
-            need: n,
-            have,
-        })
+        self.buf
+            .get(start..start + n)
+            .ok_or(DecodeError::Truncated {
+                offset: start,
+                need: n,
+                have,
+            })
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {

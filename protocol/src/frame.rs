@@ -91,7 +91,7 @@ frame_types! {
     Records = 0x0023,
     /// Client → broker, subscription stream: commit a group offset.
     Commit = 0x0024,
-    /// Broker → client, subscription stream: the commit is durable.
+    /// Broker → client, subscription stream: the answer to a commit.
     CommitAck = 0x0025,
     /// Client → broker, subscription stream: end it.
     Unsubscribe = 0x0026,

@@ -42,7 +42,11 @@ pub(crate) fn put_opt_u64(dst: &mut BytesMut, v: Option<u64>) {
 }
 
 pub(crate) fn get_opt_u64(r: &mut Reader, field: &'static str) -> Result<Option<u64>, DecodeError> {
-    Ok(if r.present(field)? { Some(r.u64()?) } else { None })
+    Ok(if r.present(field)? {
+        Some(r.u64()?)
+    } else {
+        None
+    })
 }
 
 pub(crate) fn put_opt_i64(dst: &mut BytesMut, v: Option<i64>) {
@@ -56,7 +60,11 @@ pub(crate) fn put_opt_i64(dst: &mut BytesMut, v: Option<i64>) {
 }
 
 pub(crate) fn get_opt_i64(r: &mut Reader, field: &'static str) -> Result<Option<i64>, DecodeError> {
-    Ok(if r.present(field)? { Some(r.i64()?) } else { None })
+    Ok(if r.present(field)? {
+        Some(r.i64()?)
+    } else {
+        None
+    })
 }
 
 pub(crate) fn put_opt_u32(dst: &mut BytesMut, v: Option<u32>) {
@@ -70,7 +78,11 @@ pub(crate) fn put_opt_u32(dst: &mut BytesMut, v: Option<u32>) {
 }
 
 pub(crate) fn get_opt_u32(r: &mut Reader, field: &'static str) -> Result<Option<u32>, DecodeError> {
-    Ok(if r.present(field)? { Some(r.u32()?) } else { None })
+    Ok(if r.present(field)? {
+        Some(r.u32()?)
+    } else {
+        None
+    })
 }
 
 pub(crate) fn put_opt_string(
@@ -94,7 +106,11 @@ pub(crate) fn get_opt_string(
     r: &mut Reader,
     field: &'static str,
 ) -> Result<Option<String>, DecodeError> {
-    Ok(if r.present(field)? { Some(r.string()?) } else { None })
+    Ok(if r.present(field)? {
+        Some(r.string()?)
+    } else {
+        None
+    })
 }
 
 pub(crate) fn put_opt_bytes(
@@ -114,8 +130,15 @@ pub(crate) fn put_opt_bytes(
     }
 }
 
-pub(crate) fn get_opt_bytes(r: &mut Reader, field: &'static str) -> Result<Option<Bytes>, DecodeError> {
-    Ok(if r.present(field)? { Some(r.bytes()?) } else { None })
+pub(crate) fn get_opt_bytes(
+    r: &mut Reader,
+    field: &'static str,
+) -> Result<Option<Bytes>, DecodeError> {
+    Ok(if r.present(field)? {
+        Some(r.bytes()?)
+    } else {
+        None
+    })
 }
 
 /// How a topic makes appends durable before acknowledging them.
@@ -138,6 +161,13 @@ impl Field for Durability {
     fn put(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
         let (tag, ms) = match *self {
             Self::Fsync => (0, 0),
+            // The decoder refuses an interval of 0; refuse to write one.
+            Self::Interval { interval_ms: 0 } => {
+                return Err(EncodeError::OutOfRange {
+                    field: "durability",
+                    detail: "interval_ms must be at least 1".into(),
+                });
+            }
             Self::Interval { interval_ms } => (1, interval_ms),
             Self::None => (2, 0),
         };
@@ -344,7 +374,10 @@ impl Operations {
 
     /// The operation named `name` (`publish`, `subscribe`, ...).
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::NAMED.iter().find(|(_, n)| *n == name).map(|(op, _)| *op)
+        Self::NAMED
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(op, _)| *op)
     }
 
     /// The names of the operations in the set.
@@ -365,6 +398,13 @@ impl std::fmt::Display for Operations {
 
 impl Field for Operations {
     fn put(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        // The decoder refuses bits that name no operation; refuse to write them.
+        if self.0 & !Self::VALID != 0 {
+            return Err(EncodeError::OutOfRange {
+                field: "operations",
+                detail: format!("bits {:#06x} name no operation", self.0 & !Self::VALID),
+            });
+        }
         dst.put_u16(self.0);
         Ok(())
     }

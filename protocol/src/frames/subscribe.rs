@@ -223,7 +223,7 @@ impl Records {
                 .iter()
                 .map(|b| 8 + 4 + b.batch.len())
                 .sum::<usize>();
-        (crate::frame::FRAME_HEADER_LEN + body) as u64
+        (crate::frame::FRAME_HEADER_LEN + crate::frame::FRAME_TYPE_LEN + body) as u64
     }
 }
 
@@ -283,19 +283,31 @@ impl Body for Commit {
     }
 }
 
-/// The broker stored a [`Commit`] durably.
+/// The broker's answer to a [`Commit`], in the order the commits were sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommitAck {
     /// Partition index.
     pub partition: u32,
-    /// The committed offset.
+    /// The offset of the commit answered.
     pub offset: u64,
+    /// 0 when the offset is durably committed; otherwise the [`ErrorCode`]
+    /// that refused it (`not_assigned`, `invalid_request`, ...). A refused
+    /// commit does not end the subscription.
+    pub code: u16,
+}
+
+impl CommitAck {
+    /// The refusal, if the commit was refused.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        ErrorCode::from_u16(self.code)
+    }
 }
 
 impl Body for CommitAck {
     fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
         dst.put_u32(self.partition);
         dst.put_u64(self.offset);
+        dst.put_u16(self.code);
         Ok(())
     }
 
@@ -303,6 +315,7 @@ impl Body for CommitAck {
         Ok(Self {
             partition: r.u32()?,
             offset: r.u64()?,
+            code: r.u16()?,
         })
     }
 }
