@@ -649,16 +649,16 @@ impl BatchBuilder {
             });
         }
         // `RecordBatch::parse` refuses a batch whose last sequence overflows.
-        if let Some(p) = self.producer {
-            if p.base_sequence.checked_add(self.count - 1).is_none() {
-                return Err(EncodeError::OutOfRange {
-                    field: "base_sequence",
-                    detail: format!(
-                        "base_sequence {} + {} records overflows u32",
-                        p.base_sequence, self.count
-                    ),
-                });
-            }
+        if let Some(p) = self.producer
+            && p.base_sequence.checked_add(self.count - 1).is_none()
+        {
+            return Err(EncodeError::OutOfRange {
+                field: "base_sequence",
+                detail: format!(
+                    "base_sequence {} + {} records overflows u32",
+                    p.base_sequence, self.count
+                ),
+            });
         }
         let body_length = crate::codec::len32("body", self.buf.len() - BATCH_HEADER_LEN)?;
         let mut header = [0u8; BATCH_HEADER_LEN];

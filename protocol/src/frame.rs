@@ -465,15 +465,35 @@ impl FrameDecoder {
         self.buf.len()
     }
 
-    /// Capacity of the internal buffer; never much more than one maximum
-    /// frame.
+    /// Capacity of the internal buffer. While the caller decodes every whole
+    /// frame after each [`FrameDecoder::extend`], it never exceeds one
+    /// maximum frame (length prefix included) plus the largest `extend`.
     pub fn capacity(&self) -> usize {
         self.buf.capacity()
     }
 
     /// Appends received bytes.
     pub fn extend(&mut self, data: &[u8]) {
+        self.make_room(data.len());
         self.buf.extend_from_slice(data);
+    }
+
+    /// Makes room for `additional` more bytes.
+    ///
+    /// `BytesMut::reserve` may double the whole allocation, which would let a
+    /// peer make the buffer hold twice the frame limit; this grows to what is
+    /// needed, or doubles only up to one maximum frame.
+    fn make_room(&mut self, additional: usize) {
+        let spare = self.buf.capacity().saturating_sub(self.buf.len());
+        if spare >= additional || self.buf.try_reclaim(additional) {
+            return;
+        }
+        let needed = self.buf.len().saturating_add(additional);
+        let frame_max = FRAME_HEADER_LEN + self.max_frame_size as usize;
+        let target = needed.max(self.buf.capacity().saturating_mul(2).min(frame_max));
+        let mut grown = BytesMut::with_capacity(target);
+        grown.extend_from_slice(&self.buf);
+        self.buf = grown;
     }
 
     /// Decodes the next whole frame, if the buffer holds one.
@@ -492,7 +512,7 @@ impl FrameDecoder {
         if self.buf.len() < total {
             // Reserve for this frame only; `len` is already bounded by the
             // maximum, so a forged length cannot make us allocate more.
-            self.buf.reserve(total - self.buf.len());
+            self.make_room(total - self.buf.len());
             return Ok(None);
         }
         let mut frame = self.buf.split_to(total).freeze();

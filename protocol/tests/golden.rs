@@ -20,8 +20,8 @@ use strongbox_protocol::frames::admin_types::{
 use strongbox_protocol::frames::control::{ErrorFrame, Goodbye, Hello, Ping, Pong, Welcome};
 use strongbox_protocol::frames::produce::{Produce, ProduceAck};
 use strongbox_protocol::frames::subscribe::{
-    AssignedPartition, Assignment, Commit, CommitAck, Credit, OffsetBatch, Records,
-    StartPosition, Subscribe, SubscriptionEnd, SubscriptionTarget, Unsubscribe,
+    AssignedPartition, Assignment, Commit, CommitAck, Credit, OffsetBatch, Records, StartPosition,
+    Subscribe, SubscriptionEnd, SubscriptionTarget, Unsubscribe,
 };
 
 use common::unhex;
@@ -220,8 +220,11 @@ golden_cases! {
     commit: Frame::Commit(Commit { partition: 1, offset: 11 })
         => "0000000e | 0024 | 00000001 | 000000000000000b";
 
-    commit_ack: Frame::CommitAck(CommitAck { partition: 1, offset: 11 })
-        => "0000000e | 0025 | 00000001 | 000000000000000b";
+    commit_ack: Frame::CommitAck(CommitAck { partition: 1, offset: 11, code: 0 })
+        => "00000010 | 0025 | 00000001 | 000000000000000b | 0000";
+
+    commit_ack_refused: Frame::CommitAck(CommitAck { partition: 1, offset: 11, code: 65 })
+        => "00000010 | 0025 | 00000001 | 000000000000000b | 0041";
 
     unsubscribe: Frame::Unsubscribe(Unsubscribe) => "00000002 | 0026";
 
@@ -448,7 +451,10 @@ fn every_frame_type_has_a_golden_case() {
         .copied()
         .filter(|ty| !covered.contains(ty))
         .collect();
-    assert!(missing.is_empty(), "frame types without a golden case: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "frame types without a golden case: {missing:?}"
+    );
 }
 
 #[test]
@@ -548,7 +554,7 @@ fn golden_plain_batch_has_zero_producer_fields() {
     assert_eq!(hex::encode(&batch[..34]), hex::encode(&expected_head));
     assert_eq!(
         hex::encode(&batch[38..]),
-        "00000013ffffffffffffffff000000000000000100"
+        hex::encode(unhex("0000000f | ffffffff | ffffffff | 0000 | 00000001 00"))
     );
     let parsed = RecordBatch::parse(batch).unwrap();
     assert_eq!(parsed.header().producer, None);

@@ -201,16 +201,18 @@ impl BrokerProducerStream {
     /// # Errors
     ///
     /// A [`Violation`] that ends the stream: a frame other than `Produce`
-    /// ([`ErrorCode::ProtocolViolation`]), a correlation id that does not
-    /// increase ([`ErrorCode::ProtocolViolation`]), or more than
+    /// ([`ErrorCode::ProtocolViolation`]), a correlation id of 0 (reserved
+    /// for stream-level errors) or one that does not increase
+    /// ([`ErrorCode::ProtocolViolation`]), or more than
     /// `max_in_flight` unanswered requests ([`ErrorCode::LimitExceeded`]).
     pub fn handle_frame(&mut self, frame: Frame) -> Result<ProduceRequest, Violation> {
         let Frame::Produce(produce) = frame else {
             return Err(Violation::wrong_stream(&frame, "producer"));
         };
-        if self
-            .last_correlation
-            .is_some_and(|last| produce.correlation_id <= last)
+        if produce.correlation_id == 0
+            || self
+                .last_correlation
+                .is_some_and(|last| produce.correlation_id <= last)
         {
             return Err(Violation::new(
                 ErrorCode::ProtocolViolation,

@@ -20,8 +20,8 @@ use strongbox_protocol::frames::admin_types::{
 use strongbox_protocol::frames::control::{ErrorFrame, Goodbye, Hello, Ping, Pong, Welcome};
 use strongbox_protocol::frames::produce::{Produce, ProduceAck};
 use strongbox_protocol::frames::subscribe::{
-    AssignedPartition, Assignment, Commit, CommitAck, Credit, OffsetBatch, Records,
-    StartPosition, Subscribe, SubscriptionEnd, SubscriptionTarget, Unsubscribe,
+    AssignedPartition, Assignment, Commit, CommitAck, Credit, OffsetBatch, Records, StartPosition,
+    Subscribe, SubscriptionEnd, SubscriptionTarget, Unsubscribe,
 };
 
 /// Encodes `frame` under the default maximum; panics (failing the test) when
@@ -74,7 +74,13 @@ pub(crate) fn arb_u32() -> impl Strategy<Value = u32> {
 }
 
 pub(crate) fn arb_i64() -> impl Strategy<Value = i64> {
-    prop_oneof![Just(0i64), Just(i64::MIN), Just(i64::MAX), Just(-1i64), any::<i64>()]
+    prop_oneof![
+        Just(0i64),
+        Just(i64::MIN),
+        Just(i64::MAX),
+        Just(-1i64),
+        any::<i64>()
+    ]
 }
 
 // ---------------------------------------------------------------------------
@@ -130,12 +136,10 @@ pub(crate) fn arb_goodbye() -> impl Strategy<Value = Goodbye> {
 }
 
 pub(crate) fn arb_error_frame() -> impl Strategy<Value = ErrorFrame> {
-    (arb_u64(), any::<u16>(), arb_string()).prop_map(|(correlation_id, code, message)| {
-        ErrorFrame {
-            correlation_id,
-            code,
-            message,
-        }
+    (arb_u64(), any::<u16>(), arb_string()).prop_map(|(correlation_id, code, message)| ErrorFrame {
+        correlation_id,
+        code,
+        message,
     })
 }
 
@@ -145,7 +149,10 @@ pub(crate) fn arb_error_frame() -> impl Strategy<Value = ErrorFrame> {
 /// A `Produce` whose batch is either a valid batch or arbitrary bytes (the
 /// frame does not look inside the batch).
 pub(crate) fn arb_produce() -> impl Strategy<Value = Produce> {
-    let batch = prop_oneof![arb_bytes(48), arb_batch_spec().prop_map(|s| build_batch(&s))];
+    let batch = prop_oneof![
+        arb_bytes(48),
+        arb_batch_spec().prop_map(|s| build_batch(&s))
+    ];
     (arb_u64(), arb_string(), arb_u32(), batch).prop_map(
         |(correlation_id, topic, partition, batch)| Produce {
             correlation_id,
@@ -206,14 +213,15 @@ pub(crate) fn arb_assignment() -> impl Strategy<Value = Assignment> {
 }
 
 pub(crate) fn arb_records() -> impl Strategy<Value = Records> {
-    let batch = prop_oneof![arb_bytes(32), arb_batch_spec().prop_map(|s| build_batch(&s))];
+    let batch = prop_oneof![
+        arb_bytes(32),
+        arb_batch_spec().prop_map(|s| build_batch(&s))
+    ];
     let ob = (arb_u64(), batch).prop_map(|(base_offset, batch)| OffsetBatch { base_offset, batch });
-    (arb_u32(), arb_u64(), vec(ob, 0..4)).prop_map(|(partition, high_watermark, batches)| {
-        Records {
-            partition,
-            high_watermark,
-            batches,
-        }
+    (arb_u32(), arb_u64(), vec(ob, 0..4)).prop_map(|(partition, high_watermark, batches)| Records {
+        partition,
+        high_watermark,
+        batches,
     })
 }
 
@@ -298,13 +306,15 @@ pub(crate) fn arb_topic_info() -> impl Strategy<Value = TopicInfo> {
         arb_topic_config(),
         vec(arb_partition_info(), 0..3),
     )
-        .prop_map(|(name, topic_id, created_at, config, partitions)| TopicInfo {
-            name,
-            topic_id,
-            created_at,
-            config,
-            partitions,
-        })
+        .prop_map(
+            |(name, topic_id, created_at, config, partitions)| TopicInfo {
+                name,
+                topic_id,
+                created_at,
+                config,
+                partitions,
+            },
+        )
 }
 
 /// Any set of the defined operation bits.
@@ -320,13 +330,15 @@ pub(crate) fn arb_acl_rule() -> impl Strategy<Value = AclRule> {
         prop_oneof![Just(AclEffect::Allow), Just(AclEffect::Deny)],
         option::of(arb_i64()),
     )
-        .prop_map(|(principal, topic, operations, effect, expires_at)| AclRule {
-            principal,
-            topic,
-            operations,
-            effect,
-            expires_at,
-        })
+        .prop_map(
+            |(principal, topic, operations, effect, expires_at)| AclRule {
+                principal,
+                topic,
+                operations,
+                effect,
+                expires_at,
+            },
+        )
 }
 
 pub(crate) fn arb_key_state() -> impl Strategy<Value = KeyState> {
@@ -546,8 +558,13 @@ pub(crate) fn arb_frame() -> impl Strategy<Value = Frame> {
         1 => arb_records().prop_map(Frame::Records),
         1 => (arb_u32(), arb_u64())
             .prop_map(|(partition, offset)| Frame::Commit(Commit { partition, offset })),
-        1 => (arb_u32(), arb_u64())
-            .prop_map(|(partition, offset)| Frame::CommitAck(CommitAck { partition, offset })),
+        1 => (arb_u32(), arb_u64(), any::<u16>()).prop_map(|(partition, offset, code)| {
+            Frame::CommitAck(CommitAck {
+                partition,
+                offset,
+                code,
+            })
+        }),
         1 => Just(Frame::Unsubscribe(Unsubscribe)),
         1 => arb_subscription_end().prop_map(Frame::SubscriptionEnd),
         4 => arb_admin_request().prop_map(Frame::Request),
@@ -650,4 +667,50 @@ pub(crate) fn build_batch(spec: &BatchSpec) -> Bytes {
             .expect("record spec within limits");
     }
     b.finish().expect("batch spec within limits")
+}
+
+// ---------------------------------------------------------------------------
+// raw bytes
+
+/// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), bit by bit: an
+/// implementation independent of the one the crate uses.
+pub(crate) fn crc32c_reference(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Rewrites the CRC field (bytes 34..38) of a batch to match its contents,
+/// so a test can reach the checks that come after the CRC.
+pub(crate) fn fix_crc(batch: &mut [u8]) {
+    let mut covered = batch[..34].to_vec();
+    covered.extend_from_slice(&batch[38..]);
+    let crc = crc32c_reference(&covered);
+    batch[34..38].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Rewrites the `body_length` field (bytes 30..34) of a batch to match its
+/// length.
+pub(crate) fn fix_body_length(batch: &mut [u8]) {
+    let len = u32::try_from(batch.len() - 38).expect("test batch under 4 GiB");
+    batch[30..34].copy_from_slice(&len.to_be_bytes());
+}
+
+/// A frame of type `code` around `body`, with its length prefix.
+pub(crate) fn raw_frame(code: u16, body: &[u8]) -> Bytes {
+    let len = u32::try_from(body.len() + 2).expect("test frame under 4 GiB");
+    let mut out = Vec::with_capacity(body.len() + 6);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&code.to_be_bytes());
+    out.extend_from_slice(body);
+    Bytes::from(out)
 }

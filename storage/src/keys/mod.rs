@@ -7,10 +7,52 @@
 //!        └─ DEK per segment               wrapped with AES key wrap with padding
 //!                                         (RFC 5649); plaintext only in memory
 //! ```
+//!
+//! - [`file::FileKeyProvider`] and [`pkcs11::Pkcs11KeyProvider`] implement
+//!   [`KeyProvider`];
+//! - [`registry`] holds the rules of the KEK versions' states, recorded in
+//!   the metadata store ([`crate::meta`]);
+//! - [`KeyManager`] joins a provider, the registry and a [`DekCache`], and is
+//!   the partition log's [`SegmentKeys`].
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use strongbox_storage::keys::{
+//!     FileKeyProvider, KekScope, KeyManager, SegmentKeyContext, SegmentKeys,
+//! };
+//! use strongbox_storage::meta::MetaStore;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let provider = Arc::new(FileKeyProvider::open(dir.path().join("keys"))?);
+//! let keys = KeyManager::new(provider, MetaStore::open(dir.path().join("meta.redb"))?, 1024);
+//! let ctx = SegmentKeyContext {
+//!     topic_id: [1; 16],
+//!     partition: 0,
+//!     segment_id: [2; 16],
+//!     scope: KekScope::Broker,
+//! };
+//! let (dek, envelope) = keys.create(&ctx)?; // v1 is created on first use
+//! keys.rotate(&KekScope::Broker)?; // v2 wraps new segments from now on
+//! assert_eq!(keys.open(&ctx, &envelope)?.expose(), dek.expose());
+//! # Ok(()) }
+//! ```
 
 use std::fmt;
 
 use zeroize::{Zeroize, ZeroizeOnDrop};
+
+pub mod cache;
+pub mod file;
+mod manager;
+pub mod pkcs11;
+pub mod registry;
+
+pub use cache::{CacheStats, DekCache};
+pub use file::FileKeyProvider;
+pub use manager::{DestroyOutcome, KeyManager, KeyManagerStats};
+pub use pkcs11::{PinSource, Pkcs11Config, Pkcs11KeyProvider};
+pub use registry::{KekVersion, SegmentRef};
 
 /// Bytes in a data encryption key (AES-256).
 pub const DEK_LEN: usize = 32;
@@ -80,6 +122,25 @@ impl KekScope {
             Self::Broker => "broker".to_owned(),
             Self::Topic(id) => format!("topic-{id}"),
         }
+    }
+}
+
+impl KekScope {
+    /// Parses a label made by [`KekScope::label`].
+    pub fn parse(label: &str) -> Option<Self> {
+        if label == "broker" {
+            return Some(Self::Broker);
+        }
+        let id = label.strip_prefix("topic-")?;
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        Some(Self::Topic(id.to_owned()))
+    }
+
+    /// The scope of a topic's dedicated key.
+    pub fn topic(topic_id: &[u8; 16]) -> Self {
+        Self::Topic(hex::encode(topic_id))
     }
 }
 
@@ -160,6 +221,21 @@ pub enum KeyError {
     /// The registry refused a state change.
     #[error("{0}")]
     InvalidTransition(String),
+    /// The KEK version still wraps data keys; destroying it would make
+    /// those segments unreadable.
+    #[error(
+        "key {kek} still wraps {segments} segment key(s): rewrap them first, or force the \
+         destruction to make them unreadable"
+    )]
+    InUse {
+        /// The KEK version.
+        kek: String,
+        /// Segments whose data key it wraps.
+        segments: u64,
+    },
+    /// The metadata store holding the key registry failed.
+    #[error("key registry: {0}")]
+    Registry(#[from] crate::meta::MetaError),
     /// Reading or writing key files failed.
     #[error("key storage I/O on {path}: {source}")]
     Io {

@@ -1,0 +1,175 @@
+//! `strongbox-broker`: the Strongbox broker.
+//!
+//! ```text
+//! strongbox-broker serve --config /etc/strongbox/broker.toml
+//! strongbox-broker dev [--data-dir ./strongbox-dev] [--listen 127.0.0.1:7443]
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use strongbox_broker::config::{BrokerConfig, LogFormat};
+use strongbox_broker::dev;
+use strongbox_broker::server::{self, RunningBroker};
+use strongbox_protocol::frames::admin_types::{Durability, TopicConfig};
+
+/// The Strongbox broker: encrypted pub/sub over QUIC with mutual TLS.
+#[derive(Debug, Parser)]
+#[command(name = "strongbox-broker", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve with a configuration file (see deploy/broker.example.toml).
+    ///
+    /// Stops gracefully on SIGTERM or SIGINT: no new connections, every
+    /// accepted append answered, logs synced. SIGHUP reloads the CRLs and
+    /// the ACL.
+    Serve {
+        /// The broker's TOML configuration.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Run a self-contained development broker.
+    ///
+    /// The first run creates DIR with a development CA, a broker
+    /// certificate for localhost, client profiles `admin` (superuser),
+    /// `alice` (publish and subscribe on demo.*) and `bob` (subscribe on
+    /// demo.*), a file key store and a broker.toml; later runs reuse them.
+    /// The file key store keeps keys next to the data: for development
+    /// only.
+    Dev {
+        /// Where the development material and data live.
+        #[arg(long, value_name = "DIR", default_value = "strongbox-dev")]
+        data_dir: PathBuf,
+        /// UDP address to listen on; port 0 picks a free one (the profiles
+        /// are rewritten to match).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7443")]
+        listen: SocketAddr,
+        /// TCP address of /metrics, /healthz and /readyz; defaults to port
+        /// 9644 on the listen IP, or a free port when --listen uses port 0.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = BrokerConfig::load(&config)
+                .and_then(BrokerConfig::validate)
+                .with_context(|| format!("config {}", config.display()))?;
+            init_logging(&config);
+            let broker = server::run(config).await?;
+            println!("strongbox-broker listening on {} (QUIC)", broker.addr);
+            if let Some(m) = broker.metrics_addr {
+                println!("metrics on http://{m}/metrics");
+            }
+            wait_for_signals(broker).await
+        }
+        Command::Dev {
+            data_dir,
+            listen,
+            metrics_listen,
+        } => run_dev(&data_dir, listen, metrics_listen).await,
+    }
+}
+
+async fn run_dev(dir: &Path, listen: SocketAddr, metrics_listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    let layout = dev::ensure_dev_dir(dir, listen).with_context(|| format!("development directory {}", dir.display()))?;
+    let mut config = BrokerConfig::load(&layout.config)
+        .and_then(BrokerConfig::validate)
+        .with_context(|| format!("config {}", layout.config.display()))?;
+    config.listener.addr = listen;
+    config.metrics.listen = metrics_listen.unwrap_or_else(|| {
+        let port = if listen.port() == 0 { 0 } else { 9644 };
+        SocketAddr::new(listen.ip(), port)
+    });
+    init_logging(&config);
+    tracing::warn!("development mode: keys are stored in files next to the data; use an HSM in production");
+    let broker = server::run(config).await?;
+    layout
+        .set_broker_addr(broker.addr)
+        .context("writing the profiles")?;
+    ensure_demo_topic(&broker).await;
+    if layout.created {
+        println!("created development directory {}", layout.dir.display());
+    }
+    println!("strongbox-broker (dev) listening on {} (QUIC, mutual TLS)", broker.addr);
+    if let Some(m) = broker.metrics_addr {
+        println!("metrics on http://{m}/metrics");
+    }
+    println!("try, with the strongbox CLI (cargo run --release --bin strongbox -- ...):");
+    print!("{}", layout.quickstart());
+    wait_for_signals(broker).await
+}
+
+/// The dev broker serves `demo.greetings` from the start, so the
+/// quick-start commands work as printed.
+async fn ensure_demo_topic(broker: &RunningBroker) {
+    let config = TopicConfig {
+        partitions: 1,
+        durability: Durability::Fsync,
+        retention_ms: None,
+        retention_bytes: None,
+        segment_bytes: None,
+        segment_ms: None,
+        dedicated_kek: false,
+    };
+    if let Err(e) = server::admin::ensure_topic(&broker.state, "demo.greetings", config).await {
+        tracing::warn!(error = %e.message, "cannot create demo.greetings");
+    }
+}
+
+async fn wait_for_signals(broker: RunningBroker) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => broker.reload(),
+        }
+    }
+    broker.shutdown().await;
+    Ok(())
+}
+
+fn init_logging(config: &BrokerConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        _ => builder.try_init(),
+    };
+}

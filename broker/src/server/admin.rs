@@ -1,0 +1,477 @@
+//! Admin streams: one request, authorized, acted on, answered.
+//!
+//! Changes to topics and ACLs are serialized by the broker's admin lock and
+//! committed durably to the metadata store before the answer is sent.
+//! Metadata writes (each an fsync) run on the blocking pool.
+
+use std::sync::Arc;
+
+use strongbox_protocol::ErrorCode;
+use strongbox_protocol::frames::admin::{AdminRequest, AdminResponse};
+use strongbox_protocol::frames::admin_types::{
+    AclRule, KeyVersionInfo, Operations, RewrapProgress, TopicConfig,
+};
+use strongbox_protocol::session::admin::BrokerAdminStream;
+use strongbox_storage::keys::{KekId, KekScope, KekVersion, KeyError, SegmentKeyContext, SegmentKeys};
+use strongbox_storage::meta::{AclEntry, MetaError, TopicEntry};
+
+use crate::server::authz::Authorizer;
+use crate::server::connection::ConnCtx;
+use crate::server::error::BrokerError;
+use crate::server::stream_io::{FrameReader, FrameWriter};
+use crate::server::topics::{self, PartitionSlot, Topic, kek_scope, resolve_config, validate_topic_name};
+use crate::server::{BrokerState, now_ms};
+
+/// The topic name checked for broker-wide permissions (keys, ACL listing):
+/// a rule must name `*` to grant them.
+const BROKER_WIDE: &str = "*";
+
+/// Serves an admin stream whose first frame was `request`.
+pub async fn serve(ctx: ConnCtx, request: AdminRequest, mut reader: FrameReader, mut writer: FrameWriter) {
+    let mut session = BrokerAdminStream::new();
+    if let Err(v) = session.handle_frame(strongbox_protocol::frame::Frame::Request(request.clone())) {
+        let _ = writer.send(&v.to_frame()).await;
+        let _ = writer.finish();
+        return;
+    }
+    let kind = request.frame_type().name();
+    let answer = handle(&ctx, request).await;
+    if let Err(e) = &answer {
+        tracing::info!(request = kind, code = %e.code, error = %e.message, "admin request refused");
+    }
+    let frame = session.respond(answer.map_err(|e| e.to_frame(0)));
+    let _ = writer.send(&frame).await;
+    let _ = writer.finish();
+    // A second request on the stream is a violation; reading it is not
+    // needed: the client finished its side after the first.
+    reader.stop(ErrorCode::ProtocolViolation);
+}
+
+async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, BrokerError> {
+    let state = &ctx.state;
+    let mut authz = Authorizer::new(ctx);
+    match request {
+        AdminRequest::WhoAmI => Ok(AdminResponse::WhoAmI {
+            principal: ctx.principal.clone(),
+            broker_id: state.config.broker.id.clone(),
+            superuser: state.acl.snapshot().is_superuser(&ctx.principal),
+        }),
+        AdminRequest::CreateTopic { name, config } => {
+            authz.check(Operations::CREATE, &name)?;
+            create_topic(state, &name, config).await
+        }
+        AdminRequest::DeleteTopic { name } => {
+            authz.check(Operations::DELETE, &name)?;
+            delete_topic(state, &name).await
+        }
+        AdminRequest::DescribeTopic { name } => {
+            authz.check(Operations::DESCRIBE, &name)?;
+            Ok(AdminResponse::Topic(state.topics.require(&name)?.describe()))
+        }
+        AdminRequest::ListTopics { prefix } => {
+            let topics = state
+                .topics
+                .all()
+                .into_iter()
+                .filter(|t| prefix.as_deref().is_none_or(|p| t.name().starts_with(p)))
+                .filter(|t| authz.check(Operations::DESCRIBE, t.name()).is_ok())
+                .map(|t| t.entry.to_info())
+                .collect();
+            Ok(AdminResponse::Topics(topics))
+        }
+        AdminRequest::AclGrant { rule } => {
+            authorize_rule_change(&mut authz, &rule)?;
+            acl_grant(state, rule).await
+        }
+        AdminRequest::AclRevoke { rule } => {
+            authorize_rule_change(&mut authz, &rule)?;
+            acl_revoke(state, rule).await
+        }
+        AdminRequest::AclList { principal, topic } => {
+            authz.check(Operations::GRANT, topic.as_deref().unwrap_or(BROKER_WIDE))?;
+            let rules = state
+                .acl
+                .snapshot()
+                .rules()
+                .filter(|r| principal.as_deref().is_none_or(|p| r.principal == p))
+                .filter(|r| topic.as_deref().is_none_or(|t| r.topic == t))
+                .cloned()
+                .collect();
+            Ok(AdminResponse::Acls(rules))
+        }
+        AdminRequest::InitProducer { producer_id } => {
+            let meta = state.meta.clone();
+            let state2 = state.clone();
+            let issued = blocking(move || state2.producer_epochs.init(&meta, producer_id, now_ms()))
+                .await?
+                .map_err(|e| BrokerError::internal("issuing a producer id", e))?;
+            match issued {
+                Some((producer_id, epoch)) => Ok(AdminResponse::Producer { producer_id, epoch }),
+                None => Err(BrokerError::new(
+                    ErrorCode::UnknownProducer,
+                    format!(
+                        "producer id {} was not issued by this broker (or its epochs are exhausted); ask for a new one",
+                        producer_id.unwrap_or_default()
+                    ),
+                )),
+            }
+        }
+        AdminRequest::KeyStatus { topic } => {
+            let scope = key_scope(state, &mut authz, topic.as_deref())?;
+            let keys = state.keys.clone();
+            let scope2 = scope.clone();
+            let versions = blocking(move || keys.versions(scope2.as_ref())).await?.map_err(key_error)?;
+            Ok(AdminResponse::KeyStatus {
+                versions: versions.iter().map(|v| version_info(state, v)).collect(),
+                rewrap: RewrapProgress::default(),
+            })
+        }
+        AdminRequest::KeyRotate { topic } => {
+            let scope = key_scope(state, &mut authz, topic.as_deref())?.unwrap_or(KekScope::Broker);
+            let keys = state.keys.clone();
+            let version = blocking(move || keys.rotate(&scope)).await?.map_err(key_error)?;
+            tracing::info!(target: "strongbox::audit", principal = %ctx.principal, kek = %version.id, "key rotated");
+            Ok(AdminResponse::KeyChanged {
+                message: format!("{} is now active for new segments", version.id),
+                version: version_info(state, &version),
+                segments: 0,
+            })
+        }
+        AdminRequest::KeyRetire { topic, version } => {
+            let scope = key_scope(state, &mut authz, topic.as_deref())?.unwrap_or(KekScope::Broker);
+            let keys = state.keys.clone();
+            let id = KekId { scope, version };
+            let v = blocking(move || keys.retire(&id)).await?.map_err(key_error)?;
+            tracing::info!(target: "strongbox::audit", principal = %ctx.principal, kek = %v.id, "key retired");
+            Ok(AdminResponse::KeyChanged {
+                message: format!("{} is now decrypt-only", v.id),
+                segments: v.segments,
+                version: version_info(state, &v),
+            })
+        }
+        AdminRequest::KeyCompromised { topic, version } => {
+            let scope = key_scope(state, &mut authz, topic.as_deref())?.unwrap_or(KekScope::Broker);
+            let keys = state.keys.clone();
+            let id = KekId { scope, version };
+            let v = blocking(move || keys.mark_compromised(&id)).await?.map_err(key_error)?;
+            tracing::warn!(target: "strongbox::audit", principal = %ctx.principal, kek = %v.id, segments = v.segments, "key marked compromised");
+            Ok(AdminResponse::KeyChanged {
+                message: format!(
+                    "{} is marked compromised; {} segments still use it: rotate and rewrap them",
+                    v.id, v.segments
+                ),
+                segments: v.segments,
+                version: version_info(state, &v),
+            })
+        }
+        AdminRequest::KeyDestroy { topic, version, force } => {
+            let scope = key_scope(state, &mut authz, topic.as_deref())?.unwrap_or(KekScope::Broker);
+            let keys = state.keys.clone();
+            let id = KekId { scope, version };
+            let outcome = blocking(move || keys.destroy_version(&id, force)).await?.map_err(key_error)?;
+            tracing::warn!(target: "strongbox::audit", principal = %ctx.principal, kek = %outcome.version.id, segments_lost = outcome.segments_lost, "key destroyed");
+            Ok(AdminResponse::KeyChanged {
+                message: format!(
+                    "{} destroyed; {} segments are now unreadable",
+                    outcome.version.id, outcome.segments_lost
+                ),
+                segments: outcome.segments_lost,
+                version: version_info(state, &outcome.version),
+            })
+        }
+        request @ (AdminRequest::KeyRewrap { .. }
+        | AdminRequest::AuditHead
+        | AdminRequest::AccessRequest { .. }
+        | AdminRequest::AccessList { .. }
+        | AdminRequest::AccessApprove { .. }
+        | AdminRequest::AccessDeny { .. }
+        | AdminRequest::RecipientList { .. }
+        | AdminRequest::RecipientPut { .. }
+        | AdminRequest::RecipientRemove { .. }) => Err(BrokerError::new(
+            ErrorCode::InvalidRequest,
+            format!("{} is not supported by this broker version", request.frame_type().name()),
+        )),
+        other => Err(BrokerError::new(
+            ErrorCode::InvalidRequest,
+            format!("{} is not supported by this broker version", other.frame_type().name()),
+        )),
+    }
+}
+
+/// Runs a blocking closure (a metadata commit, a key provider call) off the
+/// async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, BrokerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BrokerError::internal("a background task", e))
+}
+
+fn key_error(e: KeyError) -> BrokerError {
+    let code = match &e {
+        KeyError::KekNotFound(_) => ErrorCode::NotFound,
+        KeyError::InvalidTransition(_) => ErrorCode::Conflict,
+        KeyError::Destroyed(_) => ErrorCode::KeyDestroyed,
+        KeyError::Unavailable(_) | KeyError::Login(_) => ErrorCode::KeyUnavailable,
+        _ if e.to_string().contains("still") => ErrorCode::KeyInUse,
+        _ => ErrorCode::Internal,
+    };
+    if code == ErrorCode::Internal {
+        return BrokerError::internal("a key operation", e);
+    }
+    BrokerError::new(code, e.to_string())
+}
+
+/// The KEK scope a key request is about, after checking the `keys`
+/// permission on it. `None` for every scope (status only).
+fn key_scope(state: &BrokerState, authz: &mut Authorizer, topic: Option<&str>) -> Result<Option<KekScope>, BrokerError> {
+    match topic {
+        None => {
+            authz.check(Operations::KEYS, BROKER_WIDE)?;
+            Ok(None)
+        }
+        Some(name) => {
+            authz.check(Operations::KEYS, name)?;
+            let topic = state.topics.require(name)?;
+            if !topic.entry.config.dedicated_kek {
+                return Err(BrokerError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("topic {name} has no dedicated key; its data keys are wrapped by the broker key"),
+                ));
+            }
+            Ok(Some(topic.kek_scope()))
+        }
+    }
+}
+
+/// The scope as people read it: `broker` or `topic:<name>`.
+fn scope_name(state: &BrokerState, scope: &KekScope) -> String {
+    match scope {
+        KekScope::Broker => "broker".into(),
+        KekScope::Topic(id) => state
+            .topics
+            .all()
+            .into_iter()
+            .find(|t| hex::encode(t.entry.topic_id) == *id)
+            .map_or_else(|| format!("topic-{id}"), |t| format!("topic:{}", t.name())),
+    }
+}
+
+fn version_info(state: &BrokerState, v: &KekVersion) -> KeyVersionInfo {
+    v.to_info(scope_name(state, &v.id.scope))
+}
+
+/// Granting data operations needs `grant` on the rule's topic pattern;
+/// granting anything else (keys, audit, admin, create, ...) needs `admin`.
+fn authorize_rule_change(authz: &mut Authorizer, rule: &AclRule) -> Result<(), BrokerError> {
+    let data_ops = Operations::PUBLISH
+        .union(Operations::SUBSCRIBE)
+        .union(Operations::DESCRIBE);
+    if rule.operations.0 & !data_ops.0 == 0 {
+        authz.check(Operations::GRANT, &rule.topic)
+    } else {
+        authz.check(Operations::ADMIN, &rule.topic)
+    }
+}
+
+/// Creates `name` unless it exists (for the development broker's demo
+/// topic).
+///
+/// # Errors
+///
+/// As topic creation.
+pub async fn ensure_topic(state: &Arc<BrokerState>, name: &str, config: TopicConfig) -> Result<(), BrokerError> {
+    if state.topics.get(name).is_some() {
+        return Ok(());
+    }
+    create_topic(state, name, config).await.map(|_| ())
+}
+
+async fn create_topic(state: &Arc<BrokerState>, name: &str, config: TopicConfig) -> Result<AdminResponse, BrokerError> {
+    validate_topic_name(name, false)?;
+    let config = resolve_config(config, &state.config.topics)?;
+    let _guard = state.admin_lock.lock().await;
+    if state.topics.get(name).is_some() {
+        return Err(BrokerError::new(ErrorCode::TopicExists, format!("topic {name} already exists")));
+    }
+    let mut topic_id = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut topic_id)
+        .map_err(|_| BrokerError::internal("drawing a topic id", "the system random generator failed"))?;
+    let entry = TopicEntry {
+        name: name.to_owned(),
+        topic_id,
+        created_at: now_ms(),
+        config,
+    };
+    // Check the log settings before storing anything.
+    topics::log_config(&entry, 0)
+        .validate()
+        .map_err(|e| BrokerError::new(ErrorCode::InvalidConfig, e.to_string()))?;
+    let meta = state.meta.clone();
+    let stored = entry.clone();
+    blocking(move || meta.write(|b| b.create_topic(&stored)))
+        .await?
+        .map_err(|e: MetaError| BrokerError::internal("storing the topic", e))?;
+    let keys: Arc<dyn SegmentKeys> = state.keys.clone();
+    let topic = state.topics.add(entry, keys);
+    tracing::info!(target: "strongbox::audit", topic = %name, partitions = topic.partition_count(), dedicated_kek = topic.entry.config.dedicated_kek, "topic created");
+    Ok(AdminResponse::Topic(topic.describe()))
+}
+
+async fn delete_topic(state: &Arc<BrokerState>, name: &str) -> Result<AdminResponse, BrokerError> {
+    let _guard = state.admin_lock.lock().await;
+    let topic = state.topics.require(name)?;
+    let meta = state.meta.clone();
+    let stored_name = name.to_owned();
+    blocking(move || meta.write(|b| b.delete_topic(&stored_name)))
+        .await?
+        .map_err(|e: MetaError| BrokerError::internal("deleting the topic", e))?;
+    state.topics.remove(name);
+    for p in topic.ready_partitions() {
+        p.close();
+    }
+    let state2 = state.clone();
+    let topic2 = topic.clone();
+    let shredded = blocking(move || shred_topic(&state2, &topic2)).await??;
+    state.metrics.forget_topic(name);
+    tracing::info!(target: "strongbox::audit", topic = %name, keys_destroyed = shredded, "topic deleted");
+    Ok(AdminResponse::Ok {
+        message: if shredded > 0 {
+            format!("topic {name} deleted; its dedicated key ({shredded} versions) was destroyed")
+        } else {
+            format!("topic {name} deleted")
+        },
+    })
+}
+
+/// Deletes a topic's data, key envelopes first (crypto-shredding: once the
+/// wrapped data keys are gone the segments cannot be decrypted, even from a
+/// copy), then destroys its dedicated KEK if it has one. Returns the number
+/// of KEK versions destroyed.
+fn shred_topic(state: &BrokerState, topic: &Topic) -> Result<usize, BrokerError> {
+    let scope = kek_scope(&topic.entry);
+    for (index, slot) in topic.partitions.iter().enumerate() {
+        let dir = topics::topic_dir(state.topics.data_dir(), &topic.entry.topic_id).join(index.to_string());
+        if let PartitionSlot::Ready(p) = slot {
+            for segment in p.log().segments() {
+                let ctx = SegmentKeyContext {
+                    topic_id: topic.entry.topic_id,
+                    partition: u32::try_from(index).unwrap_or(u32::MAX),
+                    segment_id: segment.segment_id,
+                    scope: scope.clone(),
+                };
+                if let Err(e) = state.keys.forget(&ctx) {
+                    tracing::warn!(error = %e, "cannot drop a segment from the key registry");
+                }
+            }
+        }
+        remove_envelopes_then_dir(&dir)?;
+    }
+    let topic_dir = topics::topic_dir(state.topics.data_dir(), &topic.entry.topic_id);
+    if let Err(e) = std::fs::remove_dir_all(&topic_dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(BrokerError::internal("removing the topic directory", e));
+    }
+    if topic.entry.config.dedicated_kek {
+        let destroyed = state.keys.destroy_scope(&scope).map_err(key_error)?;
+        return Ok(destroyed.len());
+    }
+    Ok(0)
+}
+
+fn remove_envelopes_then_dir(dir: &std::path::Path) -> Result<(), BrokerError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(BrokerError::internal("listing a partition directory", e)),
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|x| x == "key") {
+            std::fs::remove_file(&path).map_err(|e| BrokerError::internal("removing a key envelope", e))?;
+        }
+    }
+    // Make the envelope removals durable before any data goes.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| BrokerError::internal("syncing a partition directory", e))?;
+    std::fs::remove_dir_all(dir).map_err(|e| BrokerError::internal("removing a partition directory", e))
+}
+
+async fn acl_grant(state: &Arc<BrokerState>, rule: AclRule) -> Result<AdminResponse, BrokerError> {
+    // Compile first: a bad pattern is refused before anything is stored.
+    crate::acl::AclSnapshot::compile(0, std::iter::empty::<String>(), vec![rule.clone()])
+        .map_err(|e| BrokerError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+    let _guard = state.admin_lock.lock().await;
+    let meta = state.meta.clone();
+    let entry = AclEntry {
+        rule: rule.clone(),
+        request_id: None,
+        created_at: now_ms(),
+    };
+    blocking(move || meta.write(|b| b.put_acl(&entry)))
+        .await?
+        .map_err(|e: MetaError| BrokerError::internal("storing the ACL rule", e))?;
+    state.reload_acl()?;
+    tracing::info!(target: "strongbox::audit", principal = %rule.principal, topic = %rule.topic, operations = %rule.operations, effect = ?rule.effect, "ACL rule granted");
+    Ok(AdminResponse::Acls(rules_for(state, &rule.principal)))
+}
+
+async fn acl_revoke(state: &Arc<BrokerState>, rule: AclRule) -> Result<AdminResponse, BrokerError> {
+    let _guard = state.admin_lock.lock().await;
+    let meta = state.meta.clone();
+    let target = rule.clone();
+    let removed = blocking(move || meta.write(|b| b.remove_acl(&target)))
+        .await?
+        .map_err(|e: MetaError| BrokerError::internal("removing the ACL rule", e))?;
+    if !removed {
+        let from_config = state.acl.snapshot().rules().any(|r| same_rule(r, &rule));
+        return Err(if from_config {
+            BrokerError::new(
+                ErrorCode::InvalidRequest,
+                "that rule comes from the broker's config file; remove it there and restart",
+            )
+        } else {
+            BrokerError::new(ErrorCode::NotFound, "no such ACL rule")
+        });
+    }
+    state.reload_acl()?;
+    tracing::info!(target: "strongbox::audit", principal = %rule.principal, topic = %rule.topic, operations = %rule.operations, "ACL rule revoked");
+    Ok(AdminResponse::Acls(rules_for(state, &rule.principal)))
+}
+
+fn same_rule(a: &AclRule, b: &AclRule) -> bool {
+    a.principal == b.principal && a.topic == b.topic && a.operations == b.operations && a.effect == b.effect
+}
+
+fn rules_for(state: &BrokerState, principal: &str) -> Vec<AclRule> {
+    state
+        .acl
+        .snapshot()
+        .rules()
+        .filter(|r| r.principal == principal)
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strongbox_protocol::frames::admin_types::AclEffect;
+
+    #[test]
+    fn same_rule_ignores_expiry_only() {
+        let a = AclRule {
+            principal: "p".into(),
+            topic: "t".into(),
+            operations: Operations::PUBLISH,
+            effect: AclEffect::Allow,
+            expires_at: None,
+        };
+        let mut b = a.clone();
+        b.expires_at = Some(5);
+        assert!(same_rule(&a, &b));
+        b.effect = AclEffect::Deny;
+        assert!(!same_rule(&a, &b));
+    }
+}

@@ -1,0 +1,271 @@
+//! One client connection: the control stream, then a task per stream.
+//!
+//! The first bidirectional stream is the control stream; the handshake on
+//! it must finish before any other stream is looked at. Every later stream
+//! is served by the handler its first frame selects: `Produce` → producer,
+//! `Subscribe` → subscription, an admin request → admin.
+//!
+//! On shutdown the connection stops accepting streams, lets the stream
+//! tasks finish what is in flight (producers answer every batch they
+//! accepted), says `Goodbye` and closes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use quinn::VarInt;
+use strongbox_protocol::ErrorCode;
+use strongbox_protocol::frame::Frame;
+use strongbox_protocol::session::control::{BrokerControl, BrokerControlConfig, ControlEvent};
+use strongbox_protocol::session::Violation;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::acl::Acl;
+use crate::endpoint::AcceptedConnection;
+use crate::server::BrokerState;
+use crate::server::stream_io::{FrameReader, FrameWriter};
+
+/// What every stream handler of a connection knows.
+#[derive(Debug, Clone)]
+pub struct ConnCtx {
+    /// Shared broker state.
+    pub state: Arc<BrokerState>,
+    /// The client's principal.
+    pub principal: String,
+    /// The largest frame the client accepts.
+    pub peer_max_frame_size: u32,
+    /// Turns true on shutdown.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl ConnCtx {
+    /// The live ACL.
+    pub fn acl(&self) -> &Arc<Acl> {
+        &self.state.acl
+    }
+}
+
+/// The QUIC application error code for closing with `code`.
+pub fn close_code(code: ErrorCode) -> VarInt {
+    VarInt::from_u32(u32::from(code.as_u16()))
+}
+
+/// Serves one authenticated connection until it closes or the broker stops.
+pub async fn serve(state: Arc<BrokerState>, accepted: AcceptedConnection) {
+    let AcceptedConnection {
+        connection,
+        principal,
+        remote,
+        shutdown,
+    } = accepted;
+    let span = tracing::info_span!(
+        "connection",
+        id = connection.stable_id(),
+        principal = %principal.as_str(),
+        remote = %remote,
+    );
+    let principal = principal.into_string();
+    async move {
+        state.metrics.connections_active.inc();
+        serve_inner(state.clone(), connection, principal, shutdown).await;
+        state.metrics.connections_active.dec();
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn serve_inner(
+    state: Arc<BrokerState>,
+    connection: quinn::Connection,
+    principal: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let listener = &state.config.listener;
+    let control_config = BrokerControlConfig {
+        versions: strongbox_protocol::SUPPORTED_VERSIONS.to_vec(),
+        broker_id: state.config.broker.id.clone(),
+        max_frame_size: listener.max_frame_size,
+        max_batch_size: listener.max_batch_size,
+        max_in_flight: listener.max_in_flight,
+        keepalive: listener.keepalive.0,
+        handshake_timeout: listener.handshake_timeout.0,
+    };
+    let handshake_timeout = listener.handshake_timeout.0;
+    let (send, recv) = match tokio::time::timeout(handshake_timeout, connection.accept_bi()).await {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "connection closed before the control stream");
+            return;
+        }
+        Err(_) => {
+            connection.close(close_code(ErrorCode::Timeout), b"no control stream");
+            return;
+        }
+    };
+    let mut reader = FrameReader::new(recv, listener.max_frame_size);
+    let mut writer = FrameWriter::new(send, strongbox_protocol::frame::MIN_MAX_FRAME_SIZE);
+    let mut control = BrokerControl::new(control_config, principal.clone(), Instant::now());
+
+    // The handshake: Hello in, Welcome (or Error) out.
+    let hello = tokio::time::timeout(handshake_timeout, reader.next()).await;
+    let outcome = match hello {
+        Ok(Ok(Some(frame))) => control.handle_frame(frame, Instant::now()),
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => Err(Violation::new(
+            e.code().unwrap_or(ErrorCode::MalformedFrame),
+            e.to_string(),
+        )),
+        Err(_) => Err(Violation::new(ErrorCode::Timeout, "no Hello within the handshake timeout")),
+    };
+    if let Err(v) = outcome {
+        tracing::info!(code = %v.code, reason = %v.message, "handshake refused");
+        let _ = writer.send(&v.to_frame()).await;
+        let _ = writer.finish();
+        connection.close(close_code(v.code), v.message.as_bytes());
+        return;
+    }
+    let peer_max = control
+        .peer_max_frame_size()
+        .unwrap_or(strongbox_protocol::frame::MIN_MAX_FRAME_SIZE);
+    writer.set_max_frame_size(peer_max);
+    while let Some(frame) = control.poll_transmit() {
+        if writer.send(&frame).await.is_err() {
+            return;
+        }
+    }
+    while control.poll_event().is_some() {}
+    tracing::debug!(version = control.version(), "connection established");
+
+    let ctx = ConnCtx {
+        state: state.clone(),
+        principal,
+        peer_max_frame_size: peer_max,
+        shutdown: shutdown.clone(),
+    };
+    let mut streams: JoinSet<()> = JoinSet::new();
+    let mut ended: Option<(ErrorCode, String)> = None;
+    loop {
+        let deadline = control.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            () = crate::server::stopped(&mut shutdown) => break,
+            frame = reader.next() => {
+                let result = match frame {
+                    Ok(Some(frame)) => control.handle_frame(frame, Instant::now()),
+                    Ok(None) => {
+                        ended = Some((ErrorCode::ProtocolViolation, "control stream finished".into()));
+                        break;
+                    }
+                    Err(e) => match e.code() {
+                        Some(code) => Err(Violation::new(code, e.to_string())),
+                        None => break, // the connection is gone
+                    },
+                };
+                if let Err(v) = result {
+                    let _ = writer.send(&v.to_frame()).await;
+                    ended = Some((v.code, v.message));
+                    break;
+                }
+            }
+            () = sleep_until(deadline) => {
+                if let Err(v) = control.handle_timeout(Instant::now()) {
+                    ended = Some((v.code, v.message));
+                    break;
+                }
+            }
+            incoming = connection.accept_bi() => match incoming {
+                Ok((send, recv)) => {
+                    let ctx = ctx.clone();
+                    streams.spawn(async move { serve_stream(ctx, send, recv).await }.in_current_span());
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection closed");
+                    break;
+                }
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+        while let Some(frame) = control.poll_transmit() {
+            if writer.send(&frame).await.is_err() {
+                break;
+            }
+        }
+        if let Some(ControlEvent::Goodbye(bye)) = control.poll_event() {
+            tracing::debug!(code = bye.code, reason = %bye.reason, "client said goodbye");
+            break;
+        }
+    }
+
+    // Let the stream tasks finish what they accepted (they watch the same
+    // shutdown signal), bounded by the grace period.
+    let grace = state.config.listener.shutdown_grace.0;
+    let drained = tokio::time::timeout(grace, async {
+        while streams.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        streams.abort_all();
+    }
+    match ended {
+        Some((code, reason)) => {
+            tracing::info!(code = %code, reason = %reason, "connection ended");
+            connection.close(close_code(code), reason.as_bytes());
+        }
+        None => {
+            if *shutdown.borrow() {
+                control.close(Some(ErrorCode::ShuttingDown), "the broker is shutting down");
+            } else {
+                control.close(None, "goodbye");
+            }
+            while let Some(frame) = control.poll_transmit() {
+                let _ = writer.send(&frame).await;
+            }
+            let _ = writer.finish();
+            connection.close(VarInt::from_u32(0), b"goodbye");
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves one non-control stream: its first frame decides what it is.
+async fn serve_stream(ctx: ConnCtx, send: quinn::SendStream, recv: quinn::RecvStream) {
+    let max_frame = ctx.state.config.listener.max_frame_size;
+    let mut reader = FrameReader::new(recv, max_frame);
+    let mut writer = FrameWriter::new(send, ctx.peer_max_frame_size);
+    let first = match reader.next().await {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return,
+        Err(e) => {
+            if let Some(code) = e.code() {
+                let v = Violation::new(code, e.to_string());
+                let _ = writer.send(&v.to_frame()).await;
+                let _ = writer.finish();
+                reader.stop(code);
+            }
+            return;
+        }
+    };
+    match first {
+        Frame::Produce(_) => crate::server::produce::serve(ctx, first, reader, writer).await,
+        Frame::Subscribe(_) => crate::server::subscribe::serve(ctx, first, reader, writer).await,
+        Frame::Request(request) => crate::server::admin::serve(ctx, request, reader, writer).await,
+        other => {
+            let v = Violation::new(
+                ErrorCode::ProtocolViolation,
+                format!(
+                    "a stream must start with Produce, Subscribe or an admin request, not {}",
+                    other.frame_type().name()
+                ),
+            );
+            let _ = writer.send(&v.to_frame()).await;
+            let _ = writer.finish();
+            reader.stop(v.code);
+        }
+    }
+}

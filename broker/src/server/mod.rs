@@ -1,0 +1,227 @@
+//! The broker proper: topics, produce, subscribe and admin over QUIC.
+//!
+//! [`BrokerState`] holds everything connections share: the metadata store,
+//! the key manager, the topic table, the ACL, consumer groups and metrics.
+//! [`run`] binds the listener and serves until shutdown; each connection is
+//! served by [`connection::serve`], which hands every stream to the handler
+//! for its kind (control, producer, subscription, admin), chosen by the
+//! stream's first frame.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use strongbox_protocol::frames::admin_types::AclRule;
+use strongbox_storage::keys::{FileKeyProvider, KeyManager, KeyProvider, PinSource, Pkcs11KeyProvider};
+use strongbox_storage::meta::MetaStore;
+use tokio::sync::watch;
+
+use crate::acl::{Acl, seed_rules};
+use crate::config::{BrokerConfig, KeyProviderKind};
+use crate::metrics::BrokerMetrics;
+
+pub mod admin;
+pub mod authz;
+pub mod connection;
+pub mod error;
+pub mod groups;
+pub mod partition;
+pub mod produce;
+pub mod producers;
+pub mod run;
+pub mod stream_io;
+pub mod subscribe;
+pub mod topics;
+
+pub use run::{RunningBroker, run};
+
+use error::BrokerError;
+use groups::Groups;
+use topics::TopicTable;
+
+/// Unwrapped data keys kept in memory.
+const DEK_CACHE_CAPACITY: usize = 4096;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .unwrap_or(0)
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone). Returns
+/// nothing, so no borrow of the watch value is held across an await.
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The metadata store could not be opened.
+    #[error("cannot open the metadata store: {0}")]
+    Meta(#[from] strongbox_storage::meta::MetaError),
+    /// The key provider could not be opened.
+    #[error("cannot open the key provider: {0}")]
+    Keys(#[from] strongbox_storage::keys::KeyError),
+    /// The ACL from the config or the store is invalid.
+    #[error("ACL: {0}")]
+    Acl(String),
+    /// Another start-up step failed.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Everything the connections of a broker share.
+#[derive(Debug)]
+pub struct BrokerState {
+    /// The validated configuration.
+    pub config: BrokerConfig,
+    /// Topics, groups offsets, producers, ACLs, keys registry.
+    pub meta: MetaStore,
+    /// Data keys and the key registry.
+    pub keys: Arc<KeyManager>,
+    /// The topics being served.
+    pub topics: TopicTable,
+    /// The live ACL.
+    pub acl: Arc<Acl>,
+    /// Consumer group memberships.
+    pub groups: Groups,
+    /// Idempotent producer ids and epochs.
+    pub producer_epochs: producers::ProducerEpochs,
+    /// Metrics.
+    pub metrics: Arc<BrokerMetrics>,
+    /// Serializes admin changes to topics and ACLs.
+    pub admin_lock: tokio::sync::Mutex<()>,
+    /// Turns true when the broker shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl BrokerState {
+    /// Opens the data directory: metadata store, key provider, topics, ACL.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError`] naming what could not be opened. A partition that
+    /// cannot be opened is not an error: it is served as unavailable.
+    pub fn open(
+        config: BrokerConfig,
+        metrics: Arc<BrokerMetrics>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<Self>, StartError> {
+        let data_dir = config.broker.data_dir.clone();
+        create_private_dir(&data_dir)?;
+        let meta = MetaStore::open(data_dir.join("meta.redb"))?;
+        let provider = open_provider(&config)?;
+        let keys = Arc::new(KeyManager::new(provider, meta.clone(), DEK_CACHE_CAPACITY));
+        let topics = TopicTable::load(&data_dir, &meta, keys.clone())
+            .map_err(|e| StartError::Other(e.message))?;
+        let acl = Arc::new(Acl::from_config(&config.acl).map_err(|e| StartError::Acl(e.to_string()))?);
+        let state = Arc::new(Self {
+            config,
+            meta,
+            keys,
+            topics,
+            acl,
+            groups: Groups::new(),
+            producer_epochs: producers::ProducerEpochs::new(),
+            metrics,
+            admin_lock: tokio::sync::Mutex::new(()),
+            shutdown,
+        });
+        state
+            .reload_acl()
+            .map_err(|e| StartError::Acl(e.message))?;
+        Ok(state)
+    }
+
+    /// Rules from the config file followed by the rules granted at runtime
+    /// (stored in the metadata store), published as a new ACL generation.
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be read or a rule does not compile.
+    pub fn reload_acl(&self) -> Result<u64, BrokerError> {
+        let mut rules: Vec<AclRule> = seed_rules(&self.config.acl)
+            .map_err(|e| BrokerError::internal("reading ACL seed rules", e))?;
+        let stored = self
+            .meta
+            .read(|view| view.acls())
+            .map_err(|e: strongbox_storage::meta::MetaError| BrokerError::internal("reading ACL rules", e))?;
+        rules.extend(stored.into_iter().map(|e| e.rule));
+        self.acl
+            .replace_rules(rules)
+            .map_err(|e| BrokerError::internal("compiling ACL rules", e))
+    }
+
+    /// True when the broker is shutting down.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StartError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |source| StartError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
+    }
+    let mode = std::fs::metadata(dir).map_err(err)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            dir = %dir.display(),
+            mode = format!("{:o}", mode & 0o777),
+            "the data directory is accessible to other users; chmod 700 it"
+        );
+    }
+    Ok(())
+}
+
+fn open_provider(config: &BrokerConfig) -> Result<Arc<dyn KeyProvider>, StartError> {
+    match config.keys.provider {
+        KeyProviderKind::File => Ok(Arc::new(FileKeyProvider::open(&config.keys.file.dir)?)),
+        KeyProviderKind::Pkcs11 => {
+            let p = config
+                .keys
+                .pkcs11
+                .as_ref()
+                .ok_or_else(|| StartError::Other("keys.pkcs11: missing section for provider = \"pkcs11\"".into()))?;
+            let pin = match (&p.pin_file, &p.pin_env) {
+                (Some(file), None) => PinSource::File(file.clone()),
+                (None, Some(var)) => PinSource::Env(var.clone()),
+                _ => {
+                    return Err(StartError::Other(
+                        "keys.pkcs11: set exactly one of pin_file and pin_env".into(),
+                    ));
+                }
+            };
+            let provider = Pkcs11KeyProvider::open(&strongbox_storage::keys::Pkcs11Config {
+                module: p.module.clone(),
+                token_label: p.token_label.clone(),
+                pin,
+            })?;
+            Ok(Arc::new(provider))
+        }
+    }
+}
+
+/// How often background maintenance (segment age rolls, retention, expired
+/// grants) runs.
+pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);

@@ -1,0 +1,368 @@
+//! Idempotent-producer state of one partition.
+//!
+//! A producer stamps each batch with `(producer id, epoch, base sequence)`.
+//! Per partition the broker remembers, for each producer, its epoch and its
+//! last few batches, so that:
+//!
+//! - a retried batch that was already appended is acknowledged again with
+//!   its original offset instead of being written twice;
+//! - a batch that skips sequence numbers is refused (`out_of_order_sequence`),
+//!   so nothing is silently lost between two accepted batches;
+//! - a batch from an older epoch is refused (`producer_fenced`): a newer
+//!   instance of the same producer has taken over.
+//!
+//! The table is rebuilt on start by replaying the partition's batch headers
+//! (see `Partition::open`), so the guarantees survive a broker restart.
+
+use std::collections::{HashMap, VecDeque};
+
+use strongbox_protocol::batch::ProducerStamp;
+
+/// Batches remembered per producer and partition for answering retries: at
+/// least the most a producer stream may have in flight
+/// (`listener.max_in_flight` is capped at this), so every batch a producer
+/// re-sends after a reconnect is recognised.
+pub const RECENT_BATCHES: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SeqRange {
+    first: u32,
+    last: u32,
+    base_offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ProducerEntry {
+    epoch: u16,
+    recent: VecDeque<SeqRange>,
+}
+
+/// What to do with a stamped batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceCheck {
+    /// Append it.
+    Append,
+    /// Already appended at `base_offset`: acknowledge again, do not append.
+    Duplicate {
+        /// Where it was appended.
+        base_offset: u64,
+    },
+    /// The sequence does not follow the producer's last batch.
+    OutOfOrder {
+        /// The sequence the broker expected.
+        expected: u32,
+        /// The sequence received.
+        got: u32,
+    },
+    /// The producer's epoch is older than the current one.
+    Fenced {
+        /// The current epoch.
+        current: u16,
+        /// The epoch received.
+        got: u16,
+    },
+}
+
+/// Producer state of one partition.
+#[derive(Debug, Default, Clone)]
+pub struct ProducerTable {
+    entries: HashMap<u64, ProducerEntry>,
+}
+
+impl ProducerTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of producers tracked.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no producer is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Decides what to do with a batch of `record_count` records stamped
+    /// `stamp`. `min_epoch` is the producer's current epoch as registered by
+    /// `InitProducer` (fencing instances that have not written here yet).
+    pub fn check(&self, stamp: &ProducerStamp, record_count: u32, min_epoch: u16) -> SequenceCheck {
+        let last = match last_sequence(stamp, record_count) {
+            Some(last) => last,
+            None => {
+                return SequenceCheck::OutOfOrder {
+                    expected: 0,
+                    got: stamp.base_sequence,
+                };
+            }
+        };
+        let current = self
+            .entries
+            .get(&stamp.producer_id)
+            .map_or(min_epoch, |e| e.epoch.max(min_epoch));
+        if stamp.epoch < current {
+            return SequenceCheck::Fenced {
+                current,
+                got: stamp.epoch,
+            };
+        }
+        let Some(entry) = self.entries.get(&stamp.producer_id) else {
+            // First batch this partition sees from the producer: whatever
+            // came before has been retained away or was never written here.
+            return SequenceCheck::Append;
+        };
+        if stamp.epoch > entry.epoch {
+            // A new epoch starts its sequences again at zero.
+            return if stamp.base_sequence == 0 {
+                SequenceCheck::Append
+            } else {
+                SequenceCheck::OutOfOrder {
+                    expected: 0,
+                    got: stamp.base_sequence,
+                }
+            };
+        }
+        let expected = entry
+            .recent
+            .back()
+            .and_then(|r| r.last.checked_add(1))
+            .unwrap_or(0);
+        if stamp.base_sequence == expected {
+            return SequenceCheck::Append;
+        }
+        // Not the next batch: a retry of a recent one, or a gap.
+        match entry
+            .recent
+            .iter()
+            .rev()
+            .find(|r| r.first == stamp.base_sequence && r.last == last)
+        {
+            Some(hit) => SequenceCheck::Duplicate {
+                base_offset: hit.base_offset,
+            },
+            None => SequenceCheck::OutOfOrder {
+                expected,
+                got: stamp.base_sequence,
+            },
+        }
+    }
+
+    /// Records that a batch stamped `stamp` was appended at `base_offset`.
+    pub fn record(&mut self, stamp: &ProducerStamp, record_count: u32, base_offset: u64) {
+        let Some(last) = last_sequence(stamp, record_count) else {
+            return;
+        };
+        let entry = self
+            .entries
+            .entry(stamp.producer_id)
+            .or_insert_with(|| ProducerEntry {
+                epoch: stamp.epoch,
+                recent: VecDeque::new(),
+            });
+        if stamp.epoch > entry.epoch {
+            entry.epoch = stamp.epoch;
+            entry.recent.clear();
+        }
+        entry.recent.push_back(SeqRange {
+            first: stamp.base_sequence,
+            last,
+            base_offset,
+        });
+        while entry.recent.len() > RECENT_BATCHES {
+            entry.recent.pop_front();
+        }
+    }
+}
+
+fn last_sequence(stamp: &ProducerStamp, record_count: u32) -> Option<u32> {
+    stamp.base_sequence.checked_add(record_count.checked_sub(1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn stamp(epoch: u16, seq: u32) -> ProducerStamp {
+        ProducerStamp {
+            producer_id: 7,
+            epoch,
+            base_sequence: seq,
+        }
+    }
+
+    #[test]
+    fn in_order_batches_append_and_retries_are_duplicates() {
+        let mut t = ProducerTable::new();
+        assert_eq!(t.check(&stamp(0, 0), 3, 0), SequenceCheck::Append);
+        t.record(&stamp(0, 0), 3, 100);
+        assert_eq!(t.check(&stamp(0, 3), 2, 0), SequenceCheck::Append);
+        t.record(&stamp(0, 3), 2, 103);
+        assert_eq!(
+            t.check(&stamp(0, 0), 3, 0),
+            SequenceCheck::Duplicate { base_offset: 100 }
+        );
+        assert_eq!(
+            t.check(&stamp(0, 3), 2, 0),
+            SequenceCheck::Duplicate { base_offset: 103 }
+        );
+    }
+
+    #[test]
+    fn gaps_and_overlaps_are_out_of_order() {
+        let mut t = ProducerTable::new();
+        t.record(&stamp(0, 0), 3, 0);
+        assert_eq!(
+            t.check(&stamp(0, 4), 1, 0),
+            SequenceCheck::OutOfOrder { expected: 3, got: 4 }
+        );
+        assert_eq!(
+            t.check(&stamp(0, 1), 5, 0),
+            SequenceCheck::OutOfOrder { expected: 3, got: 1 }
+        );
+    }
+
+    #[test]
+    fn older_epochs_are_fenced_and_new_epochs_restart_at_zero() {
+        let mut t = ProducerTable::new();
+        t.record(&stamp(2, 0), 1, 0);
+        assert_eq!(
+            t.check(&stamp(1, 1), 1, 0),
+            SequenceCheck::Fenced { current: 2, got: 1 }
+        );
+        // The registry knows of epoch 3 before this partition saw it.
+        assert_eq!(
+            t.check(&stamp(2, 1), 1, 3),
+            SequenceCheck::Fenced { current: 3, got: 2 }
+        );
+        assert_eq!(
+            t.check(&stamp(3, 5), 1, 3),
+            SequenceCheck::OutOfOrder { expected: 0, got: 5 }
+        );
+        assert_eq!(t.check(&stamp(3, 0), 1, 3), SequenceCheck::Append);
+        t.record(&stamp(3, 0), 1, 1);
+        assert_eq!(t.check(&stamp(3, 1), 1, 3), SequenceCheck::Append);
+    }
+
+    #[test]
+    fn sequence_overflow_is_refused_not_wrapped() {
+        let t = ProducerTable::new();
+        assert!(matches!(
+            t.check(&stamp(0, u32::MAX), 2, 0),
+            SequenceCheck::OutOfOrder { .. }
+        ));
+    }
+
+    proptest! {
+        /// A producer that sends batches in order, with arbitrary retries of
+        /// recent batches interleaved, gets every batch appended exactly once
+        /// and every retry acknowledged with the original offset.
+        #[test]
+        fn retries_never_append_twice(
+            sizes in proptest::collection::vec(1u32..20, 1..40),
+            retries in proptest::collection::vec((any::<bool>(), 0usize..64), 40),
+        ) {
+            let mut t = ProducerTable::new();
+            let mut next_seq = 0u32;
+            let mut next_offset = 0u64;
+            let mut sent: Vec<(u32, u32, u64)> = Vec::new();
+            for (i, size) in sizes.iter().enumerate() {
+                let s = stamp(0, next_seq);
+                prop_assert_eq!(t.check(&s, *size, 0), SequenceCheck::Append);
+                t.record(&s, *size, next_offset);
+                sent.push((next_seq, *size, next_offset));
+                next_seq += size;
+                next_offset += u64::from(*size);
+                let (retry, back) = retries[i % retries.len()];
+                if retry && back < sent.len() {
+                    let (seq, n, off) = sent[sent.len() - 1 - back];
+                    prop_assert_eq!(
+                        t.check(&stamp(0, seq), n, 0),
+                        SequenceCheck::Duplicate { base_offset: off }
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Producer ids and their current epochs, from the metadata store with an
+/// in-memory cache (the check runs on every stamped batch).
+#[derive(Debug, Default)]
+pub struct ProducerEpochs {
+    cache: std::sync::Mutex<HashMap<u64, u16>>,
+}
+
+impl ProducerEpochs {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u16>> {
+        // Entries are plain values: a poisoned map is still usable.
+        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The current epoch of `producer_id`, or `None` when the broker never
+    /// issued that id.
+    ///
+    /// # Errors
+    ///
+    /// The metadata store cannot be read.
+    pub fn current(
+        &self,
+        meta: &strongbox_storage::meta::MetaStore,
+        producer_id: u64,
+    ) -> Result<Option<u16>, strongbox_storage::meta::MetaError> {
+        if let Some(epoch) = self.cache().get(&producer_id) {
+            return Ok(Some(*epoch));
+        }
+        let stored = meta.read(|view| view.producer(producer_id))?;
+        if let Some(record) = stored {
+            self.cache().insert(producer_id, record.epoch);
+        }
+        Ok(stored.map(|r| r.epoch))
+    }
+
+    /// Issues a new producer id with epoch 0, or bumps the epoch of
+    /// `existing` (fencing older instances). Durable before it returns.
+    ///
+    /// # Errors
+    ///
+    /// The metadata store cannot be written; `Ok(None)` when `existing` was
+    /// never issued or its epoch cannot grow further.
+    pub fn init(
+        &self,
+        meta: &strongbox_storage::meta::MetaStore,
+        existing: Option<u64>,
+        now_ms: i64,
+    ) -> Result<Option<(u64, u16)>, strongbox_storage::meta::MetaError> {
+        let issued = meta.write(|batch| -> Result<_, strongbox_storage::meta::MetaError> {
+            let (id, epoch) = match existing {
+                None => (batch.allocate_producer_id()?, 0),
+                Some(id) => match batch.producer(id)? {
+                    Some(record) => match record.epoch.checked_add(1) {
+                        Some(epoch) => (id, epoch),
+                        None => return Ok(None),
+                    },
+                    None => return Ok(None),
+                },
+            };
+            batch.put_producer(
+                id,
+                &strongbox_storage::meta::ProducerRecord {
+                    epoch,
+                    updated_at: now_ms,
+                },
+            )?;
+            Ok(Some((id, epoch)))
+        })?;
+        if let Some((id, epoch)) = issued {
+            self.cache().insert(id, epoch);
+        }
+        Ok(issued)
+    }
+}

@@ -1,0 +1,139 @@
+//! Frames over QUIC streams.
+//!
+//! [`FrameReader`] reads at most one chunk beyond what the decoder already
+//! holds, so a peer can make the broker buffer at most one maximum frame
+//! plus one chunk per stream, whatever it sends.
+
+use bytes::BytesMut;
+use quinn::{RecvStream, SendStream, VarInt};
+use strongbox_protocol::frame::{Frame, FrameDecoder};
+use strongbox_protocol::{DecodeError, EncodeError, ErrorCode};
+
+/// Largest chunk read from a stream at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Why a stream could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The peer sent bytes that are not a valid frame.
+    #[error("bad frame: {0}")]
+    Decode(#[from] DecodeError),
+    /// A frame could not be encoded (too large for the peer).
+    #[error("cannot encode frame: {0}")]
+    Encode(#[from] EncodeError),
+    /// The stream ended in the middle of a frame.
+    #[error("stream ended inside a frame ({0} bytes left over)")]
+    Truncated(usize),
+    /// Reading failed (connection lost, stream reset).
+    #[error("read failed: {0}")]
+    Read(#[from] quinn::ReadError),
+    /// Writing failed (connection lost, stream stopped).
+    #[error("write failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// Finishing failed: the stream was already closed.
+    #[error("stream already closed")]
+    Closed,
+}
+
+impl StreamError {
+    /// The code to report to the peer, when the peer caused the error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Decode(e) => Some(e.code()),
+            Self::Truncated(_) => Some(ErrorCode::MalformedFrame),
+            _ => None,
+        }
+    }
+}
+
+/// Decodes frames from a receive stream.
+#[derive(Debug)]
+pub struct FrameReader {
+    recv: RecvStream,
+    decoder: FrameDecoder,
+}
+
+impl FrameReader {
+    /// Reads frames of at most `max_frame_size` bytes.
+    pub fn new(recv: RecvStream, max_frame_size: u32) -> Self {
+        Self {
+            recv,
+            decoder: FrameDecoder::new(max_frame_size),
+        }
+    }
+
+    /// The next frame, or `None` when the peer finished the stream cleanly
+    /// between frames.
+    ///
+    /// # Errors
+    ///
+    /// [`StreamError`] for a bad frame, a stream that ends inside a frame,
+    /// or a transport failure.
+    pub async fn next(&mut self) -> Result<Option<Frame>, StreamError> {
+        loop {
+            if let Some(frame) = self.decoder.next_frame()? {
+                return Ok(Some(frame));
+            }
+            match self.recv.read_chunk(READ_CHUNK, true).await? {
+                Some(chunk) => self.decoder.extend(&chunk.bytes),
+                None if self.decoder.buffered() == 0 => return Ok(None),
+                None => return Err(StreamError::Truncated(self.decoder.buffered())),
+            }
+        }
+    }
+
+    /// Tells the peer to stop sending, with `code`.
+    pub fn stop(&mut self, code: ErrorCode) {
+        let _ = self.recv.stop(VarInt::from_u32(u32::from(code.as_u16())));
+    }
+}
+
+/// Encodes frames onto a send stream.
+#[derive(Debug)]
+pub struct FrameWriter {
+    send: SendStream,
+    buf: BytesMut,
+    max_frame_size: u32,
+}
+
+impl FrameWriter {
+    /// Writes frames of at most `max_frame_size` bytes.
+    pub fn new(send: SendStream, max_frame_size: u32) -> Self {
+        Self {
+            send,
+            buf: BytesMut::with_capacity(16 * 1024),
+            max_frame_size,
+        }
+    }
+
+    /// Changes the limit (after the handshake).
+    pub fn set_max_frame_size(&mut self, max: u32) {
+        self.max_frame_size = max;
+    }
+
+    /// Writes one frame.
+    ///
+    /// # Errors
+    ///
+    /// [`StreamError::Encode`] or a transport failure.
+    pub async fn send(&mut self, frame: &Frame) -> Result<(), StreamError> {
+        self.buf.clear();
+        frame.encode(&mut self.buf, self.max_frame_size)?;
+        self.send.write_all(&self.buf).await?;
+        Ok(())
+    }
+
+    /// Finishes the stream after everything written.
+    ///
+    /// # Errors
+    ///
+    /// [`StreamError::Closed`] when it was already finished or reset.
+    pub fn finish(&mut self) -> Result<(), StreamError> {
+        self.send.finish().map_err(|_| StreamError::Closed)
+    }
+
+    /// Abandons the stream with `code`.
+    pub fn reset(&mut self, code: ErrorCode) {
+        let _ = self.send.reset(VarInt::from_u32(u32::from(code.as_u16())));
+    }
+}

@@ -1,0 +1,389 @@
+//! The topics a broker serves and their partitions.
+//!
+//! A topic's partitions live under `<data_dir>/log/<topic id>/<partition>/`,
+//! named by the topic's random id rather than its name, so a topic deleted
+//! and created again never meets the old files and names need no escaping.
+//!
+//! A partition whose log cannot be opened (a corrupt segment, a missing key
+//! envelope, a destroyed key) is kept as [`PartitionSlot::Failed`] with the
+//! storage error's message: requests for it get `partition_unavailable`
+//! with that message, and every other partition keeps serving.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use strongbox_protocol::ErrorCode;
+use strongbox_protocol::batch::parse_header;
+use strongbox_protocol::frames::admin_types::{Durability, PartitionInfo, TopicConfig, TopicInfo};
+use strongbox_storage::keys::{KekScope, SegmentKeys};
+use strongbox_storage::log::{self as storage_log, LogConfig, PartitionLog, RetentionPolicy};
+use strongbox_storage::meta::{MetaStore, TopicEntry};
+
+use crate::config::TopicDefaults;
+use crate::server::error::BrokerError;
+use crate::server::partition::Partition;
+use crate::server::producers::ProducerTable;
+
+/// Longest topic name.
+pub const MAX_TOPIC_NAME: usize = 249;
+
+/// Checks a topic name: 1 to 249 characters from `[A-Za-z0-9._-]`, not
+/// `.` or `..`. Names starting with `_` are reserved for the broker's own
+/// topics unless `internal` is set.
+///
+/// # Errors
+///
+/// `invalid_topic_name` saying what is wrong.
+pub fn validate_topic_name(name: &str, internal: bool) -> Result<(), BrokerError> {
+    let bad = |why: &str| Err(BrokerError::new(ErrorCode::InvalidTopicName, format!("topic name {name:?} {why}")));
+    if name.is_empty() || name.len() > MAX_TOPIC_NAME {
+        return bad("must be 1 to 249 characters long");
+    }
+    if name == "." || name == ".." {
+        return bad("is reserved");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return bad("may only contain letters, digits, '.', '_' and '-'");
+    }
+    if name.starts_with('_') && !internal {
+        return bad("starts with '_', which is reserved for the broker's own topics");
+    }
+    Ok(())
+}
+
+/// A partition as served: open, or failed with a reason.
+#[derive(Debug, Clone)]
+pub enum PartitionSlot {
+    /// Serving.
+    Ready(Arc<Partition>),
+    /// Its log could not be opened; the message says why and what to do.
+    Failed(String),
+}
+
+/// A topic being served.
+#[derive(Debug)]
+pub struct Topic {
+    /// Its stored entry (id, config, creation time).
+    pub entry: TopicEntry,
+    /// One slot per partition.
+    pub partitions: Vec<PartitionSlot>,
+}
+
+impl Topic {
+    /// Topic name.
+    pub fn name(&self) -> &str {
+        &self.entry.name
+    }
+
+    /// Number of partitions.
+    pub fn partition_count(&self) -> u32 {
+        self.entry.config.partitions
+    }
+
+    /// The serving partition `index`.
+    ///
+    /// # Errors
+    ///
+    /// `unknown_partition`, or `partition_unavailable` with the storage
+    /// error that took it down.
+    pub fn partition(&self, index: u32) -> Result<&Arc<Partition>, BrokerError> {
+        match self.partitions.get(index as usize) {
+            Some(PartitionSlot::Ready(p)) => Ok(p),
+            Some(PartitionSlot::Failed(reason)) => Err(BrokerError::new(
+                ErrorCode::PartitionUnavailable,
+                format!("{}/{index} is unavailable: {reason}", self.entry.name),
+            )),
+            None => Err(BrokerError::new(
+                ErrorCode::UnknownPartition,
+                format!(
+                    "topic {} has {} partitions; there is no partition {index}",
+                    self.entry.name,
+                    self.partitions.len()
+                ),
+            )),
+        }
+    }
+
+    /// The KEK scope of the topic's data keys.
+    pub fn kek_scope(&self) -> KekScope {
+        kek_scope(&self.entry)
+    }
+
+    /// The topic as the admin protocol describes it, with partitions.
+    pub fn describe(&self) -> TopicInfo {
+        let mut info = self.entry.to_info();
+        info.partitions = self
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| {
+                let partition = u32::try_from(i).unwrap_or(u32::MAX);
+                match slot {
+                    PartitionSlot::Ready(p) => {
+                        let segments = p.log().segments();
+                        PartitionInfo {
+                            partition,
+                            log_start_offset: p.log_start_offset(),
+                            high_watermark: p.high_watermark(),
+                            segments: u32::try_from(segments.len()).unwrap_or(u32::MAX),
+                            size_bytes: segments.iter().map(|s| s.size_bytes).sum(),
+                            error: None,
+                        }
+                    }
+                    PartitionSlot::Failed(reason) => PartitionInfo {
+                        partition,
+                        log_start_offset: 0,
+                        high_watermark: 0,
+                        segments: 0,
+                        size_bytes: 0,
+                        error: Some(reason.clone()),
+                    },
+                }
+            })
+            .collect();
+        info
+    }
+
+    /// Partitions that are serving.
+    pub fn ready_partitions(&self) -> impl Iterator<Item = &Arc<Partition>> {
+        self.partitions.iter().filter_map(|s| match s {
+            PartitionSlot::Ready(p) => Some(p),
+            PartitionSlot::Failed(_) => None,
+        })
+    }
+}
+
+/// The KEK scope of a topic: its own key when `dedicated_kek` is set.
+pub fn kek_scope(entry: &TopicEntry) -> KekScope {
+    if entry.config.dedicated_kek {
+        KekScope::Topic(hex::encode(entry.topic_id))
+    } else {
+        KekScope::Broker
+    }
+}
+
+/// Fills the optional settings of a requested topic config from the
+/// broker's defaults, so the stored config says exactly what applies.
+pub fn resolve_config(mut config: TopicConfig, defaults: &TopicDefaults) -> Result<TopicConfig, BrokerError> {
+    let invalid = |m: String| Err(BrokerError::new(ErrorCode::InvalidConfig, m));
+    if config.partitions == 0 {
+        config.partitions = defaults.partitions;
+    }
+    if config.partitions > 10_000 {
+        return invalid(format!("{} partitions is more than the limit of 10000", config.partitions));
+    }
+    config.segment_bytes.get_or_insert(defaults.segment_bytes);
+    config
+        .segment_ms
+        .get_or_insert(u64::try_from(defaults.segment_age.0.as_millis()).unwrap_or(u64::MAX));
+    if config.retention_ms.is_none() {
+        config.retention_ms = defaults.retention.as_millis();
+    }
+    if config.retention_bytes.is_none() {
+        config.retention_bytes = defaults.retention_bytes;
+    }
+    if config.segment_ms == Some(0) {
+        return invalid("segment_ms must be above zero".into());
+    }
+    Ok(config)
+}
+
+/// The log settings of partition `index` of a topic.
+pub fn log_config(entry: &TopicEntry, index: u32) -> LogConfig {
+    let mut config = LogConfig::new(entry.topic_id, index, kek_scope(entry));
+    if let Some(bytes) = entry.config.segment_bytes {
+        config.segment_bytes = bytes;
+    }
+    if let Some(ms) = entry.config.segment_ms {
+        config.segment_age = Duration::from_millis(ms);
+    }
+    config.durability = match entry.config.durability {
+        Durability::Fsync => storage_log::Durability::Fsync,
+        Durability::Interval { interval_ms } => {
+            storage_log::Durability::Interval(Duration::from_millis(u64::from(interval_ms)))
+        }
+        Durability::None => storage_log::Durability::None,
+    };
+    config
+}
+
+/// The retention policy of a topic.
+pub fn retention(entry: &TopicEntry) -> RetentionPolicy {
+    RetentionPolicy {
+        max_age: entry.config.retention_ms.map(Duration::from_millis),
+        max_bytes: entry.config.retention_bytes,
+    }
+}
+
+/// The directory of a topic's partitions.
+pub fn topic_dir(data_dir: &Path, topic_id: &[u8; 16]) -> PathBuf {
+    data_dir.join("log").join(hex::encode(topic_id))
+}
+
+/// Opens partition `index` of a topic and rebuilds its producer table.
+fn open_partition(data_dir: &Path, entry: &TopicEntry, index: u32, keys: Arc<dyn SegmentKeys>) -> PartitionSlot {
+    let dir = topic_dir(data_dir, &entry.topic_id).join(index.to_string());
+    let opened = log_config(entry, index)
+        .validate()
+        .and_then(|config| PartitionLog::open(dir.clone(), config, keys));
+    match opened {
+        Ok(log) => match rebuild_producers(&log) {
+            Ok(producers) => PartitionSlot::Ready(Partition::new(entry.name.clone(), index, dir, log, producers)),
+            Err(e) => {
+                tracing::error!(topic = %entry.name, partition = index, error = %e, "cannot rebuild producer state");
+                PartitionSlot::Failed(e.to_string())
+            }
+        },
+        Err(e) => {
+            tracing::error!(topic = %entry.name, partition = index, error = %e, "cannot open partition");
+            PartitionSlot::Failed(e.to_string())
+        }
+    }
+}
+
+/// Rebuilds the idempotent-producer table from the batch headers of the
+/// newest two segments: a producer retries only batches it sent moments
+/// ago, which are always there.
+fn rebuild_producers(log: &PartitionLog) -> Result<ProducerTable, storage_log::LogError> {
+    let segments = log.segments();
+    let start = segments
+        .len()
+        .checked_sub(2)
+        .and_then(|i| segments.get(i))
+        .or_else(|| segments.first())
+        .map_or(log.log_start_offset(), |s| s.base_offset);
+    let mut table = ProducerTable::new();
+    let end = log.high_watermark();
+    let mut next = start;
+    while next < end {
+        let batches = log.read(next, 4 * 1024 * 1024)?;
+        let Some((last_base, last_bytes)) = batches.last() else {
+            break;
+        };
+        let mut advanced = next;
+        for (base, bytes) in &batches {
+            // The log authenticated these bytes; a header that does not
+            // parse would be a bug, and is skipped rather than trusted.
+            if let Ok(header) = parse_header(bytes) {
+                if let Some(stamp) = header.producer {
+                    table.record(&stamp, header.record_count, *base);
+                }
+                advanced = base.saturating_add(u64::from(header.record_count));
+            }
+        }
+        if advanced <= next {
+            // No progress: stop instead of looping on a batch we cannot read.
+            tracing::warn!(offset = next, base = last_base, len = last_bytes.len(), "producer state rebuild stalled");
+            break;
+        }
+        next = advanced;
+    }
+    Ok(table)
+}
+
+/// Every topic the broker serves.
+#[derive(Debug)]
+pub struct TopicTable {
+    data_dir: PathBuf,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+}
+
+impl TopicTable {
+    /// Opens every topic in the metadata store. Partitions that fail to open
+    /// are served as failed; the broker still starts.
+    ///
+    /// # Errors
+    ///
+    /// Only when the metadata store cannot be read.
+    pub fn load(data_dir: &Path, meta: &MetaStore, keys: Arc<dyn SegmentKeys>) -> Result<Self, BrokerError> {
+        let entries = meta
+            .read(|view| view.topics())
+            .map_err(|e: strongbox_storage::meta::MetaError| BrokerError::internal("reading topics", e))?;
+        let mut topics = HashMap::new();
+        for entry in entries {
+            let partitions = (0..entry.config.partitions)
+                .map(|i| open_partition(data_dir, &entry, i, keys.clone()))
+                .collect();
+            tracing::info!(topic = %entry.name, partitions = entry.config.partitions, "topic opened");
+            topics.insert(entry.name.clone(), Arc::new(Topic { entry, partitions }));
+        }
+        Ok(Self {
+            data_dir: data_dir.to_path_buf(),
+            topics: RwLock::new(topics),
+        })
+    }
+
+    /// The topic named `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
+        self.read().get(name).cloned()
+    }
+
+    /// The topic named `name`.
+    ///
+    /// # Errors
+    ///
+    /// `unknown_topic`.
+    pub fn require(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+        self.get(name)
+            .ok_or_else(|| BrokerError::new(ErrorCode::UnknownTopic, format!("topic {name} does not exist")))
+    }
+
+    /// Every topic, by name.
+    pub fn all(&self) -> Vec<Arc<Topic>> {
+        let mut all: Vec<_> = self.read().values().cloned().collect();
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
+    }
+
+    /// Opens the partitions of a topic just stored in the metadata store and
+    /// starts serving it.
+    pub fn add(&self, entry: TopicEntry, keys: Arc<dyn SegmentKeys>) -> Arc<Topic> {
+        let partitions = (0..entry.config.partitions)
+            .map(|i| open_partition(&self.data_dir, &entry, i, keys.clone()))
+            .collect();
+        let topic = Arc::new(Topic { entry, partitions });
+        self.write().insert(topic.name().to_owned(), topic.clone());
+        topic
+    }
+
+    /// Stops serving a topic; returns it so the caller can delete its data.
+    pub fn remove(&self, name: &str) -> Option<Arc<Topic>> {
+        self.write().remove(name)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Topic>>> {
+        // Writers replace whole entries; a poisoned map is still consistent.
+        self.topics.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Topic>>> {
+        self.topics.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names() {
+        for ok in ["demo.greetings", "a", "orders-2024_v1", &"x".repeat(249)] {
+            assert!(validate_topic_name(ok, false).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "a b", "é", &"x".repeat(250), "_audit"] {
+            let err = validate_topic_name(bad, false).expect_err(bad);
+            assert_eq!(err.code, ErrorCode::InvalidTopicName);
+        }
+        assert!(validate_topic_name("_audit", true).is_ok());
+    }
+}
