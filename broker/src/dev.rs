@@ -26,11 +26,13 @@
 //! read by the `strongbox` CLI from `--profile FILE` or `STRONGBOX_PROFILE`:
 //!
 //! ```toml
-//! broker = "127.0.0.1:7443"    # UDP address of the broker
-//! server_name = "localhost"     # name checked against the broker certificate
+//! broker = "127.0.0.1:7443"    # the broker, host:port (UDP)
+//! server_name = "localhost"     # optional: name the broker certificate must
+//!                               # carry; default: the host part of `broker`
 //! ca = "../ca/ca.pem"           # CA bundle that signed the broker certificate
-//! cert = "alice.pem"            # client certificate chain, PEM
+//! cert = "alice.pem"            # client certificate chain, PEM, leaf first
 //! key = "alice.key"             # client private key, PEM (0600)
+//! client_name = "my-service/1"  # optional: shown in the broker's logs
 //! ```
 //!
 //! Relative paths resolve against the profile file's directory. Unknown
@@ -221,24 +223,40 @@ impl DevLayout {
     }
 
     /// Copy-paste commands for the three profiles, for the broker to print.
+    /// The development broker creates `demo.greetings` itself.
     pub fn quickstart(&self) -> String {
         let profile = |n: &str| self.dir.join("profiles").join(format!("{n}.toml"));
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "  STRONGBOX_PROFILE={} strongbox topic create demo.greetings",
-            profile("admin").display()
-        );
-        let _ = writeln!(
-            s,
-            "  STRONGBOX_PROFILE={} strongbox publish demo.greetings hello",
-            profile("alice").display()
-        );
-        let _ = writeln!(
-            s,
-            "  STRONGBOX_PROFILE={} strongbox subscribe demo.greetings --from earliest",
-            profile("bob").display()
-        );
+        let lines = [
+            (
+                "alice",
+                "publish demo.greetings hello",
+                "alice may publish on demo.*",
+            ),
+            (
+                "bob",
+                "subscribe demo.greetings --from earliest --count 1",
+                "bob may subscribe on demo.*",
+            ),
+            (
+                "bob",
+                "publish demo.greetings hi",
+                "refused: bob may not publish",
+            ),
+            (
+                "admin",
+                "topic create demo.orders --partitions 3",
+                "admin is a superuser",
+            ),
+        ];
+        for (who, command, why) in lines {
+            let _ = writeln!(s, "  # {why}");
+            let _ = writeln!(
+                s,
+                "  STRONGBOX_PROFILE={} strongbox {command}",
+                profile(who).display()
+            );
+        }
         s
     }
 }
@@ -449,16 +467,21 @@ fn broker_toml(listen: SocketAddr) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
-    /// UDP address of the broker.
-    pub broker: SocketAddr,
-    /// Name checked against the broker certificate.
-    pub server_name: String,
+    /// The broker, `host:port`.
+    pub broker: String,
+    /// Name checked against the broker certificate; the host part of
+    /// `broker` when absent.
+    #[serde(default)]
+    pub server_name: Option<String>,
     /// CA bundle, resolved.
     pub ca: PathBuf,
     /// Client certificate chain, resolved.
     pub cert: PathBuf,
     /// Client private key, resolved.
     pub key: PathBuf,
+    /// Name the client announces in its `Hello`, for the broker's logs.
+    #[serde(default)]
+    pub client_name: Option<String>,
 }
 
 impl Profile {

@@ -61,7 +61,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -99,8 +102,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn run_dev(dir: &Path, listen: SocketAddr, metrics_listen: Option<SocketAddr>) -> anyhow::Result<()> {
-    let layout = dev::ensure_dev_dir(dir, listen).with_context(|| format!("development directory {}", dir.display()))?;
+async fn run_dev(
+    dir: &Path,
+    listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let layout = dev::ensure_dev_dir(dir, listen)
+        .with_context(|| format!("development directory {}", dir.display()))?;
     let mut config = BrokerConfig::load(&layout.config)
         .and_then(BrokerConfig::validate)
         .with_context(|| format!("config {}", layout.config.display()))?;
@@ -110,7 +118,9 @@ async fn run_dev(dir: &Path, listen: SocketAddr, metrics_listen: Option<SocketAd
         SocketAddr::new(listen.ip(), port)
     });
     init_logging(&config);
-    tracing::warn!("development mode: keys are stored in files next to the data; use an HSM in production");
+    tracing::warn!(
+        "development mode: keys are stored in files next to the data; use an HSM in production"
+    );
     let broker = server::run(config).await?;
     layout
         .set_broker_addr(broker.addr)
@@ -119,7 +129,10 @@ async fn run_dev(dir: &Path, listen: SocketAddr, metrics_listen: Option<SocketAd
     if layout.created {
         println!("created development directory {}", layout.dir.display());
     }
-    println!("strongbox-broker (dev) listening on {} (QUIC, mutual TLS)", broker.addr);
+    println!(
+        "strongbox-broker (dev) listening on {} (QUIC, mutual TLS)",
+        broker.addr
+    );
     if let Some(m) = broker.metrics_addr {
         println!("metrics on http://{m}/metrics");
     }

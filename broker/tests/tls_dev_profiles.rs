@@ -177,8 +177,8 @@ fn a_random_port_gets_a_random_metrics_port_and_profiles_follow_the_bound_addres
         .set_broker_addr("0.0.0.0:41000".parse().unwrap())
         .unwrap();
     let alice = Profile::load(&layout.profile("alice").unwrap().path).unwrap();
-    assert_eq!(alice.broker, "127.0.0.1:41000".parse().unwrap());
-    assert_eq!(alice.server_name, "localhost");
+    assert_eq!(alice.broker, "127.0.0.1:41000");
+    assert_eq!(alice.server_name.as_deref(), Some("localhost"));
     assert!(alice.ca.ends_with("profiles/../ca/ca.pem"));
     assert!(alice.key.exists() && alice.cert.exists() && alice.ca.exists());
     let hint = layout.quickstart();
@@ -217,8 +217,10 @@ async fn profiles_connect_to_a_broker_built_from_the_dev_config() {
         let client = client_from_profile(&profile);
         let endpoint = common::client_endpoint();
         let answer = tokio::time::timeout(common::GUARD, async {
+            let addr: std::net::SocketAddr = profile.broker.parse().unwrap();
+            let server_name = profile.server_name.as_deref().unwrap();
             let conn = endpoint
-                .connect_with(client, profile.broker, &profile.server_name)
+                .connect_with(client, addr, server_name)
                 .unwrap()
                 .await
                 .unwrap();

@@ -1,1 +1,117 @@
-//! The Strongbox client.
+//! The Strongbox client: publish to and subscribe from a Strongbox broker
+//! over QUIC with mutual TLS.
+//!
+//! # Model
+//!
+//! A [`Client`] is one QUIC connection to the broker, authenticated by this
+//! application's certificate; the broker maps the certificate to a
+//! *principal* ([`Client::principal`]) and checks every request against its
+//! ACLs. On that connection:
+//!
+//! - a [`Producer`] keeps one long-lived stream on which it pipelines
+//!   record batches (up to the broker's `max_in_flight`). Records are
+//!   batched per partition by size and linger; each `send` returns a future
+//!   that resolves to the record's offset. Producers are idempotent: the
+//!   broker drops a batch it already stored, so retries after a dropped
+//!   connection never write twice;
+//! - a [`Consumer`] opens one stream per subscription (a partition, or a
+//!   consumer group whose partitions the broker assigns) and is a
+//!   [`futures::Stream`] of records. Credit-based flow control keeps its
+//!   memory bounded however slow the application is;
+//! - [`Admin`] sends one request per stream: topics, ACLs, producer ids,
+//!   keys, audit, access requests, end-to-end recipients.
+//!
+//! Producers and consumers reconnect with exponential backoff and jitter
+//! when the connection drops ([`ReconnectPolicy`]). A layer that rewrites
+//! values, such as end-to-end encryption, plugs into both through
+//! [`ValueTransformer`].
+//!
+//! # Profiles
+//!
+//! A profile is a small TOML file that says where the broker is and which
+//! credentials to use. `strongbox-broker dev` writes one per development
+//! identity, and the `strongbox` CLI reads one from `--profile` or the
+//! `STRONGBOX_PROFILE` environment variable.
+//!
+//! ```toml
+//! broker = "127.0.0.1:7443"      # host:port of the broker (UDP, QUIC)
+//! server_name = "localhost"      # optional: name in the broker's certificate;
+//!                                # defaults to the host part of `broker`
+//! ca = "ca.pem"                  # CA certificate(s) that sign the broker's certificate
+//! cert = "alice.pem"             # this client's certificate chain, leaf first
+//! key = "alice.key"              # this client's private key (PKCS#8, PKCS#1 or SEC1 PEM)
+//! client_name = "billing/1.4"    # optional: shown in the broker's logs
+//! ```
+//!
+//! Relative paths are relative to the folder holding the profile. Unknown
+//! keys are refused, so a typo does not go unnoticed. The key file is read
+//! at every connection attempt and never logged.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use futures::StreamExt;
+//! use strongbox_client::{Client, ClientConfig, ConsumerConfig, ProducerConfig, ProducerRecord, Subscription};
+//!
+//! # async fn run() -> Result<(), strongbox_client::ClientError> {
+//! let client = Client::connect(ClientConfig::from_profile("strongbox-dev/profiles/alice.toml")?).await?;
+//! println!("connected as {}", client.principal());
+//!
+//! let producer = client.producer(ProducerConfig::default()).await?;
+//! let meta = producer
+//!     .send_and_wait(ProducerRecord::new("demo.greetings", "hello").key("user-7"))
+//!     .await?;
+//! println!("stored at offset {}", meta.offset);
+//! producer.close().await?;
+//!
+//! let mut consumer = client
+//!     .subscribe(Subscription::partition("demo.greetings", meta.partition), ConsumerConfig::default())
+//!     .await?;
+//! if let Some(record) = consumer.next().await {
+//!     let record = record?;
+//!     println!("{} -> {}", record.offset, String::from_utf8_lossy(&record.value));
+//! }
+//! consumer.close().await;
+//! client.close().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Errors
+//!
+//! Every fallible call returns [`ClientError`]. A refusal by the broker is
+//! [`ClientError::Broker`] with the wire [`ErrorCode`] and the broker's
+//! message, shown as is: `not authorized: spiffe://strongbox.dev/bob may
+//! not publish demo.greetings`. A certificate the broker does not accept is
+//! [`ClientError::Authentication`].
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![warn(clippy::unwrap_used, clippy::panic)]
+
+mod admin;
+mod backoff;
+mod config;
+mod connection;
+mod consumer;
+mod error;
+pub mod partitioner;
+mod producer;
+mod tls;
+mod transform;
+mod wire;
+
+pub use admin::{Admin, AuditHead, KeyChange, KeyStatus, ProducerIdentity, WhoAmI};
+pub use config::{ClientConfig, PemSource, ReconnectPolicy};
+pub use connection::{BrokerLimits, Client};
+pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, Subscription, Target};
+pub use error::ClientError;
+pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use transform::{Opened, ValueTransformer};
+
+/// The wire protocol crate, for the types requests and responses use
+/// ([`TopicConfig`](protocol::frames::admin_types::TopicConfig),
+/// [`AclRule`](protocol::frames::admin_types::AclRule), ...).
+pub use strongbox_protocol as protocol;
+pub use strongbox_protocol::ErrorCode;
+pub use strongbox_protocol::frames::subscribe::StartPosition;

@@ -12,14 +12,18 @@ use strongbox_protocol::frames::admin_types::{
     AclRule, KeyVersionInfo, Operations, RewrapProgress, TopicConfig,
 };
 use strongbox_protocol::session::admin::BrokerAdminStream;
-use strongbox_storage::keys::{KekId, KekScope, KekVersion, KeyError, SegmentKeyContext, SegmentKeys};
+use strongbox_storage::keys::{
+    KekId, KekScope, KekVersion, KeyError, SegmentKeyContext, SegmentKeys,
+};
 use strongbox_storage::meta::{AclEntry, MetaError, TopicEntry};
 
 use crate::server::authz::Authorizer;
 use crate::server::connection::ConnCtx;
 use crate::server::error::BrokerError;
 use crate::server::stream_io::{FrameReader, FrameWriter};
-use crate::server::topics::{self, PartitionSlot, Topic, kek_scope, resolve_config, validate_topic_name};
+use crate::server::topics::{
+    self, PartitionSlot, Topic, kek_scope, resolve_config, validate_topic_name,
+};
 use crate::server::{BrokerState, now_ms};
 
 /// The topic name checked for broker-wide permissions (keys, ACL listing):
@@ -27,9 +31,15 @@ use crate::server::{BrokerState, now_ms};
 const BROKER_WIDE: &str = "*";
 
 /// Serves an admin stream whose first frame was `request`.
-pub async fn serve(ctx: ConnCtx, request: AdminRequest, mut reader: FrameReader, mut writer: FrameWriter) {
+pub async fn serve(
+    ctx: ConnCtx,
+    request: AdminRequest,
+    mut reader: FrameReader,
+    mut writer: FrameWriter,
+) {
     let mut session = BrokerAdminStream::new();
-    if let Err(v) = session.handle_frame(strongbox_protocol::frame::Frame::Request(request.clone())) {
+    if let Err(v) = session.handle_frame(strongbox_protocol::frame::Frame::Request(request.clone()))
+    {
         let _ = writer.send(&v.to_frame()).await;
         let _ = writer.finish();
         return;
@@ -66,7 +76,9 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
         }
         AdminRequest::DescribeTopic { name } => {
             authz.check(Operations::DESCRIBE, &name)?;
-            Ok(AdminResponse::Topic(state.topics.require(&name)?.describe()))
+            Ok(AdminResponse::Topic(
+                state.topics.require(&name)?.describe(),
+            ))
         }
         AdminRequest::ListTopics { prefix } => {
             let topics = state
@@ -102,9 +114,10 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
         AdminRequest::InitProducer { producer_id } => {
             let meta = state.meta.clone();
             let state2 = state.clone();
-            let issued = blocking(move || state2.producer_epochs.init(&meta, producer_id, now_ms()))
-                .await?
-                .map_err(|e| BrokerError::internal("issuing a producer id", e))?;
+            let issued =
+                blocking(move || state2.producer_epochs.init(&meta, producer_id, now_ms()))
+                    .await?
+                    .map_err(|e| BrokerError::internal("issuing a producer id", e))?;
             match issued {
                 Some((producer_id, epoch)) => Ok(AdminResponse::Producer { producer_id, epoch }),
                 None => Err(BrokerError::new(
@@ -120,7 +133,9 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
             let scope = key_scope(state, &mut authz, topic.as_deref())?;
             let keys = state.keys.clone();
             let scope2 = scope.clone();
-            let versions = blocking(move || keys.versions(scope2.as_ref())).await?.map_err(key_error)?;
+            let versions = blocking(move || keys.versions(scope2.as_ref()))
+                .await?
+                .map_err(key_error)?;
             Ok(AdminResponse::KeyStatus {
                 versions: versions.iter().map(|v| version_info(state, v)).collect(),
                 rewrap: RewrapProgress::default(),
@@ -129,7 +144,9 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
         AdminRequest::KeyRotate { topic } => {
             let scope = key_scope(state, &mut authz, topic.as_deref())?.unwrap_or(KekScope::Broker);
             let keys = state.keys.clone();
-            let version = blocking(move || keys.rotate(&scope)).await?.map_err(key_error)?;
+            let version = blocking(move || keys.rotate(&scope))
+                .await?
+                .map_err(key_error)?;
             tracing::info!(target: "strongbox::audit", principal = %ctx.principal, kek = %version.id, "key rotated");
             Ok(AdminResponse::KeyChanged {
                 message: format!("{} is now active for new segments", version.id),
@@ -141,7 +158,9 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
             let scope = key_scope(state, &mut authz, topic.as_deref())?.unwrap_or(KekScope::Broker);
             let keys = state.keys.clone();
             let id = KekId { scope, version };
-            let v = blocking(move || keys.retire(&id)).await?.map_err(key_error)?;
+            let v = blocking(move || keys.retire(&id))
+                .await?
+                .map_err(key_error)?;
             tracing::info!(target: "strongbox::audit", principal = %ctx.principal, kek = %v.id, "key retired");
             Ok(AdminResponse::KeyChanged {
                 message: format!("{} is now decrypt-only", v.id),
@@ -153,7 +172,9 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
             let scope = key_scope(state, &mut authz, topic.as_deref())?.unwrap_or(KekScope::Broker);
             let keys = state.keys.clone();
             let id = KekId { scope, version };
-            let v = blocking(move || keys.mark_compromised(&id)).await?.map_err(key_error)?;
+            let v = blocking(move || keys.mark_compromised(&id))
+                .await?
+                .map_err(key_error)?;
             tracing::warn!(target: "strongbox::audit", principal = %ctx.principal, kek = %v.id, segments = v.segments, "key marked compromised");
             Ok(AdminResponse::KeyChanged {
                 message: format!(
@@ -164,11 +185,17 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
                 version: version_info(state, &v),
             })
         }
-        AdminRequest::KeyDestroy { topic, version, force } => {
+        AdminRequest::KeyDestroy {
+            topic,
+            version,
+            force,
+        } => {
             let scope = key_scope(state, &mut authz, topic.as_deref())?.unwrap_or(KekScope::Broker);
             let keys = state.keys.clone();
             let id = KekId { scope, version };
-            let outcome = blocking(move || keys.destroy_version(&id, force)).await?.map_err(key_error)?;
+            let outcome = blocking(move || keys.destroy_version(&id, force))
+                .await?
+                .map_err(key_error)?;
             tracing::warn!(target: "strongbox::audit", principal = %ctx.principal, kek = %outcome.version.id, segments_lost = outcome.segments_lost, "key destroyed");
             Ok(AdminResponse::KeyChanged {
                 message: format!(
@@ -189,18 +216,26 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
         | AdminRequest::RecipientPut { .. }
         | AdminRequest::RecipientRemove { .. }) => Err(BrokerError::new(
             ErrorCode::InvalidRequest,
-            format!("{} is not supported by this broker version", request.frame_type().name()),
+            format!(
+                "{} is not supported by this broker version",
+                request.frame_type().name()
+            ),
         )),
         other => Err(BrokerError::new(
             ErrorCode::InvalidRequest,
-            format!("{} is not supported by this broker version", other.frame_type().name()),
+            format!(
+                "{} is not supported by this broker version",
+                other.frame_type().name()
+            ),
         )),
     }
 }
 
 /// Runs a blocking closure (a metadata commit, a key provider call) off the
 /// async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, BrokerError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, BrokerError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| BrokerError::internal("a background task", e))
@@ -223,7 +258,11 @@ fn key_error(e: KeyError) -> BrokerError {
 
 /// The KEK scope a key request is about, after checking the `keys`
 /// permission on it. `None` for every scope (status only).
-fn key_scope(state: &BrokerState, authz: &mut Authorizer, topic: Option<&str>) -> Result<Option<KekScope>, BrokerError> {
+fn key_scope(
+    state: &BrokerState,
+    authz: &mut Authorizer,
+    topic: Option<&str>,
+) -> Result<Option<KekScope>, BrokerError> {
     match topic {
         None => {
             authz.check(Operations::KEYS, BROKER_WIDE)?;
@@ -235,7 +274,9 @@ fn key_scope(state: &BrokerState, authz: &mut Authorizer, topic: Option<&str>) -
             if !topic.entry.config.dedicated_kek {
                 return Err(BrokerError::new(
                     ErrorCode::InvalidRequest,
-                    format!("topic {name} has no dedicated key; its data keys are wrapped by the broker key"),
+                    format!(
+                        "topic {name} has no dedicated key; its data keys are wrapped by the broker key"
+                    ),
                 ));
             }
             Ok(Some(topic.kek_scope()))
@@ -279,23 +320,35 @@ fn authorize_rule_change(authz: &mut Authorizer, rule: &AclRule) -> Result<(), B
 /// # Errors
 ///
 /// As topic creation.
-pub async fn ensure_topic(state: &Arc<BrokerState>, name: &str, config: TopicConfig) -> Result<(), BrokerError> {
+pub async fn ensure_topic(
+    state: &Arc<BrokerState>,
+    name: &str,
+    config: TopicConfig,
+) -> Result<(), BrokerError> {
     if state.topics.get(name).is_some() {
         return Ok(());
     }
     create_topic(state, name, config).await.map(|_| ())
 }
 
-async fn create_topic(state: &Arc<BrokerState>, name: &str, config: TopicConfig) -> Result<AdminResponse, BrokerError> {
+async fn create_topic(
+    state: &Arc<BrokerState>,
+    name: &str,
+    config: TopicConfig,
+) -> Result<AdminResponse, BrokerError> {
     validate_topic_name(name, false)?;
     let config = resolve_config(config, &state.config.topics)?;
     let _guard = state.admin_lock.lock().await;
     if state.topics.get(name).is_some() {
-        return Err(BrokerError::new(ErrorCode::TopicExists, format!("topic {name} already exists")));
+        return Err(BrokerError::new(
+            ErrorCode::TopicExists,
+            format!("topic {name} already exists"),
+        ));
     }
     let mut topic_id = [0u8; 16];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut topic_id)
-        .map_err(|_| BrokerError::internal("drawing a topic id", "the system random generator failed"))?;
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut topic_id).map_err(
+        |_| BrokerError::internal("drawing a topic id", "the system random generator failed"),
+    )?;
     let entry = TopicEntry {
         name: name.to_owned(),
         topic_id,
@@ -350,7 +403,8 @@ async fn delete_topic(state: &Arc<BrokerState>, name: &str) -> Result<AdminRespo
 fn shred_topic(state: &BrokerState, topic: &Topic) -> Result<usize, BrokerError> {
     let scope = kek_scope(&topic.entry);
     for (index, slot) in topic.partitions.iter().enumerate() {
-        let dir = topics::topic_dir(state.topics.data_dir(), &topic.entry.topic_id).join(index.to_string());
+        let dir = topics::topic_dir(state.topics.data_dir(), &topic.entry.topic_id)
+            .join(index.to_string());
         if let PartitionSlot::Ready(p) = slot {
             for segment in p.log().segments() {
                 let ctx = SegmentKeyContext {
@@ -388,14 +442,16 @@ fn remove_envelopes_then_dir(dir: &std::path::Path) -> Result<(), BrokerError> {
     for entry in entries.flatten() {
         let path = entry.path();
         if path.extension().is_some_and(|x| x == "key") {
-            std::fs::remove_file(&path).map_err(|e| BrokerError::internal("removing a key envelope", e))?;
+            std::fs::remove_file(&path)
+                .map_err(|e| BrokerError::internal("removing a key envelope", e))?;
         }
     }
     // Make the envelope removals durable before any data goes.
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| BrokerError::internal("syncing a partition directory", e))?;
-    std::fs::remove_dir_all(dir).map_err(|e| BrokerError::internal("removing a partition directory", e))
+    std::fs::remove_dir_all(dir)
+        .map_err(|e| BrokerError::internal("removing a partition directory", e))
 }
 
 async fn acl_grant(state: &Arc<BrokerState>, rule: AclRule) -> Result<AdminResponse, BrokerError> {
@@ -441,7 +497,10 @@ async fn acl_revoke(state: &Arc<BrokerState>, rule: AclRule) -> Result<AdminResp
 }
 
 fn same_rule(a: &AclRule, b: &AclRule) -> bool {
-    a.principal == b.principal && a.topic == b.topic && a.operations == b.operations && a.effect == b.effect
+    a.principal == b.principal
+        && a.topic == b.topic
+        && a.operations == b.operations
+        && a.effect == b.effect
 }
 
 fn rules_for(state: &BrokerState, principal: &str) -> Vec<AclRule> {

@@ -54,7 +54,10 @@ impl Authorizer {
                     reason = ?decision.reason,
                     "access denied"
                 );
-                Err(BrokerError::new(ErrorCode::NotAuthorized, denial.to_string()))
+                Err(BrokerError::new(
+                    ErrorCode::NotAuthorized,
+                    denial.to_string(),
+                ))
             }
         }
     }

@@ -15,8 +15,8 @@ use std::time::Instant;
 use quinn::VarInt;
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::frame::Frame;
-use strongbox_protocol::session::control::{BrokerControl, BrokerControlConfig, ControlEvent};
 use strongbox_protocol::session::Violation;
+use strongbox_protocol::session::control::{BrokerControl, BrokerControlConfig, ControlEvent};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -116,7 +116,10 @@ async fn serve_inner(
             e.code().unwrap_or(ErrorCode::MalformedFrame),
             e.to_string(),
         )),
-        Err(_) => Err(Violation::new(ErrorCode::Timeout, "no Hello within the handshake timeout")),
+        Err(_) => Err(Violation::new(
+            ErrorCode::Timeout,
+            "no Hello within the handshake timeout",
+        )),
     };
     if let Err(v) = outcome {
         tracing::info!(code = %v.code, reason = %v.message, "handshake refused");

@@ -28,7 +28,10 @@ impl BrokerError {
     /// An internal failure: logged in full, reported to the client briefly.
     pub fn internal(context: &str, e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "{context}");
-        Self::new(ErrorCode::Internal, format!("{context} failed; see the broker log"))
+        Self::new(
+            ErrorCode::Internal,
+            format!("{context} failed; see the broker log"),
+        )
     }
 
     /// The `Error` frame answering `correlation_id`.

@@ -82,11 +82,14 @@ impl Groups {
         inner.next_member += 1;
         let member = inner.next_member;
         let (tx, rx) = watch::channel(MemberAssignment::default());
-        let state = inner.groups.entry(key.clone()).or_insert_with(|| GroupState {
-            generation: 0,
-            partitions,
-            members: BTreeMap::new(),
-        });
+        let state = inner
+            .groups
+            .entry(key.clone())
+            .or_insert_with(|| GroupState {
+                generation: 0,
+                partitions,
+                members: BTreeMap::new(),
+            });
         // A topic's partition count never changes after creation, but a
         // group may outlive a deleted and recreated topic.
         state.partitions = partitions;
@@ -124,7 +127,9 @@ impl Groups {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // The state stays consistent even if a holder panicked mid-update:
         // every mutation above completes before any call that could panic.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -147,7 +152,10 @@ mod tests {
         let b = groups.join("g", "t", 4);
         assert_eq!(a.assignment.borrow().partitions, vec![0, 2]);
         assert_eq!(b.assignment.borrow().partitions, vec![1, 3]);
-        assert_eq!(a.assignment.borrow().generation, b.assignment.borrow().generation);
+        assert_eq!(
+            a.assignment.borrow().generation,
+            b.assignment.borrow().generation
+        );
         drop(a);
         assert_eq!(b.assignment.borrow().partitions, vec![0, 1, 2, 3]);
         assert_eq!(groups.member_count("g", "t"), 1);
@@ -179,6 +187,10 @@ mod tests {
                     members.push(groups.join("g", "t", partitions));
                 } else {
                     members.remove(0);
+                }
+                if members.is_empty() {
+                    prop_assert_eq!(groups.member_count("g", "t"), 0);
+                    continue;
                 }
                 let mut owners = vec![0u32; partitions as usize];
                 let generation = members[0].assignment.borrow().generation;

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use strongbox_protocol::frames::admin_types::AclRule;
-use strongbox_storage::keys::{FileKeyProvider, KeyManager, KeyProvider, PinSource, Pkcs11KeyProvider};
+use strongbox_storage::keys::{
+    FileKeyProvider, KeyManager, KeyProvider, PinSource, Pkcs11KeyProvider,
+};
 use strongbox_storage::meta::MetaStore;
 use tokio::sync::watch;
 
@@ -126,7 +128,8 @@ impl BrokerState {
         let keys = Arc::new(KeyManager::new(provider, meta.clone(), DEK_CACHE_CAPACITY));
         let topics = TopicTable::load(&data_dir, &meta, keys.clone())
             .map_err(|e| StartError::Other(e.message))?;
-        let acl = Arc::new(Acl::from_config(&config.acl).map_err(|e| StartError::Acl(e.to_string()))?);
+        let acl =
+            Arc::new(Acl::from_config(&config.acl).map_err(|e| StartError::Acl(e.to_string()))?);
         let state = Arc::new(Self {
             config,
             meta,
@@ -139,9 +142,7 @@ impl BrokerState {
             admin_lock: tokio::sync::Mutex::new(()),
             shutdown,
         });
-        state
-            .reload_acl()
-            .map_err(|e| StartError::Acl(e.message))?;
+        state.reload_acl().map_err(|e| StartError::Acl(e.message))?;
         Ok(state)
     }
 
@@ -154,10 +155,9 @@ impl BrokerState {
     pub fn reload_acl(&self) -> Result<u64, BrokerError> {
         let mut rules: Vec<AclRule> = seed_rules(&self.config.acl)
             .map_err(|e| BrokerError::internal("reading ACL seed rules", e))?;
-        let stored = self
-            .meta
-            .read(|view| view.acls())
-            .map_err(|e: strongbox_storage::meta::MetaError| BrokerError::internal("reading ACL rules", e))?;
+        let stored = self.meta.read(|view| view.acls()).map_err(
+            |e: strongbox_storage::meta::MetaError| BrokerError::internal("reading ACL rules", e),
+        )?;
         rules.extend(stored.into_iter().map(|e| e.rule));
         self.acl
             .replace_rules(rules)
@@ -198,11 +198,9 @@ fn open_provider(config: &BrokerConfig) -> Result<Arc<dyn KeyProvider>, StartErr
     match config.keys.provider {
         KeyProviderKind::File => Ok(Arc::new(FileKeyProvider::open(&config.keys.file.dir)?)),
         KeyProviderKind::Pkcs11 => {
-            let p = config
-                .keys
-                .pkcs11
-                .as_ref()
-                .ok_or_else(|| StartError::Other("keys.pkcs11: missing section for provider = \"pkcs11\"".into()))?;
+            let p = config.keys.pkcs11.as_ref().ok_or_else(|| {
+                StartError::Other("keys.pkcs11: missing section for provider = \"pkcs11\"".into())
+            })?;
             let pin = match (&p.pin_file, &p.pin_env) {
                 (Some(file), None) => PinSource::File(file.clone()),
                 (None, Some(var)) => PinSource::Env(var.clone()),

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use strongbox_protocol::batch::RecordBatch;
 use strongbox_protocol::ErrorCode;
+use strongbox_protocol::batch::RecordBatch;
 use strongbox_storage::keys::KeyError;
 use strongbox_storage::log::{Durable, LogError, PartitionLog};
 use tokio::sync::{Mutex, watch};
@@ -102,7 +102,13 @@ impl PendingAppend {
 
 impl Partition {
     /// Serves an opened log. `producers` is the table rebuilt from the log.
-    pub fn new(topic: String, index: u32, dir: PathBuf, log: PartitionLog, producers: ProducerTable) -> Arc<Self> {
+    pub fn new(
+        topic: String,
+        index: u32,
+        dir: PathBuf,
+        log: PartitionLog,
+        producers: ProducerTable,
+    ) -> Arc<Self> {
         let end = log.high_watermark();
         let (durable_end, _) = watch::channel(end);
         Arc::new(Self {
@@ -210,7 +216,8 @@ impl Partition {
     /// Marks the partition closed (its topic was deleted): live
     /// subscribers wake up and end.
     pub fn close(&self) {
-        self.closed.store(true, std::sync::atomic::Ordering::Release);
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
         self.durable_end.send_modify(|_| {});
     }
 
@@ -221,9 +228,15 @@ impl Partition {
 
     async fn wait_durable(&self, offset: u64) -> Result<(), BrokerError> {
         let mut rx = self.durable_end.subscribe();
-        rx.wait_for(|end| *end > offset).await.map(|_| ()).map_err(|_| {
-            BrokerError::new(ErrorCode::ShuttingDown, "partition closed while waiting for durability")
-        })
+        rx.wait_for(|end| *end > offset)
+            .await
+            .map(|_| ())
+            .map_err(|_| {
+                BrokerError::new(
+                    ErrorCode::ShuttingDown,
+                    "partition closed while waiting for durability",
+                )
+            })
     }
 
     /// Whole batches starting with the one that holds `from`, below the
@@ -238,7 +251,10 @@ impl Partition {
         if from >= end {
             return Ok(Vec::new());
         }
-        let mut batches = self.log.read(from, max_bytes).map_err(|e| self.storage_error(&e))?;
+        let mut batches = self
+            .log
+            .read(from, max_bytes)
+            .map_err(|e| self.storage_error(&e))?;
         batches.retain(|(base, _)| *base < end);
         Ok(batches)
     }
@@ -254,7 +270,9 @@ impl Partition {
             .log
             .offset_for_timestamp(timestamp)
             .map_err(|e| self.storage_error(&e))?;
-        Ok(found.unwrap_or_else(|| self.high_watermark()).min(self.high_watermark()))
+        Ok(found
+            .unwrap_or_else(|| self.high_watermark())
+            .min(self.high_watermark()))
     }
 
     fn storage_error(&self, e: &LogError) -> BrokerError {

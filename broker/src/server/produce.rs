@@ -15,13 +15,13 @@ use std::time::Instant;
 
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesOrdered, StreamExt};
+use strongbox_protocol::DecodeError;
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::batch::RecordBatch;
 use strongbox_protocol::frame::Frame;
 use strongbox_protocol::frames::admin_types::Operations;
 use strongbox_protocol::frames::produce::{Produce, ProduceAck};
 use strongbox_protocol::session::produce::{BrokerProducerStream, ProduceOutcome, ProduceRequest};
-use strongbox_protocol::DecodeError;
 
 use crate::server::authz::Authorizer;
 use crate::server::connection::ConnCtx;
@@ -86,7 +86,8 @@ pub async fn serve(ctx: ConnCtx, first: Frame, mut reader: FrameReader, mut writ
                     pending.push_back(start(&ctx, &mut authz, produce).await);
                 }
                 Ok(ProduceRequest::Reject(error)) => {
-                    pending.push_back(futures::future::ready(ProduceOutcome::Failed(error)).boxed());
+                    pending
+                        .push_back(futures::future::ready(ProduceOutcome::Failed(error)).boxed());
                 }
                 Err(v) => {
                     tracing::info!(code = %v.code, reason = %v.message, "producer stream violation");
@@ -105,7 +106,11 @@ pub async fn serve(ctx: ConnCtx, first: Frame, mut reader: FrameReader, mut writ
 }
 
 /// Checks and writes one batch; returns the future of its answer.
-async fn start(ctx: &ConnCtx, authz: &mut Authorizer, produce: Produce) -> BoxFuture<'static, ProduceOutcome> {
+async fn start(
+    ctx: &ConnCtx,
+    authz: &mut Authorizer,
+    produce: Produce,
+) -> BoxFuture<'static, ProduceOutcome> {
     let arrived = Instant::now();
     let correlation_id = produce.correlation_id;
     let partition_index = produce.partition;
@@ -113,15 +118,25 @@ async fn start(ctx: &ConnCtx, authz: &mut Authorizer, produce: Produce) -> BoxFu
     let written = write(ctx, authz, produce).await;
     let metrics = ctx.state.metrics.clone();
     match written {
-        Err(e) => futures::future::ready(ProduceOutcome::Failed(e.to_frame(correlation_id))).boxed(),
+        Err(e) => {
+            futures::future::ready(ProduceOutcome::Failed(e.to_frame(correlation_id))).boxed()
+        }
         Ok((pending, records, bytes)) => async move {
             match pending.complete().await {
                 Ok(outcome) => {
                     if !outcome.duplicate {
-                        metrics.messages_in.with_label_values(&[&topic_name]).inc_by(records);
-                        metrics.bytes_in.with_label_values(&[&topic_name]).inc_by(bytes);
+                        metrics
+                            .messages_in
+                            .with_label_values(&[&topic_name])
+                            .inc_by(records);
+                        metrics
+                            .bytes_in
+                            .with_label_values(&[&topic_name])
+                            .inc_by(bytes);
                     }
-                    metrics.produce_latency.observe(arrived.elapsed().as_secs_f64());
+                    metrics
+                        .produce_latency
+                        .observe(arrived.elapsed().as_secs_f64());
                     ProduceOutcome::Acked(ProduceAck {
                         correlation_id,
                         partition: partition_index,
@@ -157,7 +172,10 @@ async fn write(
             .ok_or_else(|| {
                 BrokerError::new(
                     ErrorCode::UnknownProducer,
-                    format!("producer id {} was not issued by this broker", stamp.producer_id),
+                    format!(
+                        "producer id {} was not issued by this broker",
+                        stamp.producer_id
+                    ),
                 )
             })?,
         None => 0,

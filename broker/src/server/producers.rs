@@ -177,7 +177,9 @@ impl ProducerTable {
 }
 
 fn last_sequence(stamp: &ProducerStamp, record_count: u32) -> Option<u32> {
-    stamp.base_sequence.checked_add(record_count.checked_sub(1)?)
+    stamp
+        .base_sequence
+        .checked_add(record_count.checked_sub(1)?)
 }
 
 #[cfg(test)]
@@ -216,11 +218,17 @@ mod tests {
         t.record(&stamp(0, 0), 3, 0);
         assert_eq!(
             t.check(&stamp(0, 4), 1, 0),
-            SequenceCheck::OutOfOrder { expected: 3, got: 4 }
+            SequenceCheck::OutOfOrder {
+                expected: 3,
+                got: 4
+            }
         );
         assert_eq!(
             t.check(&stamp(0, 1), 5, 0),
-            SequenceCheck::OutOfOrder { expected: 3, got: 1 }
+            SequenceCheck::OutOfOrder {
+                expected: 3,
+                got: 1
+            }
         );
     }
 
@@ -239,7 +247,10 @@ mod tests {
         );
         assert_eq!(
             t.check(&stamp(3, 5), 1, 3),
-            SequenceCheck::OutOfOrder { expected: 0, got: 5 }
+            SequenceCheck::OutOfOrder {
+                expected: 0,
+                got: 5
+            }
         );
         assert_eq!(t.check(&stamp(3, 0), 1, 3), SequenceCheck::Append);
         t.record(&stamp(3, 0), 1, 1);
@@ -303,7 +314,9 @@ impl ProducerEpochs {
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u16>> {
         // Entries are plain values: a poisoned map is still usable.
-        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The current epoch of `producer_id`, or `None` when the broker never

@@ -47,9 +47,8 @@ pub struct RunningBroker {
 /// up.
 pub async fn run(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     let (stop, shutdown) = watch::channel(false);
-    let metrics = Arc::new(
-        BrokerMetrics::new().map_err(|e| StartError::Other(format!("metrics: {e}")))?,
-    );
+    let metrics =
+        Arc::new(BrokerMetrics::new().map_err(|e| StartError::Other(format!("metrics: {e}")))?);
     let state = {
         let config = config.clone();
         let metrics = metrics.clone();
@@ -59,11 +58,18 @@ pub async fn run(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             .map_err(|e| StartError::Other(format!("opening storage: {e}")))??
     };
     let hook = metrics.auth_failure_hook(None);
-    let tls = server_tls(&config.tls, Some(hook.clone())).map_err(|e| StartError::Other(e.to_string()))?;
+    let tls = server_tls(&config.tls, Some(hook.clone()))
+        .map_err(|e| StartError::Other(e.to_string()))?;
     let identity = Arc::new(
-        IdentityMapper::from_config(&config.identity).map_err(|e| StartError::Other(e.to_string()))?,
+        IdentityMapper::from_config(&config.identity)
+            .map_err(|e| StartError::Other(e.to_string()))?,
     );
-    let settings = AcceptSettings::from_config(&config.listener, identity, Some(hook), Some(metrics.clone()));
+    let settings = AcceptSettings::from_config(
+        &config.listener,
+        identity,
+        Some(hook),
+        Some(metrics.clone()),
+    );
     let server = Server::bind(&config.listener, tls.config.clone(), settings)
         .map_err(|e| StartError::Other(e.to_string()))?;
     let addr = server
@@ -73,9 +79,9 @@ pub async fn run(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     let ready = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     let metrics_addr = if config.metrics.enabled {
-        let listener = http::bind(config.metrics.listen)
-            .await
-            .map_err(|e| StartError::Other(format!("metrics.listen {}: {e}", config.metrics.listen)))?;
+        let listener = http::bind(config.metrics.listen).await.map_err(|e| {
+            StartError::Other(format!("metrics.listen {}: {e}", config.metrics.listen))
+        })?;
         let bound = listener
             .local_addr()
             .map_err(|e| StartError::Other(format!("metrics address: {e}")))?;
@@ -83,12 +89,19 @@ pub async fn run(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             metrics: metrics.clone(),
             ready: ready.clone(),
         };
-        tasks.push(tokio::spawn(http::serve(listener, http_state, shutdown.clone())));
+        tasks.push(tokio::spawn(http::serve(
+            listener,
+            http_state,
+            shutdown.clone(),
+        )));
         Some(bound)
     } else {
         None
     };
-    tasks.push(tls.verifier.spawn_watcher(config.tls.crl_reload.0, shutdown.clone()));
+    tasks.push(
+        tls.verifier
+            .spawn_watcher(config.tls.crl_reload.0, shutdown.clone()),
+    );
     tasks.push(tokio::spawn(maintenance(state.clone(), shutdown.clone())));
 
     let handler_state = state.clone();
@@ -117,7 +130,9 @@ impl RunningBroker {
         }
         match self.state.reload_acl() {
             Ok(generation) => tracing::info!(generation, "ACL reloaded"),
-            Err(e) => tracing::error!(error = %e.message, "ACL reload failed; keeping the previous rules"),
+            Err(e) => {
+                tracing::error!(error = %e.message, "ACL reload failed; keeping the previous rules")
+            }
         }
     }
 
@@ -127,7 +142,11 @@ impl RunningBroker {
         tracing::info!("shutting down");
         let _ = self.stop.send(true);
         match self.serving.await {
-            Ok(report) => tracing::info!(accepted = report.accepted, aborted = report.aborted, "listener stopped"),
+            Ok(report) => tracing::info!(
+                accepted = report.accepted,
+                aborted = report.aborted,
+                "listener stopped"
+            ),
             Err(e) => tracing::error!(error = %e, "listener task failed"),
         }
         for task in self.tasks {
@@ -164,7 +183,9 @@ fn close_all(state: &BrokerState) {
                         tracing::error!(topic = %name, partition = index, error = %e, "closing the log failed");
                     }
                 }
-                Err(_) => tracing::warn!(topic = %name, partition = index, "log still in use at shutdown"),
+                Err(_) => {
+                    tracing::warn!(topic = %name, partition = index, "log still in use at shutdown")
+                }
             }
         }
     }
@@ -204,7 +225,9 @@ fn maintain(state: &BrokerState) {
                     "retention deleted segments (key envelopes first)"
                 ),
                 Ok(_) => {}
-                Err(e) => tracing::error!(topic = %p.topic, partition = p.index, error = %e, "retention failed"),
+                Err(e) => {
+                    tracing::error!(topic = %p.topic, partition = p.index, error = %e, "retention failed")
+                }
             }
         }
     }

@@ -133,7 +133,10 @@ impl Subscription {
     /// sends the `Assignment` frame.
     async fn assign(&mut self, assignment: MemberAssignment) -> Result<(), BrokerError> {
         let Some(topic) = self.topic.clone() else {
-            return Err(BrokerError::new(ErrorCode::Internal, "subscription without topic"));
+            return Err(BrokerError::new(
+                ErrorCode::Internal,
+                "subscription without topic",
+            ));
         };
         if assignment.generation <= self.generation {
             // Already applied (a watch can report the value it started with).
@@ -185,10 +188,11 @@ impl Subscription {
                 topic.name().to_owned(),
                 partition.index,
             );
-            let committed = tokio::task::spawn_blocking(move || meta.read(|v| v.offset(&group, &name, index)))
-                .await
-                .map_err(|e| BrokerError::internal("reading a committed offset", e))?
-                .map_err(|e| BrokerError::internal("reading a committed offset", e))?;
+            let committed =
+                tokio::task::spawn_blocking(move || meta.read(|v| v.offset(&group, &name, index)))
+                    .await
+                    .map_err(|e| BrokerError::internal("reading a committed offset", e))?
+                    .map_err(|e| BrokerError::internal("reading a committed offset", e))?;
             if let Some(offset) = committed {
                 // Retention may have removed what the group had not read.
                 return Ok(offset.clamp(start, end));
@@ -345,7 +349,12 @@ impl Subscription {
             let start = partition.log_start_offset();
             if cursor.next < start {
                 // Retention removed records this subscriber had not read.
-                tracing::info!(partition = index, from = cursor.next, to = start, "skipping records removed by retention");
+                tracing::info!(
+                    partition = index,
+                    from = cursor.next,
+                    to = start,
+                    "skipping records removed by retention"
+                );
                 cursor.next = start;
             }
             let hw = partition.high_watermark();
@@ -370,7 +379,10 @@ impl Subscription {
                 let header = parse_header(&batch).map_err(|e| {
                     BrokerError::new(
                         ErrorCode::PartitionUnavailable,
-                        format!("{}/{index}: stored batch at {base} is unreadable: {e}", partition.topic),
+                        format!(
+                            "{}/{index}: stored batch at {base} is unreadable: {e}",
+                            partition.topic
+                        ),
                     )
                 })?;
                 next = base.saturating_add(u64::from(header.record_count));
@@ -393,8 +405,14 @@ impl Subscription {
                 .map_err(|v| BrokerError::new(v.code, v.message))?;
             self.send(&frame).await?;
             let metrics = &self.ctx.state.metrics;
-            metrics.messages_out.with_label_values(&[&partition.topic]).inc_by(records);
-            metrics.bytes_out.with_label_values(&[&partition.topic]).inc_by(bytes);
+            metrics
+                .messages_out
+                .with_label_values(&[&partition.topic])
+                .inc_by(records);
+            metrics
+                .bytes_out
+                .with_label_values(&[&partition.topic])
+                .inc_by(bytes);
             return Ok(true);
         }
         Ok(false)
@@ -404,7 +422,8 @@ impl Subscription {
     /// capped by the frame limits.
     fn frame_budget(&self) -> usize {
         let credit = usize::try_from(self.session.remaining_credit().max(1)).unwrap_or(usize::MAX);
-        let frame_cap = (self.ctx.peer_max_frame_size as usize).saturating_sub(FRAME_HEADER_LEN + 1024);
+        let frame_cap =
+            (self.ctx.peer_max_frame_size as usize).saturating_sub(FRAME_HEADER_LEN + 1024);
         credit.min(MAX_RECORDS_FRAME).min(frame_cap.max(1))
     }
 }
@@ -420,7 +439,9 @@ fn validate_group(group: &str) -> Result<(), BrokerError> {
     } else {
         Err(BrokerError::new(
             ErrorCode::InvalidGroup,
-            format!("group name {group:?} must be 1 to 249 characters of letters, digits, '.', '_', '-', ':'"),
+            format!(
+                "group name {group:?} must be 1 to 249 characters of letters, digits, '.', '_', '-', ':'"
+            ),
         ))
     }
 }

@@ -37,7 +37,12 @@ pub const MAX_TOPIC_NAME: usize = 249;
 ///
 /// `invalid_topic_name` saying what is wrong.
 pub fn validate_topic_name(name: &str, internal: bool) -> Result<(), BrokerError> {
-    let bad = |why: &str| Err(BrokerError::new(ErrorCode::InvalidTopicName, format!("topic name {name:?} {why}")));
+    let bad = |why: &str| {
+        Err(BrokerError::new(
+            ErrorCode::InvalidTopicName,
+            format!("topic name {name:?} {why}"),
+        ))
+    };
     if name.is_empty() || name.len() > MAX_TOPIC_NAME {
         return bad("must be 1 to 249 characters long");
     }
@@ -169,13 +174,19 @@ pub fn kek_scope(entry: &TopicEntry) -> KekScope {
 
 /// Fills the optional settings of a requested topic config from the
 /// broker's defaults, so the stored config says exactly what applies.
-pub fn resolve_config(mut config: TopicConfig, defaults: &TopicDefaults) -> Result<TopicConfig, BrokerError> {
+pub fn resolve_config(
+    mut config: TopicConfig,
+    defaults: &TopicDefaults,
+) -> Result<TopicConfig, BrokerError> {
     let invalid = |m: String| Err(BrokerError::new(ErrorCode::InvalidConfig, m));
     if config.partitions == 0 {
         config.partitions = defaults.partitions;
     }
     if config.partitions > 10_000 {
-        return invalid(format!("{} partitions is more than the limit of 10000", config.partitions));
+        return invalid(format!(
+            "{} partitions is more than the limit of 10000",
+            config.partitions
+        ));
     }
     config.segment_bytes.get_or_insert(defaults.segment_bytes);
     config
@@ -226,14 +237,25 @@ pub fn topic_dir(data_dir: &Path, topic_id: &[u8; 16]) -> PathBuf {
 }
 
 /// Opens partition `index` of a topic and rebuilds its producer table.
-fn open_partition(data_dir: &Path, entry: &TopicEntry, index: u32, keys: Arc<dyn SegmentKeys>) -> PartitionSlot {
+fn open_partition(
+    data_dir: &Path,
+    entry: &TopicEntry,
+    index: u32,
+    keys: Arc<dyn SegmentKeys>,
+) -> PartitionSlot {
     let dir = topic_dir(data_dir, &entry.topic_id).join(index.to_string());
     let opened = log_config(entry, index)
         .validate()
         .and_then(|config| PartitionLog::open(dir.clone(), config, keys));
     match opened {
         Ok(log) => match rebuild_producers(&log) {
-            Ok(producers) => PartitionSlot::Ready(Partition::new(entry.name.clone(), index, dir, log, producers)),
+            Ok(producers) => PartitionSlot::Ready(Partition::new(
+                entry.name.clone(),
+                index,
+                dir,
+                log,
+                producers,
+            )),
             Err(e) => {
                 tracing::error!(topic = %entry.name, partition = index, error = %e, "cannot rebuild producer state");
                 PartitionSlot::Failed(e.to_string())
@@ -278,7 +300,12 @@ fn rebuild_producers(log: &PartitionLog) -> Result<ProducerTable, storage_log::L
         }
         if advanced <= next {
             // No progress: stop instead of looping on a batch we cannot read.
-            tracing::warn!(offset = next, base = last_base, len = last_bytes.len(), "producer state rebuild stalled");
+            tracing::warn!(
+                offset = next,
+                base = last_base,
+                len = last_bytes.len(),
+                "producer state rebuild stalled"
+            );
             break;
         }
         next = advanced;
@@ -300,10 +327,16 @@ impl TopicTable {
     /// # Errors
     ///
     /// Only when the metadata store cannot be read.
-    pub fn load(data_dir: &Path, meta: &MetaStore, keys: Arc<dyn SegmentKeys>) -> Result<Self, BrokerError> {
-        let entries = meta
-            .read(|view| view.topics())
-            .map_err(|e: strongbox_storage::meta::MetaError| BrokerError::internal("reading topics", e))?;
+    pub fn load(
+        data_dir: &Path,
+        meta: &MetaStore,
+        keys: Arc<dyn SegmentKeys>,
+    ) -> Result<Self, BrokerError> {
+        let entries =
+            meta.read(|view| view.topics())
+                .map_err(|e: strongbox_storage::meta::MetaError| {
+                    BrokerError::internal("reading topics", e)
+                })?;
         let mut topics = HashMap::new();
         for entry in entries {
             let partitions = (0..entry.config.partitions)
@@ -329,8 +362,12 @@ impl TopicTable {
     ///
     /// `unknown_topic`.
     pub fn require(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
-        self.get(name)
-            .ok_or_else(|| BrokerError::new(ErrorCode::UnknownTopic, format!("topic {name} does not exist")))
+        self.get(name).ok_or_else(|| {
+            BrokerError::new(
+                ErrorCode::UnknownTopic,
+                format!("topic {name} does not exist"),
+            )
+        })
     }
 
     /// Every topic, by name.
@@ -363,11 +400,15 @@ impl TopicTable {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Topic>>> {
         // Writers replace whole entries; a poisoned map is still consistent.
-        self.topics.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.topics
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Topic>>> {
-        self.topics.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.topics
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -1,0 +1,413 @@
+//! The command line: global options and one type per command.
+//!
+//! New command groups (`keys`, `audit`, `access`, `keyring`) add a variant
+//! to [`Command`] with their own `Subcommand` enum and a module under
+//! `commands/`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use strongbox_client::StartPosition;
+use strongbox_client::protocol::frames::admin_types::{Durability, Operations};
+
+use crate::args;
+
+const ABOUT: &str = "Publish, subscribe and administer a Strongbox broker.";
+
+const AFTER_HELP: &str = "\
+Connection:
+  Give a profile (a TOML file with broker, ca, cert and key; `strongbox-broker dev`
+  writes one per identity) with --profile or STRONGBOX_PROFILE, or give --broker,
+  --ca, --cert and --key before the command. They override the profile's values.
+
+Output:
+  Tables for people; --json prints JSON instead (one object per line for
+  `publish` and `subscribe`).
+
+Exit status:
+  0 success, 1 failure (the reason on stderr), 2 usage error.
+
+Examples:
+  STRONGBOX_PROFILE=strongbox-dev/profiles/alice.toml strongbox whoami
+  strongbox --profile alice.toml publish demo.greetings hello
+  strongbox --profile alice.toml subscribe demo.greetings --from earliest";
+
+/// The `strongbox` command.
+#[derive(Debug, Parser)]
+#[command(name = "strongbox", version, about = ABOUT, after_help = AFTER_HELP)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub(crate) struct GlobalArgs {
+    /// Profile file with the broker address and credentials.
+    #[arg(long, global = true, env = "STRONGBOX_PROFILE", value_name = "FILE")]
+    pub(crate) profile: Option<PathBuf>,
+    /// Broker address, HOST:PORT (overrides the profile).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) broker: Option<String>,
+    /// CA certificate(s) that sign the broker's certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ca: Option<PathBuf>,
+    /// This client's certificate chain (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) cert: Option<PathBuf>,
+    /// This client's private key (PEM). Give it before the command:
+    /// `publish --key` is the record key.
+    #[arg(long = "key", id = "key_file", value_name = "FILE")]
+    pub(crate) key: Option<PathBuf>,
+    /// Name expected in the broker's certificate (default: the broker host).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) server_name: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Show the principal the broker maps your certificate to.
+    #[command(after_help = "Example:\n  strongbox --profile alice.toml whoami")]
+    Whoami,
+    /// Publish records to a topic.
+    #[command(after_help = "\
+Each MESSAGE is one record. Without MESSAGE, every line of standard input is one
+record. Prints the partition and offset of each record once the broker has made
+it durable.
+
+Examples:
+  strongbox publish demo.greetings hello world
+  strongbox publish demo.orders --key customer-7 --header kind=created '{\"id\":1}'
+  seq 1 1000 | strongbox publish demo.numbers")]
+    Publish(PublishArgs),
+    /// Read records from a topic.
+    #[command(after_help = "\
+Without --partition or --group, reads every partition. With --group, the broker
+assigns partitions among the group's members and resumes from the group's
+committed offsets; progress is committed as records are printed. Ctrl-C stops
+cleanly.
+
+Examples:
+  strongbox subscribe demo.greetings --from earliest
+  strongbox subscribe demo.greetings --partition 0 --from 1200 --count 10
+  strongbox subscribe demo.greetings --from @2026-01-31T09:00:00Z --json
+  strongbox subscribe demo.orders --group billing")]
+    Subscribe(SubscribeArgs),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Grant, revoke and list ACL rules.
+    #[command(subcommand)]
+    Acl(AclCommand),
+}
+
+/// `publish`.
+#[derive(Debug, Args)]
+pub(crate) struct PublishArgs {
+    /// The topic.
+    pub(crate) topic: String,
+    /// Record key (also chooses the partition by hash).
+    #[arg(long, value_name = "KEY")]
+    pub(crate) key: Option<String>,
+    /// A header; repeat for more.
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = args::header)]
+    pub(crate) headers: Vec<(String, String)>,
+    /// Partition (default: by key hash, or spread when there is no key).
+    #[arg(long, value_name = "N")]
+    pub(crate) partition: Option<u32>,
+    /// Record values; read from standard input, one per line, when absent.
+    #[arg(value_name = "MESSAGE")]
+    pub(crate) messages: Vec<String>,
+}
+
+/// `subscribe`.
+#[derive(Debug, Args)]
+pub(crate) struct SubscribeArgs {
+    /// The topic.
+    pub(crate) topic: String,
+    /// Where to start: earliest, latest, an offset, or @TIME (RFC 3339). For a
+    /// group, only where it has no committed offset.
+    #[arg(long, value_name = "POSITION", default_value = "earliest", value_parser = args::start_position)]
+    pub(crate) from: StartPosition,
+    /// Read only this partition.
+    #[arg(long, value_name = "N", conflicts_with = "group")]
+    pub(crate) partition: Option<u32>,
+    /// Read as a member of this consumer group.
+    #[arg(long, value_name = "GROUP")]
+    pub(crate) group: Option<String>,
+    /// Stop after this many records.
+    #[arg(long, value_name = "N")]
+    pub(crate) count: Option<u64>,
+}
+
+/// `topic ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TopicCommand {
+    /// Create a topic.
+    #[command(after_help = "\
+Examples:
+  strongbox topic create demo.orders --partitions 6 --retention 7d
+  strongbox topic create payments --durability interval:100 --dedicated-kek")]
+    Create(TopicCreateArgs),
+    /// List topics.
+    List {
+        /// Only topics whose names start with this.
+        #[arg(long, value_name = "PREFIX")]
+        prefix: Option<String>,
+    },
+    /// Show a topic's settings and partitions.
+    Describe {
+        /// The topic.
+        name: String,
+    },
+    /// Delete a topic and crypto-shred its data.
+    Delete {
+        /// The topic.
+        name: String,
+    },
+}
+
+/// `topic create`.
+#[derive(Debug, Args)]
+pub(crate) struct TopicCreateArgs {
+    /// The topic's name.
+    pub(crate) name: String,
+    /// Number of partitions.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) partitions: u32,
+    /// When appends are acknowledged: fsync, interval:MS or none.
+    #[arg(long, value_name = "MODE", default_value = "fsync", value_parser = args::durability)]
+    pub(crate) durability: Durability,
+    /// Delete data older than this (such as 7d, 12h).
+    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
+    pub(crate) retention: Option<Duration>,
+    /// Delete the oldest data while a partition is larger than this many bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) retention_bytes: Option<u64>,
+    /// Protect the topic with a key-encryption key of its own, destroyed with it.
+    #[arg(long)]
+    pub(crate) dedicated_kek: bool,
+}
+
+/// `acl ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum AclCommand {
+    /// Add a rule.
+    #[command(after_help = "\
+Patterns are exact names, a prefix ending in * (demo.*), or * for anything.
+Operations: publish, subscribe, describe, create, delete, alter, grant, keys,
+audit, admin.
+
+Examples:
+  strongbox acl grant --principal spiffe://strongbox.dev/bob --topic 'demo.*' --op publish
+  strongbox acl grant --principal 'spiffe://prod/*' --topic payments --op subscribe --deny
+  strongbox acl grant --principal spiffe://strongbox.dev/carol --topic demo.x --op subscribe --expires 7d")]
+    Grant(AclRuleArgs),
+    /// Remove operations from a rule.
+    #[command(
+        after_help = "Example:\n  strongbox acl revoke --principal spiffe://strongbox.dev/bob --topic 'demo.*' --op publish"
+    )]
+    Revoke(AclRuleArgs),
+    /// List rules.
+    List {
+        /// Only rules with exactly this principal pattern.
+        #[arg(long, value_name = "PATTERN")]
+        principal: Option<String>,
+        /// Only rules with exactly this topic pattern.
+        #[arg(long, value_name = "PATTERN")]
+        topic: Option<String>,
+    },
+}
+
+/// A rule for `acl grant` and `acl revoke`.
+#[derive(Debug, Args)]
+pub(crate) struct AclRuleArgs {
+    /// Principal pattern.
+    #[arg(long, value_name = "PATTERN")]
+    pub(crate) principal: String,
+    /// Topic pattern.
+    #[arg(long, value_name = "PATTERN")]
+    pub(crate) topic: String,
+    /// Operations, comma-separated.
+    #[arg(long = "op", value_name = "OPS", value_parser = args::operations)]
+    pub(crate) operations: Operations,
+    /// A deny rule (deny wins over any allow).
+    #[arg(long)]
+    pub(crate) deny: bool,
+    /// The rule expires after this long (such as 7d).
+    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
+    pub(crate) expires: Option<Duration>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("strongbox").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn publish_with_headers_key_and_messages() {
+        let cli = parse(&[
+            "--json", "publish", "demo.x", "--key", "k", "--header", "a=1", "--header", "b=2",
+            "one", "two",
+        ])
+        .expect("parses");
+        assert!(cli.global.json);
+        let Command::Publish(p) = cli.command else {
+            panic!("publish")
+        };
+        assert_eq!(p.key.as_deref(), Some("k"));
+        assert_eq!(
+            p.headers,
+            vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
+        assert_eq!(p.messages, vec!["one", "two"]);
+    }
+
+    #[test]
+    fn key_file_and_record_key_do_not_clash() {
+        let cli = parse(&[
+            "--broker", "h:1", "--ca", "ca.pem", "--cert", "c.pem", "--key", "k.pem", "publish",
+            "t", "--key", "user-7", "m",
+        ])
+        .expect("parses");
+        assert_eq!(cli.global.key, Some(PathBuf::from("k.pem")));
+        let Command::Publish(p) = cli.command else {
+            panic!("publish")
+        };
+        assert_eq!(p.key.as_deref(), Some("user-7"));
+    }
+
+    #[test]
+    fn bad_header_is_a_usage_error() {
+        let err = parse(&["publish", "t", "--header", "novalue"]).expect_err("bad header");
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn subscribe_from_forms_and_global_json_after_the_command() {
+        let cli = parse(&[
+            "subscribe",
+            "t",
+            "--from",
+            "@2026-01-31T09:00:00Z",
+            "--json",
+        ])
+        .expect("parses");
+        assert!(cli.global.json);
+        let Command::Subscribe(s) = cli.command else {
+            panic!("subscribe")
+        };
+        assert_eq!(s.from, StartPosition::Timestamp(1_769_850_000_000));
+        let cli = parse(&["subscribe", "t"]).expect("parses");
+        let Command::Subscribe(s) = cli.command else {
+            panic!("subscribe")
+        };
+        assert_eq!(s.from, StartPosition::Earliest, "default");
+        assert_eq!(
+            parse(&["subscribe", "t", "--from", "soon"])
+                .expect_err("bad position")
+                .exit_code(),
+            2
+        );
+        assert_eq!(
+            parse(&["subscribe", "t", "--partition", "1", "--group", "g"])
+                .expect_err("conflict")
+                .kind(),
+            ErrorKind::ArgumentConflict
+        );
+    }
+
+    #[test]
+    fn topic_create_values() {
+        let cli = parse(&[
+            "topic",
+            "create",
+            "x",
+            "--partitions",
+            "3",
+            "--durability",
+            "interval:50",
+            "--retention",
+            "7d",
+            "--retention-bytes",
+            "1000",
+            "--dedicated-kek",
+        ])
+        .expect("parses");
+        let Command::Topic(TopicCommand::Create(c)) = cli.command else {
+            panic!("topic create")
+        };
+        assert_eq!(c.partitions, 3);
+        assert_eq!(c.durability, Durability::Interval { interval_ms: 50 });
+        assert_eq!(c.retention, Some(Duration::from_secs(604_800)));
+        assert_eq!(c.retention_bytes, Some(1000));
+        assert!(c.dedicated_kek);
+        assert!(parse(&["topic", "create", "x", "--partitions", "0"]).is_err());
+    }
+
+    #[test]
+    fn acl_grant_values() {
+        let cli = parse(&[
+            "acl",
+            "grant",
+            "--principal",
+            "p",
+            "--topic",
+            "demo.*",
+            "--op",
+            "publish,subscribe",
+            "--deny",
+            "--expires",
+            "1h",
+        ])
+        .expect("parses");
+        let Command::Acl(AclCommand::Grant(r)) = cli.command else {
+            panic!("acl grant")
+        };
+        assert_eq!(
+            r.operations,
+            Operations::PUBLISH.union(Operations::SUBSCRIBE)
+        );
+        assert!(r.deny);
+        assert_eq!(r.expires, Some(Duration::from_secs(3600)));
+        assert_eq!(
+            parse(&[
+                "acl",
+                "grant",
+                "--principal",
+                "p",
+                "--topic",
+                "t",
+                "--op",
+                "fly"
+            ])
+            .expect_err("bad op")
+            .exit_code(),
+            2
+        );
+        assert_eq!(
+            parse(&["acl", "grant", "--topic", "t", "--op", "publish"])
+                .expect_err("missing principal")
+                .kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+    }
+}

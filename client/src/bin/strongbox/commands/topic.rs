@@ -1,0 +1,68 @@
+//! `strongbox topic ...`.
+
+use serde_json::Value;
+use strongbox_client::protocol::frames::admin_types::TopicConfig;
+
+use crate::args::millis;
+use crate::cli::{GlobalArgs, TopicCommand};
+use crate::commands::Out;
+use crate::{connect, output};
+
+pub(crate) async fn run(global: &GlobalArgs, command: TopicCommand) -> anyhow::Result<()> {
+    let client = connect::connect(global).await?;
+    let admin = client.admin();
+    let mut out = Out::new();
+    let result = async {
+        match command {
+            TopicCommand::Create(args) => {
+                let config = TopicConfig {
+                    partitions: args.partitions,
+                    durability: args.durability,
+                    retention_ms: args.retention.map(millis),
+                    retention_bytes: args.retention_bytes,
+                    segment_bytes: None,
+                    segment_ms: None,
+                    dedicated_kek: args.dedicated_kek,
+                };
+                let topic = admin.create_topic(args.name, config).await?;
+                if global.json {
+                    out.json(&output::topic_json(&topic))?;
+                } else {
+                    out.write(&output::topic_text(&topic))?;
+                }
+            }
+            TopicCommand::List { prefix } => {
+                let topics = admin.list_topics(prefix.as_deref()).await?;
+                if global.json {
+                    out.json(&Value::Array(
+                        topics.iter().map(output::topic_json).collect(),
+                    ))?;
+                } else {
+                    out.write(&output::topics_table(&topics))?;
+                }
+            }
+            TopicCommand::Describe { name } => {
+                let topic = admin.describe_topic(name).await?;
+                if global.json {
+                    out.json(&output::topic_json(&topic))?;
+                } else {
+                    out.write(&output::topic_text(&topic))?;
+                }
+            }
+            TopicCommand::Delete { name } => {
+                let message = admin.delete_topic(name.clone()).await?;
+                if global.json {
+                    out.json(&serde_json::json!({"deleted": name, "message": message}))?;
+                } else if message.is_empty() {
+                    out.line(&format!("deleted topic {name}"))?;
+                } else {
+                    out.line(&message)?;
+                }
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    client.close().await;
+    result
+}

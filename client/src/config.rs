@@ -1,0 +1,351 @@
+//! Client configuration and the profile file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use strongbox_protocol::frame::DEFAULT_MAX_FRAME_SIZE;
+use zeroize::Zeroizing;
+
+use crate::error::ClientError;
+
+/// Where a PEM document (CA bundle, certificate chain or private key) comes
+/// from.
+///
+/// `Debug` never shows the contents: it prints the path, or the length of
+/// inline PEM.
+#[derive(Clone)]
+pub enum PemSource {
+    /// A PEM file, read at every connection attempt (so a renewed
+    /// certificate is picked up on reconnect).
+    File(PathBuf),
+    /// PEM text held in memory (zeroized when dropped).
+    Pem(Zeroizing<Vec<u8>>),
+}
+
+impl PemSource {
+    /// A PEM file.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        Self::File(path.into())
+    }
+
+    /// PEM text held in memory.
+    pub fn pem(bytes: impl Into<Vec<u8>>) -> Self {
+        Self::Pem(Zeroizing::new(bytes.into()))
+    }
+
+    /// Reads the PEM text.
+    pub(crate) fn load(&self, what: &'static str) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        match self {
+            Self::File(path) => {
+                std::fs::read(path)
+                    .map(Zeroizing::new)
+                    .map_err(|e| ClientError::Credentials {
+                        what,
+                        source_name: path.display().to_string(),
+                        message: e.to_string(),
+                    })
+            }
+            Self::Pem(bytes) => Ok(bytes.clone()),
+        }
+    }
+
+    /// A name for error messages: the path, or `inline PEM`.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Self::File(path) => path.display().to_string(),
+            Self::Pem(_) => "inline PEM".into(),
+        }
+    }
+}
+
+impl fmt::Debug for PemSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Pem(bytes) => write!(f, "Pem(<{} bytes>)", bytes.len()),
+        }
+    }
+}
+
+impl From<PathBuf> for PemSource {
+    fn from(path: PathBuf) -> Self {
+        Self::File(path)
+    }
+}
+
+impl From<&Path> for PemSource {
+    fn from(path: &Path) -> Self {
+        Self::File(path.to_owned())
+    }
+}
+
+/// How producers and consumers reconnect after the connection drops.
+///
+/// Delays grow exponentially from `initial_backoff` to `max_backoff`; each
+/// is drawn at random between half and all of its nominal value ("equal
+/// jitter"), so clients that lost the same broker do not return in step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReconnectPolicy {
+    /// Delay before the second attempt (the first is immediate).
+    pub initial_backoff: Duration,
+    /// Largest delay between attempts.
+    pub max_backoff: Duration,
+    /// Factor applied to the delay after each failed attempt (at least 1).
+    pub multiplier: f64,
+    /// Stop trying after this long and fail whatever waits on the
+    /// connection; `None` retries until the client is closed.
+    pub give_up_after: Option<Duration>,
+}
+
+impl Default for ReconnectPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            multiplier: 2.0,
+            give_up_after: Some(Duration::from_secs(120)),
+        }
+    }
+}
+
+/// Everything [`Client::connect`](crate::Client::connect) needs.
+///
+/// Build one with [`ClientConfig::new`] or load a profile with
+/// [`ClientConfig::from_profile`], then adjust the public fields.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The broker's address: `host:port` or an IP socket address.
+    pub broker: String,
+    /// The name the broker's certificate must carry; the host part of
+    /// `broker` when `None`.
+    pub server_name: Option<String>,
+    /// CA certificates that sign the broker's certificate.
+    pub ca: PemSource,
+    /// This client's certificate chain, leaf first.
+    pub cert: PemSource,
+    /// This client's private key (PKCS#8, PKCS#1 or SEC1 PEM).
+    pub key: PemSource,
+    /// Name and version of the application, for the broker's logs.
+    pub client_name: String,
+    /// Keep-alive interval until the broker announces its own.
+    pub keepalive: Duration,
+    /// Limit on establishing a connection (QUIC, TLS and the Hello/Welcome
+    /// handshake).
+    pub connect_timeout: Duration,
+    /// Limit on one admin request, from opening its stream to the answer.
+    pub request_timeout: Duration,
+    /// Reconnection after the connection drops.
+    pub reconnect: ReconnectPolicy,
+    /// Largest frame this client accepts from the broker.
+    pub max_frame_size: u32,
+}
+
+impl ClientConfig {
+    /// A configuration with default timeouts.
+    pub fn new(
+        broker: impl Into<String>,
+        ca: impl Into<PemSource>,
+        cert: impl Into<PemSource>,
+        key: impl Into<PemSource>,
+    ) -> Self {
+        Self {
+            broker: broker.into(),
+            server_name: None,
+            ca: ca.into(),
+            cert: cert.into(),
+            key: key.into(),
+            client_name: concat!("strongbox-client/", env!("CARGO_PKG_VERSION")).into(),
+            keepalive: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            reconnect: ReconnectPolicy::default(),
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+        }
+    }
+
+    /// Loads a profile file (see the [crate docs](crate#profiles) for the
+    /// format). Relative paths in it are relative to the profile's folder.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Profile`] when the file cannot be read, is not valid
+    /// TOML, lacks a field or has an unknown one.
+    pub fn from_profile(path: impl AsRef<Path>) -> Result<Self, ClientError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| ClientError::Profile {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new(""));
+        Profile::parse(&text)
+            .map_err(|message| ClientError::Profile {
+                path: path.to_owned(),
+                message,
+            })
+            .map(|p| p.into_config(base))
+    }
+
+    /// The TLS server name: `server_name`, or the host part of `broker`.
+    pub fn effective_server_name(&self) -> String {
+        if let Some(name) = &self.server_name {
+            return name.clone();
+        }
+        host_of(&self.broker).to_owned()
+    }
+}
+
+/// The host part of `host:port`, `[v6]:port` or a bare host.
+fn host_of(broker: &str) -> &str {
+    if let Some(rest) = broker.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match broker.rsplit_once(':') {
+        // A bare IPv6 address has several colons and no port.
+        Some((host, _)) if !host.contains(':') => host,
+        _ => broker,
+    }
+}
+
+/// The profile file as written by `strongbox-broker dev`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Profile {
+    broker: String,
+    server_name: Option<String>,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    client_name: Option<String>,
+}
+
+impl Profile {
+    fn parse(text: &str) -> Result<Self, String> {
+        let profile: Self = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+        if profile.broker.trim().is_empty() {
+            return Err("`broker` is empty; expected host:port such as 127.0.0.1:7443".into());
+        }
+        if !profile.broker.contains(':') {
+            return Err(format!(
+                "`broker` = {:?} has no port; expected host:port such as 127.0.0.1:7443",
+                profile.broker
+            ));
+        }
+        Ok(profile)
+    }
+
+    fn into_config(self, base: &Path) -> ClientConfig {
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let mut config = ClientConfig::new(
+            self.broker,
+            resolve(self.ca),
+            resolve(self.cert),
+            resolve(self.key),
+        );
+        config.server_name = self.server_name;
+        if let Some(name) = self.client_name {
+            config.client_name = name;
+        }
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_profile(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sub = dir.path().join("profiles");
+        std::fs::create_dir(&sub).expect("mkdir");
+        let path = sub.join("alice.toml");
+        std::fs::write(&path, text).expect("write");
+        (dir, path)
+    }
+
+    #[test]
+    fn profile_paths_are_relative_to_the_profile() {
+        let (dir, path) = write_profile(
+            "broker = \"127.0.0.1:7443\"\nserver_name = \"localhost\"\n\
+             ca = \"../ca.pem\"\ncert = \"alice.pem\"\nkey = \"/etc/strongbox/alice.key\"\n",
+        );
+        let config = ClientConfig::from_profile(&path).expect("valid profile");
+        let profiles = dir.path().join("profiles");
+        assert_eq!(config.broker, "127.0.0.1:7443");
+        assert_eq!(config.effective_server_name(), "localhost");
+        match (&config.ca, &config.cert, &config.key) {
+            (PemSource::File(ca), PemSource::File(cert), PemSource::File(key)) => {
+                assert_eq!(ca, &profiles.join("../ca.pem"));
+                assert_eq!(cert, &profiles.join("alice.pem"));
+                assert_eq!(key, Path::new("/etc/strongbox/alice.key"));
+            }
+            other => panic!("expected files, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_field_names_the_field_and_the_file() {
+        let (_dir, path) =
+            write_profile("broker = \"127.0.0.1:7443\"\nca = \"ca.pem\"\ncert = \"a.pem\"\n");
+        let err = ClientConfig::from_profile(&path).expect_err("no key");
+        let text = err.to_string();
+        assert!(text.contains("alice.toml"), "{text}");
+        assert!(text.contains("missing field `key`"), "{text}");
+    }
+
+    #[test]
+    fn unknown_field_is_refused() {
+        let (_dir, path) = write_profile(
+            "broker = \"h:1\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\npassword = \"x\"\n",
+        );
+        let text = ClientConfig::from_profile(&path)
+            .expect_err("unknown field")
+            .to_string();
+        assert!(text.contains("unknown field `password`"), "{text}");
+    }
+
+    #[test]
+    fn broker_without_port_is_refused() {
+        let (_dir, path) =
+            write_profile("broker = \"localhost\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n");
+        let text = ClientConfig::from_profile(&path)
+            .expect_err("no port")
+            .to_string();
+        assert!(text.contains("has no port"), "{text}");
+    }
+
+    #[test]
+    fn unreadable_profile_names_the_file() {
+        let err = ClientConfig::from_profile("/nonexistent/strongbox/profile.toml")
+            .expect_err("missing file");
+        assert!(matches!(err, ClientError::Profile { .. }));
+        assert!(
+            err.to_string()
+                .contains("/nonexistent/strongbox/profile.toml")
+        );
+    }
+
+    #[test]
+    fn server_name_defaults_to_the_broker_host() {
+        let mut c = ClientConfig::new(
+            "broker.example:7443",
+            PathBuf::new(),
+            PathBuf::new(),
+            PathBuf::new(),
+        );
+        assert_eq!(c.effective_server_name(), "broker.example");
+        c.broker = "[::1]:7443".into();
+        assert_eq!(c.effective_server_name(), "::1");
+        c.broker = "10.0.0.1:7443".into();
+        assert_eq!(c.effective_server_name(), "10.0.0.1");
+    }
+
+    #[test]
+    fn debug_never_shows_inline_pem() {
+        let key = PemSource::pem(b"-----BEGIN PRIVATE KEY-----\nsecret\n".to_vec());
+        let shown = format!("{key:?}");
+        assert!(!shown.contains("secret"));
+        assert!(shown.contains("bytes"));
+    }
+}

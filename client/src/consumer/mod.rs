@@ -1,0 +1,464 @@
+//! The consumer: a `Stream` of records from partitions or a consumer group.
+
+mod credit;
+mod driver;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use strongbox_protocol::frames::subscribe::{Assignment, StartPosition, SubscriptionTarget};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::connection::Client;
+use crate::error::ClientError;
+use crate::transform::ValueTransformer;
+
+use credit::CreditWindow;
+use driver::{SubCommand, SubDriver};
+
+/// One record read from a partition. Key and value share the buffer the
+/// batch arrived in (no copy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedRecord {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The record's offset.
+    pub offset: u64,
+    /// Milliseconds since the Unix epoch, as the producer set it.
+    pub timestamp: i64,
+    /// The key.
+    pub key: Option<Bytes>,
+    /// Headers, in order.
+    pub headers: Vec<(String, Bytes)>,
+    /// The value.
+    pub value: Bytes,
+}
+
+impl ConsumedRecord {
+    /// The first header named `name`.
+    pub fn header(&self, name: &str) -> Option<&Bytes> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+}
+
+/// What a consumer reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One partition.
+    Partition(u32),
+    /// Several partitions, each on its own stream.
+    Partitions(Vec<u32>),
+    /// Every partition of the topic (the count comes from `DescribeTopic`).
+    AllPartitions,
+    /// Join a consumer group: the broker assigns partitions and resumes
+    /// each from the group's committed offset.
+    Group(String),
+}
+
+/// A topic, what to read of it, and where to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// The topic.
+    pub topic: String,
+    /// Partitions or a group.
+    pub target: Target,
+    /// Where to start (for a group: only where it has no committed offset).
+    pub start: StartPosition,
+}
+
+impl Subscription {
+    /// One partition, from the earliest retained record.
+    pub fn partition(topic: impl Into<String>, partition: u32) -> Self {
+        Self {
+            topic: topic.into(),
+            target: Target::Partition(partition),
+            start: StartPosition::Earliest,
+        }
+    }
+
+    /// Every partition, from the earliest retained record.
+    pub fn all_partitions(topic: impl Into<String>) -> Self {
+        Self {
+            topic: topic.into(),
+            target: Target::AllPartitions,
+            start: StartPosition::Earliest,
+        }
+    }
+
+    /// A consumer group, from the earliest record where it has no commit.
+    pub fn group(topic: impl Into<String>, group: impl Into<String>) -> Self {
+        Self {
+            topic: topic.into(),
+            target: Target::Group(group.into()),
+            start: StartPosition::Earliest,
+        }
+    }
+
+    /// Sets the start position.
+    #[must_use]
+    pub fn start(mut self, start: StartPosition) -> Self {
+        self.start = start;
+        self
+    }
+}
+
+/// How a [`Consumer`] reads.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Bytes of records the broker may send ahead of the application, per
+    /// subscription stream. Memory stays within this plus one frame.
+    pub credit_window: u64,
+    /// Rewrites records before they are yielded (end-to-end decryption).
+    pub transformer: Option<Arc<dyn ValueTransformer>>,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            credit_window: 2 * 1024 * 1024,
+            transformer: None,
+        }
+    }
+}
+
+/// One item of the stream.
+pub(crate) type Item = Result<ConsumedRecord, ClientError>;
+
+/// What subscription tasks tell the consumer.
+#[derive(Debug)]
+pub(crate) enum Event {
+    Assigned {
+        index: usize,
+        assignment: Assignment,
+    },
+    Batch {
+        index: usize,
+        items: VecDeque<Item>,
+        cost: u64,
+    },
+    Ended {
+        index: usize,
+        error: Option<ClientError>,
+    },
+}
+
+#[derive(Debug)]
+struct SubHandle {
+    commands: mpsc::UnboundedSender<SubCommand>,
+    task: Option<JoinHandle<()>>,
+    ended: bool,
+}
+
+/// Reads records as a [`futures::Stream`] of
+/// `Result<`[`ConsumedRecord`]`, `[`ClientError`]`>`.
+///
+/// Records of a partition arrive in offset order. The broker sends only as
+/// many bytes as the consumer's credit window allows; credit is given back
+/// as the application takes records, so a slow application slows its
+/// subscription down instead of growing memory. After a dropped connection
+/// the consumer reconnects and resumes after the last record it delivered
+/// (partitions) or from the group's committed offsets (groups), skipping
+/// records it already delivered.
+///
+/// An `Err` item reports one failure: a record a transformer could not
+/// open (the stream goes on), or the end of a subscription (the broker
+/// refused it, the topic was deleted). The stream ends (`None`) when every
+/// subscription is over.
+///
+/// ```no_run
+/// use futures::StreamExt;
+/// use strongbox_client::{Client, ClientConfig, Consumer, ConsumerConfig, Subscription};
+///
+/// # async fn run() -> Result<(), strongbox_client::ClientError> {
+/// let client = Client::connect(ClientConfig::from_profile("strongbox-dev/profiles/alice.toml")?).await?;
+/// let mut consumer = Consumer::subscribe(
+///     &client,
+///     Subscription::group("demo.greetings", "greeters"),
+///     ConsumerConfig::default(),
+/// )
+/// .await?;
+/// let mut seen = 0;
+/// while let Some(record) = consumer.next().await {
+///     let record = record?;
+///     println!("{}@{}: {}", record.partition, record.offset, String::from_utf8_lossy(&record.value));
+///     seen += 1;
+///     if seen % 100 == 0 {
+///         consumer.commit_consumed().await?;
+///     }
+/// }
+/// consumer.close().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Consumer {
+    subs: Vec<SubHandle>,
+    events: mpsc::UnboundedReceiver<Event>,
+    backlog: VecDeque<Event>,
+    current: Option<(usize, VecDeque<Item>, u64)>,
+    assignment: BTreeMap<u32, usize>,
+    consumed: BTreeMap<u32, u64>,
+    committed: BTreeMap<u32, u64>,
+    group: bool,
+}
+
+impl Consumer {
+    /// Opens the subscription streams and waits until the broker has
+    /// assigned partitions to each.
+    ///
+    /// # Errors
+    ///
+    /// The broker's refusal (`NotAuthorized`, `UnknownTopic`, ...), or
+    /// connection errors.
+    pub async fn subscribe(
+        client: &Client,
+        subscription: Subscription,
+        config: ConsumerConfig,
+    ) -> Result<Self, ClientError> {
+        let targets: Vec<SubscriptionTarget> = match subscription.target {
+            Target::Partition(p) => vec![SubscriptionTarget::Partition(p)],
+            Target::Partitions(ps) => ps.into_iter().map(SubscriptionTarget::Partition).collect(),
+            Target::AllPartitions => {
+                let info = client.admin().describe_topic(&subscription.topic).await?;
+                (0..info.config.partitions.max(1))
+                    .map(SubscriptionTarget::Partition)
+                    .collect()
+            }
+            Target::Group(g) => vec![SubscriptionTarget::Group(g)],
+        };
+        if targets.is_empty() {
+            return Err(ClientError::Config("no partition to subscribe to".into()));
+        }
+        let group = matches!(targets.first(), Some(SubscriptionTarget::Group(_)));
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let mut subs = Vec::with_capacity(targets.len());
+        for (index, target) in targets.into_iter().enumerate() {
+            let (commands, commands_rx) = mpsc::unbounded_channel();
+            let driver = SubDriver {
+                client: client.clone(),
+                index,
+                topic: subscription.topic.clone(),
+                target,
+                start: subscription.start,
+                window: CreditWindow::new(config.credit_window),
+                transformer: config.transformer.clone(),
+                events: events_tx.clone(),
+                commands: commands_rx,
+                positions: BTreeMap::new(),
+                commits: VecDeque::new(),
+            };
+            subs.push(SubHandle {
+                commands,
+                task: Some(tokio::spawn(driver.run())),
+                ended: false,
+            });
+        }
+        let mut consumer = Self {
+            subs,
+            events,
+            backlog: VecDeque::new(),
+            current: None,
+            assignment: BTreeMap::new(),
+            consumed: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            group,
+        };
+        let mut assigned = vec![false; consumer.subs.len()];
+        while assigned.contains(&false) {
+            match consumer.events.recv().await {
+                Some(Event::Assigned { index, assignment }) => {
+                    consumer.assign(index, &assignment);
+                    if let Some(a) = assigned.get_mut(index) {
+                        *a = true;
+                    }
+                }
+                Some(Event::Ended { error, .. }) => {
+                    consumer.close().await;
+                    return Err(error.unwrap_or(ClientError::Closed("the subscription")));
+                }
+                Some(batch) => consumer.backlog.push_back(batch),
+                None => return Err(ClientError::Closed("the subscription")),
+            }
+        }
+        Ok(consumer)
+    }
+
+    /// The partitions currently assigned to this consumer.
+    pub fn assignment(&self) -> Vec<u32> {
+        self.assignment.keys().copied().collect()
+    }
+
+    /// The offset after the last record yielded, per partition.
+    pub fn positions(&self) -> BTreeMap<u32, u64> {
+        self.consumed.clone()
+    }
+
+    /// Commits `offset` (the next offset the group should read) for
+    /// `partition` and waits for the broker to store it.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Broker`] when the broker refuses (`NotAssigned`
+    /// after a rebalance), [`ClientError::InvalidRecord`] when this is not
+    /// a group subscription or does not hold the partition, or a
+    /// connection error (commit again after the consumer resubscribed).
+    pub async fn commit(&self, partition: u32, offset: u64) -> Result<(), ClientError> {
+        if !self.group {
+            return Err(ClientError::InvalidRecord(
+                "only consumer-group subscriptions can commit offsets".into(),
+            ));
+        }
+        let index = self.assignment.get(&partition).copied().unwrap_or(0);
+        let Some(sub) = self.subs.get(index) else {
+            return Err(ClientError::Closed("the subscription"));
+        };
+        let (reply, rx) = oneshot::channel();
+        sub.commands
+            .send(SubCommand::Commit {
+                partition,
+                offset,
+                reply,
+            })
+            .map_err(|_| ClientError::Closed("the subscription"))?;
+        rx.await
+            .unwrap_or(Err(ClientError::Closed("the subscription")))
+    }
+
+    /// Commits, for every assigned partition, the offset after the last
+    /// record this consumer yielded (when it moved since the last commit).
+    ///
+    /// # Errors
+    ///
+    /// As [`Consumer::commit`]; the first failure stops it.
+    pub async fn commit_consumed(&mut self) -> Result<(), ClientError> {
+        let due: Vec<(u32, u64)> = self
+            .consumed
+            .iter()
+            .filter(|(p, o)| self.assignment.contains_key(p) && self.committed.get(p) != Some(o))
+            .map(|(p, o)| (*p, *o))
+            .collect();
+        for (partition, offset) in due {
+            self.commit(partition, offset).await?;
+            self.committed.insert(partition, offset);
+        }
+        Ok(())
+    }
+
+    /// Unsubscribes every stream and waits (briefly) for the broker to
+    /// confirm.
+    pub async fn close(&mut self) {
+        let mut waits = Vec::new();
+        for sub in &mut self.subs {
+            let (tx, rx) = oneshot::channel();
+            if sub.commands.send(SubCommand::Close(tx)).is_ok() {
+                waits.push(rx);
+            }
+        }
+        for rx in waits {
+            let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+        }
+        for sub in &mut self.subs {
+            sub.ended = true;
+            if let Some(task) = sub.task.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+            }
+        }
+        self.current = None;
+        self.backlog.clear();
+    }
+
+    fn assign(&mut self, index: usize, assignment: &Assignment) {
+        self.assignment.retain(|_, i| *i != index);
+        for p in &assignment.partitions {
+            self.assignment.insert(p.partition, index);
+        }
+    }
+
+    fn note_consumed(&mut self, index: usize, cost: u64) {
+        if let Some(sub) = self.subs.get(index) {
+            let _ = sub.commands.send(SubCommand::Consumed(cost));
+        }
+    }
+
+    fn handle_event(&mut self, event: Event) -> Option<Item> {
+        match event {
+            Event::Assigned { index, assignment } => {
+                self.assign(index, &assignment);
+                None
+            }
+            Event::Batch { index, items, cost } => {
+                self.current = Some((index, items, cost));
+                None
+            }
+            Event::Ended { index, error } => {
+                if let Some(sub) = self.subs.get_mut(index) {
+                    sub.ended = true;
+                }
+                error.map(Err)
+            }
+        }
+    }
+}
+
+impl Stream for Consumer {
+    type Item = Result<ConsumedRecord, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some((index, items, cost)) = &mut this.current {
+                if let Some(item) = items.pop_front() {
+                    if items.is_empty() {
+                        let (index, cost) = (*index, *cost);
+                        this.current = None;
+                        this.note_consumed(index, cost);
+                    }
+                    if let Ok(record) = &item {
+                        this.consumed
+                            .insert(record.partition, record.offset.saturating_add(1));
+                    }
+                    return Poll::Ready(Some(item));
+                }
+                let (index, cost) = (*index, *cost);
+                this.current = None;
+                this.note_consumed(index, cost);
+            }
+            if let Some(event) = this.backlog.pop_front() {
+                if let Some(item) = this.handle_event(event) {
+                    return Poll::Ready(Some(item));
+                }
+                continue;
+            }
+            if this.subs.iter().all(|s| s.ended) {
+                return Poll::Ready(None);
+            }
+            match this.events.poll_recv(cx) {
+                Poll::Ready(Some(event)) => {
+                    if let Some(item) = this.handle_event(event) {
+                        return Poll::Ready(Some(item));
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        // The tasks unsubscribe when their command channel closes; do not
+        // abort them so the broker hears `Unsubscribe`.
+        for sub in &mut self.subs {
+            sub.task.take();
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! Collects records into one open batch per partition and closes batches
+//! when they are full or have lingered long enough.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use strongbox_protocol::batch::{BATCH_HEADER_LEN, BatchBuilder};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use crate::error::ClientError;
+use crate::producer::batch::{Completion, Payload, ReadyBatch, TopicPartition};
+
+/// One record, ready to be appended.
+#[derive(Debug)]
+pub(crate) struct PendingRecord {
+    pub(crate) timestamp: i64,
+    pub(crate) key: Option<Bytes>,
+    pub(crate) headers: Vec<(String, Bytes)>,
+    pub(crate) value: Bytes,
+    pub(crate) completion: Completion,
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
+}
+
+impl PendingRecord {
+    /// Bytes the record adds to a batch.
+    pub(crate) fn encoded_len(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| 2 + n.len() + 4 + v.len())
+            .sum();
+        4 + 4 + 4 + self.key.as_ref().map_or(0, Bytes::len) + 2 + headers + 4 + self.value.len()
+    }
+}
+
+#[derive(Debug)]
+struct OpenBatch {
+    id: u64,
+    builder: BatchBuilder,
+    completions: Vec<Completion>,
+    permits: Vec<OwnedSemaphorePermit>,
+    opened_at: Instant,
+    /// The builder's base timestamp: record timestamps are `i32` deltas
+    /// from it.
+    base_timestamp: i64,
+}
+
+/// The open batches of a producer.
+#[derive(Debug)]
+pub(crate) struct Accumulator {
+    open: HashMap<TopicPartition, OpenBatch>,
+    /// Close a batch once it holds this many bytes.
+    batch_bytes: usize,
+    /// The broker's limit on one batch.
+    max_batch: usize,
+    linger: Duration,
+    next_id: u64,
+}
+
+impl Accumulator {
+    pub(crate) fn new(batch_bytes: usize, max_batch: usize, linger: Duration) -> Self {
+        Self {
+            open: HashMap::new(),
+            batch_bytes: batch_bytes.max(1),
+            max_batch,
+            linger,
+            next_id: 1,
+        }
+    }
+
+    /// Lowers or raises the broker's limit (after a reconnect).
+    pub(crate) fn set_max_batch(&mut self, max_batch: usize) {
+        self.max_batch = max_batch;
+    }
+
+    /// True when no batch is open.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// The id the next batch will get; every batch opened so far has a
+    /// smaller one.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// Appends a record to its partition's open batch. Returns the batches
+    /// this closed (the previous one when the record does not fit, and
+    /// this one when it is now full).
+    ///
+    /// # Errors
+    ///
+    /// The record back with [`ClientError::InvalidRecord`] when it alone
+    /// exceeds the broker's batch limit or a field is too long; nothing is
+    /// appended.
+    pub(crate) fn append(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        record: PendingRecord,
+        now: Instant,
+    ) -> Result<Vec<ReadyBatch>, Box<(PendingRecord, ClientError)>> {
+        let len = record.encoded_len();
+        if BATCH_HEADER_LEN + len > self.max_batch {
+            let max = self.max_batch;
+            return Err(Box::new((
+                record,
+                ClientError::InvalidRecord(format!(
+                    "a record of {len} bytes does not fit in the broker's batch limit of {max} bytes"
+                )),
+            )));
+        }
+        let tp = (topic.to_owned(), partition);
+        let mut closed = Vec::new();
+        let fits = self.open.get(&tp).is_none_or(|b| {
+            b.builder.encoded_len() + len <= self.batch_bytes.min(self.max_batch)
+                && timestamp_fits(b.base_timestamp, record.timestamp)
+        });
+        if !fits && let Some(batch) = self.close(&tp) {
+            closed.push(batch);
+        }
+        let id = self.next_id;
+        let open = self.open.entry(tp.clone()).or_insert_with(|| OpenBatch {
+            id,
+            builder: BatchBuilder::with_capacity(record.timestamp, BATCH_HEADER_LEN + len),
+            completions: Vec::new(),
+            permits: Vec::new(),
+            opened_at: now,
+            base_timestamp: record.timestamp,
+        });
+        if open.id == id {
+            self.next_id += 1;
+        }
+        let headers: Vec<(&str, &[u8])> = record
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_ref()))
+            .collect();
+        if let Err(e) = open.builder.push(
+            record.timestamp,
+            record.key.as_deref(),
+            &headers,
+            &record.value,
+        ) {
+            if open.builder.is_empty() {
+                self.open.remove(&tp);
+            }
+            return Err(Box::new((
+                record,
+                ClientError::InvalidRecord(e.to_string()),
+            )));
+        }
+        open.completions.push(record.completion);
+        open.permits.extend(record.permit);
+        if open.builder.encoded_len() >= self.batch_bytes
+            && let Some(batch) = self.close(&tp)
+        {
+            closed.push(batch);
+        }
+        Ok(closed)
+    }
+
+    /// Closes the batches that have lingered long enough.
+    pub(crate) fn expired(&mut self, now: Instant) -> Vec<ReadyBatch> {
+        let due: Vec<TopicPartition> = self
+            .open
+            .iter()
+            .filter(|(_, b)| now.saturating_duration_since(b.opened_at) >= self.linger)
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        let mut out: Vec<ReadyBatch> = due.iter().filter_map(|tp| self.close(tp)).collect();
+        out.sort_by_key(|b| b.id);
+        out
+    }
+
+    /// Closes every open batch (flush, close).
+    pub(crate) fn drain(&mut self) -> Vec<ReadyBatch> {
+        let all: Vec<TopicPartition> = self.open.keys().cloned().collect();
+        let mut out: Vec<ReadyBatch> = all.iter().filter_map(|tp| self.close(tp)).collect();
+        out.sort_by_key(|b| b.id);
+        out
+    }
+
+    /// When the oldest open batch will have lingered long enough.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.open.values().map(|b| b.opened_at + self.linger).min()
+    }
+
+    fn close(&mut self, tp: &TopicPartition) -> Option<ReadyBatch> {
+        let open = self.open.remove(tp)?;
+        Some(ReadyBatch {
+            id: open.id,
+            topic: tp.0.clone(),
+            partition: tp.1,
+            records: open.builder.len(),
+            payload: Payload::Open(open.builder),
+            completions: open.completions,
+            permits: open.permits,
+            created: open.opened_at,
+            not_before: None,
+            attempts: 0,
+        })
+    }
+}
+
+/// True when a record with `timestamp` can join a batch whose base is
+/// `base`: the delta must fit in an `i32`.
+fn timestamp_fits(base: i64, timestamp: i64) -> bool {
+    timestamp
+        .checked_sub(base)
+        .is_some_and(|d| i32::try_from(d).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strongbox_protocol::batch::RecordBatch;
+    use tokio::sync::oneshot;
+
+    fn record(value_len: usize, timestamp: i64) -> PendingRecord {
+        let (completion, _rx) = oneshot::channel();
+        PendingRecord {
+            timestamp,
+            key: None,
+            headers: Vec::new(),
+            value: Bytes::from(vec![b'x'; value_len]),
+            completion,
+            permit: None,
+        }
+    }
+
+    fn records_in(batch: ReadyBatch) -> u32 {
+        let mut batch = batch;
+        let bytes = batch.seal(None).expect("seals");
+        RecordBatch::parse(bytes).expect("valid").record_count()
+    }
+
+    #[test]
+    fn closes_a_batch_when_the_next_record_would_overflow_it() {
+        let now = Instant::now();
+        // Each record: 18 bytes of framing + 100 of value.
+        let mut acc = Accumulator::new(BATCH_HEADER_LEN + 3 * 118, 1 << 20, Duration::from_secs(1));
+        for _ in 0..2 {
+            assert!(
+                acc.append("t", 0, record(100, 0), now)
+                    .expect("fits")
+                    .is_empty()
+            );
+        }
+        // The third fills it exactly: closed at once.
+        let closed = acc.append("t", 0, record(100, 0), now).expect("fits");
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].records, 3);
+        assert!(acc.is_empty());
+        // Two records, then one that does not fit: the first batch closes
+        // and the big record opens the next.
+        acc.append("t", 0, record(100, 0), now).expect("fits");
+        acc.append("t", 0, record(100, 0), now).expect("fits");
+        let closed = acc.append("t", 0, record(200, 0), now).expect("fits");
+        assert_eq!(closed.len(), 1);
+        assert_eq!(records_in(closed.into_iter().next().expect("one")), 2);
+        assert!(!acc.is_empty());
+    }
+
+    #[test]
+    fn batches_are_per_partition_and_ids_increase() {
+        let now = Instant::now();
+        let mut acc = Accumulator::new(1 << 20, 1 << 20, Duration::from_secs(1));
+        acc.append("t", 1, record(1, 0), now).expect("fits");
+        acc.append("t", 0, record(1, 0), now).expect("fits");
+        acc.append("u", 0, record(1, 0), now).expect("fits");
+        acc.append("t", 1, record(1, 0), now).expect("fits");
+        let all = acc.drain();
+        assert_eq!(
+            all.iter()
+                .map(|b| (b.topic.as_str(), b.partition, b.id, b.records))
+                .collect::<Vec<_>>(),
+            vec![("t", 1, 1, 2), ("t", 0, 2, 1), ("u", 0, 3, 1)]
+        );
+        assert_eq!(acc.next_id(), 4);
+    }
+
+    #[test]
+    fn a_record_over_the_broker_limit_is_refused() {
+        let now = Instant::now();
+        let mut acc = Accumulator::new(1 << 20, 1024, Duration::from_secs(1));
+        let (_, err) = *acc
+            .append("t", 0, record(2000, 0), now)
+            .expect_err("too big");
+        assert!(err.to_string().contains("does not fit"), "{err}");
+        assert!(acc.is_empty());
+        // One that fits the broker but not the target size goes alone.
+        let mut acc = Accumulator::new(100, 1024, Duration::from_secs(1));
+        let closed = acc.append("t", 0, record(500, 0), now).expect("fits");
+        assert_eq!(closed.len(), 1);
+    }
+
+    #[test]
+    fn distant_timestamps_start_a_new_batch() {
+        let now = Instant::now();
+        let mut acc = Accumulator::new(1 << 20, 1 << 20, Duration::from_secs(1));
+        acc.append("t", 0, record(1, 0), now).expect("fits");
+        let closed = acc
+            .append("t", 0, record(1, i64::from(i32::MAX) + 1), now)
+            .expect("fits");
+        assert_eq!(closed.len(), 1);
+        assert_eq!(acc.drain().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn linger_closes_batches_on_time() {
+        let linger = Duration::from_millis(20);
+        let mut acc = Accumulator::new(1 << 20, 1 << 20, linger);
+        let t0 = Instant::now();
+        acc.append("t", 0, record(1, 0), t0).expect("fits");
+        tokio::time::advance(Duration::from_millis(5)).await;
+        acc.append("t", 1, record(1, 0), Instant::now())
+            .expect("fits");
+        assert_eq!(acc.next_deadline(), Some(t0 + linger));
+        tokio::time::advance(Duration::from_millis(14)).await;
+        assert!(acc.expired(Instant::now()).is_empty(), "19 ms: not yet");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let due = acc.expired(Instant::now());
+        assert_eq!(due.iter().map(|b| b.partition).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(
+            acc.next_deadline(),
+            Some(t0 + Duration::from_millis(5) + linger)
+        );
+        tokio::time::sleep_until(acc.next_deadline().expect("one open")).await;
+        assert_eq!(acc.expired(Instant::now()).len(), 1);
+        assert!(acc.next_deadline().is_none());
+    }
+}

@@ -1,0 +1,429 @@
+//! The producer's background task: owns the accumulator, the ledger and
+//! the producer stream, and pumps the `ProducerSession` machine.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use strongbox_protocol::frames::produce::ProduceAck;
+use strongbox_protocol::session::produce::{ProduceOutcome, ProducerSession};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::admin::ProducerIdentity;
+use crate::backoff::Backoff;
+use crate::connection::{Client, Session};
+use crate::error::ClientError;
+use crate::partitioner::Partitioner;
+use crate::producer::accumulator::Accumulator;
+use crate::producer::batch::ReadyBatch;
+use crate::producer::ledger::{Ledger, Refusal};
+use crate::producer::{Command, ProducerConfig};
+use crate::wire::{Inbound, StreamIo, encode};
+
+/// Bytes of a `Produce` frame around its batch, besides the topic name:
+/// length, type, correlation id, topic length, partition, batch length.
+const PRODUCE_OVERHEAD: usize = 4 + 2 + 8 + 2 + 4 + 4;
+
+/// The open producer stream.
+#[derive(Debug)]
+struct Stream {
+    session: Arc<Session>,
+    io: StreamIo,
+    machine: ProducerSession,
+}
+
+#[derive(Debug)]
+pub(crate) struct Driver {
+    client: Client,
+    rx: mpsc::Receiver<Command>,
+    commands_open: bool,
+    acc: Accumulator,
+    ledger: Ledger,
+    partitioner: Partitioner,
+    partition_counts: HashMap<String, u32>,
+    window_cap: u32,
+    stream: Option<Stream>,
+    reopen_at: Option<Instant>,
+    backoff: Backoff,
+    flushes: Vec<(u64, oneshot::Sender<()>)>,
+    closing: Vec<oneshot::Sender<()>>,
+    /// Shared with the handle, for [`Producer::identity`](crate::Producer::identity).
+    identity: Arc<Mutex<Option<ProducerIdentity>>>,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        client: Client,
+        config: ProducerConfig,
+        identity: Arc<Mutex<Option<ProducerIdentity>>>,
+        rx: mpsc::Receiver<Command>,
+    ) -> Self {
+        let initial = identity.lock().ok().and_then(|i| *i);
+        let limits = client.limits();
+        let reconnect = client.config().reconnect.clone();
+        Self {
+            acc: Accumulator::new(
+                config.batch_bytes,
+                max_batch(limits.max_batch_size, limits.max_frame_size, 0),
+                config.linger,
+            ),
+            ledger: Ledger::new(initial, reconnect.initial_backoff, config.delivery_timeout),
+            backoff: Backoff::new(reconnect),
+            window_cap: config.max_in_flight.unwrap_or(u32::MAX).max(1),
+            client,
+            rx,
+            commands_open: true,
+            partitioner: Partitioner::default(),
+            partition_counts: HashMap::new(),
+            stream: None,
+            reopen_at: None,
+            flushes: Vec::new(),
+            closing: Vec::new(),
+            identity,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        loop {
+            self.pump().await;
+            self.resolve_flushes();
+            let idle = self.acc.is_empty() && self.ledger.is_empty();
+            if idle && (!self.closing.is_empty() || !self.commands_open) {
+                if let Some(mut stream) = self.stream.take() {
+                    stream.io.finish();
+                }
+                for done in self.closing.drain(..) {
+                    let _ = done.send(());
+                }
+                return;
+            }
+            let deadline = [
+                self.acc.next_deadline(),
+                self.ledger.next_retry(),
+                self.reopen_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            tokio::select! {
+                command = self.rx.recv(), if self.commands_open => match command {
+                    Some(command) => self.on_command(command),
+                    // Every handle is gone: deliver what was queued, then stop.
+                    None => {
+                        self.commands_open = false;
+                        self.close_all_batches();
+                    }
+                },
+                inbound = next_inbound(&mut self.stream) => self.on_inbound(inbound),
+                () = sleep_until(deadline) => {
+                    let now = Instant::now();
+                    for batch in self.acc.expired(now) {
+                        self.enqueue(batch);
+                    }
+                    if self.reopen_at.is_some_and(|t| t <= now) {
+                        self.reopen_at = None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Send {
+                topic,
+                partition,
+                partitions,
+                record,
+            } => {
+                let partition = match (partition, partitions) {
+                    (Some(p), _) => p,
+                    (None, partitions) => {
+                        let partitions = partitions.unwrap_or(1);
+                        self.partition_counts.insert(topic.clone(), partitions);
+                        self.partitioner
+                            .partition(&topic, record.key.as_deref(), partitions)
+                    }
+                };
+                if !self.closing.is_empty() {
+                    let _ = record
+                        .completion
+                        .send(Err(ClientError::Closed("the producer")));
+                    return;
+                }
+                self.acc.set_max_batch(max_batch(
+                    self.client.limits().max_batch_size,
+                    self.client.limits().max_frame_size,
+                    topic.len(),
+                ));
+                match self.acc.append(&topic, partition, record, Instant::now()) {
+                    Ok(closed) => {
+                        for batch in closed {
+                            self.enqueue(batch);
+                        }
+                    }
+                    Err(refused) => {
+                        let (record, error) = *refused;
+                        let _ = record.completion.send(Err(error));
+                    }
+                }
+            }
+            Command::Flush(done) => {
+                self.close_all_batches();
+                let watermark = self.acc.next_id().saturating_sub(1);
+                self.flushes.push((watermark, done));
+            }
+            Command::Close(done) => {
+                self.close_all_batches();
+                self.closing.push(done);
+            }
+        }
+    }
+
+    fn close_all_batches(&mut self) {
+        for batch in self.acc.drain() {
+            self.enqueue(batch);
+        }
+    }
+
+    /// Hands a closed batch to the ledger.
+    fn enqueue(&mut self, batch: ReadyBatch) {
+        if let Some(partitions) = self.partition_counts.get(&batch.topic) {
+            self.partitioner
+                .batch_closed(&batch.topic, batch.partition, *partitions);
+        }
+        self.ledger.push(batch);
+    }
+
+    fn resolve_flushes(&mut self) {
+        let oldest = self.ledger.oldest_id();
+        let mut i = 0;
+        while i < self.flushes.len() {
+            if oldest.is_none_or(|o| o > self.flushes[i].0) {
+                let (_, done) = self.flushes.swap_remove(i);
+                let _ = done.send(());
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Sends every batch the window and the partitions' states allow,
+    /// opening the stream (and reconnecting) first when needed.
+    async fn pump(&mut self) {
+        let now = Instant::now();
+        for batch in self.ledger.expired(now) {
+            batch.fail(&ClientError::Timeout(
+                "the record was not acknowledged within the delivery timeout".into(),
+            ));
+        }
+        while self.ledger.has_sendable(Instant::now()) {
+            if self.ledger.needs_new_epoch() {
+                if self.ledger.in_flight() > 0 {
+                    // Wait for the old epoch's answers first.
+                    return;
+                }
+                if let Err(e) = self.new_epoch().await {
+                    self.fail_everything(&e);
+                    return;
+                }
+            }
+            if self.stream.is_none() {
+                if self.reopen_at.is_some_and(|t| t > Instant::now()) {
+                    return;
+                }
+                if let Err(e) = self.open_stream().await {
+                    self.fail_everything(&e);
+                    return;
+                }
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                return;
+            };
+            if !stream.machine.has_window() {
+                return;
+            }
+            let Some(next) = self.ledger.next_to_send(Instant::now()) else {
+                return;
+            };
+            let (batch, bytes) = match next {
+                Ok(ready) => ready,
+                Err((batch, error)) => {
+                    batch.fail(&error);
+                    continue;
+                }
+            };
+            let sent = stream
+                .machine
+                .send(&batch.topic, batch.partition, bytes)
+                .map_err(|e| ClientError::InvalidRecord(e.to_string()))
+                .and_then(|(correlation_id, frame)| {
+                    let wire = encode(&frame, stream.session.send_max_frame())?;
+                    Ok((correlation_id, wire))
+                });
+            match sent {
+                Ok((correlation_id, wire)) => {
+                    let queued = stream.io.send(wire);
+                    self.ledger.sent(correlation_id, batch);
+                    if let Err(e) = queued {
+                        self.stream_failed(e);
+                    }
+                }
+                Err(error) => {
+                    // Refused before it left: its sequences are free again.
+                    self.ledger.unsent(&batch);
+                    batch.fail(&error);
+                    // The session counted it as in flight; start afresh.
+                    self.stream_failed(ClientError::InvalidRecord(
+                        "a batch could not be encoded".into(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Takes a new epoch for the producer id (fencing nothing but our own
+    /// past batches).
+    async fn new_epoch(&mut self) -> Result<(), ClientError> {
+        let Some(old) = self.ledger.identity() else {
+            return Ok(());
+        };
+        let identity = self
+            .client
+            .admin()
+            .init_producer(Some(old.producer_id))
+            .await?;
+        tracing::info!(
+            producer_id = identity.producer_id,
+            epoch = identity.epoch,
+            "producer took a new epoch"
+        );
+        self.ledger.new_epoch(identity);
+        if let Ok(mut shared) = self.identity.lock() {
+            *shared = Some(identity);
+        }
+        Ok(())
+    }
+
+    async fn open_stream(&mut self) -> Result<(), ClientError> {
+        let session = self.client.session().await?;
+        let (send, recv) = session.open_bi().await?;
+        let window = session.welcome.max_in_flight.min(self.window_cap).max(1);
+        let machine = ProducerSession::new(window, session.welcome.max_batch_size);
+        let io = StreamIo::spawn(send, recv, session.recv_max_frame);
+        self.stream = Some(Stream {
+            session,
+            io,
+            machine,
+        });
+        Ok(())
+    }
+
+    fn on_inbound(&mut self, inbound: Inbound) {
+        let Some(stream) = self.stream.as_mut() else {
+            return;
+        };
+        let frame = match inbound {
+            Inbound::Frame(frame) => frame,
+            Inbound::End(None) => {
+                return self.stream_failed(ClientError::ConnectionLost(
+                    "the broker finished the producer stream".into(),
+                ));
+            }
+            Inbound::End(Some(e)) => return self.stream_failed(e),
+        };
+        match stream.machine.handle_frame(frame) {
+            Ok(ProduceOutcome::Acked(ack)) => self.on_ack(ack),
+            Ok(ProduceOutcome::Failed(error)) => {
+                let code = error.error_code();
+                let client_error = ClientError::from_error_frame(&error);
+                match self
+                    .ledger
+                    .refused(error.correlation_id, code, client_error, Instant::now())
+                {
+                    Ok(Refusal::Retrying) => {}
+                    Ok(Refusal::Failed(batch, error)) => batch.fail(&error),
+                    Err(e) => self.stream_failed(e),
+                }
+            }
+            Err(violation) => {
+                let error = ClientError::from_violation(violation.clone());
+                // An `Error` with correlation id 0 from the broker comes
+                // back as a violation carrying its code: that ends the
+                // stream by itself. Anything else is the broker's fault:
+                // tell it, then reset.
+                if matches!(error, ClientError::Protocol(_)) {
+                    let max = stream.session.send_max_frame();
+                    stream.io.fail(&violation, max);
+                }
+                self.stream_failed(error);
+            }
+        }
+    }
+
+    fn on_ack(&mut self, ack: ProduceAck) {
+        match self.ledger.acked(ack.correlation_id, ack.partition) {
+            Ok(batch) => {
+                self.backoff.reset();
+                batch.complete(ack.base_offset);
+            }
+            Err(e) => self.stream_failed(e),
+        }
+    }
+
+    /// The stream broke: unacknowledged batches go back to the queue to be
+    /// re-sent with the same sequences on a new stream. Errors that a new
+    /// stream cannot fix fail them instead.
+    fn stream_failed(&mut self, error: ClientError) {
+        let Some(stream) = self.stream.take() else {
+            return;
+        };
+        let connection_alive = stream.session.is_alive();
+        drop(stream);
+        self.ledger.connection_lost();
+        if !connection_alive && !self.client.is_closed() {
+            // The next pump reconnects (with the client's backoff) and
+            // re-sends; a reconnect that cannot succeed fails the batches.
+            tracing::info!(error = %error, "producer connection lost; will reconnect");
+            return;
+        }
+        if error.is_retriable() || matches!(error, ClientError::Protocol(_)) {
+            tracing::warn!(error = %error, "producer stream failed; reopening");
+            self.reopen_at = Some(Instant::now() + self.backoff.next_delay());
+        } else {
+            tracing::warn!(error = %error, "producer stream refused");
+            self.fail_everything(&error);
+        }
+    }
+
+    /// Fails every queued and unacknowledged batch.
+    fn fail_everything(&mut self, error: &ClientError) {
+        for batch in self.ledger.drain() {
+            batch.fail(error);
+        }
+    }
+}
+
+/// The largest batch that fits both the broker's batch limit and, inside a
+/// `Produce` frame for a topic of `topic_len` bytes, its frame limit.
+fn max_batch(max_batch_size: u32, max_frame_size: u32, topic_len: usize) -> usize {
+    let frame_room = (max_frame_size as usize).saturating_sub(PRODUCE_OVERHEAD + topic_len);
+    (max_batch_size as usize).min(frame_room)
+}
+
+/// The next event of the stream, or never when there is none.
+async fn next_inbound(stream: &mut Option<Stream>) -> Inbound {
+    match stream {
+        Some(stream) => stream.io.inbound.recv().await.unwrap_or(Inbound::End(Some(
+            ClientError::ConnectionLost("the producer stream's tasks ended".into()),
+        ))),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
