@@ -12,4 +12,7 @@
     clippy::panic
 )]
 
+pub mod aead;
 pub mod keys;
+pub mod log;
+pub mod meta;

@@ -3,7 +3,7 @@
 //! uses as its [`SegmentKeys`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use strongbox_protocol::frames::admin_types::KeyState;
@@ -32,6 +32,12 @@ pub struct KeyManagerStats {
     /// The DEK cache.
     pub cache: CacheStats,
 }
+
+/// Called after each data key the provider unwrapped (not on cache hits),
+/// with the segment and the KEK version that wrapped it: the audit trail
+/// counts unwraps with it. Must be cheap and must not call back into the
+/// key manager.
+pub type UnwrapObserver = Arc<dyn Fn(&SegmentKeyContext, &KekId) + Send + Sync>;
 
 /// What [`KeyManager::destroy_version`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +72,7 @@ pub struct KeyManager {
     wraps: AtomicU64,
     unwraps: AtomicU64,
     provider_errors: AtomicU64,
+    unwrap_observer: RwLock<Option<UnwrapObserver>>,
 }
 
 impl std::fmt::Debug for KeyManager {
@@ -103,7 +110,17 @@ impl KeyManager {
             wraps: AtomicU64::new(0),
             unwraps: AtomicU64::new(0),
             provider_errors: AtomicU64::new(0),
+            unwrap_observer: RwLock::new(None),
         }
+    }
+
+    /// Installs (or replaces) the observer told about every unwrap that
+    /// goes to the provider.
+    pub fn set_unwrap_observer(&self, observer: UnwrapObserver) {
+        *self
+            .unwrap_observer
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(observer);
     }
 
     /// The provider.
@@ -411,6 +428,14 @@ impl KeyManager {
         }
         let dek = self.provider_call(self.provider.unwrap(kek, &wrapped.wrapped))?;
         self.unwraps.fetch_add(1, Ordering::Relaxed);
+        let observer = self
+            .unwrap_observer
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(observer) = observer {
+            observer(ctx, kek);
+        }
         // Keep the registry in step with the envelope (an interrupted rewrap
         // leaves the envelope one version ahead of the registry). A segment
         // with no record is not added back: it was forgotten (deleted).
@@ -474,5 +499,49 @@ impl SegmentKeys for KeyManager {
         self.meta
             .write(|tx| tx.remove_segment_kek(&SegmentRef::from(ctx)))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod unwrap_observer_tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::keys::FileKeyProvider;
+
+    #[test]
+    fn observes_provider_unwraps_not_cache_hits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let provider =
+            Arc::new(FileKeyProvider::open(dir.path().join("keys")).expect("file provider"));
+        let meta = MetaStore::in_memory().expect("meta");
+        let ctx = SegmentKeyContext {
+            topic_id: [1; 16],
+            partition: 3,
+            segment_id: [2; 16],
+            scope: KekScope::Broker,
+        };
+        let (_, envelope) = KeyManager::new(provider.clone(), meta.clone(), 8)
+            .create(&ctx)
+            .expect("create");
+
+        // A fresh manager (empty cache) over the same provider and registry.
+        let keys = KeyManager::new(provider, meta, 8);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (seen2, calls2) = (seen.clone(), calls.clone());
+        keys.set_unwrap_observer(Arc::new(move |c: &SegmentKeyContext, k: &KekId| {
+            calls2.fetch_add(1, Ordering::Relaxed);
+            lock(&seen2).push((c.partition, c.segment_id, k.clone()));
+        }));
+        keys.open(&ctx, &envelope).expect("unwrap");
+        keys.open(&ctx, &envelope).expect("cache hit");
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            *lock(&seen),
+            vec![(3, [2; 16], envelope.kek.clone())],
+            "the segment and the KEK version that wrapped it"
+        );
+        assert_eq!(keys.stats().unwraps, 1);
     }
 }

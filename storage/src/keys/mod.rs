@@ -50,7 +50,7 @@ pub mod registry;
 
 pub use cache::{CacheStats, DekCache};
 pub use file::FileKeyProvider;
-pub use manager::{DestroyOutcome, KeyManager, KeyManagerStats};
+pub use manager::{DestroyOutcome, KeyManager, KeyManagerStats, UnwrapObserver};
 pub use pkcs11::{PinSource, Pkcs11Config, Pkcs11KeyProvider};
 pub use registry::{KekVersion, SegmentRef};
 

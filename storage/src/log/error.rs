@@ -1,0 +1,228 @@
+//! Errors of the partition log.
+//!
+//! Every error is scoped to one partition: the broker reports it for that
+//! partition and keeps serving the others. Messages name the file and say
+//! what to do; they never contain key bytes or record contents.
+
+use std::path::PathBuf;
+
+use crate::keys::KeyError;
+
+/// The advice appended to errors about damaged files.
+const RESTORE: &str = "restore it from backup or run strongbox-broker verify";
+
+/// An error of one partition's log.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A file-system operation failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done (`"reading"`, `"syncing"`, ...).
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A segment's key envelope file does not exist.
+    #[error("cannot open segment {}: key envelope missing ({RESTORE})", segment.display())]
+    EnvelopeMissing {
+        /// The segment file.
+        segment: PathBuf,
+    },
+
+    /// A segment's key envelope file is empty.
+    #[error("cannot open segment {}: key envelope {} is empty ({RESTORE})",
+            segment.display(), envelope.display())]
+    EnvelopeEmpty {
+        /// The segment file.
+        segment: PathBuf,
+        /// The envelope file.
+        envelope: PathBuf,
+    },
+
+    /// A segment's key envelope fails its checks (magic, version, CRC,
+    /// lengths).
+    #[error("cannot open segment {}: key envelope {} is corrupt: {reason} ({RESTORE})",
+            segment.display(), envelope.display())]
+    EnvelopeCorrupt {
+        /// The segment file.
+        segment: PathBuf,
+        /// The envelope file.
+        envelope: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A well-formed envelope that belongs to another segment, partition or
+    /// key scope.
+    #[error("cannot open segment {}: key envelope {} does not belong to it: {reason} ({RESTORE})",
+            segment.display(), envelope.display())]
+    EnvelopeMismatch {
+        /// The segment file.
+        segment: PathBuf,
+        /// The envelope file.
+        envelope: PathBuf,
+        /// Which field differs.
+        reason: String,
+    },
+
+    /// The key provider could not unwrap a segment's data key (wrong or
+    /// destroyed KEK, tampered wrapped key, provider down).
+    #[error("cannot unwrap the data key of segment {}: {source}", segment.display())]
+    Key {
+        /// The segment file.
+        segment: PathBuf,
+        /// The key provider's error.
+        #[source]
+        source: KeyError,
+    },
+
+    /// No data key could be made for a new segment; appends fail closed.
+    #[error("cannot create a data key for new segment {}: {source} (appends to this partition \
+             fail until the key provider is available)", segment.display())]
+    KeyCreate {
+        /// The segment file that was being created.
+        segment: PathBuf,
+        /// The key provider's error.
+        #[source]
+        source: KeyError,
+    },
+
+    /// A segment's header fails its checks.
+    #[error("cannot open segment {}: header is corrupt: {reason} ({RESTORE})", segment.display())]
+    CorruptHeader {
+        /// The segment file.
+        segment: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A segment that belongs to another topic or partition.
+    #[error("cannot open segment {}: it belongs to topic {found_topic} partition {found_partition}, \
+             not topic {topic} partition {partition} (was it copied here? remove it, or {RESTORE})",
+            segment.display())]
+    ForeignSegment {
+        /// The segment file.
+        segment: PathBuf,
+        /// Topic id (hex) this log belongs to.
+        topic: String,
+        /// Partition this log belongs to.
+        partition: u32,
+        /// Topic id (hex) in the segment header.
+        found_topic: String,
+        /// Partition in the segment header.
+        found_partition: u32,
+    },
+
+    /// A segment that is not the newest has no valid seal: it was cut short
+    /// or its end was damaged.
+    #[error("cannot open segment {}: {reason}; it was truncated or damaged ({RESTORE})",
+            segment.display())]
+    SealMissing {
+        /// The segment file.
+        segment: PathBuf,
+        /// What was found instead of a seal.
+        reason: String,
+    },
+
+    /// A seal whose MAC or facts do not verify: the segment was altered.
+    #[error("segment {} failed verification: its seal {reason} ({RESTORE})", segment.display())]
+    SealInvalid {
+        /// The segment file.
+        segment: PathBuf,
+        /// What does not verify.
+        reason: String,
+    },
+
+    /// A frame that fails authentication or is out of place.
+    #[error("segment {} is corrupt at byte {position}: {reason} ({RESTORE})", segment.display())]
+    CorruptFrame {
+        /// The segment file.
+        segment: PathBuf,
+        /// File position of the bad frame.
+        position: u64,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// Two consecutive segments do not join up: a segment is missing or was
+    /// altered.
+    #[error("segment {} ends at offset {end} but the next segment {} starts at {next_base}; \
+             a segment is missing or was altered ({RESTORE})", segment.display(), next.display())]
+    Gap {
+        /// The earlier segment.
+        segment: PathBuf,
+        /// Its end offset.
+        end: u64,
+        /// The later segment.
+        next: PathBuf,
+        /// Its base offset.
+        next_base: u64,
+    },
+
+    /// The requested offset is not in the log.
+    #[error(
+        "offset {requested} is out of range: the log holds offsets {log_start}..{high_watermark}"
+    )]
+    OffsetOutOfRange {
+        /// The offset asked for.
+        requested: u64,
+        /// The first offset held.
+        log_start: u64,
+        /// The offset after the last readable record.
+        high_watermark: u64,
+    },
+
+    /// `truncate` was given an offset it cannot cut at.
+    #[error("cannot truncate to offset {offset}: {reason}")]
+    InvalidTruncation {
+        /// The offset asked for.
+        offset: u64,
+        /// Why not.
+        reason: String,
+    },
+
+    /// `append_at` was given an offset other than the log's next offset.
+    #[error("append expected at offset {expected}, but the log's next offset is {next}")]
+    OffsetMismatch {
+        /// The offset the caller expected.
+        expected: u64,
+        /// The log's next offset.
+        next: u64,
+    },
+
+    /// A batch outside the sizes a frame can hold.
+    #[error("batch of {len} bytes cannot be stored: {reason}")]
+    BatchRejected {
+        /// The batch length.
+        len: usize,
+        /// Why.
+        reason: String,
+    },
+
+    /// The configuration is invalid.
+    #[error("invalid log configuration: {0}")]
+    Config(String),
+
+    /// A write or fsync failed earlier; the log accepts no more writes
+    /// because unsynced data may be lost.
+    #[error("log {} stopped accepting writes after a failed write or fsync: {reason} \
+             (restart the broker; recovery will check the tail)", dir.display())]
+    Failed {
+        /// The partition directory.
+        dir: PathBuf,
+        /// The original failure.
+        reason: String,
+    },
+
+    /// The log was closed or dropped before the operation finished.
+    #[error("log {} was closed before the operation finished", dir.display())]
+    Closed {
+        /// The partition directory.
+        dir: PathBuf,
+    },
+}

@@ -1,0 +1,354 @@
+//! Reading a partition log: by offset, by timestamp, and a full
+//! verification pass.
+//!
+//! Every frame returned has been authenticated (AES-GCM under its
+//! segment's key, with the AAD of its place) and checked to follow the
+//! frame before it (its base offset is the previous frame's next offset).
+//! A read starts at an index entry only after the frame there has been
+//! authenticated and found to have the entry's offset; otherwise it starts
+//! at the beginning of the segment.
+
+use std::fs::File;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use strongbox_protocol::batch::RecordBatch;
+
+use super::error::LogError;
+use super::format::{SEGMENT_HEADER_LEN, Seal};
+use super::index::{self, Lookup};
+use super::partition::PartitionLog;
+use super::segment::{Frame, FrameFault, Segment, SegmentCrypto};
+
+/// What [`PartitionLog::verify`] checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VerifyReport {
+    /// Segments checked.
+    pub segments: u64,
+    /// Frames authenticated.
+    pub frames: u64,
+    /// Bytes of plaintext batches.
+    pub batch_bytes: u64,
+}
+
+/// Where to start reading a segment.
+struct Anchor {
+    position: u64,
+    expected: u64,
+    /// The frame at `position`, already read while checking the anchor.
+    first: Option<Frame>,
+}
+
+impl PartitionLog {
+    /// Reads whole batches starting with the one that holds `from_offset`,
+    /// up to about `max_bytes` of batches (always at least one batch when
+    /// any is readable, so a batch larger than `max_bytes` still gets
+    /// through). Returns `(base offset, plaintext batch)` pairs in order;
+    /// the caller skips the records of the first batch before
+    /// `from_offset`. Reading at the high watermark returns nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`LogError::OffsetOutOfRange`] below the log start or above the high
+    /// watermark; [`LogError::CorruptFrame`], [`LogError::SealInvalid`] for
+    /// altered data; [`LogError::Key`] when a segment's key cannot be
+    /// unwrapped; I/O errors.
+    pub fn read(&self, from_offset: u64, max_bytes: usize) -> Result<Vec<(u64, Bytes)>, LogError> {
+        let segs = self.read_segments().clone();
+        let hw = self.high_watermark();
+        let start = self.log_start_offset();
+        if from_offset == hw {
+            return Ok(Vec::new());
+        }
+        let first = segs
+            .partition_point(|s| s.base <= from_offset)
+            .checked_sub(1)
+            .filter(|_| from_offset >= start && from_offset < hw);
+        let Some(first) = first else {
+            return Err(LogError::OffsetOutOfRange {
+                requested: from_offset,
+                log_start: start,
+                high_watermark: hw,
+            });
+        };
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        for seg in segs.iter().skip(first) {
+            if seg.base >= hw {
+                break;
+            }
+            let stop = self
+                .read_segment(seg, from_offset, hw, max_bytes, &mut out, &mut total)
+                .map_err(|e| self.out_of_range_if_deleted(seg, from_offset, e))?;
+            if stop {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads batches of `seg`; true when the read is complete.
+    fn read_segment(
+        &self,
+        seg: &Segment,
+        from: u64,
+        hw: u64,
+        max_bytes: usize,
+        out: &mut Vec<(u64, Bytes)>,
+        total: &mut usize,
+    ) -> Result<bool, LogError> {
+        let crypto = seg.crypto(&self.ctx)?;
+        let file = seg.file()?;
+        let (seal, end) = seg.extent();
+        let lookup = (from > seg.base).then_some(Lookup::Offset(from));
+        let Anchor {
+            mut position,
+            mut expected,
+            mut first,
+        } = self.anchor(seg, &file, &crypto, lookup, end)?;
+        loop {
+            if position >= end {
+                check_end(seg, seal.as_ref(), expected)?;
+                return Ok(false);
+            }
+            if expected >= hw {
+                return Ok(true);
+            }
+            let frame = match first.take() {
+                Some(f) => f,
+                None => seg
+                    .read_frame(&file, &crypto, position, end, Some(expected))
+                    .map_err(|f| f.into_error(&seg.log_path))?,
+            };
+            let next = frame.header.next_offset().unwrap_or(u64::MAX);
+            position = frame.end();
+            expected = next;
+            if next <= from {
+                continue;
+            }
+            let len = frame.batch.len();
+            if !out.is_empty() && total.saturating_add(len) > max_bytes {
+                return Ok(true);
+            }
+            *total = total.saturating_add(len);
+            out.push((frame.header.base_offset, frame.batch));
+            if *total >= max_bytes {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// The first offset whose record timestamp is at or after `ts_ms`, or
+    /// `None` when no readable record is that recent.
+    ///
+    /// # Errors
+    ///
+    /// As [`PartitionLog::read`].
+    pub fn offset_for_timestamp(&self, ts_ms: i64) -> Result<Option<u64>, LogError> {
+        let segs = self.read_segments().clone();
+        let hw = self.high_watermark();
+        for seg in &segs {
+            if seg.base >= hw {
+                break;
+            }
+            let found = self
+                .time_in_segment(seg, ts_ms, hw)
+                .map_err(|e| self.out_of_range_if_deleted(seg, seg.base, e))?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    fn time_in_segment(&self, seg: &Segment, ts: i64, hw: u64) -> Result<Option<u64>, LogError> {
+        if seg.is_sealed() {
+            // The seal's facts are trusted only once its MAC is checked.
+            seg.crypto(&self.ctx)?;
+        }
+        if seg.max_timestamp.load(Ordering::Acquire) < ts {
+            return Ok(None);
+        }
+        let crypto = seg.crypto(&self.ctx)?;
+        let file = seg.file()?;
+        let end = seg.readable_end();
+        let Anchor {
+            mut position,
+            mut expected,
+            mut first,
+        } = self.anchor(seg, &file, &crypto, Some(Lookup::Time(ts)), end)?;
+        while position < end && expected < hw {
+            let frame = match first.take() {
+                Some(f) => f,
+                None => seg
+                    .read_frame(&file, &crypto, position, end, Some(expected))
+                    .map_err(|f| f.into_error(&seg.log_path))?,
+            };
+            let batch = parse_batch(seg, &frame)?;
+            if batch.max_timestamp() >= ts
+                && let Some(r) = batch.records().find(|r| r.timestamp >= ts)
+            {
+                return Ok(frame.header.base_offset.checked_add(u64::from(r.index)));
+            }
+            position = frame.end();
+            expected = frame.header.next_offset().unwrap_or(u64::MAX);
+        }
+        Ok(None)
+    }
+
+    /// Reads and authenticates every frame of every segment, checks that
+    /// segments join, that each batch's CRC holds, and that every seal's
+    /// MAC and facts (frame count, end offset, largest timestamp) match
+    /// what is there. What `strongbox-broker verify` runs.
+    ///
+    /// # Errors
+    ///
+    /// The first problem found, naming its file.
+    pub fn verify(&self) -> Result<VerifyReport, LogError> {
+        let segs = self.read_segments().clone();
+        let mut report = VerifyReport::default();
+        let mut prev: Option<(Arc<Segment>, u64)> = None;
+        for seg in &segs {
+            if let Some((p, end)) = &prev
+                && *end != seg.base
+            {
+                return Err(LogError::Gap {
+                    segment: p.log_path.clone(),
+                    end: *end,
+                    next: seg.log_path.clone(),
+                    next_base: seg.base,
+                });
+            }
+            let crypto = seg.crypto(&self.ctx)?;
+            let file = seg.file()?;
+            let (seal, end) = seg.extent();
+            let mut position = SEGMENT_HEADER_LEN as u64;
+            let mut expected = seg.base;
+            let mut frames = 0u64;
+            let mut max_ts = i64::MIN;
+            while position < end {
+                let frame = seg
+                    .read_frame(&file, &crypto, position, end, Some(expected))
+                    .map_err(|f| f.into_error(&seg.log_path))?;
+                let batch = parse_batch(seg, &frame)?;
+                max_ts = max_ts.max(batch.max_timestamp());
+                frames += 1;
+                report.batch_bytes = report.batch_bytes.saturating_add(frame.batch.len() as u64);
+                position = frame.end();
+                expected = frame.header.next_offset().unwrap_or(u64::MAX);
+            }
+            if let Some(seal) = seal {
+                let problem = if seal.frame_count != frames {
+                    Some(format!(
+                        "says {} frames, the segment holds {frames}",
+                        seal.frame_count
+                    ))
+                } else if seal.next_offset != expected {
+                    Some(format!(
+                        "says the segment ends at offset {}, its frames end at {expected}",
+                        seal.next_offset
+                    ))
+                } else if seal.max_timestamp != max_ts {
+                    Some("records a largest timestamp its frames do not have".to_owned())
+                } else {
+                    None
+                };
+                if let Some(reason) = problem {
+                    return Err(LogError::SealInvalid {
+                        segment: seg.log_path.clone(),
+                        reason,
+                    });
+                }
+            }
+            report.segments += 1;
+            report.frames += frames;
+            prev = Some((Arc::clone(seg), expected));
+        }
+        Ok(report)
+    }
+
+    /// Picks where to start reading `seg`: an index entry whose frame
+    /// authenticates with the entry's offset, or the segment start.
+    fn anchor(
+        &self,
+        seg: &Segment,
+        file: &File,
+        crypto: &SegmentCrypto,
+        lookup: Option<Lookup>,
+        end: u64,
+    ) -> Result<Anchor, LogError> {
+        let start = Anchor {
+            position: SEGMENT_HEADER_LEN as u64,
+            expected: seg.base,
+            first: None,
+        };
+        let Some(entry) = lookup.and_then(|l| index::lookup(&seg.index_path, l)) else {
+            return Ok(start);
+        };
+        if entry.position <= SEGMENT_HEADER_LEN as u64
+            || entry.position >= end
+            || entry.offset <= seg.base
+        {
+            return Ok(start);
+        }
+        match seg.read_frame(file, crypto, entry.position, end, Some(entry.offset)) {
+            Ok(frame) => Ok(Anchor {
+                position: entry.position,
+                expected: entry.offset,
+                first: Some(frame),
+            }),
+            Err(FrameFault::Io(e)) => Err(e),
+            Err(FrameFault::Invalid { reason, .. }) => {
+                tracing::warn!(
+                    index = %seg.index_path.display(),
+                    %reason,
+                    "index entry does not match its segment; reading from the segment start"
+                );
+                Ok(start)
+            }
+        }
+    }
+
+    /// A reader that raced retention or truncation gets "out of range"
+    /// rather than an error about a file that is gone.
+    fn out_of_range_if_deleted(&self, seg: &Segment, requested: u64, e: LogError) -> LogError {
+        let still_there = self
+            .read_segments()
+            .iter()
+            .any(|s| std::ptr::eq(Arc::as_ptr(s), seg));
+        if still_there {
+            e
+        } else {
+            LogError::OffsetOutOfRange {
+                requested,
+                log_start: self.log_start_offset(),
+                high_watermark: self.high_watermark(),
+            }
+        }
+    }
+}
+
+/// At the end of a sealed segment the frames must have reached its seal's
+/// end offset. `seal` is the seal as it was when the read of the segment
+/// began (a segment sealed during the read is checked next time).
+fn check_end(seg: &Segment, seal: Option<&Seal>, expected: u64) -> Result<(), LogError> {
+    match seal {
+        Some(seal) if seal.next_offset != expected => Err(LogError::SealInvalid {
+            segment: seg.log_path.clone(),
+            reason: format!(
+                "says the segment ends at offset {}, its frames end at {expected}",
+                seal.next_offset
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn parse_batch(seg: &Segment, frame: &Frame) -> Result<RecordBatch, LogError> {
+    RecordBatch::parse(frame.batch.clone()).map_err(|e| LogError::CorruptFrame {
+        segment: seg.log_path.clone(),
+        position: frame.position,
+        reason: format!("decrypted batch does not parse: {e}"),
+    })
+}
