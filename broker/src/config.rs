@@ -302,9 +302,13 @@ pub struct KeysConfig {
     /// Which provider holds the key-encryption keys.
     #[serde(default)]
     pub provider: KeyProviderKind,
-    /// Rotate the active key-encryption key this often (not yet acted on).
+    /// Rotate every scope's active key-encryption key once it is this old
+    /// (checked by the maintenance task); never when unset.
     #[serde(default)]
     pub rotate_every: Option<HumanDuration>,
+    /// Most key envelopes the rewrap job rewraps per second.
+    #[serde(default = "default_rewrap_rate")]
+    pub rewrap_rate: u32,
     /// `[keys.file]`: the development file keystore.
     #[serde(default)]
     pub file: FileKeysConfig,
@@ -313,11 +317,16 @@ pub struct KeysConfig {
     pub pkcs11: Option<Pkcs11Config>,
 }
 
+fn default_rewrap_rate() -> u32 {
+    crate::server::rewrap::DEFAULT_RATE
+}
+
 impl Default for KeysConfig {
     fn default() -> Self {
         Self {
             provider: KeyProviderKind::File,
             rotate_every: None,
+            rewrap_rate: default_rewrap_rate(),
             file: FileKeysConfig::default(),
             pkcs11: None,
         }

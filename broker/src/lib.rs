@@ -5,11 +5,16 @@
 //!   reload without a restart;
 //! - [`identity`]: the principal derived from a verified client certificate;
 //! - [`acl`]: the topic ACL engine (deny wins, default deny);
+//! - [`audit`]: the hash-chained audit trail in the internal topic `_audit`;
 //! - [`endpoint`]: the QUIC endpoint, its accept loop and graceful shutdown;
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`,
 //!   `/readyz` HTTP endpoint;
 //! - [`dev`]: the self-contained development setup of `strongbox-broker dev`;
-//! - [`pki`]: a small certificate authority for `dev` and for tests.
+//! - [`pki`]: a small certificate authority for `dev` and for tests;
+//! - [`verify`]: `strongbox-broker verify`, the offline check of a data
+//!   directory;
+//! - [`inspect`]: `strongbox-broker inspect`, the records of a partition as
+//!   the broker stores them.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -21,11 +26,14 @@
 )]
 
 pub mod acl;
+pub mod audit;
 pub mod config;
 pub mod dev;
 pub mod endpoint;
 pub mod identity;
+pub mod inspect;
 pub mod metrics;
 pub mod pki;
 pub mod server;
 pub mod tls;
+pub mod verify;

@@ -68,12 +68,20 @@ pub struct BrokerMetrics {
     /// (`seal`, `open`).
     pub aead_bytes: IntCounterVec,
     /// Key provider operations, by `operation` (`wrap`, `unwrap`,
-    /// `generate`, `destroy`, `rewrap`) and `provider` (`file`, `pkcs11`).
+    /// `generate`, `lookup`, `destroy`, `rewrap`) and `provider` (`file`,
+    /// `pkcs11`).
     pub key_operations: IntCounterVec,
     /// Latency of key provider operations, by `operation`.
     pub key_operation_latency: HistogramVec,
-    /// Errors returned by the HSM, by `operation`.
+    /// Errors returned by the HSM (or the file key provider), by
+    /// `operation`.
     pub hsm_errors: IntCounterVec,
+    /// 1 while the key provider answers, 0 after a call failed because it
+    /// was unreachable (until a call succeeds again).
+    pub key_provider_up: IntGauge,
+    /// KEK versions marked compromised and not yet destroyed: alert when
+    /// above 0.
+    pub key_compromised: IntGauge,
     /// Subscriptions open now.
     pub subscriptions_active: IntGauge,
     /// Records between a group's committed offset and the partition's end,
@@ -125,6 +133,17 @@ impl BrokerMetrics {
         let subscriptions_active =
             IntGauge::new("strongbox_subscriptions_active", "Subscriptions open now.")?;
         r.register(Box::new(subscriptions_active.clone()))?;
+        let key_provider_up = IntGauge::new(
+            "strongbox_key_provider_up",
+            "1 while the key provider answers; 0 after a call failed because it was unreachable.",
+        )?;
+        key_provider_up.set(1);
+        r.register(Box::new(key_provider_up.clone()))?;
+        let key_compromised = IntGauge::new(
+            "strongbox_key_compromised",
+            "Key-encryption key versions marked compromised and not yet destroyed.",
+        )?;
+        r.register(Box::new(key_compromised.clone()))?;
         let key_operation_latency = HistogramVec::new(
             HistogramOpts::new(
                 "strongbox_key_operation_seconds",
@@ -222,6 +241,8 @@ impl BrokerMetrics {
             connections_active,
             connections_total,
             key_operation_latency,
+            key_provider_up,
+            key_compromised,
             subscriptions_active,
             consumer_lag,
         })
@@ -321,6 +342,8 @@ mod tests {
             "strongbox_key_operations_total",
             "strongbox_key_operation_seconds_bucket",
             "strongbox_hsm_errors_total",
+            "strongbox_key_provider_up",
+            "strongbox_key_compromised",
             "strongbox_subscriptions_active",
             "strongbox_consumer_lag",
         ] {

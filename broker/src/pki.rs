@@ -24,10 +24,11 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
     RevokedCertParams, SanType, SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use zeroize::Zeroizing;
 
@@ -52,6 +53,9 @@ pub enum PkiError {
     /// A name is not valid in a certificate (not ASCII for a URI or DNS).
     #[error("invalid certificate name {0:?}")]
     InvalidName(String),
+    /// A CA certificate or key given in PEM could not be read.
+    #[error("cannot load the CA: {0}")]
+    Load(String),
 }
 
 /// What a certificate is for.
@@ -208,7 +212,9 @@ impl IssuedCert {
 
 /// A certificate authority held in memory.
 pub struct TestCa {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    cert_der: CertificateDer<'static>,
     key_pem: Zeroizing<String>,
 }
 
@@ -249,20 +255,49 @@ impl TestCa {
         params.not_before = (now - Duration::from_secs(3600)).into();
         params.not_after = (now + Duration::from_secs(10 * 365 * 24 * 3600)).into();
         params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
+        let certified = CertifiedIssuer::self_signed(params.clone(), key)?;
+        let (cert_pem, cert_der) = (certified.pem(), certified.der().clone());
+        // Keep the issuer without its certificate, as `load` does.
+        let key = KeyPair::from_pem(&key_pem)?;
         Ok(Self {
-            issuer: CertifiedIssuer::self_signed(params, key)?,
+            issuer: Issuer::new(params, key),
+            cert_pem,
+            cert_der,
+            key_pem,
+        })
+    }
+
+    /// A CA from its certificate and private key, both PEM: the files
+    /// `new` wrote (`strongbox-broker dev` keeps them under `ca/`), so
+    /// tests can issue and revoke certificates of a development broker.
+    ///
+    /// # Errors
+    ///
+    /// [`PkiError::Load`] when either does not parse.
+    pub fn load(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        let key_pem = Zeroizing::new(key_pem.to_owned());
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| PkiError::Load(format!("CA private key: {e}")))?;
+        let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| PkiError::Load(format!("CA certificate: {e}")))?;
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key)
+            .map_err(|e| PkiError::Load(format!("CA certificate: {e}")))?;
+        Ok(Self {
+            issuer,
+            cert_pem: cert_pem.to_owned(),
+            cert_der,
             key_pem,
         })
     }
 
     /// The CA certificate, PEM.
     pub fn cert_pem(&self) -> String {
-        self.issuer.pem()
+        self.cert_pem.clone()
     }
 
     /// The CA certificate, DER.
     pub fn cert_der(&self) -> CertificateDer<'static> {
-        self.issuer.der().clone()
+        self.cert_der.clone()
     }
 
     /// The CA's private key, PKCS#8 PEM (for `dev` to keep on disk).
@@ -391,6 +426,8 @@ pub(crate) fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::identity::{IdentitySource, extract_identity};
 
@@ -425,6 +462,46 @@ mod tests {
         assert!(!format!("{c:?}").contains("PRIVATE"));
         assert!(!format!("{ca:?}").contains("PRIVATE"));
         assert!(c.key_pem().contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn a_loaded_ca_issues_certificates_the_original_verifies() {
+        use rustls::server::WebPkiClientVerifier;
+
+        let ca = TestCa::new("t").unwrap();
+        let loaded = TestCa::load(&ca.cert_pem(), ca.key_pem()).unwrap();
+        assert_eq!(loaded.cert_der(), ca.cert_der());
+        let leaf = loaded.issue(&CertSpec::client_uri("spiffe://t/a")).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .unwrap();
+        let now = rustls::pki_types::UnixTime::now();
+        verifier
+            .verify_client_cert(&leaf.cert_der, &[], now)
+            .unwrap();
+
+        // A CRL signed by the loaded CA revokes it for the original.
+        let crl = loaded.crl(&[&leaf], 2).unwrap();
+        let crl = rustls::pki_types::CertificateRevocationListDer::from_pem_slice(crl.as_bytes())
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der()).unwrap();
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .with_crls([crl])
+            .build()
+            .unwrap();
+        assert!(
+            verifier
+                .verify_client_cert(&leaf.cert_der, &[], now)
+                .is_err()
+        );
+
+        assert!(TestCa::load("not pem", ca.key_pem()).is_err());
+        assert!(TestCa::load(&ca.cert_pem(), "not pem").is_err());
     }
 
     #[test]

@@ -159,6 +159,11 @@ fn bad_durations_are_named() {
         "out of range",
     );
     assert_refused(
+        "[keys]\nrewrap_rate = 0\n",
+        "keys.rewrap_rate",
+        "out of range",
+    );
+    assert_refused(
         "[listener]\nkeepalive = \"40s\"\nidle_timeout = \"30s\"\n",
         "listener.keepalive",
         "shorter than listener.idle_timeout",

@@ -75,6 +75,7 @@ fn the_defaults_shown_are_the_real_defaults() {
     assert_eq!(dbg(&shipped.log), dbg(&all.log));
     assert_eq!(shipped.keys.provider, all.keys.provider);
     assert_eq!(shipped.keys.file.dir, all.keys.file.dir);
+    assert_eq!(shipped.keys.rewrap_rate, all.keys.rewrap_rate);
     assert_eq!(shipped.tls.crl_reload, all.tls.crl_reload);
     assert_eq!(shipped.tls.crl_check, all.tls.crl_check);
     assert_eq!(
@@ -142,6 +143,7 @@ fn every_setting_is_documented() {
             &[
                 "provider",
                 "rotate_every",
+                "rewrap_rate",
                 "dir",
                 "module",
                 "token_label",

@@ -19,11 +19,12 @@
 //!   [`futures::Stream`] of records. Credit-based flow control keeps its
 //!   memory bounded however slow the application is;
 //! - [`Admin`] sends one request per stream: topics, ACLs, producer ids,
-//!   keys, audit, access requests, end-to-end recipients.
+//!   keys, audit, access requests, end-to-end recipients; [`audit`] reads
+//!   and verifies the hash-chained audit trail.
 //!
 //! Producers and consumers reconnect with exponential backoff and jitter
 //! when the connection drops ([`ReconnectPolicy`]). A layer that rewrites
-//! values, such as end-to-end encryption, plugs into both through
+//! values, such as end-to-end encryption ([`e2e`]), plugs into both through
 //! [`ValueTransformer`].
 //!
 //! # Profiles
@@ -90,10 +91,12 @@
 #![warn(clippy::unwrap_used, clippy::panic)]
 
 mod admin;
+pub mod audit;
 mod backoff;
 mod config;
 mod connection;
 mod consumer;
+pub mod e2e;
 mod error;
 pub mod partitioner;
 mod producer;

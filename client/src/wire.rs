@@ -4,6 +4,8 @@
 //! bidirectional stream in two small tasks so that the state machine that
 //! owns it never blocks on a write while answers wait to be read.
 
+use std::sync::{Arc, Mutex};
+
 use bytes::{Bytes, BytesMut};
 use strongbox_protocol::frame::{Frame, FrameDecoder};
 use strongbox_protocol::session::Violation;
@@ -67,6 +69,14 @@ pub(crate) fn encode(frame: &Frame, max_frame_size: u32) -> Result<Bytes, Client
     Ok(buf.freeze())
 }
 
+/// Encodes `frame` as chunks for a vectored write, sharing (not copying)
+/// the record batches of `Produce` and `Records` frames.
+pub(crate) fn encode_chunks(frame: &Frame, max_frame_size: u32) -> Result<Vec<Bytes>, ClientError> {
+    frame
+        .encode_chunks(max_frame_size)
+        .map_err(|e| ClientError::InvalidRecord(e.to_string()))
+}
+
 /// Writes one frame.
 pub(crate) async fn write_frame(
     send: &mut quinn::SendStream,
@@ -92,7 +102,8 @@ pub(crate) enum Inbound {
 /// What the writer task does next.
 #[derive(Debug)]
 enum Outgoing {
-    Bytes(Bytes),
+    /// One encoded frame, in chunks.
+    Chunks(Vec<Bytes>),
     /// Write these bytes (an `Error` frame), then reset the stream with
     /// the code.
     Fail(Bytes, u16),
@@ -118,21 +129,27 @@ impl StreamIo {
         let (in_tx, inbound) = mpsc::channel(64);
         let (out, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
         let mut reader = FrameReader::new(recv, max_frame_size);
-        let reader_tx = in_tx.clone();
+        // Why our send side failed, for the reader to report. A broker that
+        // stops reading (shutting down, say) still answers what it read and
+        // then finishes its side, so the stream ends when the *reader* ends,
+        // after every answer has been delivered.
+        let write_failed: Arc<Mutex<Option<ClientError>>> = Arc::default();
+        let write_error = write_failed.clone();
         let reader = tokio::spawn(async move {
             loop {
                 match reader.next().await {
                     Ok(Some(frame)) => {
-                        if reader_tx.send(Inbound::Frame(frame)).await.is_err() {
+                        if in_tx.send(Inbound::Frame(frame)).await.is_err() {
                             return;
                         }
                     }
                     Ok(None) => {
-                        let _ = reader_tx.send(Inbound::End(None)).await;
+                        let stopped = write_error.lock().ok().and_then(|mut e| e.take());
+                        let _ = in_tx.send(Inbound::End(stopped)).await;
                         return;
                     }
                     Err(e) => {
-                        let _ = reader_tx.send(Inbound::End(Some(e))).await;
+                        let _ = in_tx.send(Inbound::End(Some(e))).await;
                         return;
                     }
                 }
@@ -140,14 +157,17 @@ impl StreamIo {
         });
         let writer = tokio::spawn(async move {
             while let Some(outgoing) = out_rx.recv().await {
-                let (bytes, reset) = match outgoing {
-                    Outgoing::Bytes(bytes) => (bytes, None),
-                    Outgoing::Fail(bytes, code) => (bytes, Some(code)),
+                let (mut chunks, reset) = match outgoing {
+                    Outgoing::Chunks(chunks) => (chunks, None),
+                    Outgoing::Fail(bytes, code) => (vec![bytes], Some(code)),
                 };
-                if let Err(e) = send.write_chunk(bytes).await {
-                    let _ = in_tx
-                        .send(Inbound::End(Some(ClientError::from_write(&e))))
-                        .await;
+                if let Err(e) = send.write_all_chunks(&mut chunks).await {
+                    if let Ok(mut slot) = write_failed.lock() {
+                        *slot = Some(ClientError::from_write(&e));
+                    }
+                    // Nothing more can be sent; drop what is queued (it is
+                    // unanswered, so it is sent again on a new stream).
+                    while out_rx.recv().await.is_some() {}
                     return;
                 }
                 if let Some(code) = reset {
@@ -168,11 +188,11 @@ impl StreamIo {
         }
     }
 
-    /// Queues an encoded frame for the writer task.
-    pub(crate) fn send(&self, bytes: Bytes) -> Result<(), ClientError> {
+    /// Queues an encoded frame, in chunks, for the writer task.
+    pub(crate) fn send_chunks(&self, chunks: Vec<Bytes>) -> Result<(), ClientError> {
         match &self.out {
             Some(out) => out
-                .send(Outgoing::Bytes(bytes))
+                .send(Outgoing::Chunks(chunks))
                 .map_err(|_| ClientError::ConnectionLost("the stream's writer stopped".into())),
             None => Err(ClientError::ConnectionLost(
                 "the stream's send side is finished".into(),
@@ -182,7 +202,7 @@ impl StreamIo {
 
     /// Encodes and queues a frame.
     pub(crate) fn send_frame(&self, frame: &Frame, max_frame_size: u32) -> Result<(), ClientError> {
-        self.send(encode(frame, max_frame_size)?)
+        self.send_chunks(encode_chunks(frame, max_frame_size)?)
     }
 
     /// Tells the broker it broke the protocol: sends `violation` as an

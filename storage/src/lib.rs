@@ -16,3 +16,4 @@ pub mod aead;
 pub mod keys;
 pub mod log;
 pub mod meta;
+pub mod observe;

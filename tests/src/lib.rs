@@ -18,7 +18,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use nix::sys::signal::{Signal, kill};
+pub use nix::sys::signal::Signal;
+use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
 /// How long a broker gets to start or stop before the test fails.
@@ -168,14 +169,7 @@ impl BrokerProcess {
     ///
     /// The process is gone.
     pub fn rss_kib(&self) -> Result<u64> {
-        let pid = self.pid().ok_or_else(|| anyhow!("not running"))?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow!("no VmRSS"))
+        rss_kib_of(self.pid().ok_or_else(|| anyhow!("not running"))?)
     }
 
     /// Sends SIGTERM and waits for a graceful exit; returns its status code.
@@ -220,6 +214,76 @@ impl BrokerProcess {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits until the broker's log holds `count` lines containing
+    /// `needle`, failing after [`START_TIMEOUT`].
+    ///
+    /// # Errors
+    ///
+    /// The lines did not appear in time.
+    pub async fn wait_for_log(&self, needle: &str, count: usize) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let found = self
+                .log_text()
+                .lines()
+                .filter(|l| l.contains(needle))
+                .count();
+            if found >= count {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the broker log has {found} of {count} lines with {needle:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends `signal` without waiting (SIGHUP reloads CRLs and ACLs).
+    ///
+    /// # Errors
+    ///
+    /// The process is gone or the signal cannot be sent.
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        let pid = self.pid().ok_or_else(|| anyhow!("not running"))?;
+        kill(Pid::from_raw(i32::try_from(pid)?), signal).context("sending the signal")
+    }
+
+    /// The Prometheus text of `/metrics`.
+    ///
+    /// # Errors
+    ///
+    /// The endpoint is off or does not answer.
+    pub fn metrics_text(&self) -> Result<String> {
+        use std::io::{Read, Write};
+        let addr = self.metrics.ok_or_else(|| anyhow!("metrics are off"))?;
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        Ok(text)
+    }
+
+    /// The sum of every sample of the metric family `name`.
+    ///
+    /// # Errors
+    ///
+    /// As [`BrokerProcess::metrics_text`].
+    pub fn metric_sum(&self, name: &str) -> Result<f64> {
+        Ok(self
+            .metrics_text()?
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
 }
 
 impl Drop for BrokerProcess {
@@ -229,6 +293,22 @@ impl Drop for BrokerProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// Resident memory of process `pid`, in KiB (for sampling from a task
+/// that does not own the [`BrokerProcess`]).
+///
+/// # Errors
+///
+/// The process is gone.
+pub fn rss_kib_of(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS"))
 }
 
 /// Runs the `strongbox` CLI with `args` and `STRONGBOX_PROFILE=profile`.
@@ -265,6 +345,29 @@ pub fn cli_with_stdin(profile: &Path, args: &[&str], stdin: Option<&[u8]>) -> Re
     Ok(child.wait_with_output()?)
 }
 
+/// Copies the directory `src` to `dst` (which must not exist), recursively,
+/// keeping file and directory permissions: what someone who copies a data
+/// directory gets.
+///
+/// # Errors
+///
+/// A file or directory cannot be read or written.
+pub fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
+    std::fs::create_dir(dst).with_context(|| format!("creating {}", dst.display()))?;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let to = dst.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &to)?;
+        } else {
+            std::fs::copy(entry.path(), &to)
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    std::fs::set_permissions(dst, std::fs::metadata(src)?.permissions())?;
+    Ok(())
+}
+
 /// Every file under `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -289,6 +392,8 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+pub mod softhsm;
 
 /// Async helpers over the client library.
 pub mod client {
@@ -358,5 +463,331 @@ pub mod client {
             Ok(Some(Err(e))) => bail!("unexpected error {e}"),
             Ok(None) => Ok(()),
         }
+    }
+}
+
+/// Raw QUIC connections that speak the wire protocol by hand, for tests
+/// that must send what the client library never would (no certificate, a
+/// wrong ALPN, malformed or out-of-order frames).
+pub mod raw {
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use anyhow::{Context, Result, anyhow, bail};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use strongbox_protocol::frame::{DEFAULT_MAX_FRAME_SIZE, Frame, FrameDecoder};
+    use strongbox_protocol::frames::control::{Hello, Welcome};
+    use strongbox_protocol::{ALPN, DecodeError, SUPPORTED_VERSIONS};
+
+    /// How long a raw read waits before the test fails.
+    pub const RAW_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// A client certificate chain and its key.
+    #[derive(Debug)]
+    pub struct Identity {
+        /// The chain, leaf first.
+        pub chain: Vec<CertificateDer<'static>>,
+        /// The private key.
+        pub key: PrivateKeyDer<'static>,
+    }
+
+    impl Identity {
+        /// From PEM text.
+        ///
+        /// # Errors
+        ///
+        /// Either does not parse.
+        pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self> {
+            let chain = CertificateDer::pem_slice_iter(cert_pem)
+                .collect::<Result<Vec<_>, _>>()
+                .context("certificate PEM")?;
+            let key = PrivateKeyDer::from_pem_slice(key_pem).context("key PEM")?;
+            Ok(Self { chain, key })
+        }
+
+        /// The `<name>.pem` and `<name>.key` of a dev directory's profiles.
+        ///
+        /// # Errors
+        ///
+        /// The files cannot be read or parsed.
+        pub fn profile(dev_dir: &Path, name: &str) -> Result<Self> {
+            let dir = dev_dir.join("profiles");
+            Self::from_pem(
+                &std::fs::read(dir.join(format!("{name}.pem")))?,
+                &std::fs::read(dir.join(format!("{name}.key")))?,
+            )
+        }
+    }
+
+    /// A QUIC client config trusting `ca_pem`, presenting `identity` (or no
+    /// certificate), offering `alpn`. TLS 1.3, ring.
+    ///
+    /// # Errors
+    ///
+    /// The CA does not parse, or rustls refuses the config.
+    pub fn client_config(
+        ca_pem: &[u8],
+        identity: Option<Identity>,
+        alpn: &[&[u8]],
+    ) -> Result<quinn::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem) {
+            roots.add(cert.context("CA PEM")?)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(roots);
+        let mut tls = match identity {
+            Some(id) => builder.with_client_auth_cert(id.chain, id.key)?,
+            None => builder.with_no_client_auth(),
+        };
+        tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+        Ok(quinn::ClientConfig::new(Arc::new(quic)))
+    }
+
+    /// The config of a dev directory's profile `name`, with ALPN `strongbox/1`.
+    ///
+    /// # Errors
+    ///
+    /// As [`client_config`].
+    pub fn profile_config(dev_dir: &Path, name: &str) -> Result<quinn::ClientConfig> {
+        client_config(
+            &std::fs::read(dev_dir.join("ca/ca.pem"))?,
+            Some(Identity::profile(dev_dir, name)?),
+            &[ALPN],
+        )
+    }
+
+    /// Opens a QUIC connection to `addr` (server name `localhost`). With
+    /// TLS 1.3 this may succeed even when the broker refuses the client's
+    /// certificate: the refusal arrives on the first stream operation.
+    ///
+    /// # Errors
+    ///
+    /// The endpoint cannot be created, or the handshake fails.
+    pub async fn connect(
+        addr: SocketAddr,
+        config: quinn::ClientConfig,
+    ) -> Result<quinn::Connection> {
+        let endpoint = quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
+        let connecting = endpoint.connect_with(config, addr, "localhost")?;
+        let conn = tokio::time::timeout(RAW_TIMEOUT, connecting)
+            .await
+            .context("QUIC handshake hung")??;
+        Ok(conn)
+    }
+
+    /// How a stream read ended when it did not yield a frame.
+    #[derive(Debug)]
+    pub enum End {
+        /// The broker finished the stream cleanly.
+        Finished,
+        /// The broker reset the stream with this code.
+        Reset(u64),
+        /// The connection is gone.
+        Connection(quinn::ConnectionError),
+        /// The broker sent bytes that do not decode.
+        Decode(DecodeError),
+        /// Another read failure.
+        Other(String),
+    }
+
+    impl End {
+        /// The application error code this ending carries: a reset's code,
+        /// or the code of an application close of the connection.
+        pub fn code(&self) -> Option<u64> {
+            match self {
+                Self::Reset(code) => Some(*code),
+                Self::Connection(quinn::ConnectionError::ApplicationClosed(c)) => {
+                    Some(c.error_code.into_inner())
+                }
+                _ => None,
+            }
+        }
+    }
+
+    /// One bidirectional stream carrying frames.
+    #[derive(Debug)]
+    pub struct FrameStream {
+        /// The send side.
+        pub send: quinn::SendStream,
+        /// The receive side.
+        pub recv: quinn::RecvStream,
+        decoder: FrameDecoder,
+    }
+
+    impl FrameStream {
+        /// Opens a new bidirectional stream.
+        ///
+        /// # Errors
+        ///
+        /// The connection is gone.
+        pub async fn open(conn: &quinn::Connection) -> Result<Self, quinn::ConnectionError> {
+            let (send, recv) = conn.open_bi().await?;
+            Ok(Self {
+                send,
+                recv,
+                decoder: FrameDecoder::new(DEFAULT_MAX_FRAME_SIZE),
+            })
+        }
+
+        /// Writes one frame.
+        ///
+        /// # Errors
+        ///
+        /// Encoding or writing failed.
+        pub async fn send(&mut self, frame: &Frame) -> Result<()> {
+            let bytes = frame.to_bytes(DEFAULT_MAX_FRAME_SIZE)?;
+            self.send_raw(&bytes).await
+        }
+
+        /// Writes raw bytes.
+        ///
+        /// # Errors
+        ///
+        /// Writing failed.
+        pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+            self.send.write_all(bytes).await?;
+            Ok(())
+        }
+
+        /// The next frame from the broker, or how the stream ended.
+        /// Fails the test after [`RAW_TIMEOUT`].
+        ///
+        /// # Errors
+        ///
+        /// How the stream ended instead of yielding a frame.
+        pub async fn next(&mut self) -> Result<Frame, End> {
+            loop {
+                match self.decoder.next_frame() {
+                    Ok(Some(frame)) => return Ok(frame),
+                    Ok(None) => {}
+                    Err(e) => return Err(End::Decode(e)),
+                }
+                let read = tokio::time::timeout(RAW_TIMEOUT, self.recv.read_chunk(64 * 1024, true))
+                    .await
+                    .map_err(|_| End::Other(format!("no frame within {RAW_TIMEOUT:?}")))?;
+                match read {
+                    Ok(Some(chunk)) => self.decoder.extend(&chunk.bytes),
+                    Ok(None) => return Err(End::Finished),
+                    Err(quinn::ReadError::Reset(code)) => {
+                        return Err(End::Reset(code.into_inner()));
+                    }
+                    Err(quinn::ReadError::ConnectionLost(e)) => return Err(End::Connection(e)),
+                    Err(e) => return Err(End::Other(e.to_string())),
+                }
+            }
+        }
+
+        /// The next frame, waiting as long as it takes (cancel-safe only
+        /// between frames: for `select!` loops that own the stream).
+        ///
+        /// # Errors
+        ///
+        /// How the stream ended instead of yielding a frame.
+        pub async fn next_unbounded(&mut self) -> Result<Frame, End> {
+            loop {
+                match self.decoder.next_frame() {
+                    Ok(Some(frame)) => return Ok(frame),
+                    Ok(None) => {}
+                    Err(e) => return Err(End::Decode(e)),
+                }
+                match self.recv.read_chunk(64 * 1024, true).await {
+                    Ok(Some(chunk)) => self.decoder.extend(&chunk.bytes),
+                    Ok(None) => return Err(End::Finished),
+                    Err(quinn::ReadError::Reset(code)) => {
+                        return Err(End::Reset(code.into_inner()));
+                    }
+                    Err(quinn::ReadError::ConnectionLost(e)) => return Err(End::Connection(e)),
+                    Err(e) => return Err(End::Other(e.to_string())),
+                }
+            }
+        }
+
+        /// Reads until the broker refuses: the code of an `Error` frame, a
+        /// stream reset or an application close of the connection.
+        /// Frames other than `Error` before it are returned alongside.
+        ///
+        /// # Errors
+        ///
+        /// The stream ended without a code.
+        pub async fn refusal(&mut self) -> Result<(u64, Vec<Frame>)> {
+            let mut before = Vec::new();
+            loop {
+                match self.next().await {
+                    Ok(Frame::Error(e)) => return Ok((u64::from(e.code), before)),
+                    Ok(other) => before.push(other),
+                    Err(end) => {
+                        return end
+                            .code()
+                            .map(|c| (c, before))
+                            .ok_or_else(|| anyhow!("the stream ended without a code: {end:?}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens the control stream and does the Hello/Welcome handshake.
+    ///
+    /// # Errors
+    ///
+    /// The broker refused, or answered something else.
+    pub async fn handshake(conn: &quinn::Connection) -> Result<(FrameStream, Welcome)> {
+        let mut control = FrameStream::open(conn).await?;
+        control.send(&hello()).await?;
+        match control.next().await {
+            Ok(Frame::Welcome(w)) => Ok((control, w)),
+            Ok(other) => bail!("expected Welcome, got {other:?}"),
+            Err(end) => bail!("no Welcome: {end:?}"),
+        }
+    }
+
+    /// Keeps a raw connection alive for as long as the returned task runs:
+    /// answers the broker's `Ping`s and sends its own every second, so the
+    /// broker's keep-alive check never closes it.
+    pub fn keep_alive(mut control: FrameStream) -> tokio::task::JoinHandle<()> {
+        use strongbox_protocol::frames::control::{Ping, Pong};
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut nonce = 0u64;
+            let mut outstanding = false;
+            loop {
+                tokio::select! {
+                    _ = tick.tick(), if !outstanding => {
+                        nonce += 1;
+                        outstanding = true;
+                        if control.send(&Frame::Ping(Ping { nonce })).await.is_err() {
+                            return;
+                        }
+                    }
+                    frame = control.next_unbounded() => match frame {
+                        Ok(Frame::Ping(p)) => {
+                            if control.send(&Frame::Pong(Pong { nonce: p.nonce })).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(Frame::Pong(_)) => outstanding = false,
+                        Ok(_) => {}
+                        Err(_) => return,
+                    },
+                }
+            }
+        })
+    }
+
+    /// The `Hello` of a version 1 client.
+    pub fn hello() -> Frame {
+        Frame::Hello(Hello {
+            versions: SUPPORTED_VERSIONS.to_vec(),
+            client_name: "strongbox-tests/raw".into(),
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            features: 0,
+        })
     }
 }

@@ -192,6 +192,7 @@ fn keys(cfg: &BrokerConfig) -> Result<(), ConfigError> {
             Duration::from_secs(10 * 365 * 24 * 3600),
         )?;
     }
+    range("keys.rewrap_rate", k.rewrap_rate, 1, 100_000)?;
     match k.provider {
         KeyProviderKind::File => {
             if k.file.dir.as_os_str().is_empty() {

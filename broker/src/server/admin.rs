@@ -9,7 +9,7 @@ use std::sync::Arc;
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::frames::admin::{AdminRequest, AdminResponse};
 use strongbox_protocol::frames::admin_types::{
-    AclRule, KeyVersionInfo, Operations, RewrapProgress, TopicConfig,
+    AclRule, Durability, KeyVersionInfo, Operations, TopicConfig, TopicInfo,
 };
 use strongbox_protocol::session::admin::BrokerAdminStream;
 use strongbox_storage::keys::{
@@ -17,13 +17,17 @@ use strongbox_storage::keys::{
 };
 use strongbox_storage::meta::{AclEntry, MetaError, TopicEntry};
 
+use crate::audit::{self, AUDIT_TOPIC, AuditAction, AuditEvent, Outcome, topic_resource};
 use crate::server::authz::Authorizer;
+use crate::server::{access, recipients};
 use crate::server::connection::ConnCtx;
 use crate::server::error::BrokerError;
 use crate::server::stream_io::{FrameReader, FrameWriter};
 use crate::server::topics::{
     self, PartitionSlot, Topic, kek_scope, resolve_config, validate_topic_name,
 };
+use crate::server::key_lifecycle;
+use crate::server::rewrap::RewrapRequest;
 use crate::server::{BrokerState, now_ms};
 
 /// The topic name checked for broker-wide permissions (keys, ACL listing):
@@ -68,14 +72,30 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
         }),
         AdminRequest::CreateTopic { name, config } => {
             authz.check(Operations::CREATE, &name)?;
-            create_topic(state, &name, config).await
+            let answer = create_topic(state, &name, config).await?;
+            if let AdminResponse::Topic(info) = &answer {
+                state
+                    .audit
+                    .record(topic_created(&name, info).principal(&ctx.principal));
+            }
+            Ok(answer)
         }
         AdminRequest::DeleteTopic { name } => {
             authz.check(Operations::DELETE, &name)?;
-            delete_topic(state, &name).await
+            let dedicated = state
+                .topics
+                .get(&name)
+                .is_some_and(|t| t.entry.config.dedicated_kek);
+            let answer = delete_topic(state, &name).await?;
+            state.audit.record(
+                AuditEvent::success(AuditAction::TopicDelete, topic_resource(&name))
+                    .principal(&ctx.principal)
+                    .detail("dedicated_kek_destroyed", dedicated),
+            );
+            Ok(answer)
         }
         AdminRequest::DescribeTopic { name } => {
-            authz.check(Operations::DESCRIBE, &name)?;
+            authz.check(audit::read_operation(&name, Operations::DESCRIBE), &name)?;
             Ok(AdminResponse::Topic(
                 state.topics.require(&name)?.describe(),
             ))
@@ -86,18 +106,29 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
                 .all()
                 .into_iter()
                 .filter(|t| prefix.as_deref().is_none_or(|p| t.name().starts_with(p)))
-                .filter(|t| authz.check(Operations::DESCRIBE, t.name()).is_ok())
+                .filter(|t| {
+                    authz.allows(
+                        audit::read_operation(t.name(), Operations::DESCRIBE),
+                        t.name(),
+                    )
+                })
                 .map(|t| t.entry.to_info())
                 .collect();
             Ok(AdminResponse::Topics(topics))
         }
         AdminRequest::AclGrant { rule } => {
             authorize_rule_change(&mut authz, &rule)?;
-            acl_grant(state, rule).await
+            let event = rule_event(AuditAction::AclGrant, &rule).principal(&ctx.principal);
+            let answer = acl_grant(state, rule).await?;
+            state.audit.record(event);
+            Ok(answer)
         }
         AdminRequest::AclRevoke { rule } => {
             authorize_rule_change(&mut authz, &rule)?;
-            acl_revoke(state, rule).await
+            let event = rule_event(AuditAction::AclRevoke, &rule).principal(&ctx.principal);
+            let answer = acl_revoke(state, rule).await?;
+            state.audit.record(event);
+            Ok(answer)
         }
         AdminRequest::AclList { principal, topic } => {
             authz.check(Operations::GRANT, topic.as_deref().unwrap_or(BROKER_WIDE))?;
@@ -138,7 +169,7 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
                 .map_err(key_error)?;
             Ok(AdminResponse::KeyStatus {
                 versions: versions.iter().map(|v| version_info(state, v)).collect(),
-                rewrap: RewrapProgress::default(),
+                rewrap: state.rewrap.progress(scope.as_ref()),
             })
         }
         AdminRequest::KeyRotate { topic } => {
@@ -147,7 +178,7 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
             let version = blocking(move || keys.rotate(&scope))
                 .await?
                 .map_err(key_error)?;
-            tracing::info!(target: "strongbox::audit", principal = %ctx.principal, kek = %version.id, "key rotated");
+            key_lifecycle::record_rotation(state, &version, &ctx.principal, None);
             Ok(AdminResponse::KeyChanged {
                 message: format!("{} is now active for new segments", version.id),
                 version: version_info(state, &version),
@@ -162,6 +193,10 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
                 .await?
                 .map_err(key_error)?;
             tracing::info!(target: "strongbox::audit", principal = %ctx.principal, kek = %v.id, "key retired");
+            state.audit.record(
+                key_event(state, AuditAction::KeyRetire, Outcome::Success, &v)
+                    .principal(&ctx.principal),
+            );
             Ok(AdminResponse::KeyChanged {
                 message: format!("{} is now decrypt-only", v.id),
                 segments: v.segments,
@@ -176,9 +211,15 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
                 .await?
                 .map_err(key_error)?;
             tracing::warn!(target: "strongbox::audit", principal = %ctx.principal, kek = %v.id, segments = v.segments, "key marked compromised");
+            state.audit.record(
+                key_event(state, AuditAction::KeyCompromised, Outcome::Alert, &v)
+                    .principal(&ctx.principal),
+            );
+            key_lifecycle::refresh_compromised(state);
             Ok(AdminResponse::KeyChanged {
                 message: format!(
-                    "{} is marked compromised; {} segments still use it: rotate and rewrap them",
+                    "{} is marked compromised; {} segments still use it and go first in the \
+                     rewrap queue: rewrap them (strongbox keys rewrap), then destroy it",
                     v.id, v.segments
                 ),
                 segments: v.segments,
@@ -193,34 +234,101 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
             let scope = key_scope(state, &mut authz, topic.as_deref())?.unwrap_or(KekScope::Broker);
             let keys = state.keys.clone();
             let id = KekId { scope, version };
-            let outcome = blocking(move || keys.destroy_version(&id, force))
-                .await?
-                .map_err(key_error)?;
+            // With force, name what is lost (the registry forgets nothing
+            // on destruction, but ask before, while it is certain).
+            let (outcome, lost) = blocking(move || {
+                let lost = if force {
+                    keys.segments_under(&id, None, LISTED_SEGMENTS)
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                keys.destroy_version(&id, force).map(|o| (o, lost))
+            })
+            .await?
+            .map_err(key_error)?;
+            key_lifecycle::refresh_compromised(state);
             tracing::warn!(target: "strongbox::audit", principal = %ctx.principal, kek = %outcome.version.id, segments_lost = outcome.segments_lost, "key destroyed");
+            state.audit.record(
+                key_event(
+                    state,
+                    AuditAction::KeyDestroy,
+                    Outcome::Success,
+                    &outcome.version,
+                )
+                .principal(&ctx.principal)
+                .detail("segments_lost", outcome.segments_lost)
+                .detail("forced", force),
+            );
             Ok(AdminResponse::KeyChanged {
-                message: format!(
-                    "{} destroyed; {} segments are now unreadable",
-                    outcome.version.id, outcome.segments_lost
+                message: destroyed_message(
+                    &outcome.version.id,
+                    outcome.segments_lost,
+                    &key_lifecycle::segment_names(state, &lost),
                 ),
                 segments: outcome.segments_lost,
                 version: version_info(state, &outcome.version),
             })
         }
-        request @ (AdminRequest::KeyRewrap { .. }
-        | AdminRequest::AuditHead
-        | AdminRequest::AccessRequest { .. }
-        | AdminRequest::AccessList { .. }
-        | AdminRequest::AccessApprove { .. }
-        | AdminRequest::AccessDeny { .. }
-        | AdminRequest::RecipientList { .. }
-        | AdminRequest::RecipientPut { .. }
-        | AdminRequest::RecipientRemove { .. }) => Err(BrokerError::new(
-            ErrorCode::InvalidRequest,
-            format!(
-                "{} is not supported by this broker version",
-                request.frame_type().name()
-            ),
-        )),
+        AdminRequest::AuditHead => {
+            authz.check(Operations::AUDIT, AUDIT_TOPIC)?;
+            let meta = state.meta.clone();
+            let head = blocking(move || meta.read(|r| r.audit_head()))
+                .await?
+                .map_err(|e: MetaError| BrokerError::internal("reading the audit head", e))?;
+            // Sequence 0: nothing anchored yet.
+            Ok(head.map_or(
+                AdminResponse::AuditHead {
+                    sequence: 0,
+                    hash: [0; 32],
+                },
+                |h| AdminResponse::AuditHead {
+                    sequence: h.sequence,
+                    hash: h.hash,
+                },
+            ))
+        }
+        AdminRequest::AccessRequest {
+            topic,
+            operations,
+            reason,
+            public_key,
+        } => access::request(ctx, topic, operations, reason, public_key).await,
+        AdminRequest::AccessList { pending_only } => {
+            access::list(ctx, &mut authz, pending_only).await
+        }
+        AdminRequest::AccessApprove {
+            id,
+            ttl_ms,
+            recipient_entry,
+        } => access::approve(ctx, &mut authz, id, ttl_ms, recipient_entry).await,
+        AdminRequest::AccessDeny { id, reason } => {
+            access::deny(ctx, &mut authz, id, reason).await
+        }
+        AdminRequest::RecipientList { topic } => recipients::list(ctx, &mut authz, topic).await,
+        AdminRequest::RecipientPut { topic, entry } => {
+            recipients::put(ctx, &mut authz, topic, entry).await
+        }
+        AdminRequest::RecipientRemove { topic, recipient } => {
+            recipients::remove(ctx, &mut authz, topic, recipient).await
+        }
+        AdminRequest::KeyRewrap {
+            topic,
+            from_version,
+        } => {
+            let scope = key_scope(state, &mut authz, topic.as_deref())?.unwrap_or(KekScope::Broker);
+            let request = RewrapRequest {
+                scope,
+                from_version,
+                principal: ctx.principal.clone(),
+            };
+            let started = state.rewrap.start(state, request).await?;
+            Ok(AdminResponse::KeyChanged {
+                version: version_info(state, &started.target),
+                segments: started.queued,
+                message: started.message,
+            })
+        }
         other => Err(BrokerError::new(
             ErrorCode::InvalidRequest,
             format!(
@@ -231,9 +339,26 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
     }
 }
 
+/// Segments a forced destruction names in its answer.
+const LISTED_SEGMENTS: usize = 20;
+
+/// The answer to a destruction: how many segments became unreadable and
+/// which (the first [`LISTED_SEGMENTS`]).
+fn destroyed_message(id: &KekId, lost: u64, names: &[String]) -> String {
+    if lost == 0 {
+        return format!("{id} destroyed; no segment needed it");
+    }
+    let more = lost.saturating_sub(names.len() as u64);
+    let mut listed = names.join(", ");
+    if more > 0 {
+        listed.push_str(&format!(" and {more} more"));
+    }
+    format!("{id} destroyed; {lost} segments are now unreadable: {listed}")
+}
+
 /// Runs a blocking closure (a metadata commit, a key provider call) off the
 /// async threads.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, BrokerError> {
     tokio::task::spawn_blocking(f)
@@ -247,7 +372,7 @@ fn key_error(e: KeyError) -> BrokerError {
         KeyError::InvalidTransition(_) => ErrorCode::Conflict,
         KeyError::Destroyed(_) => ErrorCode::KeyDestroyed,
         KeyError::Unavailable(_) | KeyError::Login(_) => ErrorCode::KeyUnavailable,
-        _ if e.to_string().contains("still") => ErrorCode::KeyInUse,
+        KeyError::InUse { .. } => ErrorCode::KeyInUse,
         _ => ErrorCode::Internal,
     };
     if code == ErrorCode::Internal {
@@ -328,7 +453,53 @@ pub async fn ensure_topic(
     if state.topics.get(name).is_some() {
         return Ok(());
     }
-    create_topic(state, name, config).await.map(|_| ())
+    let answer = create_topic(state, name, config).await?;
+    if let AdminResponse::Topic(info) = &answer {
+        state
+            .audit
+            .record(topic_created(name, info).principal(audit::BROKER_PRINCIPAL));
+    }
+    Ok(())
+}
+
+/// The `topic.create` event of a topic just created.
+fn topic_created(name: &str, info: &TopicInfo) -> AuditEvent {
+    AuditEvent::success(AuditAction::TopicCreate, topic_resource(name))
+        .detail("partitions", info.config.partitions)
+        .detail("dedicated_kek", info.config.dedicated_kek)
+        .detail("durability", durability_name(info.config.durability))
+}
+
+/// `fsync`, `interval:<ms>` or `none`, as the CLI spells it.
+fn durability_name(d: Durability) -> String {
+    match d {
+        Durability::Fsync => "fsync".into(),
+        Durability::Interval { interval_ms } => format!("interval:{interval_ms}"),
+        Durability::None => "none".into(),
+    }
+}
+
+/// The event of a rule granted or revoked.
+fn rule_event(action: AuditAction, rule: &AclRule) -> AuditEvent {
+    AuditEvent::success(action, topic_resource(&rule.topic))
+        .detail("rule_principal", rule.principal.clone())
+        .detail("operations", rule.operations.to_string())
+        .detail("effect", format!("{:?}", rule.effect).to_lowercase())
+        .detail("expires_at", rule.expires_at)
+}
+
+/// The event of a KEK lifecycle change.
+fn key_event(
+    state: &BrokerState,
+    action: AuditAction,
+    outcome: Outcome,
+    v: &KekVersion,
+) -> AuditEvent {
+    let scope = scope_name(state, &v.id.scope);
+    AuditEvent::new(action, outcome, audit::kek_resource(&scope, v.id.version))
+        .detail("kek", v.id.label())
+        .detail("state", v.state.name())
+        .detail("segments", v.segments)
 }
 
 async fn create_topic(

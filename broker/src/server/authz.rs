@@ -1,10 +1,11 @@
-//! Per-stream authorization: the connection's ACL view, denials counted
-//! and logged as audit events.
+//! Per-stream authorization: the connection's ACL view, denials counted,
+//! logged and recorded in the audit trail.
 
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::frames::admin_types::Operations;
 
-use crate::acl::AclCache;
+use crate::acl::{AclCache, DecisionReason};
+use crate::audit::{AuditAction, AuditEvent, topic_resource};
 use crate::server::connection::ConnCtx;
 use crate::server::error::BrokerError;
 use crate::server::now_ms;
@@ -36,29 +37,116 @@ impl Authorizer {
     ///
     /// `not_authorized` with `not authorized: <principal> may not <op> <topic>`.
     pub fn check(&mut self, op: Operations, topic: &str) -> Result<(), BrokerError> {
+        if let Some(denial) = internal_topic_denial(self.cache.principal(), op, topic) {
+            return Err(self.deny(op, topic, "internal_topic", denial));
+        }
         let decision = self.cache.check(op, topic, now_ms());
         match decision.denial(self.cache.principal(), op, topic) {
             None => Ok(()),
             Some(denial) => {
-                self.ctx
-                    .state
-                    .metrics
-                    .acl_denials
-                    .with_label_values(&[&op.to_string()])
-                    .inc();
-                tracing::warn!(
-                    target: "strongbox::audit",
-                    principal = %self.cache.principal(),
-                    operation = %op,
-                    topic = %topic,
-                    reason = ?decision.reason,
-                    "access denied"
-                );
-                Err(BrokerError::new(
-                    ErrorCode::NotAuthorized,
-                    denial.to_string(),
-                ))
+                let reason = match decision.reason {
+                    DecisionReason::DeniedByRule => "denied_by_rule",
+                    _ => "no_matching_rule",
+                };
+                Err(self.deny(op, topic, reason, denial.to_string()))
             }
         }
+    }
+
+    /// True when `op` on `topic` would be allowed; nothing is counted,
+    /// logged or audited (for filtering listings).
+    pub fn allows(&mut self, op: Operations, topic: &str) -> bool {
+        internal_topic_denial(self.cache.principal(), op, topic).is_none()
+            && self.cache.check(op, topic, now_ms()).allowed
+    }
+
+    /// Counts, logs and audits a denial; returns the client's error.
+    fn deny(
+        &self,
+        op: Operations,
+        topic: &str,
+        reason: &'static str,
+        message: String,
+    ) -> BrokerError {
+        self.ctx
+            .state
+            .metrics
+            .acl_denials
+            .with_label_values(&[&op.to_string()])
+            .inc();
+        tracing::warn!(
+            target: "strongbox::audit",
+            principal = %self.cache.principal(),
+            operation = %op,
+            topic = %topic,
+            reason,
+            "access denied"
+        );
+        self.ctx.state.audit.record(
+            AuditEvent::denied(AuditAction::AclDeny, resource_of(topic))
+                .principal(self.cache.principal())
+                .detail("operation", op.to_string())
+                .detail("reason", reason),
+        );
+        BrokerError::new(ErrorCode::NotAuthorized, message)
+    }
+}
+
+/// Operations no client may perform on the broker's own (`_`) topics,
+/// whatever the ACL says: only the broker writes, creates, alters or
+/// deletes them.
+fn internal_topic_denial(principal: &str, op: Operations, topic: &str) -> Option<String> {
+    let writes = Operations::PUBLISH
+        .union(Operations::CREATE)
+        .union(Operations::DELETE)
+        .union(Operations::ALTER);
+    (topic.starts_with('_') && op.0 & writes.0 != 0).then(|| {
+        format!(
+            "not authorized: {principal} may not {op} {topic} (an internal topic of the broker)"
+        )
+    })
+}
+
+/// The audit resource of a check: `broker` for broker-wide permissions.
+fn resource_of(topic: &str) -> String {
+    if topic == "*" {
+        "broker".to_owned()
+    } else {
+        topic_resource(topic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_topics_are_read_only_for_everyone() {
+        for op in [
+            Operations::PUBLISH,
+            Operations::CREATE,
+            Operations::DELETE,
+            Operations::ALTER,
+            Operations::PUBLISH.union(Operations::SUBSCRIBE),
+        ] {
+            let denial = internal_topic_denial("admin", op, "_audit").expect("denied");
+            assert!(
+                denial.starts_with("not authorized: admin may not "),
+                "{denial}"
+            );
+        }
+        for op in [
+            Operations::SUBSCRIBE,
+            Operations::AUDIT,
+            Operations::DESCRIBE,
+        ] {
+            assert_eq!(internal_topic_denial("admin", op, "_audit"), None);
+        }
+        assert_eq!(
+            internal_topic_denial("admin", Operations::PUBLISH, "demo.x"),
+            None
+        );
+        assert_eq!(resource_of("*"), "broker");
+        assert_eq!(resource_of("demo.*"), "topic:demo.*");
     }
 }

@@ -19,17 +19,22 @@ use strongbox_storage::meta::MetaStore;
 use tokio::sync::watch;
 
 use crate::acl::{Acl, seed_rules};
+use crate::audit::AuditLog;
 use crate::config::{BrokerConfig, KeyProviderKind};
 use crate::metrics::BrokerMetrics;
 
+pub mod access;
 pub mod admin;
 pub mod authz;
 pub mod connection;
 pub mod error;
 pub mod groups;
+pub mod key_lifecycle;
 pub mod partition;
 pub mod produce;
 pub mod producers;
+pub mod recipients;
+pub mod rewrap;
 pub mod run;
 pub mod stream_io;
 pub mod subscribe;
@@ -103,6 +108,12 @@ pub struct BrokerState {
     pub producer_epochs: producers::ProducerEpochs,
     /// Metrics.
     pub metrics: Arc<BrokerMetrics>,
+    /// The audit trail.
+    pub audit: AuditLog,
+    /// Key provider, key operation, AEAD and fsync metrics fed by storage.
+    pub key_metrics: Arc<key_lifecycle::KeyMetrics>,
+    /// The background rewrap job.
+    pub rewrap: rewrap::RewrapJobs,
     /// Serializes admin changes to topics and ACLs.
     pub admin_lock: tokio::sync::Mutex<()>,
     /// Turns true when the broker shuts down.
@@ -125,11 +136,28 @@ impl BrokerState {
         create_private_dir(&data_dir)?;
         let meta = MetaStore::open(data_dir.join("meta.redb"))?;
         let provider = open_provider(&config)?;
+        let key_metrics = Arc::new(key_lifecycle::KeyMetrics::new(
+            &metrics,
+            provider.info().kind,
+        ));
+        // Before any log opens, so recovery's fsyncs and unwraps count.
+        key_lifecycle::observe_storage(&key_metrics);
         let keys = Arc::new(KeyManager::new(provider, meta.clone(), DEK_CACHE_CAPACITY));
+        let audit = AuditLog::new(metrics.registry())
+            .map_err(|e| StartError::Other(format!("audit metrics: {e}")))?;
+        // Before any log opens, so unwraps at start-up are counted too.
+        keys.set_unwrap_observer(audit.unwrap_observer());
         let topics = TopicTable::load(&data_dir, &meta, keys.clone())
             .map_err(|e| StartError::Other(e.message))?;
+        if let Some(created) =
+            crate::audit::ensure_audit_topic(&config.topics, &meta, &topics, keys.clone())
+                .map_err(|e| StartError::Other(format!("audit topic: {}", e.message)))?
+        {
+            audit.record(created);
+        }
         let acl =
             Arc::new(Acl::from_config(&config.acl).map_err(|e| StartError::Acl(e.to_string()))?);
+        let rewrap_rate = config.keys.rewrap_rate;
         let state = Arc::new(Self {
             config,
             meta,
@@ -139,10 +167,14 @@ impl BrokerState {
             groups: Groups::new(),
             producer_epochs: producers::ProducerEpochs::new(),
             metrics,
+            audit,
+            key_metrics,
+            rewrap: rewrap::RewrapJobs::new(rewrap_rate),
             admin_lock: tokio::sync::Mutex::new(()),
             shutdown,
         });
         state.reload_acl().map_err(|e| StartError::Acl(e.message))?;
+        key_lifecycle::refresh_compromised(&state);
         Ok(state)
     }
 
@@ -194,7 +226,7 @@ fn create_private_dir(dir: &Path) -> Result<(), StartError> {
     Ok(())
 }
 
-fn open_provider(config: &BrokerConfig) -> Result<Arc<dyn KeyProvider>, StartError> {
+pub(crate) fn open_provider(config: &BrokerConfig) -> Result<Arc<dyn KeyProvider>, StartError> {
     match config.keys.provider {
         KeyProviderKind::File => Ok(Arc::new(FileKeyProvider::open(&config.keys.file.dir)?)),
         KeyProviderKind::Pkcs11 => {

@@ -102,7 +102,11 @@ pub async fn serve(ctx: ConnCtx, first: Frame, mut reader: FrameReader, mut writ
             break;
         }
     }
-    let _ = writer.finish();
+    // The last acknowledgements must reach the client before the connection
+    // closes (on shutdown it closes right after the streams end).
+    writer
+        .finish_delivered(ctx.state.config.listener.shutdown_grace.0)
+        .await;
 }
 
 /// Checks and writes one batch; returns the future of its answer.

@@ -14,13 +14,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::audit::{AuditAction, AuditEvent, BROKER_PRINCIPAL, topic_resource};
 use crate::config::BrokerConfig;
 use crate::endpoint::{AcceptSettings, Server};
 use crate::identity::IdentityMapper;
 use crate::metrics::BrokerMetrics;
 use crate::metrics::http::{self, HttpState};
 use crate::server::topics::{PartitionSlot, retention};
-use crate::server::{BrokerState, MAINTENANCE_INTERVAL, StartError, connection, now_ms};
+use crate::server::{
+    BrokerState, MAINTENANCE_INTERVAL, StartError, connection, key_lifecycle, now_ms,
+};
 use crate::tls::{ReloadingClientVerifier, server_tls};
 
 /// A broker that is serving.
@@ -36,6 +39,8 @@ pub struct RunningBroker {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     serving: JoinHandle<crate::endpoint::ServeReport>,
+    /// Wakes the maintenance task for a pass now (SIGHUP).
+    maintain_now: Arc<tokio::sync::Notify>,
 }
 
 /// Opens storage, binds the listener and the metrics endpoint, and starts
@@ -57,7 +62,12 @@ pub async fn run(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             .await
             .map_err(|e| StartError::Other(format!("opening storage: {e}")))??
     };
-    let hook = metrics.auth_failure_hook(None);
+    state.audit.start(&state);
+    state
+        .rewrap
+        .resume(&state)
+        .map_err(|e| StartError::Other(format!("rewrap job: {e}")))?;
+    let hook = metrics.auth_failure_hook(Some(state.audit.auth_failure_hook()));
     let tls = server_tls(&config.tls, Some(hook.clone()))
         .map_err(|e| StartError::Other(e.to_string()))?;
     let identity = Arc::new(
@@ -102,7 +112,12 @@ pub async fn run(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         tls.verifier
             .spawn_watcher(config.tls.crl_reload.0, shutdown.clone()),
     );
-    tasks.push(tokio::spawn(maintenance(state.clone(), shutdown.clone())));
+    let maintain_now = Arc::new(tokio::sync::Notify::new());
+    tasks.push(tokio::spawn(maintenance(
+        state.clone(),
+        shutdown.clone(),
+        maintain_now.clone(),
+    )));
 
     let handler_state = state.clone();
     let serving = tokio::spawn(server.serve(shutdown, move |accepted| {
@@ -118,12 +133,16 @@ pub async fn run(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         stop,
         tasks,
         serving,
+        maintain_now,
     })
 }
 
 impl RunningBroker {
-    /// Re-reads the CRL files and the ACL rules (SIGHUP).
+    /// Re-reads the CRL files and the ACL rules, and runs a maintenance
+    /// pass now (SIGHUP): grants whose time is up are removed at once
+    /// instead of at the next tick.
     pub fn reload(&self) {
+        self.maintain_now();
         match self.verifier.reload() {
             Ok(generation) => tracing::info!(generation, "CRLs reloaded"),
             Err(e) => tracing::error!(error = %e, "CRL reload failed; keeping the previous CRLs"),
@@ -134,6 +153,12 @@ impl RunningBroker {
                 tracing::error!(error = %e.message, "ACL reload failed; keeping the previous rules")
             }
         }
+    }
+
+    /// Runs a maintenance pass (key provider probe, due rotations and
+    /// rolls, retention, expired grants) now rather than at the next tick.
+    pub fn maintain_now(&self) {
+        self.maintain_now.notify_one();
     }
 
     /// Stops gracefully: no new connections or requests, every accepted
@@ -152,6 +177,11 @@ impl RunningBroker {
         for task in self.tasks {
             let _ = task.await;
         }
+        // An unfinished rewrap stops at its next step and resumes at the
+        // next start; it must let go of the logs before they close.
+        self.state.rewrap.stopped().await;
+        // Write what the trail still holds before its topic closes.
+        self.state.audit.shutdown().await;
         let state = self.state;
         let closed = tokio::task::spawn_blocking(move || close_all(&state)).await;
         if let Err(e) = closed {
@@ -165,11 +195,20 @@ impl RunningBroker {
 /// holds is closed when that task drops it (its `Drop` syncs what is
 /// pending; the next start recovers its active segment).
 fn close_all(state: &BrokerState) {
-    for topic in state.topics.all() {
-        let Some(topic) = state.topics.remove(topic.name()) else {
+    // Names only: a listed `Arc<Topic>` kept alive here would make every
+    // `try_unwrap` below fail, and no log would be sealed.
+    let names: Vec<String> = state
+        .topics
+        .all()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .collect();
+    for name in names {
+        let Some(topic) = state.topics.remove(&name) else {
             continue;
         };
         let Ok(topic) = Arc::try_unwrap(topic) else {
+            tracing::warn!(topic = %name, "topic still in use at shutdown; its logs are not sealed (the next start recovers them)");
             continue;
         };
         for slot in topic.partitions {
@@ -191,14 +230,20 @@ fn close_all(state: &BrokerState) {
     }
 }
 
-/// Rolls segments that are due, applies retention, and drops expired
-/// grants, every [`MAINTENANCE_INTERVAL`].
-async fn maintenance(state: Arc<BrokerState>, mut shutdown: watch::Receiver<bool>) {
+/// Checks that the key provider answers, rotates keys that are due
+/// (`keys.rotate_every`), rolls segments that are due, applies retention,
+/// and drops expired grants, every [`MAINTENANCE_INTERVAL`].
+async fn maintenance(
+    state: Arc<BrokerState>,
+    mut shutdown: watch::Receiver<bool>,
+    now: Arc<tokio::sync::Notify>,
+) {
     let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            () = now.notified() => {}
             () = crate::server::stopped(&mut shutdown) => return,
         }
         let s = state.clone();
@@ -207,23 +252,40 @@ async fn maintenance(state: Arc<BrokerState>, mut shutdown: watch::Receiver<bool
 }
 
 fn maintain(state: &BrokerState) {
+    let provider_up = key_lifecycle::probe_provider(state);
+    if provider_up {
+        key_lifecycle::rotate_due(state, now_ms());
+    }
+    key_lifecycle::refresh_compromised(state);
     for topic in state.topics.all() {
         let policy = retention(&topic.entry);
         for slot in &topic.partitions {
             let PartitionSlot::Ready(p) = slot else {
                 continue;
             };
-            if let Err(e) = p.log().roll_if_due() {
+            // A segment rolled now could not be followed by a new one while
+            // the key provider is down: keep appending to it until it is
+            // back (a roll for size still fails closed).
+            if provider_up && let Err(e) = p.log().roll_if_due() {
                 tracing::error!(topic = %p.topic, partition = p.index, error = %e, "segment roll failed");
             }
             match p.log().apply_retention(&policy) {
-                Ok(deleted) if !deleted.is_empty() => tracing::info!(
-                    target: "strongbox::audit",
-                    topic = %p.topic,
-                    partition = p.index,
-                    segments = deleted.len(),
-                    "retention deleted segments (key envelopes first)"
-                ),
+                Ok(deleted) if !deleted.is_empty() => {
+                    tracing::info!(
+                        target: "strongbox::audit",
+                        topic = %p.topic,
+                        partition = p.index,
+                        segments = deleted.len(),
+                        "retention deleted segments (key envelopes first)"
+                    );
+                    state.audit.record(
+                        AuditEvent::success(AuditAction::TopicRetention, topic_resource(&p.topic))
+                            .principal(BROKER_PRINCIPAL)
+                            .detail("partition", p.index)
+                            .detail("segments", deleted.len())
+                            .detail("base_offsets", deleted),
+                    );
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::error!(topic = %p.topic, partition = p.index, error = %e, "retention failed")
@@ -231,9 +293,21 @@ fn maintain(state: &BrokerState) {
             }
         }
     }
-    match state.meta.write(|b| b.remove_expired_acls(now_ms())) {
+    // Expired rules, and approved access requests past their expiry with
+    // their rules and recipient entries.
+    match crate::server::access::remove_expired(state, now_ms()) {
         Ok(expired) if !expired.is_empty() => {
             tracing::info!(target: "strongbox::audit", rules = expired.len(), "expired ACL rules removed");
+            for entry in &expired {
+                state.audit.record(
+                    AuditEvent::success(AuditAction::AclExpire, topic_resource(&entry.rule.topic))
+                        .principal(BROKER_PRINCIPAL)
+                        .detail("rule_principal", entry.rule.principal.clone())
+                        .detail("operations", entry.rule.operations.to_string())
+                        .detail("effect", format!("{:?}", entry.rule.effect).to_lowercase())
+                        .detail("expires_at", entry.rule.expires_at),
+                );
+            }
             if let Err(e) = state.reload_acl() {
                 tracing::error!(error = %e.message, "ACL reload failed");
             }

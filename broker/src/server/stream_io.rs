@@ -111,12 +111,19 @@ impl FrameWriter {
         self.max_frame_size = max;
     }
 
-    /// Writes one frame.
+    /// Writes one frame. The record batches of a `Records` frame go to
+    /// quinn as chunks of their own, shared with the log's buffers rather
+    /// than copied; small frames are encoded into a reused buffer.
     ///
     /// # Errors
     ///
     /// [`StreamError::Encode`] or a transport failure.
     pub async fn send(&mut self, frame: &Frame) -> Result<(), StreamError> {
+        if let Frame::Records(_) = frame {
+            let mut chunks = frame.encode_chunks(self.max_frame_size)?;
+            self.send.write_all_chunks(&mut chunks).await?;
+            return Ok(());
+        }
         self.buf.clear();
         frame.encode(&mut self.buf, self.max_frame_size)?;
         self.send.write_all(&self.buf).await?;
@@ -135,5 +142,15 @@ impl FrameWriter {
     /// Abandons the stream with `code`.
     pub fn reset(&mut self, code: ErrorCode) {
         let _ = self.send.reset(VarInt::from_u32(u32::from(code.as_u16())));
+    }
+
+    /// Finishes the stream and waits, at most `limit`, until the peer has
+    /// received everything written (or stopped the stream). Closing the
+    /// connection discards data not yet sent, so a handler whose last
+    /// frames matter (acknowledgements on shutdown) waits here first.
+    pub async fn finish_delivered(&mut self, limit: std::time::Duration) {
+        if self.send.finish().is_ok() {
+            let _ = tokio::time::timeout(limit, self.send.stopped()).await;
+        }
     }
 }

@@ -102,7 +102,9 @@ enum Ended {
 impl Subscription {
     async fn open(&mut self, subscribe: &Subscribe) -> Result<(), BrokerError> {
         let mut authz = Authorizer::new(&self.ctx);
-        authz.check(Operations::SUBSCRIBE, &subscribe.topic)?;
+        // Reading the audit trail needs `audit`, not `subscribe`.
+        let op = crate::audit::read_operation(&subscribe.topic, Operations::SUBSCRIBE);
+        authz.check(op, &subscribe.topic)?;
         let topic = self.ctx.state.topics.require(&subscribe.topic)?;
         self.topic = Some(topic.clone());
         match &subscribe.target {
@@ -210,7 +212,11 @@ impl Subscription {
                     partition.index
                 ),
             )),
-            StartPosition::Timestamp(t) => partition.offset_for_timestamp(t),
+            StartPosition::Timestamp(t) => {
+                crate::audit::with_principal(&self.ctx.principal, || {
+                    partition.offset_for_timestamp(t)
+                })
+            }
         }
     }
 
@@ -362,7 +368,10 @@ impl Subscription {
                 continue;
             }
             let started = Instant::now();
-            let batches = partition.read(cursor.next, budget)?;
+            // Data keys this read unwraps are audited as this principal's.
+            let batches = crate::audit::with_principal(&self.ctx.principal, || {
+                partition.read(cursor.next, budget)
+            })?;
             self.ctx
                 .state
                 .metrics

@@ -57,6 +57,8 @@ pub(crate) struct Accumulator {
     max_batch: usize,
     linger: Duration,
     next_id: u64,
+    /// Reused lookup key, so appending a record allocates no key.
+    key: TopicPartition,
 }
 
 impl Accumulator {
@@ -67,6 +69,7 @@ impl Accumulator {
             max_batch,
             linger,
             next_id: 1,
+            key: (String::new(), 0),
         }
     }
 
@@ -112,27 +115,36 @@ impl Accumulator {
                 )),
             )));
         }
-        let tp = (topic.to_owned(), partition);
+        self.key.0.clear();
+        self.key.0.push_str(topic);
+        self.key.1 = partition;
+        let tp = &self.key;
         let mut closed = Vec::new();
-        let fits = self.open.get(&tp).is_none_or(|b| {
+        let fits = self.open.get(tp).is_none_or(|b| {
             b.builder.encoded_len() + len <= self.batch_bytes.min(self.max_batch)
                 && timestamp_fits(b.base_timestamp, record.timestamp)
         });
-        if !fits && let Some(batch) = self.close(&tp) {
+        if !fits && let Some(batch) = close(&mut self.open, tp) {
             closed.push(batch);
         }
-        let id = self.next_id;
-        let open = self.open.entry(tp.clone()).or_insert_with(|| OpenBatch {
-            id,
-            builder: BatchBuilder::with_capacity(record.timestamp, BATCH_HEADER_LEN + len),
-            completions: Vec::new(),
-            permits: Vec::new(),
-            opened_at: now,
-            base_timestamp: record.timestamp,
-        });
-        if open.id == id {
+        if !self.open.contains_key(tp) {
+            let batch = OpenBatch {
+                id: self.next_id,
+                builder: BatchBuilder::with_capacity(record.timestamp, BATCH_HEADER_LEN + len),
+                completions: Vec::new(),
+                permits: Vec::new(),
+                opened_at: now,
+                base_timestamp: record.timestamp,
+            };
+            self.open.insert(tp.clone(), batch);
             self.next_id += 1;
         }
+        let Some(open) = self.open.get_mut(tp) else {
+            return Err(Box::new((
+                record,
+                ClientError::InvalidRecord("internal: the open batch vanished".into()),
+            )));
+        };
         let headers: Vec<(&str, &[u8])> = record
             .headers
             .iter()
@@ -145,7 +157,7 @@ impl Accumulator {
             &record.value,
         ) {
             if open.builder.is_empty() {
-                self.open.remove(&tp);
+                self.open.remove(tp);
             }
             return Err(Box::new((
                 record,
@@ -153,9 +165,15 @@ impl Accumulator {
             )));
         }
         open.completions.push(record.completion);
-        open.permits.extend(record.permit);
+        // One permit per batch: releasing it is one semaphore operation
+        // instead of one per record.
+        match (open.permits.last_mut(), record.permit) {
+            (Some(held), Some(permit)) => held.merge(permit),
+            (None, Some(permit)) => open.permits.push(permit),
+            (_, None) => {}
+        }
         if open.builder.encoded_len() >= self.batch_bytes
-            && let Some(batch) = self.close(&tp)
+            && let Some(batch) = close(&mut self.open, tp)
         {
             closed.push(batch);
         }
@@ -189,20 +207,25 @@ impl Accumulator {
     }
 
     fn close(&mut self, tp: &TopicPartition) -> Option<ReadyBatch> {
-        let open = self.open.remove(tp)?;
-        Some(ReadyBatch {
-            id: open.id,
-            topic: tp.0.clone(),
-            partition: tp.1,
-            records: open.builder.len(),
-            payload: Payload::Open(open.builder),
-            completions: open.completions,
-            permits: open.permits,
-            created: open.opened_at,
-            not_before: None,
-            attempts: 0,
-        })
+        close(&mut self.open, tp)
     }
+}
+
+/// Takes the open batch of `tp` out of `open`, as a batch ready to send.
+fn close(open: &mut HashMap<TopicPartition, OpenBatch>, tp: &TopicPartition) -> Option<ReadyBatch> {
+    let batch = open.remove(tp)?;
+    Some(ReadyBatch {
+        id: batch.id,
+        topic: tp.0.clone(),
+        partition: tp.1,
+        records: batch.builder.len(),
+        payload: Payload::Open(batch.builder),
+        completions: batch.completions,
+        permits: batch.permits,
+        created: batch.opened_at,
+        not_before: None,
+        attempts: 0,
+    })
 }
 
 /// True when a record with `timestamp` can join a batch whose base is

@@ -306,6 +306,16 @@ fn file_name(label: &str) -> String {
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> KeyError {
+    // Keys that cannot be reached are not keys that are gone, nor an
+    // internal error: the provider is unavailable until someone fixes the
+    // directory's owner or mode (or remounts it).
+    if source.kind() == std::io::ErrorKind::PermissionDenied {
+        return KeyError::Unavailable(format!(
+            "file key provider: {} is not accessible ({source}); check the owner and mode of \
+             the key directory",
+            path.display()
+        ));
+    }
     KeyError::Io {
         path: path.display().to_string(),
         source,
@@ -315,6 +325,18 @@ fn io_err(path: &Path, source: std::io::Error) -> KeyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn permission_denied_is_unavailable_not_io() {
+        let p = Path::new("/keys/strongbox%2Fkek%2Fbroker%2Fv1.kek");
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        match io_err(p, denied) {
+            KeyError::Unavailable(m) => assert!(m.contains("file key provider"), "{m}"),
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        let other = std::io::Error::from(std::io::ErrorKind::InvalidData);
+        assert!(matches!(io_err(p, other), KeyError::Io { .. }));
+    }
 
     #[test]
     fn file_names_are_escaped_and_distinct() {

@@ -14,6 +14,7 @@ use super::{
     Dek, KekId, KekScope, KeyError, KeyProvider, SegmentKeyContext, SegmentKeys, WrappedDek,
 };
 use crate::meta::MetaStore;
+use crate::observe::{self, KeyOp};
 
 /// How many version numbers [`KeyManager::rotate`] skips at most when the
 /// provider already holds keys the registry does not know (left by a
@@ -66,6 +67,8 @@ pub struct DestroyOutcome {
 ///   at a time, so that would wait for itself).
 pub struct KeyManager {
     provider: Arc<dyn KeyProvider>,
+    /// The provider's kind, for the storage observer (read once).
+    provider_kind: &'static str,
     meta: MetaStore,
     cache: Mutex<DekCache>,
     lifecycle: Mutex<()>,
@@ -103,6 +106,7 @@ impl KeyManager {
     /// most `cache_capacity` unwrapped data keys.
     pub fn new(provider: Arc<dyn KeyProvider>, meta: MetaStore, cache_capacity: usize) -> Self {
         Self {
+            provider_kind: provider.info().kind,
             provider,
             meta,
             cache: Mutex::new(DekCache::new(cache_capacity)),
@@ -148,6 +152,19 @@ impl KeyManager {
             self.provider_errors.fetch_add(1, Ordering::Relaxed);
         }
         r
+    }
+
+    /// Calls the provider: reports the call to the storage observer
+    /// ([`crate::observe`]) and counts a failure.
+    fn call<T>(
+        &self,
+        op: KeyOp,
+        f: impl FnOnce(&dyn KeyProvider) -> Result<T, KeyError>,
+    ) -> Result<T, KeyError> {
+        let started = observe::start();
+        let r = f(self.provider.as_ref());
+        observe::key_operation(op, self.provider_kind, started, r.as_ref().err());
+        self.provider_call(r)
     }
 
     /// The registry record of `id`.
@@ -210,7 +227,7 @@ impl KeyManager {
         };
         // Never adopt a key the registry did not create: skip past it.
         let mut skipped = 0;
-        while self.provider_call(self.provider.has_kek(&id))? {
+        while self.call(KeyOp::Lookup, |p| p.has_kek(&id))? {
             tracing::warn!(
                 key = %id,
                 "the key provider holds a key the registry does not know (left by an \
@@ -224,7 +241,7 @@ impl KeyManager {
                 KeyError::InvalidTransition(format!("scope {scope} has no version numbers left"))
             })?;
         }
-        self.provider_call(self.provider.generate_kek(&id))?;
+        self.call(KeyOp::Generate, |p| p.generate_kek(&id))?;
         let kind = self.provider.info().kind;
         let v = self
             .meta
@@ -311,12 +328,11 @@ impl KeyManager {
     }
 
     fn destroy_in_provider(&self, id: &KekId) -> Result<(), KeyError> {
-        match self.provider.destroy_kek(id) {
-            Ok(()) => Ok(()),
-            // Gone already: an earlier destruction got this far.
+        // Gone already: an earlier destruction got this far.
+        self.call(KeyOp::Destroy, |p| match p.destroy_kek(id) {
             Err(KeyError::KekNotFound(_)) => Ok(()),
-            Err(e) => self.provider_call(Err(e)),
-        }
+            other => other,
+        })
     }
 
     /// Destroys every version of `scope` (deleting a topic with a dedicated
@@ -366,7 +382,7 @@ impl KeyManager {
             Some(v) => v,
             None => self.new_active_version(&ctx.scope)?,
         };
-        let blob = self.provider_call(self.provider.wrap(&active.id, &dek))?;
+        let blob = self.call(KeyOp::Rewrap, |p| p.wrap(&active.id, &dek))?;
         self.wraps.fetch_add(1, Ordering::Relaxed);
         Ok(WrappedDek {
             kek: active.id,
@@ -426,7 +442,7 @@ impl KeyManager {
                  (metadata store restored from an older backup?)"
             ),
         }
-        let dek = self.provider_call(self.provider.unwrap(kek, &wrapped.wrapped))?;
+        let dek = self.call(KeyOp::Unwrap, |p| p.unwrap(kek, &wrapped.wrapped))?;
         self.unwraps.fetch_add(1, Ordering::Relaxed);
         let observer = self
             .unwrap_observer
@@ -455,7 +471,7 @@ impl SegmentKeys for KeyManager {
             None => self.new_active_version(&ctx.scope)?,
         };
         let dek = Dek::generate()?;
-        let blob = self.provider_call(self.provider.wrap(&active.id, &dek))?;
+        let blob = self.call(KeyOp::Wrap, |p| p.wrap(&active.id, &dek))?;
         self.wraps.fetch_add(1, Ordering::Relaxed);
         self.record(ctx, &active.id)?;
         lock(&self.cache).insert(ctx.segment_id, active.id.clone(), dek.duplicate());

@@ -297,7 +297,7 @@ pub(crate) fn run_flusher(shared: Arc<SyncShared>, interval: Option<Duration>) {
             (st.file.clone(), st.written_seq, st.written_end, st.epoch)
         };
         let result = match &file {
-            Some(f) => f.sync_data(),
+            Some(f) => crate::observe::timed_fsync(|| f.sync_data()),
             None => Ok(()),
         };
         match result {

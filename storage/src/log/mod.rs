@@ -49,6 +49,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod check;
 mod config;
 mod durability;
 pub mod envelope;
@@ -59,10 +60,13 @@ mod index;
 mod partition;
 mod read;
 mod recovery;
+mod scan;
 mod segment;
 
+pub use check::{CheckProgress, DirCheck, Finding, SegmentCheck, check_dir};
 pub use config::{Clock, Durability, LogConfig, RetentionPolicy, SystemClock};
 pub use durability::Durable;
 pub use error::LogError;
 pub use partition::{Appended, PartitionLog, SegmentInfo};
 pub use read::VerifyReport;
+pub use scan::{Scanned, scan_dir};

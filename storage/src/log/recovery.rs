@@ -266,7 +266,7 @@ fn open_segment(ctx: &LogCtx, base: u64, is_last: bool) -> Result<Opened, LogErr
     }
 }
 
-fn check_header(
+pub(crate) fn check_header(
     ctx: &LogCtx,
     header: &SegmentHeader,
     base: u64,
@@ -353,7 +353,7 @@ pub(crate) fn load_envelope(ctx: &LogCtx, header: &SegmentHeader) -> Result<KeyE
 
 /// Reads the trailer. The outer error is I/O; the inner one says why the
 /// trailer is not a seal.
-fn read_seal(
+pub(crate) fn read_seal(
     file: &File,
     len: u64,
     path: &std::path::Path,
@@ -492,7 +492,7 @@ pub(crate) fn write_seal(
     files::write_all_at(file, &seal.encode(), frames_end, &seg.log_path)?;
     file.set_len(frames_end.saturating_add(SEAL_LEN as u64))
         .map_err(files::io_err("truncating", &seg.log_path))?;
-    file.sync_data()
+    crate::observe::timed_fsync(|| file.sync_data())
         .map_err(files::io_err("syncing", &seg.log_path))?;
     Ok(seal)
 }

@@ -74,7 +74,11 @@ impl SegmentCrypto {
         buf: &mut [u8],
     ) -> Result<[u8; TAG_LEN], crate::aead::AeadError> {
         match &self.cipher {
-            Some(c) => c.seal_in_place(nonce, aad, buf),
+            Some(c) => {
+                let tag = c.seal_in_place(nonce, aad, buf)?;
+                crate::observe::aead(crate::observe::AeadOp::Seal, buf.len());
+                Ok(tag)
+            }
             None => Ok([0u8; TAG_LEN]),
         }
     }
@@ -86,7 +90,11 @@ impl SegmentCrypto {
         buf: &mut [u8],
     ) -> Result<usize, crate::aead::AeadError> {
         match &self.cipher {
-            Some(c) => c.open_in_place(nonce, aad, buf).map(|p| p.len()),
+            Some(c) => {
+                let len = c.open_in_place(nonce, aad, buf).map(|p| p.len())?;
+                crate::observe::aead(crate::observe::AeadOp::Open, len);
+                Ok(len)
+            }
             None => buf
                 .len()
                 .checked_sub(TAG_LEN)

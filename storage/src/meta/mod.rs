@@ -28,6 +28,7 @@
 
 mod access;
 mod codec;
+mod jobs;
 mod kek;
 pub mod tables;
 mod topics;
@@ -39,6 +40,7 @@ use std::sync::Arc;
 use redb::{Key, ReadableDatabase, ReadableTable, TableDefinition, TableError, Value};
 
 pub use access::{AclEntry, AuditHead};
+pub use jobs::RewrapJobState;
 pub use topics::{ProducerPartitionState, ProducerRecord, TopicEntry};
 
 /// Errors of the metadata store.

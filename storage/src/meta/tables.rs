@@ -69,7 +69,9 @@ pub const ACCESS_REQUESTS: TableDefinition<'static, u64, &[u8]> =
 pub const RECIPIENTS: TableDefinition<'static, (&str, &str), &[u8]> =
     TableDefinition::new("recipients.v1");
 
-/// Name → JSON. `audit_head`: `{sequence, hash}`.
+/// Name → JSON. `audit_head`: `{sequence, hash}`; `rewrap_job`: `{scope,
+/// from_version, principal, started_at, updated_at, finished_at, done,
+/// failed}`.
 pub const SINGLETONS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("singletons.v1");
 
 /// Name → last value handed out (`u64`, native): `producer_id`,

@@ -85,7 +85,9 @@ it durable.
 Examples:
   strongbox publish demo.greetings hello world
   strongbox publish demo.orders --key customer-7 --header kind=created '{\"id\":1}'
-  seq 1 1000 | strongbox publish demo.numbers")]
+  seq 1 1000 | strongbox publish demo.numbers
+  strongbox publish demo.orders --e2e-keyring orders.keyring '{\"id\":2}'
+  strongbox publish demo.health --e2e-recipients demo.health --e2e-owner-key owner.key.pub 'note'")]
     Publish(PublishArgs),
     /// Read records from a topic.
     #[command(after_help = "\
@@ -98,7 +100,9 @@ Examples:
   strongbox subscribe demo.greetings --from earliest
   strongbox subscribe demo.greetings --partition 0 --from 1200 --count 10
   strongbox subscribe demo.greetings --from @2026-01-31T09:00:00Z --json
-  strongbox subscribe demo.orders --group billing")]
+  strongbox subscribe demo.orders --group billing
+  strongbox subscribe demo.orders --e2e-keyring reader.keyring --e2e-on-missing-key skip
+  strongbox subscribe demo.health --e2e-identity bob.identity")]
     Subscribe(SubscribeArgs),
     /// Create, list, describe and delete topics.
     #[command(subcommand)]
@@ -106,6 +110,24 @@ Examples:
     /// Grant, revoke and list ACL rules.
     #[command(subcommand)]
     Acl(AclCommand),
+    /// Read and verify the hash-chained audit trail.
+    #[command(subcommand)]
+    Audit(crate::commands::audit::AuditCommand),
+    /// Rotate, rewrap, retire, destroy and inspect key-encryption keys.
+    #[command(subcommand)]
+    Keys(crate::commands::keys::KeysCommand),
+    /// Local end-to-end keyrings: versioned symmetric topic keys.
+    #[command(subcommand)]
+    Keyring(crate::commands::keyring::KeyringCommand),
+    /// End-to-end identities, topic owner keys and signed recipient entries.
+    #[command(subcommand)]
+    E2e(crate::commands::e2e::E2eCommand),
+    /// List, add and remove a topic's end-to-end recipients on the broker.
+    #[command(subcommand)]
+    Recipients(crate::commands::recipients::RecipientsCommand),
+    /// Ask for access to a topic; approve or deny what others asked.
+    #[command(subcommand)]
+    Access(crate::commands::access::AccessCommand),
 }
 
 /// `publish`.
@@ -125,6 +147,8 @@ pub(crate) struct PublishArgs {
     /// Record values; read from standard input, one per line, when absent.
     #[arg(value_name = "MESSAGE")]
     pub(crate) messages: Vec<String>,
+    #[command(flatten)]
+    pub(crate) e2e: crate::commands::e2e::PublishE2eArgs,
 }
 
 /// `subscribe`.
@@ -145,6 +169,8 @@ pub(crate) struct SubscribeArgs {
     /// Stop after this many records.
     #[arg(long, value_name = "N")]
     pub(crate) count: Option<u64>,
+    #[command(flatten)]
+    pub(crate) e2e: crate::commands::e2e::SubscribeE2eArgs,
 }
 
 /// `topic ...`.

@@ -1,7 +1,13 @@
 //! One module per command group; `run` dispatches.
 
+pub(crate) mod access;
 mod acl;
+pub(crate) mod audit;
+pub(crate) mod e2e;
+pub(crate) mod keyring;
+pub(crate) mod keys;
 mod publish;
+pub(crate) mod recipients;
 mod subscribe;
 mod topic;
 mod whoami;
@@ -19,6 +25,12 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Subscribe(args) => subscribe::run(global, args).await,
         Command::Topic(command) => topic::run(global, command).await,
         Command::Acl(command) => acl::run(global, command).await,
+        Command::Audit(command) => audit::run(global, command).await,
+        Command::Keys(command) => keys::run(global, command).await,
+        Command::Keyring(command) => keyring::run(global, command),
+        Command::E2e(command) => e2e::run(global, command),
+        Command::Recipients(command) => recipients::run(global, command).await,
+        Command::Access(command) => access::run(global, command).await,
     }
 }
 

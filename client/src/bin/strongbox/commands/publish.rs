@@ -26,9 +26,11 @@ async fn publish(
     client: &strongbox_client::Client,
     args: PublishArgs,
 ) -> anyhow::Result<()> {
+    let transformer = crate::commands::e2e::sealer(client, &args.topic, &args.e2e).await?;
     let producer = client
         .producer(ProducerConfig {
             linger: Duration::from_millis(2),
+            transformer,
             ..ProducerConfig::default()
         })
         .await?;

@@ -6,7 +6,7 @@ use futures::StreamExt;
 use strongbox_client::{Consumer, ConsumerConfig, Subscription, Target};
 
 use crate::cli::{GlobalArgs, SubscribeArgs};
-use crate::commands::Out;
+use crate::commands::{Out, e2e};
 use crate::{connect, output};
 
 /// A group member commits after this many records, and when idle.
@@ -14,6 +14,13 @@ const COMMIT_EVERY: u64 = 100;
 const COMMIT_IDLE: Duration = Duration::from_secs(1);
 
 pub(crate) async fn run(global: &GlobalArgs, args: SubscribeArgs) -> anyhow::Result<()> {
+    let opener = e2e::opener(&args.e2e)?;
+    let config = ConsumerConfig {
+        transformer: opener
+            .clone()
+            .map(|o| o as std::sync::Arc<dyn strongbox_client::ValueTransformer>),
+        ..ConsumerConfig::default()
+    };
     let client = connect::connect(global).await?;
     let target = match (args.partition, &args.group) {
         (Some(p), _) => Target::Partition(p),
@@ -25,14 +32,13 @@ pub(crate) async fn run(global: &GlobalArgs, args: SubscribeArgs) -> anyhow::Res
         target,
         start: args.from,
     };
-    let mut consumer =
-        match Consumer::subscribe(&client, subscription, ConsumerConfig::default()).await {
-            Ok(c) => c,
-            Err(e) => {
-                client.close().await;
-                return Err(e.into());
-            }
-        };
+    let mut consumer = match Consumer::subscribe(&client, subscription, config).await {
+        Ok(c) => c,
+        Err(e) => {
+            client.close().await;
+            return Err(e.into());
+        }
+    };
     let group = args.group.is_some();
     let mut out = Out::new();
     let mut printed = 0u64;
@@ -53,6 +59,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: SubscribeArgs) -> anyhow::Res
             }
             item = consumer.next() => match item {
                 None => break last_error.take().map_or(Ok(()), |e| Err(anyhow::Error::from(e))),
+                Some(Err(e)) if e2e::is_fatal(&e, opener.as_ref()) => break Err(e.into()),
                 Some(Err(e)) => {
                     eprintln!("warning: {e}");
                     last_error = Some(e);
@@ -87,6 +94,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: SubscribeArgs) -> anyhow::Res
     };
     consumer.close().await;
     client.close().await;
+    e2e::report_unreadable(opener.as_ref());
     result?;
     Ok(committed?)
 }

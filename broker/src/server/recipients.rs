@@ -1,0 +1,386 @@
+//! A topic's end-to-end recipient directory: the readers' X25519 public
+//! keys, each in an entry signed by the topic owner, stored and served as
+//! opaque bytes.
+//!
+//! The broker is not trusted with the directory's integrity: producers
+//! accept only entries that verify under the owner key they pinned, so a
+//! broker (or a principal with `grant`) that adds an entry of its own gains
+//! nothing but a producer's refusal. What the broker checks on a put is
+//! what keeps the directory tidy and the listing honest: the bytes are an
+//! entry at all, for this topic, under the recipient id it is stored as.
+//!
+//! # Why a structural check here, not a shared decoder
+//!
+//! The entry format belongs to the client's end-to-end layer
+//! (`strongbox_client::e2e`, `entry.rs`, which documents it byte by byte);
+//! on the wire it is just bytes. Moving its decoder into
+//! `strongbox-protocol` would put an end-to-end format, which the broker
+//! must never be trusted to interpret, into the crate that defines what the
+//! broker does interpret, and the client would still need its own types
+//! and the signature check on top. So [`EntryFacts::parse`] re-reads only
+//! the fields the broker compares (no signature check: the broker has no
+//! owner key and must not pretend to). The workspace tests sign entries with
+//! the client library and check that this parser reads them alike and
+//! refuses what the client refuses as malformed, so the two cannot drift
+//! apart unnoticed.
+//!
+//! Permissions: listing needs `describe` or `subscribe` on the topic (a
+//! producer with only `publish` must be given `describe` to seal to the
+//! directory); changing it needs `grant`.
+
+use bytes::Bytes;
+use strongbox_protocol::ErrorCode;
+use strongbox_protocol::frames::admin::AdminResponse;
+use strongbox_protocol::frames::admin_types::{Operations, RecipientEntry};
+use strongbox_storage::meta::MetaError;
+
+use crate::audit::{AuditAction, AuditEvent, topic_resource};
+use crate::server::BrokerState;
+use crate::server::admin::blocking;
+use crate::server::authz::Authorizer;
+use crate::server::connection::ConnCtx;
+use crate::server::error::BrokerError;
+
+/// The first bytes of a signed recipient entry.
+const MAGIC: &[u8; 4] = b"SBRE";
+/// The entry format version the client writes.
+const VERSION: u8 = 1;
+/// RFC 9180 KEM id of DHKEM(X25519, HKDF-SHA256): the recipient key type.
+const KEM_X25519: u16 = 0x0020;
+/// Bytes of an X25519 public key, and of an Ed25519 one.
+pub const KEY_LEN: usize = 32;
+/// Bytes of an Ed25519 signature.
+const SIGNATURE_LEN: usize = 64;
+
+/// What a signed recipient entry states, as far as the broker reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryFacts {
+    /// The topic it grants.
+    pub topic: String,
+    /// The recipient id it names.
+    pub recipient: String,
+    /// The recipient's X25519 public key.
+    pub public_key: [u8; KEY_LEN],
+    /// When it was signed, in milliseconds since the Unix epoch.
+    pub created_at: i64,
+    /// When producers stop sealing to it.
+    pub expires_at: Option<i64>,
+    /// The Ed25519 key it says signed it (not verified here).
+    pub signer: [u8; KEY_LEN],
+}
+
+impl EntryFacts {
+    /// Reads the fields of a signed recipient entry and checks its framing
+    /// (magic, version, key type, lengths, UTF-8, no trailing bytes). The
+    /// signature is not checked.
+    ///
+    /// # Errors
+    ///
+    /// What is malformed, for the client.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let mut r = Cursor { b: bytes, at: 0 };
+        if r.take(4)? != MAGIC {
+            return Err("it does not start with the SBRE magic".into());
+        }
+        let version = r.u8()?;
+        if version != VERSION {
+            return Err(format!("entry format version {version} is not 1"));
+        }
+        let kem = u16::from_be_bytes(r.array()?);
+        if kem != KEM_X25519 {
+            return Err(format!("key type {kem:#06x} is not X25519 (0x0020)"));
+        }
+        let topic_len = usize::from(u16::from_be_bytes(r.array()?));
+        let topic = r.text(topic_len, "topic")?;
+        let recipient_len = usize::from(r.u8()?);
+        let recipient = r.text(recipient_len, "recipient id")?;
+        let public_key = r.array()?;
+        let created_at = i64::from_be_bytes(r.array()?);
+        let expires_at = match r.u8()? {
+            0 => None,
+            1 => Some(i64::from_be_bytes(r.array()?)),
+            other => return Err(format!("has_expiry is {other}, not 0 or 1")),
+        };
+        let signer = r.array()?;
+        r.take(SIGNATURE_LEN)?;
+        if r.at != bytes.len() {
+            return Err(format!("{} bytes follow the signature", bytes.len() - r.at));
+        }
+        Ok(Self {
+            topic,
+            recipient,
+            public_key,
+            created_at,
+            expires_at,
+            signer,
+        })
+    }
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.at.checked_add(n).filter(|e| *e <= self.b.len());
+        match end.and_then(|e| self.b.get(self.at..e)) {
+            Some(s) => {
+                self.at += n;
+                Ok(s)
+            }
+            None => Err(format!(
+                "it is cut short at byte {} ({} bytes long)",
+                self.at,
+                self.b.len()
+            )),
+        }
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        let [b] = self.array::<1>()?;
+        Ok(b)
+    }
+
+    fn text(&mut self, n: usize, what: &str) -> Result<String, String> {
+        if n == 0 {
+            return Err(format!("its {what} is empty"));
+        }
+        std::str::from_utf8(self.take(n)?)
+            .map(str::to_owned)
+            .map_err(|_| format!("its {what} is not UTF-8"))
+    }
+}
+
+/// Checks that `entry` is a recipient entry for `topic` naming `recipient`.
+///
+/// # Errors
+///
+/// `invalid_request` naming what is wrong.
+pub fn check_entry(entry: &[u8], topic: &str, recipient: &str) -> Result<EntryFacts, BrokerError> {
+    let invalid = |why: String| {
+        BrokerError::new(
+            ErrorCode::InvalidRequest,
+            format!("the recipient entry for {recipient} is refused: {why}"),
+        )
+    };
+    let facts = EntryFacts::parse(entry).map_err(|e| invalid(format!("malformed ({e})")))?;
+    if facts.topic != topic {
+        return Err(invalid(format!(
+            "it is signed for topic {}, not {topic}",
+            facts.topic
+        )));
+    }
+    if facts.recipient != recipient {
+        return Err(invalid(format!(
+            "it names recipient {}, not {recipient}",
+            facts.recipient
+        )));
+    }
+    Ok(facts)
+}
+
+/// The first 8 bytes of SHA-256 of a public key, as 16 hex digits: how
+/// the client and the record headers name a recipient key.
+pub fn key_fingerprint(key: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key);
+    hex::encode(digest.as_ref().get(..8).unwrap_or_default())
+}
+
+/// `RecipientList`: needs `describe` or `subscribe` on the topic.
+pub(crate) async fn list(
+    ctx: &ConnCtx,
+    authz: &mut Authorizer,
+    topic: String,
+) -> Result<AdminResponse, BrokerError> {
+    if !authz.allows(Operations::SUBSCRIBE, &topic) {
+        authz.check(Operations::DESCRIBE, &topic)?;
+    }
+    ctx.state.topics.require(&topic)?;
+    Ok(AdminResponse::Recipients(read(&ctx.state, topic).await?))
+}
+
+/// `RecipientPut`: needs `grant`; the entry must be one for this topic and
+/// recipient.
+pub(crate) async fn put(
+    ctx: &ConnCtx,
+    authz: &mut Authorizer,
+    topic: String,
+    entry: RecipientEntry,
+) -> Result<AdminResponse, BrokerError> {
+    authz.check(Operations::GRANT, &topic)?;
+    ctx.state.topics.require(&topic)?;
+    let facts = check_entry(&entry.entry, &topic, &entry.recipient)?;
+    let state = &ctx.state;
+    let replaced = {
+        let _guard = state.admin_lock.lock().await;
+        let meta = state.meta.clone();
+        let (t, r, bytes) = (topic.clone(), entry.recipient.clone(), entry.entry.clone());
+        blocking(move || meta.write(|b| b.put_recipient(&t, &r, &bytes)))
+            .await?
+            .map_err(|e: MetaError| BrokerError::internal("storing the recipient entry", e))?
+    };
+    tracing::info!(target: "strongbox::audit", principal = %ctx.principal, topic = %topic, recipient = %entry.recipient, key = %key_fingerprint(&facts.public_key), replaced, "recipient entry stored");
+    state.audit.record(
+        put_event(&topic, &facts, None)
+            .principal(&ctx.principal)
+            .detail("replaced", replaced),
+    );
+    Ok(AdminResponse::Recipients(read(state, topic).await?))
+}
+
+/// `RecipientRemove`: needs `grant`.
+pub(crate) async fn remove(
+    ctx: &ConnCtx,
+    authz: &mut Authorizer,
+    topic: String,
+    recipient: String,
+) -> Result<AdminResponse, BrokerError> {
+    authz.check(Operations::GRANT, &topic)?;
+    let state = &ctx.state;
+    let removed = {
+        let _guard = state.admin_lock.lock().await;
+        let meta = state.meta.clone();
+        let (t, r) = (topic.clone(), recipient.clone());
+        blocking(move || meta.write(|b| b.remove_recipient(&t, &r)))
+            .await?
+            .map_err(|e: MetaError| BrokerError::internal("removing the recipient entry", e))?
+    };
+    if !removed {
+        return Err(BrokerError::new(
+            ErrorCode::NotFound,
+            format!("topic {topic} has no recipient {recipient}"),
+        ));
+    }
+    tracing::info!(target: "strongbox::audit", principal = %ctx.principal, topic = %topic, recipient = %recipient, "recipient entry removed");
+    state.audit.record(
+        remove_event(&topic, &recipient, None, "removed").principal(&ctx.principal),
+    );
+    Ok(AdminResponse::Recipients(read(state, topic).await?))
+}
+
+/// The `recipient.put` event of a stored entry; `request` when an access
+/// approval stored it.
+pub(crate) fn put_event(topic: &str, facts: &EntryFacts, request: Option<u64>) -> AuditEvent {
+    let mut event = AuditEvent::success(AuditAction::RecipientPut, topic_resource(topic))
+        .detail("recipient", facts.recipient.clone())
+        .detail("key_fingerprint", key_fingerprint(&facts.public_key))
+        .detail("signer_fingerprint", key_fingerprint(&facts.signer))
+        .detail("expires_at", facts.expires_at);
+    if let Some(id) = request {
+        event = event.detail("request_id", id);
+    }
+    event
+}
+
+/// The `recipient.remove` event; `why` is `removed` or `expired`.
+pub(crate) fn remove_event(
+    topic: &str,
+    recipient: &str,
+    request: Option<u64>,
+    why: &str,
+) -> AuditEvent {
+    let mut event = AuditEvent::success(AuditAction::RecipientRemove, topic_resource(topic))
+        .detail("recipient", recipient.to_owned())
+        .detail("reason", why.to_owned());
+    if let Some(id) = request {
+        event = event.detail("request_id", id);
+    }
+    event
+}
+
+async fn read(state: &std::sync::Arc<BrokerState>, topic: String) -> Result<Vec<RecipientEntry>, BrokerError> {
+    let meta = state.meta.clone();
+    blocking(move || meta.read(|r| r.recipients(&topic)))
+        .await?
+        .map_err(|e: MetaError| BrokerError::internal("reading the recipient directory", e))
+}
+
+/// The public key a stored entry names, when it parses (for expiry).
+pub(crate) fn stored_key(entry: &Bytes) -> Option<[u8; KEY_LEN]> {
+    EntryFacts::parse(entry).ok().map(|f| f.public_key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An entry laid out as the client's format documents it, with a dummy
+    /// signature.
+    fn entry(topic: &str, recipient: &str, expires: Option<i64>) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(b"SBRE");
+        out.push(1);
+        out.extend_from_slice(&0x0020u16.to_be_bytes());
+        out.extend_from_slice(&u16::try_from(topic.len()).expect("short").to_be_bytes());
+        out.extend_from_slice(topic.as_bytes());
+        out.push(u8::try_from(recipient.len()).expect("short"));
+        out.extend_from_slice(recipient.as_bytes());
+        out.extend_from_slice(&[9; 32]);
+        out.extend_from_slice(&1_769_850_000_000i64.to_be_bytes());
+        match expires {
+            Some(at) => {
+                out.push(1);
+                out.extend_from_slice(&at.to_be_bytes());
+            }
+            None => out.push(0),
+        }
+        out.extend_from_slice(&[7; 32]);
+        out.extend_from_slice(&[0; 64]);
+        out
+    }
+
+    #[test]
+    fn reads_the_fields_and_checks_topic_and_recipient() {
+        let bytes = entry("demo.x", "bob", Some(5));
+        let facts = check_entry(&bytes, "demo.x", "bob").expect("accepted");
+        assert_eq!(facts.public_key, [9; 32]);
+        assert_eq!(facts.signer, [7; 32]);
+        assert_eq!(facts.expires_at, Some(5));
+        assert_eq!(facts.created_at, 1_769_850_000_000);
+        let other_topic = check_entry(&bytes, "demo.y", "bob").expect_err("topic");
+        assert_eq!(other_topic.code, ErrorCode::InvalidRequest);
+        assert!(other_topic.message.contains("signed for topic demo.x"));
+        let other_recipient = check_entry(&bytes, "demo.x", "carol").expect_err("recipient");
+        assert!(other_recipient.message.contains("names recipient bob"));
+        assert_eq!(
+            EntryFacts::parse(&entry("t", "r", None))
+                .expect("no expiry")
+                .expires_at,
+            None
+        );
+    }
+
+    #[test]
+    fn every_truncation_and_extension_is_refused() {
+        let bytes = entry("demo.x", "bob", None);
+        for n in 0..bytes.len() {
+            let cut = bytes.get(..n).expect("prefix");
+            assert!(EntryFacts::parse(cut).is_err(), "{n} bytes accepted");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(EntryFacts::parse(&long).is_err());
+        let mut bad_magic = bytes.clone();
+        bad_magic[0] = b'X';
+        assert!(EntryFacts::parse(&bad_magic).is_err());
+        let mut bad_kem = bytes;
+        bad_kem[6] = 0x21;
+        assert!(EntryFacts::parse(&bad_kem).is_err());
+        assert!(EntryFacts::parse(b"not an entry at all").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = EntryFacts::parse(&bytes);
+        }
+    }
+}

@@ -1,0 +1,848 @@
+//! `strongbox-broker verify`: an offline check of a stopped broker's data
+//! directory.
+//!
+//! For every partition of every topic in the metadata store it
+//! authenticates every frame, seal and key envelope with
+//! [`check_dir`](strongbox_storage::log::check_dir), which reads the files
+//! as they are and changes nothing (opening the log would recover it, and
+//! so repair what should be reported). It then checks each envelope against
+//! the key registry, the registry against the key provider, the data
+//! directory for files of topics that no longer exist, and consumer
+//! groups' committed offsets against the end of each log. One damaged
+//! partition never stops the others being checked.
+//!
+//! It refuses to run while a broker uses the directory: it opens the
+//! metadata store, which a running broker holds locked (and, while verify
+//! runs, a broker cannot start on it).
+//!
+//! Exit status: 0 when nothing is a problem, 1 when something is, 2 when
+//! the check could not run (usage, configuration, key provider, a running
+//! broker). docs/OPERATIONS.md, "Verifying a data directory", says what to
+//! do with each kind of problem.
+
+mod keys;
+mod progress;
+mod report;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use strongbox_protocol::frames::admin_types::KeyState;
+use strongbox_storage::keys::{KekId, KekScope, KekVersion, KeyProvider, SegmentKeys};
+use strongbox_storage::log::{DirCheck, check_dir};
+use strongbox_storage::meta::{MetaError, MetaStore, TopicEntry};
+
+use crate::config::{BrokerConfig, ConfigError, KeyProviderKind};
+use crate::server::topics::{log_config, topic_dir};
+
+pub use report::{
+    Item, KeyVersionReport, PartitionReport, ProviderReport, Report, Severity, Summary,
+};
+
+use keys::VerifyKeys;
+use progress::Progress;
+use report::from_finding;
+
+/// Exit status when the check ran and found problems.
+pub const EXIT_PROBLEMS: u8 = 1;
+/// Exit status when the check could not run.
+pub const EXIT_CANNOT_VERIFY: u8 = 2;
+
+/// The arguments of `strongbox-broker verify`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("location")
+        .required(true)
+        .multiple(true)
+        .args(["data_dir", "config"])
+))]
+pub struct VerifyArgs {
+    /// The data directory to check: the broker's `broker.data_dir`, or a
+    /// copy or restored backup of one.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The broker configuration whose `[keys]` section names the key
+    /// provider. Default: DIR/../broker.toml, used only when its
+    /// `broker.data_dir` is DIR (the layout `strongbox-broker dev`
+    /// creates). Without --data-dir, its `broker.data_dir` is checked.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the report as JSON on stdout (progress still goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Why the check could not run (exit status 2).
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The arguments do not say what to check, or point at the wrong place.
+    #[error("{0}")]
+    Usage(String),
+    /// The configuration file is unreadable or invalid.
+    #[error("config {}: {source}", path.display())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: ConfigError,
+    },
+    /// A broker holds the metadata store.
+    #[error(
+        "the broker is running on {} (it holds {} locked); stop it first",
+        data_dir.display(), meta.display()
+    )]
+    BrokerRunning {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// Its metadata store.
+        meta: PathBuf,
+    },
+    /// The metadata store cannot be opened for another reason.
+    #[error("{0}")]
+    Meta(MetaError),
+    /// The key provider cannot be opened (HSM unreachable, wrong PIN,
+    /// missing module).
+    #[error("cannot open the key provider: {0}")]
+    Provider(String),
+}
+
+/// What to check, resolved from the arguments.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The data directory (canonical path).
+    pub data_dir: PathBuf,
+    /// The configuration file used for the key provider.
+    pub config_path: PathBuf,
+    /// That configuration.
+    pub config: BrokerConfig,
+}
+
+impl Setup {
+    /// Resolves the data directory and the configuration as `--help`
+    /// describes.
+    ///
+    /// # Errors
+    ///
+    /// [`VerifyError::Usage`] and [`VerifyError::Config`], naming what is
+    /// wrong.
+    pub fn resolve(args: &VerifyArgs) -> Result<Self, VerifyError> {
+        let data_dir = args
+            .data_dir
+            .as_deref()
+            .map(|d| canonical(d, "data directory"))
+            .transpose()?;
+        let config_path = match (&args.config, &data_dir) {
+            (Some(c), _) => c.clone(),
+            (None, Some(d)) => {
+                let implied = d
+                    .parent()
+                    .map_or_else(|| PathBuf::from("broker.toml"), |p| p.join("broker.toml"));
+                if !implied.is_file() {
+                    return Err(VerifyError::Usage(format!(
+                        "no --config given and {} does not exist: pass --config FILE, the \
+                         broker configuration that names the key provider",
+                        implied.display()
+                    )));
+                }
+                implied
+            }
+            (None, None) => {
+                return Err(VerifyError::Usage(
+                    "give --data-dir DIR, --config FILE, or both".into(),
+                ));
+            }
+        };
+        let config = BrokerConfig::load(&config_path).map_err(|source| VerifyError::Config {
+            path: config_path.clone(),
+            source,
+        })?;
+        let data_dir = match data_dir {
+            Some(d) => {
+                let configured = config.broker.data_dir.canonicalize().ok();
+                if args.config.is_none() && configured.as_ref() != Some(&d) {
+                    return Err(VerifyError::Usage(format!(
+                        "{} is the configuration of data directory {}, not {}: pass \
+                         --config {} to use its key provider for {} anyway",
+                        config_path.display(),
+                        config.broker.data_dir.display(),
+                        d.display(),
+                        config_path.display(),
+                        d.display()
+                    )));
+                }
+                d
+            }
+            None => canonical(&config.broker.data_dir, "broker.data_dir")?,
+        };
+        if !data_dir.join("meta.redb").is_file() {
+            return Err(VerifyError::Usage(format!(
+                "{} is not a Strongbox data directory: it has no meta.redb",
+                data_dir.display()
+            )));
+        }
+        if matches!(config.keys.provider, KeyProviderKind::File) && !config.keys.file.dir.is_dir()
+        {
+            return Err(VerifyError::Usage(format!(
+                "keys.file.dir {} (from {}) does not exist: the file key provider keeps its \
+                 key-encryption keys there",
+                config.keys.file.dir.display(),
+                config_path.display()
+            )));
+        }
+        Ok(Self {
+            data_dir,
+            config_path,
+            config,
+        })
+    }
+}
+
+fn canonical(path: &Path, what: &str) -> Result<PathBuf, VerifyError> {
+    let p = path.canonicalize().map_err(|e| {
+        VerifyError::Usage(format!("{what} {}: {e}", path.display()))
+    })?;
+    if !p.is_dir() {
+        return Err(VerifyError::Usage(format!(
+            "{what} {} is not a directory",
+            path.display()
+        )));
+    }
+    Ok(p)
+}
+
+/// Runs `strongbox-broker verify`: progress on stderr, the report on
+/// stdout, and the exit status (0 intact, 1 problems, 2 could not verify).
+pub fn run_cli(args: &VerifyArgs) -> ExitCode {
+    init_logging();
+    let report = Setup::resolve(args).and_then(|setup| verify(&setup, true));
+    match report {
+        Ok(report) => {
+            let text = if args.json {
+                serde_json::to_string_pretty(&report)
+                    .map(|mut s| {
+                        s.push('\n');
+                        s
+                    })
+                    .unwrap_or_else(|e| format!("{{\"error\": \"cannot encode the report: {e}\"}}\n"))
+            } else {
+                report.to_text()
+            };
+            // A closed stdout (`| head`) must not turn into a panic.
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_PROBLEMS)
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr().lock(), "error: {e}");
+            ExitCode::from(EXIT_CANNOT_VERIFY)
+        }
+    }
+}
+
+/// Warnings of the storage and key code are reported by `verify` itself;
+/// only errors reach stderr unless `RUST_LOG` says otherwise.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// What the metadata store says, read once.
+#[derive(Debug, Default)]
+struct Metadata {
+    topics: Vec<TopicEntry>,
+    /// `None` when the registry cannot be read.
+    versions: Option<Vec<KekVersion>>,
+    /// Recorded segments by (topic id, partition): segment id → KEK version.
+    recorded: Option<HashMap<([u8; 16], u32), HashMap<[u8; 16], KekId>>>,
+    /// Committed offsets by (topic, partition): (group, offset).
+    committed: HashMap<(String, u32), Vec<(String, u64)>>,
+}
+
+/// Checks the data directory of `setup`, with progress on stderr when
+/// `show_progress`.
+///
+/// # Errors
+///
+/// [`VerifyError`] when the check cannot run: a broker holds the metadata
+/// store, or the metadata store or the key provider cannot be opened.
+/// Damage is not an error: it is in the [`Report`].
+pub fn verify(setup: &Setup, show_progress: bool) -> Result<Report, VerifyError> {
+    let meta_path = setup.data_dir.join("meta.redb");
+    let meta = MetaStore::open(&meta_path).map_err(|e| match e {
+        MetaError::Open {
+            source: redb::DatabaseError::DatabaseAlreadyOpen,
+            ..
+        } => VerifyError::BrokerRunning {
+            data_dir: setup.data_dir.clone(),
+            meta: meta_path.clone(),
+        },
+        other => VerifyError::Meta(other),
+    })?;
+    let provider = crate::server::open_provider(&setup.config)
+        .map_err(|e| VerifyError::Provider(e.to_string()))?;
+    let info = provider.info();
+    let mut report = Report {
+        data_dir: setup.data_dir.clone(),
+        config: setup.config_path.clone(),
+        provider: ProviderReport {
+            kind: info.kind,
+            location: info.location,
+        },
+        partitions: Vec::new(),
+        key_versions: Vec::new(),
+        findings: Vec::new(),
+        summary: Summary::default(),
+        ok: false,
+    };
+    let md = read_metadata(&meta, &meta_path, &mut report.findings);
+
+    let states = md
+        .versions
+        .iter()
+        .flatten()
+        .map(|v| (v.id.clone(), v.state))
+        .collect();
+    let keys = Arc::new(VerifyKeys::new(provider.clone(), states));
+    let versions: HashMap<KekId, KekVersion> = md
+        .versions
+        .iter()
+        .flatten()
+        .map(|v| (v.id.clone(), v.clone()))
+        .collect();
+    let total = md
+        .topics
+        .iter()
+        .map(|t| t.config.partitions as usize)
+        .sum();
+    let mut progress = show_progress.then(|| Progress::new(total));
+    for entry in &md.topics {
+        for index in 0..entry.config.partitions {
+            if let Some(p) = progress.as_mut() {
+                p.start(format!("{}/{index}", entry.name));
+            }
+            let recorded = md
+                .recorded
+                .as_ref()
+                .map(|r| r.get(&(entry.topic_id, index)).cloned().unwrap_or_default());
+            let committed = md
+                .committed
+                .get(&(entry.name.clone(), index))
+                .map_or(&[][..], Vec::as_slice);
+            let part = check_partition(
+                &setup.data_dir,
+                entry,
+                index,
+                keys.clone(),
+                recorded.as_ref(),
+                &versions,
+                committed,
+                progress.as_mut(),
+            );
+            if let Some(p) = progress.as_mut() {
+                p.done(&part);
+            }
+            report.partitions.push(part);
+        }
+    }
+    if let Some(p) = progress.as_mut() {
+        p.finish();
+    }
+    report
+        .findings
+        .extend(unknown_directories(&setup.data_dir, &md.topics));
+    if let Some(recorded) = &md.recorded {
+        report.findings.extend(stale_registry(recorded, &md.topics));
+    }
+    if let Some(v) = &md.versions {
+        let (rows, items) = key_versions(v, provider.as_ref(), &md.topics);
+        report.key_versions = rows;
+        report.findings.extend(items);
+    }
+    report.finish();
+    tracing::debug!(unwraps = keys.unwraps(), "verify finished");
+    Ok(report)
+}
+
+const RESTORE_META: &str = "restore the metadata store (meta.redb) from a backup taken together \
+     with the data directory";
+
+fn read_metadata(meta: &MetaStore, meta_path: &Path, findings: &mut Vec<Item>) -> Metadata {
+    let mut md = Metadata::default();
+    let mut unreadable = |what: &str, e: MetaError| {
+        findings.push(Item::problem(
+            "metadata_store",
+            Some(meta_path.to_path_buf()),
+            format!("the metadata store's {what} cannot be read: {e}"),
+            RESTORE_META,
+        ));
+    };
+    match meta.read(|v| v.topics()) {
+        Ok(mut t) => {
+            t.sort_by(|a, b| a.name.cmp(&b.name));
+            md.topics = t;
+        }
+        Err(e) => unreadable("topics", e),
+    }
+    match meta.read(|v| Ok::<_, MetaError>((v.kek_versions(None)?, v.segment_keks()?))) {
+        Ok((versions, segments)) => {
+            let mut recorded: HashMap<([u8; 16], u32), HashMap<[u8; 16], KekId>> = HashMap::new();
+            for (seg, kek) in segments {
+                recorded
+                    .entry((seg.topic_id, seg.partition))
+                    .or_default()
+                    .insert(seg.segment_id, kek);
+            }
+            md.versions = Some(versions);
+            md.recorded = Some(recorded);
+        }
+        Err(e) => unreadable("key registry", e),
+    }
+    let committed = meta.read(|v| {
+        let mut out: HashMap<(String, u32), Vec<(String, u64)>> = HashMap::new();
+        for group in v.groups()? {
+            for (topic, partition, offset) in v.group_offsets(&group)? {
+                out.entry((topic, partition))
+                    .or_default()
+                    .push((group.clone(), offset));
+            }
+        }
+        Ok::<_, MetaError>(out)
+    });
+    match committed {
+        Ok(c) => md.committed = c,
+        Err(e) => unreadable("consumer group offsets", e),
+    }
+    md
+}
+
+const PARTITION_MISSING: &str = "restore the partition's directory from a backup; the broker \
+     would start it empty";
+const LOST_END: &str = "records that consumers already received are gone from the end of the \
+     log: the newest segment was cut (a crash under `none` or `interval` durability loses \
+     unsynced records; otherwise the files were altered); restore from a backup if it was not a \
+     crash";
+
+/// Checks one partition: its files, its envelopes against the registry,
+/// and committed offsets against its end.
+#[allow(clippy::too_many_arguments)]
+fn check_partition(
+    data_dir: &Path,
+    entry: &TopicEntry,
+    index: u32,
+    keys: Arc<VerifyKeys>,
+    recorded: Option<&HashMap<[u8; 16], KekId>>,
+    versions: &HashMap<KekId, KekVersion>,
+    committed: &[(String, u64)],
+    mut progress: Option<&mut Progress>,
+) -> PartitionReport {
+    let dir = topic_dir(data_dir, &entry.topic_id).join(index.to_string());
+    let mut part = PartitionReport {
+        topic: entry.name.clone(),
+        topic_id: hex::encode(entry.topic_id),
+        partition: index,
+        dir: dir.clone(),
+        status: "ok",
+        segments: 0,
+        frames: 0,
+        seals: 0,
+        records: 0,
+        bytes: 0,
+        end_offset: None,
+        findings: Vec::new(),
+    };
+    if !dir.is_dir() {
+        let n = recorded.map_or(0, HashMap::len);
+        part.findings.push(if n > 0 {
+            Item::problem(
+                "partition_missing",
+                Some(dir),
+                format!(
+                    "the partition directory is missing, but the key registry records {n} \
+                     segment(s) of it"
+                ),
+                PARTITION_MISSING,
+            )
+        } else {
+            Item::notice(
+                "partition_missing",
+                Some(dir),
+                "the partition directory does not exist (the partition holds no data)".into(),
+                "nothing, unless data was expected here: the broker creates the directory \
+                 when it opens the partition",
+            )
+        });
+        part.end_offset = Some(0);
+        return finish_partition(part);
+    }
+    let keys: Arc<dyn SegmentKeys> = keys;
+    let check = check_dir(&dir, &log_config(entry, index), keys, &mut |p| {
+        if let Some(progress) = progress.as_deref_mut() {
+            progress.update(p);
+        }
+    });
+    part.segments = check.segments.len() as u64;
+    for s in &check.segments {
+        part.frames += s.frames;
+        part.records += s.records;
+        part.bytes += s.size_bytes;
+        part.seals += u64::from(s.sealed);
+    }
+    part.end_offset = check.end_offset;
+    part.findings = check.findings.iter().map(from_finding).collect();
+    if let Some(recorded) = recorded {
+        part.findings
+            .extend(registry_findings(&check, recorded, versions));
+    }
+    if let Some(end) = check.end_offset {
+        for (group, offset) in committed {
+            if *offset > end {
+                part.findings.push(Item::problem(
+                    "committed_beyond_end",
+                    Some(dir.clone()),
+                    format!(
+                        "consumer group {group} committed offset {offset}, but the log ends at \
+                         offset {end}"
+                    ),
+                    LOST_END,
+                ));
+            }
+        }
+    }
+    finish_partition(part)
+}
+
+fn finish_partition(mut part: PartitionReport) -> PartitionReport {
+    part.status = if part.is_ok() { "ok" } else { "problems" };
+    part
+}
+
+const NOT_IN_REGISTRY: &str = "the metadata store is older than the data (restored from another \
+     backup?) or was edited: restore both from the same backup. The segment reads, but key \
+     lifecycle operations (rewrap, the refusal to destroy a key still in use) do not know it";
+const REGISTRY_AHEAD: &str = "the envelope is older than the registry (restored from an older \
+     backup?): rewrap before destroying older KEK versions, or this segment is shredded with them";
+const REGISTRY_BEHIND: &str = "nothing: a rewrap was interrupted after writing the envelope; the \
+     broker corrects the registry when it next reads the segment";
+const KEK_UNKNOWN: &str = "the registry does not know the KEK version that wraps this segment's \
+     key (metadata store restored from an older backup?): restore the metadata store that goes \
+     with this data";
+const KEK_COMPROMISED: &str = "rewrap the segment's key under a new KEK version (rotate, then \
+     rewrap), then destroy the compromised version";
+const MISSING_SEGMENT: &str = "segment files were removed outside retention (retention removes \
+     the registry entry as it deletes), or the data directory is older than the metadata store: \
+     restore the missing files from a backup";
+const MISSING_NEWEST: &str = "nothing if the broker crashed while creating a segment (the \
+     registry keeps that entry); otherwise restore the missing segment from a backup";
+
+/// The partition's envelopes against the key registry.
+fn registry_findings(
+    check: &DirCheck,
+    recorded: &HashMap<[u8; 16], KekId>,
+    versions: &HashMap<KekId, KekVersion>,
+) -> Vec<Item> {
+    let mut items = Vec::new();
+    let mut unidentified = 0usize;
+    let mut seen = std::collections::HashSet::new();
+    for seg in &check.segments {
+        let Some(id) = seg.segment_id else {
+            unidentified += 1;
+            continue;
+        };
+        seen.insert(id);
+        let Some(kek) = &seg.kek else { continue };
+        let file = Some(seg.path.with_extension("key"));
+        match recorded.get(&id) {
+            None => items.push(Item::problem(
+                "not_in_registry",
+                file.clone(),
+                format!(
+                    "the key registry has no record of segment {} ({}), whose envelope names {kek}",
+                    hex::encode(id),
+                    seg.path.display()
+                ),
+                NOT_IN_REGISTRY,
+            )),
+            Some(r) if r == kek => {}
+            Some(r) if r.scope == kek.scope && r.version < kek.version => {
+                items.push(Item::notice(
+                    "registry_behind",
+                    file.clone(),
+                    format!(
+                        "the registry says {r} wraps the key of {}, its envelope names the newer {kek}",
+                        seg.path.display()
+                    ),
+                    REGISTRY_BEHIND,
+                ));
+            }
+            Some(r) => items.push(Item::problem(
+                "registry_mismatch",
+                file.clone(),
+                format!(
+                    "the registry says {r} wraps the key of {}, its envelope names {kek}",
+                    seg.path.display()
+                ),
+                REGISTRY_AHEAD,
+            )),
+        }
+        match versions.get(kek) {
+            None => items.push(Item::problem(
+                "kek_unknown",
+                file,
+                format!(
+                    "the envelope of {} names {kek}, which the key registry does not know",
+                    seg.path.display()
+                ),
+                KEK_UNKNOWN,
+            )),
+            Some(v) if v.state == KeyState::Compromised => items.push(Item::notice(
+                "kek_compromised",
+                file,
+                format!(
+                    "the key of {} is wrapped under {kek}, which is marked compromised",
+                    seg.path.display()
+                ),
+                KEK_COMPROMISED,
+            )),
+            Some(_) => {}
+        }
+    }
+    // A damaged header hides a segment's id: it is reported already, and
+    // which entry it matches cannot be told.
+    if unidentified == 0 {
+        let missing: Vec<_> = recorded
+            .iter()
+            .filter(|(id, _)| !seen.contains(*id))
+            .collect();
+        // One entry without a file, next to an empty newest segment file,
+        // is what a crash during the creation of a segment leaves.
+        let crash_left = missing.len() == 1 && check.empty_newest.is_some();
+        let mut sorted: BTreeMap<String, &KekId> = BTreeMap::new();
+        for (id, kek) in missing {
+            sorted.insert(hex::encode(id), kek);
+        }
+        for (id, kek) in sorted {
+            let message = format!(
+                "the key registry records segment {id} (key under {kek}) in this partition, but \
+                 no segment file has that id"
+            );
+            items.push(if crash_left {
+                Item::notice(
+                    "missing_segment",
+                    check.empty_newest.clone(),
+                    message,
+                    MISSING_NEWEST,
+                )
+            } else {
+                Item::problem("missing_segment", None, message, MISSING_SEGMENT)
+            });
+        }
+    }
+    items
+}
+
+const UNKNOWN_DIR: &str = "if its topic was deleted, remove the directory, key envelopes first: \
+     while a KEK that wraps them exists, its data can still be decrypted";
+const UNKNOWN_DIR_NO_KEYS: &str = "remove it if its topic was deleted: without key envelopes \
+     nobody can decrypt what it holds";
+
+/// Directories under `log/` that belong to no topic or partition.
+fn unknown_directories(data_dir: &Path, topics: &[TopicEntry]) -> Vec<Item> {
+    let known: HashMap<String, u32> = topics
+        .iter()
+        .map(|t| (hex::encode(t.topic_id), t.config.partitions))
+        .collect();
+    let mut items = Vec::new();
+    let mut report = |path: PathBuf, what: String| {
+        let envelopes = count_envelopes(&path);
+        items.push(if envelopes > 0 {
+            Item::problem(
+                "unknown_directory",
+                Some(path),
+                format!("{what}, and holds {envelopes} key envelope(s)"),
+                UNKNOWN_DIR,
+            )
+        } else {
+            Item::notice(
+                "unknown_directory",
+                Some(path),
+                format!("{what}; it holds no key envelope"),
+                UNKNOWN_DIR_NO_KEYS,
+            )
+        });
+    };
+    let log = data_dir.join("log");
+    for entry in sorted_entries(&log) {
+        if !entry.is_dir() {
+            continue;
+        }
+        let name = entry
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match known.get(&name) {
+            None => report(
+                entry,
+                "this directory belongs to no topic in the metadata store (a deleted topic?)"
+                    .into(),
+            ),
+            Some(&partitions) => {
+                for sub in sorted_entries(&entry) {
+                    let index = sub
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(|n| n.parse::<u32>().ok());
+                    if sub.is_dir() && index.is_none_or(|i| i >= partitions) {
+                        report(
+                            sub,
+                            format!(
+                                "this directory is not one of the topic's {partitions} partitions"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    items
+}
+
+fn sorted_entries(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn count_envelopes(dir: &Path) -> usize {
+    let mut count = 0usize;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for path in sorted_entries(&d) {
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|x| x == "key") {
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+/// Registry entries of topics or partitions that no longer exist.
+fn stale_registry(
+    recorded: &HashMap<([u8; 16], u32), HashMap<[u8; 16], KekId>>,
+    topics: &[TopicEntry],
+) -> Vec<Item> {
+    let known: HashMap<[u8; 16], u32> = topics
+        .iter()
+        .map(|t| (t.topic_id, t.config.partitions))
+        .collect();
+    let mut stale: BTreeMap<(String, u32), usize> = BTreeMap::new();
+    for ((topic, partition), segments) in recorded {
+        if known.get(topic).is_none_or(|n| partition >= n) {
+            *stale.entry((hex::encode(topic), *partition)).or_default() += segments.len();
+        }
+    }
+    stale
+        .into_iter()
+        .map(|((topic, partition), n)| {
+            Item::notice(
+                "stale_registry",
+                None,
+                format!(
+                    "the key registry records {n} segment(s) of topic id {topic} partition \
+                     {partition}, which no longer exists"
+                ),
+                "nothing: entries left by a deletion that could not open the partition; they \
+                 give access to nothing",
+            )
+        })
+        .collect()
+}
+
+const KEK_MISSING: &str = "check that the configuration names the right HSM token or key \
+     directory; if the key is really gone, every segment under it is lost";
+const KEK_NOT_DESTROYED: &str = "destroy it in the provider (run the destruction again; the \
+     provider goes first, then the registry): until then data wrapped under it, backups \
+     included, can still be decrypted";
+const PROVIDER_CHECK: &str = "check the HSM (or the key directory) and run verify again";
+
+/// Every registered KEK version, and whether the provider agrees about it.
+fn key_versions(
+    versions: &[KekVersion],
+    provider: &dyn KeyProvider,
+    topics: &[TopicEntry],
+) -> (Vec<KeyVersionReport>, Vec<Item>) {
+    let names: HashMap<String, &str> = topics
+        .iter()
+        .map(|t| (hex::encode(t.topic_id), t.name.as_str()))
+        .collect();
+    let scope_name = |scope: &KekScope| match scope {
+        KekScope::Broker => "broker".to_owned(),
+        KekScope::Topic(id) => match names.get(id) {
+            Some(name) => format!("topic:{name}"),
+            None => format!("topic-{id} (deleted topic)"),
+        },
+    };
+    let mut sorted: Vec<&KekVersion> = versions.iter().collect();
+    sorted.sort_by(|a, b| {
+        (a.id.scope.label(), a.id.version).cmp(&(b.id.scope.label(), b.id.version))
+    });
+    let mut rows = Vec::new();
+    let mut items = Vec::new();
+    for v in sorted {
+        let held = provider.has_kek(&v.id);
+        let destroyed = v.state == KeyState::Destroyed;
+        match &held {
+            Ok(true) if destroyed => items.push(Item::problem(
+                "kek_not_destroyed",
+                None,
+                format!(
+                    "{} is destroyed in the key registry, but the key provider still holds it",
+                    v.id
+                ),
+                KEK_NOT_DESTROYED,
+            )),
+            Ok(false) if !destroyed => items.push(Item::problem(
+                "kek_missing",
+                None,
+                format!(
+                    "{} is {} in the key registry (wrapping {} segment key(s)), but the key \
+                     provider does not hold it",
+                    v.id,
+                    v.state.name(),
+                    v.segments
+                ),
+                KEK_MISSING,
+            )),
+            Ok(_) => {}
+            Err(e) => items.push(Item::problem(
+                "key_provider",
+                None,
+                format!("cannot ask the key provider about {}: {e}", v.id),
+                PROVIDER_CHECK,
+            )),
+        }
+        rows.push(KeyVersionReport {
+            scope: scope_name(&v.id.scope),
+            kek: v.id.label(),
+            version: v.id.version,
+            state: v.state.name(),
+            segments: v.segments,
+            in_provider: held.ok(),
+        });
+    }
+    (rows, items)
+}

@@ -1,0 +1,481 @@
+//! The `strongbox-e2e` record header: which key sealed a value, and how to
+//! get its data key back.
+//!
+//! A compact binary format, big-endian, documented byte by byte here and in
+//! `docs/SECURITY.md`. Binary rather than JSON because the header travels
+//! with every record (a recipient slot is 89 bytes and its id here, about 160 in
+//! base64-in-JSON), and because the value's AAD covers these exact bytes:
+//! a format with one encoding of each header needs no canonicalization
+//! rules for the reader to get wrong.
+//!
+//! ```text
+//! offset size field
+//!      0    1 version        1
+//!      1    1 value_aead     1 = AES-256-GCM
+//!      2    1 key_source     1 = keyring, 2 = HPKE recipients
+//!      3    1 flags          0 (reserved; a reader refuses anything else)
+//!      4   12 value_nonce    the value's GCM nonce
+//!     16    . source body
+//!
+//! key_source 1, keyring:
+//!      u8  key_id_length     1..=255
+//!      ..  key_id            UTF-8
+//!      u32 key_version       at least 1
+//!      12  wrap_nonce        GCM nonce of the data key's wrap
+//!      48  wrapped_key       the data key sealed with AES-256-GCM under the
+//!                            keyring key (32 ciphertext, 16 tag)
+//!
+//! key_source 2, HPKE recipients (RFC 9180, mode base):
+//!      u16 kem_id            0x0020 DHKEM(X25519, HKDF-SHA256)
+//!      u16 kdf_id            0x0001 HKDF-SHA256
+//!      u16 aead_id           0x0002 AES-256-GCM
+//!      u16 recipient_count   1..=1024
+//!      per recipient:
+//!        u8  recipient_length 1..=255
+//!        ..  recipient        UTF-8, the recipient id
+//!        8   key_fingerprint  first 8 bytes of SHA-256 of its X25519 public key
+//!        32  encapsulated_key HPKE `enc`
+//!        48  sealed_key       the data key sealed by HPKE (32 ciphertext, 16 tag)
+//! ```
+//!
+//! Nothing may follow the body. The record's value is the AES-256-GCM
+//! ciphertext of the plaintext followed by the 16-byte tag.
+
+use super::E2eError;
+use super::cipher::{NONCE_LEN, SEALED_KEY_LEN};
+
+/// Header format version.
+pub(crate) const VERSION: u8 = 1;
+/// `value_aead`: AES-256-GCM.
+pub(crate) const VALUE_AES_256_GCM: u8 = 1;
+/// `key_source`: a keyring key.
+pub(crate) const SOURCE_KEYRING: u8 = 1;
+/// `key_source`: HPKE to recipients.
+pub(crate) const SOURCE_RECIPIENTS: u8 = 2;
+/// Bytes before the source body.
+pub(crate) const FIXED_LEN: usize = 16;
+/// Offset of the value nonce.
+pub(crate) const NONCE_AT: usize = 4;
+/// RFC 9180 KEM id of DHKEM(X25519, HKDF-SHA256).
+pub(crate) const KEM_X25519_HKDF_SHA256: u16 = 0x0020;
+/// RFC 9180 KDF id of HKDF-SHA256.
+pub(crate) const KDF_HKDF_SHA256: u16 = 0x0001;
+/// RFC 9180 AEAD id of AES-256-GCM.
+pub(crate) const AEAD_AES_256_GCM: u16 = 0x0002;
+/// Bytes of a key fingerprint.
+pub(crate) const FINGERPRINT_LEN: usize = 8;
+/// Bytes of an X25519 HPKE encapsulated key.
+pub(crate) const ENC_LEN: usize = 32;
+/// Most recipients one header may list.
+pub(crate) const MAX_RECIPIENTS: usize = 1024;
+
+/// A parsed header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Envelope {
+    /// The value's nonce.
+    pub(crate) nonce: [u8; NONCE_LEN],
+    /// Where the data key comes from.
+    pub(crate) source: Source,
+}
+
+/// The key source of a header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A keyring key.
+    Keyring(KeyringSlot),
+    /// HPKE to recipients.
+    Recipients(Vec<RecipientSlot>),
+}
+
+/// The data key wrapped under a keyring key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyringSlot {
+    pub(crate) key_id: String,
+    pub(crate) version: u32,
+    pub(crate) wrap_nonce: [u8; NONCE_LEN],
+    pub(crate) sealed: [u8; SEALED_KEY_LEN],
+}
+
+/// The data key sealed to one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RecipientSlot {
+    pub(crate) recipient: String,
+    pub(crate) fingerprint: [u8; FINGERPRINT_LEN],
+    pub(crate) enc: [u8; ENC_LEN],
+    pub(crate) sealed: [u8; SEALED_KEY_LEN],
+}
+
+/// Checks a name that is written with a one-byte length.
+pub(crate) fn check_short_name(what: &str, name: &str) -> Result<(), E2eError> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(E2eError::invalid(format!(
+            "a {what} must be 1 to 255 bytes, not {}",
+            name.len()
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(E2eError::invalid(format!(
+            "a {what} must not contain control characters: {name:?}"
+        )));
+    }
+    Ok(())
+}
+
+impl Envelope {
+    /// The encoded header.
+    ///
+    /// # Errors
+    ///
+    /// [`E2eError::Invalid`] for a key id or recipient id outside 1..=255
+    /// bytes, a version 0, or no (or too many) recipients.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, E2eError> {
+        let mut out = Vec::with_capacity(128);
+        out.extend_from_slice(&[VERSION, VALUE_AES_256_GCM]);
+        match &self.source {
+            Source::Keyring(k) => {
+                check_short_name("key id", &k.key_id)?;
+                if k.version == 0 {
+                    return Err(E2eError::invalid("key versions start at 1"));
+                }
+                out.extend_from_slice(&[SOURCE_KEYRING, 0]);
+                out.extend_from_slice(&self.nonce);
+                push_short(&mut out, &k.key_id);
+                out.extend_from_slice(&k.version.to_be_bytes());
+                out.extend_from_slice(&k.wrap_nonce);
+                out.extend_from_slice(&k.sealed);
+            }
+            Source::Recipients(slots) => {
+                if slots.is_empty() || slots.len() > MAX_RECIPIENTS {
+                    return Err(E2eError::invalid(format!(
+                        "a record is sealed to 1 to {MAX_RECIPIENTS} recipients, not {}",
+                        slots.len()
+                    )));
+                }
+                out.extend_from_slice(&[SOURCE_RECIPIENTS, 0]);
+                out.extend_from_slice(&self.nonce);
+                for id in [KEM_X25519_HKDF_SHA256, KDF_HKDF_SHA256, AEAD_AES_256_GCM] {
+                    out.extend_from_slice(&id.to_be_bytes());
+                }
+                let count = u16::try_from(slots.len()).unwrap_or(u16::MAX);
+                out.extend_from_slice(&count.to_be_bytes());
+                for s in slots {
+                    check_short_name("recipient id", &s.recipient)?;
+                    push_short(&mut out, &s.recipient);
+                    out.extend_from_slice(&s.fingerprint);
+                    out.extend_from_slice(&s.enc);
+                    out.extend_from_slice(&s.sealed);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Parses a header, refusing trailing bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`E2eError::MalformedHeader`] for bytes that do not follow the
+    /// format, [`E2eError::UnsupportedHeader`] for a version or algorithm
+    /// this client does not know.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, E2eError> {
+        let mut r = Reader { bytes, at: 0 };
+        let version = r.u8("version")?;
+        if version != VERSION {
+            return Err(E2eError::UnsupportedHeader(format!(
+                "format version {version} (this client reads version {VERSION})"
+            )));
+        }
+        let aead = r.u8("value_aead")?;
+        if aead != VALUE_AES_256_GCM {
+            return Err(E2eError::UnsupportedHeader(format!(
+                "value algorithm {aead}"
+            )));
+        }
+        let source = r.u8("key_source")?;
+        let flags = r.u8("flags")?;
+        if flags != 0 {
+            return Err(E2eError::UnsupportedHeader(format!("flags {flags:#04x}")));
+        }
+        let nonce = r.array("value_nonce")?;
+        let source = match source {
+            SOURCE_KEYRING => {
+                let key_id = r.short_string("key_id")?;
+                let version = r.u32("key_version")?;
+                if version == 0 {
+                    return Err(E2eError::malformed("key_version 0 (versions start at 1)"));
+                }
+                Source::Keyring(KeyringSlot {
+                    key_id,
+                    version,
+                    wrap_nonce: r.array("wrap_nonce")?,
+                    sealed: r.array("wrapped_key")?,
+                })
+            }
+            SOURCE_RECIPIENTS => {
+                let suite = (r.u16("kem_id")?, r.u16("kdf_id")?, r.u16("aead_id")?);
+                if suite != (KEM_X25519_HKDF_SHA256, KDF_HKDF_SHA256, AEAD_AES_256_GCM) {
+                    return Err(E2eError::UnsupportedHeader(format!(
+                        "HPKE suite kem {:#06x}, kdf {:#06x}, aead {:#06x}",
+                        suite.0, suite.1, suite.2
+                    )));
+                }
+                let count = usize::from(r.u16("recipient_count")?);
+                if count == 0 || count > MAX_RECIPIENTS {
+                    return Err(E2eError::malformed(format!(
+                        "recipient_count {count} (1 to {MAX_RECIPIENTS})"
+                    )));
+                }
+                let mut slots = Vec::with_capacity(count.min(r.remaining() / 90 + 1));
+                for _ in 0..count {
+                    slots.push(RecipientSlot {
+                        recipient: r.short_string("recipient")?,
+                        fingerprint: r.array("key_fingerprint")?,
+                        enc: r.array("encapsulated_key")?,
+                        sealed: r.array("sealed_key")?,
+                    });
+                }
+                Source::Recipients(slots)
+            }
+            other => {
+                return Err(E2eError::UnsupportedHeader(format!("key source {other}")));
+            }
+        };
+        if r.remaining() != 0 {
+            return Err(E2eError::malformed(format!(
+                "{} trailing bytes at offset {}",
+                r.remaining(),
+                r.at
+            )));
+        }
+        Ok(Self { nonce, source })
+    }
+}
+
+fn push_short(out: &mut Vec<u8>, s: &str) {
+    // Lengths were checked to fit one byte.
+    out.push(u8::try_from(s.len()).unwrap_or(u8::MAX));
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A cursor over header bytes that never reads past the end.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn remaining(&self) -> usize {
+        self.bytes.len().saturating_sub(self.at)
+    }
+
+    fn take(&mut self, field: &str, n: usize) -> Result<&'a [u8], E2eError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|end| *end <= self.bytes.len());
+        match end.and_then(|end| self.bytes.get(self.at..end)) {
+            Some(s) => {
+                self.at += n;
+                Ok(s)
+            }
+            None => Err(E2eError::malformed(format!(
+                "{field} at offset {} needs {n} bytes, {} left",
+                self.at,
+                self.remaining()
+            ))),
+        }
+    }
+
+    fn array<const N: usize>(&mut self, field: &str) -> Result<[u8; N], E2eError> {
+        let s = self.take(field, N)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(s);
+        Ok(out)
+    }
+
+    fn u8(&mut self, field: &str) -> Result<u8, E2eError> {
+        Ok(u8::from_be_bytes(self.array(field)?))
+    }
+
+    fn u16(&mut self, field: &str) -> Result<u16, E2eError> {
+        Ok(u16::from_be_bytes(self.array(field)?))
+    }
+
+    fn u32(&mut self, field: &str) -> Result<u32, E2eError> {
+        Ok(u32::from_be_bytes(self.array(field)?))
+    }
+
+    fn short_string(&mut self, field: &str) -> Result<String, E2eError> {
+        let at = self.at;
+        let len = usize::from(self.u8(field)?);
+        if len == 0 {
+            return Err(E2eError::malformed(format!("empty {field} at offset {at}")));
+        }
+        let s = self.take(field, len)?;
+        std::str::from_utf8(s)
+            .map(str::to_owned)
+            .map_err(|_| E2eError::malformed(format!("{field} at offset {at} is not UTF-8")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyring_envelope() -> Envelope {
+        Envelope {
+            nonce: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7],
+            source: Source::Keyring(KeyringSlot {
+                key_id: "orders".into(),
+                version: 3,
+                wrap_nonce: [0xaa; NONCE_LEN],
+                sealed: [0xbb; SEALED_KEY_LEN],
+            }),
+        }
+    }
+
+    fn recipients_envelope() -> Envelope {
+        Envelope {
+            nonce: [1; NONCE_LEN],
+            source: Source::Recipients(vec![RecipientSlot {
+                recipient: "bob".into(),
+                fingerprint: [0xf0; FINGERPRINT_LEN],
+                enc: [0xee; ENC_LEN],
+                sealed: [0xdd; SEALED_KEY_LEN],
+            }]),
+        }
+    }
+
+    #[test]
+    fn keyring_header_golden_bytes() {
+        let bytes = keyring_envelope().encode().expect("encodes");
+        let expected = [
+            "01",                       // version
+            "01",                       // value_aead AES-256-GCM
+            "01",                       // key_source keyring
+            "00",                       // flags
+            "000000000000000000000007", // value_nonce
+            "06",                       // key_id_length
+            "6f7264657273",             // "orders"
+            "00000003",                 // key_version
+            &"aa".repeat(12),           // wrap_nonce
+            &"bb".repeat(48),           // wrapped_key
+        ]
+        .concat();
+        assert_eq!(hex::encode(&bytes), expected);
+        assert_eq!(bytes.len(), 16 + 1 + 6 + 4 + 12 + 48);
+        assert_eq!(Envelope::decode(&bytes), Ok(keyring_envelope()));
+    }
+
+    #[test]
+    fn recipients_header_golden_bytes() {
+        let bytes = recipients_envelope().encode().expect("encodes");
+        let expected = [
+            "01",
+            "01",
+            "02", // key_source recipients
+            "00",
+            &"01".repeat(12),
+            "0020", // kem_id DHKEM(X25519, HKDF-SHA256)
+            "0001", // kdf_id HKDF-SHA256
+            "0002", // aead_id AES-256-GCM
+            "0001", // recipient_count
+            "03",
+            "626f62", // "bob"
+            &"f0".repeat(8),
+            &"ee".repeat(32),
+            &"dd".repeat(48),
+        ]
+        .concat();
+        assert_eq!(hex::encode(&bytes), expected);
+        assert_eq!(Envelope::decode(&bytes), Ok(recipients_envelope()));
+    }
+
+    #[test]
+    fn every_truncation_and_trailing_byte_is_refused() {
+        for envelope in [keyring_envelope(), recipients_envelope()] {
+            let bytes = envelope.encode().expect("encodes");
+            for cut in 0..bytes.len() {
+                assert!(
+                    matches!(
+                        Envelope::decode(&bytes[..cut]),
+                        Err(E2eError::MalformedHeader(_))
+                    ),
+                    "cut at {cut}"
+                );
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(matches!(
+                Envelope::decode(&longer),
+                Err(E2eError::MalformedHeader(m)) if m.contains("trailing")
+            ));
+        }
+    }
+
+    #[test]
+    fn unknown_versions_algorithms_and_flags_are_unsupported() {
+        let bytes = keyring_envelope().encode().expect("encodes");
+        for (at, value) in [(0, 2u8), (1, 9), (2, 3), (3, 1)] {
+            let mut b = bytes.clone();
+            b[at] = value;
+            assert!(
+                matches!(Envelope::decode(&b), Err(E2eError::UnsupportedHeader(_))),
+                "byte {at} = {value}"
+            );
+        }
+        let mut b = recipients_envelope().encode().expect("encodes");
+        b[17] = 0x21; // kem_id 0x0021
+        assert!(matches!(
+            Envelope::decode(&b),
+            Err(E2eError::UnsupportedHeader(_))
+        ));
+    }
+
+    #[test]
+    fn names_are_checked_on_both_sides() {
+        let mut e = keyring_envelope();
+        if let Source::Keyring(k) = &mut e.source {
+            k.key_id = "x".repeat(256);
+        }
+        assert!(matches!(e.encode(), Err(E2eError::Invalid(_))));
+        let mut b = keyring_envelope().encode().expect("encodes");
+        b[16] = 0; // empty key id
+        assert!(matches!(
+            Envelope::decode(&b),
+            Err(E2eError::MalformedHeader(_))
+        ));
+        let mut b = keyring_envelope().encode().expect("encodes");
+        b[17] = 0xff; // not UTF-8
+        assert!(matches!(
+            Envelope::decode(&b),
+            Err(E2eError::MalformedHeader(m)) if m.contains("UTF-8")
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = Envelope::decode(&bytes);
+        }
+
+        #[test]
+        fn keyring_headers_round_trip(
+            id in "[a-z0-9./-]{1,40}",
+            version in 1u32..,
+            nonce in proptest::prelude::any::<[u8; 12]>(),
+        ) {
+            let e = Envelope {
+                nonce,
+                source: Source::Keyring(KeyringSlot {
+                    key_id: id,
+                    version,
+                    wrap_nonce: nonce,
+                    sealed: [3; SEALED_KEY_LEN],
+                }),
+            };
+            let bytes = e.encode().expect("encodes");
+            proptest::prop_assert_eq!(Envelope::decode(&bytes), Ok(e));
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! End-to-end encryption of record values: producers seal values before
+//! they leave the process, and only readers holding the right key open
+//! them. The broker stores and forwards ciphertext it cannot read.
+//!
+//! # Model
+//!
+//! Every sealed record carries a `strongbox-e2e` header (a compact binary
+//! format, see `header.rs` and `docs/SECURITY.md`) and a value that is the
+//! AES-256-GCM ciphertext of the plaintext under a random *data key*. The
+//! AAD binds the topic, the record key and the exact header bytes, so a
+//! record moved to another topic or key, or with an edited header, fails
+//! authentication. The data key is wrapped for the readers by one of two
+//! key sources:
+//!
+//! - a [`Keyring`]: versioned AES-256 topic keys in a local file shared by
+//!   producers and readers; the header names the key id and version, so a
+//!   reader holding the old versions reads across every rotation;
+//! - recipients: HPKE (RFC 9180, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256,
+//!   AES-256-GCM) to each reader's X25519 public key, so a producer writes
+//!   for readers whose secret keys it never holds. The readers come from
+//!   the topic's recipient directory on the broker, as entries signed by
+//!   the topic owner's Ed25519 key ([`RecipientGrant`],
+//!   [`SignedRecipientEntry`]); producers accept only entries that verify
+//!   under the owner key they pinned ([`RecipientSet::fetch`]), so the
+//!   broker cannot add a reader.
+//!
+//! [`E2eSealer`] and [`E2eOpener`] plug into producers and consumers as
+//! their [`ValueTransformer`](crate::ValueTransformer). A record the opener
+//! cannot read is handled by its [`UnreadablePolicy`]: an error naming the
+//! key (`record demo.x/0@17: e2e key orders-key v3 is not in the keyring`),
+//! a counted skip, or the ciphertext marked with a `strongbox-e2e-error`
+//! header; never a hang, never a silent drop.
+//!
+//! # Example
+//!
+//! ```
+//! use strongbox_client::e2e::{E2eOpener, E2eSealer, Keyring, UnreadablePolicy};
+//!
+//! let mut writer_keys = Keyring::generate("orders-key")?;
+//! let reader_keys = writer_keys.export("orders-key", None)?;
+//! let sealer = E2eSealer::keyring(writer_keys, None)?;
+//! let opener = E2eOpener::new(UnreadablePolicy::Fail).with_keyring(reader_keys);
+//!
+//! let (header, sealed) = sealer.seal_value("demo.orders", Some(b"customer-7"), b"{\"total\":12}")?;
+//! let plain = opener.open_value("demo.orders", Some(b"customer-7"), &header, &sealed)?;
+//! assert_eq!(plain, b"{\"total\":12}");
+//! // Moved to another topic, it no longer opens.
+//! assert!(opener.open_value("demo.other", Some(b"customer-7"), &header, &sealed).is_err());
+//! # Ok::<(), strongbox_client::e2e::E2eError>(())
+//! ```
+
+mod cipher;
+mod entry;
+mod error;
+mod header;
+mod identity;
+mod keyring;
+mod opener;
+mod owner;
+mod recipients;
+mod sealer;
+mod secret_file;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use entry::{RecipientGrant, SignedRecipientEntry, verify_entry};
+pub use error::{E2eError, EntryProblem};
+pub use identity::{Identity, RecipientKey};
+pub use keyring::{KeyInfo, Keyring};
+pub use opener::{E2eOpener, UnreadablePolicy};
+pub use owner::{OwnerKey, OwnerPublicKey};
+pub use recipients::{Recipient, RecipientSet, VerifiedRecipients};
+pub use sealer::{DataKeyLimits, E2eSealer};
+
+/// The record header that carries the envelope.
+pub const HEADER: &str = "strongbox-e2e";
+/// The header an [`E2eOpener`] adds, under
+/// [`UnreadablePolicy::DeliverCiphertext`], to a record it could not open;
+/// its value says why.
+pub const ERROR_HEADER: &str = "strongbox-e2e-error";
+/// Header names starting with this are reserved: a sealer refuses records
+/// that already carry one.
+pub const RESERVED_PREFIX: &str = "strongbox-e2e";
+
+/// Domain label of the value's AAD.
+const VALUE_LABEL: &[u8] = b"strongbox-e2e/1 value";
+
+/// The key a sealed record names, read from its `strongbox-e2e` header.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SealedWith {
+    /// A keyring key.
+    Keyring {
+        /// The key id.
+        id: String,
+        /// The key version.
+        version: u32,
+    },
+    /// HPKE to these recipients: (recipient id, key fingerprint in hex).
+    Recipients(Vec<(String, String)>),
+}
+
+/// Reads which key sealed a record from its `strongbox-e2e` header value.
+///
+/// # Errors
+///
+/// [`E2eError::MalformedHeader`] or [`E2eError::UnsupportedHeader`].
+pub fn sealed_with(header: &[u8]) -> Result<SealedWith, E2eError> {
+    Ok(match header::Envelope::decode(header)?.source {
+        header::Source::Keyring(k) => SealedWith::Keyring {
+            id: k.key_id,
+            version: k.version,
+        },
+        header::Source::Recipients(slots) => SealedWith::Recipients(
+            slots
+                .into_iter()
+                .map(|s| (s.recipient, hex::encode(s.fingerprint)))
+                .collect(),
+        ),
+    })
+}
+
+/// The value's AAD: a label, then the topic, the record key (with a
+/// presence byte, so no key and an empty key differ) and the whole
+/// `strongbox-e2e` header, each length-prefixed.
+pub(crate) fn value_aad(
+    topic: &str,
+    key: Option<&[u8]>,
+    header: &[u8],
+) -> Result<Vec<u8>, E2eError> {
+    let topic_len = u16::try_from(topic.len())
+        .map_err(|_| E2eError::invalid("a topic name is at most 65535 bytes"))?;
+    let len32 = |n: usize| {
+        u32::try_from(n).map_err(|_| E2eError::invalid("a record part is larger than 4 GiB"))
+    };
+    let mut aad = Vec::with_capacity(
+        VALUE_LABEL.len() + 11 + topic.len() + key.map_or(0, <[u8]>::len) + header.len(),
+    );
+    aad.extend_from_slice(VALUE_LABEL);
+    aad.extend_from_slice(&topic_len.to_be_bytes());
+    aad.extend_from_slice(topic.as_bytes());
+    match key {
+        Some(k) => {
+            aad.push(1);
+            aad.extend_from_slice(&len32(k.len())?.to_be_bytes());
+            aad.extend_from_slice(k);
+        }
+        None => aad.push(0),
+    }
+    aad.extend_from_slice(&len32(header.len())?.to_be_bytes());
+    aad.extend_from_slice(header);
+    Ok(aad)
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Milliseconds since the Unix epoch as `2026-01-31T09:00:00Z` (UTC).
+pub(crate) fn utc_text(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian), by
+    // 400-year eras of 146097 days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_text_known_instants() {
+        assert_eq!(utc_text(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_text(1_769_850_000_000), "2026-01-31T09:00:00Z");
+        assert_eq!(utc_text(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_text(-1000), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn aad_separates_no_key_from_an_empty_key() {
+        let none = value_aad("t", None, b"h").expect("aad");
+        let empty = value_aad("t", Some(b""), b"h").expect("aad");
+        assert_ne!(none, empty);
+        assert_ne!(
+            value_aad("ab", Some(b"c"), b"h").expect("aad"),
+            value_aad("a", Some(b"bc"), b"h").expect("aad")
+        );
+    }
+}
