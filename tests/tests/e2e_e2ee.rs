@@ -601,8 +601,9 @@ async fn recipients_follow_approval_removal_expiry_and_the_owner_signature() -> 
         "not authorized",
     )?;
     let admin_client = connect(&admin).await?;
+    let admin_api = admin_client.admin();
     let put = |recipient: &str, bytes: Vec<u8>| {
-        admin_client.admin().recipients_put(
+        admin_api.recipients_put(
             "demo.health",
             RecipientEntry {
                 recipient: recipient.to_owned(),

@@ -72,7 +72,12 @@ async fn rotation_under_load(provider: Provider) -> Result<()> {
         tokio::spawn(async move {
             let producer = client.producer(e2e_keys_support::small_batches()).await?;
             let mut sent = 0;
-            while sent < MAX_RECORDS && sent < rotated_at.load(Ordering::Acquire).saturating_add(AFTER_LAST) {
+            while sent < MAX_RECORDS
+                && sent
+                    < rotated_at
+                        .load(Ordering::Acquire)
+                        .saturating_add(AFTER_LAST)
+            {
                 let mut round = Vec::with_capacity(ROUND);
                 for i in sent..sent + ROUND {
                     let p = u32::try_from(i)? % PARTITIONS;
@@ -116,16 +121,26 @@ async fn rotation_under_load(provider: Provider) -> Result<()> {
             rotated_at.store(acked.load(Ordering::Acquire), Ordering::Release);
         }
     }
-    let total = producing.await?.context("the producer saw a failed acknowledgement")?;
+    let total = producing
+        .await?
+        .context("the producer saw a failed acknowledgement")?;
     ensure!(total >= 300 + AFTER_LAST, "only {total} records");
 
     // v3 is active and wraps the newest segment of every partition; the
     // older versions still wrap the older ones.
     let s = status(&admin, None)?;
     let v = versions(&s, "broker");
-    ensure!(v.get(&1).is_some_and(|(st, n)| st == "decrypt-only" && *n > 0), "{s}");
+    ensure!(
+        v.get(&1)
+            .is_some_and(|(st, n)| st == "decrypt-only" && *n > 0),
+        "{s}"
+    );
     ensure!(v.get(&2).is_some_and(|(st, _)| st == "decrypt-only"), "{s}");
-    ensure!(v.get(&3).is_some_and(|(st, n)| st == "active" && *n >= u64::from(PARTITIONS)), "{s}");
+    ensure!(
+        v.get(&3)
+            .is_some_and(|(st, n)| st == "active" && *n >= u64::from(PARTITIONS)),
+        "{s}"
+    );
     ensure!(
         s["versions"]
             .as_array()
@@ -142,8 +157,14 @@ async fn rotation_under_load(provider: Provider) -> Result<()> {
                 *v
             })
             .collect();
-        ensure!(mine.first() == Some(&1), "partition {p} starts under v1: {mine:?}");
-        ensure!(mine.last() == Some(&3), "partition {p} now writes under v3: {mine:?}");
+        ensure!(
+            mine.first() == Some(&1),
+            "partition {p} starts under v1: {mine:?}"
+        );
+        ensure!(
+            mine.last() == Some(&3),
+            "partition {p} now writes under v3: {mine:?}"
+        );
         ensure!(
             mine.windows(2).all(|w| w[0] <= w[1]),
             "versions only go up along partition {p}: {mine:?}"
@@ -152,7 +173,13 @@ async fn rotation_under_load(provider: Provider) -> Result<()> {
 
     // Everything reads back, in order, across the three versions.
     for p in 0..PARTITIONS {
-        assert_partition(&client, TOPIC, p, &expected("rot", 0..total, PARTITIONS, p, LEN)).await?;
+        assert_partition(
+            &client,
+            TOPIC,
+            p,
+            &expected("rot", 0..total, PARTITIONS, p, LEN),
+        )
+        .await?;
     }
 
     // A dedicated key rotates on its own scope.
@@ -161,12 +188,25 @@ async fn rotation_under_load(provider: Provider) -> Result<()> {
         .create_topic("keys.dedicated", topic_config(1, 4096, true))
         .await?;
     publish(&client, "keys.dedicated", 1, "ded", 0..5, 100).await?;
-    let out = cli_ok(&admin, &["keys", "rotate", "--topic", "keys.dedicated", "--json"])?;
+    let out = cli_ok(
+        &admin,
+        &["keys", "rotate", "--topic", "keys.dedicated", "--json"],
+    )?;
     let changed: serde_json::Value = serde_json::from_str(out.trim())?;
     ensure!(changed["version"]["version"] == 2, "{changed}");
-    ensure!(changed["version"]["scope"] == "topic:keys.dedicated", "{changed}");
-    let d = versions(&status(&admin, Some("keys.dedicated"))?, "topic:keys.dedicated");
-    ensure!(d.get(&1).is_some_and(|(st, n)| st == "decrypt-only" && *n == 1), "{d:?}");
+    ensure!(
+        changed["version"]["scope"] == "topic:keys.dedicated",
+        "{changed}"
+    );
+    let d = versions(
+        &status(&admin, Some("keys.dedicated"))?,
+        "topic:keys.dedicated",
+    );
+    ensure!(
+        d.get(&1)
+            .is_some_and(|(st, n)| st == "decrypt-only" && *n == 1),
+        "{d:?}"
+    );
     ensure!(d.get(&2).is_some_and(|(st, _)| st == "active"), "{d:?}");
     let b = versions(&status(&admin, None)?, "broker");
     ensure!(b.len() == 3, "the broker key did not rotate: {b:?}");
@@ -175,20 +215,38 @@ async fn rotation_under_load(provider: Provider) -> Result<()> {
     let m = broker.metrics_text()?;
     let kind = setup.provider_name();
     ensure!(
-        metric(&m, "strongbox_key_operations_total", &format!("operation=\"generate\",provider=\"{kind}\"")) >= 4.0,
+        metric(
+            &m,
+            "strongbox_key_operations_total",
+            &format!("operation=\"generate\",provider=\"{kind}\"")
+        ) >= 4.0,
         "generate operations:\n{m}"
     );
     ensure!(
-        metric(&m, "strongbox_key_operations_total", "operation=\"wrap\"") >= 2.0 * f64::from(PARTITIONS),
+        metric(&m, "strongbox_key_operations_total", "operation=\"wrap\"")
+            >= 2.0 * f64::from(PARTITIONS),
         "wrap operations:\n{m}"
     );
-    ensure!(metric(&m, "strongbox_key_operation_seconds_count", "operation=\"wrap\"") >= 1.0, "{m}");
+    ensure!(
+        metric(
+            &m,
+            "strongbox_key_operation_seconds_count",
+            "operation=\"wrap\""
+        ) >= 1.0,
+        "{m}"
+    );
     ensure!(
         metric(&m, "strongbox_aead_bytes_total", "operation=\"seal\"") >= (total * LEN) as f64,
         "sealed bytes:\n{m}"
     );
-    ensure!(metric(&m, "strongbox_aead_bytes_total", "operation=\"open\"") >= (total * LEN) as f64, "{m}");
-    ensure!(metric(&m, "strongbox_fsync_latency_seconds_count", "") >= 1.0, "{m}");
+    ensure!(
+        metric(&m, "strongbox_aead_bytes_total", "operation=\"open\"") >= (total * LEN) as f64,
+        "{m}"
+    );
+    ensure!(
+        metric(&m, "strongbox_fsync_latency_seconds_count", "") >= 1.0,
+        "{m}"
+    );
     ensure!(metric(&m, "strongbox_key_provider_up", "") == 1.0, "{m}");
     ensure!(metric(&m, "strongbox_hsm_errors_total", "") == 0.0, "{m}");
     client.close().await;

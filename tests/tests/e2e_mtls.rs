@@ -265,12 +265,34 @@ async fn revoked_certificates_are_refused_after_a_crl_reload() -> Result<()> {
         "spiffe://strongbox.dev/dave"
     );
 
+    // Carol keeps a connection open across her revocation.
+    let carol_conn = raw::connect(
+        broker.addr,
+        raw::client_config(&ca_pem, Some(identity(&carol)?), &[ALPN])?,
+    )
+    .await?;
+    let (control, _) = raw::handshake(&carol_conn).await?;
+    let _keep = raw::keep_alive(control);
+
     // Revoke carol by replacing the CRL file: the broker's poll (every 5 s
     // in the dev config) picks it up without a restart.
     install_crl(&dir, &ca.crl(&[&carol], 2)?)?;
     broker
         .wait_for_log("client certificate revocation lists reloaded", 1)
         .await?;
+    // Her open connection is closed with `authentication_failed` (17).
+    let closed =
+        tokio::time::timeout(std::time::Duration::from_secs(30), carol_conn.closed()).await?;
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(
+                c.error_code.into_inner(),
+                17,
+                "closed as authentication_failed: {c:?}"
+            );
+        }
+        other => panic!("carol's connection should be closed by the broker, got {other:?}"),
+    }
     let alert = refused_alert(
         &broker,
         raw::client_config(&ca_pem, Some(identity(&carol)?), &[ALPN])?,

@@ -63,7 +63,7 @@ const MARKER: &str = "sbx-shred-V8QK2M5X";
 const DEDICATED: &str = "shred.dedicated";
 const CONTROL: &str = "shred.control";
 const RETAINED: &str = "shred.retained";
-/// Segment size for the topics of these tests: a few records each.
+/// Segment size of the retention test's topic: a few records each.
 const SEGMENT_BYTES: u64 = 1024;
 const RETENTION: Duration = Duration::from_secs(4);
 
@@ -83,20 +83,13 @@ struct Dev {
 
 impl Dev {
     /// Creates the development directory (without starting a broker) and
-    /// switches it to `keys`, with small segments by default.
+    /// switches it to `keys`.
     fn new(root: &Path, keys: Keys) -> Result<Self> {
         let dir = root.join("dev");
         strongbox_broker::dev::ensure_dev_dir(&dir, "127.0.0.1:0".parse()?)?;
         if let Keys::Pkcs11(token) = &keys {
             token.configure_dev_broker(&dir)?;
         }
-        let config = dir.join("broker.toml");
-        let text = std::fs::read_to_string(&config)?;
-        ensure!(!text.contains("[topics]"), "unexpected [topics] in {text}");
-        std::fs::write(
-            &config,
-            format!("{text}\n[topics]\nsegment_bytes = {SEGMENT_BYTES}\n"),
-        )?;
         Ok(Self { dir, keys })
     }
 
@@ -114,6 +107,30 @@ impl Dev {
             vec![("SOFTHSM2_CONF", conf.as_str())]
         };
         BrokerProcess::start_dev_with(&self.dir, &env)
+    }
+
+    /// The broker really used this provider: KEK files in the key directory
+    /// for `file`, none there and the broker KEK in the token for `pkcs11`.
+    fn check_provider_in_use(&self) -> Result<()> {
+        let files = files_under(&self.dir.join("keys"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "kek"))
+            .count();
+        match &self.keys {
+            Keys::File => ensure!(files > 0, "no KEK file written"),
+            Keys::Pkcs11(_) => {
+                ensure!(files == 0, "the pkcs11 broker wrote {files} KEK file(s)");
+                let v1 = KekId {
+                    scope: KekScope::Broker,
+                    version: 1,
+                };
+                ensure!(
+                    self.provider()?.has_kek(&v1)?,
+                    "broker KEK not in the token"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The provider as it is now: the same token, or the same key directory.
@@ -158,7 +175,11 @@ async fn publish(broker: &BrokerProcess, topic: &str, partitions: u32, n: usize)
 
 fn stop(broker: &mut BrokerProcess) -> Result<()> {
     let code = broker.terminate()?;
-    ensure!(code == Some(0), "graceful stop ({code:?}):\n{}", broker.log_text());
+    ensure!(
+        code == Some(0),
+        "graceful stop ({code:?}):\n{}",
+        broker.log_text()
+    );
     Ok(())
 }
 
@@ -293,9 +314,16 @@ async fn topic_deletion(keys: Keys) -> Result<()> {
         .admin()
         .create_topic(CONTROL, topic(1))
         .await?;
-    publish(&broker, DEDICATED, 2, 8).await?;
+    publish(&broker, DEDICATED, 2, 4).await?;
     publish(&broker, CONTROL, 1, 4).await?;
     stop(&mut broker)?;
+    // A restart seals the segments; the next records go to new ones, so
+    // each partition has several segments, each with its own data key.
+    let mut broker = dev.start()?;
+    publish(&broker, DEDICATED, 2, 4).await?;
+    stop(&mut broker)?;
+
+    dev.check_provider_in_use()?;
 
     // The attacker's copies of everything on the broker's disk.
     let copy = tmp.path().join("copy");
@@ -343,13 +371,24 @@ async fn topic_deletion(keys: Keys) -> Result<()> {
 
     // The copy, after: through the broker's code path with the copied
     // registry (which still calls the KEK active), every segment fails.
-    let after = attempt(&copy.join("data"), &copy.join("data"), &entry, provider.clone())?;
+    let after = attempt(
+        &copy.join("data"),
+        &copy.join("data"),
+        &entry,
+        provider.clone(),
+    )?;
     ensure!(after.segments == before.segments, "{after:?}");
     ensure!(after.plaintext.is_empty(), "decrypted after the deletion");
     ensure!(after.errors.len() == after.segments, "{after:?}");
     for e in &after.errors {
         ensure!(
-            matches!(e, LogError::Key { source: KeyError::KekNotFound(_), .. }),
+            matches!(
+                e,
+                LogError::Key {
+                    source: KeyError::KekNotFound(_),
+                    ..
+                }
+            ),
             "expected the provider to say the KEK is gone: {e}"
         );
     }
@@ -359,7 +398,11 @@ async fn topic_deletion(keys: Keys) -> Result<()> {
     ensure!(live.errors.iter().all(is_key_gone), "{:?}", live.errors);
     // Every copied envelope, straight to the provider.
     let copied = envelopes(&topic_dir(&copy.join("data"), &entry.topic_id))?;
-    ensure!(copied.len() == before.segments, "{} envelopes", copied.len());
+    ensure!(
+        copied.len() == before.segments,
+        "{} envelopes",
+        copied.len()
+    );
     for (path, env) in &copied {
         match provider.unwrap(&env.wrapped.kek, &env.wrapped.wrapped) {
             Err(KeyError::KekNotFound(_)) => {}
@@ -379,8 +422,7 @@ async fn topic_deletion(keys: Keys) -> Result<()> {
     // The file provider's limit: its KEK is a file, and a copy of the key
     // directory from before the deletion still decrypts the copy.
     if matches!(dev.keys, Keys::File) {
-        let copied_keys: Arc<dyn KeyProvider> =
-            Arc::new(FileKeyProvider::open(copy.join("keys"))?);
+        let copied_keys: Arc<dyn KeyProvider> = Arc::new(FileKeyProvider::open(copy.join("keys"))?);
         let limit = attempt(&copy.join("data"), &copy.join("data"), &entry, copied_keys)?;
         ensure!(
             limit.errors.is_empty() && limit.shows_marker(),
@@ -392,10 +434,13 @@ async fn topic_deletion(keys: Keys) -> Result<()> {
 
 #[test]
 fn deleting_a_dedicated_kek_topic_shreds_a_copy_pkcs11() {
-    in_own_process("deleting_a_dedicated_kek_topic_shreds_a_copy_pkcs11", || {
-        let token = Token::new("shred").expect("token");
-        block_on(topic_deletion(Keys::Pkcs11(token))).expect("shredding");
-    });
+    in_own_process(
+        "deleting_a_dedicated_kek_topic_shreds_a_copy_pkcs11",
+        || {
+            let token = Token::new("shred").expect("token");
+            block_on(topic_deletion(Keys::Pkcs11(token))).expect("shredding");
+        },
+    );
 }
 
 #[test]
@@ -466,6 +511,8 @@ async fn retention(keys: Keys) -> Result<()> {
     publish(&broker, RETAINED, 1, 12).await?;
     stop(&mut broker)?;
 
+    dev.check_provider_in_use()?;
+
     // The copy an attacker (or a backup) took before retention ran.
     let before = tmp.path().join("before");
     copy_dir(&dev.dir, &before)?;
@@ -477,9 +524,7 @@ async fn retention(keys: Keys) -> Result<()> {
     // maintenance runs at start (and every 30 s after).
     tokio::time::sleep(RETENTION + Duration::from_secs(1)).await;
     let mut broker = dev.start()?;
-    broker
-        .wait_for_log("retention deleted segments", 1)
-        .await?;
+    broker.wait_for_log("retention deleted segments", 1).await?;
     stop(&mut broker)?;
 
     let live = old_segments(&partition_dir)?;

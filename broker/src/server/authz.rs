@@ -40,7 +40,11 @@ impl Authorizer {
         if let Some(denial) = internal_topic_denial(self.cache.principal(), op, topic) {
             return Err(self.deny(op, topic, "internal_topic", denial));
         }
-        let decision = self.cache.check(op, topic, now_ms());
+        let now = now_ms();
+        let decision = self.cache.check(op, topic, now);
+        if !decision.allowed && self.implied(op, topic, now) {
+            return Ok(());
+        }
         match decision.denial(self.cache.principal(), op, topic) {
             None => Ok(()),
             Some(denial) => {
@@ -56,8 +60,14 @@ impl Authorizer {
     /// True when `op` on `topic` would be allowed; nothing is counted,
     /// logged or audited (for filtering listings).
     pub fn allows(&mut self, op: Operations, topic: &str) -> bool {
+        let now = now_ms();
         internal_topic_denial(self.cache.principal(), op, topic).is_none()
-            && self.cache.check(op, topic, now_ms()).allowed
+            && (self.cache.check(op, topic, now).allowed || self.implied(op, topic, now))
+    }
+
+    /// See [`describe_implied`].
+    fn implied(&mut self, op: Operations, topic: &str, now: i64) -> bool {
+        op == Operations::DESCRIBE && describe_implied(|o| self.cache.check(o, topic, now))
     }
 
     /// Counts, logs and audits a denial; returns the client's error.
@@ -92,6 +102,16 @@ impl Authorizer {
     }
 }
 
+/// `describe` is implied by `publish` or `subscribe` on the same topic (a
+/// producer needs the partition count, a consumer the partitions), unless a
+/// rule denies `describe` itself.
+fn describe_implied(mut check: impl FnMut(Operations) -> crate::acl::Decision) -> bool {
+    if check(Operations::DESCRIBE).reason == DecisionReason::DeniedByRule {
+        return false;
+    }
+    check(Operations::PUBLISH).allowed || check(Operations::SUBSCRIBE).allowed
+}
+
 /// Operations no client may perform on the broker's own (`_`) topics,
 /// whatever the ACL says: only the broker writes, creates, alters or
 /// deletes them.
@@ -119,6 +139,41 @@ fn resource_of(topic: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::acl::Acl;
+    use strongbox_protocol::frames::admin_types::{AclEffect, AclRule};
+
+    fn rule(principal: &str, topic: &str, ops: Operations, effect: AclEffect) -> AclRule {
+        AclRule {
+            principal: principal.into(),
+            topic: topic.into(),
+            operations: ops,
+            effect,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn publish_or_subscribe_implies_describe_unless_denied() {
+        let acl = Acl::new(
+            Vec::<String>::new(),
+            vec![
+                rule("writer", "t.*", Operations::PUBLISH, AclEffect::Allow),
+                rule("reader", "t.*", Operations::SUBSCRIBE, AclEffect::Allow),
+                rule("hidden", "t.*", Operations::SUBSCRIBE, AclEffect::Allow),
+                rule("hidden", "t.*", Operations::DESCRIBE, AclEffect::Deny),
+            ],
+        )
+        .expect("rules compile");
+        let implied = |p: &str, topic: &str| describe_implied(|op| acl.check(p, op, topic, 0));
+        assert!(implied("writer", "t.x"));
+        assert!(implied("reader", "t.x"));
+        assert!(
+            !implied("hidden", "t.x"),
+            "an explicit deny of describe wins"
+        );
+        assert!(!implied("writer", "u.x"), "nothing on other topics");
+        assert!(!implied("stranger", "t.x"));
+    }
 
     #[test]
     fn internal_topics_are_read_only_for_everyone() {

@@ -147,6 +147,11 @@ async fn serve_inner(
         shutdown: shutdown.clone(),
     };
     let mut streams: JoinSet<()> = JoinSet::new();
+    // A certificate revoked after the connection opened: re-check it each
+    // time the CRLs change.
+    let mut revocation_check = tokio::time::interval(REVOCATION_CHECK);
+    revocation_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut crl_generation = state.client_verifier.get().map(|v| v.generation());
     let mut ended: Option<(ErrorCode, String)> = None;
     loop {
         let deadline = control.poll_timeout().map(tokio::time::Instant::from_std);
@@ -167,6 +172,18 @@ async fn serve_inner(
                 if let Err(v) = result {
                     let _ = writer.send(&v.to_frame()).await;
                     ended = Some((v.code, v.message));
+                    break;
+                }
+            }
+            _ = revocation_check.tick() => {
+                if let Some(reason) = revoked_since(&state, &connection, &mut crl_generation) {
+                    state.audit.record(
+                        crate::audit::AuditEvent::failure(crate::audit::AuditAction::AuthFailure, "connection")
+                            .principal(ctx.principal.clone())
+                            .detail("stage", "revocation")
+                            .detail("reason", reason.clone()),
+                    );
+                    ended = Some((ErrorCode::AuthenticationFailed, format!("client certificate no longer accepted: {reason}")));
                     break;
                 }
             }
@@ -199,6 +216,14 @@ async fn serve_inner(
         }
     }
 
+    if let Some((code, reason)) = ended {
+        // A violation, a timeout or a revoked certificate: nothing more is
+        // served on this connection.
+        tracing::info!(code = %code, reason = %reason, "connection ended");
+        connection.close(close_code(code), reason.as_bytes());
+        streams.abort_all();
+        return;
+    }
     // Let the stream tasks finish what they accepted (they watch the same
     // shutdown signal), bounded by the grace period.
     let grace = state.config.listener.shutdown_grace.0;
@@ -209,24 +234,42 @@ async fn serve_inner(
     if drained.is_err() {
         streams.abort_all();
     }
-    match ended {
-        Some((code, reason)) => {
-            tracing::info!(code = %code, reason = %reason, "connection ended");
-            connection.close(close_code(code), reason.as_bytes());
-        }
-        None => {
-            if *shutdown.borrow() {
-                control.close(Some(ErrorCode::ShuttingDown), "the broker is shutting down");
-            } else {
-                control.close(None, "goodbye");
-            }
-            while let Some(frame) = control.poll_transmit() {
-                let _ = writer.send(&frame).await;
-            }
-            let _ = writer.finish();
-            connection.close(VarInt::from_u32(0), b"goodbye");
-        }
+    if *shutdown.borrow() {
+        control.close(Some(ErrorCode::ShuttingDown), "the broker is shutting down");
+    } else {
+        control.close(None, "goodbye");
     }
+    while let Some(frame) = control.poll_transmit() {
+        let _ = writer.send(&frame).await;
+    }
+    let _ = writer.finish();
+    connection.close(VarInt::from_u32(0), b"goodbye");
+}
+
+/// How often a connection looks for a CRL change.
+const REVOCATION_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// When the CRLs changed since the last look, re-verifies the connection's
+/// certificate chain; the reason when it is no longer accepted.
+fn revoked_since(
+    state: &BrokerState,
+    connection: &quinn::Connection,
+    seen: &mut Option<u64>,
+) -> Option<String> {
+    let verifier = state.client_verifier.get()?;
+    let generation = verifier.generation();
+    if *seen == Some(generation) {
+        return None;
+    }
+    *seen = Some(generation);
+    let chain = connection
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    verifier
+        .check_chain(&chain, rustls::pki_types::UnixTime::now())
+        .err()
+        .map(|e| e.to_string())
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
