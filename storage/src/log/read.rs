@@ -55,9 +55,12 @@ impl PartitionLog {
     /// altered data; [`LogError::Key`] when a segment's key cannot be
     /// unwrapped; I/O errors.
     pub fn read(&self, from_offset: u64, max_bytes: usize) -> Result<Vec<(u64, Bytes)>, LogError> {
-        let segs = self.read_segments().clone();
+        // The high watermark first: every offset below it lies in a segment
+        // that already exists, so the snapshot taken next contains it. (The
+        // other order can miss a segment created in between.)
         let hw = self.high_watermark();
         let start = self.log_start_offset();
+        let segs = self.read_segments().clone();
         if from_offset == hw {
             return Ok(Vec::new());
         }
@@ -146,8 +149,9 @@ impl PartitionLog {
     ///
     /// As [`PartitionLog::read`].
     pub fn offset_for_timestamp(&self, ts_ms: i64) -> Result<Option<u64>, LogError> {
-        let segs = self.read_segments().clone();
+        // High watermark before the segment snapshot, as in `read`.
         let hw = self.high_watermark();
+        let segs = self.read_segments().clone();
         for seg in &segs {
             if seg.base >= hw {
                 break;
@@ -200,7 +204,9 @@ impl PartitionLog {
     /// Reads and authenticates every frame of every segment, checks that
     /// segments join, that each batch's CRC holds, and that every seal's
     /// MAC and facts (frame count, end offset, largest timestamp) match
-    /// what is there. What `strongbox-broker verify` runs.
+    /// what is there. `strongbox-broker verify` runs the same checks on a
+    /// stopped broker's files, without opening (and so recovering) the log:
+    /// [`check_dir`](super::check_dir).
     ///
     /// # Errors
     ///
