@@ -147,12 +147,8 @@ fn endpoints(udp_payload: Option<u16>) -> Result<(quinn::Endpoint, quinn::Endpoi
         CLIENT_UDP_BUFFER,
         CLIENT_UDP_BUFFER,
     )?;
-    let mut client = quinn::Endpoint::new(
-        endpoint_config,
-        None,
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )?;
+    let mut client =
+        quinn::Endpoint::new(endpoint_config, None, socket, Arc::new(quinn::TokioRuntime))?;
     client.set_default_client_config(client_config);
     Ok((server, client))
 }

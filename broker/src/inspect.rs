@@ -74,7 +74,7 @@ pub struct InspectArgs {
 pub enum InspectError {
     /// The data directory or the configuration is wrong.
     #[error(transparent)]
-    Setup(#[from] VerifyError),
+    Setup(Box<VerifyError>),
     /// A broker holds the metadata store.
     #[error(
         "a broker is running on {} (it holds {} locked); stop it first",
@@ -119,7 +119,7 @@ pub enum InspectError {
         /// The partition.
         partition: u32,
         /// What went wrong.
-        source: LogError,
+        source: Box<LogError>,
     },
     /// A batch that decrypted does not decode.
     #[error("{0}")]
@@ -215,7 +215,8 @@ pub fn inspect(
         data_dir: Some(args.data_dir.clone()),
         config: args.config.clone(),
         json: false,
-    })?;
+    })
+    .map_err(|e| InspectError::Setup(Box::new(e)))?;
     let meta_path = setup.data_dir.join("meta.redb");
     let meta = MetaStore::open(&meta_path).map_err(|e| match e {
         MetaError::Open {
@@ -273,7 +274,7 @@ pub fn inspect(
         Some(s) => s.map_err(|source| InspectError::Log {
             topic: args.topic.clone(),
             partition: args.partition,
-            source,
+            source: Box::new(source),
         })?,
     };
     Ok(Inspection {
@@ -385,7 +386,11 @@ pub fn record_text(topic: &str, partition: u32, r: &StoredRecord) -> String {
         r.key.as_deref().map_or_else(|| "-".to_owned(), bytes_text)
     );
     for (name, value) in &r.headers {
-        line.push_str(&format!(" header:{}={}", bytes_text(name.as_bytes()), bytes_text(value)));
+        line.push_str(&format!(
+            " header:{}={}",
+            bytes_text(name.as_bytes()),
+            bytes_text(value)
+        ));
     }
     line.push_str(" value=");
     line.push_str(&bytes_text(&r.value));

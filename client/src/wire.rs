@@ -17,6 +17,17 @@ use crate::error::ClientError;
 /// Largest chunk asked of quinn per read.
 const READ_CHUNK: usize = 256 * 1024;
 
+/// How much to ask of quinn for the next read: no more than the decoder's
+/// buffer has room for while that is any, so that a chunk running past the
+/// end of the frame being assembled does not make the decoder move (copy)
+/// that whole frame to grow its buffer; `READ_CHUNK` when the buffer is full.
+fn read_size(decoder: &FrameDecoder) -> usize {
+    match decoder.capacity().saturating_sub(decoder.buffered()) {
+        0 => READ_CHUNK,
+        spare => spare.min(READ_CHUNK),
+    }
+}
+
 /// Reads whole frames from a receive stream.
 #[derive(Debug)]
 pub(crate) struct FrameReader {
@@ -45,7 +56,7 @@ impl FrameReader {
                     )));
                 }
             }
-            match self.recv.read_chunk(READ_CHUNK, true).await {
+            match self.recv.read_chunk(read_size(&self.decoder), true).await {
                 Ok(Some(chunk)) => self.decoder.extend(&chunk.bytes),
                 Ok(None) if self.decoder.buffered() == 0 => return Ok(None),
                 Ok(None) => {

@@ -2,15 +2,14 @@
 //! stores (seen offline with `strongbox-broker inspect` and in the raw
 //! files) is ciphertext only; readers open values with the right key and
 //! get a per-record error naming the key without it, across keyring
-//! rotations; HPKE recipients follow access approvals, removals and
-//! expiry; an entry not signed by the pinned owner key stops a producer;
-//! and a sealed record moved to another topic (or another record key) no
-//! longer authenticates.
+//! rotations; the broker's check of recipient entries reads the client's
+//! format alike; and a sealed record moved to another topic (or another
+//! record key) no longer authenticates. HPKE recipients added by access
+//! approval are tested in `e2e_recipients.rs`.
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
@@ -21,12 +20,11 @@ use strongbox_client::e2e::{
     E2eOpener, E2eSealer, Keyring, OwnerKey, RecipientGrant, RecipientKey, SignedRecipientEntry,
     UnreadablePolicy,
 };
-use strongbox_client::protocol::frames::admin_types::RecipientEntry;
 use strongbox_client::{
-    ConsumerConfig, ErrorCode, ProducerConfig, ProducerRecord, Subscription, ValueTransformer,
+    ConsumerConfig, ProducerConfig, ProducerRecord, Subscription, ValueTransformer,
 };
 use strongbox_tests::client::{READ_TIMEOUT, connect, read_n};
-use strongbox_tests::{BrokerProcess, START_TIMEOUT, Signal, binary, cli, contains, files_under};
+use strongbox_tests::{BrokerProcess, binary, cli, contains, files_under};
 
 const BOB: &str = "spiffe://strongbox.dev/bob";
 
@@ -63,25 +61,12 @@ fn cli_fails(profile: &Path, args: &[&str], needle: &str) -> Result<String> {
     Ok(err)
 }
 
-fn json(profile: &Path, args: &[&str]) -> Result<Value> {
-    let mut full = vec!["--json"];
-    full.extend_from_slice(args);
-    let out = cli_ok(profile, &full)?;
-    serde_json::from_str(out.trim()).with_context(|| format!("not JSON: {out}"))
-}
-
 /// `strongbox-broker inspect` with `args`.
 fn inspect(args: &[&str]) -> Result<Output> {
     Ok(Command::new(binary("strongbox-broker"))
         .arg("inspect")
         .args(args)
         .output()?)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The values `subscribe --json` printed, in order.
@@ -275,401 +260,6 @@ async fn keyring_values_are_ciphertext_at_the_broker_and_replay_crosses_rotation
     Ok(())
 }
 
-/// Signs an entry for `topic`/`recipient`/`key` with the owner key file.
-fn sign(profile: &Path, owner: &Path, topic: &str, recipient: &str, key: &str) -> Result<String> {
-    Ok(cli_ok(
-        profile,
-        &[
-            "e2e",
-            "recipient",
-            "sign",
-            "--owner-key",
-            s(owner),
-            "--topic",
-            topic,
-            "--recipient",
-            recipient,
-            "--public-key",
-            key,
-        ],
-    )?
-    .trim()
-    .to_owned())
-}
-
-fn public_key(profile: &Path, identity: &Path) -> Result<String> {
-    let v = json(profile, &["e2e", "identity", "show", s(identity)])?;
-    v["public_key"]
-        .as_str()
-        .map(str::to_owned)
-        .context("a public key")
-}
-
-/// The recipients the directory lists, with their verification status.
-fn directory(profile: &Path, pinned: &Path) -> Result<Vec<(String, String)>> {
-    let list = json(
-        profile,
-        &[
-            "recipients",
-            "list",
-            "demo.health",
-            "--owner-key",
-            s(pinned),
-        ],
-    )?;
-    Ok(list
-        .as_array()
-        .context("a list")?
-        .iter()
-        .map(|e| {
-            (
-                e["recipient"].as_str().unwrap_or_default().to_owned(),
-                e["status"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect())
-}
-
-/// Publishes `value` sealed to the directory; returns stderr (which names
-/// the recipients sealed to).
-fn publish_sealed(alice: &Path, pinned: &Path, value: &str) -> Result<String> {
-    let out = cli(
-        alice,
-        &[
-            "publish",
-            "demo.health",
-            "--e2e-recipients",
-            "demo.health",
-            "--e2e-owner-key",
-            s(pinned),
-            value,
-        ],
-    )?;
-    ensure!(out.status.success(), "publish: {}", text(&out.stderr));
-    Ok(text(&out.stderr))
-}
-
-/// Bob reads offset `at` with `identity`.
-fn read_as(bob: &Path, identity: &Path, at: u64) -> Result<Output> {
-    cli(
-        bob,
-        &[
-            "--json",
-            "subscribe",
-            "demo.health",
-            "--from",
-            &at.to_string(),
-            "--count",
-            "1",
-            "--e2e-identity",
-            s(identity),
-        ],
-    )
-}
-
-async fn expire(broker: &BrokerProcess, bob: &Path, id: u64, expires_at: i64) -> Result<()> {
-    let wait = u64::try_from(expires_at.saturating_sub(now_ms()).max(0)).unwrap_or(0);
-    tokio::time::sleep(Duration::from_millis(wait + 200)).await;
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        broker.signal(Signal::SIGHUP)?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let list = json(bob, &["access", "list"])?;
-        let state = list
-            .as_array()
-            .and_then(|l| l.iter().find(|r| r["id"] == id))
-            .map(|r| r["state"].clone());
-        if state == Some(Value::from("expired")) {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "request {id} never expired");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recipients_follow_approval_removal_expiry_and_the_owner_signature() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let broker = BrokerProcess::start_dev(&tmp.path().join("dev"))?;
-    let (admin, alice, bob) = (
-        broker.profile("admin"),
-        broker.profile("alice"),
-        broker.profile("bob"),
-    );
-    let file = |name: &str| tmp.path().join(name);
-    cli_ok(&admin, &["topic", "create", "demo.health"])?;
-
-    // The topic owner's key (held by the approver); producers pin its
-    // public half. An archive reader is in the directory from the start.
-    let (owner, pinned) = (file("owner.key"), file("owner.key.pub"));
-    cli_ok(&admin, &["e2e", "owner", "new", s(&owner)])?;
-    cli_ok(
-        &admin,
-        &[
-            "e2e",
-            "identity",
-            "new",
-            s(&file("archive.identity")),
-            "--recipient",
-            "archive",
-        ],
-    )?;
-    let archive_key = public_key(&admin, &file("archive.identity"))?;
-    let entry = sign(&admin, &owner, "demo.health", "archive", &archive_key)?;
-    cli_ok(&admin, &["recipients", "put", "demo.health", &entry])?;
-
-    // Bob asks for access with his public key.
-    let bob_id = file("bob.identity");
-    cli_ok(
-        &bob,
-        &["e2e", "identity", "new", s(&bob_id), "--recipient", BOB],
-    )?;
-    let asked = json(
-        &bob,
-        &[
-            "access",
-            "request",
-            "--topic",
-            "demo.health",
-            "--op",
-            "subscribe,describe",
-            "--reason",
-            "care team",
-            "--public-key",
-            s(&bob_id),
-        ],
-    )?;
-    let id = asked["id"].as_u64().context("an id")?;
-    assert_eq!(asked["public_key"], public_key(&bob, &bob_id)?);
-
-    // Before approval: sealed to the archive only; bob cannot open it.
-    let sealed = publish_sealed(&alice, &pinned, "HEALTH-R0-before")?;
-    assert!(
-        sealed.contains("sealing to 1 recipient(s): archive"),
-        "{sealed}"
-    );
-    let out = read_as(&bob, &bob_id, 0)?;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("is sealed to recipients archive"),
-        "{}",
-        text(&out.stderr)
-    );
-
-    // An approval must carry the owner's entry for the request's key.
-    cli_fails(
-        &admin,
-        &["access", "approve", &id.to_string()],
-        "carries a public key",
-    )?;
-    let approved = json(
-        &admin,
-        &[
-            "access",
-            "approve",
-            &id.to_string(),
-            "--owner-key",
-            s(&owner),
-        ],
-    )?;
-    assert_eq!(approved["state"], "approved");
-    assert_eq!(
-        directory(&bob, &pinned)?,
-        vec![
-            ("archive".to_owned(), "verified".to_owned()),
-            (BOB.to_owned(), "verified".to_owned())
-        ]
-    );
-
-    // From then on bob reads what is written; not what came before.
-    let sealed = publish_sealed(&alice, &pinned, "HEALTH-R1-after-approval")?;
-    assert!(sealed.contains("sealing to 2 recipient(s)"), "{sealed}");
-    let out = read_as(&bob, &bob_id, 1)?;
-    ensure!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(
-        values(&text(&out.stdout))?,
-        vec!["HEALTH-R1-after-approval"]
-    );
-
-    // Removed: records written afterwards are not sealed to bob.
-    cli_ok(&admin, &["recipients", "remove", "demo.health", BOB])?;
-    let sealed = publish_sealed(&alice, &pinned, "HEALTH-R2-after-removal")?;
-    assert!(
-        sealed.contains("sealing to 1 recipient(s): archive"),
-        "{sealed}"
-    );
-    let out = read_as(&bob, &bob_id, 2)?;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
-    assert!(
-        text(&out.stderr).contains("not one of them"),
-        "{}",
-        text(&out.stderr)
-    );
-    let archived = read_as(&bob, &file("archive.identity"), 2)?;
-    assert_eq!(
-        values(&text(&archived.stdout))?,
-        vec!["HEALTH-R2-after-removal"]
-    );
-
-    // Approved again with a short TTL: the entry expires with the grant,
-    // and maintenance removes both.
-    let again = json(
-        &bob,
-        &[
-            "access",
-            "request",
-            "--topic",
-            "demo.health",
-            "--op",
-            "subscribe",
-            "--reason",
-            "night shift",
-            "--public-key",
-            s(&bob_id),
-        ],
-    )?;
-    let id2 = again["id"].as_u64().context("an id")?;
-    let approved = json(
-        &admin,
-        &[
-            "access",
-            "approve",
-            &id2.to_string(),
-            "--ttl",
-            "2s",
-            "--owner-key",
-            s(&owner),
-        ],
-    )?;
-    let expires_at = approved["expires_at"].as_i64().context("an expiry")?;
-    assert!(directory(&admin, &pinned)?.iter().any(|(r, _)| r == BOB));
-    expire(&broker, &bob, id2, expires_at).await?;
-    assert_eq!(
-        directory(&bob, &pinned)?,
-        vec![("archive".to_owned(), "verified".to_owned())]
-    );
-    let sealed = publish_sealed(&alice, &pinned, "HEALTH-R3-after-expiry")?;
-    assert!(
-        sealed.contains("sealing to 1 recipient(s): archive"),
-        "{sealed}"
-    );
-    let out = read_as(&bob, &bob_id, 3)?;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
-
-    // An entry the owner did not sign: the broker stores it (it cannot
-    // tell), producers refuse to seal and name it.
-    let other = file("other.key");
-    cli_ok(&admin, &["e2e", "owner", "new", s(&other)])?;
-    cli_ok(
-        &admin,
-        &[
-            "e2e",
-            "identity",
-            "new",
-            s(&file("mallory.identity")),
-            "--recipient",
-            "mallory",
-        ],
-    )?;
-    let mallory_key = public_key(&admin, &file("mallory.identity"))?;
-    let forged = sign(&admin, &other, "demo.health", "mallory", &mallory_key)?;
-    cli_ok(&admin, &["recipients", "put", "demo.health", &forged])?;
-    let statuses = directory(&bob, &pinned)?;
-    let mallory = statuses
-        .iter()
-        .find(|(r, _)| r == "mallory")
-        .context("listed")?;
-    assert!(mallory.1.starts_with("refused"), "{mallory:?}");
-    cli_fails(
-        &alice,
-        &[
-            "publish",
-            "demo.health",
-            "--e2e-recipients",
-            "demo.health",
-            "--e2e-owner-key",
-            s(&pinned),
-            "HEALTH-R4-refused",
-        ],
-        "recipient entry mallory refused",
-    )?;
-
-    // What the broker itself checks: a grant holder only, entries that
-    // are entries, for this topic, under the id they name.
-    cli_fails(
-        &alice,
-        &["recipients", "put", "demo.health", &entry],
-        "not authorized",
-    )?;
-    let admin_client = connect(&admin).await?;
-    let admin_api = admin_client.admin();
-    let put = |recipient: &str, bytes: Vec<u8>| {
-        admin_api.recipients_put(
-            "demo.health",
-            RecipientEntry {
-                recipient: recipient.to_owned(),
-                entry: Bytes::from(bytes),
-            },
-        )
-    };
-    let e = put("archive", b"not an entry".to_vec())
-        .await
-        .expect_err("malformed");
-    assert_eq!(e.code(), Some(ErrorCode::InvalidRequest), "{e}");
-    assert!(e.to_string().contains("malformed"), "{e}");
-    let e = put("carol", hex_bytes(&entry)?)
-        .await
-        .expect_err("stored under another id");
-    assert!(e.to_string().contains("names recipient archive"), "{e}");
-    let elsewhere = sign(&admin, &owner, "demo.other", "archive", &archive_key)?;
-    let e = put("archive", hex_bytes(&elsewhere)?)
-        .await
-        .expect_err("another topic");
-    assert!(e.to_string().contains("signed for topic demo.other"), "{e}");
-    admin_client.close().await;
-
-    // The trail has the directory changes of the approvals and the expiry.
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        let records: Vec<Value> = cli_ok(&admin, &["--json", "audit", "tail"])?
-            .lines()
-            .map(serde_json::from_str)
-            .collect::<Result<_, _>>()?;
-        let has = |action: &str, f: &dyn Fn(&Value) -> bool| {
-            records
-                .iter()
-                .any(|r| r["action"] == action && r["resource"] == "topic:demo.health" && f(r))
-        };
-        let complete = has("recipient.put", &|r| r["details"]["request_id"] == id)
-            && has("recipient.put", &|r| r["details"]["recipient"] == "mallory")
-            && has("recipient.remove", &|r| r["details"]["reason"] == "removed")
-            && has("recipient.remove", &|r| {
-                r["details"]["reason"] == "expired" && r["details"]["request_id"] == id2
-            })
-            && has("access.expire", &|r| r["details"]["request_id"] == id2);
-        if complete {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the audit trail lacks recipient events:\n{records:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let verify = cli(&admin, &["audit", "verify"])?;
-    assert!(verify.status.success(), "{}", text(&verify.stderr));
-    Ok(())
-}
-
-fn hex_bytes(hex: &str) -> Result<Vec<u8>> {
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| {
-            hex.get(i..i + 2)
-                .and_then(|b| u8::from_str_radix(b, 16).ok())
-                .context("hex")
-        })
-        .collect()
-}
-
 /// The broker's structural reading of recipient entries agrees with the
 /// client's format: the same fields from entries the client signs, and
 /// the same refusals of malformed bytes.
@@ -720,8 +310,10 @@ async fn reader(
     topic: &str,
     transformer: Option<Arc<dyn ValueTransformer>>,
 ) -> Result<strongbox_client::Consumer> {
-    let mut config = ConsumerConfig::default();
-    config.transformer = transformer;
+    let config = ConsumerConfig {
+        transformer,
+        ..ConsumerConfig::default()
+    };
     Ok(client
         .subscribe(Subscription::partition(topic, 0), config)
         .await?)
@@ -755,8 +347,10 @@ async fn a_sealed_record_moved_to_another_topic_fails_authentication() -> Result
     );
 
     // Sealed by a producer with the keyring.
-    let mut sealing = ProducerConfig::default();
-    sealing.transformer = Some(Arc::new(E2eSealer::keyring(keys, None)?));
+    let sealing = ProducerConfig {
+        transformer: Some(Arc::new(E2eSealer::keyring(keys, None)?)),
+        ..ProducerConfig::default()
+    };
     let producer = alice.producer(sealing).await?;
     producer
         .send_and_wait(

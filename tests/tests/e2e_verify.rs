@@ -1,9 +1,10 @@
 //! `strongbox-broker verify` against the real binary: a dev broker's data
 //! verifies intact (exit 0); each kind of damage (a flipped byte in a frame,
 //! a sealed segment cut short, a deleted envelope, a corrupted envelope, a
-//! wrapped key altered behind a valid CRC) makes it exit 1 naming the
-//! partition and the file while every other partition is reported ok; it
-//! refuses to run on a directory a broker is using (exit 2).
+//! wrapped key altered behind a valid CRC, the oldest segment removed with
+//! its envelope, which the key registry still records) makes it exit 1
+//! naming the partition and the file while every other partition is
+//! reported ok; it refuses to run on a directory a broker is using (exit 2).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -17,7 +18,7 @@ use strongbox_tests::{BrokerProcess, binary, copy_dir};
 
 const TOPIC: &str = "verify.orders";
 /// One partition per kind of damage, and one left alone.
-const PARTITIONS: u32 = 6;
+const PARTITIONS: u32 = 7;
 const RECORDS_PER_PARTITION: usize = 10;
 const SEGMENT_BYTES: u64 = 1024;
 
@@ -29,15 +30,17 @@ enum Damage {
     DeletedEnvelope,
     CorruptedEnvelope,
     AlteredWrappedKey,
+    RemovedOldestSegment,
 }
 
 impl Damage {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::FlippedFrameByte,
         Self::TruncatedSealedSegment,
         Self::DeletedEnvelope,
         Self::CorruptedEnvelope,
         Self::AlteredWrappedKey,
+        Self::RemovedOldestSegment,
     ];
 
     /// The partition it is done to (the last partition is never damaged).
@@ -48,6 +51,7 @@ impl Damage {
             Self::DeletedEnvelope => 2,
             Self::CorruptedEnvelope => 3,
             Self::AlteredWrappedKey => 4,
+            Self::RemovedOldestSegment => 5,
         }
     }
 
@@ -59,6 +63,7 @@ impl Damage {
             Self::DeletedEnvelope => "envelope_missing",
             Self::CorruptedEnvelope => "envelope_corrupt",
             Self::AlteredWrappedKey => "unwrap_rejected",
+            Self::RemovedOldestSegment => "missing_segment",
         }
     }
 
@@ -107,6 +112,16 @@ impl Damage {
                 env.wrapped.wrapped[12] ^= 0x01;
                 std::fs::write(&envelope, env.encode()?)?;
                 Ok(envelope)
+            }
+            Self::RemovedOldestSegment => {
+                // All of it, as retention would (envelope first): the log
+                // alone would take it for retention; the registry still
+                // records the segment.
+                let oldest = &segments[0];
+                std::fs::remove_file(oldest.with_extension("key"))?;
+                std::fs::remove_file(oldest)?;
+                std::fs::remove_file(oldest.with_extension("index"))?;
+                Ok(dir)
             }
         }
     }

@@ -49,9 +49,8 @@ use crate::server::{BrokerState, now_ms};
 
 /// The operations a request may ask for; anything else is granted by an
 /// administrator with `strongbox acl grant`.
-pub const REQUESTABLE: Operations = Operations(
-    Operations::PUBLISH.0 | Operations::SUBSCRIBE.0 | Operations::DESCRIBE.0,
-);
+pub const REQUESTABLE: Operations =
+    Operations(Operations::PUBLISH.0 | Operations::SUBSCRIBE.0 | Operations::DESCRIBE.0);
 
 /// Longest reason, in bytes (a reason is shown in listings and audited).
 pub const MAX_REASON_LEN: usize = 1024;
@@ -200,9 +199,9 @@ pub(crate) async fn request(
     };
     info.id = id;
     tracing::info!(target: "strongbox::audit", principal = %principal, request = id, topic = %topic, operations = %operations, "access requested");
-    state.audit.record(
-        request_event(AuditAction::AccessRequest, &info).principal(&principal),
-    );
+    state
+        .audit
+        .record(request_event(AuditAction::AccessRequest, &info).principal(&principal));
     Ok(AdminResponse::Access(info))
 }
 
@@ -226,7 +225,10 @@ pub(crate) async fn list(
 }
 
 /// Reads request `id`, or `not_found`.
-async fn load(state: &std::sync::Arc<BrokerState>, id: u64) -> Result<AccessRequestInfo, BrokerError> {
+async fn load(
+    state: &std::sync::Arc<BrokerState>,
+    id: u64,
+) -> Result<AccessRequestInfo, BrokerError> {
     let meta = state.meta.clone();
     blocking(move || meta.read(|r| r.access_request(id)))
         .await?
@@ -359,13 +361,13 @@ pub(crate) async fn approve(
         state.reload_acl()?;
     }
     tracing::info!(target: "strongbox::audit", principal = %ctx.principal, request = id, requester = %req.requester, topic = %req.topic, operations = %req.operations, expires_at = ?expires_at, "access approved");
-    state.audit.record(
-        request_event(AuditAction::AccessApprove, &decided).principal(&ctx.principal),
-    );
+    state
+        .audit
+        .record(request_event(AuditAction::AccessApprove, &decided).principal(&ctx.principal));
     if let Some(facts) = &facts {
-        state.audit.record(
-            recipients::put_event(&req.topic, facts, Some(id)).principal(&ctx.principal),
-        );
+        state
+            .audit
+            .record(recipients::put_event(&req.topic, facts, Some(id)).principal(&ctx.principal));
     }
     Ok(AdminResponse::Access(decided))
 }
@@ -469,9 +471,9 @@ pub(crate) async fn deny(
         .map_err(|e: TxError| e.into_broker("storing the denial"))?;
     }
     tracing::info!(target: "strongbox::audit", principal = %ctx.principal, request = id, requester = %req.requester, topic = %req.topic, "access denied by decision");
-    state.audit.record(
-        request_event(AuditAction::AccessDeny, &decided).principal(&ctx.principal),
-    );
+    state
+        .audit
+        .record(request_event(AuditAction::AccessDeny, &decided).principal(&ctx.principal));
     Ok(AdminResponse::Access(decided))
 }
 
@@ -490,7 +492,7 @@ pub fn remove_expired(state: &BrokerState, now: i64) -> Result<Vec<AclEntry>, Me
         let mut rules = b.remove_expired_acls(now)?;
         let mut expired = Vec::new();
         for mut req in b.access_requests()? {
-            if req.state != AccessState::Approved || !req.expires_at.is_some_and(|t| t <= now) {
+            if req.state != AccessState::Approved || req.expires_at.is_none_or(|t| t > now) {
                 continue;
             }
             // Rules of the request not caught above (an expiry changed by
@@ -637,7 +639,12 @@ mod tests {
         // A grant that expires needs an entry that expires no later.
         let forever = entry("demo.x", "bob", [1; 32], None);
         assert!(check_recipient_entry(&r, Some(&forever), Some(1_000_000)).is_err());
-        let later = entry("demo.x", "bob", [1; 32], Some(1_000_000 + ENTRY_EXPIRY_SLACK_MS + 1));
+        let later = entry(
+            "demo.x",
+            "bob",
+            [1; 32],
+            Some(1_000_000 + ENTRY_EXPIRY_SLACK_MS + 1),
+        );
         assert!(check_recipient_entry(&r, Some(&later), Some(1_000_000)).is_err());
         let with_grant = entry("demo.x", "bob", [1; 32], Some(999_000));
         assert!(check_recipient_entry(&r, Some(&with_grant), Some(1_000_000)).is_ok());
@@ -659,7 +666,10 @@ mod tests {
 
     #[test]
     fn reasons_are_trimmed_and_bounded() {
-        assert_eq!(reason_text("  on call \n", "a reason"), Ok("on call".into()));
+        assert_eq!(
+            reason_text("  on call \n", "a reason"),
+            Ok("on call".into())
+        );
         assert!(reason_text("   ", "a reason").is_err());
         assert!(reason_text(&"x".repeat(MAX_REASON_LEN + 1), "a reason").is_err());
     }

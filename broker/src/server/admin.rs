@@ -19,16 +19,16 @@ use strongbox_storage::meta::{AclEntry, MetaError, TopicEntry};
 
 use crate::audit::{self, AUDIT_TOPIC, AuditAction, AuditEvent, Outcome, topic_resource};
 use crate::server::authz::Authorizer;
-use crate::server::{access, recipients};
 use crate::server::connection::ConnCtx;
 use crate::server::error::BrokerError;
+use crate::server::key_lifecycle;
+use crate::server::rewrap::RewrapRequest;
 use crate::server::stream_io::{FrameReader, FrameWriter};
 use crate::server::topics::{
     self, PartitionSlot, Topic, kek_scope, resolve_config, validate_topic_name,
 };
-use crate::server::key_lifecycle;
-use crate::server::rewrap::RewrapRequest;
 use crate::server::{BrokerState, now_ms};
+use crate::server::{access, recipients};
 
 /// The topic name checked for broker-wide permissions (keys, ACL listing):
 /// a rule must name `*` to grant them.
@@ -302,9 +302,7 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
             ttl_ms,
             recipient_entry,
         } => access::approve(ctx, &mut authz, id, ttl_ms, recipient_entry).await,
-        AdminRequest::AccessDeny { id, reason } => {
-            access::deny(ctx, &mut authz, id, reason).await
-        }
+        AdminRequest::AccessDeny { id, reason } => access::deny(ctx, &mut authz, id, reason).await,
         AdminRequest::RecipientList { topic } => recipients::list(ctx, &mut authz, topic).await,
         AdminRequest::RecipientPut { topic, entry } => {
             recipients::put(ctx, &mut authz, topic, entry).await

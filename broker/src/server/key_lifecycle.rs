@@ -362,6 +362,40 @@ mod tests {
     }
 
     #[test]
+    fn the_maintenance_pass_rotates_scopes_that_are_due() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = crate::config::BrokerConfig::from_toml_str(
+            "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_ca = \"ca.pem\"\n\
+             [keys]\nrotate_every = \"1h\"\n",
+            dir.path(),
+        )
+        .expect("config");
+        let metrics = std::sync::Arc::new(BrokerMetrics::new().expect("metrics"));
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let state = BrokerState::open(config, metrics, shutdown).expect("state");
+        let v1 = state.keys.rotate(&KekScope::Broker).expect("v1");
+        assert_eq!(v1.id.version, 1);
+        let now = crate::server::now_ms();
+        let hour = 3_600_000;
+
+        assert!(rotate_due(&state, now + hour / 2).is_empty(), "not due yet");
+        let rotated = rotate_due(&state, now + 2 * hour);
+        assert_eq!(rotated.len(), 1);
+        assert_eq!(rotated[0].id.version, 2);
+        let versions = state.keys.versions(Some(&KekScope::Broker)).expect("versions");
+        let states: Vec<_> = versions.iter().map(|v| (v.id.version, v.state)).collect();
+        assert_eq!(
+            states,
+            vec![(1, KeyState::DecryptOnly), (2, KeyState::Active)]
+        );
+        // The new version's age counts from its own creation.
+        assert!(rotate_due(&state, now + hour / 2).is_empty());
+        let again = rotate_due(&state, now + 3 * hour);
+        assert_eq!(again.iter().map(|v| v.id.version).collect::<Vec<_>>(), [3]);
+        assert!(probe_provider(&state));
+    }
+
+    #[test]
     fn metrics_follow_provider_calls() {
         let metrics = BrokerMetrics::new().expect("metrics");
         let m = KeyMetrics::new(&metrics, "pkcs11");

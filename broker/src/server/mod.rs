@@ -116,6 +116,10 @@ pub struct BrokerState {
     pub rewrap: rewrap::RewrapJobs,
     /// Serializes admin changes to topics and ACLs.
     pub admin_lock: tokio::sync::Mutex<()>,
+    /// The client-certificate verifier, set once the listener is built:
+    /// connections re-check their certificate against it after a CRL
+    /// reload.
+    pub client_verifier: std::sync::OnceLock<Arc<crate::tls::ReloadingClientVerifier>>,
     /// Turns true when the broker shuts down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -171,6 +175,7 @@ impl BrokerState {
             key_metrics,
             rewrap: rewrap::RewrapJobs::new(rewrap_rate),
             admin_lock: tokio::sync::Mutex::new(()),
+            client_verifier: std::sync::OnceLock::new(),
             shutdown,
         });
         state.reload_acl().map_err(|e| StartError::Acl(e.message))?;

@@ -24,9 +24,9 @@
 //! refuses what the client refuses as malformed, so the two cannot drift
 //! apart unnoticed.
 //!
-//! Permissions: listing needs `describe` or `subscribe` on the topic (a
-//! producer with only `publish` must be given `describe` to seal to the
-//! directory); changing it needs `grant`.
+//! Permissions: listing needs `describe` or `subscribe` on the topic
+//! (`publish` implies `describe`, so producers sealing to the directory can
+//! read it); changing it needs `grant`.
 
 use bytes::Bytes;
 use strongbox_protocol::ErrorCode;
@@ -260,9 +260,9 @@ pub(crate) async fn remove(
         ));
     }
     tracing::info!(target: "strongbox::audit", principal = %ctx.principal, topic = %topic, recipient = %recipient, "recipient entry removed");
-    state.audit.record(
-        remove_event(&topic, &recipient, None, "removed").principal(&ctx.principal),
-    );
+    state
+        .audit
+        .record(remove_event(&topic, &recipient, None, "removed").principal(&ctx.principal));
     Ok(AdminResponse::Recipients(read(state, topic).await?))
 }
 
@@ -296,7 +296,10 @@ pub(crate) fn remove_event(
     event
 }
 
-async fn read(state: &std::sync::Arc<BrokerState>, topic: String) -> Result<Vec<RecipientEntry>, BrokerError> {
+async fn read(
+    state: &std::sync::Arc<BrokerState>,
+    topic: String,
+) -> Result<Vec<RecipientEntry>, BrokerError> {
     let meta = state.meta.clone();
     blocking(move || meta.read(|r| r.recipients(&topic)))
         .await?

@@ -112,6 +112,7 @@ pub async fn run(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         tls.verifier
             .spawn_watcher(config.tls.crl_reload.0, shutdown.clone()),
     );
+    let _ = state.client_verifier.set(tls.verifier.clone());
     let maintain_now = Arc::new(tokio::sync::Notify::new());
     tasks.push(tokio::spawn(maintenance(
         state.clone(),

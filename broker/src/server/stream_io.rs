@@ -12,6 +12,17 @@ use strongbox_protocol::{DecodeError, EncodeError, ErrorCode};
 /// Largest chunk read from a stream at once.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// How much to ask of quinn for the next read: no more than the decoder's
+/// buffer has room for while that is any, so that a chunk running past the
+/// end of the frame being assembled does not make the decoder move (copy)
+/// that whole frame to grow its buffer; `READ_CHUNK` when the buffer is full.
+fn read_size(decoder: &FrameDecoder) -> usize {
+    match decoder.capacity().saturating_sub(decoder.buffered()) {
+        0 => READ_CHUNK,
+        spare => spare.min(READ_CHUNK),
+    }
+}
+
 /// Why a stream could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -74,7 +85,7 @@ impl FrameReader {
             if let Some(frame) = self.decoder.next_frame()? {
                 return Ok(Some(frame));
             }
-            match self.recv.read_chunk(READ_CHUNK, true).await? {
+            match self.recv.read_chunk(read_size(&self.decoder), true).await? {
                 Some(chunk) => self.decoder.extend(&chunk.bytes),
                 None if self.decoder.buffered() == 0 => return Ok(None),
                 None => return Err(StreamError::Truncated(self.decoder.buffered())),

@@ -60,17 +60,22 @@ impl Progress {
 
     fn draw(&mut self, p: CheckProgress) {
         self.last_draw = Some(Instant::now());
+        let detail = if p.segments == 0 {
+            String::new()
+        } else {
+            format!(
+                ": segment {}/{}, {} frames, {}",
+                p.segments_done.saturating_add(1).min(p.segments),
+                p.segments,
+                p.frames,
+                human_bytes(p.batch_bytes)
+            )
+        };
         let mut err = std::io::stderr().lock();
         let _ = write!(
             err,
-            "\r\x1b[2Kverifying [{}/{}] {}: segment {}/{}, {} frames, {}",
-            self.index,
-            self.total,
-            self.label,
-            p.segments_done.saturating_add(1).min(p.segments.max(1)),
-            p.segments,
-            p.frames,
-            human_bytes(p.batch_bytes)
+            "\r\x1b[2Kverifying [{}/{}] {}{detail}",
+            self.index, self.total, self.label
         );
         let _ = err.flush();
     }

@@ -268,7 +268,9 @@ impl Report {
         }
 
         if !self.key_versions.is_empty() {
-            out.push_str("\nKEY VERSION                          STATE         SEGMENTS  IN PROVIDER\n");
+            out.push_str(
+                "\nKEY VERSION                          STATE         SEGMENTS  IN PROVIDER\n",
+            );
             for k in &self.key_versions {
                 let held = match k.in_provider {
                     Some(true) => "yes",
@@ -525,7 +527,11 @@ mod tests {
             reason: "x".into(),
         };
         let item = from_log_error(&e, e.to_string());
-        assert!(!item.message.contains("strongbox-broker verify"), "{}", item.message);
+        assert!(
+            !item.message.contains("strongbox-broker verify"),
+            "{}",
+            item.message
+        );
         assert!(item.message.contains("00000000000000000007.log"));
         assert_eq!(item.kind, "seal_missing");
         let e = LogError::ForeignSegment {
@@ -536,7 +542,11 @@ mod tests {
             found_partition: 2,
         };
         let item = from_log_error(&e, e.to_string());
-        assert!(item.message.ends_with("(was it copied here? remove it)"), "{}", item.message);
+        assert!(
+            item.message.ends_with("(was it copied here? remove it)"),
+            "{}",
+            item.message
+        );
     }
 
     #[test]

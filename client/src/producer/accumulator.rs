@@ -119,63 +119,38 @@ impl Accumulator {
         self.key.0.push_str(topic);
         self.key.1 = partition;
         let tp = &self.key;
+        let limit = self.batch_bytes.min(self.max_batch);
         let mut closed = Vec::new();
-        let fits = self.open.get(tp).is_none_or(|b| {
-            b.builder.encoded_len() + len <= self.batch_bytes.min(self.max_batch)
-                && timestamp_fits(b.base_timestamp, record.timestamp)
-        });
-        if !fits && let Some(batch) = close(&mut self.open, tp) {
-            closed.push(batch);
-        }
-        if !self.open.contains_key(tp) {
-            let batch = OpenBatch {
-                id: self.next_id,
-                builder: BatchBuilder::with_capacity(record.timestamp, BATCH_HEADER_LEN + len),
-                completions: Vec::new(),
-                permits: Vec::new(),
-                opened_at: now,
-                base_timestamp: record.timestamp,
-            };
-            self.open.insert(tp.clone(), batch);
-            self.next_id += 1;
-        }
-        let Some(open) = self.open.get_mut(tp) else {
-            return Err(Box::new((
-                record,
-                ClientError::InvalidRecord("internal: the open batch vanished".into()),
-            )));
-        };
-        let headers: Vec<(&str, &[u8])> = record
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_ref()))
-            .collect();
-        if let Err(e) = open.builder.push(
-            record.timestamp,
-            record.key.as_deref(),
-            &headers,
-            &record.value,
-        ) {
-            if open.builder.is_empty() {
-                self.open.remove(tp);
-            }
-            return Err(Box::new((
-                record,
-                ClientError::InvalidRecord(e.to_string()),
-            )));
-        }
-        open.completions.push(record.completion);
-        // One permit per batch: releasing it is one semaphore operation
-        // instead of one per record.
-        match (open.permits.last_mut(), record.permit) {
-            (Some(held), Some(permit)) => held.merge(permit),
-            (None, Some(permit)) => open.permits.push(permit),
-            (_, None) => {}
-        }
-        if open.builder.encoded_len() >= self.batch_bytes
-            && let Some(batch) = close(&mut self.open, tp)
+        // The common case, one hash lookup: the record joins the open batch.
+        if let Some(open) = self.open.get_mut(tp)
+            && open.builder.encoded_len() + len <= limit
+            && timestamp_fits(open.base_timestamp, record.timestamp)
         {
-            closed.push(batch);
+            push_record(open, record)?;
+            if open.builder.encoded_len() >= self.batch_bytes
+                && let Some(batch) = close(&mut self.open, tp)
+            {
+                closed.push(batch);
+            }
+            return Ok(closed);
+        }
+        // A new batch. The record goes in first, so a record that cannot
+        // be encoded is refused before the open batch is closed.
+        let mut batch = OpenBatch {
+            id: self.next_id,
+            builder: BatchBuilder::with_capacity(record.timestamp, BATCH_HEADER_LEN + len),
+            completions: Vec::new(),
+            permits: Vec::new(),
+            opened_at: now,
+            base_timestamp: record.timestamp,
+        };
+        push_record(&mut batch, record)?;
+        self.next_id += 1;
+        closed.extend(close(&mut self.open, tp));
+        if batch.builder.encoded_len() >= self.batch_bytes {
+            closed.push(ready(tp, batch));
+        } else {
+            self.open.insert(tp.clone(), batch);
         }
         Ok(closed)
     }
@@ -211,10 +186,52 @@ impl Accumulator {
     }
 }
 
+/// Appends `record` to `open`.
+///
+/// # Errors
+///
+/// The record back when a field is too long to encode; nothing is appended.
+fn push_record(
+    open: &mut OpenBatch,
+    record: PendingRecord,
+) -> Result<(), Box<(PendingRecord, ClientError)>> {
+    let headers: Vec<(&str, &[u8])> = record
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_ref()))
+        .collect();
+    let pushed = open.builder.push(
+        record.timestamp,
+        record.key.as_deref(),
+        &headers,
+        &record.value,
+    );
+    drop(headers);
+    if let Err(e) = pushed {
+        return Err(Box::new((
+            record,
+            ClientError::InvalidRecord(e.to_string()),
+        )));
+    }
+    open.completions.push(record.completion);
+    // One permit per batch: releasing it is one semaphore operation instead
+    // of one per record.
+    match (open.permits.last_mut(), record.permit) {
+        (Some(held), Some(permit)) => held.merge(permit),
+        (None, Some(permit)) => open.permits.push(permit),
+        (_, None) => {}
+    }
+    Ok(())
+}
+
 /// Takes the open batch of `tp` out of `open`, as a batch ready to send.
 fn close(open: &mut HashMap<TopicPartition, OpenBatch>, tp: &TopicPartition) -> Option<ReadyBatch> {
-    let batch = open.remove(tp)?;
-    Some(ReadyBatch {
+    Some(ready(tp, open.remove(tp)?))
+}
+
+/// A closed batch of `tp`, ready to send.
+fn ready(tp: &TopicPartition, batch: OpenBatch) -> ReadyBatch {
+    ReadyBatch {
         id: batch.id,
         topic: tp.0.clone(),
         partition: tp.1,
@@ -225,7 +242,7 @@ fn close(open: &mut HashMap<TopicPartition, OpenBatch>, tp: &TopicPartition) -> 
         created: batch.opened_at,
         not_before: None,
         attempts: 0,
-    })
+    }
 }
 
 /// True when a record with `timestamp` can join a batch whose base is
@@ -318,6 +335,22 @@ mod tests {
         let mut acc = Accumulator::new(100, 1024, Duration::from_secs(1));
         let closed = acc.append("t", 0, record(500, 0), now).expect("fits");
         assert_eq!(closed.len(), 1);
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_encoded_leaves_the_open_batch_alone() {
+        let now = Instant::now();
+        let mut acc = Accumulator::new(1 << 20, 1 << 20, Duration::from_secs(1));
+        acc.append("t", 0, record(1, 0), now).expect("fits");
+        // A header name over the u16 length prefix, with a timestamp that
+        // would need a new batch.
+        let mut bad = record(1, i64::from(i32::MAX) + 1);
+        bad.headers.push(("h".repeat(70_000), Bytes::new()));
+        let (_, err) = *acc.append("t", 0, bad, now).expect_err("unencodable");
+        assert!(err.to_string().contains("header name"), "{err}");
+        let open = acc.drain();
+        assert_eq!(open.len(), 1, "the first batch is still open, not lost");
+        assert_eq!(open[0].records, 1);
     }
 
     #[test]

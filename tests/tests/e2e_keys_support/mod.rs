@@ -27,8 +27,10 @@ use strongbox_tests::BrokerProcess;
 
 /// Debian's SoftHSM2 module, or `$STRONGBOX_PKCS11_MODULE`.
 pub fn module_path() -> PathBuf {
-    let path = std::env::var_os("STRONGBOX_PKCS11_MODULE")
-        .map_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"), PathBuf::from);
+    let path = std::env::var_os("STRONGBOX_PKCS11_MODULE").map_or_else(
+        || PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"),
+        PathBuf::from,
+    );
     assert!(
         path.exists(),
         "PKCS#11 module {} not found: install softhsm2 (apt-get install softhsm2) or set \
@@ -311,7 +313,10 @@ pub async fn rewrap_finished(profile: &Path, topic: Option<&str>) -> Result<Valu
 
 /// The KEK (scope label, version) named by every key envelope of a topic,
 /// by partition and base offset.
-pub fn envelopes(data_dir: &Path, topic_id: &[u8; 16]) -> Result<BTreeMap<(u32, u64), (String, u32)>> {
+pub fn envelopes(
+    data_dir: &Path,
+    topic_id: &[u8; 16],
+) -> Result<BTreeMap<(u32, u64), (String, u32)>> {
     let mut out = BTreeMap::new();
     let topic = data_dir.join("log").join(hex(topic_id));
     for part in std::fs::read_dir(&topic).with_context(|| format!("{}", topic.display()))? {

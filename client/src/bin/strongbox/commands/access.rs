@@ -10,9 +10,7 @@ use clap::Subcommand;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use strongbox_client::e2e::{OwnerKey, RecipientGrant, RecipientKey};
-use strongbox_client::protocol::frames::admin_types::{
-    AccessRequestInfo, AccessState, Operations,
-};
+use strongbox_client::protocol::frames::admin_types::{AccessRequestInfo, AccessState, Operations};
 
 use crate::args::{self, millis};
 use crate::cli::GlobalArgs;
@@ -334,7 +332,10 @@ mod tests {
         let r = request(AccessState::Pending);
         let table = request_table(std::slice::from_ref(&r));
         assert!(table.starts_with("ID  STATE"), "{table}");
-        assert!(table.contains("7   pending  spiffe://strongbox.dev/bob"), "{table}");
+        assert!(
+            table.contains("7   pending  spiffe://strongbox.dev/bob"),
+            "{table}"
+        );
         assert!(table.contains("on call\\nINC-1"), "escaped reason: {table}");
         let v = request_json(&r);
         assert_eq!(v["state"], "pending");

@@ -338,7 +338,10 @@ fn status_json(s: &KeyStatus) -> Value {
         .map(|(scope, v)| {
             (
                 scope.to_owned(),
-                v.map_or(Value::Null, |v| json!({"version": v.version, "at": v.created_at})),
+                v.map_or(
+                    Value::Null,
+                    |v| json!({"version": v.version, "at": v.created_at}),
+                ),
             )
         })
         .collect();
