@@ -10,7 +10,7 @@
 //! never the plaintext.
 //!
 //! It is read-only: the log is read with
-//! [`scan_dir`](strongbox_storage::log::scan_dir), which changes nothing
+//! [`scan_dir`], which changes nothing
 //! (opening the log would recover it), and data keys are unwrapped after
 //! the same key registry check the broker makes, without caching them or
 //! writing to the registry. It refuses to run while a broker holds the

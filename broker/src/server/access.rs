@@ -16,7 +16,7 @@
 //!   once (`conflict` after). An approval of a request that carried a
 //!   public key must carry the topic owner's signed recipient entry for
 //!   exactly that key and the requester (the broker cannot sign one: see
-//!   [`recipients`](super::recipients)); with a TTL, the entry must expire
+//!   [`recipients`]); with a TTL, the entry must expire
 //!   too.
 //! - The approval's rule (requester × topic × operations, allow, expiring
 //!   with the TTL), the recipient entry and the request's new state are

@@ -382,7 +382,10 @@ mod tests {
         let rotated = rotate_due(&state, now + 2 * hour);
         assert_eq!(rotated.len(), 1);
         assert_eq!(rotated[0].id.version, 2);
-        let versions = state.keys.versions(Some(&KekScope::Broker)).expect("versions");
+        let versions = state
+            .keys
+            .versions(Some(&KekScope::Broker))
+            .expect("versions");
         let states: Vec<_> = versions.iter().map(|v| (v.id.version, v.state)).collect();
         assert_eq!(
             states,

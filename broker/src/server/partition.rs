@@ -286,6 +286,6 @@ impl Partition {
             LogError::Key { .. } => ErrorCode::KeyUnavailable,
             _ => ErrorCode::PartitionUnavailable,
         };
-        BrokerError::new(code, format!("{}/{}: {e}", self.topic, self.index))
+        BrokerError::redacted(code, &format!("{}/{}: {e}", self.topic, self.index))
     }
 }

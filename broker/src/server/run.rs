@@ -295,7 +295,10 @@ fn maintain(state: &BrokerState) {
         }
     }
     // Expired rules, and approved access requests past their expiry with
-    // their rules and recipient entries.
+    // their rules and recipient entries. Under the admin lock, as every ACL
+    // change: a reload here must not publish rules read before a
+    // concurrent grant's commit after that grant's own reload.
+    let _admin = state.admin_lock.blocking_lock();
     match crate::server::access::remove_expired(state, now_ms()) {
         Ok(expired) if !expired.is_empty() => {
             tracing::info!(target: "strongbox::audit", rules = expired.len(), "expired ACL rules removed");

@@ -99,9 +99,9 @@ impl Topic {
     pub fn partition(&self, index: u32) -> Result<&Arc<Partition>, BrokerError> {
         match self.partitions.get(index as usize) {
             Some(PartitionSlot::Ready(p)) => Ok(p),
-            Some(PartitionSlot::Failed(reason)) => Err(BrokerError::new(
+            Some(PartitionSlot::Failed(reason)) => Err(BrokerError::redacted(
                 ErrorCode::PartitionUnavailable,
-                format!("{}/{index} is unavailable: {reason}", self.entry.name),
+                &format!("{}/{index} is unavailable: {reason}", self.entry.name),
             )),
             None => Err(BrokerError::new(
                 ErrorCode::UnknownPartition,
@@ -146,7 +146,7 @@ impl Topic {
                         high_watermark: 0,
                         segments: 0,
                         size_bytes: 0,
-                        error: Some(reason.clone()),
+                        error: Some(crate::server::error::redact_paths(reason)),
                     },
                 }
             })
