@@ -22,22 +22,18 @@
 //! strongbox-broker inspect --data-dir strongbox-dev/data --topic demo.orders --from 100 --count 10
 //! ```
 
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 use strongbox_protocol::batch::RecordBatch;
-use strongbox_protocol::frames::admin_types::KeyState;
-use strongbox_storage::keys::registry::can_unwrap;
-use strongbox_storage::keys::{
-    Dek, KekId, KeyError, KeyProvider, SegmentKeyContext, SegmentKeys, WrappedDek,
-};
 use strongbox_storage::log::{LogError, scan_dir};
 use strongbox_storage::meta::{MetaError, MetaStore};
 
+use crate::audit::record::checked_rfc3339_millis;
 use crate::server::topics::{log_config, topic_dir};
+use crate::verify::keys::ReadOnlyKeys;
 use crate::verify::{Setup, VerifyArgs, VerifyError};
 
 /// The arguments of `strongbox-broker inspect`.
@@ -248,7 +244,7 @@ pub fn inspect(
         .collect();
     let provider = crate::server::open_provider(&setup.config)
         .map_err(|e| InspectError::Provider(e.to_string()))?;
-    let keys = Arc::new(ReadOnlyKeys { provider, states });
+    let keys = Arc::new(ReadOnlyKeys::new("inspect", provider, states));
     let dir = topic_dir(&setup.data_dir, &entry.topic_id).join(args.partition.to_string());
     let config = log_config(&entry, args.partition);
     let from = args.from;
@@ -331,42 +327,6 @@ fn visit_batch(
     *left != Some(0)
 }
 
-/// Data keys for a read-only look: unwrapped by the provider after the
-/// registry check the broker makes; never created, cached or forgotten.
-#[derive(Debug)]
-struct ReadOnlyKeys {
-    provider: Arc<dyn KeyProvider>,
-    states: HashMap<KekId, KeyState>,
-}
-
-impl SegmentKeys for ReadOnlyKeys {
-    fn create(&self, _: &SegmentKeyContext) -> Result<(Dek, WrappedDek), KeyError> {
-        Err(KeyError::Config(
-            "inspect is read-only and never creates a data key".into(),
-        ))
-    }
-
-    fn open(&self, ctx: &SegmentKeyContext, wrapped: &WrappedDek) -> Result<Dek, KeyError> {
-        if wrapped.kek.scope != ctx.scope {
-            return Err(KeyError::UnwrapRejected {
-                kek: wrapped.kek.label(),
-            });
-        }
-        if let Some(state) = self.states.get(&wrapped.kek)
-            && !can_unwrap(*state)
-        {
-            return Err(KeyError::Destroyed(wrapped.kek.label()));
-        }
-        self.provider.unwrap(&wrapped.kek, &wrapped.wrapped)
-    }
-
-    fn forget(&self, _: &SegmentKeyContext) -> Result<(), KeyError> {
-        Err(KeyError::Config(
-            "inspect is read-only and never forgets a data key".into(),
-        ))
-    }
-}
-
 /// Bytes for people: UTF-8 text with control characters, quotes and
 /// backslashes escaped, in quotes; anything else as `hex:` and its digits.
 pub fn bytes_text(bytes: &[u8]) -> String {
@@ -436,20 +396,7 @@ pub fn record_json(topic: &str, partition: u32, r: &StoredRecord) -> Value {
 
 /// Milliseconds since the Unix epoch as RFC 3339 UTC with milliseconds.
 fn time_text(ms: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000);
-    match t {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.millisecond()
-        ),
-        Err(_) => format!("{ms}ms"),
-    }
+    checked_rfc3339_millis(ms).unwrap_or_else(|| format!("{ms}ms"))
 }
 
 #[cfg(test)]

@@ -393,6 +393,8 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+pub mod access;
+pub mod cli_checks;
 pub mod softhsm;
 
 /// Async helpers over the client library.

@@ -1,11 +1,15 @@
 //! SoftHSM2 tokens for end-to-end tests of the `pkcs11` key provider.
 //!
 //! SoftHSM2 reads `SOFTHSM2_CONF` once per process, at `C_Initialize`, and
-//! `cargo test` runs the tests of one binary as threads of one process. A
-//! test that uses a token itself (not only through a broker process) runs
-//! its body in a child process of the test binary whose environment points
-//! at a token directory of its own: [`in_own_process`]. Broker processes it
-//! starts inherit that environment.
+//! `cargo test` runs the tests of one binary as threads of one process. So
+//! every test gets a token directory and configuration of its own:
+//!
+//! - a test that uses a token itself (not only through a broker process)
+//!   runs its body in a child process of the test binary whose environment
+//!   points at them: [`in_own_process`] and [`Token`]. Broker processes it
+//!   starts inherit that environment;
+//! - a test that only lets broker processes use the token passes its
+//!   configuration in their environment: [`TokenDir`].
 //!
 //! A machine without SoftHSM2 fails these tests, saying what to install;
 //! they are never skipped.
@@ -59,17 +63,7 @@ pub fn in_own_process(name: &str, body: impl FnOnce()) {
         "softhsm2-util not found: install softhsm2 (apt-get install softhsm2)"
     );
     let dir = tempfile::tempdir().expect("temp dir");
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir(&tokens).expect("token dir");
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .expect("softhsm2.conf");
+    let conf = write_conf(dir.path()).expect("softhsm2.conf");
     let exe = std::env::current_exe().expect("test binary path");
     let out = Command::new(exe)
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
@@ -118,25 +112,7 @@ impl Token {
             N.fetch_add(1, Ordering::Relaxed)
         );
         ensure!(label.len() <= 32, "token label {label} is over 32 bytes");
-        let out = Command::new("softhsm2-util")
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                &label,
-                "--pin",
-                USER_PIN,
-                "--so-pin",
-                SO_PIN,
-            ])
-            .output()
-            .context("softhsm2-util (install softhsm2)")?;
-        ensure!(
-            out.status.success(),
-            "softhsm2-util --init-token failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        init_token(&label, None)?;
         let pin_file = dir.join(format!("{label}.pin"));
         write_private(&pin_file, format!("{USER_PIN}\n").as_bytes())?;
         Ok(Self { label, pin_file })
@@ -180,6 +156,124 @@ impl Token {
         std::fs::write(&path, text)?;
         Ok(())
     }
+}
+
+/// A token in a token directory of its own under `root`, for broker
+/// processes given [`TokenDir::env`]; the test process never loads the
+/// module. The token's files can be taken away and brought back, as an HSM
+/// is unplugged and plugged in again.
+#[derive(Debug)]
+pub struct TokenDir {
+    root: PathBuf,
+    /// The `SOFTHSM2_CONF` file.
+    pub conf: PathBuf,
+    /// The token label.
+    pub label: String,
+    /// A `0600` file holding the user PIN.
+    pub pin_file: PathBuf,
+}
+
+impl TokenDir {
+    /// Writes a SoftHSM2 configuration under `root` and initialises a token
+    /// in its token directory.
+    ///
+    /// # Errors
+    ///
+    /// A file cannot be written or `softhsm2-util` fails.
+    pub fn new(root: &Path) -> Result<Self> {
+        module_path();
+        let conf = write_conf(root)?;
+        let label = format!("sbx-keys-{}", std::process::id());
+        init_token(&label, Some(&conf))?;
+        let pin_file = root.join("token.pin");
+        write_private(&pin_file, format!("{USER_PIN}\n").as_bytes())?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            conf,
+            label,
+            pin_file,
+        })
+    }
+
+    /// The environment a broker process needs to use the token.
+    pub fn env(&self) -> (&'static str, String) {
+        ("SOFTHSM2_CONF", self.conf.display().to_string())
+    }
+
+    /// Moves the token's files away, leaving an empty token directory.
+    ///
+    /// # Errors
+    ///
+    /// A rename fails.
+    pub fn take_away(&self) -> Result<()> {
+        std::fs::rename(self.tokens(), self.away())?;
+        std::fs::create_dir(self.tokens())?;
+        Ok(())
+    }
+
+    /// Puts the token's files back.
+    ///
+    /// # Errors
+    ///
+    /// A rename fails.
+    pub fn bring_back(&self) -> Result<()> {
+        std::fs::remove_dir(self.tokens())?;
+        std::fs::rename(self.away(), self.tokens())?;
+        Ok(())
+    }
+
+    fn tokens(&self) -> PathBuf {
+        self.root.join("tokens")
+    }
+
+    fn away(&self) -> PathBuf {
+        self.root.join("tokens-away")
+    }
+}
+
+/// Writes `root/softhsm2.conf`, whose tokens live in `root/tokens`, and
+/// returns its path.
+fn write_conf(root: &Path) -> Result<PathBuf> {
+    let tokens = root.join("tokens");
+    std::fs::create_dir_all(&tokens)?;
+    let conf = root.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )?;
+    Ok(conf)
+}
+
+/// Initialises a token labelled `label` on a free slot with the test PINs,
+/// under the configuration `conf` (else the one in the environment).
+fn init_token(label: &str, conf: Option<&Path>) -> Result<()> {
+    let mut command = Command::new("softhsm2-util");
+    command.args([
+        "--init-token",
+        "--free",
+        "--label",
+        label,
+        "--pin",
+        USER_PIN,
+        "--so-pin",
+        SO_PIN,
+    ]);
+    if let Some(conf) = conf {
+        command.env("SOFTHSM2_CONF", conf);
+    }
+    let out = command
+        .output()
+        .context("running softhsm2-util (install softhsm2)")?;
+    ensure!(
+        out.status.success(),
+        "softhsm2-util --init-token failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
 
 /// Writes a file only its owner may read.

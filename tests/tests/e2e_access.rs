@@ -10,14 +10,15 @@
 //! tested in `e2e_recipients.rs`.
 
 use std::path::Path;
-use std::process::Output;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use strongbox_client::{ConsumerConfig, ErrorCode, Subscription};
+use strongbox_tests::access::{expire_request, listed_request};
+use strongbox_tests::cli_checks::{cli_fails, cli_json, cli_ok, text};
 use strongbox_tests::client::{connect, read_n};
-use strongbox_tests::{BrokerProcess, START_TIMEOUT, Signal, cli};
+use strongbox_tests::{BrokerProcess, START_TIMEOUT, cli};
 
 const BOB: &str = "spiffe://strongbox.dev/bob";
 const ALICE: &str = "spiffe://strongbox.dev/alice";
@@ -27,59 +28,6 @@ const TOPIC: &str = "ledger.secret";
 /// Long enough for bob to read on his open connection, short enough to
 /// wait out: the only wait in this file.
 const TTL_SECS: u64 = 20;
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs the CLI and insists on success; returns stdout.
-fn cli_ok(profile: &Path, args: &[&str]) -> Result<String> {
-    let out = cli(profile, args)?;
-    ensure!(
-        out.status.success(),
-        "strongbox {args:?} failed: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    Ok(text(&out.stdout))
-}
-
-/// Runs the CLI and insists on exit status `code` with `needle` on stderr.
-fn cli_fails(profile: &Path, code: i32, args: &[&str], needle: &str) -> Result<Output> {
-    let out = cli(profile, args)?;
-    let err = text(&out.stderr);
-    ensure!(
-        out.status.code() == Some(code) && err.contains(needle),
-        "strongbox {args:?}: expected exit {code} with {needle:?}, got {:?}: {}{err}",
-        out.status.code(),
-        text(&out.stdout)
-    );
-    Ok(out)
-}
-
-fn json(profile: &Path, args: &[&str]) -> Result<Value> {
-    let mut full = vec!["--json"];
-    full.extend_from_slice(args);
-    let out = cli_ok(profile, &full)?;
-    serde_json::from_str(out.trim()).with_context(|| format!("not JSON: {out}"))
-}
-
-/// The request `id` as `principal` sees it in `access list`, if visible.
-fn listed(profile: &Path, id: u64) -> Result<Option<Value>> {
-    let list = json(profile, &["access", "list"])?;
-    Ok(list
-        .as_array()
-        .context("a list")?
-        .iter()
-        .find(|r| r["id"] == id)
-        .cloned())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
 /// Every audit record, as `audit tail --json` prints them.
 fn audit_records(admin: &Path) -> Result<Vec<Value>> {
@@ -212,7 +160,7 @@ async fn request_approve_read_expire_with_real_certificates() -> Result<()> {
     )?;
 
     // The request.
-    let request = json(
+    let request = cli_json(
         &bob,
         &[
             "access",
@@ -245,10 +193,10 @@ async fn request_approve_read_expire_with_real_certificates() -> Result<()> {
         &format!("access request {id} for subscribe on {TOPIC} is already pending"),
     )?;
     // Bob sees his own request, the admin sees it (grant), alice does not.
-    assert!(listed(&bob, id)?.is_some());
-    assert!(listed(&admin, id)?.is_some());
+    assert!(listed_request(&bob, id)?.is_some());
+    assert!(listed_request(&admin, id)?.is_some());
     assert!(
-        listed(&alice, id)?.is_none(),
+        listed_request(&alice, id)?.is_none(),
         "alice holds no grant on {TOPIC}"
     );
     let table = cli_ok(&admin, &["access", "list", "--pending"])?;
@@ -271,10 +219,13 @@ async fn request_approve_read_expire_with_real_certificates() -> Result<()> {
         &["access", "deny", &id.to_string(), "--reason", "no"],
         "not authorized",
     )?;
-    assert_eq!(listed(&admin, id)?.context("listed")?["state"], "pending");
+    assert_eq!(
+        listed_request(&admin, id)?.context("listed")?["state"],
+        "pending"
+    );
 
     // The admin approves with a TTL: bob reads on his open connection.
-    let approved = json(
+    let approved = cli_json(
         &admin,
         &[
             "access",
@@ -293,7 +244,7 @@ async fn request_approve_read_expire_with_real_certificates() -> Result<()> {
     assert_eq!(&records[1].value[..], b"entry-2");
     drop(consumer);
     assert!(bob_client.is_connected(), "the same connection all along");
-    let rules = json(
+    let rules = cli_json(
         &admin,
         &["acl", "list", "--principal", BOB, "--topic", TOPIC],
     )?;
@@ -322,7 +273,7 @@ async fn request_approve_read_expire_with_real_certificates() -> Result<()> {
 
     // Expiry: once the TTL is over, a maintenance pass (SIGHUP runs one)
     // removes the rule and marks the request expired.
-    expire(&broker, &bob, id, expires_at).await?;
+    expire_request(&broker, &bob, id, expires_at).await?;
     let refused = subscribe().await.expect_err("the grant expired");
     assert_eq!(refused.code(), Some(ErrorCode::NotAuthorized), "{refused}");
     cli_fails(
@@ -332,7 +283,7 @@ async fn request_approve_read_expire_with_real_certificates() -> Result<()> {
         // The CLI describes the topic first.
         &format!("not authorized: {BOB} may not describe {TOPIC}"),
     )?;
-    let rules = json(
+    let rules = cli_json(
         &admin,
         &["acl", "list", "--principal", BOB, "--topic", TOPIC],
     )?;
@@ -340,7 +291,7 @@ async fn request_approve_read_expire_with_real_certificates() -> Result<()> {
 
     // A denial needs a reason; it is shown to the requester; a denied
     // request cannot be approved.
-    let second = json(
+    let second = cli_json(
         &bob,
         &[
             "access",
@@ -355,7 +306,7 @@ async fn request_approve_read_expire_with_real_certificates() -> Result<()> {
     )?;
     let id2 = second["id"].as_u64().context("an id")?;
     cli_fails(&admin, 2, &["access", "deny", &id2.to_string()], "--reason")?;
-    let denied = json(
+    let denied = cli_json(
         &admin,
         &[
             "access",
@@ -366,7 +317,7 @@ async fn request_approve_read_expire_with_real_certificates() -> Result<()> {
         ],
     )?;
     assert_eq!(denied["state"], "denied");
-    let seen = listed(&bob, id2)?.context("bob sees it")?;
+    let seen = listed_request(&bob, id2)?.context("bob sees it")?;
     assert_eq!(seen["decision_reason"], "use ledger.summary");
     cli_fails(
         &admin,
@@ -425,20 +376,4 @@ async fn request_approve_read_expire_with_real_certificates() -> Result<()> {
     );
     bob_client.close().await;
     Ok(())
-}
-
-/// Waits out `expires_at`, then triggers maintenance (SIGHUP) until
-/// request `id` shows `expired` to bob.
-async fn expire(broker: &BrokerProcess, bob: &Path, id: u64, expires_at: i64) -> Result<()> {
-    let wait = u64::try_from(expires_at.saturating_sub(now_ms()).max(0)).unwrap_or(0);
-    tokio::time::sleep(Duration::from_millis(wait + 200)).await;
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        broker.signal(Signal::SIGHUP)?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if listed(bob, id)?.context("listed")?["state"] == "expired" {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "request {id} never expired");
-    }
 }

@@ -7,7 +7,6 @@
 //! record key) no longer authenticates. HPKE recipients added by access
 //! approval are tested in `e2e_recipients.rs`.
 
-use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 
@@ -23,43 +22,11 @@ use strongbox_client::e2e::{
 use strongbox_client::{
     ConsumerConfig, ProducerConfig, ProducerRecord, Subscription, ValueTransformer,
 };
+use strongbox_tests::cli_checks::{cli_fails, cli_ok, json_values, path_arg, text};
 use strongbox_tests::client::{READ_TIMEOUT, connect, read_n};
-use strongbox_tests::{BrokerProcess, binary, cli, contains, files_under};
+use strongbox_tests::{BrokerProcess, binary, contains, files_under};
 
 const BOB: &str = "spiffe://strongbox.dev/bob";
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// Runs the CLI and insists on success; returns stdout.
-fn cli_ok(profile: &Path, args: &[&str]) -> Result<String> {
-    let out = cli(profile, args)?;
-    ensure!(
-        out.status.success(),
-        "strongbox {args:?} failed: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    Ok(text(&out.stdout))
-}
-
-/// Runs the CLI and insists on exit status 1 with `needle` on stderr.
-fn cli_fails(profile: &Path, args: &[&str], needle: &str) -> Result<String> {
-    let out = cli(profile, args)?;
-    let err = text(&out.stderr);
-    ensure!(
-        out.status.code() == Some(1) && err.contains(needle),
-        "strongbox {args:?}: expected exit 1 with {needle:?}, got {:?}: {}{err}",
-        out.status.code(),
-        text(&out.stdout)
-    );
-    Ok(err)
-}
 
 /// `strongbox-broker inspect` with `args`.
 fn inspect(args: &[&str]) -> Result<Output> {
@@ -67,20 +34,6 @@ fn inspect(args: &[&str]) -> Result<Output> {
         .arg("inspect")
         .args(args)
         .output()?)
-}
-
-/// The values `subscribe --json` printed, in order.
-fn values(stdout: &str) -> Result<Vec<String>> {
-    stdout
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).with_context(|| format!("not JSON: {l}"))?;
-            v["value"]
-                .as_str()
-                .map(str::to_owned)
-                .with_context(|| format!("no text value: {l}"))
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,12 +48,15 @@ async fn keyring_values_are_ciphertext_at_the_broker_and_replay_crosses_rotation
     );
     cli_ok(&admin, &["topic", "create", "demo.vault"])?;
     let keys = tmp.path().join("vault.keyring");
-    cli_ok(&alice, &["keyring", "new", s(&keys), "--id", "vault-key"])?;
+    cli_ok(
+        &alice,
+        &["keyring", "new", path_arg(&keys), "--id", "vault-key"],
+    )?;
 
     // One record under each of four key versions (three rotations).
     for version in 1..=4 {
         if version > 1 {
-            cli_ok(&alice, &["keyring", "rotate", s(&keys)])?;
+            cli_ok(&alice, &["keyring", "rotate", path_arg(&keys)])?;
         }
         let value = format!("VAULT-PLAINTEXT-v{version}");
         cli_ok(
@@ -109,7 +65,7 @@ async fn keyring_values_are_ciphertext_at_the_broker_and_replay_crosses_rotation
                 "publish",
                 "demo.vault",
                 "--e2e-keyring",
-                s(&keys),
+                path_arg(&keys),
                 "--key",
                 "acct-9",
                 &value,
@@ -129,11 +85,11 @@ async fn keyring_values_are_ciphertext_at_the_broker_and_replay_crosses_rotation
         &[
             "keyring",
             "export",
-            s(&keys),
+            path_arg(&keys),
             "--id",
             "vault-key",
             "--out",
-            s(&reader),
+            path_arg(&reader),
         ],
     )?;
     let out = cli_ok(
@@ -145,11 +101,11 @@ async fn keyring_values_are_ciphertext_at_the_broker_and_replay_crosses_rotation
             "--count",
             "4",
             "--e2e-keyring",
-            s(&reader),
+            path_arg(&reader),
         ],
     )?;
     assert_eq!(
-        values(&out)?,
+        json_values(&out)?,
         (1..=4)
             .map(|v| format!("VAULT-PLAINTEXT-v{v}"))
             .collect::<Vec<_>>()
@@ -162,24 +118,25 @@ async fn keyring_values_are_ciphertext_at_the_broker_and_replay_crosses_rotation
         &[
             "keyring",
             "export",
-            s(&keys),
+            path_arg(&keys),
             "--id",
             "vault-key",
             "--version",
             "1",
             "--out",
-            s(&old),
+            path_arg(&old),
         ],
     )?;
     cli_fails(
         &bob,
+        1,
         &[
             "subscribe",
             "demo.vault",
             "--count",
             "4",
             "--e2e-keyring",
-            s(&old),
+            path_arg(&old),
         ],
         "e2e key vault-key v2 is not in the keyring",
     )?;
@@ -189,7 +146,7 @@ async fn keyring_values_are_ciphertext_at_the_broker_and_replay_crosses_rotation
 
     // Offline inspection refuses while the broker runs.
     let data = dev.join("data");
-    let running = inspect(&["--data-dir", s(&data), "--topic", "demo.vault"])?;
+    let running = inspect(&["--data-dir", path_arg(&data), "--topic", "demo.vault"])?;
     assert_eq!(running.status.code(), Some(1));
     assert!(
         text(&running.stderr).contains("a broker is running"),
@@ -199,7 +156,13 @@ async fn keyring_values_are_ciphertext_at_the_broker_and_replay_crosses_rotation
 
     // After a graceful stop: the at-rest layer decrypted shows ciphertext.
     assert_eq!(broker.terminate()?, Some(0));
-    let out = inspect(&["--data-dir", s(&data), "--topic", "demo.vault", "--json"])?;
+    let out = inspect(&[
+        "--data-dir",
+        path_arg(&data),
+        "--topic",
+        "demo.vault",
+        "--json",
+    ])?;
     ensure!(out.status.success(), "inspect: {}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(!stdout.contains("VAULT-PLAINTEXT"), "{stdout}");
@@ -218,13 +181,13 @@ async fn keyring_values_are_ciphertext_at_the_broker_and_replay_crosses_rotation
             .with_context(|| format!("no e2e header: {r}"))?;
         assert!(header["value_hex"].is_string(), "{header}");
     }
-    let text_form = inspect(&["--data-dir", s(&data), "--topic", "demo.vault"])?;
+    let text_form = inspect(&["--data-dir", path_arg(&data), "--topic", "demo.vault"])?;
     assert!(text_form.status.success());
     assert!(!text(&text_form.stdout).contains("VAULT-PLAINTEXT"));
     assert_eq!(text(&text_form.stdout).lines().count(), 4);
     let one = inspect(&[
         "--data-dir",
-        s(&data),
+        path_arg(&data),
         "--topic",
         "demo.vault",
         "--from",
@@ -237,14 +200,14 @@ async fn keyring_values_are_ciphertext_at_the_broker_and_replay_crosses_rotation
     assert_eq!(one.lines().count(), 1, "{one}");
     assert!(one.contains("\"offset\":2"), "{one}");
     // The control: a plaintext value is shown as text.
-    let control = inspect(&["--data-dir", s(&data), "--topic", "demo.greetings"])?;
+    let control = inspect(&["--data-dir", path_arg(&data), "--topic", "demo.greetings"])?;
     assert!(
         text(&control.stdout).contains("PLAIN-CONTROL-MARKER"),
         "{}{}",
         text(&control.stdout),
         text(&control.stderr)
     );
-    let missing = inspect(&["--data-dir", s(&data), "--topic", "demo.none"])?;
+    let missing = inspect(&["--data-dir", path_arg(&data), "--topic", "demo.none"])?;
     assert!(text(&missing.stderr).contains("topic demo.none does not exist"));
 
     // No file under the data directory holds either marker.

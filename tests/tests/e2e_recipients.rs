@@ -8,88 +8,19 @@
 
 use std::path::Path;
 use std::process::Output;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use serde_json::Value;
 use strongbox_client::ErrorCode;
 use strongbox_client::protocol::frames::admin_types::RecipientEntry;
+use strongbox_tests::access::expire_request;
+use strongbox_tests::cli_checks::{cli_fails, cli_json, cli_ok, json_values, path_arg, text};
 use strongbox_tests::client::connect;
-use strongbox_tests::{BrokerProcess, START_TIMEOUT, Signal, cli};
+use strongbox_tests::{BrokerProcess, START_TIMEOUT, cli};
 
 const BOB: &str = "spiffe://strongbox.dev/bob";
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs the CLI and insists on success; returns stdout.
-fn cli_ok(profile: &Path, args: &[&str]) -> Result<String> {
-    let out = cli(profile, args)?;
-    ensure!(
-        out.status.success(),
-        "strongbox {args:?} failed: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    Ok(text(&out.stdout))
-}
-
-/// Runs the CLI and insists on exit status `code` with `needle` on stderr.
-fn cli_fails(profile: &Path, code: i32, args: &[&str], needle: &str) -> Result<Output> {
-    let out = cli(profile, args)?;
-    let err = text(&out.stderr);
-    ensure!(
-        out.status.code() == Some(code) && err.contains(needle),
-        "strongbox {args:?}: expected exit {code} with {needle:?}, got {:?}: {}{err}",
-        out.status.code(),
-        text(&out.stdout)
-    );
-    Ok(out)
-}
-
-fn json(profile: &Path, args: &[&str]) -> Result<Value> {
-    let mut full = vec!["--json"];
-    full.extend_from_slice(args);
-    let out = cli_ok(profile, &full)?;
-    serde_json::from_str(out.trim()).with_context(|| format!("not JSON: {out}"))
-}
-
-/// The request `id` as `principal` sees it in `access list`, if visible.
-fn listed(profile: &Path, id: u64) -> Result<Option<Value>> {
-    let list = json(profile, &["access", "list"])?;
-    Ok(list
-        .as_array()
-        .context("a list")?
-        .iter()
-        .find(|r| r["id"] == id)
-        .cloned())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// The values `subscribe --json` printed, in order.
-fn values(stdout: &str) -> Result<Vec<String>> {
-    stdout
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).with_context(|| format!("not JSON: {l}"))?;
-            v["value"]
-                .as_str()
-                .map(str::to_owned)
-                .with_context(|| format!("no text value: {l}"))
-        })
-        .collect()
-}
 
 /// Signs an entry for `topic`/`recipient`/`key` with the owner key file.
 fn sign(profile: &Path, owner: &Path, topic: &str, recipient: &str, key: &str) -> Result<String> {
@@ -100,7 +31,7 @@ fn sign(profile: &Path, owner: &Path, topic: &str, recipient: &str, key: &str) -
             "recipient",
             "sign",
             "--owner-key",
-            s(owner),
+            path_arg(owner),
             "--topic",
             topic,
             "--recipient",
@@ -114,7 +45,7 @@ fn sign(profile: &Path, owner: &Path, topic: &str, recipient: &str, key: &str) -
 }
 
 fn public_key(profile: &Path, identity: &Path) -> Result<String> {
-    let v = json(profile, &["e2e", "identity", "show", s(identity)])?;
+    let v = cli_json(profile, &["e2e", "identity", "show", path_arg(identity)])?;
     v["public_key"]
         .as_str()
         .map(str::to_owned)
@@ -123,14 +54,14 @@ fn public_key(profile: &Path, identity: &Path) -> Result<String> {
 
 /// The recipients the directory lists, with their verification status.
 fn directory(profile: &Path, pinned: &Path) -> Result<Vec<(String, String)>> {
-    let list = json(
+    let list = cli_json(
         profile,
         &[
             "recipients",
             "list",
             "demo.health",
             "--owner-key",
-            s(pinned),
+            path_arg(pinned),
         ],
     )?;
     Ok(list
@@ -157,7 +88,7 @@ fn publish_sealed(alice: &Path, pinned: &Path, value: &str) -> Result<String> {
             "--e2e-recipients",
             "demo.health",
             "--e2e-owner-key",
-            s(pinned),
+            path_arg(pinned),
             value,
         ],
     )?;
@@ -178,7 +109,7 @@ fn read_as(bob: &Path, identity: &Path, at: u64) -> Result<Output> {
             "--count",
             "1",
             "--e2e-identity",
-            s(identity),
+            path_arg(identity),
         ],
     )
 }
@@ -198,14 +129,14 @@ async fn recipients_follow_approval_removal_expiry_and_the_owner_signature() -> 
     // The topic owner's key (held by the approver); producers pin its
     // public half. An archive reader is in the directory from the start.
     let (owner, pinned) = (file("owner.key"), file("owner.key.pub"));
-    cli_ok(&admin, &["e2e", "owner", "new", s(&owner)])?;
+    cli_ok(&admin, &["e2e", "owner", "new", path_arg(&owner)])?;
     cli_ok(
         &admin,
         &[
             "e2e",
             "identity",
             "new",
-            s(&file("archive.identity")),
+            path_arg(&file("archive.identity")),
             "--recipient",
             "archive",
         ],
@@ -218,9 +149,16 @@ async fn recipients_follow_approval_removal_expiry_and_the_owner_signature() -> 
     let bob_id = file("bob.identity");
     cli_ok(
         &bob,
-        &["e2e", "identity", "new", s(&bob_id), "--recipient", BOB],
+        &[
+            "e2e",
+            "identity",
+            "new",
+            path_arg(&bob_id),
+            "--recipient",
+            BOB,
+        ],
     )?;
-    let asked = json(
+    let asked = cli_json(
         &bob,
         &[
             "access",
@@ -232,7 +170,7 @@ async fn recipients_follow_approval_removal_expiry_and_the_owner_signature() -> 
             "--reason",
             "care team",
             "--public-key",
-            s(&bob_id),
+            path_arg(&bob_id),
         ],
     )?;
     let id = asked["id"].as_u64().context("an id")?;
@@ -259,14 +197,14 @@ async fn recipients_follow_approval_removal_expiry_and_the_owner_signature() -> 
         &["access", "approve", &id.to_string()],
         "carries a public key",
     )?;
-    let approved = json(
+    let approved = cli_json(
         &admin,
         &[
             "access",
             "approve",
             &id.to_string(),
             "--owner-key",
-            s(&owner),
+            path_arg(&owner),
         ],
     )?;
     assert_eq!(approved["state"], "approved");
@@ -284,7 +222,7 @@ async fn recipients_follow_approval_removal_expiry_and_the_owner_signature() -> 
     let out = read_as(&bob, &bob_id, 1)?;
     ensure!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(
-        values(&text(&out.stdout))?,
+        json_values(&text(&out.stdout))?,
         vec!["HEALTH-R1-after-approval"]
     );
 
@@ -304,13 +242,13 @@ async fn recipients_follow_approval_removal_expiry_and_the_owner_signature() -> 
     );
     let archived = read_as(&bob, &file("archive.identity"), 2)?;
     assert_eq!(
-        values(&text(&archived.stdout))?,
+        json_values(&text(&archived.stdout))?,
         vec!["HEALTH-R2-after-removal"]
     );
 
     // Approved again with a short TTL: the entry expires with the grant,
     // and maintenance removes both.
-    let again = json(
+    let again = cli_json(
         &bob,
         &[
             "access",
@@ -322,11 +260,11 @@ async fn recipients_follow_approval_removal_expiry_and_the_owner_signature() -> 
             "--reason",
             "night shift",
             "--public-key",
-            s(&bob_id),
+            path_arg(&bob_id),
         ],
     )?;
     let id2 = again["id"].as_u64().context("an id")?;
-    let approved = json(
+    let approved = cli_json(
         &admin,
         &[
             "access",
@@ -335,12 +273,12 @@ async fn recipients_follow_approval_removal_expiry_and_the_owner_signature() -> 
             "--ttl",
             "2s",
             "--owner-key",
-            s(&owner),
+            path_arg(&owner),
         ],
     )?;
     let expires_at = approved["expires_at"].as_i64().context("an expiry")?;
     assert!(directory(&admin, &pinned)?.iter().any(|(r, _)| r == BOB));
-    expire(&broker, &bob, id2, expires_at).await?;
+    expire_request(&broker, &bob, id2, expires_at).await?;
     assert_eq!(
         directory(&bob, &pinned)?,
         vec![("archive".to_owned(), "verified".to_owned())]
@@ -356,14 +294,14 @@ async fn recipients_follow_approval_removal_expiry_and_the_owner_signature() -> 
     // An entry the owner did not sign: the broker stores it (it cannot
     // tell), producers refuse to seal and name it.
     let other = file("other.key");
-    cli_ok(&admin, &["e2e", "owner", "new", s(&other)])?;
+    cli_ok(&admin, &["e2e", "owner", "new", path_arg(&other)])?;
     cli_ok(
         &admin,
         &[
             "e2e",
             "identity",
             "new",
-            s(&file("mallory.identity")),
+            path_arg(&file("mallory.identity")),
             "--recipient",
             "mallory",
         ],
@@ -386,7 +324,7 @@ async fn recipients_follow_approval_removal_expiry_and_the_owner_signature() -> 
             "--e2e-recipients",
             "demo.health",
             "--e2e-owner-key",
-            s(&pinned),
+            path_arg(&pinned),
             "HEALTH-R4-refused",
         ],
         "recipient entry mallory refused",
@@ -468,20 +406,4 @@ fn hex_bytes(hex: &str) -> Result<Vec<u8>> {
                 .context("hex")
         })
         .collect()
-}
-
-/// Waits out `expires_at`, then triggers maintenance (SIGHUP) until
-/// request `id` shows `expired` to bob.
-async fn expire(broker: &BrokerProcess, bob: &Path, id: u64, expires_at: i64) -> Result<()> {
-    let wait = u64::try_from(expires_at.saturating_sub(now_ms()).max(0)).unwrap_or(0);
-    tokio::time::sleep(Duration::from_millis(wait + 200)).await;
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        broker.signal(Signal::SIGHUP)?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if listed(bob, id)?.context("listed")?["state"] == "expired" {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "request {id} never expired");
-    }
 }

@@ -139,8 +139,18 @@ fn push_value(out: &mut String, value: &Value) {
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the Unix epoch (the
 /// epoch itself for a time out of range).
 pub fn rfc3339_millis(time_ms: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    checked_rfc3339_millis(time_ms).unwrap_or_else(|| rfc3339(time::OffsetDateTime::UNIX_EPOCH))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the Unix epoch, or
+/// `None` for a time out of range.
+pub fn checked_rfc3339_millis(time_ms: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_ms) * 1_000_000)
+        .ok()
+        .map(rfc3339)
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
         t.year(),
@@ -297,5 +307,6 @@ mod tests {
         );
         assert_eq!(rfc3339_millis(-1), "1969-12-31T23:59:59.999Z");
         assert_eq!(rfc3339_millis(i64::MAX), "1970-01-01T00:00:00.000Z");
+        assert_eq!(checked_rfc3339_millis(i64::MAX), None);
     }
 }

@@ -21,7 +21,7 @@ use crate::audit::{self, AUDIT_TOPIC, AuditAction, AuditEvent, Outcome, topic_re
 use crate::server::authz::Authorizer;
 use crate::server::connection::ConnCtx;
 use crate::server::error::BrokerError;
-use crate::server::key_lifecycle;
+use crate::server::key_lifecycle::{self, scope_name};
 use crate::server::rewrap::RewrapRequest;
 use crate::server::stream_io::{FrameReader, FrameWriter};
 use crate::server::topics::{
@@ -404,19 +404,6 @@ fn key_scope(
             }
             Ok(Some(topic.kek_scope()))
         }
-    }
-}
-
-/// The scope as people read it: `broker` or `topic:<name>`.
-fn scope_name(state: &BrokerState, scope: &KekScope) -> String {
-    match scope {
-        KekScope::Broker => "broker".into(),
-        KekScope::Topic(id) => state
-            .topics
-            .all()
-            .into_iter()
-            .find(|t| hex::encode(t.entry.topic_id) == *id)
-            .map_or_else(|| format!("topic-{id}"), |t| format!("topic:{}", t.name())),
     }
 }
 

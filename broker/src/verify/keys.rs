@@ -1,7 +1,8 @@
-//! The data keys `verify` uses: unwrapped by the configured provider after
-//! the same registry check the broker makes, and nothing else. It never
-//! creates, forgets or caches a key, and never writes to the registry (the
-//! broker's key manager may, to follow an interrupted rewrap).
+//! The data keys the offline commands (`verify`, `inspect`) use: unwrapped
+//! by the configured provider after the same registry check the broker
+//! makes, and nothing else. It never creates, forgets or caches a key, and
+//! never writes to the registry (the broker's key manager may, to follow an
+//! interrupted rewrap).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,18 +14,25 @@ use strongbox_storage::keys::{
     Dek, KekId, KeyError, KeyProvider, SegmentKeyContext, SegmentKeys, WrappedDek,
 };
 
-/// Unwraps data keys for a read-only check.
+/// Unwraps data keys for a read-only look at a stopped broker's data.
 #[derive(Debug)]
-pub(crate) struct VerifyKeys {
+pub(crate) struct ReadOnlyKeys {
+    /// The command, named in the refusal to create or forget a key.
+    command: &'static str,
     provider: Arc<dyn KeyProvider>,
-    /// Registry states, read once before the check.
+    /// Registry states, read once before the command reads the log.
     states: HashMap<KekId, KeyState>,
     unwraps: AtomicU64,
 }
 
-impl VerifyKeys {
-    pub(crate) fn new(provider: Arc<dyn KeyProvider>, states: HashMap<KekId, KeyState>) -> Self {
+impl ReadOnlyKeys {
+    pub(crate) fn new(
+        command: &'static str,
+        provider: Arc<dyn KeyProvider>,
+        states: HashMap<KekId, KeyState>,
+    ) -> Self {
         Self {
+            command,
             provider,
             states,
             unwraps: AtomicU64::new(0),
@@ -37,11 +45,12 @@ impl VerifyKeys {
     }
 }
 
-impl SegmentKeys for VerifyKeys {
+impl SegmentKeys for ReadOnlyKeys {
     fn create(&self, _: &SegmentKeyContext) -> Result<(Dek, WrappedDek), KeyError> {
-        Err(KeyError::Config(
-            "verify is read-only and never creates a data key".into(),
-        ))
+        Err(KeyError::Config(format!(
+            "{} is read-only and never creates a data key",
+            self.command
+        )))
     }
 
     fn open(&self, ctx: &SegmentKeyContext, wrapped: &WrappedDek) -> Result<Dek, KeyError> {
@@ -64,8 +73,9 @@ impl SegmentKeys for VerifyKeys {
     }
 
     fn forget(&self, _: &SegmentKeyContext) -> Result<(), KeyError> {
-        Err(KeyError::Config(
-            "verify is read-only and never forgets a data key".into(),
-        ))
+        Err(KeyError::Config(format!(
+            "{} is read-only and never forgets a data key",
+            self.command
+        )))
     }
 }

@@ -19,7 +19,7 @@
 //! broker). docs/OPERATIONS.md, "Verifying a data directory", says what to
 //! do with each kind of problem.
 
-mod keys;
+pub(crate) mod keys;
 mod progress;
 mod registry;
 mod report;
@@ -41,7 +41,7 @@ pub use report::{
     Item, KeyVersionReport, PartitionReport, ProviderReport, Report, Severity, Summary,
 };
 
-use keys::VerifyKeys;
+use keys::ReadOnlyKeys;
 use progress::Progress;
 use registry::{key_versions, registry_findings, stale_registry};
 use report::from_finding;
@@ -317,7 +317,7 @@ pub fn verify(setup: &Setup, show_progress: bool) -> Result<Report, VerifyError>
         .flatten()
         .map(|v| (v.id.clone(), v.state))
         .collect();
-    let keys = Arc::new(VerifyKeys::new(provider.clone(), states));
+    let keys = Arc::new(ReadOnlyKeys::new("verify", provider.clone(), states));
     let versions: HashMap<KekId, KekVersion> = md
         .versions
         .iter()
@@ -440,7 +440,7 @@ fn check_partition(
     data_dir: &Path,
     entry: &TopicEntry,
     index: u32,
-    keys: Arc<VerifyKeys>,
+    keys: Arc<ReadOnlyKeys>,
     recorded: Option<&HashMap<[u8; 16], KekId>>,
     versions: &HashMap<KekId, KekVersion>,
     committed: &[(String, u64)],

@@ -25,6 +25,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -36,9 +37,10 @@ use super::config::{LogConfig, SystemClock};
 use super::error::LogError;
 use super::files;
 use super::format::{
-    LogFile, SEGMENT_HEADER_LEN, Seal, SegmentHeader, deleted_file_name, index_file_name,
-    key_file_name, parse_file_name,
+    LogFile, SEGMENT_HEADER_LEN, Seal, deleted_file_name, index_file_name, key_file_name,
+    parse_file_name,
 };
+use super::offline::{found_segment, read_header, seal_before_base, walk_frames};
 use super::recovery::{check_header, load_envelope, read_seal};
 use super::segment::{FrameFault, LogCtx, Segment, SegmentCrypto};
 
@@ -493,14 +495,7 @@ fn check_segment(
 
     match seal {
         Ok(seal) if seal.next_offset > base => {
-            let segment = Segment::new(
-                &ctx.dir,
-                header,
-                Some(envelope),
-                seal.frames_end,
-                seal.max_timestamp,
-            );
-            segment.set_sealed(seal, false);
+            let segment = found_segment(&ctx.dir, header, envelope, Some(seal));
             let mac_ok = match segment.verify_seal(&crypto) {
                 Ok(()) => true,
                 Err(e) => {
@@ -528,18 +523,9 @@ fn check_segment(
                 },
             }
         }
-        Ok(seal) => damaged(
-            LogError::SealMissing {
-                segment: path,
-                reason: format!(
-                    "its seal ends at offset {} before its base offset {base}",
-                    seal.next_offset
-                ),
-            },
-            &mut checked,
-        ),
+        Ok(seal) => damaged(seal_before_base(path, &seal, base), &mut checked),
         Err(reason) => {
-            let segment = Segment::new(&ctx.dir, header, Some(envelope), header_len, i64::MIN);
+            let segment = found_segment(&ctx.dir, header, envelope, None);
             let walk = walk(&segment, &crypto, &file, len, state, progress);
             walk.record(&mut seg);
             if !is_last {
@@ -582,15 +568,6 @@ fn check_segment(
     checked
 }
 
-fn read_header(file: &File, path: &Path) -> Result<SegmentHeader, LogError> {
-    let mut buf = [0u8; SEGMENT_HEADER_LEN];
-    files::read_exact_at(file, &mut buf, 0, path)?;
-    SegmentHeader::decode(&buf).map_err(|e| LogError::CorruptHeader {
-        segment: path.to_path_buf(),
-        reason: e.to_string(),
-    })
-}
-
 /// The frames of a segment read from its start.
 struct Walk {
     frames: u64,
@@ -623,54 +600,39 @@ fn walk(
     state: &mut CheckProgress,
     progress: &mut dyn FnMut(CheckProgress),
 ) -> Walk {
-    let mut w = Walk {
-        frames: 0,
-        records: 0,
-        batch_bytes: 0,
-        max_ts: i64::MIN,
-        next: seg.base,
-        position: SEGMENT_HEADER_LEN as u64,
-        fault: None,
-    };
-    while w.position < end {
-        let frame = match seg.read_frame(file, crypto, w.position, end, Some(w.next)) {
-            Ok(f) => f,
-            Err(fault) => {
-                w.fault = Some(fault);
-                break;
-            }
-        };
+    let mut frames = 0u64;
+    let mut records = 0u64;
+    let mut batch_bytes = 0u64;
+    let mut max_ts = i64::MIN;
+    let walked = walk_frames(seg, crypto, file, end, |frame, _| {
         let batch = match RecordBatch::parse(frame.batch.clone()) {
             Ok(b) => b,
             Err(e) => {
-                w.fault = Some(FrameFault::Invalid {
-                    position: w.position,
+                return ControlFlow::Break(FrameFault::Invalid {
+                    position: frame.position,
                     reason: format!("decrypted batch does not parse: {e}"),
                 });
-                break;
             }
         };
-        let (Some(next), true) = (frame.header.next_offset(), frame.end() > w.position) else {
-            w.fault = Some(FrameFault::Invalid {
-                position: w.position,
-                reason: "frame offsets overflow".into(),
-            });
-            break;
-        };
-        w.max_ts = w.max_ts.max(batch.max_timestamp());
-        w.frames = w.frames.saturating_add(1);
-        w.records = w
-            .records
-            .saturating_add(u64::from(frame.header.record_count));
+        max_ts = max_ts.max(batch.max_timestamp());
+        frames = frames.saturating_add(1);
+        records = records.saturating_add(u64::from(frame.header.record_count));
         let len = frame.batch.len() as u64;
-        w.batch_bytes = w.batch_bytes.saturating_add(len);
-        w.next = next;
-        w.position = frame.end();
+        batch_bytes = batch_bytes.saturating_add(len);
         state.frames = state.frames.saturating_add(1);
         state.batch_bytes = state.batch_bytes.saturating_add(len);
         progress(*state);
+        ControlFlow::Continue(())
+    });
+    Walk {
+        frames,
+        records,
+        batch_bytes,
+        max_ts,
+        next: walked.next,
+        position: walked.position,
+        fault: walked.fault.or(walked.stopped),
     }
-    w
 }
 
 /// What the seal claims that the frames contradict, if anything.

@@ -57,6 +57,7 @@ mod error;
 mod files;
 pub mod format;
 mod index;
+mod offline;
 mod partition;
 mod read;
 mod recovery;

@@ -17,6 +17,7 @@
 //! start would cut it off. Any other damage is an error naming the file.
 
 use std::fs::File;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -27,9 +28,10 @@ use crate::keys::SegmentKeys;
 use super::config::{LogConfig, SystemClock};
 use super::error::LogError;
 use super::files;
-use super::format::{LogFile, SEGMENT_HEADER_LEN, SegmentHeader, parse_file_name};
+use super::format::{LogFile, SEGMENT_HEADER_LEN, parse_file_name};
+use super::offline::{found_segment, read_header, seal_before_base, walk_frames};
 use super::recovery::{check_header, load_envelope, read_seal};
-use super::segment::{FrameFault, LogCtx, Segment, SegmentCrypto};
+use super::segment::{FrameFault, LogCtx, SegmentCrypto};
 
 /// How a scan ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,12 +150,7 @@ fn scan_segment(
             reason: format!("it holds no frames ({len} bytes) but is not the newest segment"),
         });
     }
-    let mut buf = [0u8; SEGMENT_HEADER_LEN];
-    files::read_exact_at(&file, &mut buf, 0, &path)?;
-    let header = SegmentHeader::decode(&buf).map_err(|e| LogError::CorruptHeader {
-        segment: path.clone(),
-        reason: e.to_string(),
-    })?;
+    let header = read_header(&file, &path)?;
     check_header(ctx, &header, base, &path)?;
     let envelope = load_envelope(ctx, &header)?;
     let dek = ctx
@@ -168,86 +165,65 @@ fn scan_segment(
 
     let (segment, end) = match read_seal(&file, len, &path)? {
         Ok(seal) if seal.next_offset > base => {
-            let segment = Segment::new(
-                &ctx.dir,
-                header,
-                Some(envelope),
-                seal.frames_end,
-                seal.max_timestamp,
-            );
-            segment.set_sealed(seal, false);
+            let segment = found_segment(&ctx.dir, header, envelope, Some(seal));
             segment.verify_seal(&crypto)?;
             (segment, seal.frames_end)
         }
-        Ok(seal) => {
-            return Err(LogError::SealMissing {
-                segment: path,
-                reason: format!(
-                    "its seal ends at offset {} before its base offset {base}",
-                    seal.next_offset
-                ),
-            });
-        }
+        Ok(seal) => return Err(seal_before_base(path, &seal, base)),
         Err(reason) if !is_last => {
             return Err(LogError::SealMissing {
                 segment: path,
                 reason: format!("it has no valid seal at its end ({reason})"),
             });
         }
-        Err(_) => (
-            Segment::new(&ctx.dir, header, Some(envelope), header_len, i64::MIN),
-            len,
-        ),
+        Err(_) => (found_segment(&ctx.dir, header, envelope, None), len),
     };
 
-    let mut pos = header_len;
-    let mut expected = base;
-    while pos < end {
-        let frame = match segment.read_frame(&file, &crypto, pos, end, Some(expected)) {
-            Ok(f) => f,
-            Err(FrameFault::Invalid { position, reason })
-                if is_last && segment.seal.get().is_none() =>
-            {
-                out.torn_tail = Some(format!(
-                    "{} bytes at byte {position} of {} are not an intact frame ({reason})",
-                    end.saturating_sub(position),
-                    path.display()
-                ));
-                return Ok(true);
-            }
-            Err(fault) => return Err(fault.into_error(&path)),
-        };
-        let next = frame
-            .header
-            .next_offset()
-            .filter(|_| frame.end() > pos)
-            .ok_or_else(|| LogError::CorruptFrame {
-                segment: path.clone(),
-                position: pos,
-                reason: "frame offsets overflow".into(),
-            })?;
-        pos = frame.end();
-        expected = next;
+    let walk = walk_frames(&segment, &crypto, &file, end, |frame, next| {
         out.next_offset = next;
         if next <= from_offset {
-            continue;
+            return ControlFlow::Continue(());
         }
-        let batch = RecordBatch::parse(frame.batch).map_err(|e| LogError::CorruptFrame {
-            segment: path.clone(),
-            position: frame.position,
-            reason: format!("decrypted batch does not parse: {e}"),
-        })?;
+        let batch = match RecordBatch::parse(frame.batch) {
+            Ok(b) => b,
+            Err(e) => {
+                return ControlFlow::Break(Err(LogError::CorruptFrame {
+                    segment: path.clone(),
+                    position: frame.position,
+                    reason: format!("decrypted batch does not parse: {e}"),
+                }));
+            }
+        };
         out.batches = out.batches.saturating_add(1);
-        if !visit(frame.header.base_offset, batch) {
-            return Ok(false);
+        if visit(frame.header.base_offset, batch) {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(Ok(false))
         }
+    });
+    if let Some(stopped) = walk.stopped {
+        return stopped;
     }
-    Ok(true)
+    match walk.fault {
+        None => Ok(true),
+        Some(FrameFault::Invalid { position, reason })
+            if is_last && segment.seal.get().is_none() =>
+        {
+            out.torn_tail = Some(format!(
+                "{} bytes at byte {position} of {} are not an intact frame ({reason})",
+                end.saturating_sub(position),
+                path.display()
+            ));
+            Ok(true)
+        }
+        Some(fault) => Err(fault.into_error(&path)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::path::PathBuf;
 
     use strongbox_protocol::batch::BatchBuilder;
 
@@ -268,6 +244,25 @@ mod tests {
             .expect("push");
         }
         RecordBatch::parse(b.finish().expect("finish")).expect("parse")
+    }
+
+    /// Keys under `root`, and the directory and configuration of partition
+    /// 0 of topic `[topic; 16]`, synced on every append.
+    fn partition(root: &Path, topic: u8) -> (Arc<KeyManager>, PathBuf, LogConfig) {
+        let provider = FileKeyProvider::open(root.join("keys")).expect("provider");
+        let meta = MetaStore::open(root.join("meta.redb")).expect("meta");
+        let keys = Arc::new(KeyManager::new(Arc::new(provider), meta, 16));
+        let mut config = LogConfig::new([topic; 16], 0, KekScope::Broker);
+        config.durability = Durability::Fsync;
+        (keys, root.join("p0"), config)
+    }
+
+    fn append(log: &PartitionLog, b: &RecordBatch) {
+        log.append(b)
+            .expect("append")
+            .durable
+            .wait()
+            .expect("durable");
     }
 
     /// Every file of `dir` with its bytes.
@@ -298,29 +293,12 @@ mod tests {
     #[test]
     fn reads_every_segment_read_only_and_from_an_offset() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let provider = FileKeyProvider::open(tmp.path().join("keys")).expect("provider");
-        let meta = MetaStore::open(tmp.path().join("meta.redb")).expect("meta");
-        let keys = Arc::new(KeyManager::new(Arc::new(provider), meta, 16));
-        let dir = tmp.path().join("p0");
-        let mut config = LogConfig::new([3; 16], 0, KekScope::Broker);
-        config.durability = Durability::Fsync;
+        let (keys, dir, config) = partition(tmp.path(), 3);
         let log = PartitionLog::open(&dir, config.clone(), keys.clone()).expect("open");
-        log.append(&batch(0, 2))
-            .expect("append")
-            .durable
-            .wait()
-            .expect("durable");
+        append(&log, &batch(0, 2));
         log.roll().expect("roll");
-        log.append(&batch(2, 3))
-            .expect("append")
-            .durable
-            .wait()
-            .expect("durable");
-        log.append(&batch(5, 1))
-            .expect("append")
-            .durable
-            .wait()
-            .expect("durable");
+        append(&log, &batch(2, 3));
+        append(&log, &batch(5, 1));
         drop(log);
 
         let before = snapshot(&dir);
@@ -358,23 +336,10 @@ mod tests {
     #[test]
     fn an_altered_frame_is_an_error_and_a_torn_tail_is_reported() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let provider = FileKeyProvider::open(tmp.path().join("keys")).expect("provider");
-        let meta = MetaStore::open(tmp.path().join("meta.redb")).expect("meta");
-        let keys = Arc::new(KeyManager::new(Arc::new(provider), meta, 16));
-        let dir = tmp.path().join("p0");
-        let mut config = LogConfig::new([4; 16], 0, KekScope::Broker);
-        config.durability = Durability::Fsync;
+        let (keys, dir, config) = partition(tmp.path(), 4);
         let log = PartitionLog::open(&dir, config.clone(), keys.clone()).expect("open");
-        log.append(&batch(0, 2))
-            .expect("append")
-            .durable
-            .wait()
-            .expect("durable");
-        log.append(&batch(2, 2))
-            .expect("append")
-            .durable
-            .wait()
-            .expect("durable");
+        append(&log, &batch(0, 2));
+        append(&log, &batch(2, 2));
         drop(log);
         let segment = dir.join(super::super::format::segment_file_name(0));
         let original = std::fs::read(&segment).expect("read");
@@ -398,11 +363,7 @@ mod tests {
         std::fs::write(&segment, &original).expect("write");
         let log = PartitionLog::open(&dir, config.clone(), keys.clone()).expect("open");
         log.roll().expect("roll");
-        log.append(&batch(4, 1))
-            .expect("append")
-            .durable
-            .wait()
-            .expect("durable");
+        append(&log, &batch(4, 1));
         drop(log);
         let mut flipped = std::fs::read(&segment).expect("read");
         let at = SEGMENT_HEADER_LEN + 40;

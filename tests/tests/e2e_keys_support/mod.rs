@@ -4,8 +4,8 @@
 //! what is wrapped under which key version.
 //!
 //! SoftHSM2 reads `SOFTHSM2_CONF` when the broker initializes the module,
-//! so each test gets its own token directory and configuration, passed to
-//! the broker process (and to `softhsm2-util`) in the environment. A
+//! so each test gets its own token directory and configuration
+//! ([`TokenDir`]), passed to the broker process in the environment. A
 //! missing SoftHSM2 fails the test; it is never skipped.
 
 #![allow(dead_code, unreachable_pub)]
@@ -13,7 +13,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -24,21 +23,7 @@ use strongbox_client::{
 };
 use strongbox_storage::log::envelope::KeyEnvelope;
 use strongbox_tests::BrokerProcess;
-
-/// Debian's SoftHSM2 module, or `$STRONGBOX_PKCS11_MODULE`.
-pub fn module_path() -> PathBuf {
-    let path = std::env::var_os("STRONGBOX_PKCS11_MODULE").map_or_else(
-        || PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"),
-        PathBuf::from,
-    );
-    assert!(
-        path.exists(),
-        "PKCS#11 module {} not found: install softhsm2 (apt-get install softhsm2) or set \
-         STRONGBOX_PKCS11_MODULE",
-        path.display()
-    );
-    path
-}
+use strongbox_tests::softhsm::{TokenDir, module_path};
 
 /// Which key provider a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,85 +32,6 @@ pub enum Provider {
     File,
     /// A SoftHSM2 token of the test's own.
     SoftHsm,
-}
-
-/// A SoftHSM2 token in a directory of its own.
-#[derive(Debug)]
-pub struct SoftHsm {
-    root: PathBuf,
-    /// The `SOFTHSM2_CONF` file.
-    pub conf: PathBuf,
-    /// The token label.
-    pub label: String,
-    /// The user PIN, in a 0600 file.
-    pub pin_file: PathBuf,
-}
-
-impl SoftHsm {
-    /// Initializes a token under `root`.
-    pub fn new(root: &Path) -> Result<Self> {
-        module_path();
-        let tokens = root.join("tokens");
-        std::fs::create_dir_all(&tokens)?;
-        let conf = root.join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )?;
-        let label = format!("sbx-keys-{}", std::process::id());
-        let out = Command::new("softhsm2-util")
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                &label,
-                "--pin",
-                "24681357",
-                "--so-pin",
-                "13572468",
-            ])
-            .env("SOFTHSM2_CONF", &conf)
-            .output()
-            .context("running softhsm2-util (install softhsm2)")?;
-        ensure!(
-            out.status.success(),
-            "softhsm2-util --init-token failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let pin_file = root.join("token.pin");
-        write_private(&pin_file, b"24681357\n")?;
-        Ok(Self {
-            root: root.to_path_buf(),
-            conf,
-            label,
-            pin_file,
-        })
-    }
-
-    fn tokens(&self) -> PathBuf {
-        self.root.join("tokens")
-    }
-
-    fn away(&self) -> PathBuf {
-        self.root.join("tokens-away")
-    }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)?;
-    Ok(())
 }
 
 /// A development directory set up for one provider.
@@ -137,7 +43,7 @@ pub struct Setup {
     /// Which provider.
     pub provider: Provider,
     /// The token, with [`Provider::SoftHsm`].
-    pub hsm: Option<SoftHsm>,
+    pub hsm: Option<TokenDir>,
 }
 
 impl Setup {
@@ -151,7 +57,7 @@ impl Setup {
         strongbox_broker::dev::ensure_dev_dir(&dir, listen)?;
         let hsm = match provider {
             Provider::File => None,
-            Provider::SoftHsm => Some(SoftHsm::new(&tmp.path().join("softhsm"))?),
+            Provider::SoftHsm => Some(TokenDir::new(&tmp.path().join("softhsm"))?),
         };
         let keys = match &hsm {
             None => format!(
@@ -189,8 +95,8 @@ impl Setup {
         match &self.hsm {
             None => BrokerProcess::start_dev(&self.dir),
             Some(h) => {
-                let conf = h.conf.display().to_string();
-                BrokerProcess::start_dev_with(&self.dir, &[("SOFTHSM2_CONF", conf.as_str())])
+                let (name, value) = h.env();
+                BrokerProcess::start_dev_with(&self.dir, &[(name, value.as_str())])
             }
         }
     }
@@ -211,10 +117,7 @@ impl Setup {
     /// may run as root, for whom mode 000 changes nothing.
     pub fn take_provider_away(&self) -> Result<()> {
         match &self.hsm {
-            Some(h) => {
-                std::fs::rename(h.tokens(), h.away())?;
-                std::fs::create_dir(h.tokens())?;
-            }
+            Some(h) => h.take_away()?,
             None => std::fs::rename(self.dir.join("keys"), self.dir.join("keys-away"))?,
         }
         Ok(())
@@ -223,10 +126,7 @@ impl Setup {
     /// The end of the outage.
     pub fn bring_provider_back(&self) -> Result<()> {
         match &self.hsm {
-            Some(h) => {
-                std::fs::remove_dir(h.tokens())?;
-                std::fs::rename(h.away(), h.tokens())?;
-            }
+            Some(h) => h.bring_back()?,
             None => std::fs::rename(self.dir.join("keys-away"), self.dir.join("keys"))?,
         }
         Ok(())
