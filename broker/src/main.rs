@@ -215,7 +215,7 @@ async fn wait_for_signals(broker: RunningBroker) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => broker.reload(),
+            _ = hup.recv() => broker.reload().await,
         }
     }
     broker.shutdown().await;

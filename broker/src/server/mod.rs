@@ -2,7 +2,7 @@
 //!
 //! [`BrokerState`] holds everything connections share: the metadata store,
 //! the key manager, the topic table, the ACL, consumer groups and metrics.
-//! [`run`] binds the listener and serves until shutdown; each connection is
+//! [`run()`](run::run) binds the listener and serves until shutdown; each connection is
 //! served by [`connection::serve`], which hands every stream to the handler
 //! for its kind (control, producer, subscription, admin), chosen by the
 //! stream's first frame.

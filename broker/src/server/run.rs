@@ -142,12 +142,15 @@ impl RunningBroker {
     /// Re-reads the CRL files and the ACL rules, and runs a maintenance
     /// pass now (SIGHUP): grants whose time is up are removed at once
     /// instead of at the next tick.
-    pub fn reload(&self) {
+    pub async fn reload(&self) {
         self.maintain_now();
         match self.verifier.reload() {
             Ok(generation) => tracing::info!(generation, "CRLs reloaded"),
             Err(e) => tracing::error!(error = %e, "CRL reload failed; keeping the previous CRLs"),
         }
+        // Under the admin lock, so a reload cannot replace the rules with a
+        // snapshot read before a grant that commits at the same moment.
+        let _guard = self.state.admin_lock.lock().await;
         match self.state.reload_acl() {
             Ok(generation) => tracing::info!(generation, "ACL reloaded"),
             Err(e) => {
