@@ -137,6 +137,11 @@ pub struct ProduceArgs {
     /// when it is full. Ack latency includes that wait.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub buffer_bytes: usize,
+    /// Send at this many records per second over all producers instead of
+    /// as fast as the buffer allows; ack latency is then measured from each
+    /// record's scheduled time, so falling behind shows as latency.
+    #[arg(long, value_name = "MSGS_PER_SEC", value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate: Option<u64>,
 }
 
 /// What `consume` reads.
@@ -283,6 +288,8 @@ mod tests {
         assert_eq!(a.durability, DurabilityArg::Fsync);
         assert_eq!(a.partitions, 1);
         assert_eq!(a.topic, "demo.bench");
+        assert_eq!(a.rate, None);
+        assert_eq!(a.buffer_bytes, 64 << 20);
         assert_eq!(cli.connect.profile, Some(PathBuf::from("p.toml")));
         assert!(!cli.json);
     }
@@ -309,6 +316,8 @@ mod tests {
             "3",
             "--durability",
             "none",
+            "--rate",
+            "100000",
             "--json",
             "--broker",
             "127.0.0.1:7443",
@@ -334,6 +343,7 @@ mod tests {
         assert_eq!(a.topic, "demo.x");
         assert_eq!(a.partitions, 3);
         assert_eq!(a.durability, DurabilityArg::None);
+        assert_eq!(a.rate, Some(100_000));
     }
 
     #[test]
@@ -352,6 +362,8 @@ mod tests {
         assert!(parse(&["produce", "--window", "0"]).is_err());
         assert!(parse(&["produce", "--size", "0"]).is_err());
         assert!(parse(&["produce", "--durability", "sometimes"]).is_err());
+        assert!(parse(&["produce", "--rate", "0"]).is_err());
+        assert!(parse(&["raw-quic", "--udp-payload", "1000"]).is_err());
         assert!(parse(&["all", "--runs", "0"]).is_err());
         assert!(parse(&["frobnicate"]).is_err());
         assert!(parse(&[]).is_err(), "a command is required");

@@ -49,7 +49,7 @@ pub async fn ensure_topic(
     };
     let config = TopicConfig {
         partitions,
-        durability: durability.clone(),
+        durability,
         retention_ms: None,
         retention_bytes: None,
         segment_bytes: None,
@@ -121,6 +121,7 @@ pub async fn run(config: &ClientConfig, args: &ProduceArgs) -> Result<ProduceRep
             value: Bytes::from(vec![0x5A; args.size]),
             count,
             duration: args.duration,
+            rate: args.rate.map(|r| r as f64 / f64::from(producers)),
             records_per_batch: (args.batch_bytes / (args.size + RECORD_OVERHEAD)).max(1) as u64,
         };
         let barrier = barrier.clone();
@@ -163,6 +164,7 @@ pub async fn run(config: &ClientConfig, args: &ProduceArgs) -> Result<ProduceRep
         window: args.window,
         batch_bytes: args.batch_bytes,
         linger_ms: args.linger.as_secs_f64() * 1_000.0,
+        rate: args.rate,
         sent,
         failed,
         first_error,
@@ -191,6 +193,8 @@ struct Job {
     value: Bytes,
     count: u64,
     duration: Option<Duration>,
+    /// Records per second for this producer; as fast as possible if `None`.
+    rate: Option<f64>,
     records_per_batch: u64,
 }
 
@@ -222,14 +226,15 @@ impl Job {
             }
             r
         });
-        let deadline = self.duration.map(|d| Instant::now() + d);
+        let started = Instant::now();
+        let deadline = self.duration.map(|d| started + d);
         let mut sent = 0u64;
         let mut send_error: Option<ClientError> = None;
         loop {
             if deadline.is_none() && sent >= self.count {
                 break;
             }
-            if sent % 1024 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+            if sent.is_multiple_of(1024) && deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
             // Sticky partitions: a batch's worth of records per partition,
@@ -242,7 +247,18 @@ impl Job {
                 value: self.value.clone(),
                 ..ProducerRecord::default()
             };
-            let at = Instant::now();
+            let at = match self.rate {
+                // Paced: wait for this record's slot, and count latency
+                // from the slot, so a stall that delays later sends shows.
+                Some(rate) => {
+                    let due = started + Duration::from_secs_f64(sent as f64 / rate);
+                    if due > Instant::now() {
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    due
+                }
+                None => Instant::now(),
+            };
             match producer.send(record).await {
                 Ok(delivery) => {
                     let _ = tx.send((at, delivery));

@@ -1,16 +1,19 @@
 //! The transport baseline: what one QUIC stream with mutual TLS carries on
 //! this machine, with no broker and no storage.
 //!
-//! A server and a client run in this process on 127.0.0.1. Both use the
-//! broker's transport settings (`ListenerConfig::default()`: stream and
-//! connection windows, 4 MiB UDP buffers, GSO) and TLS 1.3 with the ring
-//! provider; the server requires a client certificate from its CA, as the
-//! broker does. The client opens one bidirectional stream and writes
-//! `u32 length | message` records, packed into writes of about
-//! `batch_bytes` as the producer packs batches. The server parses the
-//! lengths (it does not copy the bytes) and, after each chunk it reads,
-//! answers the cumulative count of whole messages as a `u64`. The run ends
-//! when the count reaches the number sent.
+//! A server and a client run in this process on 127.0.0.1, the server in a
+//! tokio runtime of its own with two worker threads (as the broker runs in
+//! a process of its own). The server uses the broker's transport settings
+//! (`ListenerConfig::default()`: stream and connection windows, 4 MiB UDP
+//! buffers, GSO), the client the client crate's (quinn's defaults plus
+//! keep-alives); both TLS 1.3 with the ring provider, and the server
+//! requires a client certificate from its CA, as the broker does. The
+//! client opens one bidirectional stream and writes `u32 length | message`
+//! records, packed into writes of about `batch_bytes` as the producer packs
+//! batches. The server parses the lengths (it does not copy the bytes) and
+//! acknowledges the running count of whole messages as a `u64` once per
+//! write's worth of messages, as the broker acknowledges each batch. The
+//! run ends when the count reaches the number sent.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -24,8 +27,8 @@ use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use strongbox_broker::config::ListenerConfig;
 use strongbox_broker::endpoint::{bind_udp, quic_server_config, transport_config};
-use strongbox_broker::pki::{CertSpec, TestCa};
-use tokio::sync::mpsc;
+use strongbox_broker::pki::{CertSpec, IssuedCert, TestCa};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::histogram::Histogram;
 use crate::report::{Latency, RawQuicReport, Throughput};
@@ -64,21 +67,32 @@ pub async fn run(opts: RawQuicOptions) -> Result<RawQuicReport> {
     if opts.count == 0 {
         bail!("nothing to send: --count is 0");
     }
-    let (server, client) = endpoints(opts.udp_payload)?;
-    let server_addr = server.local_addr()?;
-    let expected = opts.count;
-    let server_task = tokio::spawn(serve(server.clone(), expected));
-    let result = drive(&client, server_addr, opts, size).await;
+    let per_write = (opts.batch_bytes / (PREFIX + opts.size)).max(1) as u64;
+    let pki = Arc::new(Pki::new()?);
+    let (addr_tx, addr_rx) = oneshot::channel();
+    let server = {
+        let pki = pki.clone();
+        let expected = opts.count;
+        let udp_payload = opts.udp_payload;
+        std::thread::Builder::new()
+            .name("raw-quic-server".into())
+            .spawn(move || server_thread(&pki, udp_payload, expected, per_write, addr_tx))
+            .context("starting the server thread")?
+    };
+    let server_addr = addr_rx
+        .await
+        .context("the raw-quic server thread ended early")??;
+    let client = client_endpoint(&pki, opts.udp_payload)?;
+    let result = drive(&client, server_addr, opts, size, per_write).await;
     client.close(0u32.into(), b"done");
-    let served = tokio::time::timeout(STALL, server_task).await;
-    server.close(0u32.into(), b"done");
+    let served = tokio::task::spawn_blocking(move || server.join()).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), client.wait_idle()).await;
     let (acked, elapsed, latency) = result?;
     match served {
         Ok(Ok(Ok(_))) => {}
         Ok(Ok(Err(e))) => return Err(e.context("the raw-quic server failed")),
-        Ok(Err(e)) => bail!("the raw-quic server task failed: {e}"),
-        Err(_) => bail!("the raw-quic server did not finish"),
+        Ok(Err(_)) => bail!("the raw-quic server thread panicked"),
+        Err(e) => bail!("waiting for the raw-quic server: {e}"),
     }
     Ok(RawQuicReport {
         message_bytes: opts.size,
@@ -89,51 +103,113 @@ pub async fn run(opts: RawQuicOptions) -> Result<RawQuicReport> {
     })
 }
 
-/// A server endpoint requiring client certificates, and a client endpoint
-/// holding one, both on 127.0.0.1.
-fn endpoints(udp_payload: Option<u16>) -> Result<(quinn::Endpoint, quinn::Endpoint)> {
+/// Certificates for both ends: a CA, a server certificate for
+/// `localhost`, a client certificate with a SPIFFE URI, as the broker's
+/// development setup issues them.
+struct Pki {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    roots: Arc<RootCertStore>,
+    server: IssuedCert,
+    client: IssuedCert,
+}
+
+impl Pki {
+    fn new() -> Result<Self> {
+        let ca = TestCa::new("strongbox-bench raw-quic CA")?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.cert_der())?;
+        Ok(Self {
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            roots: Arc::new(roots),
+            server: ca.issue(&CertSpec::server(&["localhost"]))?,
+            client: ca.issue(&CertSpec::client_uri("spiffe://strongbox.dev/bench"))?,
+        })
+    }
+}
+
+/// quinn's endpoint settings and MTU discovery for `udp_payload`.
+fn udp_settings(
+    udp_payload: Option<u16>,
+) -> Result<(quinn::EndpointConfig, quinn::MtuDiscoveryConfig)> {
     let mut endpoint_config = quinn::EndpointConfig::default();
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     if let Some(payload) = udp_payload {
         endpoint_config.max_udp_payload_size(payload)?;
         mtu.upper_bound(payload);
     }
-    let ca = TestCa::new("strongbox-bench raw-quic CA")?;
-    let server_cert = ca.issue(&CertSpec::server(&["localhost"]))?;
-    let client_cert = ca.issue(&CertSpec::client_uri("spiffe://strongbox.dev/bench"))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.cert_der())?;
-    let roots = Arc::new(roots);
+    Ok((endpoint_config, mtu))
+}
 
+/// The server side, in a runtime of its own with two worker threads (as
+/// the broker runs in a process of its own): binds, reports its address,
+/// serves one connection, and returns the count it acknowledged.
+fn server_thread(
+    pki: &Pki,
+    udp_payload: Option<u16>,
+    expected: u64,
+    ack_every: u64,
+    addr_tx: oneshot::Sender<Result<SocketAddr>>,
+) -> Result<u64> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the server's runtime")?;
+    runtime.block_on(async move {
+        let endpoint = match server_endpoint(pki, udp_payload) {
+            Ok(e) => e,
+            Err(e) => {
+                let message = format!("{e:#}");
+                let _ = addr_tx.send(Err(e));
+                bail!("{message}");
+            }
+        };
+        let _ = addr_tx.send(endpoint.local_addr().map_err(Into::into));
+        let served = tokio::time::timeout(STALL * 10, serve(&endpoint, expected, ack_every)).await;
+        endpoint.close(0u32.into(), b"done");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        served.map_err(|_| anyhow::anyhow!("the raw-quic server timed out"))?
+    })
+}
+
+/// A server endpoint on 127.0.0.1 with the broker's transport settings,
+/// requiring a client certificate from the CA. Must run inside a runtime.
+fn server_endpoint(pki: &Pki, udp_payload: Option<u16>) -> Result<quinn::Endpoint> {
+    let (endpoint_config, mtu) = udp_settings(udp_payload)?;
     let verifier =
-        WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
-    let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+        WebPkiClientVerifier::builder_with_provider(pki.roots.clone(), pki.provider.clone())
+            .build()?;
+    let mut server_tls = rustls::ServerConfig::builder_with_provider(pki.provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![server_cert.cert_der.clone()], server_cert.key_der())?;
+        .with_single_cert(vec![pki.server.cert_der.clone()], pki.server.key_der())?;
     server_tls.alpn_protocols = vec![ALPN.to_vec()];
     let listener = ListenerConfig::default();
     let mut server_config = quic_server_config(Arc::new(server_tls), &listener)?;
     let mut server_transport = transport_config(&listener)?;
-    server_transport.mtu_discovery_config(Some(mtu.clone()));
+    server_transport.mtu_discovery_config(Some(mtu));
     server_config.transport_config(Arc::new(server_transport));
     let (socket, _) = bind_udp(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         listener.udp_recv_buffer as usize,
         listener.udp_send_buffer as usize,
     )?;
-    let server = quinn::Endpoint::new(
-        endpoint_config.clone(),
+    Ok(quinn::Endpoint::new(
+        endpoint_config,
         Some(server_config),
         socket,
         Arc::new(quinn::TokioRuntime),
-    )?;
+    )?)
+}
 
-    let mut client_tls = rustls::ClientConfig::builder_with_provider(provider)
+/// A client endpoint on 127.0.0.1 holding the client certificate, with
+/// the client crate's transport settings. Must run inside a runtime.
+fn client_endpoint(pki: &Pki, udp_payload: Option<u16>) -> Result<quinn::Endpoint> {
+    let (endpoint_config, mtu) = udp_settings(udp_payload)?;
+    let mut client_tls = rustls::ClientConfig::builder_with_provider(pki.provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(vec![client_cert.cert_der.clone()], client_cert.key_der())?;
+        .with_root_certificates(pki.roots.clone())
+        .with_client_auth_cert(vec![pki.client.cert_der.clone()], pki.client.key_der())?;
     client_tls.alpn_protocols = vec![ALPN.to_vec()];
     let mut client_config =
         quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls)?));
@@ -150,12 +226,13 @@ fn endpoints(udp_payload: Option<u16>) -> Result<(quinn::Endpoint, quinn::Endpoi
     let mut client =
         quinn::Endpoint::new(endpoint_config, None, socket, Arc::new(quinn::TokioRuntime))?;
     client.set_default_client_config(client_config);
-    Ok((server, client))
+    Ok(client)
 }
 
-/// Accepts one connection and one stream, counts whole messages and acks
-/// the running count after every chunk. Returns the count.
-async fn serve(endpoint: quinn::Endpoint, expected: u64) -> Result<u64> {
+/// Accepts one connection and one stream, counts whole messages, and acks
+/// the running count every `ack_every` messages (one producer batch's
+/// worth) and at the end. Returns the count.
+async fn serve(endpoint: &quinn::Endpoint, expected: u64, ack_every: u64) -> Result<u64> {
     let incoming = endpoint
         .accept()
         .await
@@ -173,7 +250,7 @@ async fn serve(endpoint: quinn::Endpoint, expected: u64) -> Result<u64> {
         .context("reading the stream")?
     {
         parser.feed(&chunk.bytes);
-        if parser.messages > acked {
+        if parser.messages >= acked + ack_every || parser.messages >= expected {
             acked = parser.messages;
             send.write_all(&acked.to_be_bytes())
                 .await
@@ -247,13 +324,13 @@ async fn drive(
     server: SocketAddr,
     opts: RawQuicOptions,
     size: u32,
+    per_write: u64,
 ) -> Result<(u64, Duration, Histogram)> {
     let connection = client
         .connect(server, "localhost")?
         .await
         .context("raw-quic handshake")?;
     let (mut send, mut recv) = connection.open_bi().await.context("opening the stream")?;
-    let per_write = (opts.batch_bytes / (PREFIX + opts.size)).max(1) as u64;
     let payload = vec![0x5A; opts.size];
     let chunk = |messages: u64| -> Bytes {
         let mut b = BytesMut::with_capacity(messages as usize * (PREFIX + opts.size));

@@ -101,6 +101,8 @@ pub struct ProduceReport {
     pub batch_bytes: usize,
     /// Linger, milliseconds.
     pub linger_ms: f64,
+    /// Target send rate, records per second; `None` for as fast as possible.
+    pub rate: Option<u64>,
     /// Records sent.
     pub sent: u64,
     /// Records whose delivery failed.
@@ -260,8 +262,11 @@ impl RawQuicReport {
 impl ProduceReport {
     /// Text for people.
     pub fn text(&self) -> String {
+        let rate = self
+            .rate
+            .map_or_else(String::new, |r| format!(", paced at {r}/s"));
         let mut s = format!(
-            "produce   {} B records, {} producer(s), window {}, batch {} B, linger {} ms, topic {} ({}):\n          {}\n          ack latency {}\n",
+            "produce   {} B records, {} producer(s), window {}, batch {} B, linger {} ms{rate}, topic {} ({}):\n          {}\n          ack latency {}\n",
             self.message_bytes,
             self.producers,
             self.window,

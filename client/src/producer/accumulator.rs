@@ -59,6 +59,10 @@ pub(crate) struct Accumulator {
     next_id: u64,
     /// Reused lookup key, so appending a record allocates no key.
     key: TopicPartition,
+    /// Bytes of the last batch closed: a new batch starts with that much
+    /// room, so a busy producer fills batches without growing (copying)
+    /// them and an idle one does not hold full-size buffers.
+    size_hint: usize,
 }
 
 impl Accumulator {
@@ -70,6 +74,7 @@ impl Accumulator {
             linger,
             next_id: 1,
             key: (String::new(), 0),
+            size_hint: 0,
         }
     }
 
@@ -132,13 +137,17 @@ impl Accumulator {
             {
                 closed.push(batch);
             }
+            self.note_closed(&closed);
             return Ok(closed);
         }
         // A new batch. The record goes in first, so a record that cannot
         // be encoded is refused before the open batch is closed.
         let mut batch = OpenBatch {
             id: self.next_id,
-            builder: BatchBuilder::with_capacity(record.timestamp, BATCH_HEADER_LEN + len),
+            builder: BatchBuilder::with_capacity(
+                record.timestamp,
+                (BATCH_HEADER_LEN + len).max(self.size_hint.min(limit)),
+            ),
             completions: Vec::new(),
             permits: Vec::new(),
             opened_at: now,
@@ -152,6 +161,7 @@ impl Accumulator {
         } else {
             self.open.insert(tp.clone(), batch);
         }
+        self.note_closed(&closed);
         Ok(closed)
     }
 
@@ -165,7 +175,19 @@ impl Accumulator {
             .collect();
         let mut out: Vec<ReadyBatch> = due.iter().filter_map(|tp| self.close(tp)).collect();
         out.sort_by_key(|b| b.id);
+        self.note_closed(&out);
         out
+    }
+
+    /// Remembers the size of the last batch closed, for the next one.
+    fn note_closed(&mut self, closed: &[ReadyBatch]) {
+        if let Some(ReadyBatch {
+            payload: Payload::Open(builder),
+            ..
+        }) = closed.last()
+        {
+            self.size_hint = builder.encoded_len();
+        }
     }
 
     /// Closes every open batch (flush, close).
@@ -351,6 +373,22 @@ mod tests {
         let open = acc.drain();
         assert_eq!(open.len(), 1, "the first batch is still open, not lost");
         assert_eq!(open[0].records, 1);
+    }
+
+    #[test]
+    fn new_batches_start_as_large_as_the_last_one_closed() {
+        let now = Instant::now();
+        let full = BATCH_HEADER_LEN + 3 * 118;
+        let mut acc = Accumulator::new(full, 1 << 20, Duration::ZERO);
+        assert_eq!(acc.size_hint, 0);
+        for _ in 0..3 {
+            acc.append("t", 0, record(100, 0), now).expect("fits");
+        }
+        assert_eq!(acc.size_hint, full, "a full batch closed");
+        // A batch closed by linger, smaller: the hint follows it down.
+        acc.append("t", 0, record(100, 0), now).expect("fits");
+        assert_eq!(acc.expired(now).len(), 1);
+        assert_eq!(acc.size_hint, BATCH_HEADER_LEN + 118);
     }
 
     #[test]
