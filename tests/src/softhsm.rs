@@ -139,22 +139,16 @@ impl Token {
     ///
     /// The file cannot be read or written, or is not the generated one.
     pub fn configure_dev_broker(&self, dev_dir: &Path) -> Result<()> {
-        let path = dev_dir.join("broker.toml");
-        let text = std::fs::read_to_string(&path)?;
-        ensure!(
-            text.contains("provider = \"file\""),
-            "{} does not use the file provider:\n{text}",
-            path.display()
-        );
-        let text = text.replacen("provider = \"file\"", "provider = \"pkcs11\"", 1);
-        let text = format!(
-            "{text}\n[keys.pkcs11]\nmodule = {:?}\ntoken_label = {:?}\npin_file = {:?}\n",
-            module_path().display().to_string(),
-            self.label,
-            self.pin_file.display().to_string()
-        );
-        std::fs::write(&path, text)?;
-        Ok(())
+        configure_dev_broker(dev_dir, &self.label, &self.pin_file)
+    }
+
+    /// The environment a broker process needs to use the token: the
+    /// child's own `SOFTHSM2_CONF` (broker processes inherit it; this
+    /// passes it explicitly all the same).
+    pub fn env(&self) -> (&'static str, String) {
+        let conf = std::env::var("SOFTHSM2_CONF")
+            .expect("SOFTHSM2_CONF is set: Token is used inside in_own_process");
+        ("SOFTHSM2_CONF", conf)
     }
 }
 
@@ -200,6 +194,16 @@ impl TokenDir {
         ("SOFTHSM2_CONF", self.conf.display().to_string())
     }
 
+    /// Switches the `broker.toml` of the development directory `dev_dir`
+    /// from the file provider to this token.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read or written, or is not the generated one.
+    pub fn configure_dev_broker(&self, dev_dir: &Path) -> Result<()> {
+        configure_dev_broker(dev_dir, &self.label, &self.pin_file)
+    }
+
     /// Moves the token's files away, leaving an empty token directory.
     ///
     /// # Errors
@@ -229,6 +233,27 @@ impl TokenDir {
     fn away(&self) -> PathBuf {
         self.root.join("tokens-away")
     }
+}
+
+/// Switches the `broker.toml` of the development directory `dev_dir` from
+/// the file provider to the token `label`, whose user PIN is in `pin_file`.
+fn configure_dev_broker(dev_dir: &Path, label: &str, pin_file: &Path) -> Result<()> {
+    let path = dev_dir.join("broker.toml");
+    let text = std::fs::read_to_string(&path)?;
+    ensure!(
+        text.contains("provider = \"file\""),
+        "{} does not use the file provider:\n{text}",
+        path.display()
+    );
+    let text = text.replacen("provider = \"file\"", "provider = \"pkcs11\"", 1);
+    let text = format!(
+        "{text}\n[keys.pkcs11]\nmodule = {:?}\ntoken_label = {:?}\npin_file = {:?}\n",
+        module_path().display().to_string(),
+        label,
+        pin_file.display().to_string()
+    );
+    std::fs::write(&path, text)?;
+    Ok(())
 }
 
 /// Writes `root/softhsm2.conf`, whose tokens live in `root/tokens`, and

@@ -1,7 +1,16 @@
-//! The audit trail against a real broker: what it records, who may read it,
-//! and that `strongbox audit verify` catches an attacker who holds the keys
-//! and rewrites the `_audit` topic offline (edits, deletes or reorders a
-//! record, or cuts the topic short).
+//! The audit trail against a real broker, with the broker's keys in a
+//! SoftHSM2 token (`pkcs11`) and in the `file` provider: what it records,
+//! who may read it, and that `strongbox audit verify` catches an attacker
+//! who holds the keys and rewrites the `_audit` topic offline (edits,
+//! deletes or reorders a record, or cuts the topic short). The attacker
+//! opens the topic with the storage library and the provider the broker
+//! used: the same token, or the same key directory.
+//!
+//! SoftHSM2 reads `SOFTHSM2_CONF` once per process, and the offline steps
+//! load the module in the test process: each SoftHSM2 test runs in a child
+//! process of its own with a token directory of its own
+//! ([`in_own_process`]). A missing SoftHSM2 fails those tests; they are
+//! never skipped.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -18,15 +27,88 @@ use strongbox_client::{
     ProducerRecord, Subscription,
 };
 use strongbox_protocol::batch::{BatchBuilder, RecordBatch};
-use strongbox_storage::keys::{FileKeyProvider, KekScope, KeyManager};
+use strongbox_storage::keys::{FileKeyProvider, KekId, KekScope, KeyManager, KeyProvider};
 use strongbox_storage::log::{Durability, LogConfig, PartitionLog};
 use strongbox_storage::meta::MetaStore;
 use strongbox_tests::client::{connect, read_n, topic};
-use strongbox_tests::{BrokerProcess, START_TIMEOUT, cli};
+use strongbox_tests::softhsm::{Token, in_own_process};
+use strongbox_tests::{BrokerProcess, START_TIMEOUT, cli, copy_dir, files_under};
 
 const BOB: &str = "spiffe://strongbox.dev/bob";
 const ADMIN: &str = "spiffe://strongbox.dev/admin";
 const INTRUDER: &str = "spiffe://strongbox.dev/intruder";
+
+/// Which key provider the broker uses.
+#[derive(Debug, Clone)]
+enum Keys {
+    File,
+    Pkcs11(Token),
+}
+
+impl Keys {
+    /// Creates the development directory `dev` (without starting a broker)
+    /// and points its `[keys]` at this provider.
+    fn create_dev(&self, dev: &Path) -> Result<()> {
+        strongbox_broker::dev::ensure_dev_dir(dev, "127.0.0.1:0".parse()?)?;
+        if let Self::Pkcs11(token) = self {
+            token.configure_dev_broker(dev)?;
+        }
+        Ok(())
+    }
+
+    /// Starts (or restarts) the broker of `dev`.
+    fn start(&self, dev: &Path) -> Result<BrokerProcess> {
+        match self {
+            Self::File => BrokerProcess::start_dev(dev),
+            Self::Pkcs11(token) => {
+                let (name, value) = token.env();
+                BrokerProcess::start_dev_with(dev, &[(name, value.as_str())])
+            }
+        }
+    }
+
+    /// The provider of the stopped broker of `dev`, in this process: the
+    /// same token, or the same key directory.
+    fn provider(&self, dev: &Path) -> Result<Arc<dyn KeyProvider>> {
+        Ok(match self {
+            Self::File => Arc::new(FileKeyProvider::open(dev.join("keys"))?),
+            Self::Pkcs11(token) => Arc::new(token.provider()?),
+        })
+    }
+
+    /// The broker of `dev` really used this provider: KEK files in the key
+    /// directory for `file`, none there and the broker KEK in the token for
+    /// `pkcs11`.
+    fn check_in_use(&self, dev: &Path) -> Result<()> {
+        let files = files_under(&dev.join("keys"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "kek"))
+            .count();
+        match self {
+            Self::File => ensure!(files > 0, "no KEK file written"),
+            Self::Pkcs11(_) => {
+                ensure!(files == 0, "the pkcs11 broker wrote {files} KEK file(s)");
+                let v1 = KekId {
+                    scope: KekScope::Broker,
+                    version: 1,
+                };
+                ensure!(
+                    self.provider(dev)?.has_kek(&v1)?,
+                    "broker KEK not in the token"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn block_on<F: Future<Output = Result<()>>>(f: F) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -127,11 +209,27 @@ async fn failed_authentication(broker: &BrokerProcess) -> Result<()> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_trail_records_security_events_and_only_audit_may_read_it() -> Result<()> {
+#[test]
+fn the_trail_records_security_events_and_only_audit_may_read_it_softhsm() {
+    in_own_process(
+        "the_trail_records_security_events_and_only_audit_may_read_it_softhsm",
+        || {
+            let token = Token::new("audit-trail").expect("token");
+            block_on(the_trail(Keys::Pkcs11(token))).expect("the audit trail");
+        },
+    );
+}
+
+#[test]
+fn the_trail_records_security_events_and_only_audit_may_read_it_file() -> Result<()> {
+    block_on(the_trail(Keys::File))
+}
+
+async fn the_trail(keys: Keys) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("dev");
-    let mut broker = BrokerProcess::start_dev(&dir)?;
+    keys.create_dev(&dir)?;
+    let mut broker = keys.start(&dir)?;
     let (admin, bob) = (broker.profile("admin"), broker.profile("bob"));
 
     // A denial by bob, a topic and a grant by admin, a failed authentication.
@@ -190,8 +288,9 @@ async fn the_trail_records_security_events_and_only_audit_may_read_it() -> Resul
     alice.close().await;
     admin_client.close().await;
     assert_eq!(broker.terminate()?, Some(0), "{}", broker.log_text());
+    keys.check_in_use(&dir)?;
 
-    let mut broker = BrokerProcess::start_dev(&dir)?;
+    let mut broker = keys.start(&dir)?;
     let bob_client = connect(&bob).await?;
     let mut consumer = bob_client
         .subscribe(
@@ -220,7 +319,7 @@ async fn the_trail_records_security_events_and_only_audit_may_read_it() -> Resul
     bob_client.close().await;
     // Unwrap counts are written once a minute and at shutdown.
     assert_eq!(broker.terminate()?, Some(0), "{}", broker.log_text());
-    let broker = BrokerProcess::start_dev(&dir)?;
+    let broker = keys.start(&dir)?;
 
     let records = wait_for_records(&broker, "bob's unwraps", |r| {
         find(r, |x| is(x, "key.unwrap", Some(BOB), "topic:demo.unwrap")).is_some()
@@ -383,15 +482,15 @@ struct Stored {
 }
 
 /// Opens the `_audit` partition of a stopped broker's dev directory with
-/// the storage API and the keys, as an attacker holding both could.
-fn open_audit_log(dev: &Path) -> Result<PartitionLog> {
+/// the storage API and the keys (the broker's provider), as an attacker
+/// holding both could.
+fn open_audit_log(dev: &Path, keys: &Keys) -> Result<PartitionLog> {
     let data = dev.join("data");
     let meta = MetaStore::open(data.join("meta.redb"))?;
     let entry = meta
         .read(|r| r.topic("_audit"))?
         .context("the broker created no _audit topic")?;
-    let provider = Arc::new(FileKeyProvider::open(dev.join("keys"))?);
-    let keys = Arc::new(KeyManager::new(provider, meta, 64));
+    let keys = Arc::new(KeyManager::new(keys.provider(dev)?, meta, 64));
     let mut config = LogConfig::new(entry.topic_id, 0, KekScope::Broker);
     config.durability = Durability::Fsync;
     Ok(PartitionLog::open(
@@ -428,8 +527,13 @@ fn read_all(log: &PartitionLog) -> Result<Vec<Stored>> {
 
 /// Cuts the audit topic at the batch holding `offset` and appends what
 /// `rewrite` makes of the records from there on, one record per batch.
-fn tamper(dev: &Path, offset: u64, rewrite: impl FnOnce(Vec<Stored>) -> Vec<Stored>) -> Result<()> {
-    let log = open_audit_log(dev)?;
+fn tamper(
+    dev: &Path,
+    keys: &Keys,
+    offset: u64,
+    rewrite: impl FnOnce(Vec<Stored>) -> Vec<Stored>,
+) -> Result<()> {
+    let log = open_audit_log(dev, keys)?;
     let records = read_all(&log)?;
     let cut = records
         .iter()
@@ -463,17 +567,12 @@ fn value_at(records: &[Stored], offset: u64) -> String {
         .unwrap_or_default()
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    let status = Command::new("cp").arg("-a").arg(from).arg(to).status()?;
-    ensure!(status.success(), "cp -a failed");
-    Ok(())
-}
-
 /// Starts a broker on a copy of `base` rewritten by `attack`, runs
 /// `audit verify` and returns its stderr (it must exit 1). With
 /// `expect_alert`, waits for the broker's `audit.chain.broken` record first.
 async fn verify_after(
     base: &Path,
+    keys: &Keys,
     name: &str,
     expect_alert: bool,
     attack: impl FnOnce(&Path) -> Result<()>,
@@ -481,7 +580,7 @@ async fn verify_after(
     let dir = base.with_file_name(name);
     copy_dir(base, &dir)?;
     attack(&dir)?;
-    let broker = BrokerProcess::start_dev(&dir)?;
+    let broker = keys.start(&dir)?;
     if expect_alert {
         wait_for_records(&broker, "the chain-broken alert", |r| {
             r.last()
@@ -500,11 +599,27 @@ async fn verify_after(
     Ok((broker, stderr(&out).trim().to_owned()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn verify_names_the_record_an_attacker_with_the_keys_rewrote() -> Result<()> {
+#[test]
+fn verify_names_the_record_an_attacker_with_the_keys_rewrote_softhsm() {
+    in_own_process(
+        "verify_names_the_record_an_attacker_with_the_keys_rewrote_softhsm",
+        || {
+            let token = Token::new("audit-tamper").expect("token");
+            block_on(rewritten(Keys::Pkcs11(token))).expect("audit tampering");
+        },
+    );
+}
+
+#[test]
+fn verify_names_the_record_an_attacker_with_the_keys_rewrote_file() -> Result<()> {
+    block_on(rewritten(Keys::File))
+}
+
+async fn rewritten(keys: Keys) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let base = tmp.path().join("base");
-    let mut broker = BrokerProcess::start_dev(&base)?;
+    keys.create_dev(&base)?;
+    let mut broker = keys.start(&base)?;
     let admin = connect(&broker.profile("admin")).await?;
     for i in 0..8 {
         admin
@@ -519,8 +634,9 @@ async fn verify_names_the_record_an_attacker_with_the_keys_rewrote() -> Result<(
     .await?;
     cli_ok(&broker.profile("admin"), &["audit", "verify"])?;
     assert_eq!(broker.terminate()?, Some(0), "{}", broker.log_text());
+    keys.check_in_use(&base)?;
 
-    let records = read_all(&open_audit_log(&base)?)?;
+    let records = read_all(&open_audit_log(&base, &keys)?)?;
     let n = records.len() as u64;
     ensure!(n >= 10, "expected at least 10 audit records, found {n}");
     // A fresh trail: record k is at offset k - 1.
@@ -532,8 +648,8 @@ async fn verify_names_the_record_an_attacker_with_the_keys_rewrote() -> Result<(
     assert!(value_at(&records, k - 1).contains("\"seq\":5,"));
 
     // Record 5 edited in place; its hash no longer matches.
-    let (mut b, err) = verify_after(&base, "edited", false, |dir| {
-        tamper(dir, k - 1, |mut tail| {
+    let (mut b, err) = verify_after(&base, &keys, "edited", false, |dir| {
+        tamper(dir, &keys, k - 1, |mut tail| {
             for r in &mut tail {
                 if r.offset == k - 1 {
                     let text = String::from_utf8_lossy(&r.value).replace("topic:", "topic:x");
@@ -551,8 +667,8 @@ async fn verify_names_the_record_an_attacker_with_the_keys_rewrote() -> Result<(
     b.terminate()?;
 
     // Record 5 deleted.
-    let (mut b, err) = verify_after(&base, "deleted", false, |dir| {
-        tamper(dir, k - 1, |tail| {
+    let (mut b, err) = verify_after(&base, &keys, "deleted", false, |dir| {
+        tamper(dir, &keys, k - 1, |tail| {
             tail.into_iter().filter(|r| r.offset != k - 1).collect()
         })
     })
@@ -564,8 +680,8 @@ async fn verify_names_the_record_an_attacker_with_the_keys_rewrote() -> Result<(
     b.terminate()?;
 
     // Records 5 and 6 swapped.
-    let (mut b, err) = verify_after(&base, "swapped", false, |dir| {
-        tamper(dir, k - 1, |mut tail| {
+    let (mut b, err) = verify_after(&base, &keys, "swapped", false, |dir| {
+        tamper(dir, &keys, k - 1, |mut tail| {
             let i = tail.iter().position(|r| r.offset == k - 1).unwrap_or(0);
             tail.swap(i, i + 1);
             tail
@@ -581,8 +697,8 @@ async fn verify_names_the_record_an_attacker_with_the_keys_rewrote() -> Result<(
     // The topic cut short, nothing appended: only the anchored head shows
     // it. The broker notices at start and raises an alert.
     let mut kept = 0;
-    let (mut b, err) = verify_after(&base, "truncated", true, |dir| {
-        tamper(dir, n - 3, |tail| {
+    let (mut b, err) = verify_after(&base, &keys, "truncated", true, |dir| {
+        tamper(dir, &keys, n - 3, |tail| {
             kept = tail.first().map_or(0, |r| r.offset);
             Vec::new()
         })
@@ -610,7 +726,7 @@ async fn verify_names_the_record_an_attacker_with_the_keys_rewrote() -> Result<(
     b.terminate()?;
 
     // The untouched copy still verifies.
-    let broker = BrokerProcess::start_dev(&base)?;
+    let broker = keys.start(&base)?;
     cli_ok(&broker.profile("admin"), &["audit", "verify"])?;
     Ok(())
 }

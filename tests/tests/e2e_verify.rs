@@ -1,10 +1,18 @@
-//! `strongbox-broker verify` against the real binary: a dev broker's data
-//! verifies intact (exit 0); each kind of damage (a flipped byte in a frame,
-//! a sealed segment cut short, a deleted envelope, a corrupted envelope, a
-//! wrapped key altered behind a valid CRC, the oldest segment removed with
-//! its envelope, which the key registry still records) makes it exit 1
-//! naming the partition and the file while every other partition is
-//! reported ok; it refuses to run on a directory a broker is using (exit 2).
+//! `strongbox-broker verify` against the real binary, with the broker's keys
+//! in a SoftHSM2 token (`pkcs11`) and in the `file` provider: a dev broker's
+//! data verifies intact (exit 0), through the provider the broker used;
+//! each kind of damage (a flipped byte in a frame, a sealed segment cut
+//! short, a deleted envelope, a corrupted envelope, a wrapped key altered
+//! behind a valid CRC, which the provider's key unwrap rejects, the oldest
+//! segment removed with its envelope, which the key registry still records)
+//! makes it exit 1 naming the partition and the file while every other
+//! partition is reported ok; it refuses to run on a directory a broker is
+//! using, and cannot check one whose key provider is gone (exit 2).
+//!
+//! The test process never loads the PKCS#11 module: each SoftHSM2 test has
+//! a token directory and configuration of its own ([`TokenDir`]), passed in
+//! the environment of the broker and `verify` processes. A missing SoftHSM2
+//! fails those tests; they are never skipped.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -14,7 +22,8 @@ use serde_json::Value;
 use strongbox_client::{ProducerConfig, ProducerRecord};
 use strongbox_storage::log::envelope::KeyEnvelope;
 use strongbox_tests::client::{connect, topic};
-use strongbox_tests::{BrokerProcess, binary, copy_dir};
+use strongbox_tests::softhsm::TokenDir;
+use strongbox_tests::{BrokerProcess, binary, copy_dir, files_under};
 
 const TOPIC: &str = "verify.orders";
 /// One partition per kind of damage, and one left alone.
@@ -127,6 +136,86 @@ impl Damage {
     }
 }
 
+/// Where the broker's keys are: a SoftHSM2 token of the test's own, or the
+/// key directory of the dev directory.
+#[derive(Debug)]
+enum Keys {
+    File,
+    SoftHsm(TokenDir),
+}
+
+impl Keys {
+    /// A fresh token under `root` for [`Keys::SoftHsm`].
+    fn softhsm(root: &Path) -> Result<Self> {
+        Ok(Self::SoftHsm(TokenDir::new(&root.join("softhsm"))?))
+    }
+
+    /// What `verify` reports as the provider's kind.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::SoftHsm(_) => "pkcs11",
+        }
+    }
+
+    /// The environment of broker and `verify` processes.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::File => Vec::new(),
+            Self::SoftHsm(token) => vec![token.env()],
+        }
+    }
+
+    /// Creates the dev directory `dev` (without starting a broker) and
+    /// points its `[keys]` at this provider.
+    fn create_dev(&self, dev: &Path) -> Result<()> {
+        strongbox_broker::dev::ensure_dev_dir(dev, "127.0.0.1:0".parse()?)?;
+        if let Self::SoftHsm(token) = self {
+            token.configure_dev_broker(dev)?;
+        }
+        Ok(())
+    }
+
+    /// Starts (or restarts) the broker of `dev`.
+    fn start(&self, dev: &Path) -> Result<BrokerProcess> {
+        let env = self.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        BrokerProcess::start_dev_with(dev, &env)
+    }
+
+    /// The broker of `dev` kept its KEKs where it should: files in the key
+    /// directory for `file`, none there for `pkcs11`.
+    fn check_in_use(&self, dev: &Path) -> Result<()> {
+        let files = files_under(&dev.join("keys"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "kek"))
+            .count();
+        match self {
+            Self::File => ensure!(files > 0, "no KEK file written"),
+            Self::SoftHsm(_) => ensure!(files == 0, "the pkcs11 broker wrote {files} KEK file(s)"),
+        }
+        Ok(())
+    }
+
+    /// The provider goes away: the token's files, or the key directory.
+    fn take_away(&self, dev: &Path) -> Result<()> {
+        match self {
+            Self::File => std::fs::rename(dev.join("keys"), dev.join("keys-away"))?,
+            Self::SoftHsm(token) => token.take_away()?,
+        }
+        Ok(())
+    }
+
+    /// The provider is back.
+    fn bring_back(&self, dev: &Path) -> Result<()> {
+        match self {
+            Self::File => std::fs::rename(dev.join("keys-away"), dev.join("keys"))?,
+            Self::SoftHsm(token) => token.bring_back()?,
+        }
+        Ok(())
+    }
+}
+
 fn segment_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("listing {}", dir.display()))?
@@ -138,12 +227,13 @@ fn segment_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-fn verify(args: &[&str], data: &Path) -> Result<Output> {
+fn verify(keys: &Keys, args: &[&str], data: &Path) -> Result<Output> {
     Command::new(binary("strongbox-broker"))
         .arg("verify")
         .arg("--data-dir")
         .arg(data)
         .args(args)
+        .envs(keys.env())
         .output()
         .context("running strongbox-broker verify")
 }
@@ -216,9 +306,10 @@ fn names_damage(report: &Value, damage: Damage, file: &Path) -> Result<()> {
 
 /// A dev broker with `TOPIC` written in several segments per partition,
 /// stopped gracefully. Returns the dev directory and the topic id.
-async fn prepared(root: &Path) -> Result<(PathBuf, String)> {
+async fn prepared(root: &Path, keys: &Keys) -> Result<(PathBuf, String)> {
     let dev = root.join("dev");
-    let mut broker = BrokerProcess::start_dev(&dev)?;
+    keys.create_dev(&dev)?;
+    let mut broker = keys.start(&dev)?;
     let admin = connect(&broker.profile("admin")).await?;
     let mut config = topic(PARTITIONS);
     config.segment_bytes = Some(SEGMENT_BYTES);
@@ -238,7 +329,7 @@ async fn prepared(root: &Path) -> Result<(PathBuf, String)> {
     producer.close().await?;
 
     // While the broker runs, verify refuses.
-    let out = verify(&[], &broker.data_dir())?;
+    let out = verify(keys, &[], &broker.data_dir())?;
     ensure!(out.status.code() == Some(2), "{}", show(&out));
     ensure!(
         String::from_utf8_lossy(&out.stderr).contains("the broker is running"),
@@ -251,6 +342,7 @@ async fn prepared(root: &Path) -> Result<(PathBuf, String)> {
         "graceful stop: {}",
         broker.log_text()
     );
+    keys.check_in_use(&dev)?;
     Ok((dev, hex_id(&info.topic_id)))
 }
 
@@ -259,15 +351,31 @@ fn hex_id(id: &[u8; 16]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn verify_reports_each_kind_of_damage_and_the_rest_ok() -> Result<()> {
+async fn verify_reports_each_kind_of_damage_and_the_rest_ok_softhsm() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let (dev, topic_id) = prepared(tmp.path()).await?;
+    let keys = Keys::softhsm(tmp.path())?;
+    damage_reports(tmp.path(), &keys).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_each_kind_of_damage_and_the_rest_ok_file() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    damage_reports(tmp.path(), &Keys::File).await
+}
+
+async fn damage_reports(root: &Path, keys: &Keys) -> Result<()> {
+    let (dev, topic_id) = prepared(root, keys).await?;
 
     // Intact: exit 0, as text and as JSON.
-    let out = verify(&[], &dev.join("data"))?;
+    let out = verify(keys, &[], &dev.join("data"))?;
     ensure!(out.status.success(), "{}", show(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(text.contains("result: intact"), "{}", show(&out));
+    ensure!(
+        text.contains(&format!("key provider    {}: ", keys.kind())),
+        "{}",
+        show(&out)
+    );
     // Progress: a line per partition (stderr is not a terminal here).
     let stderr = String::from_utf8_lossy(&out.stderr);
     for p in 0..PARTITIONS {
@@ -277,10 +385,11 @@ async fn verify_reports_each_kind_of_damage_and_the_rest_ok() -> Result<()> {
             show(&out)
         );
     }
-    let out = verify(&["--json"], &dev.join("data"))?;
+    let out = verify(keys, &["--json"], &dev.join("data"))?;
     ensure!(out.status.success(), "{}", show(&out));
     let report = json(&out)?;
     ensure!(report["ok"] == true, "{report:#}");
+    ensure!(report["provider"]["kind"] == keys.kind(), "{report:#}");
     ensure!(report["summary"]["problems"] == 0, "{report:#}");
     others_ok(&report, &[])?;
     for p in 0..PARTITIONS {
@@ -303,18 +412,18 @@ async fn verify_reports_each_kind_of_damage_and_the_rest_ok() -> Result<()> {
 
     // Each damage alone, in its own copy.
     for damage in Damage::ALL {
-        let copy = tmp.path().join(format!("copy-{damage:?}"));
+        let copy = root.join(format!("copy-{damage:?}"));
         copy_dir(&dev, &copy)?;
         let file = damage.apply(&copy.join("data"), &topic_id)?;
 
-        let out = verify(&["--json"], &copy.join("data"))?;
+        let out = verify(keys, &["--json"], &copy.join("data"))?;
         ensure!(out.status.code() == Some(1), "{damage:?}: {}", show(&out));
         let report = json(&out)?;
         ensure!(report["ok"] == false, "{damage:?}: {report:#}");
         names_damage(&report, damage, &file)?;
         others_ok(&report, &[damage.partition()])?;
 
-        let out = verify(&[], &copy.join("data"))?;
+        let out = verify(keys, &[], &copy.join("data"))?;
         ensure!(out.status.code() == Some(1), "{damage:?}: {}", show(&out));
         let text = String::from_utf8_lossy(&out.stdout);
         let name = file.file_name().context("name")?.to_string_lossy();
@@ -328,13 +437,13 @@ async fn verify_reports_each_kind_of_damage_and_the_rest_ok() -> Result<()> {
     }
 
     // All of them at once: each reported, the untouched partition ok.
-    let copy = tmp.path().join("copy-all");
+    let copy = root.join("copy-all");
     copy_dir(&dev, &copy)?;
     let mut files = Vec::new();
     for damage in Damage::ALL {
         files.push((damage, damage.apply(&copy.join("data"), &topic_id)?));
     }
-    let out = verify(&["--json"], &copy.join("data"))?;
+    let out = verify(keys, &["--json"], &copy.join("data"))?;
     ensure!(out.status.code() == Some(1), "{}", show(&out));
     let report = json(&out)?;
     for (damage, file) in &files {
@@ -349,21 +458,65 @@ async fn verify_reports_each_kind_of_damage_and_the_rest_ok() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn verify_usage_errors_exit_2() -> Result<()> {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_usage_errors_exit_2_softhsm() -> Result<()> {
     let tmp = tempfile::tempdir()?;
+    let keys = Keys::softhsm(tmp.path())?;
+    usage_errors(tmp.path(), &keys).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_usage_errors_exit_2_file() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    usage_errors(tmp.path(), &Keys::File).await
+}
+
+async fn usage_errors(root: &Path, keys: &Keys) -> Result<()> {
+    let empty = root.join("empty");
+    std::fs::create_dir(&empty)?;
     // Not a data directory.
-    let out = verify(&[], tmp.path())?;
+    let out = verify(keys, &[], &empty)?;
     ensure!(out.status.code() == Some(2), "{}", show(&out));
     // Neither --data-dir nor --config.
     let out = Command::new(binary("strongbox-broker"))
         .arg("verify")
+        .envs(keys.env())
         .output()?;
     ensure!(out.status.code() == Some(2), "{}", show(&out));
     // A directory that does not exist.
-    let out = verify(&[], &tmp.path().join("missing"))?;
+    let out = verify(keys, &[], &root.join("missing"))?;
     if out.status.code() != Some(2) {
         bail!("{}", show(&out));
     }
+
+    // A stopped broker's data whose key provider is gone (the token's
+    // files, or the key directory): verify cannot check it, and says so
+    // rather than report the data intact or damaged.
+    let dev = root.join("dev");
+    keys.create_dev(&dev)?;
+    let mut broker = keys.start(&dev)?;
+    ensure!(
+        broker.terminate()? == Some(0),
+        "graceful stop: {}",
+        broker.log_text()
+    );
+    keys.check_in_use(&dev)?;
+    let out = verify(keys, &[], &dev.join("data"))?;
+    ensure!(out.status.success(), "{}", show(&out));
+    keys.take_away(&dev)?;
+    let out = verify(keys, &[], &dev.join("data"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let why = match keys {
+        Keys::File => "keys.file.dir",
+        Keys::SoftHsm(_) => "cannot open the key provider",
+    };
+    ensure!(
+        out.status.code() == Some(2) && stderr.contains(why) && out.stdout.is_empty(),
+        "without its key provider: {}",
+        show(&out)
+    );
+    keys.bring_back(&dev)?;
+    let out = verify(keys, &[], &dev.join("data"))?;
+    ensure!(out.status.success(), "{}", show(&out));
     Ok(())
 }
