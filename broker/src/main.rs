@@ -127,6 +127,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Installed before anything else, so a SIGTERM that arrives while
+    // the broker is still starting is queued and answered with a
+    // graceful stop once it is up, rather than killing it half-open.
+    let signals = Signals::install()?;
     match cli.command {
         Command::Serve { config } => {
             let config = BrokerConfig::load(&config)
@@ -138,13 +142,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(m) = broker.metrics_addr {
                 println!("metrics on http://{m}/metrics");
             }
-            wait_for_signals(broker).await
+            signals.serve_until_stopped(broker).await
         }
         Command::Dev {
             data_dir,
             listen,
             metrics_listen,
-        } => run_dev(&data_dir, listen, metrics_listen).await,
+        } => run_dev(&data_dir, listen, metrics_listen, signals).await,
         // Handled in `main`, before a runtime starts.
         Command::Verify(_) | Command::Inspect(_) => Ok(()),
     }
@@ -154,6 +158,7 @@ async fn run_dev(
     dir: &Path,
     listen: SocketAddr,
     metrics_listen: Option<SocketAddr>,
+    signals: Signals,
 ) -> anyhow::Result<()> {
     let layout = dev::ensure_dev_dir(dir, listen)
         .with_context(|| format!("development directory {}", dir.display()))?;
@@ -186,7 +191,7 @@ async fn run_dev(
     }
     println!("try, with the strongbox CLI (cargo run --release --bin strongbox -- ...):");
     print!("{}", layout.quickstart());
-    wait_for_signals(broker).await
+    signals.serve_until_stopped(broker).await
 }
 
 /// The dev broker serves `demo.greetings` from the start, so the
@@ -206,20 +211,35 @@ async fn ensure_demo_topic(broker: &RunningBroker) {
     }
 }
 
-async fn wait_for_signals(broker: RunningBroker) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => broker.reload().await,
-        }
+/// The signals the broker answers: SIGTERM and SIGINT stop it
+/// gracefully, SIGHUP reloads what can change without a restart.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
     }
-    broker.shutdown().await;
-    Ok(())
+
+    async fn serve_until_stopped(mut self, broker: RunningBroker) -> anyhow::Result<()> {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => break,
+                _ = self.int.recv() => break,
+                _ = self.hup.recv() => broker.reload().await,
+            }
+        }
+        broker.shutdown().await;
+        Ok(())
+    }
 }
 
 fn init_logging(config: &BrokerConfig) {

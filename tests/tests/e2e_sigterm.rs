@@ -271,3 +271,22 @@ async fn sigterm_under_load_keeps_and_answers_every_append() -> Result<()> {
 async fn sigkill_under_load_keeps_every_acknowledged_fsync_append() -> Result<()> {
     stop_under_load(Stop::Kill).await
 }
+
+/// A SIGTERM sent the moment the broker reports its address (or earlier,
+/// while it is still starting) is a graceful stop with exit status 0,
+/// never the default action of the signal.
+#[test]
+fn sigterm_right_after_start_is_a_graceful_stop() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("dev");
+    for round in 0..20 {
+        let mut broker = BrokerProcess::start_dev(&dir)?;
+        let status = broker.terminate()?;
+        ensure!(
+            status == Some(0),
+            "round {round}: exit status {status:?}; log:\n{}",
+            broker.log_text()
+        );
+    }
+    Ok(())
+}
