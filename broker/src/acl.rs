@@ -484,6 +484,29 @@ impl Acl {
         Ok(next)
     }
 
+    /// Replaces the superusers and the rules, publishing a new generation,
+    /// which it returns.
+    ///
+    /// # Errors
+    ///
+    /// A rule or superuser that is not acceptable; the current ones then
+    /// stay.
+    pub fn replace(
+        &self,
+        superusers: impl IntoIterator<Item = String>,
+        rules: Vec<AclRule>,
+    ) -> Result<u64, AclError> {
+        let mut slot = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let next = slot.generation.saturating_add(1);
+        let snap = AclSnapshot::compile(next, superusers, rules)?;
+        *slot = Arc::new(snap);
+        self.generation.store(next, Ordering::Release);
+        Ok(next)
+    }
+
     /// Checks against the current snapshot.
     pub fn check(&self, principal: &str, op: Operations, topic: &str, now_ms: i64) -> Decision {
         self.snapshot().check(principal, op, topic, now_ms)

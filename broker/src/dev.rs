@@ -5,7 +5,8 @@
 //! strongbox-dev/                 0700
 //!   broker.toml                  config, accepted by the normal loader
 //!   ca/ca.pem  ca/ca.key         development CA (key 0600)
-//!   ca/crl.pem                   its CRL (empty; edit and it reloads)
+//!   ca/crl.pem                   its CRL (`strongbox-broker pki revoke`
+//!                                writes the next one; it reloads)
 //!   tls/broker.pem  broker.key   broker certificate: localhost, 127.0.0.1, ::1
 //!   profiles/admin.toml .pem .key   superuser     spiffe://strongbox.dev/admin
 //!   profiles/alice.toml .pem .key   publish, subscribe, describe on demo.*
@@ -46,6 +47,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::pki::{CertSpec, PkiError, TestCa, write_file};
+
+mod revoke;
+
+pub use revoke::{Revocation, revoke};
 
 /// Where `dev` puts its directory unless told otherwise.
 pub const DEFAULT_DEV_DIR: &str = "strongbox-dev";
@@ -136,6 +141,14 @@ pub enum DevError {
         /// What is missing, comma-separated.
         missing: String,
     },
+    /// The generated `broker.toml` does not parse.
+    #[error("{path}: {message}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// A profile file does not parse.
     #[error("profile {path}: {message}")]
     Profile {
@@ -206,20 +219,75 @@ impl DevLayout {
     }
 
     /// Rewrites every profile's `broker` address to `bound` (call it after
-    /// binding, so that `--listen 127.0.0.1:0` yields usable profiles). An
-    /// unspecified address (`0.0.0.0`, `::`) becomes loopback.
+    /// binding, so that `--listen 127.0.0.1:0` yields usable profiles),
+    /// keeping the rest of each file. An unspecified address (`0.0.0.0`,
+    /// `::`) becomes loopback.
     ///
     /// # Errors
     ///
     /// A profile cannot be written.
     pub fn set_broker_addr(&self, bound: SocketAddr) -> Result<(), DevError> {
-        let addr = connectable(bound);
+        let addr = connectable(bound).to_string();
         for p in &self.profiles {
+            // Only `broker` changes: a `client_name` or other edit stays.
+            let text = std::fs::read_to_string(&p.path).map_err(io_err(&p.path))?;
+            let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| DevError::Profile {
+                path: p.path.clone(),
+                message: format!("{e}"),
+            })?;
+            if doc.get("broker").and_then(|v| v.as_str()) == Some(addr.as_str()) {
+                continue;
+            }
+            doc.insert("broker", toml_edit::value(addr.clone()));
             let tmp = p.path.with_extension("toml.tmp");
-            write_file(&tmp, profile_toml(p.name, addr).as_bytes(), false)?;
+            write_file(&tmp, doc.to_string().as_bytes(), false)?;
             std::fs::rename(&tmp, &p.path).map_err(io_err(&p.path))?;
         }
         Ok(())
+    }
+
+    /// Writes `listen` and `metrics` into `broker.toml` (`[listener] addr`
+    /// and `[metrics] listen`) when they differ from what it says, so the
+    /// file describes the broker `dev` runs: every start applies its
+    /// `--listen` and `--metrics-listen`. The rest of the file, comments and
+    /// edits included, is kept as it is. Returns whether it changed.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read, parsed or written.
+    pub fn set_listen_addresses(
+        &self,
+        listen: SocketAddr,
+        metrics: SocketAddr,
+    ) -> Result<bool, DevError> {
+        let path = &self.config;
+        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| DevError::Config {
+            path: path.clone(),
+            message: format!("{e}"),
+        })?;
+        let mut changed = false;
+        for (section, key, addr) in [("listener", "addr", listen), ("metrics", "listen", metrics)] {
+            let wanted = addr.to_string();
+            let table = doc
+                .entry(section)
+                .or_insert_with(toml_edit::table)
+                .as_table_like_mut()
+                .ok_or_else(|| DevError::Config {
+                    path: path.clone(),
+                    message: format!("`{section}` is not a table"),
+                })?;
+            if table.get(key).and_then(|v| v.as_str()) != Some(wanted.as_str()) {
+                table.insert(key, toml_edit::value(wanted));
+                changed = true;
+            }
+        }
+        if changed {
+            let tmp = path.with_extension("toml.tmp");
+            write_file(&tmp, doc.to_string().as_bytes(), false)?;
+            std::fs::rename(&tmp, path).map_err(io_err(path))?;
+        }
+        Ok(changed)
     }
 
     /// Copy-paste commands for the three profiles, for the broker to print.
@@ -420,14 +488,16 @@ fn profile_toml(name: &str, broker: SocketAddr) -> String {
     )
 }
 
+/// The metrics address `dev` uses without `--metrics-listen`: port 9644 on
+/// the listener's IP, or a free port when the listener takes a free port
+/// too (so that several development brokers can run side by side).
+pub fn default_metrics_listen(listen: SocketAddr) -> SocketAddr {
+    let port = if listen.port() == 0 { 0 } else { 9644 };
+    SocketAddr::new(listen.ip(), port)
+}
+
 fn broker_toml(listen: SocketAddr) -> String {
-    // A random listener port gets a random metrics port too, so that
-    // several development brokers can run side by side.
-    let metrics = if listen.port() == 0 {
-        SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0)
-    } else {
-        SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 9644)
-    };
+    let metrics = default_metrics_listen(listen);
     let mut s = String::from(
         "# Strongbox development broker, generated by `strongbox-broker dev`.\n\
          # For development only: the CA key lies next to this file and the\n\

@@ -5,6 +5,7 @@
 //! strongbox-broker dev [--data-dir ./strongbox-dev] [--listen 127.0.0.1:7443]
 //! strongbox-broker verify --data-dir DIR [--config FILE] [--json]
 //! strongbox-broker inspect --data-dir DIR --topic T [--partition N] [--from OFFSET] [--count N] [--json]
+//! strongbox-broker pki revoke [--data-dir DIR] NAME|CERT.pem
 //! ```
 
 use std::net::SocketAddr;
@@ -31,8 +32,15 @@ enum Command {
     /// Serve with a configuration file (see deploy/broker.example.toml).
     ///
     /// Stops gracefully on SIGTERM or SIGINT: no new connections, every
-    /// accepted append answered, logs synced. SIGHUP reloads the CRLs and
-    /// the ACL and runs a maintenance pass at once (expired grants go).
+    /// accepted append answered, logs synced.
+    ///
+    /// SIGHUP re-reads the CRL files (an older CRL of an issuer never
+    /// replaces a newer one), re-reads and validates FILE and applies its
+    /// [acl] section (superusers and [[acl.rules]]) to new and open
+    /// connections, and runs a maintenance pass at once (expired grants
+    /// go). A file that does not load changes nothing and the log says why;
+    /// other sections of FILE need a restart, and the log names those that
+    /// changed.
     Serve {
         /// The broker's TOML configuration.
         #[arg(long, short, value_name = "FILE")]
@@ -44,8 +52,11 @@ enum Command {
     /// certificate for localhost, client profiles `admin` (superuser),
     /// `alice` (publish and subscribe on demo.*) and `bob` (subscribe on
     /// demo.*), a file key store and a broker.toml; later runs reuse them.
-    /// The file key store keeps keys next to the data: for development
-    /// only.
+    /// Each run writes its --listen and --metrics-listen into broker.toml,
+    /// keeping the rest of the file. The file key store keeps keys next to
+    /// the data: for development only. SIGTERM, SIGINT and SIGHUP act as
+    /// for `serve`; `strongbox-broker pki revoke` revokes a development
+    /// certificate.
     Dev {
         /// Where the development material and data live.
         #[arg(long, value_name = "DIR", default_value = "strongbox-dev")]
@@ -59,6 +70,9 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<SocketAddr>,
     },
+    /// The development CA: revoke a certificate it issued.
+    #[command(subcommand)]
+    Pki(PkiCommand),
     /// Check a stopped broker's data directory offline.
     ///
     /// Authenticates every frame, seal and key envelope of every partition
@@ -91,8 +105,40 @@ enum Command {
     Inspect(strongbox_broker::inspect::InspectArgs),
 }
 
+/// `strongbox-broker pki ...`.
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Revoke a certificate of the development CA.
+    ///
+    /// Signs the next CRL of DIR's development CA (DIR/ca/crl.pem): every
+    /// certificate it already revokes, plus this one, under a higher CRL
+    /// number. A running `strongbox-broker dev` on DIR loads it within
+    /// tls.crl_reload (5 s) or at once on SIGHUP: from then on the
+    /// certificate is refused, and connections that use it are closed.
+    /// A certificate already revoked changes nothing. For a real CA, use
+    /// its own tools (see docs/OPERATIONS.md, "Revocation").
+    ///
+    /// Exit status: 0 revoked (or already revoked), 1 failure.
+    #[command(after_help = "\
+Examples:
+  strongbox-broker pki revoke alice
+  strongbox-broker pki revoke --data-dir ./strongbox-dev ./strongbox-dev/profiles/bob.pem")]
+    Revoke {
+        /// The development directory.
+        #[arg(long, value_name = "DIR", default_value = "strongbox-dev")]
+        data_dir: PathBuf,
+        /// A profile name (`alice` is DIR/profiles/alice.pem) or a PEM
+        /// certificate file issued by DIR's CA.
+        #[arg(value_name = "NAME|CERT")]
+        who: String,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Pki(PkiCommand::Revoke { data_dir, who }) = &cli.command {
+        return revoke(data_dir, who);
+    }
     if let Command::Verify(args) = &cli.command {
         // Offline and synchronous: no runtime.
         return strongbox_broker::verify::run_cli(args);
@@ -120,7 +166,62 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_message(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line, each said once: a cause whose text
+/// its parent already includes (thiserror messages often end with their
+/// source) is not repeated.
+fn one_message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.replace(['\r', '\n'], " ")
+}
+
+fn revoke(dir: &Path, who: &str) -> ExitCode {
+    match dev::revoke(dir, who) {
+        Ok(r) if r.already_revoked => {
+            println!(
+                "{} ({}, serial {}) is already revoked by {} (CRL number {}); nothing changed",
+                r.cert.display(),
+                r.principal,
+                r.serial,
+                r.crl.display(),
+                r.crl_number
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            println!(
+                "revoked {} ({}, serial {}): {} is now CRL number {}, revoking {} certificate(s)",
+                r.cert.display(),
+                r.principal,
+                r.serial,
+                r.crl.display(),
+                r.crl_number,
+                r.revoked
+            );
+            println!(
+                "a running `strongbox-broker dev` on {} loads it within 5 s (tls.crl_reload), \
+                 or at once on SIGHUP, and closes the connections that use the certificate",
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", one_message(&anyhow::Error::new(e)));
             ExitCode::FAILURE
         }
     }
@@ -150,7 +251,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             metrics_listen,
         } => run_dev(&data_dir, listen, metrics_listen, signals).await,
         // Handled in `main`, before a runtime starts.
-        Command::Verify(_) | Command::Inspect(_) => Ok(()),
+        Command::Verify(_) | Command::Inspect(_) | Command::Pki(_) => Ok(()),
     }
 }
 
@@ -162,14 +263,15 @@ async fn run_dev(
 ) -> anyhow::Result<()> {
     let layout = dev::ensure_dev_dir(dir, listen)
         .with_context(|| format!("development directory {}", dir.display()))?;
-    let mut config = BrokerConfig::load(&layout.config)
+    // The file says what this run listens on, so that it describes the
+    // running broker (and a SIGHUP finds nothing to restart for).
+    let metrics_listen = metrics_listen.unwrap_or_else(|| dev::default_metrics_listen(listen));
+    layout
+        .set_listen_addresses(listen, metrics_listen)
+        .with_context(|| format!("updating {}", layout.config.display()))?;
+    let config = BrokerConfig::load(&layout.config)
         .and_then(BrokerConfig::validate)
         .with_context(|| format!("config {}", layout.config.display()))?;
-    config.listener.addr = listen;
-    config.metrics.listen = metrics_listen.unwrap_or_else(|| {
-        let port = if listen.port() == 0 { 0 } else { 9644 };
-        SocketAddr::new(listen.ip(), port)
-    });
     init_logging(&config);
     tracing::warn!(
         "development mode: keys are stored in files next to the data; use an HSM in production"

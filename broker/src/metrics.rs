@@ -2,11 +2,15 @@
 //! handles on one registry, and the small HTTP endpoint that serves them
 //! ([`http`]).
 //!
-//! Every family is registered at start, so a scrape shows the full set
-//! (at zero) before the first connection; per-topic families get a series
-//! when a topic is first used and lose it through
+//! Every family is registered at start, and every series whose label values
+//! are known in advance (refusal reasons, authentication stages, ACL
+//! operations, key operations) is created at zero, so a scrape shows the
+//! full set before the first connection and an alert on `increase()` sees
+//! the first event. Per-topic families get a series when a topic is loaded
+//! or created ([`BrokerMetrics::touch_topic`]) and lose it through
 //! [`BrokerMetrics::forget_topic`] when the topic is deleted, which bounds
-//! their cardinality by the number of live topics.
+//! their cardinality by the number of live topics; consumer lag gets one
+//! when a group commits.
 //!
 //! ```
 //! use strongbox_broker::metrics::BrokerMetrics;
@@ -27,7 +31,20 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::tls::{AuthFailure, AuthFailureHook};
+use strongbox_protocol::frames::admin_types::Operations;
+
+use crate::tls::{AuthFailure, AuthFailureHook, AuthStage};
+
+/// The `reason` label values of `strongbox_connections_refused_total`:
+/// over the connection limit, then the authentication stages.
+pub const REFUSAL_REASONS: &[&str] = &["limit", "certificate", "handshake", "identity"];
+
+/// The authentication stages, as `strongbox_auth_failures_total` labels them.
+const AUTH_STAGES: &[AuthStage] = &[
+    AuthStage::Certificate,
+    AuthStage::Handshake,
+    AuthStage::Identity,
+];
 
 /// Latency buckets, in seconds: 50 µs to 2.5 s. Appends on a fast disk
 /// land in the first buckets, HSM calls and fsyncs in the middle ones.
@@ -43,7 +60,10 @@ pub struct BrokerMetrics {
     pub connections_active: IntGauge,
     /// Connections accepted since start.
     pub connections_total: IntCounter,
-    /// Connection attempts refused, by `reason` (`limit`).
+    /// Connection attempts refused, by `reason`: `limit` (over
+    /// `listener.max_connections`), `certificate` (the client certificate
+    /// was rejected: unknown CA, expired, revoked), `handshake` (no
+    /// certificate, no common ALPN), `identity` (no acceptable principal).
     pub connections_refused: IntCounterVec,
     /// Authentication failures, by `stage` (`certificate`, `handshake`,
     /// `identity`).
@@ -161,7 +181,7 @@ impl BrokerMetrics {
             &["topic", "partition", "group"],
         )?;
         r.register(Box::new(consumer_lag.clone()))?;
-        Ok(Self {
+        let m = Self {
             connections_refused: counter_vec(
                 &r,
                 "strongbox_connections_refused_total",
@@ -245,7 +265,40 @@ impl BrokerMetrics {
             key_compromised,
             subscriptions_active,
             consumer_lag,
-        })
+        };
+        m.create_known_series();
+        Ok(m)
+    }
+
+    /// Creates, at zero, the series whose label values are known before
+    /// anything happens, so they are scraped from the start.
+    fn create_known_series(&self) {
+        for reason in REFUSAL_REASONS {
+            self.connections_refused.with_label_values(&[reason]);
+        }
+        for stage in AUTH_STAGES {
+            self.auth_failures.with_label_values(&[stage.name()]);
+        }
+        for (_, name) in Operations::NAMED {
+            self.acl_denials.with_label_values(&[name]);
+        }
+    }
+
+    /// Creates the per-topic series of `topic` at zero (a topic loaded at
+    /// start or just created), so a dashboard shows it before its first
+    /// record. The broker's own topics (`_audit`) get none.
+    pub fn touch_topic(&self, topic: &str) {
+        if topic.starts_with('_') {
+            return;
+        }
+        for family in [
+            &self.messages_in,
+            &self.messages_out,
+            &self.bytes_in,
+            &self.bytes_out,
+        ] {
+            family.with_label_values(&[topic]);
+        }
     }
 
     /// The registry, to add families the broker defines elsewhere.
@@ -264,9 +317,13 @@ impl BrokerMetrics {
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
 
-    /// Counts an authentication failure.
+    /// Counts an authentication failure, which is also a refused
+    /// connection (reason: its stage).
     pub fn record_auth_failure(&self, failure: &AuthFailure) {
         self.auth_failures
+            .with_label_values(&[failure.stage.name()])
+            .inc();
+        self.connections_refused
             .with_label_values(&[failure.stage.name()])
             .inc();
     }
@@ -304,21 +361,36 @@ impl BrokerMetrics {
     }
 }
 
+/// One unit of a gauge, held for as long as the thing it counts lives:
+/// added when made, taken back when dropped, so a task that is aborted
+/// (and never reaches its own clean-up code) cannot leave the gauge high.
+#[derive(Debug)]
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    /// Adds one to `gauge` until the guard is dropped.
+    pub fn hold(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::AuthStage;
 
     #[test]
     fn every_design_family_is_exposed() {
         let m = BrokerMetrics::new().unwrap();
-        // Labelled families only appear once they have a series.
-        m.connections_refused.with_label_values(&["limit"]);
-        m.auth_failures.with_label_values(&["certificate"]);
-        m.acl_denials.with_label_values(&["publish"]);
-        for f in [&m.messages_in, &m.messages_out, &m.bytes_in, &m.bytes_out] {
-            f.with_label_values(&["t"]);
-        }
+        // Labelled families only appear once they have a series: those of
+        // a topic when it is loaded or created.
+        m.touch_topic("t");
         m.aead_bytes.with_label_values(&["seal"]);
         m.key_operations.with_label_values(&["unwrap", "pkcs11"]);
         m.key_operation_latency.with_label_values(&["unwrap"]);
@@ -349,6 +421,66 @@ mod tests {
         ] {
             assert!(text.contains(&format!("\n{name}")), "{name} missing");
         }
+    }
+
+    #[test]
+    fn series_with_known_labels_start_at_zero() {
+        let text = BrokerMetrics::new().unwrap().encode().unwrap();
+        for line in [
+            "strongbox_connections_active 0",
+            "strongbox_subscriptions_active 0",
+            "strongbox_connections_refused_total{reason=\"limit\"} 0",
+            "strongbox_connections_refused_total{reason=\"certificate\"} 0",
+            "strongbox_connections_refused_total{reason=\"handshake\"} 0",
+            "strongbox_connections_refused_total{reason=\"identity\"} 0",
+            "strongbox_auth_failures_total{stage=\"certificate\"} 0",
+            "strongbox_auth_failures_total{stage=\"handshake\"} 0",
+            "strongbox_auth_failures_total{stage=\"identity\"} 0",
+            "strongbox_acl_denials_total{operation=\"publish\"} 0",
+            "strongbox_acl_denials_total{operation=\"admin\"} 0",
+        ] {
+            assert!(
+                text.contains(&format!("\n{line}\n")),
+                "{line} missing:\n{text}"
+            );
+        }
+        assert!(!text.contains("topic=\"_audit\""));
+    }
+
+    #[test]
+    fn an_authentication_failure_is_a_refused_connection() {
+        let m = BrokerMetrics::new().unwrap();
+        m.record_auth_failure(&AuthFailure {
+            stage: AuthStage::Certificate,
+            reason: "revoked".into(),
+            claimed: None,
+            remote: None,
+        });
+        assert_eq!(m.auth_failures.with_label_values(&["certificate"]).get(), 1);
+        assert_eq!(
+            m.connections_refused
+                .with_label_values(&["certificate"])
+                .get(),
+            1
+        );
+        assert_eq!(m.connections_refused.with_label_values(&["limit"]).get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_guard_gives_its_unit_back_when_its_task_is_aborted() {
+        let m = Arc::new(BrokerMetrics::new().unwrap());
+        let (held, wait) = tokio::sync::oneshot::channel::<()>();
+        let m2 = m.clone();
+        let task = tokio::spawn(async move {
+            let _active = GaugeGuard::hold(&m2.subscriptions_active);
+            let _ = held.send(());
+            std::future::pending::<()>().await;
+        });
+        wait.await.unwrap();
+        assert_eq!(m.subscriptions_active.get(), 1);
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert_eq!(m.subscriptions_active.get(), 0);
     }
 
     #[test]

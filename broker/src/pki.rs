@@ -364,6 +364,28 @@ impl TestCa {
     ///
     /// A signing failure.
     pub fn crl(&self, revoked: &[&IssuedCert], crl_number: u64) -> Result<String, PkiError> {
+        let at = SystemTime::now() - Duration::from_secs(60);
+        let serials: Vec<RevokedSerial> = revoked
+            .iter()
+            .map(|c| RevokedSerial {
+                serial: c.serial.clone(),
+                revoked_at: at,
+            })
+            .collect();
+        self.crl_of_serials(&serials, crl_number)
+    }
+
+    /// A CRL (PEM) revoking the certificates with these serial numbers,
+    /// numbered `crl_number`, valid from a minute ago for 30 days.
+    ///
+    /// # Errors
+    ///
+    /// A signing failure.
+    pub fn crl_of_serials(
+        &self,
+        revoked: &[RevokedSerial],
+        crl_number: u64,
+    ) -> Result<String, PkiError> {
         let now = SystemTime::now();
         let params = CertificateRevocationListParams {
             this_update: (now - Duration::from_secs(60)).into(),
@@ -374,7 +396,7 @@ impl TestCa {
                 .iter()
                 .map(|c| RevokedCertParams {
                     serial_number: SerialNumber::from_slice(&c.serial),
-                    revocation_time: (now - Duration::from_secs(60)).into(),
+                    revocation_time: c.revoked_at.into(),
                     reason_code: Some(RevocationReason::KeyCompromise),
                     invalidity_date: None,
                 })
@@ -383,6 +405,15 @@ impl TestCa {
         };
         Ok(params.signed_by(&self.issuer)?.pem()?)
     }
+}
+
+/// A revoked certificate, as a CRL lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedSerial {
+    /// The certificate's serial number, as encoded in it.
+    pub serial: Vec<u8>,
+    /// When it was revoked.
+    pub revoked_at: SystemTime,
 }
 
 /// 16 random bytes, positive as a DER integer and without a leading zero

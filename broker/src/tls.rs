@@ -36,6 +36,10 @@ use tokio::sync::watch;
 use crate::config::{CrlCheck, TlsConfig};
 use crate::identity::{Principal, extract_identity};
 
+mod crl;
+
+pub use crl::{CrlsInForce, LoadedCrl, Refused, read_crl_files};
+
 /// Where in connection setup an authentication failure happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthStage {
@@ -159,28 +163,12 @@ pub fn load_key(what: &'static str, path: &Path) -> Result<PrivateKeyDer<'static
 ///
 /// # Errors
 ///
-/// A file cannot be read, or holds no CRL.
+/// A file cannot be read, holds no CRL, or a CRL in it does not parse;
+/// the error names the file.
 pub fn load_crls(
     paths: &[PathBuf],
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
-    let mut out = Vec::new();
-    for path in paths {
-        let bytes = read("tls.crls", path)?;
-        if bytes.windows(10).any(|w| w == b"-----BEGIN") {
-            let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| content("tls.crls", path, format!("not PEM CRLs: {e}")))?;
-            if crls.is_empty() {
-                return Err(content("tls.crls", path, "no X509 CRL block found".into()));
-            }
-            out.extend(crls);
-        } else if bytes.is_empty() {
-            return Err(content("tls.crls", path, "the file is empty".into()));
-        } else {
-            out.push(CertificateRevocationListDer::from(bytes));
-        }
-    }
-    Ok(out)
+    Ok(read_crl_files(paths)?.into_iter().map(|c| c.der).collect())
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -242,6 +230,9 @@ pub struct ReloadingClientVerifier {
     policy: RevocationPolicy,
     crl_paths: Vec<PathBuf>,
     inner: RwLock<Arc<dyn ClientCertVerifier>>,
+    /// The newest CRL of each issuer in the verifier: an older one read
+    /// later is refused.
+    in_force: Mutex<CrlsInForce>,
     stamps: Mutex<Vec<FileStamp>>,
     generation: AtomicU64,
     hook: Option<AuthFailureHook>,
@@ -272,8 +263,11 @@ impl ReloadingClientVerifier {
     ) -> Result<Self, TlsError> {
         let roots = Arc::new(roots);
         let stamps: Vec<FileStamp> = crl_paths.iter().map(|p| stamp(p)).collect();
-        let crls = load_crls(&crl_paths)?;
-        let inner = build_inner(&roots, crls, policy, &provider)?;
+        let mut in_force = CrlsInForce::default();
+        let (chosen, refused) = in_force.select(read_crl_files(&crl_paths)?);
+        refused.iter().for_each(Refused::warn);
+        let inner = build_inner(&roots, &chosen, policy, &provider)?;
+        in_force.commit(&chosen);
         Ok(Self {
             hints: roots.subjects(),
             roots,
@@ -281,6 +275,7 @@ impl ReloadingClientVerifier {
             policy,
             crl_paths,
             inner: RwLock::new(inner),
+            in_force: Mutex::new(in_force),
             stamps: Mutex::new(stamps),
             generation: AtomicU64::new(1),
             hook,
@@ -305,19 +300,26 @@ impl ReloadingClientVerifier {
     }
 
     /// Re-reads every CRL file and swaps the verifier, whether or not the
-    /// files changed (for SIGHUP). Returns the new generation.
+    /// files changed (for SIGHUP). A CRL older than the one in force for
+    /// the same issuer is refused (with a warning naming its file) and the
+    /// newer one stays. Returns the new generation.
     ///
     /// # Errors
     ///
-    /// A file that cannot be read or parsed; the previous CRLs stay in force.
+    /// A file that cannot be read or parsed, named in the error; the
+    /// previous CRLs stay in force.
     pub fn reload(&self) -> Result<u64, TlsError> {
         let stamps: Vec<FileStamp> = self.crl_paths.iter().map(|p| stamp(p)).collect();
         // Remember the stamps even if the load fails: the same broken file is
         // not retried (and logged) every interval, only once it changes again.
         *self.stamps.lock().unwrap_or_else(PoisonError::into_inner) = stamps;
-        let crls = load_crls(&self.crl_paths)?;
-        let inner = build_inner(&self.roots, crls, self.policy, &self.provider)?;
+        let loaded = read_crl_files(&self.crl_paths)?;
+        let mut in_force = self.in_force.lock().unwrap_or_else(PoisonError::into_inner);
+        let (chosen, refused) = in_force.select(loaded);
+        refused.iter().for_each(Refused::warn);
+        let inner = build_inner(&self.roots, &chosen, self.policy, &self.provider)?;
         *self.inner.write().unwrap_or_else(PoisonError::into_inner) = inner;
+        in_force.commit(&chosen);
         Ok(self
             .generation
             .fetch_add(1, Ordering::AcqRel)
@@ -413,9 +415,29 @@ impl ReloadingClientVerifier {
     }
 }
 
+/// The webpki verifier over `crls`. When webpki refuses them, the error
+/// names the file of the first CRL it refuses alone.
 fn build_inner(
     roots: &Arc<RootCertStore>,
-    crls: Vec<CertificateRevocationListDer<'static>>,
+    crls: &[LoadedCrl],
+    policy: RevocationPolicy,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let ders = || crls.iter().map(|c| c.der.clone());
+    build_with(roots, ders(), policy, provider).map_err(|e| {
+        crls.iter()
+            .find_map(|c| {
+                build_with(roots, [c.der.clone()], policy, provider)
+                    .err()
+                    .map(|one| content("tls.crls", &c.path, format!("CRL refused: {one}")))
+            })
+            .unwrap_or(e)
+    })
+}
+
+fn build_with(
+    roots: &Arc<RootCertStore>,
+    crls: impl IntoIterator<Item = CertificateRevocationListDer<'static>>,
     policy: RevocationPolicy,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {

@@ -390,3 +390,62 @@ fn recovers_when_the_token_comes_back() {
         assert_eq!(result.unwrap().expose(), dek.expose());
     });
 }
+
+/// SoftHSM2 fails a `C_GenerateKey` now and then (`CKR_GENERAL_ERROR`)
+/// when other sessions of the process search, wrap and unwrap meanwhile:
+/// one generation in twenty did, before the provider made key creation
+/// run alone. A rotation must not fail because appends are reading keys.
+#[test]
+fn generating_keys_while_others_use_the_token_never_fails() {
+    in_softhsm_process(
+        "generating_keys_while_others_use_the_token_never_fails",
+        &[],
+        || {
+            use std::sync::atomic::{AtomicBool, Ordering};
+
+            let token = Token::new("race");
+            let p = Arc::new(Pkcs11KeyProvider::open(&token.config()).unwrap());
+            p.generate_kek(&v(1)).unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let users: Vec<_> = (0..3)
+                .map(|t| {
+                    let (p, stop) = (p.clone(), stop.clone());
+                    std::thread::spawn(move || {
+                        let dek = Dek::generate().unwrap();
+                        let mut failures = Vec::new();
+                        let mut calls = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            calls += 1;
+                            let r = if t == 0 {
+                                p.has_kek(&v(1)).map(|_| ())
+                            } else {
+                                p.wrap(&v(1), &dek)
+                                    .and_then(|w| p.unwrap(&v(1), &w))
+                                    .map(|_| ())
+                            };
+                            if let Err(e) = r {
+                                failures.push(e.to_string());
+                            }
+                        }
+                        (calls, failures)
+                    })
+                })
+                .collect();
+            let failed: Vec<String> = (2..120u32)
+                .filter_map(|i| p.generate_kek(&v(i)).err().map(|e| format!("v{i}: {e}")))
+                .collect();
+            stop.store(true, Ordering::Relaxed);
+            for u in users {
+                let (calls, failures) = u.join().unwrap();
+                assert!(calls > 0);
+                assert!(failures.is_empty(), "{failures:?}");
+            }
+            assert!(
+                failed.is_empty(),
+                "{} generations failed: {failed:?}",
+                failed.len()
+            );
+            assert!(p.has_kek(&v(119)).unwrap());
+        },
+    );
+}

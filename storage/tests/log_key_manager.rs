@@ -182,3 +182,60 @@ fn a_destroyed_key_version_makes_its_segments_unreadable_not_the_log() {
     .expect("decode");
     assert!(km.open(&env.context(), &env.wrapped).is_err());
 }
+
+/// `keys destroy` on a running broker: the active segment, whose data key
+/// the log holds in memory, is under the version. Stopping appends under
+/// it seals that segment and drops the key, so that after the destruction
+/// it reads as destroyed at once, and later appends go to a new segment
+/// under the active version.
+#[test]
+fn stopping_appends_under_a_version_before_destroying_it() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("orders-0");
+    let km = key_manager(root.path());
+    let log =
+        PartitionLog::open(&dir, config(0, 1 << 20, Durability::Fsync), km.clone()).expect("open");
+    for i in 0..3 {
+        let a = log
+            .append(&sized_batch(T0 + i64::from(i), 2, 200, i))
+            .expect("append");
+        a.durable.wait().expect("durable");
+    }
+    assert_eq!(log.read(0, usize::MAX).expect("reads").len(), 3);
+    let v1 = km
+        .active_version(&KekScope::Broker)
+        .expect("registry")
+        .expect("v1");
+    let v2 = km.rotate(&KekScope::Broker).expect("rotate");
+    // The segment opened before the rotation is still under v1.
+    assert!(!log.stop_appending_under(&v2.id).expect("not under v2"));
+    assert!(log.stop_appending_under(&v1.id).expect("under v1"));
+    assert!(!log.stop_appending_under(&v1.id).expect("not any more"));
+    km.destroy_version(&v1.id, true)
+        .expect("forced destruction");
+
+    let e = log.read(0, usize::MAX).expect_err("destroyed at once");
+    assert!(
+        matches!(
+            &e,
+            LogError::Key {
+                source: strongbox_storage::keys::KeyError::Destroyed(_),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let late = log
+        .append(&sized_batch(T0 + 10, 2, 200, 9))
+        .expect("appends go on");
+    late.durable.wait().expect("durable");
+    assert_eq!(late.base_offset, 6);
+    assert_eq!(
+        log.read(late.base_offset, usize::MAX)
+            .expect("the new segment reads")
+            .len(),
+        1
+    );
+    assert_eq!(envelope_versions(&dir), vec![1, 2]);
+    log.close().expect("close");
+}

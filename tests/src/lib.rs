@@ -80,6 +80,16 @@ impl BrokerProcess {
     ///
     /// As [`BrokerProcess::start_dev`].
     pub fn start_dev_with(dir: &Path, env: &[(&str, &str)]) -> Result<Self> {
+        Self::start_dev_args(dir, &[], env)
+    }
+
+    /// As [`BrokerProcess::start_dev_with`], with more `dev` arguments
+    /// after `--listen 127.0.0.1:0` (such as `--metrics-listen ADDR`).
+    ///
+    /// # Errors
+    ///
+    /// As [`BrokerProcess::start_dev`].
+    pub fn start_dev_args(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let log = dir.with_extension("broker.log");
         let stderr = std::fs::OpenOptions::new()
             .create(true)
@@ -89,6 +99,7 @@ impl BrokerProcess {
         let mut cmd = Command::new(binary("strongbox-broker"));
         cmd.args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -377,3 +377,105 @@ async fn request_approve_read_expire_with_real_certificates() -> Result<()> {
     bob_client.close().await;
     Ok(())
 }
+
+/// How long after a grant's end its audit record may appear: the broker
+/// wakes for it, rather than at its next maintenance pass (30 s apart).
+const EXPIRY_RECORDED_WITHIN: Duration = Duration::from_secs(15);
+
+/// Polls the trail, without nudging the broker, until a record matches
+/// `pred`; fails once `deadline` is past.
+async fn audited_by(
+    admin: &Path,
+    what: &str,
+    deadline: Instant,
+    pred: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    loop {
+        if let Some(r) = audit_records(admin)?.into_iter().find(|r| pred(r)) {
+            return Ok(r);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no {what} in the audit trail within {EXPIRY_RECORDED_WITHIN:?} of the expiry:\n{}",
+                audit_records(admin)?
+                    .iter()
+                    .map(Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A grant that ends is audited when it ends, with no signal to the
+/// broker: an approved request's `access.expire` and `acl.expire`, and the
+/// `acl.expire` of a config-file rule whose `expires_at` passes while the
+/// broker runs (the rule stays in the file; it stops applying).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_are_audited_when_they_expire() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("dev");
+    strongbox_broker::dev::ensure_dev_dir(&dir, "127.0.0.1:0".parse()?)?;
+    let config_expiry = std::time::SystemTime::now() + Duration::from_secs(6);
+    let config = dir.join("broker.toml");
+    let mut toml = std::fs::read_to_string(&config)?;
+    toml.push_str(&format!(
+        "\n[[acl.rules]]\nprincipal = \"{BOB}\"\ntopic = \"ledger.config\"\n\
+         operations = [\"describe\"]\neffect = \"allow\"\nexpires_at = \"{}\"\n",
+        humantime::format_rfc3339_millis(config_expiry)
+    ));
+    std::fs::write(&config, toml)?;
+    let broker = BrokerProcess::start_dev(&dir)?;
+    let (admin, bob) = (broker.profile("admin"), broker.profile("bob"));
+    cli_ok(&admin, &["topic", "create", TOPIC])?;
+
+    let request = cli_json(
+        &bob,
+        &[
+            "access", "request", "--topic", TOPIC, "--op", "describe", "--reason", "short",
+        ],
+    )?;
+    let id = request["id"].as_u64().context("an id")?;
+    let approved = cli_json(
+        &admin,
+        &["access", "approve", &id.to_string(), "--ttl", "3s"],
+    )?;
+    let expires_at = approved["expires_at"].as_i64().context("an expiry")?;
+    let ends = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(expires_at)?);
+    let deadline = Instant::now()
+        + ends
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+        + EXPIRY_RECORDED_WITHIN;
+    let expired = audited_by(&admin, "access.expire", deadline, |r| {
+        r["action"] == "access.expire" && r["details"]["request_id"] == id
+    })
+    .await?;
+    assert_eq!(expired["principal"], "broker");
+    audited_by(&admin, "acl.expire of the approved rule", deadline, |r| {
+        r["action"] == "acl.expire"
+            && r["details"]["rule_principal"] == BOB
+            && r["details"]["expires_at"] == expires_at
+    })
+    .await?;
+    assert_eq!(
+        listed_request(&bob, id)?.context("listed")?["state"],
+        "expired"
+    );
+
+    let deadline = Instant::now()
+        + config_expiry
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+        + EXPIRY_RECORDED_WITHIN;
+    let config_rule = audited_by(&admin, "acl.expire of the config rule", deadline, |r| {
+        r["action"] == "acl.expire" && r["details"]["source"] == "config"
+    })
+    .await?;
+    assert_eq!(config_rule["resource"], "topic:ledger.config");
+    assert_eq!(config_rule["details"]["rule_principal"], BOB);
+    let verify = cli(&admin, &["audit", "verify"])?;
+    assert!(verify.status.success(), "{}", text(&verify.stderr));
+    Ok(())
+}

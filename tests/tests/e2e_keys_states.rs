@@ -50,6 +50,110 @@ async fn compromised_alerts_and_goes_first_file() -> Result<()> {
     compromised_alerts_and_goes_first(Provider::File).await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_takes_effect_at_once_softhsm() -> Result<()> {
+    destroy_takes_effect_at_once(Provider::SoftHsm).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_takes_effect_at_once_file() -> Result<()> {
+    destroy_takes_effect_at_once(Provider::File).await
+}
+
+/// How long a read of a shredded segment may take to fail: it must fail
+/// at once, not after the client's retries run out.
+const PROMPT: Duration = Duration::from_secs(20);
+
+/// Reads from offset `from` of partition 0 of `topic`: the first item.
+async fn first_item(
+    client: &strongbox_client::Client,
+    topic: &str,
+    from: u64,
+) -> Result<Result<strongbox_client::ConsumedRecord, strongbox_client::ClientError>> {
+    let mut consumer = client
+        .subscribe(
+            Subscription::partition(topic, 0).start(StartPosition::Offset(from)),
+            ConsumerConfig::default(),
+        )
+        .await?;
+    let item = tokio::time::timeout(PROMPT, consumer.next())
+        .await
+        .with_context(|| format!("no answer within {PROMPT:?}"))?;
+    consumer.close().await;
+    item.context("the subscription ended without an item")
+}
+
+/// `keys destroy --force` on a running broker, with the segment under the
+/// version still the active one and its data key cached from a read: the
+/// next read fails with `key_destroyed` at once, in the same broker
+/// process, and again after a restart; appends go on in a new segment
+/// under the new version, which reads back.
+async fn destroy_takes_effect_at_once(provider: Provider) -> Result<()> {
+    const TOPIC: &str = "keys.live";
+    let setup = Setup::new(provider, 200)?;
+    let admin = setup.admin();
+    let mut broker = setup.start()?;
+    let client = connect(&admin).await?;
+    // Segments large enough that everything stays in the active one.
+    client
+        .admin()
+        .create_topic(TOPIC, topic_config(1, 1 << 20, true))
+        .await?;
+    publish(&client, TOPIC, 1, "live", 0..5, LEN).await?;
+    let item = first_item(&client, TOPIC, 0).await?;
+    ensure!(item.is_ok_and(|r| r.offset == 0), "readable before");
+    cli_ok(&admin, &["keys", "rotate", "--topic", TOPIC])?;
+
+    let out = cli_ok(
+        &admin,
+        &["keys", "destroy", "1", "--topic", TOPIC, "--force"],
+    )?;
+    ensure!(
+        out.contains("1 segments are now unreadable") && out.contains(&format!("{TOPIC}/0@0")),
+        "{out}"
+    );
+    for from in [0, 4] {
+        match first_item(&client, TOPIC, from).await? {
+            Err(e) if e.code() == Some(ErrorCode::KeyDestroyed) => {}
+            Err(e) => bail!("reading from {from}: expected key_destroyed, got {e}"),
+            Ok(r) => bail!(
+                "read record {} of a destroyed key in the same process",
+                r.offset
+            ),
+        }
+    }
+    // Appends go on, under v2, and read back.
+    publish(&client, TOPIC, 1, "live", 5..8, LEN).await?;
+    let item = first_item(&client, TOPIC, 5).await?;
+    ensure!(
+        item.as_ref()
+            .is_ok_and(|r| r.offset == 5 && r.value == value("live", 5, LEN).as_bytes()),
+        "{item:?}"
+    );
+    let v = versions(&status(&admin, Some(TOPIC))?, &format!("topic:{TOPIC}"));
+    ensure!(
+        v.get(&1).is_some_and(|(st, _)| st == "destroyed")
+            && v.get(&2).is_some_and(|(st, n)| st == "active" && *n == 1),
+        "{v:?}"
+    );
+
+    // After a restart: the partition is served, the shredded records fail
+    // at once, the others read.
+    client.close().await;
+    ensure!(broker.terminate()? == Some(0), "{}", broker.log_text());
+    let broker = setup.start()?;
+    let client = connect(&admin).await?;
+    match first_item(&client, TOPIC, 0).await? {
+        Err(e) if e.code() == Some(ErrorCode::KeyDestroyed) => {}
+        other => bail!("after the restart: expected key_destroyed, got {other:?}"),
+    }
+    let item = first_item(&client, TOPIC, 7).await?;
+    ensure!(item.as_ref().is_ok_and(|r| r.offset == 7), "{item:?}");
+    client.close().await;
+    drop(broker);
+    Ok(())
+}
+
 /// The first thing a subscription from `start` yields must be an error
 /// with `code`.
 async fn first_read_fails(

@@ -324,3 +324,121 @@ async fn revoked_certificates_are_refused_after_a_crl_reload() -> Result<()> {
     // The development profiles are unaffected.
     alice_still_served(&broker).await
 }
+
+/// `strongbox-broker pki revoke` on a running development broker: after
+/// the reload the certificate is refused and its open connection closed,
+/// and a CRL that does not parse is reported with its file name and
+/// changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pki_revoke_refuses_the_certificate_at_once() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("dev");
+    let broker = BrokerProcess::start_dev(&dir)?;
+    let bob_config = || raw::profile_config(&dir, "bob");
+    let bob_conn = raw::connect(broker.addr, bob_config()?).await?;
+    let (control, _) = raw::handshake(&bob_conn).await?;
+    let _keep = raw::keep_alive(control);
+
+    let out = std::process::Command::new(strongbox_tests::binary("strongbox-broker"))
+        .args(["pki", "revoke", "--data-dir"])
+        .arg(&dir)
+        .arg("bob")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("spiffe://strongbox.dev/bob") && stdout.contains("CRL number 2"),
+        "{stdout}"
+    );
+    broker.signal(Signal::SIGHUP)?;
+    broker.wait_for_log("CRLs reloaded", 1).await?;
+    let closed =
+        tokio::time::timeout(std::time::Duration::from_secs(30), bob_conn.closed()).await?;
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if c.error_code.into_inner() == 17),
+        "bob's open connection is closed as authentication_failed: {closed:?}"
+    );
+    assert_eq!(
+        refused_alert(&broker, bob_config()?).await?,
+        ALERT_CERTIFICATE_REVOKED
+    );
+    alice_still_served(&broker).await?;
+
+    // A CRL that does not parse: the error names the file.
+    install_crl(
+        &dir,
+        "-----BEGIN X509 CRL-----\nMAMCAQU=\n-----END X509 CRL-----\n",
+    )?;
+    broker.signal(Signal::SIGHUP)?;
+    broker.wait_for_log("CRL reload failed", 1).await?;
+    let log = broker.log_text();
+    let failure = log
+        .lines()
+        .find(|l| l.contains("CRL reload failed"))
+        .context("the failure")?;
+    assert!(
+        failure.contains(&dir.join("ca/crl.pem").display().to_string()),
+        "{failure}"
+    );
+    assert_eq!(
+        refused_alert(&broker, bob_config()?).await?,
+        ALERT_CERTIFICATE_REVOKED,
+        "the CRLs in force stay"
+    );
+    alice_still_served(&broker).await
+}
+
+/// A CRL with a lower number than the one in force for its issuer (a
+/// stale copy put back) is refused with a warning naming its file, and
+/// what the newer one revokes stays revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_crl_never_replaces_a_newer_one() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("dev");
+    let broker = BrokerProcess::start_dev(&dir)?;
+    let ca_pem = std::fs::read(dir.join("ca/ca.pem"))?;
+    let ca = dev_ca(&dir)?;
+    let dave = ca.issue(&CertSpec::client_uri("spiffe://strongbox.dev/dave"))?;
+    let dave_config = || raw::client_config(&ca_pem, Some(identity(&dave)?), &[ALPN]);
+
+    install_crl(&dir, &ca.crl(&[&dave], 4)?)?;
+    broker.signal(Signal::SIGHUP)?;
+    broker.wait_for_log("CRLs reloaded", 1).await?;
+    assert_eq!(
+        refused_alert(&broker, dave_config()?).await?,
+        ALERT_CERTIFICATE_REVOKED
+    );
+
+    // Number 3, revoking nobody, put in its place.
+    install_crl(&dir, &ca.crl(&[], 3)?)?;
+    broker.signal(Signal::SIGHUP)?;
+    broker.wait_for_log("refusing a CRL older than", 1).await?;
+    let log = broker.log_text();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("refusing a CRL older than"))
+        .context("the warning")?;
+    assert!(
+        warning.contains("crl.pem") && warning.contains("number 3") && warning.contains("number 4"),
+        "{warning}"
+    );
+    assert_eq!(
+        refused_alert(&broker, dave_config()?).await?,
+        ALERT_CERTIFICATE_REVOKED,
+        "dave stays revoked"
+    );
+    // The issuer's next CRL is taken as usual.
+    install_crl(&dir, &ca.crl(&[], 5)?)?;
+    broker.signal(Signal::SIGHUP)?;
+    broker.wait_for_log("CRLs reloaded", 3).await?;
+    assert_eq!(
+        whoami_with(&broker, &dave).await?,
+        "spiffe://strongbox.dev/dave",
+        "number 5 no longer lists dave"
+    );
+    Ok(())
+}

@@ -538,6 +538,35 @@ pub fn remove_expired(state: &BrokerState, now: i64) -> Result<Vec<AclEntry>, Me
     Ok(rules)
 }
 
+/// The earliest time after `after` (ms since the epoch) at which a grant
+/// ends: a stored rule's expiry, an approved request's, or a config rule's.
+/// The maintenance task wakes then, so the grant's `acl.expire` and
+/// `access.expire` records are written when it ends, not up to a
+/// maintenance interval later.
+///
+/// # Errors
+///
+/// The metadata store cannot be read.
+pub fn next_expiry(state: &BrokerState, after: i64) -> Result<Option<i64>, MetaError> {
+    let (rules, requests) = state
+        .meta
+        .read(|v| Ok::<_, MetaError>((v.acls()?, v.access_requests()?)))?;
+    let stored = rules.into_iter().filter_map(|e| e.rule.expires_at);
+    let approved = requests
+        .into_iter()
+        .filter(|r| r.state == AccessState::Approved)
+        .filter_map(|r| r.expires_at);
+    let config = state
+        .config_acl_rules()
+        .into_iter()
+        .filter_map(|r| r.expires_at);
+    Ok(stored
+        .chain(approved)
+        .chain(config)
+        .filter(|t| *t > after)
+        .min())
+}
+
 /// The `success` event of a step of request `req`.
 fn request_event(action: AuditAction, req: &AccessRequestInfo) -> AuditEvent {
     let mut event = AuditEvent::success(action, topic_resource(&req.topic))

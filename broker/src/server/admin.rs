@@ -232,18 +232,11 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
             force,
         } => {
             let scope = key_scope(state, &mut authz, topic.as_deref())?.unwrap_or(KekScope::Broker);
-            let keys = state.keys.clone();
             let id = KekId { scope, version };
-            // With force, name what is lost (the registry forgets nothing
-            // on destruction, but ask before, while it is certain).
-            let (outcome, lost) = blocking(move || {
-                let lost = if force {
-                    keys.segments_under(&id, None, LISTED_SEGMENTS)
-                        .unwrap_or_default()
-                } else {
-                    Vec::new()
-                };
-                keys.destroy_version(&id, force).map(|o| (o, lost))
+            // Takes effect before the answer: see `destroy_version`.
+            let state2 = state.clone();
+            let key_lifecycle::Destroyed { outcome, lost } = blocking(move || {
+                key_lifecycle::destroy_version(&state2, &id, force, LISTED_SEGMENTS)
             })
             .await?
             .map_err(key_error)?;
@@ -522,6 +515,7 @@ async fn create_topic(
         .map_err(|e: MetaError| BrokerError::internal("storing the topic", e))?;
     let keys: Arc<dyn SegmentKeys> = state.keys.clone();
     let topic = state.topics.add(entry, keys);
+    state.metrics.touch_topic(name);
     tracing::info!(target: "strongbox::audit", topic = %name, partitions = topic.partition_count(), dedicated_kek = topic.entry.config.dedicated_kek, "topic created");
     Ok(AdminResponse::Topic(topic.describe()))
 }
@@ -629,34 +623,117 @@ async fn acl_grant(state: &Arc<BrokerState>, rule: AclRule) -> Result<AdminRespo
     Ok(AdminResponse::Acls(rules_for(state, &rule.principal)))
 }
 
+/// Takes `rule.operations` out of every rule granted at runtime with the
+/// same principal pattern, topic pattern and effect, deleting a rule left
+/// with none. Rules of the config file are not touched: the answer says to
+/// edit the file when only they match.
 async fn acl_revoke(state: &Arc<BrokerState>, rule: AclRule) -> Result<AdminResponse, BrokerError> {
     let _guard = state.admin_lock.lock().await;
     let meta = state.meta.clone();
     let target = rule.clone();
-    let removed = blocking(move || meta.write(|b| b.remove_acl(&target)))
+    let changed = blocking(move || meta.write(|b| revoke_operations(b, &target)))
         .await?
         .map_err(|e: MetaError| BrokerError::internal("removing the ACL rule", e))?;
-    if !removed {
-        let from_config = state.acl.snapshot().rules().any(|r| same_rule(r, &rule));
+    if changed.is_empty() {
+        let from_config = state
+            .config_acl_rules()
+            .iter()
+            .any(|r| covers_part_of(r, &rule));
+        let effect = format!("{:?}", rule.effect).to_lowercase();
         return Err(if from_config {
             BrokerError::new(
                 ErrorCode::InvalidRequest,
-                "that rule comes from the broker's config file; remove it there and restart",
+                format!(
+                    "the {effect} rule for {} on {} comes from the broker's config file \
+                     ([[acl.rules]]): remove the operations there and send the broker SIGHUP",
+                    rule.principal, rule.topic
+                ),
             )
         } else {
-            BrokerError::new(ErrorCode::NotFound, "no such ACL rule")
+            BrokerError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "no ACL rule granted at runtime matches: no {effect} rule for {} on {} has \
+                     any of {}",
+                    rule.principal, rule.topic, rule.operations
+                ),
+            )
         });
     }
     state.reload_acl()?;
-    tracing::info!(target: "strongbox::audit", principal = %rule.principal, topic = %rule.topic, operations = %rule.operations, "ACL rule revoked");
+    for (before, after) in &changed {
+        let left = after.as_ref().map_or_else(
+            || "none (rule deleted)".to_owned(),
+            |r| r.operations.to_string(),
+        );
+        tracing::info!(target: "strongbox::audit", principal = %before.principal, topic = %before.topic, revoked = %rule.operations, had = %before.operations, left = %left, "ACL rule revoked");
+    }
     Ok(AdminResponse::Acls(rules_for(state, &rule.principal)))
 }
 
-fn same_rule(a: &AclRule, b: &AclRule) -> bool {
+/// True when `candidate` has `rule`'s principal, topic and effect and
+/// grants at least one of its operations.
+fn covers_part_of(candidate: &AclRule, rule: &AclRule) -> bool {
+    candidate.principal == rule.principal
+        && candidate.topic == rule.topic
+        && candidate.effect == rule.effect
+        && candidate.operations.0 & rule.operations.0 != 0
+}
+
+/// The stored side of `acl revoke`: each stored rule that `covers_part_of`
+/// `rule` loses those operations, keeping its expiry and origin; one left
+/// with none is deleted. Returns each changed rule and what is left of it.
+fn revoke_operations(
+    b: &mut strongbox_storage::meta::Batch<'_>,
+    rule: &AclRule,
+) -> Result<Vec<(AclRule, Option<AclRule>)>, MetaError> {
+    let mut changed = Vec::new();
+    let entries = b.acls()?;
+    for entry in entries.iter().cloned() {
+        if !covers_part_of(&entry.rule, rule) {
+            continue;
+        }
+        b.remove_acl(&entry.rule)?;
+        let left = Operations(entry.rule.operations.0 & !rule.operations.0);
+        let remainder = if left.is_empty() {
+            None
+        } else {
+            let kept = AclEntry {
+                rule: AclRule {
+                    operations: left,
+                    ..entry.rule.clone()
+                },
+                ..entry.clone()
+            };
+            // A rule with exactly the remaining operations may exist: it
+            // stays unless this one lasts longer.
+            let same = entries.iter().find(|e| acl_key_eq(&e.rule, &kept.rule));
+            if same.is_none_or(|e| outlasts(&kept.rule, &e.rule)) {
+                b.put_acl(&kept)?;
+            }
+            Some(kept.rule)
+        };
+        changed.push((entry.rule, remainder));
+    }
+    Ok(changed)
+}
+
+/// True when the store keys `a` and `b` alike (its expiry is not part of
+/// the key).
+fn acl_key_eq(a: &AclRule, b: &AclRule) -> bool {
     a.principal == b.principal
         && a.topic == b.topic
         && a.operations == b.operations
         && a.effect == b.effect
+}
+
+/// True when `a` expires later than `b` (never counts as latest).
+fn outlasts(a: &AclRule, b: &AclRule) -> bool {
+    match (a.expires_at, b.expires_at) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(x), Some(y)) => x > y,
+    }
 }
 
 fn rules_for(state: &BrokerState, principal: &str) -> Vec<AclRule> {
@@ -674,19 +751,90 @@ mod tests {
     use super::*;
     use strongbox_protocol::frames::admin_types::AclEffect;
 
-    #[test]
-    fn same_rule_ignores_expiry_only() {
-        let a = AclRule {
-            principal: "p".into(),
-            topic: "t".into(),
-            operations: Operations::PUBLISH,
+    fn stored(principal: &str, topic: &str, ops: Operations, expires_at: Option<i64>) -> AclEntry {
+        AclEntry {
+            rule: AclRule {
+                principal: principal.into(),
+                topic: topic.into(),
+                operations: ops,
+                effect: AclEffect::Allow,
+                expires_at,
+            },
+            request_id: Some(7),
+            created_at: 1,
+        }
+    }
+
+    fn revoke(
+        meta: &strongbox_storage::meta::MetaStore,
+        principal: &str,
+        topic: &str,
+        ops: Operations,
+    ) -> Vec<(AclRule, Option<AclRule>)> {
+        let rule = AclRule {
+            principal: principal.into(),
+            topic: topic.into(),
+            operations: ops,
             effect: AclEffect::Allow,
             expires_at: None,
         };
-        let mut b = a.clone();
-        b.expires_at = Some(5);
-        assert!(same_rule(&a, &b));
-        b.effect = AclEffect::Deny;
-        assert!(!same_rule(&a, &b));
+        meta.write(|b| revoke_operations(b, &rule)).expect("revoke")
+    }
+
+    #[test]
+    fn revoking_operations_narrows_rules_and_deletes_empty_ones() {
+        let meta = strongbox_storage::meta::MetaStore::in_memory().expect("meta");
+        let all = Operations::PUBLISH
+            .union(Operations::SUBSCRIBE)
+            .union(Operations::DESCRIBE);
+        meta.write(|b| {
+            b.put_acl(&stored("alice", "demo.*", all, Some(99)))?;
+            b.put_acl(&stored("alice", "other", Operations::PUBLISH, None))?;
+            Ok::<_, MetaError>(())
+        })
+        .expect("seed");
+
+        // Part of a rule: the rest stays, with its expiry and origin.
+        let changed = revoke(&meta, "alice", "demo.*", Operations::PUBLISH);
+        assert_eq!(changed.len(), 1);
+        let left = changed[0].1.as_ref().expect("a remainder");
+        assert_eq!(
+            left.operations,
+            Operations::SUBSCRIBE.union(Operations::DESCRIBE)
+        );
+        let acls = meta.read(|v| v.acls()).expect("acls");
+        let demo: Vec<_> = acls.iter().filter(|e| e.rule.topic == "demo.*").collect();
+        assert_eq!(demo.len(), 1);
+        assert_eq!(demo[0].rule.operations, left.operations);
+        assert_eq!(demo[0].rule.expires_at, Some(99));
+        assert_eq!(demo[0].request_id, Some(7));
+
+        // Operations the rule does not have: nothing matches.
+        assert!(revoke(&meta, "alice", "demo.*", Operations::PUBLISH).is_empty());
+        assert!(revoke(&meta, "bob", "demo.*", Operations::SUBSCRIBE).is_empty());
+
+        // All that is left: the rule goes.
+        let changed = revoke(&meta, "alice", "demo.*", all);
+        assert_eq!(changed.len(), 1);
+        assert!(changed[0].1.is_none());
+        let acls = meta.read(|v| v.acls()).expect("acls");
+        assert_eq!(acls.len(), 1, "only the other topic's rule: {acls:?}");
+    }
+
+    #[test]
+    fn a_remainder_never_shortens_an_equal_rule() {
+        let meta = strongbox_storage::meta::MetaStore::in_memory().expect("meta");
+        let both = Operations::PUBLISH.union(Operations::SUBSCRIBE);
+        meta.write(|b| {
+            b.put_acl(&stored("alice", "t", both, Some(5)))?;
+            b.put_acl(&stored("alice", "t", Operations::SUBSCRIBE, None))?;
+            Ok::<_, MetaError>(())
+        })
+        .expect("seed");
+        revoke(&meta, "alice", "t", Operations::PUBLISH);
+        let acls = meta.read(|v| v.acls()).expect("acls");
+        assert_eq!(acls.len(), 1, "{acls:?}");
+        assert_eq!(acls[0].rule.operations, Operations::SUBSCRIBE);
+        assert_eq!(acls[0].rule.expires_at, None, "the lasting rule stays");
     }
 }

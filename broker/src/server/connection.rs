@@ -66,10 +66,10 @@ pub async fn serve(state: Arc<BrokerState>, accepted: AcceptedConnection) {
         remote = %remote,
     );
     let principal = principal.into_string();
+    // `strongbox_connections_active` is counted by the endpoint, for the
+    // connection's whole life (aborted handlers included).
     async move {
-        state.metrics.connections_active.inc();
         serve_inner(state.clone(), connection, principal, shutdown).await;
-        state.metrics.connections_active.dec();
     }
     .instrument(span)
     .await;
@@ -109,8 +109,16 @@ async fn serve_inner(
 
     // The handshake: Hello in, Welcome (or Error) out.
     let hello = tokio::time::timeout(handshake_timeout, reader.next()).await;
+    // The name the client gives itself (its profile's `client_name`), for
+    // the operator's log. Free text from the peer: logged quoted.
+    let mut client_name = String::new();
     let outcome = match hello {
-        Ok(Ok(Some(frame))) => control.handle_frame(frame, Instant::now()),
+        Ok(Ok(Some(frame))) => {
+            if let Frame::Hello(h) = &frame {
+                client_name.clone_from(&h.client_name);
+            }
+            control.handle_frame(frame, Instant::now())
+        }
         Ok(Ok(None)) => return,
         Ok(Err(e)) => Err(Violation::new(
             e.code().unwrap_or(ErrorCode::MalformedFrame),
@@ -138,7 +146,7 @@ async fn serve_inner(
         }
     }
     while control.poll_event().is_some() {}
-    tracing::debug!(version = control.version(), "connection established");
+    tracing::info!(client = ?client_name, version = control.version(), "connection established");
 
     let ctx = ConnCtx {
         state: state.clone(),

@@ -10,6 +10,8 @@
 //!   `keys.rotate_every`;
 //! - [`refresh_compromised`] keeps `strongbox_key_compromised` in step with
 //!   the registry;
+//! - [`destroy_version`] destroys a KEK version so that it takes effect at
+//!   once in the running broker;
 //! - [`segment_names`] says which topic partitions and offsets a list of
 //!   registry segments are, for messages.
 
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, IntCounter, IntGauge};
 use strongbox_protocol::frames::admin_types::KeyState;
-use strongbox_storage::keys::{KekId, KekScope, KekVersion, KeyError, SegmentRef};
+use strongbox_storage::keys::{DestroyOutcome, KekId, KekScope, KekVersion, KeyError, SegmentRef};
 use strongbox_storage::observe::{AeadOp, KeyOp, StorageObserver};
 
 use crate::audit::{self, AuditAction, AuditEvent, BROKER_PRINCIPAL};
@@ -261,6 +263,92 @@ pub fn record_rotation(
         );
     }
     state.audit.record(event);
+}
+
+/// What [`destroy_version`] did.
+#[derive(Debug)]
+pub struct Destroyed {
+    /// The version, now destroyed, and how many segments it leaves
+    /// unreadable.
+    pub outcome: DestroyOutcome,
+    /// Those segments (at most `listed` of them), with `force`.
+    pub lost: Vec<SegmentRef>,
+}
+
+/// Destroys KEK version `id` (`strongbox keys destroy`) so that, once this
+/// returns, nothing under it can be read through this broker and nothing
+/// new is written under it:
+///
+/// 1. the refusals (unknown, already destroyed, still in use without
+///    `force`) come first, before anything changes;
+/// 2. an active version is retired, so the segments created from now on
+///    get a new one;
+/// 3. every partition of the scope whose active segment is under `id`
+///    seals it (or gives it up when empty), dropping its data key from
+///    memory, so appends continue in a new segment;
+/// 4. the key manager destroys the version in the provider, evicts the
+///    cached data keys it wrapped and marks it destroyed; reads of its
+///    segments fail with `key_destroyed` from then on.
+///
+/// # Errors
+///
+/// The key manager's refusals and provider or registry failures.
+pub fn destroy_version(
+    state: &BrokerState,
+    id: &KekId,
+    force: bool,
+    listed: usize,
+) -> Result<Destroyed, KeyError> {
+    let v = state
+        .keys
+        .version(id)?
+        .ok_or_else(|| KeyError::KekNotFound(id.label()))?;
+    if v.state == KeyState::Destroyed || (v.segments > 0 && !force) {
+        // Refused: the key manager says why, and nothing has changed.
+        return state
+            .keys
+            .destroy_version(id, force)
+            .map(|outcome| Destroyed {
+                outcome,
+                lost: Vec::new(),
+            });
+    }
+    if v.state == KeyState::Active {
+        state.keys.retire(id)?;
+    }
+    for topic in state.topics.all() {
+        if topic.kek_scope() != id.scope {
+            continue;
+        }
+        for slot in &topic.partitions {
+            let PartitionSlot::Ready(p) = slot else {
+                continue;
+            };
+            match p.log().stop_appending_under(id) {
+                Ok(true) => {
+                    tracing::info!(topic = %p.topic, partition = p.index, kek = %id, "sealed the active segment before its key is destroyed");
+                }
+                Ok(false) => {}
+                // The log is failed and takes no more appends; its key
+                // goes with the destruction all the same.
+                Err(e) => {
+                    tracing::error!(topic = %p.topic, partition = p.index, error = %e, "cannot seal the active segment before its key is destroyed")
+                }
+            }
+        }
+    }
+    // Named before the destruction, while the registry is certain of
+    // them; the segments just sealed are among them.
+    let lost = if force {
+        state
+            .keys
+            .segments_under(id, None, listed)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let outcome = state.keys.destroy_version(id, force)?;
+    Ok(Destroyed { outcome, lost })
 }
 
 /// Sets `strongbox_key_compromised` to the number of compromised versions.

@@ -18,7 +18,7 @@ use strongbox_storage::keys::{
 use strongbox_storage::meta::MetaStore;
 use tokio::sync::watch;
 
-use crate::acl::{Acl, seed_rules};
+use crate::acl::Acl;
 use crate::audit::AuditLog;
 use crate::config::{BrokerConfig, KeyProviderKind};
 use crate::metrics::BrokerMetrics;
@@ -34,6 +34,7 @@ pub mod partition;
 pub mod produce;
 pub mod producers;
 pub mod recipients;
+pub mod reload;
 pub mod rewrap;
 pub mod run;
 pub mod stream_io;
@@ -102,6 +103,9 @@ pub struct BrokerState {
     pub topics: TopicTable,
     /// The live ACL.
     pub acl: Arc<Acl>,
+    /// The `[acl]` section in force (superusers and config rules): the
+    /// start's, then each successful reload's (SIGHUP).
+    acl_seed: std::sync::RwLock<reload::AclSeed>,
     /// Consumer group memberships.
     pub groups: Groups,
     /// Idempotent producer ids and epochs.
@@ -153,6 +157,9 @@ impl BrokerState {
         keys.set_unwrap_observer(audit.unwrap_observer());
         let topics = TopicTable::load(&data_dir, &meta, keys.clone())
             .map_err(|e| StartError::Other(e.message))?;
+        for topic in topics.all() {
+            metrics.touch_topic(topic.name());
+        }
         if let Some(created) =
             crate::audit::ensure_audit_topic(&config.topics, &meta, &topics, keys.clone())
                 .map_err(|e| StartError::Other(format!("audit topic: {}", e.message)))?
@@ -161,6 +168,8 @@ impl BrokerState {
         }
         let acl =
             Arc::new(Acl::from_config(&config.acl).map_err(|e| StartError::Acl(e.to_string()))?);
+        let acl_seed = reload::AclSeed::from_config(&config.acl)
+            .map_err(|e| StartError::Acl(e.to_string()))?;
         let rewrap_rate = config.keys.rewrap_rate;
         let state = Arc::new(Self {
             config,
@@ -168,6 +177,7 @@ impl BrokerState {
             keys,
             topics,
             acl,
+            acl_seed: std::sync::RwLock::new(acl_seed),
             groups: Groups::new(),
             producer_epochs: producers::ProducerEpochs::new(),
             metrics,
@@ -183,22 +193,41 @@ impl BrokerState {
         Ok(state)
     }
 
-    /// Rules from the config file followed by the rules granted at runtime
-    /// (stored in the metadata store), published as a new ACL generation.
+    /// Rules from the config file (as last loaded) followed by the rules
+    /// granted at runtime (stored in the metadata store), published as a
+    /// new ACL generation. Callers hold `admin_lock`, except at start.
     ///
     /// # Errors
     ///
     /// The store cannot be read or a rule does not compile.
     pub fn reload_acl(&self) -> Result<u64, BrokerError> {
-        let mut rules: Vec<AclRule> = seed_rules(&self.config.acl)
-            .map_err(|e| BrokerError::internal("reading ACL seed rules", e))?;
+        let seed = self
+            .acl_seed
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        self.publish_acl(&seed)
+    }
+
+    /// Publishes `seed` with the stored rules as the live ACL.
+    fn publish_acl(&self, seed: &reload::AclSeed) -> Result<u64, BrokerError> {
+        let mut rules: Vec<AclRule> = seed.rules.clone();
         let stored = self.meta.read(|view| view.acls()).map_err(
             |e: strongbox_storage::meta::MetaError| BrokerError::internal("reading ACL rules", e),
         )?;
         rules.extend(stored.into_iter().map(|e| e.rule));
         self.acl
-            .replace_rules(rules)
+            .replace(seed.superusers.iter().cloned(), rules)
             .map_err(|e| BrokerError::internal("compiling ACL rules", e))
+    }
+
+    /// The rules of the config file's `[[acl.rules]]` now in force.
+    pub fn config_acl_rules(&self) -> Vec<AclRule> {
+        self.acl_seed
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .rules
+            .clone()
     }
 
     /// True when the broker is shutting down.

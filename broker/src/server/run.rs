@@ -139,9 +139,12 @@ pub async fn run(config: BrokerConfig) -> Result<RunningBroker, StartError> {
 }
 
 impl RunningBroker {
-    /// Re-reads the CRL files and the ACL rules, and runs a maintenance
-    /// pass now (SIGHUP): grants whose time is up are removed at once
-    /// instead of at the next tick.
+    /// What `SIGHUP` does: re-reads the CRL files; re-reads and validates
+    /// the config file and applies its `[acl]` section (superusers and
+    /// `[[acl.rules]]`) to new and open connections; and runs a
+    /// maintenance pass now (grants whose time is up go at once). A CRL or
+    /// config file that does not load keeps what was in force, and the log
+    /// says why; other changed sections are named as needing a restart.
     pub async fn reload(&self) {
         self.maintain_now();
         match self.verifier.reload() {
@@ -151,11 +154,27 @@ impl RunningBroker {
         // Under the admin lock, so a reload cannot replace the rules with a
         // snapshot read before a grant that commits at the same moment.
         let _guard = self.state.admin_lock.lock().await;
-        match self.state.reload_acl() {
-            Ok(generation) => tracing::info!(generation, "ACL reloaded"),
-            Err(e) => {
-                tracing::error!(error = %e.message, "ACL reload failed; keeping the previous rules")
+        let state = self.state.clone();
+        let reloaded = tokio::task::spawn_blocking(move || state.reload_config()).await;
+        match reloaded {
+            Ok(Ok(r)) => {
+                tracing::info!(
+                    generation = r.generation,
+                    config_rules = r.config_rules,
+                    superusers = r.superusers,
+                    "ACL reloaded from the config file"
+                );
+                if !r.restart_needed.is_empty() {
+                    tracing::warn!(
+                        sections = %r.restart_needed.join(", "),
+                        "these sections of the config file changed; a reload applies only [acl]: restart the broker to apply them"
+                    );
+                }
             }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "config reload failed; keeping the previous ACL rules")
+            }
+            Err(e) => tracing::error!(error = %e, "config reload task failed"),
         }
     }
 
@@ -236,7 +255,8 @@ fn close_all(state: &BrokerState) {
 
 /// Checks that the key provider answers, rotates keys that are due
 /// (`keys.rotate_every`), rolls segments that are due, applies retention,
-/// and drops expired grants, every [`MAINTENANCE_INTERVAL`].
+/// and drops expired grants, every [`MAINTENANCE_INTERVAL`]; and drops each
+/// grant (with its audit records) the moment it expires.
 async fn maintenance(
     state: Arc<BrokerState>,
     mut shutdown: watch::Receiver<bool>,
@@ -244,14 +264,71 @@ async fn maintenance(
 ) {
     let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A grant with an expiry changes the ACL generation: look for a new
+    // next expiry when it moves.
+    let mut acl_changes = tokio::time::interval(ACL_CHANGE_CHECK);
+    acl_changes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen_generation = None;
+    // Config rules expiring from now on get their `acl.expire` record.
+    let mut expired_up_to = now_ms();
+    let mut next_expiry: Option<i64> = None;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = now.notified() => {}
+        let full = tokio::select! {
+            _ = tick.tick() => true,
+            () = now.notified() => true,
+            () = sleep_until_ms(next_expiry) => false,
+            _ = acl_changes.tick() => {
+                if seen_generation == Some(state.acl.generation()) {
+                    continue;
+                }
+                seen_generation = Some(state.acl.generation());
+                let s = state.clone();
+                next_expiry = tokio::task::spawn_blocking(move || next_expiry_of(&s, expired_up_to))
+                    .await
+                    .unwrap_or(None);
+                continue;
+            }
             () = crate::server::stopped(&mut shutdown) => return,
-        }
+        };
         let s = state.clone();
-        let _ = tokio::task::spawn_blocking(move || maintain(&s)).await;
+        let since = expired_up_to;
+        let pass = tokio::task::spawn_blocking(move || {
+            let until = now_ms();
+            if full {
+                maintain(&s);
+            }
+            expire_grants(&s, since, until);
+            (until, next_expiry_of(&s, until))
+        })
+        .await;
+        if let Ok((until, next)) = pass {
+            expired_up_to = until;
+            next_expiry = next;
+            seen_generation = Some(state.acl.generation());
+        }
+    }
+}
+
+/// How often the maintenance task looks for an ACL change (a new grant
+/// whose expiry may come before the next one it knows of).
+const ACL_CHANGE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn next_expiry_of(state: &BrokerState, after: i64) -> Option<i64> {
+    crate::server::access::next_expiry(state, after)
+        .inspect_err(|e| tracing::error!(error = %e, "cannot read the grants' expiry times"))
+        .ok()
+        .flatten()
+}
+
+/// Sleeps until `at` (ms since the epoch); forever without one.
+async fn sleep_until_ms(at: Option<i64>) {
+    match at {
+        Some(at) => {
+            let wait = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
+            // A millisecond late, so the grant is over when the pass runs.
+            tokio::time::sleep(std::time::Duration::from_millis(wait.saturating_add(1))).await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -297,23 +374,24 @@ fn maintain(state: &BrokerState) {
             }
         }
     }
+}
+
+/// Removes the rules, approved access requests and recipient entries whose
+/// expiry is over at `now` and records their `acl.expire` and
+/// `access.expire` events; records `acl.expire` for each config rule that
+/// expired after `since` (config rules stay in the file; they stop
+/// applying).
+fn expire_grants(state: &BrokerState, since: i64, now: i64) {
     // Expired rules, and approved access requests past their expiry with
     // their rules and recipient entries. Under the admin lock, as every ACL
     // change: a reload here must not publish rules read before a
     // concurrent grant's commit after that grant's own reload.
     let _admin = state.admin_lock.blocking_lock();
-    match crate::server::access::remove_expired(state, now_ms()) {
+    match crate::server::access::remove_expired(state, now) {
         Ok(expired) if !expired.is_empty() => {
             tracing::info!(target: "strongbox::audit", rules = expired.len(), "expired ACL rules removed");
             for entry in &expired {
-                state.audit.record(
-                    AuditEvent::success(AuditAction::AclExpire, topic_resource(&entry.rule.topic))
-                        .principal(BROKER_PRINCIPAL)
-                        .detail("rule_principal", entry.rule.principal.clone())
-                        .detail("operations", entry.rule.operations.to_string())
-                        .detail("effect", format!("{:?}", entry.rule.effect).to_lowercase())
-                        .detail("expires_at", entry.rule.expires_at),
-                );
+                state.audit.record(expire_event(&entry.rule));
             }
             if let Err(e) = state.reload_acl() {
                 tracing::error!(error = %e.message, "ACL reload failed");
@@ -322,4 +400,22 @@ fn maintain(state: &BrokerState) {
         Ok(_) => {}
         Err(e) => tracing::error!(error = %e, "removing expired ACL rules failed"),
     }
+    for rule in state.config_acl_rules() {
+        if rule.expires_at.is_some_and(|t| since < t && t <= now) {
+            tracing::info!(target: "strongbox::audit", principal = %rule.principal, topic = %rule.topic, operations = %rule.operations, "a config ACL rule expired");
+            state
+                .audit
+                .record(expire_event(&rule).detail("source", "config"));
+        }
+    }
+}
+
+/// The `acl.expire` event of `rule`.
+fn expire_event(rule: &strongbox_protocol::frames::admin_types::AclRule) -> AuditEvent {
+    AuditEvent::success(AuditAction::AclExpire, topic_resource(&rule.topic))
+        .principal(BROKER_PRINCIPAL)
+        .detail("rule_principal", rule.principal.clone())
+        .detail("operations", rule.operations.to_string())
+        .detail("effect", format!("{:?}", rule.effect).to_lowercase())
+        .detail("expires_at", rule.expires_at)
 }

@@ -50,8 +50,9 @@ pub async fn serve(ctx: ConnCtx, first: Frame, reader: FrameReader, writer: Fram
         Ok(SubscriptionRequest::Open(s)) => s,
         Ok(_) | Err(_) => return,
     };
-    let metrics = ctx.state.metrics.clone();
-    metrics.subscriptions_active.inc();
+    // Held until this task ends, even when it is aborted with its
+    // connection: the gauge never counts a subscription that is gone.
+    let _active = crate::metrics::GaugeGuard::hold(&ctx.state.metrics.subscriptions_active);
     let mut sub = Subscription {
         ctx: ctx.clone(),
         session,
@@ -74,7 +75,6 @@ pub async fn serve(ctx: ConnCtx, first: Frame, reader: FrameReader, writer: Fram
         let _ = sub.writer.send(&frame).await;
     }
     let _ = sub.writer.finish();
-    metrics.subscriptions_active.dec();
 }
 
 struct Subscription {

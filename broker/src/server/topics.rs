@@ -283,7 +283,23 @@ fn rebuild_producers(log: &PartitionLog) -> Result<ProducerTable, storage_log::L
     let end = log.high_watermark();
     let mut next = start;
     while next < end {
-        let batches = log.read(next, 4 * 1024 * 1024)?;
+        let batches = match log.read(next, 4 * 1024 * 1024) {
+            Ok(b) => b,
+            // A segment whose key was destroyed (`keys destroy --force`)
+            // has no producer state to give: skip it, or the whole
+            // partition would be unavailable instead of that segment.
+            Err(storage_log::LogError::Key {
+                source: strongbox_storage::keys::KeyError::Destroyed(_),
+                ..
+            }) => match segments.iter().find(|s| s.base_offset > next) {
+                Some(s) => {
+                    next = s.base_offset;
+                    continue;
+                }
+                None => break,
+            },
+            Err(e) => return Err(e),
+        };
         let Some((last_base, last_bytes)) = batches.last() else {
             break;
         };

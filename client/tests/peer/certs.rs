@@ -79,7 +79,12 @@ impl TestPki {
     pub fn write_profile(&self, dir: &Path, name: &str, who: &CertPem, broker: &str) -> PathBuf {
         std::fs::write(dir.join("ca.pem"), &self.ca).expect("write ca");
         std::fs::write(dir.join(format!("{name}.pem")), &who.cert).expect("write cert");
-        std::fs::write(dir.join(format!("{name}.key")), &who.key).expect("write key");
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(&key, &who.key).expect("write key");
+        // As a real key file: only its owner reads it (the CLI warns
+        // otherwise).
+        let private = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600);
+        std::fs::set_permissions(&key, private).expect("chmod 600 the key");
         let profile = dir.join(format!("{name}.toml"));
         std::fs::write(
             &profile,

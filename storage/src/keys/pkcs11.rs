@@ -25,11 +25,18 @@
 //! small pool behind a mutex. A device or session failure drops every pooled
 //! session; the next call finds the token again, opens a new session and
 //! logs in, so the provider recovers by itself when the HSM comes back.
+//!
+//! Creating or destroying a token object (a KEK) runs alone: no other call
+//! of this provider uses the token meanwhile. SoftHSM2 does not isolate a
+//! `C_GenerateKey` from searches, wraps and unwraps in other sessions of
+//! the same process: about one generation in twenty failed with
+//! `CKR_GENERAL_ERROR` (or `CKR_TEMPLATE_INCONSISTENT`) while other threads
+//! looked keys up. Rotations are rare, so the short pause costs nothing.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -165,13 +172,51 @@ fn context(module: &Path) -> Result<Pkcs11, KeyError> {
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(e) => {
             return Err(KeyError::Unavailable(format!(
-                "cannot initialize PKCS#11 module {}: {e}",
-                module.display()
+                "cannot initialize PKCS#11 module {}: {e}; {}",
+                module.display(),
+                setup_hint(module)
             )));
         }
     }
     map.insert(key, ctx.clone());
     Ok(ctx)
+}
+
+/// What to check when a module does not start or does not show the token.
+/// SoftHSM2 reads the file named by `SOFTHSM2_CONF` (its token directory
+/// among others) when it is initialized: a broker started without the
+/// variable the token was created with sees other tokens, or none.
+fn setup_hint(module: &Path) -> String {
+    let softhsm = module
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().to_lowercase().contains("softhsm"));
+    if !softhsm {
+        return "check the HSM vendor's configuration for this module (its configuration \
+                file or environment variables) and that the HSM is reachable"
+            .to_owned();
+    }
+    let conf = match std::env::var_os("SOFTHSM2_CONF") {
+        None => "SOFTHSM2_CONF is not set, so SoftHSM2 reads its built-in default \
+                 configuration (/etc/softhsm/softhsm2.conf)"
+            .to_owned(),
+        Some(v) if v.is_empty() => "SOFTHSM2_CONF is set but empty".to_owned(),
+        Some(v) => {
+            let path = PathBuf::from(v);
+            if path.is_file() {
+                format!("SOFTHSM2_CONF is {}", path.display())
+            } else {
+                format!(
+                    "SOFTHSM2_CONF names {}, which is not a file",
+                    path.display()
+                )
+            }
+        }
+    };
+    format!(
+        "{conf}: SoftHSM2 finds its tokens through the file named by SOFTHSM2_CONF \
+         (directories.tokendir); set it in the broker's environment (the service unit, the \
+         container) to the file the token was created with"
+    )
 }
 
 /// True for errors that mean the device or the session is gone (rather than
@@ -207,6 +252,9 @@ pub struct Pkcs11KeyProvider {
     pin: AuthPin,
     /// Idle, logged-in sessions.
     pool: Mutex<Vec<Session>>,
+    /// Held exclusively while a token object is created or destroyed,
+    /// shared by every other call (see the module docs).
+    token_objects: RwLock<()>,
 }
 
 impl std::fmt::Debug for Pkcs11KeyProvider {
@@ -279,6 +327,7 @@ impl Pkcs11KeyProvider {
             token_label: config.token_label.clone(),
             pin,
             pool: Mutex::new(Vec::new()),
+            token_objects: RwLock::new(()),
         };
         let found = match provider.find_slot() {
             Err(KeyError::Unavailable(_)) => {
@@ -291,29 +340,43 @@ impl Pkcs11KeyProvider {
             Ok(slot) => slot,
             Err(labels) => {
                 return Err(KeyError::Config(format!(
-                    "no token labelled \"{}\" in PKCS#11 module {}; tokens present: {}",
+                    "no token labelled \"{}\" in PKCS#11 module {}; tokens present: {}; {}",
                     provider.token_label,
                     provider.module.display(),
                     if labels.is_empty() {
                         "none".to_owned()
                     } else {
                         labels.join(", ")
-                    }
+                    },
+                    setup_hint(&provider.module)
                 )));
             }
         };
-        let mechanisms = provider
-            .ctx
-            .get_mechanism_list(slot)
-            .map_err(|e| provider.unavailable("list mechanisms", &e))?;
-        if !mechanisms.contains(&MechanismType::AES_KEY_WRAP_PAD) {
-            return Err(KeyError::Config(format!(
-                "{} does not support CKM_AES_KEY_WRAP_PAD (RFC 5649), which Strongbox needs",
-                provider.where_()
-            )));
-        }
+        provider.check_key_wrap(slot)?;
         provider.lease()?.finish(false);
         Ok(provider)
+    }
+
+    /// Checks that the token wraps and unwraps with
+    /// `CKM_AES_KEY_WRAP_PAD`. Asks about that one mechanism: listing them
+    /// all would make cryptoki log an error for each mechanism type it does
+    /// not know (about thirty with SoftHSM2), at every start.
+    fn check_key_wrap(&self, slot: Slot) -> Result<(), KeyError> {
+        let unsupported = || {
+            KeyError::Config(format!(
+                "{} does not support CKM_AES_KEY_WRAP_PAD (RFC 5649) for wrapping and \
+                 unwrapping, which Strongbox needs",
+                self.where_()
+            ))
+        };
+        match self
+            .ctx
+            .get_mechanism_info(slot, MechanismType::AES_KEY_WRAP_PAD)
+        {
+            Ok(info) if info.wrap() && info.unwrap() => Ok(()),
+            Ok(_) | Err(CkError::Pkcs11(RvError::MechanismInvalid, _)) => Err(unsupported()),
+            Err(e) => Err(self.unavailable("ask about CKM_AES_KEY_WRAP_PAD", &e)),
+        }
     }
 
     fn where_(&self) -> String {
@@ -322,6 +385,20 @@ impl Pkcs11KeyProvider {
             self.token_label,
             self.module.display()
         )
+    }
+
+    /// For a call that only uses the token's objects.
+    fn sharing_objects(&self) -> RwLockReadGuard<'_, ()> {
+        self.token_objects
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// For a call that creates or destroys a token object.
+    fn changing_objects(&self) -> RwLockWriteGuard<'_, ()> {
+        self.token_objects
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn pool(&self) -> MutexGuard<'_, Vec<Session>> {
@@ -346,7 +423,9 @@ impl Pkcs11KeyProvider {
                 .map_err(|e| self.unavailable("read token info", &e))?;
             if info.label() == self.token_label {
                 found.push(slot);
-            } else {
+            } else if !info.label().is_empty() {
+                // (An empty label is a slot with no token initialized in
+                // it, such as SoftHSM2's free slot.)
                 labels.push(format!("\"{}\"", info.label()));
             }
         }
@@ -556,6 +635,7 @@ impl KeyProvider for Pkcs11KeyProvider {
 
     fn generate_kek(&self, id: &KekId) -> Result<(), KeyError> {
         let label = id.label();
+        let _alone = self.changing_objects();
         let out = self.with_session(
             "generate a key",
             |s| {
@@ -599,6 +679,7 @@ impl KeyProvider for Pkcs11KeyProvider {
 
     fn has_kek(&self, id: &KekId) -> Result<bool, KeyError> {
         let label = id.label();
+        let _shared = self.sharing_objects();
         self.with_session(
             "find a key",
             |s| Ok(!self.find_kek(s, &label)?.is_empty()),
@@ -608,6 +689,7 @@ impl KeyProvider for Pkcs11KeyProvider {
 
     fn wrap(&self, id: &KekId, dek: &Dek) -> Result<Vec<u8>, KeyError> {
         let label = id.label();
+        let _shared = self.sharing_objects();
         let out = self.with_session(
             "wrap a data key",
             |s| {
@@ -654,6 +736,7 @@ impl KeyProvider for Pkcs11KeyProvider {
         if wrapped.len() != WRAPPED_DEK_LEN {
             return Err(KeyError::UnwrapRejected { kek: label });
         }
+        let _shared = self.sharing_objects();
         let out = self.with_session(
             "unwrap a data key",
             |s| {
@@ -700,6 +783,7 @@ impl KeyProvider for Pkcs11KeyProvider {
 
     fn destroy_kek(&self, id: &KekId) -> Result<(), KeyError> {
         let label = id.label();
+        let _alone = self.changing_objects();
         let found = self.with_session(
             "destroy a key",
             |s| {

@@ -526,6 +526,51 @@ impl PartitionLog {
         self.roll_locked(&mut w)
     }
 
+    /// Stops appending to the active segment if its data key is wrapped
+    /// under `kek` (before that KEK version is destroyed): a segment with
+    /// frames is sealed; an empty one is given up, and its key forgotten.
+    /// Either way the next append starts a new segment whose key the key
+    /// manager wraps under the scope's active version, and no data key
+    /// wrapped under `kek` stays in this log's memory. Returns whether the
+    /// active segment was under `kek`.
+    ///
+    /// # Errors
+    ///
+    /// As [`PartitionLog::roll`].
+    pub fn stop_appending_under(&self, kek: &KekId) -> Result<bool, LogError> {
+        let mut w = self.lock_writer();
+        let under = w
+            .active
+            .as_ref()
+            .and_then(|a| a.seg.envelope())
+            .is_some_and(|env| env.wrapped.kek == *kek);
+        if !under {
+            return Ok(false);
+        }
+        self.check_writable(&w)?;
+        if w.active.as_ref().is_some_and(|a| a.frame_count > 0) {
+            return self.roll_locked(&mut w).map(|_| true);
+        }
+        // Nothing was written under that key: drop the segment, whose file
+        // (a header only) the next append recreates at the same offset
+        // with a new key, as after a crash during creation.
+        let Some(a) = w.active.take() else {
+            return Ok(false);
+        };
+        {
+            let mut segs = self.write_segments();
+            if segs.last().is_some_and(|s| Arc::ptr_eq(s, &a.seg)) {
+                segs.pop();
+            }
+        }
+        self.sync.set_file(None);
+        w.placeholder = Some(a.seg.base);
+        if let Some(env) = a.seg.envelope() {
+            let _ = self.ctx.keys.forget(&env.context());
+        }
+        Ok(true)
+    }
+
     /// Seals the active segment if it is older than `segment_age` (a broker
     /// timer calls this so idle partitions roll and can be retained).
     ///

@@ -19,7 +19,9 @@ const AFTER_HELP: &str = "\
 Connection:
   Give a profile (a TOML file with broker, ca, cert and key; `strongbox-broker dev`
   writes one per identity) with --profile or STRONGBOX_PROFILE, or give --broker,
-  --ca, --cert and --key before the command. They override the profile's values.
+  --ca, --cert and --client-key. They override the profile's values and go before
+  or after the command name (`--key FILE` works too, before the command only:
+  `publish --key` is the record key).
 
 Output:
   Tables for people; --json prints JSON instead (one object per line for
@@ -43,31 +45,56 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
-/// Options every command takes.
+/// The help heading of the connection options.
+const CONNECTION: &str = "Connection options";
+
+/// Options every command takes, before or after the command name (except
+/// `--key`, which after the command is `publish`'s record key).
 #[derive(Debug, Args)]
 pub(crate) struct GlobalArgs {
     /// Profile file with the broker address and credentials.
-    #[arg(long, global = true, env = "STRONGBOX_PROFILE", value_name = "FILE")]
+    #[arg(long, global = true, env = "STRONGBOX_PROFILE", value_name = "FILE", help_heading = CONNECTION)]
     pub(crate) profile: Option<PathBuf>,
     /// Broker address, HOST:PORT (overrides the profile).
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, global = true, value_name = "HOST:PORT", help_heading = CONNECTION)]
     pub(crate) broker: Option<String>,
     /// CA certificate(s) that sign the broker's certificate (PEM).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", help_heading = CONNECTION)]
     pub(crate) ca: Option<PathBuf>,
     /// This client's certificate chain (PEM).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", help_heading = CONNECTION)]
     pub(crate) cert: Option<PathBuf>,
-    /// This client's private key (PEM). Give it before the command:
-    /// `publish --key` is the record key.
-    #[arg(long = "key", id = "key_file", value_name = "FILE")]
+    /// This client's private key (PEM), before the command name only
+    /// (`publish --key` is the record key); --client-key goes anywhere.
+    #[arg(long = "key", id = "key_file", value_name = "FILE", help_heading = CONNECTION)]
     pub(crate) key: Option<PathBuf>,
+    /// This client's private key (PEM).
+    #[arg(long = "client-key", global = true, value_name = "FILE", help_heading = CONNECTION)]
+    pub(crate) client_key: Option<PathBuf>,
     /// Name expected in the broker's certificate (default: the broker host).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, global = true, value_name = "NAME", help_heading = CONNECTION)]
     pub(crate) server_name: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+}
+
+impl GlobalArgs {
+    /// The private key file: `--client-key` or `--key`.
+    ///
+    /// # Errors
+    ///
+    /// Both are given, naming different files.
+    pub(crate) fn key_file(&self) -> Result<Option<&PathBuf>, String> {
+        match (&self.key, &self.client_key) {
+            (Some(a), Some(b)) if a != b => Err(format!(
+                "--key {} and --client-key {} name different private keys; give one",
+                a.display(),
+                b.display()
+            )),
+            (a, b) => Ok(b.as_ref().or(a.as_ref())),
+        }
+    }
 }
 
 /// The commands.
@@ -237,10 +264,17 @@ Examples:
   strongbox acl grant --principal spiffe://strongbox.dev/carol --topic demo.x --op subscribe --expires 7d")]
     Grant(AclRuleArgs),
     /// Remove operations from a rule.
-    #[command(
-        after_help = "Example:\n  strongbox acl revoke --principal spiffe://strongbox.dev/bob --topic 'demo.*' --op publish"
-    )]
-    Revoke(AclRuleArgs),
+    #[command(after_help = "\
+Takes the operations given with --op out of every rule granted at runtime with
+exactly this principal and topic pattern (and effect: allow, or deny with
+--deny). A rule left without operations is deleted. Open connections see the
+change at their next request. Rules from the broker's config file are refused:
+edit the file and send the broker SIGHUP. Exit status 1 when no rule matches.
+
+Examples:
+  strongbox acl revoke --principal spiffe://strongbox.dev/bob --topic 'demo.*' --op publish
+  strongbox acl revoke --principal 'spiffe://prod/*' --topic payments --op subscribe --deny")]
+    Revoke(AclRevokeArgs),
     /// List rules.
     List {
         /// Only rules with exactly this principal pattern.
@@ -252,7 +286,24 @@ Examples:
     },
 }
 
-/// A rule for `acl grant` and `acl revoke`.
+/// The rules `acl revoke` takes operations out of.
+#[derive(Debug, Args)]
+pub(crate) struct AclRevokeArgs {
+    /// Principal pattern, exactly as in the rule.
+    #[arg(long, value_name = "PATTERN")]
+    pub(crate) principal: String,
+    /// Topic pattern, exactly as in the rule.
+    #[arg(long, value_name = "PATTERN")]
+    pub(crate) topic: String,
+    /// Operations to remove, comma-separated.
+    #[arg(long = "op", value_name = "OPS", value_parser = args::operations)]
+    pub(crate) operations: Operations,
+    /// Act on deny rules instead of allow rules.
+    #[arg(long)]
+    pub(crate) deny: bool,
+}
+
+/// A rule for `acl grant`.
 #[derive(Debug, Args)]
 pub(crate) struct AclRuleArgs {
     /// Principal pattern.
@@ -318,6 +369,117 @@ mod tests {
             panic!("publish")
         };
         assert_eq!(p.key.as_deref(), Some("user-7"));
+    }
+
+    #[test]
+    fn connection_options_go_after_the_command_too() {
+        for args in [
+            &[
+                "whoami",
+                "--broker",
+                "h:1",
+                "--ca",
+                "ca.pem",
+                "--cert",
+                "c.pem",
+                "--client-key",
+                "k.pem",
+                "--server-name",
+                "broker.example",
+            ][..],
+            &[
+                "keys",
+                "status",
+                "--broker",
+                "h:1",
+                "--ca",
+                "ca.pem",
+                "--cert",
+                "c.pem",
+                "--client-key",
+                "k.pem",
+                "--server-name",
+                "broker.example",
+            ][..],
+            &[
+                "--broker",
+                "h:1",
+                "--ca",
+                "ca.pem",
+                "--cert",
+                "c.pem",
+                "--client-key",
+                "k.pem",
+                "--server-name",
+                "broker.example",
+                "whoami",
+            ][..],
+        ] {
+            let cli = parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let g = &cli.global;
+            assert_eq!(g.broker.as_deref(), Some("h:1"), "{args:?}");
+            assert_eq!(g.ca, Some(PathBuf::from("ca.pem")));
+            assert_eq!(g.cert, Some(PathBuf::from("c.pem")));
+            assert_eq!(g.key_file(), Ok(Some(&PathBuf::from("k.pem"))));
+            assert_eq!(g.server_name.as_deref(), Some("broker.example"));
+        }
+        // After `publish`, --key is the record key and --client-key the
+        // private key.
+        let cli = parse(&[
+            "publish",
+            "t",
+            "--key",
+            "user-7",
+            "--client-key",
+            "k.pem",
+            "m",
+        ])
+        .expect("parses");
+        assert_eq!(cli.global.key_file(), Ok(Some(&PathBuf::from("k.pem"))));
+        let Command::Publish(p) = cli.command else {
+            panic!("publish")
+        };
+        assert_eq!(p.key.as_deref(), Some("user-7"));
+        // Two different private keys is a mistake.
+        let cli = parse(&["--key", "a.pem", "whoami", "--client-key", "b.pem"]).expect("parses");
+        assert!(cli.global.key_file().is_err());
+    }
+
+    #[test]
+    fn every_command_help_shows_the_connection_options() {
+        // Every command path, as a user types it.
+        let mut paths: Vec<Vec<String>> = Vec::new();
+        let mut stack: Vec<(Vec<String>, clap::Command)> = vec![(Vec::new(), Cli::command())];
+        while let Some((path, cmd)) = stack.pop() {
+            for sub in cmd.get_subcommands().filter(|c| c.get_name() != "help") {
+                let mut p = path.clone();
+                p.push(sub.get_name().to_owned());
+                paths.push(p.clone());
+                stack.push((p, sub.clone()));
+            }
+        }
+        assert!(paths.len() > 20, "only {} commands found", paths.len());
+        for path in paths {
+            let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+            args.push("--help");
+            let err = parse(&args).expect_err("--help ends parsing");
+            assert_eq!(err.kind(), ErrorKind::DisplayHelp, "{path:?}");
+            let help = err.render().to_string();
+            for flag in [
+                "--profile",
+                "--broker",
+                "--ca",
+                "--cert",
+                "--client-key",
+                "--server-name",
+                "--json",
+            ] {
+                assert!(
+                    help.contains(flag),
+                    "`{path:?} --help` lacks {flag}:\n{help}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -387,6 +549,43 @@ mod tests {
         assert_eq!(c.retention_bytes, Some(1000));
         assert!(c.dedicated_kek);
         assert!(parse(&["topic", "create", "x", "--partitions", "0"]).is_err());
+    }
+
+    #[test]
+    fn acl_revoke_takes_no_expiry() {
+        let cli = parse(&[
+            "acl",
+            "revoke",
+            "--principal",
+            "p",
+            "--topic",
+            "demo.*",
+            "--op",
+            "publish",
+        ])
+        .expect("parses");
+        let Command::Acl(AclCommand::Revoke(r)) = cli.command else {
+            panic!("acl revoke")
+        };
+        assert_eq!(r.operations, Operations::PUBLISH);
+        assert!(!r.deny);
+        assert_eq!(
+            parse(&[
+                "acl",
+                "revoke",
+                "--principal",
+                "p",
+                "--topic",
+                "t",
+                "--op",
+                "publish",
+                "--expires",
+                "1h"
+            ])
+            .expect_err("--expires means nothing to a revoke")
+            .kind(),
+            ErrorKind::UnknownArgument
+        );
     }
 
     #[test]

@@ -51,6 +51,15 @@ Examples:
     },
     /// List your requests and those you may decide (on topics where you
     /// hold `grant`).
+    #[command(after_help = "\
+One line per request: its id and state (pending, approved, denied, expired), who
+asked, for what, when, when the grant expires, the requester's REASON and, for
+a decided request, the DECISION REASON the approver gave (required for a
+denial). --json prints every field of each request.
+
+Examples:
+  strongbox access list --pending
+  strongbox access list --json")]
     List {
         /// Only pending requests.
         #[arg(long)]
@@ -242,6 +251,7 @@ fn request_table(list: &[AccessRequestInfo]) -> String {
         "CREATED",
         "EXPIRES",
         "REASON",
+        "DECISION REASON",
     ]);
     for r in list {
         table.row(vec![
@@ -254,6 +264,9 @@ fn request_table(list: &[AccessRequestInfo]) -> String {
             time_ms(r.created_at),
             r.expires_at.map_or_else(|| "-".into(), time_ms),
             crate::output::escaped(r.reason.as_bytes()),
+            r.decision_reason
+                .as_deref()
+                .map_or_else(|| "-".into(), |why| crate::output::escaped(why.as_bytes())),
         ]);
     }
     table.render()
@@ -345,6 +358,29 @@ mod tests {
             v["public_key_fingerprint"],
             RecipientKey::from_bytes([9; 32]).fingerprint_hex()
         );
+    }
+
+    #[test]
+    fn the_listing_shows_why_a_request_was_denied() {
+        let mut denied = request(AccessState::Denied);
+        denied.decided_by = Some("spiffe://strongbox.dev/admin".into());
+        denied.decision_reason = Some("use ledger.summary\ninstead".into());
+        denied.decided_at = Some(1_769_850_100_000);
+        let pending = request(AccessState::Pending);
+        let table = request_table(&[denied, pending]);
+        let header = table.lines().next().expect("header");
+        assert!(
+            header
+                .trim_end()
+                .ends_with("REASON          DECISION REASON"),
+            "{table}"
+        );
+        let rows: Vec<&str> = table.lines().skip(1).collect();
+        assert!(
+            rows[0].ends_with("use ledger.summary\\ninstead"),
+            "the denial's reason, escaped: {table}"
+        );
+        assert!(rows[1].trim_end().ends_with('-'), "{table}");
     }
 
     #[test]

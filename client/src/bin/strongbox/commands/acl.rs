@@ -4,7 +4,7 @@ use serde_json::Value;
 use strongbox_client::protocol::frames::admin_types::{AclEffect, AclRule};
 
 use crate::args::millis;
-use crate::cli::{AclCommand, AclRuleArgs, GlobalArgs};
+use crate::cli::{AclCommand, AclRevokeArgs, AclRuleArgs, GlobalArgs};
 use crate::commands::Out;
 use crate::{connect, output};
 
@@ -31,13 +31,29 @@ fn rule(args: AclRuleArgs) -> AclRule {
     }
 }
 
+/// The rule pattern `acl revoke` sends: the broker takes `operations` out
+/// of the runtime rules with this principal, topic and effect.
+fn revoke_target(args: AclRevokeArgs) -> AclRule {
+    AclRule {
+        principal: args.principal,
+        topic: args.topic,
+        operations: args.operations,
+        effect: if args.deny {
+            AclEffect::Deny
+        } else {
+            AclEffect::Allow
+        },
+        expires_at: None,
+    }
+}
+
 pub(crate) async fn run(global: &GlobalArgs, command: AclCommand) -> anyhow::Result<()> {
     let client = connect::connect(global).await?;
     let admin = client.admin();
     let result = async {
         let rules = match command {
             AclCommand::Grant(args) => admin.acl_grant(rule(args)).await?,
-            AclCommand::Revoke(args) => admin.acl_revoke(rule(args)).await?,
+            AclCommand::Revoke(args) => admin.acl_revoke(revoke_target(args)).await?,
             AclCommand::List { principal, topic } => {
                 admin
                     .acl_list(principal.as_deref(), topic.as_deref())
