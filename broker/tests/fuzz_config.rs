@@ -70,9 +70,15 @@ const TLS: &[(&str, &str)] = &[
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     /// An integer, validated to `min..=max`.
-    Int { min: i64, max: i64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
     /// A duration, validated to `min_ms..=max_ms` milliseconds.
-    Dur { min_ms: u64, max_ms: u64 },
+    Dur {
+        min_ms: u64,
+        max_ms: u64,
+    },
     Bool,
     Addr,
     /// A path (only its type is checked at parse time).
@@ -130,7 +136,10 @@ static FIELDS: &[Field] = &[
     ),
     field(
         "listener.max_bidi_streams_per_connection",
-        Kind::Int { min: 2, max: 1 << 20 },
+        Kind::Int {
+            min: 2,
+            max: 1 << 20,
+        },
         |c| c.listener.max_bidi_streams_per_connection.to_string(),
     ),
     field(
@@ -152,7 +161,10 @@ static FIELDS: &[Field] = &[
     ),
     field(
         "listener.max_in_flight",
-        Kind::Int { min: 1, max: 65_536 },
+        Kind::Int {
+            min: 1,
+            max: 65_536,
+        },
         |c| c.listener.max_in_flight.to_string(),
     ),
     // Shorter than idle_timeout, whose default is 30 s.
@@ -249,13 +261,15 @@ static FIELDS: &[Field] = &[
     field("keys.file.dir", Kind::Path, |c| {
         c.keys.file.dir.display().to_string()
     }),
-    field("metrics.enabled", Kind::Bool, |c| c.metrics.enabled.to_string()),
-    field("metrics.listen", Kind::Addr, |c| c.metrics.listen.to_string()),
-    field(
-        "topics.partitions",
-        Kind::Int { min: 1, max: 4096 },
-        |c| c.topics.partitions.to_string(),
-    ),
+    field("metrics.enabled", Kind::Bool, |c| {
+        c.metrics.enabled.to_string()
+    }),
+    field("metrics.listen", Kind::Addr, |c| {
+        c.metrics.listen.to_string()
+    }),
+    field("topics.partitions", Kind::Int { min: 1, max: 4096 }, |c| {
+        c.topics.partitions.to_string()
+    }),
     field(
         "topics.durability",
         Kind::Enum(&[
@@ -307,7 +321,11 @@ static FIELDS: &[Field] = &[
             min: 1 << 20,
             max: i64::MAX,
         },
-        |c| c.topics.retention_bytes.map_or("none".into(), |b| b.to_string()),
+        |c| {
+            c.topics
+                .retention_bytes
+                .map_or("none".into(), |b| b.to_string())
+        },
     ),
     field(
         "log.format",
@@ -389,7 +407,7 @@ fn render(settings: &[(String, String)], extra: &str) -> String {
 // values
 
 fn ms_literal(ms: u64) -> String {
-    if ms % SECOND == 0 && ms > 0 {
+    if ms.is_multiple_of(SECOND) && ms > 0 {
         format!("\"{}s\"", ms / SECOND)
     } else {
         format!("\"{ms}ms\"")
@@ -398,8 +416,9 @@ fn ms_literal(ms: u64) -> String {
 
 /// A valid value: its TOML literal and what the field should read back.
 /// Ranges are narrowed where settings depend on each other, so that any
-/// combination is valid (keep-alives under a second, idle timeouts from a
-/// second, batches under the smallest frame limit).
+/// combination is valid: keep-alives under a second, idle timeouts over the
+/// default ten-second keep-alive, batches under the smallest frame limit,
+/// frame limits with room for the default 1 MiB batch.
 fn valid_value(f: &Field) -> BoxedStrategy<(String, String)> {
     match (f.path, f.kind) {
         ("listener.keepalive", _) => (100u64..SECOND)
@@ -471,9 +490,9 @@ fn wrong_type(kind: Kind) -> BoxedStrategy<String> {
 /// or not a word, address or duration at all.
 fn bad_value(f: &Field) -> Option<BoxedStrategy<String>> {
     Some(match (f.path, f.kind) {
-        ("listener.max_batch_size", _) => {
-            select(&["1023", "0", "67108864"][..]).prop_map(str::to_owned).boxed()
-        }
+        ("listener.max_batch_size", _) => select(&["1023", "0", "67108864"][..])
+            .prop_map(str::to_owned)
+            .boxed(),
         (_, Kind::Int { min, max }) => {
             let mut edges = vec![min - 1];
             if max < i64::MAX {
@@ -496,9 +515,16 @@ fn bad_value(f: &Field) -> Option<BoxedStrategy<String>> {
             }
             select(edges).boxed()
         }
-        (_, Kind::Addr) => select(&["\"localhost\"", "\"1.2.3.4\"", "\"[::1]\"", "\"1.2.3.4:99999\""][..])
-            .prop_map(str::to_owned)
-            .boxed(),
+        (_, Kind::Addr) => select(
+            &[
+                "\"localhost\"",
+                "\"1.2.3.4\"",
+                "\"[::1]\"",
+                "\"1.2.3.4:99999\"",
+            ][..],
+        )
+        .prop_map(str::to_owned)
+        .boxed(),
         (_, Kind::Enum(_)) => select(&["\"\"", "\"FSYNC\"", "\"maybe\"", "\"pkcs12\""][..])
             .prop_map(str::to_owned)
             .boxed(),
@@ -633,7 +659,8 @@ fn arb_bad_entry() -> impl Strategy<Value = Change> {
         )
     };
     let good_acl = acl_rule("alice", "orders.*", "[\"publish\"]", "allow", "");
-    let bad_acl: Vec<(String, &str)> = vec![
+    let bad_acl: Vec<(String, &str)> =
+        vec![
         (acl_rule("a", "t", "[\"fly\"]", "allow", ""), "operations"),
         (acl_rule("a", "t", "[]", "allow", ""), "operations"),
         (acl_rule("a", "t", "[\"publish\", 1]", "allow", ""), "operations[1]"),
@@ -661,21 +688,31 @@ fn arb_bad_entry() -> impl Strategy<Value = Change> {
     ];
     let good_identity = "[[identity.rules]]\nmatch = \"spiffe://corp/*\"\nprincipal = \"{1}\"\n";
     let bad_identity: Vec<(String, &str)> = vec![
-        ("[[identity.rules]]\nmatch = \"\"\nprincipal = \"x\"\n".to_owned(), "match"),
-        ("[[identity.rules]]\nmatch = \"a**\"\nprincipal = \"x\"\n".to_owned(), "match"),
-        ("[[identity.rules]]\nmatch = \"a*\"\nprincipal = \"{2}\"\n".to_owned(), "principal"),
-        ("[[identity.rules]]\nmatch = \"a*\"\nprincipal = \"{x\"\n".to_owned(), "principal"),
-        ("[[identity.rules]]\nmatch = \"a*\"\nprincipal = \"\"\n".to_owned(), "principal"),
+        (
+            "[[identity.rules]]\nmatch = \"\"\nprincipal = \"x\"\n".to_owned(),
+            "match",
+        ),
+        (
+            "[[identity.rules]]\nmatch = \"a**\"\nprincipal = \"x\"\n".to_owned(),
+            "match",
+        ),
+        (
+            "[[identity.rules]]\nmatch = \"a*\"\nprincipal = \"{2}\"\n".to_owned(),
+            "principal",
+        ),
+        (
+            "[[identity.rules]]\nmatch = \"a*\"\nprincipal = \"{x\"\n".to_owned(),
+            "principal",
+        ),
+        (
+            "[[identity.rules]]\nmatch = \"a*\"\nprincipal = \"\"\n".to_owned(),
+            "principal",
+        ),
     ];
     let bad_superuser = select(&["\"\"", "\"admin*\"", "\"*\"", "7"][..]);
     prop_oneof![
         (0usize..4, 0usize..4, select(bad_acl)).prop_map(move |(before, after, (bad, name))| {
-            let rules = [
-                good_acl.repeat(before),
-                bad,
-                good_acl.repeat(after),
-            ]
-            .concat();
+            let rules = [good_acl.repeat(before), bad, good_acl.repeat(after)].concat();
             Change {
                 settings: Vec::new(),
                 extra: rules,
@@ -685,12 +722,21 @@ fn arb_bad_entry() -> impl Strategy<Value = Change> {
         (0usize..4, 0usize..4, select(bad_identity)).prop_map(
             move |(before, after, (bad, name))| Change {
                 settings: Vec::new(),
-                extra: [good_identity.repeat(before), bad, good_identity.repeat(after)].concat(),
+                extra: [
+                    good_identity.repeat(before),
+                    bad,
+                    good_identity.repeat(after)
+                ]
+                .concat(),
                 field: format!("identity.rules[{before}].{name}"),
             }
         ),
-        (vec("[a-z]{1,6}", 0..4), bad_superuser, vec("[a-z]{1,6}", 0..4)).prop_map(
-            |(before, bad, after)| {
+        (
+            vec("[a-z]{1,6}", 0..4),
+            bad_superuser,
+            vec("[a-z]{1,6}", 0..4)
+        )
+            .prop_map(|(before, bad, after)| {
                 let list: Vec<String> = before
                     .iter()
                     .map(|s| format!("\"{s}\""))
@@ -702,8 +748,7 @@ fn arb_bad_entry() -> impl Strategy<Value = Change> {
                     extra: String::new(),
                     field: format!("acl.superusers[{}]", before.len()),
                 }
-            }
-        ),
+            }),
     ]
 }
 

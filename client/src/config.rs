@@ -366,7 +366,18 @@ mod tests {
             .expect_err("list cert");
         assert!(text.starts_with("`cert`: invalid type"), "{text}");
         for broker in [
-            "h:", "h:x", "h:0", "h:65536", "h: 80", "h:+80", ":80", "::1", "[::1]", "a:b:80",
+            "h:",
+            "h:x",
+            "h:0",
+            "h:65536",
+            "h: 80",
+            "h:+80",
+            ":80",
+            "::1",
+            "[::1]",
+            "a:b:80",
+            // Found by the cargo-fuzz target `client_profile`.
+            "127.0.0.1:744:",
         ] {
             let text = Profile::parse(&format!(
                 "broker = {broker:?}\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n"

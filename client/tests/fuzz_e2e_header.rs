@@ -30,7 +30,7 @@ use strongbox_client::e2e::{
 
 use mutation::{arb_mutation, cases, fuzz_config, mutate_all};
 
-const DEFAULT_CASES: u32 = 3000;
+const DEFAULT_CASES: u32 = 10_000;
 
 fn config() -> Config {
     fuzz_config(DEFAULT_CASES)
@@ -161,7 +161,20 @@ fn encode(spec: &HeaderSpec) -> Vec<u8> {
 }
 
 /// Name characters the format allows: ASCII, multi-byte UTF-8.
-const NAME_CHARS: &[char] = &['o', 'r', 'd', 'e', 's', '-', '.', '/', '7', '\u{e9}', '\u{65e5}', '\u{1f511}'];
+const NAME_CHARS: &[char] = &[
+    'o',
+    'r',
+    'd',
+    'e',
+    's',
+    '-',
+    '.',
+    '/',
+    '7',
+    '\u{e9}',
+    '\u{65e5}',
+    '\u{1f511}',
+];
 
 /// Characters a name must not hold: C0 and C1 controls, DEL.
 const CONTROL_CHARS: &[char] = &['\0', '\n', '\r', '\t', '\x1b', '\x7f', '\u{85}', '\u{9b}'];
@@ -198,7 +211,10 @@ fn bytes_of(n: usize) -> impl Strategy<Value = Vec<u8>> {
 
 /// Headers of every kind.
 fn arb_header() -> impl Strategy<Value = HeaderSpec> {
-    header_of(arb_name().boxed(), prop_oneof![Just(1u32), Just(2), Just(0), Just(u32::MAX), any::<u32>()].boxed())
+    header_of(
+        arb_name().boxed(),
+        prop_oneof![Just(1u32), Just(2), Just(0), Just(u32::MAX), any::<u32>()].boxed(),
+    )
 }
 
 /// Headers the format allows.
@@ -239,7 +255,11 @@ fn header_of(
 fn check(bytes: &[u8]) -> Result<bool, TestCaseError> {
     let parsed = sealed_with(bytes);
     let again = reencode_header(bytes);
-    prop_assert_eq!(parsed.is_ok(), again.is_ok(), "the two entry points disagree");
+    prop_assert_eq!(
+        parsed.is_ok(),
+        again.is_ok(),
+        "the two entry points disagree"
+    );
     match again {
         Ok(written) => {
             prop_assert_eq!(
@@ -392,6 +412,31 @@ fn sealer_headers_and_their_mutations() {
     if let Err(e) = result {
         panic!("{e}");
     }
+}
+
+/// The recipient limit of the format: 1024 slots are read, 1025 refused
+/// by their count before any slot is read.
+#[test]
+fn recipient_count_limit() {
+    let slot = |i: usize| SlotSpec {
+        id: format!("r{i}").into_bytes(),
+        fingerprint: vec![1; 8],
+        enc: vec![2; 32],
+        sealed: vec![3; 48],
+    };
+    let header = |n: usize| HeaderSpec {
+        nonce: vec![0; 12],
+        source: SourceSpec::Recipients((0..n).map(slot).collect()),
+    };
+    let most = header(1024);
+    let bytes = encode(&most);
+    assert_eq!(reencode_header(&bytes).as_deref(), Ok(&bytes[..]));
+    assert_eq!(sealed_with(&bytes), Ok(most.expected()));
+    let result = sealed_with(&encode(&header(1025)));
+    assert!(
+        matches!(&result, Err(E2eError::MalformedHeader(m)) if m.contains("recipient_count 1025")),
+        "{result:?}"
+    );
 }
 
 /// Each input in the cargo-fuzz seed corpus is a header this client

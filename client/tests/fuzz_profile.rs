@@ -30,7 +30,7 @@ use strongbox_client::{ClientConfig, ClientError, PemSource};
 
 use mutation::{arb_mutation, fuzz_config, mutate_all};
 
-const DEFAULT_CASES: u32 = 3000;
+const DEFAULT_CASES: u32 = 5000;
 
 /// The settings of a profile.
 const SETTINGS: &[&str] = &["broker", "server_name", "ca", "cert", "key", "client_name"];
@@ -98,9 +98,7 @@ fn render(settings: &[(String, String)]) -> String {
 }
 
 /// Characters of host names.
-const HOST_CHARS: &[char] = &[
-    'a', 'b', 'k', 'r', 'z', '0', '1', '9', '-', '.',
-];
+const HOST_CHARS: &[char] = &['a', 'b', 'k', 'r', 'z', '0', '1', '9', '-', '.'];
 
 /// Text of `len` characters: mostly ASCII, sometimes any character at all
 /// (control characters too; profiles escape them). Cheaper to draw than a
@@ -116,7 +114,8 @@ fn arb_text(len: std::ops::Range<usize>) -> impl Strategy<Value = String> {
 fn arb_broker() -> impl Strategy<Value = String> {
     let port = prop_oneof![Just(1u16), Just(7443), Just(u16::MAX), 1u16..];
     let host = prop_oneof![
-        select(&["localhost", "broker.example", "b-1.strongbox.internal"][..]).prop_map(str::to_owned),
+        select(&["localhost", "broker.example", "b-1.strongbox.internal"][..])
+            .prop_map(str::to_owned),
         vec(select(HOST_CHARS), 1..16).prop_map(|c| format!("h{}", String::from_iter(c))),
         any::<[u8; 4]>().prop_map(|ip| std::net::Ipv4Addr::from(ip).to_string()),
         any::<[u16; 8]>().prop_map(|ip| format!("[{}]", std::net::Ipv6Addr::from(ip))),
@@ -126,8 +125,15 @@ fn arb_broker() -> impl Strategy<Value = String> {
 
 fn arb_path() -> impl Strategy<Value = String> {
     prop_oneof![
-        select(&["ca.pem", "../ca.pem", "certs/alice.pem", "/etc/strongbox/alice.key"][..])
-            .prop_map(str::to_owned),
+        select(
+            &[
+                "ca.pem",
+                "../ca.pem",
+                "certs/alice.pem",
+                "/etc/strongbox/alice.key"
+            ][..]
+        )
+        .prop_map(str::to_owned),
         arb_text(1..16),
     ]
 }
@@ -141,14 +147,16 @@ fn arb_profile() -> impl Strategy<Value = Profile> {
         arb_path(),
         option::of(arb_text(0..20)),
     )
-        .prop_map(|(broker, server_name, ca, cert, key, client_name)| Profile {
-            broker,
-            server_name,
-            ca,
-            cert,
-            key,
-            client_name,
-        })
+        .prop_map(
+            |(broker, server_name, ca, cert, key, client_name)| Profile {
+                broker,
+                server_name,
+                ca,
+                cert,
+                key,
+                client_name,
+            },
+        )
 }
 
 fn file_of(source: &PemSource) -> Option<PathBuf> {
@@ -170,10 +178,12 @@ fn check(text: &str) -> Result<Option<ClientConfig>, TestCaseError> {
             prop_assert!(!host.trim().is_empty(), "{:?} accepted", config.broker);
             prop_assert!(
                 !host.contains(':') || (host.starts_with('[') && host.ends_with(']')),
-                "{:?} accepted", config.broker
+                "{:?} accepted",
+                config.broker
             );
             prop_assert!(
-                port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p > 0),
+                port.bytes().all(|b| b.is_ascii_digit())
+                    && port.parse::<u16>().is_ok_and(|p| p > 0),
                 "{:?} accepted",
                 config.broker
             );

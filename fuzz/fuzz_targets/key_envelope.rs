@@ -27,6 +27,9 @@ fuzz_target!(|data: &[u8]| {
         let blob = &envelope.wrapped.wrapped;
         assert!(!blob.is_empty() && blob.len() <= MAX_WRAPPED_LEN);
         assert!(blob.capacity() <= MAX_WRAPPED_LEN);
-        assert_eq!(envelope.encode().expect("an accepted envelope encodes"), bytes);
+        assert_eq!(
+            envelope.encode().expect("an accepted envelope encodes"),
+            bytes
+        );
     }
 });

@@ -62,10 +62,16 @@ fn check_accepted(bytes: &Bytes, batch: &RecordBatch) {
         assert_eq!(record.index as usize, i);
         max_timestamp = max_timestamp.max(record.timestamp);
         assert!(inside(bytes, &record.value), "value copied");
-        assert!(record.key.as_ref().is_none_or(|k| inside(bytes, k)), "key copied");
+        assert!(
+            record.key.as_ref().is_none_or(|k| inside(bytes, k)),
+            "key copied"
+        );
         let headers: Vec<(String, Bytes)> = record.headers.iter().collect();
         assert_eq!(headers.len(), record.headers.len());
-        assert!(headers.iter().all(|(_, v)| inside(bytes, v)), "header copied");
+        assert!(
+            headers.iter().all(|(_, v)| inside(bytes, v)),
+            "header copied"
+        );
         let headers: Vec<(&str, &[u8])> =
             headers.iter().map(|(n, v)| (n.as_str(), &v[..])).collect();
         builder
@@ -79,20 +85,32 @@ fn check_accepted(bytes: &Bytes, batch: &RecordBatch) {
     }
     assert_eq!(builder.len(), header.record_count);
     assert_eq!(batch.max_timestamp(), max_timestamp);
-    assert_eq!(&builder.finish().expect("an accepted batch rebuilds"), bytes);
+    assert_eq!(
+        &builder.finish().expect("an accepted batch rebuilds"),
+        bytes
+    );
 }
 
 fn check_error(len: usize, e: &DecodeError) {
     match *e {
         DecodeError::Truncated { offset, need, have } => {
             assert!(need > have && offset + have <= len, "{e} in {len} bytes");
-            assert!(offset >= BATCH_HEADER_LEN || (offset == 0 && len < BATCH_HEADER_LEN), "{e}");
+            assert!(
+                offset >= BATCH_HEADER_LEN || (offset == 0 && len < BATCH_HEADER_LEN),
+                "{e}"
+            );
         }
         DecodeError::TrailingBytes { offset, remaining } => {
-            assert!(offset >= BATCH_HEADER_LEN && offset + remaining <= len, "{e} in {len} bytes");
+            assert!(
+                offset >= BATCH_HEADER_LEN && offset + remaining <= len,
+                "{e} in {len} bytes"
+            );
         }
         DecodeError::InvalidUtf8 { offset } => {
-            assert!(offset >= BATCH_HEADER_LEN && offset < len, "{e} in {len} bytes");
+            assert!(
+                offset >= BATCH_HEADER_LEN && offset < len,
+                "{e} in {len} bytes"
+            );
         }
         DecodeError::InvalidValue { offset, .. } => assert!(offset < len, "{e} in {len} bytes"),
         _ => {}

@@ -37,7 +37,7 @@ use strongbox_protocol::error::DecodeError;
 use common::{BatchSpec, RecordSpec, arb_producer_stamp, build_batch, fix_crc};
 use mutation::{Mutation, arb_mutation, fuzz_config, mutate};
 
-const DEFAULT_CASES: u32 = 5000;
+const DEFAULT_CASES: u32 = 10_000;
 
 fn config() -> Config {
     fuzz_config(DEFAULT_CASES)
@@ -86,13 +86,16 @@ fn arb_batch_spec() -> impl Strategy<Value = BatchSpec> {
         Just(i64::MIN - i64::from(i32::MIN)),
         Just(i64::MAX - i64::from(i32::MAX)),
     ];
-    (base, option::of(arb_producer_stamp()), vec(arb_record(), 1..5)).prop_map(
-        |(base_timestamp, producer, records)| BatchSpec {
+    (
+        base,
+        option::of(arb_producer_stamp()),
+        vec(arb_record(), 1..5),
+    )
+        .prop_map(|(base_timestamp, producer, records)| BatchSpec {
             base_timestamp,
             producer,
             records,
-        },
-    )
+        })
 }
 
 // ---------------------------------------------------------------------------
@@ -264,7 +267,11 @@ fn check(bytes: &Bytes) -> Result<bool, TestCaseError> {
     prop_assert!(header.record_count >= 1);
     if let Some(p) = header.producer {
         prop_assert!(header.last_sequence().is_some());
-        prop_assert!(p.base_sequence.checked_add(header.record_count - 1).is_some());
+        prop_assert!(
+            p.base_sequence
+                .checked_add(header.record_count - 1)
+                .is_some()
+        );
     }
     let mut builder = BatchBuilder::new(header.base_timestamp);
     if let Some(p) = header.producer {
@@ -297,12 +304,20 @@ fn check(bytes: &Bytes) -> Result<bool, TestCaseError> {
             )
             .map_err(|e| TestCaseError::fail(format!("accepted record does not rebuild: {e}")))?;
     }
-    prop_assert_eq!(index, header.record_count, "records() and record_count disagree");
+    prop_assert_eq!(
+        index,
+        header.record_count,
+        "records() and record_count disagree"
+    );
     prop_assert_eq!(batch.max_timestamp(), max_timestamp);
     let rebuilt = builder
         .finish()
         .map_err(|e| TestCaseError::fail(format!("accepted batch does not rebuild: {e}")))?;
-    prop_assert_eq!(&rebuilt, bytes, "accepted bytes are not the canonical encoding");
+    prop_assert_eq!(
+        &rebuilt,
+        bytes,
+        "accepted bytes are not the canonical encoding"
+    );
     Ok(true)
 }
 
@@ -324,7 +339,10 @@ fn check_error(bytes: &[u8], e: &DecodeError) -> Result<(), TestCaseError> {
             prop_assert!(offset + remaining <= len, "{e} in {len} bytes");
         }
         DecodeError::InvalidUtf8 { offset } => {
-            prop_assert!(offset >= BATCH_HEADER_LEN && offset < len, "{e} in {len} bytes");
+            prop_assert!(
+                offset >= BATCH_HEADER_LEN && offset < len,
+                "{e} in {len} bytes"
+            );
         }
         DecodeError::InvalidValue { offset, .. } => prop_assert!(offset < len, "{e}"),
         _ => {}

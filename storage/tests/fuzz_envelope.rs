@@ -29,7 +29,7 @@ use strongbox_storage::log::format::FormatError;
 
 use mutation::{arb_mutation, fuzz_config, mutate_all};
 
-const DEFAULT_CASES: u32 = 3000;
+const DEFAULT_CASES: u32 = 5000;
 
 fn config() -> Config {
     fuzz_config(DEFAULT_CASES)
@@ -177,11 +177,19 @@ fn check(bytes: &[u8]) -> Result<bool, TestCaseError> {
         Ok(envelope) => {
             let blob = &envelope.wrapped.wrapped;
             prop_assert!(!blob.is_empty() && blob.len() <= MAX_WRAPPED_LEN);
-            prop_assert!(blob.capacity() <= MAX_WRAPPED_LEN, "{} bytes held", blob.capacity());
-            let written = envelope
-                .encode()
-                .map_err(|e| TestCaseError::fail(format!("accepted envelope does not encode: {e}")))?;
-            prop_assert_eq!(&written[..], bytes, "accepted bytes are not the canonical encoding");
+            prop_assert!(
+                blob.capacity() <= MAX_WRAPPED_LEN,
+                "{} bytes held",
+                blob.capacity()
+            );
+            let written = envelope.encode().map_err(|e| {
+                TestCaseError::fail(format!("accepted envelope does not encode: {e}"))
+            })?;
+            prop_assert_eq!(
+                &written[..],
+                bytes,
+                "accepted bytes are not the canonical encoding"
+            );
             Ok(true)
         }
         Err(e) => {
