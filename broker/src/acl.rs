@@ -445,8 +445,19 @@ impl Acl {
     /// A rule that does not convert, naming its field.
     pub fn from_config(cfg: &AclConfig) -> Result<Self, ConfigError> {
         let rules = seed_rules(cfg)?;
-        Self::new(cfg.superusers.iter().cloned(), rules)
-            .map_err(|e| ConfigError::invalid("acl", e.to_string()))
+        Self::new(cfg.superusers.iter().cloned(), rules).map_err(|e| {
+            // The rules were checked above, so this is about a superuser:
+            // name its entry.
+            let field = match &e {
+                AclError::InvalidSuperuser(bad) => cfg
+                    .superusers
+                    .iter()
+                    .position(|s| s == bad)
+                    .map_or("acl.superusers".into(), |i| format!("acl.superusers[{i}]")),
+                _ => "acl".into(),
+            };
+            ConfigError::invalid(field, e.to_string())
+        })
     }
 
     /// The current snapshot.

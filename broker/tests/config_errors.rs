@@ -275,7 +275,12 @@ fn bad_acl_seeds_are_named() {
     assert_refused(expiring, "acl.rules[0].expires_at", "RFC 3339");
     assert_refused(
         "[acl]\nsuperusers = [\"admin*\"]\n",
-        "acl",
+        "acl.superusers[0]",
+        "exact principal",
+    );
+    assert_refused(
+        "[acl]\nsuperusers = [\"ops\", \"\"]\n",
+        "acl.superusers[1]",
         "exact principal",
     );
 }

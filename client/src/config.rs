@@ -178,8 +178,18 @@ impl ClientConfig {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
+        Self::from_profile_str(&text, path)
+    }
+
+    /// Parses the text of a profile as if read from `path`: relative paths
+    /// in it resolve against `path`'s folder, and errors name `path`.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_profile`](Self::from_profile), except reading.
+    pub fn from_profile_str(text: &str, path: &Path) -> Result<Self, ClientError> {
         let base = path.parent().unwrap_or_else(|| Path::new(""));
-        Profile::parse(&text)
+        Profile::parse(text)
             .map_err(|message| ClientError::Profile {
                 path: path.to_owned(),
                 message,
@@ -208,6 +218,17 @@ fn host_of(broker: &str) -> &str {
     }
 }
 
+/// True for `host:port` and `[v6]:port` with a port from 1 to 65535. A host
+/// with a colon must be in brackets, or the port could not be told apart.
+fn has_host_and_port(broker: &str) -> bool {
+    broker.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.trim().is_empty()
+            && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')))
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_ok_and(|p| p > 0)
+    })
+}
+
 /// The profile file as written by `strongbox-broker dev`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -222,13 +243,31 @@ struct Profile {
 
 impl Profile {
     fn parse(text: &str) -> Result<Self, String> {
-        let profile: Self = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+        let de = toml::Deserializer::parse(text).map_err(|e| e.message().to_owned())?;
+        // The path names the setting a type error is about; serde's own
+        // message does not ("invalid type: integer `7443`, expected a string").
+        let profile: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.inner().message().to_owned();
+            if path == "." {
+                message
+            } else {
+                format!("`{path}`: {message}")
+            }
+        })?;
         if profile.broker.trim().is_empty() {
             return Err("`broker` is empty; expected host:port such as 127.0.0.1:7443".into());
         }
         if !profile.broker.contains(':') {
             return Err(format!(
                 "`broker` = {:?} has no port; expected host:port such as 127.0.0.1:7443",
+                profile.broker
+            ));
+        }
+        if !has_host_and_port(&profile.broker) {
+            return Err(format!(
+                "`broker` = {:?} is not host:port (a host, an IPv6 one in brackets, and a port \
+                 from 1 to 65535); expected host:port such as 127.0.0.1:7443 or [::1]:7443",
                 profile.broker
             ));
         }
@@ -313,6 +352,43 @@ mod tests {
             .expect_err("no port")
             .to_string();
         assert!(text.contains("has no port"), "{text}");
+    }
+
+    /// Regression (found by `client/tests/fuzz_profile.rs`): a wrongly typed
+    /// setting was refused without naming it, and a broker address with an
+    /// empty, non-numeric or out-of-range port was accepted.
+    #[test]
+    fn wrong_types_and_unusable_ports_are_named() {
+        let text = Profile::parse("broker = 7443\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n")
+            .expect_err("integer broker");
+        assert!(text.starts_with("`broker`: invalid type"), "{text}");
+        let text = Profile::parse("broker = \"h:1\"\nca = \"c\"\ncert = [1]\nkey = \"k\"\n")
+            .expect_err("list cert");
+        assert!(text.starts_with("`cert`: invalid type"), "{text}");
+        for broker in [
+            "h:",
+            "h:x",
+            "h:0",
+            "h:65536",
+            "h: 80",
+            "h:+80",
+            ":80",
+            "::1",
+            "[::1]",
+            "a:b:80",
+            // Found by the cargo-fuzz target `client_profile`.
+            "127.0.0.1:744:",
+        ] {
+            let text = Profile::parse(&format!(
+                "broker = {broker:?}\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n"
+            ))
+            .expect_err(broker);
+            assert!(text.contains("is not host:port"), "{broker}: {text}");
+        }
+        for broker in ["h:1", "10.0.0.1:65535", "[::1]:7443", "broker.example:7443"] {
+            let text = format!("broker = {broker:?}\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n");
+            assert!(Profile::parse(&text).is_ok(), "{broker}");
+        }
     }
 
     #[test]

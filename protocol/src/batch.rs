@@ -437,11 +437,15 @@ impl RecordReader {
 
     fn next_record(&mut self) -> Result<Record, DecodeError> {
         let start = self.reader.position() + BATCH_HEADER_LEN;
-        let len = self.reader.u32()? as usize;
-        let record = self.reader.raw(len)?;
+        // Both readers count from their own start; errors name batch bytes.
+        let len = self.reader.u32().map_err(|e| shift(e, BATCH_HEADER_LEN))? as usize;
+        let record = self
+            .reader
+            .raw(len)
+            .map_err(|e| shift(e, BATCH_HEADER_LEN))?;
         let mut r = Reader::new(record.clone());
         let at = |r: &Reader| start + 4 + r.position();
-        let delta = r.i32()?;
+        let delta = r.i32().map_err(|e| shift(e, start + 4))?;
         let timestamp =
             self.base_timestamp
                 .checked_add(i64::from(delta))
@@ -449,13 +453,13 @@ impl RecordReader {
                     field: "timestamp_delta",
                     offset: start + 4,
                 })?;
-        let key_len = r.u32()?;
+        let key_len = r.u32().map_err(|e| shift(e, start + 4))?;
         let key = if key_len == NO_KEY {
             None
         } else {
             Some(r.raw(key_len as usize).map_err(|e| shift(e, start + 4))?)
         };
-        let count = r.u16()?;
+        let count = r.u16().map_err(|e| shift(e, start + 4))?;
         let headers_start = r.position();
         for _ in 0..count {
             let offset = at(&r);

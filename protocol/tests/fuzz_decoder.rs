@@ -13,103 +13,20 @@
 //! below, about ten seconds in a debug build on two cores).
 
 mod common;
+#[path = "../../fuzz/mutation.rs"]
+mod mutation;
 
 use bytes::Bytes;
 use proptest::collection::vec;
 use proptest::prelude::*;
-use proptest::sample::Index;
 use strongbox_protocol::batch::{BatchBuilder, RecordBatch};
 use strongbox_protocol::error::DecodeError;
 use strongbox_protocol::frame::{Decoded, FRAME_HEADER_LEN, Frame, FrameDecoder, decode_frame};
 
 use common::{arb_batch_spec, arb_frame, build_batch, encode};
+use mutation::{arb_mutation, fuzz_config, mutate};
 
 const DEFAULT_CASES: u32 = 3000;
-
-fn cases() -> u32 {
-    std::env::var("STRONGBOX_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_CASES)
-}
-
-/// One change to a byte string.
-#[derive(Debug, Clone)]
-enum Mutation {
-    FlipBit(Index, u8),
-    SetByte(Index, u8),
-    /// Overwrites four bytes with a big-endian length, often one near a
-    /// limit.
-    ForgeLength(Index, u32),
-    Truncate(Index),
-    Insert(Index, Vec<u8>),
-    Remove(Index, usize),
-    /// Replaces a range with a range of the donor stream.
-    Splice(Index, Index, usize),
-}
-
-fn arb_mutation() -> impl Strategy<Value = Mutation> {
-    let length = prop_oneof![
-        Just(0u32),
-        Just(1),
-        Just(2),
-        Just(3),
-        0u32..512,
-        Just(1024),
-        Just(1025),
-        Just(u32::MAX),
-        any::<u32>(),
-    ];
-    prop_oneof![
-        4 => (any::<Index>(), 0u8..8).prop_map(|(i, b)| Mutation::FlipBit(i, b)),
-        2 => (any::<Index>(), any::<u8>()).prop_map(|(i, v)| Mutation::SetByte(i, v)),
-        2 => (any::<Index>(), length).prop_map(|(i, l)| Mutation::ForgeLength(i, l)),
-        1 => any::<Index>().prop_map(Mutation::Truncate),
-        1 => (any::<Index>(), vec(any::<u8>(), 1..8)).prop_map(|(i, b)| Mutation::Insert(i, b)),
-        1 => (any::<Index>(), 1usize..16).prop_map(|(i, n)| Mutation::Remove(i, n)),
-        1 => (any::<Index>(), any::<Index>(), 1usize..64)
-            .prop_map(|(i, j, n)| Mutation::Splice(i, j, n)),
-    ]
-}
-
-fn mutate(bytes: &mut Vec<u8>, donor: &[u8], mutation: &Mutation) {
-    if bytes.is_empty() {
-        return;
-    }
-    let len = bytes.len();
-    match mutation {
-        Mutation::FlipBit(i, bit) => bytes[i.index(len)] ^= 1 << bit,
-        Mutation::SetByte(i, v) => bytes[i.index(len)] = *v,
-        Mutation::ForgeLength(i, l) => {
-            let at = i.index(len);
-            for (k, b) in l.to_be_bytes().iter().enumerate() {
-                if let Some(slot) = bytes.get_mut(at + k) {
-                    *slot = *b;
-                }
-            }
-        }
-        Mutation::Truncate(i) => bytes.truncate(i.index(len)),
-        Mutation::Insert(i, b) => {
-            let at = i.index(len + 1);
-            bytes.splice(at..at, b.iter().copied());
-        }
-        Mutation::Remove(i, n) => {
-            let at = i.index(len);
-            let end = (at + n).min(len);
-            bytes.drain(at..end);
-        }
-        Mutation::Splice(i, j, n) => {
-            if donor.is_empty() {
-                return;
-            }
-            let at = i.index(len);
-            let end = (at + n).min(len);
-            let from = j.index(donor.len());
-            let to = (from + n).min(donor.len());
-            bytes.splice(at..end, donor[from..to].iter().copied());
-        }
-    }
-}
 
 /// Decodes `stream` with `decode_frame`, returning the frames, the bytes
 /// they took, and whether decoding stopped on an error.
@@ -209,11 +126,7 @@ fn batches_in(frames: &[Frame]) -> Vec<Bytes> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases(),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(fuzz_config(DEFAULT_CASES))]
 
     /// Mutated frame streams through both decoders.
     #[test]
@@ -261,9 +174,7 @@ proptest! {
         let bytes = Bytes::from(bytes);
         let result = RecordBatch::parse(bytes.clone());
         // One flipped bit or byte anywhere is always caught.
-        if changed && mutations.len() == 1
-            && matches!(mutations[0], Mutation::FlipBit(..) | Mutation::SetByte(..))
-        {
+        if changed && mutations.len() == 1 && mutations[0].is_single_byte() {
             prop_assert!(result.is_err(), "single-byte change accepted");
         }
         check_batch(bytes)?;

@@ -19,7 +19,7 @@
 //!
 //! key_source 1, keyring:
 //!      u8  key_id_length     1..=255
-//!      ..  key_id            UTF-8
+//!      ..  key_id            UTF-8, no control characters
 //!      u32 key_version       at least 1
 //!      12  wrap_nonce        GCM nonce of the data key's wrap
 //!      48  wrapped_key       the data key sealed with AES-256-GCM under the
@@ -32,7 +32,7 @@
 //!      u16 recipient_count   1..=1024
 //!      per recipient:
 //!        u8  recipient_length 1..=255
-//!        ..  recipient        UTF-8, the recipient id
+//!        ..  recipient        UTF-8, no control characters, the recipient id
 //!        8   key_fingerprint  first 8 bytes of SHA-256 of its X25519 public key
 //!        32  encapsulated_key HPKE `enc`
 //!        48  sealed_key       the data key sealed by HPKE (32 ciphertext, 16 tag)
@@ -312,9 +312,16 @@ impl<'a> Reader<'a> {
             return Err(E2eError::malformed(format!("empty {field} at offset {at}")));
         }
         let s = self.take(field, len)?;
-        std::str::from_utf8(s)
-            .map(str::to_owned)
-            .map_err(|_| E2eError::malformed(format!("{field} at offset {at} is not UTF-8")))
+        let s = std::str::from_utf8(s)
+            .map_err(|_| E2eError::malformed(format!("{field} at offset {at} is not UTF-8")))?;
+        // The writer refuses these (`check_short_name`): a newline or an
+        // escape sequence in a name would reach error messages and logs.
+        if s.chars().any(char::is_control) {
+            return Err(E2eError::malformed(format!(
+                "{field} at offset {at} contains control characters"
+            )));
+        }
+        Ok(s.to_owned())
     }
 }
 
@@ -451,6 +458,23 @@ mod tests {
             Envelope::decode(&b),
             Err(E2eError::MalformedHeader(m)) if m.contains("UTF-8")
         ));
+    }
+
+    /// Regression (found by `client/tests/fuzz_e2e_header.rs`): the reader
+    /// accepted key ids and recipient ids with control characters, which
+    /// the writer refuses and which reach error messages and logs.
+    #[test]
+    fn names_with_control_characters_are_refused() {
+        let mut keyring = keyring_envelope().encode().expect("encodes");
+        keyring[17] = b'\n'; // "\nrders"
+        let mut recipients = recipients_envelope().encode().expect("encodes");
+        recipients[25] = 0x1b; // "\x1bob"
+        for bytes in [keyring, recipients] {
+            assert!(matches!(
+                Envelope::decode(&bytes),
+                Err(E2eError::MalformedHeader(m)) if m.contains("control characters")
+            ));
+        }
     }
 
     proptest::proptest! {

@@ -120,6 +120,22 @@ pub fn sealed_with(header: &[u8]) -> Result<SealedWith, E2eError> {
     })
 }
 
+/// Parses a `strongbox-e2e` header and encodes what it read again.
+///
+/// A header has one encoding, so for every header this client accepts the
+/// result equals the input. The fuzz tests (`client/tests/fuzz_e2e_header.rs`
+/// and the cargo-fuzz target `e2e_header`) rely on that to show the reader
+/// accepts nothing the writer would not write. Applications do not need it.
+///
+/// # Errors
+///
+/// As [`sealed_with`]; [`E2eError::Invalid`] if the header was accepted but
+/// cannot be written again (a reader bug the fuzz tests look for).
+#[doc(hidden)]
+pub fn reencode_header(header: &[u8]) -> Result<Vec<u8>, E2eError> {
+    header::Envelope::decode(header)?.encode()
+}
+
 /// The value's AAD: a label, then the topic, the record key (with a
 /// presence byte, so no key and an empty key differ) and the whole
 /// `strongbox-e2e` header, each length-prefixed.
