@@ -32,6 +32,10 @@ pub enum ErrorCode {
     LimitExceeded = 8,
     /// The peer did not answer in time (handshake or keep-alive).
     Timeout = 9,
+    /// The client's `Hello.max_frame_size` is smaller than the largest frame
+    /// the broker may have to send it (its `max_batch_size` plus the framing
+    /// of a `Records` frame).
+    FrameSizeTooSmall = 10,
 
     /// The principal may not perform the operation on the resource.
     NotAuthorized = 16,
@@ -61,6 +65,11 @@ pub enum ErrorCode {
     UnknownProducer = 52,
     /// The batch uses a compression codec the broker does not accept.
     UnsupportedCodec = 53,
+    /// An idempotent batch carries an epoch that `InitProducer` never issued
+    /// for its producer id (newer than the current one).
+    InvalidProducerEpoch = 54,
+    /// The producer id was issued to another principal.
+    ProducerNotOwned = 55,
 
     /// The requested offset is outside the partition's range.
     OffsetOutOfRange = 64,
@@ -103,6 +112,7 @@ impl ErrorCode {
         Self::CreditExceeded,
         Self::LimitExceeded,
         Self::Timeout,
+        Self::FrameSizeTooSmall,
         Self::NotAuthorized,
         Self::AuthenticationFailed,
         Self::UnknownTopic,
@@ -116,6 +126,8 @@ impl ErrorCode {
         Self::ProducerFenced,
         Self::UnknownProducer,
         Self::UnsupportedCodec,
+        Self::InvalidProducerEpoch,
+        Self::ProducerNotOwned,
         Self::OffsetOutOfRange,
         Self::NotAssigned,
         Self::InvalidGroup,
@@ -152,6 +164,7 @@ impl ErrorCode {
             Self::CreditExceeded => "credit_exceeded",
             Self::LimitExceeded => "limit_exceeded",
             Self::Timeout => "timeout",
+            Self::FrameSizeTooSmall => "frame_size_too_small",
             Self::NotAuthorized => "not_authorized",
             Self::AuthenticationFailed => "authentication_failed",
             Self::UnknownTopic => "unknown_topic",
@@ -165,6 +178,8 @@ impl ErrorCode {
             Self::ProducerFenced => "producer_fenced",
             Self::UnknownProducer => "unknown_producer",
             Self::UnsupportedCodec => "unsupported_codec",
+            Self::InvalidProducerEpoch => "invalid_producer_epoch",
+            Self::ProducerNotOwned => "producer_not_owned",
             Self::OffsetOutOfRange => "offset_out_of_range",
             Self::NotAssigned => "not_assigned",
             Self::InvalidGroup => "invalid_group",

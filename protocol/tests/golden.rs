@@ -577,3 +577,214 @@ fn golden_produce_with_batch_matches_the_spec_example() {
     );
     check("produce_with_batch", &frame, &hex);
 }
+
+// ---- worked examples of docs/PROTOCOL.md -----------------------------------
+
+fn spec() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/PROTOCOL.md");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// The hex of each example block after `<!-- example: NAME -->`, with the
+/// `#` commentary removed.
+fn examples(doc: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut lines = doc.lines();
+    while let Some(line) = lines.next() {
+        let Some(name) = line
+            .trim()
+            .strip_prefix("<!-- example: ")
+            .and_then(|rest| rest.strip_suffix(" -->"))
+        else {
+            continue;
+        };
+        assert_eq!(lines.next().map(str::trim), Some("```text"), "{name}");
+        let hex: String = lines
+            .by_ref()
+            .take_while(|l| l.trim() != "```")
+            .map(|l| l.split('#').next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join(" ");
+        out.push((name.to_string(), unhex(&hex)));
+    }
+    out
+}
+
+/// The frame each worked example describes, built from its values (not
+/// from its bytes).
+fn example_frame(name: &str) -> Frame {
+    match name {
+        "ping" => Frame::Ping(Ping {
+            nonce: 0x0102_0304_0506_0708,
+        }),
+        "hello" => Frame::Hello(Hello {
+            versions: vec![1],
+            client_name: "cli".into(),
+            max_frame_size: 4 * 1024 * 1024,
+            features: 0,
+        }),
+        "produce" => Frame::Produce(Produce {
+            correlation_id: 1,
+            topic: "orders".into(),
+            partition: 0,
+            batch: golden_batch(),
+        }),
+        "produce_ack" => Frame::ProduceAck(ProduceAck {
+            correlation_id: 1,
+            partition: 0,
+            base_offset: 100,
+            duplicate: false,
+        }),
+        "subscribe" => Frame::Subscribe(Subscribe {
+            topic: "orders".into(),
+            target: SubscriptionTarget::Partition(0),
+            start: StartPosition::Offset(1),
+            credit: 65_536,
+        }),
+        "assignment" => Frame::Assignment(Assignment {
+            generation: 0,
+            partitions: vec![AssignedPartition {
+                partition: 0,
+                next_offset: 1,
+            }],
+        }),
+        "records" => Frame::Records(Records {
+            partition: 0,
+            high_watermark: 2,
+            batches: vec![OffsetBatch {
+                base_offset: 0,
+                batch: golden_batch(),
+            }],
+        }),
+        "error" => Frame::Error(ErrorFrame {
+            correlation_id: 0,
+            code: strongbox_protocol::ErrorCode::UnexpectedFrame.as_u16(),
+            message: "second Subscribe".into(),
+        }),
+        other => panic!("docs/PROTOCOL.md has an example {other:?} that no test checks"),
+    }
+}
+
+#[test]
+fn worked_examples_are_exactly_the_frames_they_describe() {
+    let found = examples(&spec());
+    let names: std::collections::BTreeSet<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+    let expected: std::collections::BTreeSet<&str> = [
+        "assignment",
+        "error",
+        "hello",
+        "ping",
+        "produce",
+        "produce_ack",
+        "records",
+        "subscribe",
+    ]
+    .into();
+    assert_eq!(names, expected, "worked examples in docs/PROTOCOL.md");
+    for (name, bytes) in found {
+        let frame = example_frame(&name);
+        check(&format!("example {name}"), &frame, &hex::encode(&bytes));
+    }
+}
+
+/// The worked example "Subscribing from inside a batch": the three frames
+/// pass the client's session rules, and of the batch's two records only
+/// the one at or past `next_offset` is for the application.
+#[test]
+fn the_inside_a_batch_example_delivers_only_offset_1() {
+    use strongbox_protocol::session::subscribe::{SubscriberEvent, SubscriberSession};
+    let doc = spec();
+    let frame = |name: &str| {
+        let bytes = examples(&doc)
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no example {name}"))
+            .1;
+        match decode_frame(&Bytes::from(bytes), DEFAULT_MAX_FRAME_SIZE) {
+            Ok(Decoded::Frame(frame, _)) => frame,
+            other => panic!("{name}: {other:?}"),
+        }
+    };
+    let Frame::Subscribe(subscribe) = frame("subscribe") else {
+        panic!("not a Subscribe")
+    };
+    let (mut session, _) = SubscriberSession::new(subscribe);
+    let SubscriberEvent::Assigned(assignment) = session
+        .handle_frame(frame("assignment"))
+        .expect("assignment")
+    else {
+        panic!("no assignment")
+    };
+    let next_offset = assignment.partitions[0].next_offset;
+    let SubscriberEvent::Records(records) =
+        session.handle_frame(frame("records")).expect("records")
+    else {
+        panic!("no records")
+    };
+    assert_eq!(records.credit_cost(), 119, "the cost the example states");
+    let mut delivered = Vec::new();
+    for b in &records.batches {
+        let batch = RecordBatch::parse(b.batch.clone()).expect("valid batch");
+        assert!(
+            b.base_offset < next_offset,
+            "the batch starts before next_offset"
+        );
+        for record in batch.records() {
+            let offset = b.base_offset + u64::from(record.index);
+            if offset >= next_offset {
+                delivered.push((
+                    offset,
+                    record.key.clone(),
+                    record.value.clone(),
+                    record.timestamp,
+                ));
+            }
+        }
+    }
+    assert_eq!(
+        delivered,
+        vec![(1, None, Bytes::new(), 1_700_000_000_005)],
+        "only offset 1 is delivered"
+    );
+}
+
+/// `RECORDS_FRAMING` is what a `Records` frame with one batch adds to the
+/// batch, as the spec's frame-size rule uses it.
+#[test]
+fn records_framing_is_the_overhead_of_a_one_batch_frame() {
+    use strongbox_protocol::frames::subscribe::{RECORDS_FRAMING, RECORDS_PER_BATCH_FRAMING};
+    for len in [0usize, 1, 85, 4096] {
+        let records = Records {
+            partition: 1,
+            high_watermark: 2,
+            batches: vec![OffsetBatch {
+                base_offset: 0,
+                batch: Bytes::from(vec![0u8; len]),
+            }],
+        };
+        let wire = Frame::Records(records.clone())
+            .to_bytes(DEFAULT_MAX_FRAME_SIZE)
+            .unwrap();
+        let length = wire.len() - 4;
+        assert_eq!(length, len + RECORDS_FRAMING as usize);
+        assert_eq!(records.frame_length(), length as u64);
+    }
+    let two = Records {
+        partition: 1,
+        high_watermark: 2,
+        batches: vec![
+            OffsetBatch {
+                base_offset: 0,
+                batch: Bytes::from(vec![0u8; 10]),
+            },
+            OffsetBatch {
+                base_offset: 5,
+                batch: Bytes::from(vec![0u8; 20]),
+            },
+        ],
+    };
+    assert_eq!(
+        two.frame_length(),
+        u64::from(RECORDS_FRAMING + RECORDS_PER_BATCH_FRAMING) + 30
+    );
+}

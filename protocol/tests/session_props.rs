@@ -32,7 +32,7 @@ use strongbox_protocol::session::Violation;
 use strongbox_protocol::session::admin::{AdminCall, BrokerAdminStream};
 use strongbox_protocol::session::control::{
     BrokerControl, BrokerControlConfig, ClientControl, ClientControlConfig, ControlEvent,
-    KEEPALIVE_MISSES,
+    KEEPALIVE_MISSES, min_client_frame_size,
 };
 
 /// docs/PROTOCOL.md: a side that receives nothing for 3 × `keepalive_ms`
@@ -108,6 +108,8 @@ fn arb_control_frame() -> impl Strategy<Value = Frame> {
         Just(ABSOLUTE_MAX_FRAME_SIZE),
         Just(MIN_MAX_FRAME_SIZE - 1),
         Just(ABSOLUTE_MAX_FRAME_SIZE + 1),
+        Just(min_client_frame_size(1 << 20)),
+        Just(min_client_frame_size(1 << 20) - 1),
     ];
     prop_oneof![
         3 => (vec(0u16..4, 0..3), max_frame.clone()).prop_map(|(versions, max_frame_size)| {
@@ -202,11 +204,15 @@ fn run_broker_control(ops: &[ControlOp], versions: &[u16]) -> Result<(), TestCas
                                 .contains(&h.max_frame_size)
                             {
                                 Err(ErrorCode::ProtocolViolation)
+                            } else if h.max_frame_size < min_client_frame_size(1 << 20) {
+                                // Too small for a Records frame with one
+                                // batch of max_batch_size.
+                                Err(ErrorCode::FrameSizeTooSmall)
                             } else {
                                 Ok(())
                             }
                         }
-                        f if is_control_frame(f) => Err(ErrorCode::UnexpectedFrame),
+                        // One rule for every stream's first frame.
                         _ => Err(ErrorCode::ProtocolViolation),
                     },
                     Phase::Established => established_control_rule(frame, outstanding),
@@ -274,6 +280,13 @@ fn run_broker_control(ops: &[ControlOp], versions: &[u16]) -> Result<(), TestCas
                     "tick to {:?}",
                     now - start
                 );
+                if result.is_ok()
+                    && let Some(next) = broker.poll_timeout()
+                {
+                    // The next wake-up is in the future: a timer armed with a
+                    // deadline already passed fires at once, for ever (a spin).
+                    prop_assert!(next > now, "timer re-armed {:?} in the past", now - next);
+                }
                 if result.is_err() {
                     phase = Phase::Closed;
                 } else if phase == Phase::Established
@@ -416,6 +429,13 @@ fn run_client_control(ops: &[ControlOp]) -> Result<(), TestCaseError> {
                     "tick to {:?}",
                     now - start
                 );
+                if result.is_ok()
+                    && let Some(next) = client.poll_timeout()
+                {
+                    // The next wake-up is in the future: a timer armed with a
+                    // deadline already passed fires at once, for ever (a spin).
+                    prop_assert!(next > now, "timer re-armed {:?} in the past", now - next);
+                }
                 if result.is_err() {
                     phase = Phase::Closed;
                 } else if phase == Phase::Established
@@ -1082,6 +1102,8 @@ enum BrokerSubOp {
     Assign(Assignment),
     Send(Records),
     End,
+    /// The client finished its send side.
+    ClientFinished,
 }
 
 fn arb_broker_sub_ops() -> impl Strategy<Value = Vec<BrokerSubOp>> {
@@ -1091,6 +1113,7 @@ fn arb_broker_sub_ops() -> impl Strategy<Value = Vec<BrokerSubOp>> {
             2 => arb_assignment().prop_map(BrokerSubOp::Assign),
             3 => arb_records_frame().prop_map(BrokerSubOp::Send),
             1 => Just(BrokerSubOp::End),
+            1 => Just(BrokerSubOp::ClientFinished),
         ],
         0..30,
     )
@@ -1101,6 +1124,7 @@ enum BrokerSubState {
     AwaitingSubscribe,
     Opening,
     Active,
+    Unsubscribed,
     Ended,
 }
 
@@ -1121,11 +1145,9 @@ proptest! {
                 BrokerSubOp::Receive(frame) => {
                     let result = sub.handle_frame(frame.clone());
                     let expected = match (state, &frame) {
-                        (Ended, _) => Err(ErrorCode::ProtocolViolation),
+                        (Ended | Unsubscribed, _) => Err(ErrorCode::ProtocolViolation),
                         (AwaitingSubscribe, Frame::Subscribe(_)) => Ok(()),
-                        (AwaitingSubscribe, Frame::Credit(_) | Frame::Commit(_) | Frame::Unsubscribe(_)) => {
-                            Err(ErrorCode::UnexpectedFrame)
-                        }
+                        (AwaitingSubscribe, _) => Err(ErrorCode::ProtocolViolation),
                         (Opening | Active, Frame::Subscribe(_)) => Err(ErrorCode::UnexpectedFrame),
                         (Opening, Frame::Commit(_)) => Err(ErrorCode::UnexpectedFrame),
                         (Opening | Active, Frame::Credit(_) | Frame::Commit(_) | Frame::Unsubscribe(_)) => Ok(()),
@@ -1178,12 +1200,10 @@ proptest! {
                             }
                         }
                         (Frame::Unsubscribe(_), SubscriptionRequest::Unsubscribe) => {
-                            state = Ended;
-                            let end = sub.end(None, "bye");
-                            prop_assert_eq!(
-                                wire(end),
-                                Frame::SubscriptionEnd(SubscriptionEnd { code: 0, reason: "bye".into() })
-                            );
+                            // Nothing more is sent until the client finishes its side.
+                            state = Unsubscribed;
+                            prop_assert!(sub.is_unsubscribed());
+                            prop_assert!(!sub.can_send());
                         }
                         (frame, request) => prop_assert!(false, "{:?} gave {:?}", frame, request),
                     }
@@ -1224,6 +1244,20 @@ proptest! {
                     } else {
                         // The broker's own mistakes are caught before they reach the wire.
                         prop_assert_eq!(code_of(&result), Some(ErrorCode::Internal));
+                    }
+                }
+                BrokerSubOp::ClientFinished => {
+                    // A finish with or without Unsubscribe before it ends the
+                    // subscription normally.
+                    let end = sub.client_finished();
+                    if state == Ended {
+                        prop_assert_eq!(end, None);
+                    } else {
+                        prop_assert_eq!(
+                            end.map(wire),
+                            Some(Frame::SubscriptionEnd(SubscriptionEnd { code: 0, reason: "unsubscribed".into() }))
+                        );
+                        state = Ended;
                     }
                 }
                 BrokerSubOp::End => {

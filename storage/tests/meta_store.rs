@@ -196,6 +196,7 @@ fn producer_state_round_trips_and_ids_are_never_reused() {
             &ProducerRecord {
                 epoch: 3,
                 updated_at: 99,
+                principal: Some("spiffe://test/alice".into()),
             },
         )?;
         tx.put_producer_partition(2, "orders", 4, &state)?;
@@ -206,6 +207,11 @@ fn producer_state_round_trips_and_ids_are_never_reused() {
     .unwrap();
     meta.read(|r| {
         assert_eq!(r.producer(2)?.unwrap().epoch, 3);
+        // The id stays bound to the principal that obtained it.
+        assert_eq!(
+            r.producer(2)?.unwrap().principal.as_deref(),
+            Some("spiffe://test/alice")
+        );
         assert_eq!(r.producer(1)?, None);
         assert_eq!(r.producer_partition(2, "orders", 4)?, Some(state));
         assert_eq!(
@@ -536,6 +542,7 @@ fn everything_survives_reopening() {
                 &ProducerRecord {
                     epoch: 2,
                     updated_at: 3,
+                    principal: Some("bob".into()),
                 },
             )?;
             tx.put_acl(&acl)?;
@@ -553,6 +560,7 @@ fn everything_survives_reopening() {
         assert_eq!(r.topic("orders")?, Some(t.clone()));
         assert_eq!(r.offset("g", "orders", 0)?, Some(11));
         assert_eq!(r.producer(1)?.unwrap().epoch, 2);
+        assert_eq!(r.producer(1)?.unwrap().principal.as_deref(), Some("bob"));
         assert_eq!(r.acls()?, vec![acl.clone()]);
         assert_eq!(r.access_requests()?.len(), 1);
         assert_eq!(r.recipient("orders", "alice")?.unwrap().as_ref(), b"sig");

@@ -139,9 +139,8 @@ async fn garbage_streams(broker: &BrokerProcess) -> Result<()> {
         assert_eq!(got, code(expected), "random bytes, seed {seed}");
     }
     // A plausible length prefix around random type and body. The stream
-    // gets the code; whether the connection survives an unknown frame type
-    // is left open here (docs/PROTOCOL.md says both), so use a connection
-    // of its own.
+    // gets the code and the connection goes on (docs/PROTOCOL.md, "Frames");
+    // a connection of its own keeps the cases apart.
     let (unknown_conn, _unknown_control) = alice_raw(broker).await?;
     for seed in [7u64, 8, 9] {
         let body = random_bytes(seed, 1000);
@@ -351,9 +350,9 @@ async fn control_stream_errors(broker: &BrokerProcess) -> Result<()> {
     assert_eq!(got, code(ErrorCode::FrameTooLarge), "oversize on control");
     closed_with(&conn, ErrorCode::FrameTooLarge).await?;
 
-    // Before the handshake: a first frame other than Hello.
+    // Before the handshake: a first frame other than Hello, whatever it is.
     for (frame, expected) in [
-        (Frame::Ping(Ping { nonce: 9 }), ErrorCode::UnexpectedFrame),
+        (Frame::Ping(Ping { nonce: 9 }), ErrorCode::ProtocolViolation),
         (produce(1, batch(&["h"])?), ErrorCode::ProtocolViolation),
     ] {
         let conn = raw::connect(broker.addr, raw::profile_config(&broker.dir, "alice")?).await?;

@@ -63,6 +63,9 @@ pub enum AuditAction {
     RecipientRemove,
     /// The broker found its audit topic cut short or rewritten.
     AuditChainBroken,
+    /// A producer id was refused: `InitProducer` without `publish` anywhere,
+    /// another principal's id, or an epoch never issued.
+    ProducerDeny,
 }
 
 impl AuditAction {
@@ -90,6 +93,7 @@ impl AuditAction {
             Self::RecipientPut => "recipient.put",
             Self::RecipientRemove => "recipient.remove",
             Self::AuditChainBroken => "audit.chain.broken",
+            Self::ProducerDeny => "producer.deny",
         }
     }
 }

@@ -22,8 +22,9 @@ use crate::server::authz::Authorizer;
 use crate::server::connection::ConnCtx;
 use crate::server::error::BrokerError;
 use crate::server::key_lifecycle::{self, scope_name};
+use crate::server::producers::InitOutcome;
 use crate::server::rewrap::RewrapRequest;
-use crate::server::stream_io::{FrameReader, FrameWriter};
+use crate::server::stream_io::{FrameReader, FrameWriter, StreamError, end_with_error};
 use crate::server::topics::{
     self, PartitionSlot, Topic, kek_scope, resolve_config, validate_topic_name,
 };
@@ -35,6 +36,11 @@ use crate::server::{access, recipients};
 const BROKER_WIDE: &str = "*";
 
 /// Serves an admin stream whose first frame was `request`.
+///
+/// The answer goes out as soon as it is ready; the stream then stays open
+/// until the client finishes its send side, so that a second frame on it
+/// is answered with `Error` `protocol_violation` (an admin stream carries
+/// one request) rather than silently dropped.
 pub async fn serve(
     ctx: ConnCtx,
     request: AdminRequest,
@@ -44,8 +50,7 @@ pub async fn serve(
     let mut session = BrokerAdminStream::new();
     if let Err(v) = session.handle_frame(strongbox_protocol::frame::Frame::Request(request.clone()))
     {
-        let _ = writer.send(&v.to_frame()).await;
-        let _ = writer.finish();
+        end_with_error(&mut writer, &mut reader, v.code, &v.message).await;
         return;
     }
     let kind = request.frame_type().name();
@@ -54,11 +59,43 @@ pub async fn serve(
         tracing::info!(request = kind, code = %e.code, error = %e.message, "admin request refused");
     }
     let frame = session.respond(answer.map_err(|e| e.to_frame(0)));
-    let _ = writer.send(&frame).await;
-    let _ = writer.finish();
-    // A second request on the stream is a violation; reading it is not
-    // needed: the client finished its side after the first.
-    reader.stop(ErrorCode::ProtocolViolation);
+    match writer.send(&frame).await {
+        Ok(()) => {}
+        Err(StreamError::Encode(e)) => {
+            // An answer larger than the client accepts (a long listing):
+            // say so with a code rather than leave the client without one.
+            let message = format!(
+                "the answer to {kind} does not fit the client's max_frame_size ({e}); \
+                 narrow the request or connect with a larger max_frame_size"
+            );
+            tracing::info!(request = kind, "{message}");
+            end_with_error(&mut writer, &mut reader, ErrorCode::FrameTooLarge, &message).await;
+            return;
+        }
+        Err(_) => return,
+    }
+    let mut shutdown = ctx.shutdown.clone();
+    tokio::select! {
+        next = reader.next() => match next {
+            Ok(None) => {}
+            Ok(Some(frame)) => {
+                if let Err(v) = session.handle_frame(frame) {
+                    end_with_error(&mut writer, &mut reader, v.code, &v.message).await;
+                    return;
+                }
+            }
+            Err(e) => {
+                if let Some(code) = e.code() {
+                    end_with_error(&mut writer, &mut reader, code, &e.to_string()).await;
+                }
+                return;
+            }
+        },
+        () = crate::server::stopped(&mut shutdown) => {}
+    }
+    writer
+        .finish_delivered(ctx.state.config.listener.shutdown_grace.0)
+        .await;
 }
 
 async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, BrokerError> {
@@ -143,21 +180,43 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
             Ok(AdminResponse::Acls(rules))
         }
         AdminRequest::InitProducer { producer_id } => {
+            authz.check_publish_anywhere(state.topics.all().iter().map(|t| t.name().to_owned()))?;
             let meta = state.meta.clone();
             let state2 = state.clone();
-            let issued =
-                blocking(move || state2.producer_epochs.init(&meta, producer_id, now_ms()))
-                    .await?
-                    .map_err(|e| BrokerError::internal("issuing a producer id", e))?;
-            match issued {
-                Some((producer_id, epoch)) => Ok(AdminResponse::Producer { producer_id, epoch }),
-                None => Err(BrokerError::new(
+            let principal = ctx.principal.clone();
+            let outcome = blocking(move || {
+                state2
+                    .producer_epochs
+                    .init(&meta, producer_id, &principal, now_ms())
+            })
+            .await?
+            .map_err(|e| BrokerError::internal("issuing a producer id", e))?;
+            let id = producer_id.unwrap_or_default();
+            match outcome {
+                InitOutcome::Issued { producer_id, epoch } => {
+                    Ok(AdminResponse::Producer { producer_id, epoch })
+                }
+                InitOutcome::Unknown | InitOutcome::Exhausted => Err(BrokerError::new(
                     ErrorCode::UnknownProducer,
                     format!(
-                        "producer id {} was not issued by this broker (or its epochs are exhausted); ask for a new one",
-                        producer_id.unwrap_or_default()
+                        "producer id {id} was not issued by this broker (or its epochs are exhausted); ask for a new one"
                     ),
                 )),
+                InitOutcome::NotOwned => {
+                    tracing::warn!(target: "strongbox::audit", principal = %ctx.principal, producer_id = id, "producer id refused");
+                    state.audit.record(
+                        AuditEvent::denied(AuditAction::ProducerDeny, format!("producer:{id}"))
+                            .principal(&ctx.principal)
+                            .detail("producer_id", id)
+                            .detail("reason", "not_owned"),
+                    );
+                    Err(BrokerError::new(
+                        ErrorCode::ProducerNotOwned,
+                        format!(
+                            "producer id {id} was issued to another principal; ask for a new one (InitProducer without an id)"
+                        ),
+                    ))
+                }
             }
         }
         AdminRequest::KeyStatus { topic } => {

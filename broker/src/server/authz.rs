@@ -2,7 +2,7 @@
 //! logged and recorded in the audit trail.
 
 use strongbox_protocol::ErrorCode;
-use strongbox_protocol::frames::admin_types::Operations;
+use strongbox_protocol::frames::admin_types::{AclEffect, Operations};
 
 use crate::acl::{AclCache, DecisionReason};
 use crate::audit::{AuditAction, AuditEvent, topic_resource};
@@ -63,6 +63,47 @@ impl Authorizer {
         let now = now_ms();
         internal_topic_denial(self.cache.principal(), op, topic).is_none()
             && (self.cache.check(op, topic, now).allowed || self.implied(op, topic, now))
+    }
+
+    /// Allows `InitProducer`: a producer id is only for a principal that
+    /// holds `publish` on at least one topic, one of `existing` or a name
+    /// that an allow rule's pattern covers. A refusal is counted, logged
+    /// and audited like any denial.
+    ///
+    /// # Errors
+    ///
+    /// `not_authorized` naming the missing permission.
+    pub fn check_publish_anywhere(
+        &mut self,
+        existing: impl IntoIterator<Item = String>,
+    ) -> Result<(), BrokerError> {
+        let snapshot = self.ctx.acl().snapshot();
+        if snapshot.is_superuser(self.cache.principal()) {
+            return Ok(());
+        }
+        // A pattern's prefix stands for the names it covers: a deny rule
+        // that covers the prefix covers every name the allow rule does.
+        let from_rules: Vec<String> = snapshot
+            .rules()
+            .filter(|r| r.effect == AclEffect::Allow && r.operations.contains(Operations::PUBLISH))
+            .map(|r| r.topic.strip_suffix('*').unwrap_or(&r.topic).to_owned())
+            .collect();
+        if existing
+            .into_iter()
+            .chain(from_rules)
+            .any(|topic| self.allows(Operations::PUBLISH, &topic))
+        {
+            return Ok(());
+        }
+        let principal = self.cache.principal().to_owned();
+        Err(self.deny(
+            Operations::PUBLISH,
+            "*",
+            "no_publish_anywhere",
+            format!(
+                "not authorized: {principal} may not publish to any topic, so it may not hold a producer id"
+            ),
+        ))
     }
 
     /// See [`describe_implied`].
@@ -140,7 +181,7 @@ fn resource_of(topic: &str) -> String {
 mod tests {
     use super::*;
     use crate::acl::Acl;
-    use strongbox_protocol::frames::admin_types::{AclEffect, AclRule};
+    use strongbox_protocol::frames::admin_types::AclRule;
 
     fn rule(principal: &str, topic: &str, ops: Operations, effect: AclEffect) -> AclRule {
         AclRule {

@@ -24,7 +24,7 @@ use tracing::Instrument;
 use crate::acl::Acl;
 use crate::endpoint::AcceptedConnection;
 use crate::server::BrokerState;
-use crate::server::stream_io::{FrameReader, FrameWriter};
+use crate::server::stream_io::{FrameReader, FrameWriter, end_with_error};
 
 /// What every stream handler of a connection knows.
 #[derive(Debug, Clone)]
@@ -131,9 +131,7 @@ async fn serve_inner(
     };
     if let Err(v) = outcome {
         tracing::info!(code = %v.code, reason = %v.message, "handshake refused");
-        let _ = writer.send(&v.to_frame()).await;
-        let _ = writer.finish();
-        connection.close(close_code(v.code), v.message.as_bytes());
+        close_with_error(&connection, &mut reader, &mut writer, v.code, &v.message).await;
         return;
     }
     let peer_max = control
@@ -178,7 +176,6 @@ async fn serve_inner(
                     },
                 };
                 if let Err(v) = result {
-                    let _ = writer.send(&v.to_frame()).await;
                     ended = Some((v.code, v.message));
                     break;
                 }
@@ -226,10 +223,11 @@ async fn serve_inner(
 
     if let Some((code, reason)) = ended {
         // A violation, a timeout or a revoked certificate: nothing more is
-        // served on this connection.
+        // served on this connection. The client learns why from the Error
+        // frame and from the close itself.
         tracing::info!(code = %code, reason = %reason, "connection ended");
-        connection.close(close_code(code), reason.as_bytes());
         streams.abort_all();
+        close_with_error(&connection, &mut reader, &mut writer, code, &reason).await;
         return;
     }
     // Let the stream tasks finish what they accepted (they watch the same
@@ -242,16 +240,49 @@ async fn serve_inner(
     if drained.is_err() {
         streams.abort_all();
     }
-    if *shutdown.borrow() {
-        control.close(Some(ErrorCode::ShuttingDown), "the broker is shutting down");
+    let (code, reason) = if *shutdown.borrow() {
+        (Some(ErrorCode::ShuttingDown), "the broker is shutting down")
     } else {
-        control.close(None, "goodbye");
-    }
+        (None, "goodbye")
+    };
+    control.close(code, reason);
     while let Some(frame) = control.poll_transmit() {
         let _ = writer.send(&frame).await;
     }
-    let _ = writer.finish();
-    connection.close(VarInt::from_u32(0), b"goodbye");
+    // The Goodbye (if the client has not said its own) reaches the client
+    // before the close, which carries the same code.
+    writer.finish_delivered(DELIVERY_WAIT).await;
+    connection.close(
+        code.map_or(VarInt::from_u32(0), close_code),
+        reason.as_bytes(),
+    );
+}
+
+/// How long the broker waits for the client to acknowledge its last frames
+/// (an `Error`, a `Goodbye`) before it closes the connection anyway.
+pub const DELIVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Ends the connection because of `code`: `Error` on the control stream,
+/// which the broker finishes and waits (at most [`DELIVERY_WAIT`]) to see
+/// acknowledged, so closing does not discard it; then CONNECTION_CLOSE with
+/// the same code and the reason, for a client that is not reading.
+async fn close_with_error(
+    connection: &quinn::Connection,
+    reader: &mut FrameReader,
+    writer: &mut FrameWriter,
+    code: ErrorCode,
+    reason: &str,
+) {
+    reader.stop(code);
+    let frame = Frame::Error(strongbox_protocol::frames::control::ErrorFrame::new(
+        0,
+        code,
+        reason.to_owned(),
+    ));
+    if writer.send(&frame).await.is_ok() {
+        writer.finish_delivered(DELIVERY_WAIT).await;
+    }
+    connection.close(close_code(code), reason.as_bytes());
 }
 
 /// How often a connection looks for a CRL change.
@@ -297,10 +328,7 @@ async fn serve_stream(ctx: ConnCtx, send: quinn::SendStream, recv: quinn::RecvSt
         Ok(None) => return,
         Err(e) => {
             if let Some(code) = e.code() {
-                let v = Violation::new(code, e.to_string());
-                let _ = writer.send(&v.to_frame()).await;
-                let _ = writer.finish();
-                reader.stop(code);
+                end_with_error(&mut writer, &mut reader, code, &e.to_string()).await;
             }
             return;
         }
@@ -310,16 +338,17 @@ async fn serve_stream(ctx: ConnCtx, send: quinn::SendStream, recv: quinn::RecvSt
         Frame::Subscribe(_) => crate::server::subscribe::serve(ctx, first, reader, writer).await,
         Frame::Request(request) => crate::server::admin::serve(ctx, request, reader, writer).await,
         other => {
-            let v = Violation::new(
-                ErrorCode::ProtocolViolation,
-                format!(
-                    "a stream must start with Produce, Subscribe or an admin request, not {}",
-                    other.frame_type().name()
-                ),
+            let message = format!(
+                "a stream must start with Produce, Subscribe or an admin request, not {}",
+                other.frame_type().name()
             );
-            let _ = writer.send(&v.to_frame()).await;
-            let _ = writer.finish();
-            reader.stop(v.code);
+            end_with_error(
+                &mut writer,
+                &mut reader,
+                ErrorCode::ProtocolViolation,
+                &message,
+            )
+            .await;
         }
     }
 }

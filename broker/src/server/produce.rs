@@ -17,18 +17,32 @@ use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesOrdered, StreamExt};
 use strongbox_protocol::DecodeError;
 use strongbox_protocol::ErrorCode;
-use strongbox_protocol::batch::RecordBatch;
+use strongbox_protocol::batch::{ProducerStamp, RecordBatch};
 use strongbox_protocol::frame::Frame;
 use strongbox_protocol::frames::admin_types::Operations;
 use strongbox_protocol::frames::produce::{Produce, ProduceAck};
 use strongbox_protocol::session::produce::{BrokerProducerStream, ProduceOutcome, ProduceRequest};
 
+use crate::audit::{AuditAction, AuditEvent, topic_resource};
 use crate::server::authz::Authorizer;
 use crate::server::connection::ConnCtx;
 use crate::server::error::BrokerError;
-use crate::server::stream_io::{FrameReader, FrameWriter};
+use crate::server::stream_io::{FrameReader, FrameWriter, end_with_error};
 
 /// Serves a producer stream whose first frame is `first`.
+///
+/// Reading, appending and answering go on side by side: answers are queued
+/// in request order and written as the client's flow control allows, while
+/// the stream keeps reading. A `Produce` counts as in flight from when it
+/// is read until its answer is queued, so a client that sends more than
+/// `max_in_flight` without reading the answers meets `limit_exceeded`
+/// instead of silently stalling the broker's reads.
+///
+/// However the stream ends (the client finishes, a violation, shutdown),
+/// every batch read before that point is answered first: a stored batch is
+/// never left unacknowledged. A violation is then reported with `Error`
+/// (correlation id 0) and the stream is finished, never reset, so the
+/// `Error` is not discarded in flight.
 pub async fn serve(ctx: ConnCtx, first: Frame, mut reader: FrameReader, mut writer: FrameWriter) {
     let listener = &ctx.state.config.listener;
     let mut session = BrokerProducerStream::new(listener.max_in_flight, listener.max_batch_size);
@@ -37,50 +51,13 @@ pub async fn serve(ctx: ConnCtx, first: Frame, mut reader: FrameReader, mut writ
     let mut shutdown = ctx.shutdown.clone();
     let mut next = Some(first);
     let mut reading = true;
+    // The stream-level error to report once everything read is answered.
+    let mut violation: Option<(ErrorCode, String)> = None;
+    // The answer being written: its request stays in flight (counted against
+    // `max_in_flight`) until QUIC has taken the whole frame.
+    let mut writing: Option<ProduceOutcome> = None;
     loop {
-        let frame = match next.take() {
-            Some(frame) => Some(frame),
-            None => tokio::select! {
-                biased;
-                Some(outcome) = pending.next(), if !pending.is_empty() => {
-                    match session.answer(outcome) {
-                        Ok(frame) => {
-                            if writer.send(&frame).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(v) => {
-                            tracing::error!(error = %v, "producer answers out of order");
-                            writer.reset(ErrorCode::Internal);
-                            return;
-                        }
-                    }
-                    None
-                }
-                () = crate::server::stopped(&mut shutdown), if reading => {
-                    reading = false;
-                    reader.stop(ErrorCode::ShuttingDown);
-                    None
-                }
-                read = reader.next(), if reading => match read {
-                    Ok(Some(frame)) => Some(frame),
-                    Ok(None) => {
-                        reading = false;
-                        None
-                    }
-                    Err(e) => {
-                        if let Some(code) = e.code() {
-                            let error = BrokerError::new(code, e.to_string()).to_frame(0);
-                            let _ = writer.send(&Frame::Error(error)).await;
-                            writer.reset(code);
-                        }
-                        return;
-                    }
-                },
-                else => break,
-            },
-        };
-        if let Some(frame) = frame {
+        if let Some(frame) = next.take() {
             match session.handle_frame(frame) {
                 Ok(ProduceRequest::Append(produce)) => {
                     pending.push_back(start(&ctx, &mut authz, produce).await);
@@ -91,16 +68,66 @@ pub async fn serve(ctx: ConnCtx, first: Frame, mut reader: FrameReader, mut writ
                 }
                 Err(v) => {
                     tracing::info!(code = %v.code, reason = %v.message, "producer stream violation");
-                    let _ = writer.send(&v.to_frame()).await;
-                    writer.reset(v.code);
+                    reading = false;
                     reader.stop(v.code);
-                    return;
+                    violation = Some((v.code, v.message));
                 }
             }
         }
-        if !reading && pending.is_empty() {
+        if !writer.has_queued()
+            && let Some(outcome) = writing.take()
+            && let Err(v) = session.answer(outcome)
+        {
+            tracing::error!(error = %v, "producer answers out of order");
+            writer.reset(ErrorCode::Internal);
+            return;
+        }
+        if !reading && pending.is_empty() && writing.is_none() {
             break;
         }
+        tokio::select! {
+            biased;
+            written = writer.write_queued(), if writer.has_queued() => {
+                if written.is_err() {
+                    return; // the client stopped the stream or the connection is gone
+                }
+            }
+            // One answer at a time, so a client that does not read its
+            // answers leaves its requests in flight, where they count.
+            Some(outcome) = pending.next(), if writing.is_none() => {
+                let frame = match &outcome {
+                    ProduceOutcome::Acked(ack) => Frame::ProduceAck(*ack),
+                    ProduceOutcome::Failed(error) => Frame::Error(error.clone()),
+                };
+                if let Err(e) = writer.queue(&frame) {
+                    tracing::error!(error = %e, "cannot encode a Produce answer");
+                    writer.reset(ErrorCode::Internal);
+                    return;
+                }
+                writing = Some(outcome);
+            }
+            () = crate::server::stopped(&mut shutdown), if reading => {
+                reading = false;
+                reader.stop(ErrorCode::ShuttingDown);
+            }
+            read = reader.next(), if reading => match read {
+                Ok(Some(frame)) => next = Some(frame),
+                Ok(None) => reading = false,
+                Err(e) => match e.code() {
+                    Some(code) => {
+                        tracing::info!(code = %code, reason = %e, "producer stream violation");
+                        reading = false;
+                        reader.stop(code);
+                        violation = Some((code, e.to_string()));
+                    }
+                    None => return, // the connection is gone
+                },
+            },
+        }
+    }
+    if let Some((code, message)) = violation {
+        end_with_error(&mut writer, &mut reader, code, &message).await;
+        return;
     }
     // The last acknowledgements must reach the client before the connection
     // closes (on shutdown it closes right after the streams end).
@@ -168,25 +195,75 @@ async fn write(
     let bytes = produce.batch.len() as u64;
     let batch = RecordBatch::parse(produce.batch).map_err(batch_error)?;
     let min_epoch = match batch.header().producer {
-        Some(stamp) => ctx
-            .state
-            .producer_epochs
-            .current(&ctx.state.meta, stamp.producer_id)
-            .map_err(|e| BrokerError::internal("reading producer state", e))?
-            .ok_or_else(|| {
-                BrokerError::new(
-                    ErrorCode::UnknownProducer,
-                    format!(
-                        "producer id {} was not issued by this broker",
-                        stamp.producer_id
-                    ),
-                )
-            })?,
+        Some(stamp) => issued_epoch(ctx, &produce.topic, &stamp)?,
         None => 0,
     };
     let records = u64::from(batch.record_count());
     let pending = partition.begin_append(&batch, min_epoch).await?;
     Ok((pending, records, bytes))
+}
+
+/// The current epoch of the producer id a batch is stamped with, after
+/// checking that the connection's principal owns the id and that the epoch
+/// was issued. A refusal is audited.
+fn issued_epoch(ctx: &ConnCtx, topic: &str, stamp: &ProducerStamp) -> Result<u16, BrokerError> {
+    let issued = ctx
+        .state
+        .producer_epochs
+        .current(&ctx.state.meta, stamp.producer_id)
+        .map_err(|e| BrokerError::internal("reading producer state", e))?
+        .ok_or_else(|| {
+            BrokerError::new(
+                ErrorCode::UnknownProducer,
+                format!(
+                    "producer id {} was not issued by this broker; call InitProducer for a new one",
+                    stamp.producer_id
+                ),
+            )
+        })?;
+    let refusal = if !issued.is_owned_by(&ctx.principal) {
+        Some((
+            ErrorCode::ProducerNotOwned,
+            "not_owned",
+            format!(
+                "producer id {} was issued to another principal; call InitProducer for an id of your own",
+                stamp.producer_id
+            ),
+        ))
+    } else if stamp.epoch > issued.epoch {
+        Some((
+            ErrorCode::InvalidProducerEpoch,
+            "epoch_not_issued",
+            format!(
+                "producer id {} has epoch {}; epoch {} was never issued (InitProducer issues epochs)",
+                stamp.producer_id, issued.epoch, stamp.epoch
+            ),
+        ))
+    } else {
+        None
+    };
+    match refusal {
+        None => Ok(issued.epoch),
+        Some((code, reason, message)) => {
+            tracing::warn!(
+                target: "strongbox::audit",
+                principal = %ctx.principal,
+                producer_id = stamp.producer_id,
+                epoch = stamp.epoch,
+                topic,
+                reason,
+                "producer id refused"
+            );
+            ctx.state.audit.record(
+                AuditEvent::denied(AuditAction::ProducerDeny, topic_resource(topic))
+                    .principal(ctx.principal.clone())
+                    .detail("producer_id", stamp.producer_id)
+                    .detail("epoch", stamp.epoch)
+                    .detail("reason", reason),
+            );
+            Err(BrokerError::new(code, message))
+        }
+    }
 }
 
 fn batch_error(e: DecodeError) -> BrokerError {

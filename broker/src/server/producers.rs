@@ -299,11 +299,47 @@ mod tests {
     }
 }
 
-/// Producer ids and their current epochs, from the metadata store with an
-/// in-memory cache (the check runs on every stamped batch).
+/// A producer id as issued: its current epoch and its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedProducer {
+    /// The newest epoch `InitProducer` issued.
+    pub epoch: u16,
+    /// The principal that obtained it; `None` for an id stored before ids
+    /// were bound to principals, which nobody may use.
+    pub principal: Option<String>,
+}
+
+impl IssuedProducer {
+    /// True when `principal` may write with this id.
+    pub fn is_owned_by(&self, principal: &str) -> bool {
+        self.principal.as_deref() == Some(principal)
+    }
+}
+
+/// What `InitProducer` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitOutcome {
+    /// A new id (epoch 0) or a resumed one with its epoch bumped.
+    Issued {
+        /// The producer id.
+        producer_id: u64,
+        /// Its epoch now.
+        epoch: u16,
+    },
+    /// The id to resume was never issued.
+    Unknown,
+    /// The id to resume belongs to another principal (or to nobody); it was
+    /// left alone, so its owner is not fenced.
+    NotOwned,
+    /// The id's epochs are used up; ask for a new id.
+    Exhausted,
+}
+
+/// Producer ids, their current epochs and owners, from the metadata store
+/// with an in-memory cache (the check runs on every stamped batch).
 #[derive(Debug, Default)]
 pub struct ProducerEpochs {
-    cache: std::sync::Mutex<HashMap<u64, u16>>,
+    cache: std::sync::Mutex<HashMap<u64, IssuedProducer>>,
 }
 
 impl ProducerEpochs {
@@ -312,15 +348,15 @@ impl ProducerEpochs {
         Self::default()
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u16>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<u64, IssuedProducer>> {
         // Entries are plain values: a poisoned map is still usable.
         self.cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The current epoch of `producer_id`, or `None` when the broker never
-    /// issued that id.
+    /// The current epoch and owner of `producer_id`, or `None` when the
+    /// broker never issued that id.
     ///
     /// # Errors
     ///
@@ -329,39 +365,47 @@ impl ProducerEpochs {
         &self,
         meta: &strongbox_storage::meta::MetaStore,
         producer_id: u64,
-    ) -> Result<Option<u16>, strongbox_storage::meta::MetaError> {
-        if let Some(epoch) = self.cache().get(&producer_id) {
-            return Ok(Some(*epoch));
+    ) -> Result<Option<IssuedProducer>, strongbox_storage::meta::MetaError> {
+        if let Some(issued) = self.cache().get(&producer_id) {
+            return Ok(Some(issued.clone()));
         }
         let stored = meta.read(|view| view.producer(producer_id))?;
-        if let Some(record) = stored {
-            self.cache().insert(producer_id, record.epoch);
+        let issued = stored.map(|record| IssuedProducer {
+            epoch: record.epoch,
+            principal: record.principal,
+        });
+        if let Some(issued) = &issued {
+            self.cache().insert(producer_id, issued.clone());
         }
-        Ok(stored.map(|r| r.epoch))
+        Ok(issued)
     }
 
-    /// Issues a new producer id with epoch 0, or bumps the epoch of
-    /// `existing` (fencing older instances). Durable before it returns.
+    /// Issues a new producer id with epoch 0 bound to `principal`, or bumps
+    /// the epoch of `existing` (fencing older instances) when `principal`
+    /// owns it. Durable before it returns.
     ///
     /// # Errors
     ///
-    /// The metadata store cannot be written; `Ok(None)` when `existing` was
-    /// never issued or its epoch cannot grow further.
+    /// The metadata store cannot be written.
     pub fn init(
         &self,
         meta: &strongbox_storage::meta::MetaStore,
         existing: Option<u64>,
+        principal: &str,
         now_ms: i64,
-    ) -> Result<Option<(u64, u16)>, strongbox_storage::meta::MetaError> {
-        let issued = meta.write(|batch| -> Result<_, strongbox_storage::meta::MetaError> {
+    ) -> Result<InitOutcome, strongbox_storage::meta::MetaError> {
+        let outcome = meta.write(|batch| -> Result<_, strongbox_storage::meta::MetaError> {
             let (id, epoch) = match existing {
                 None => (batch.allocate_producer_id()?, 0),
                 Some(id) => match batch.producer(id)? {
+                    None => return Ok(InitOutcome::Unknown),
+                    Some(record) if record.principal.as_deref() != Some(principal) => {
+                        return Ok(InitOutcome::NotOwned);
+                    }
                     Some(record) => match record.epoch.checked_add(1) {
                         Some(epoch) => (id, epoch),
-                        None => return Ok(None),
+                        None => return Ok(InitOutcome::Exhausted),
                     },
-                    None => return Ok(None),
                 },
             };
             batch.put_producer(
@@ -369,13 +413,114 @@ impl ProducerEpochs {
                 &strongbox_storage::meta::ProducerRecord {
                     epoch,
                     updated_at: now_ms,
+                    principal: Some(principal.to_owned()),
                 },
             )?;
-            Ok(Some((id, epoch)))
+            Ok(InitOutcome::Issued {
+                producer_id: id,
+                epoch,
+            })
         })?;
-        if let Some((id, epoch)) = issued {
-            self.cache().insert(id, epoch);
+        if let InitOutcome::Issued { producer_id, epoch } = outcome {
+            self.cache().insert(
+                producer_id,
+                IssuedProducer {
+                    epoch,
+                    principal: Some(principal.to_owned()),
+                },
+            );
         }
-        Ok(issued)
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod binding_tests {
+    use super::*;
+    use strongbox_storage::meta::MetaStore;
+
+    #[test]
+    fn producer_ids_stay_bound_to_the_principal_that_obtained_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("meta.redb");
+        let (id, first) = {
+            let meta = MetaStore::open(&path).expect("open");
+            let epochs = ProducerEpochs::new();
+            let InitOutcome::Issued { producer_id, epoch } =
+                epochs.init(&meta, None, "alice", 1).expect("init")
+            else {
+                panic!("no id issued");
+            };
+            assert_eq!(epoch, 0);
+            // Another principal may not resume it, and trying does not
+            // fence its owner.
+            assert_eq!(
+                epochs
+                    .init(&meta, Some(producer_id), "mallory", 2)
+                    .expect("init"),
+                InitOutcome::NotOwned
+            );
+            let issued = epochs
+                .current(&meta, producer_id)
+                .expect("read")
+                .expect("known");
+            assert_eq!(issued.epoch, 0);
+            assert!(issued.is_owned_by("alice"));
+            assert!(!issued.is_owned_by("mallory"));
+            // Its owner may.
+            assert_eq!(
+                epochs
+                    .init(&meta, Some(producer_id), "alice", 3)
+                    .expect("init"),
+                InitOutcome::Issued {
+                    producer_id,
+                    epoch: 1
+                }
+            );
+            assert_eq!(
+                epochs
+                    .init(&meta, Some(producer_id + 100), "alice", 4)
+                    .expect("init"),
+                InitOutcome::Unknown
+            );
+            (producer_id, 1)
+        };
+        // The binding is durable: a restarted broker (fresh cache) knows it.
+        let meta = MetaStore::open(&path).expect("reopen");
+        let epochs = ProducerEpochs::new();
+        let issued = epochs.current(&meta, id).expect("read").expect("known");
+        assert_eq!(issued.epoch, first);
+        assert_eq!(issued.principal.as_deref(), Some("alice"));
+        assert_eq!(
+            epochs.init(&meta, Some(id), "mallory", 5).expect("init"),
+            InitOutcome::NotOwned
+        );
+    }
+
+    #[test]
+    fn an_id_stored_without_an_owner_belongs_to_nobody() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = MetaStore::open(dir.path().join("meta.redb")).expect("open");
+        let id = meta
+            .write(|tx| {
+                let id = tx.allocate_producer_id()?;
+                tx.put_producer(
+                    id,
+                    &strongbox_storage::meta::ProducerRecord {
+                        epoch: 3,
+                        updated_at: 0,
+                        principal: None,
+                    },
+                )?;
+                Ok::<_, strongbox_storage::meta::MetaError>(id)
+            })
+            .expect("write");
+        let epochs = ProducerEpochs::new();
+        let issued = epochs.current(&meta, id).expect("read").expect("known");
+        assert!(!issued.is_owned_by("alice"));
+        assert_eq!(
+            epochs.init(&meta, Some(id), "alice", 1).expect("init"),
+            InitOutcome::NotOwned
+        );
     }
 }

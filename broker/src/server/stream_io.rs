@@ -104,6 +104,8 @@ impl FrameReader {
 pub struct FrameWriter {
     send: SendStream,
     buf: BytesMut,
+    /// Encoded frames waiting for [`FrameWriter::write_queued`].
+    queued: BytesMut,
     max_frame_size: u32,
 }
 
@@ -113,8 +115,60 @@ impl FrameWriter {
         Self {
             send,
             buf: BytesMut::with_capacity(16 * 1024),
+            queued: BytesMut::new(),
             max_frame_size,
         }
+    }
+
+    /// The largest frame the peer accepts.
+    pub fn max_frame_size(&self) -> u32 {
+        self.max_frame_size
+    }
+
+    /// Encodes `frame` behind what is already queued; nothing is written
+    /// until [`FrameWriter::write_queued`].
+    ///
+    /// # Errors
+    ///
+    /// [`StreamError::Encode`] when the frame does not fit the peer's limit.
+    pub fn queue(&mut self, frame: &Frame) -> Result<(), StreamError> {
+        frame.encode(&mut self.queued, self.max_frame_size)?;
+        Ok(())
+    }
+
+    /// True while queued bytes wait to be written.
+    pub fn has_queued(&self) -> bool {
+        !self.queued.is_empty()
+    }
+
+    /// Writes as much of the queue as the stream takes now (at least one
+    /// byte). Cancel-safe: when the future is dropped before it completes,
+    /// nothing was written, so a caller may `select!` on it while it goes
+    /// on reading (a peer that does not read cannot stop the broker from
+    /// reading, and so from noticing what the peer sends meanwhile).
+    ///
+    /// # Errors
+    ///
+    /// A transport failure.
+    pub async fn write_queued(&mut self) -> Result<(), StreamError> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let written = self.send.write(&self.queued).await?;
+        bytes::Buf::advance(&mut self.queued, written);
+        Ok(())
+    }
+
+    /// Writes the whole queue.
+    ///
+    /// # Errors
+    ///
+    /// A transport failure.
+    pub async fn flush_queued(&mut self) -> Result<(), StreamError> {
+        while self.has_queued() {
+            self.write_queued().await?;
+        }
+        Ok(())
     }
 
     /// Changes the limit (after the handshake).
@@ -158,10 +212,33 @@ impl FrameWriter {
     /// Finishes the stream and waits, at most `limit`, until the peer has
     /// received everything written (or stopped the stream). Closing the
     /// connection discards data not yet sent, so a handler whose last
-    /// frames matter (acknowledgements on shutdown) waits here first.
+    /// frames matter (acknowledgements and `SubscriptionEnd` on shutdown,
+    /// the `Error` before a connection closes) waits here first.
     pub async fn finish_delivered(&mut self, limit: std::time::Duration) {
         if self.send.finish().is_ok() {
             let _ = tokio::time::timeout(limit, self.send.stopped()).await;
         }
     }
+}
+
+/// Ends a stream because of an error, the one way docs/PROTOCOL.md
+/// ("Ending a stream with an error") specifies: `Error` with correlation id
+/// 0 carrying `code`, then the broker finishes its send side, so the `Error`
+/// is delivered reliably (a reset would let QUIC discard it), and stops the
+/// client's send side with `code` (STOP_SENDING), so the client learns the
+/// code even while it is only writing.
+pub async fn end_with_error(
+    writer: &mut FrameWriter,
+    reader: &mut FrameReader,
+    code: ErrorCode,
+    message: &str,
+) {
+    reader.stop(code);
+    let frame = Frame::Error(strongbox_protocol::frames::control::ErrorFrame::new(
+        0,
+        code,
+        message.to_owned(),
+    ));
+    let _ = writer.send(&frame).await;
+    let _ = writer.finish();
 }

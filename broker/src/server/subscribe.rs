@@ -14,11 +14,11 @@ use std::time::Instant;
 
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::batch::parse_header;
-use strongbox_protocol::frame::{FRAME_HEADER_LEN, Frame};
+use strongbox_protocol::frame::Frame;
 use strongbox_protocol::frames::admin_types::Operations;
 use strongbox_protocol::frames::subscribe::{
-    AssignedPartition, Assignment, Commit, OffsetBatch, Records, StartPosition, Subscribe,
-    SubscriptionTarget,
+    AssignedPartition, Assignment, Commit, OffsetBatch, RECORDS_FRAMING, RECORDS_PER_BATCH_FRAMING,
+    Records, StartPosition, Subscribe, SubscriptionTarget,
 };
 use strongbox_protocol::session::subscribe::{BrokerSubscription, SubscriptionRequest};
 use tokio::sync::watch;
@@ -28,7 +28,7 @@ use crate::server::connection::ConnCtx;
 use crate::server::error::BrokerError;
 use crate::server::groups::{MemberAssignment, Membership};
 use crate::server::partition::Partition;
-use crate::server::stream_io::{FrameReader, FrameWriter};
+use crate::server::stream_io::{FrameReader, FrameWriter, end_with_error};
 use crate::server::topics::Topic;
 
 /// Most bytes of batches read for one `Records` frame.
@@ -44,11 +44,15 @@ struct Cursor {
 }
 
 /// Serves a subscription stream whose first frame is `first`.
-pub async fn serve(ctx: ConnCtx, first: Frame, reader: FrameReader, writer: FrameWriter) {
+pub async fn serve(ctx: ConnCtx, first: Frame, mut reader: FrameReader, mut writer: FrameWriter) {
     let mut session = BrokerSubscription::new();
     let subscribe = match session.handle_frame(first) {
         Ok(SubscriptionRequest::Open(s)) => s,
-        Ok(_) | Err(_) => return,
+        Ok(_) => return,
+        Err(v) => {
+            end_with_error(&mut writer, &mut reader, v.code, &v.message).await;
+            return;
+        }
     };
     // Held until this task ends, even when it is aborted with its
     // connection: the gauge never counts a subscription that is gone.
@@ -64,17 +68,26 @@ pub async fn serve(ctx: ConnCtx, first: Frame, reader: FrameReader, writer: Fram
         cursors: BTreeMap::new(),
         round_robin: 0,
         start: subscribe.start,
-        generation: 0,
+        generation: None,
     };
     let end = match sub.open(&subscribe).await {
         Ok(()) => sub.run().await,
         Err(e) => Err(e),
     };
-    if let Err(e) = end {
-        let frame = sub.session.fail(e.code, e.message);
-        let _ = sub.writer.send(&frame).await;
+    match end {
+        Err(e) => {
+            sub.session.fail(e.code, e.message.clone());
+            end_with_error(&mut sub.writer, &mut sub.reader, e.code, &e.message).await;
+        }
+        // `SubscriptionEnd` is the last frame, and on shutdown the
+        // connection closes right after the streams end: wait until the
+        // client has it.
+        Ok(()) => {
+            sub.writer
+                .finish_delivered(ctx.state.config.listener.shutdown_grace.0)
+                .await;
+        }
     }
-    let _ = sub.writer.finish();
 }
 
 struct Subscription {
@@ -88,7 +101,8 @@ struct Subscription {
     cursors: BTreeMap<u32, Cursor>,
     round_robin: usize,
     start: StartPosition,
-    generation: u32,
+    /// The generation of the assignment in force; `None` before the first.
+    generation: Option<u32>,
 }
 
 /// How a subscription ended without an error.
@@ -110,8 +124,10 @@ impl Subscription {
         match &subscribe.target {
             SubscriptionTarget::Partition(p) => {
                 let partition = topic.partition(*p)?.clone();
+                // A single-partition subscription never rebalances: its one
+                // assignment has generation 0.
                 self.assign(MemberAssignment {
-                    generation: 1,
+                    generation: 0,
                     partitions: vec![partition.index],
                 })
                 .await
@@ -140,8 +156,12 @@ impl Subscription {
                 "subscription without topic",
             ));
         };
-        if assignment.generation <= self.generation {
+        if self.generation.is_some_and(|g| assignment.generation <= g) {
             // Already applied (a watch can report the value it started with).
+            return Ok(());
+        }
+        if self.session.is_unsubscribed() {
+            // The client is leaving; a rebalance no longer concerns it.
             return Ok(());
         }
         let mut cursors = BTreeMap::new();
@@ -164,9 +184,9 @@ impl Subscription {
             );
         }
         self.cursors = cursors;
-        self.generation = assignment.generation;
+        self.generation = Some(assignment.generation);
         let frame = self.session.assign(Assignment {
-            generation: self.generation,
+            generation: assignment.generation,
             partitions: self
                 .cursors
                 .iter()
@@ -246,7 +266,9 @@ impl Subscription {
                             break ended;
                         }
                     }
-                    Ok(None) => break Ended::ClientGone,
+                    // The client finished its send side, after Unsubscribe
+                    // or instead of it: either way a normal end.
+                    Ok(None) => break Ended::Unsubscribed,
                     Err(e) => match e.code() {
                         Some(code) => return Err(BrokerError::new(code, e.to_string())),
                         None => break Ended::ClientGone,
@@ -258,11 +280,20 @@ impl Subscription {
                         self.assign(assignment).await?;
                     }
                 }
-                () = crate::server::stopped(&mut shutdown) => break Ended::ShuttingDown,
+                () = crate::server::stopped(&mut shutdown) => {
+                    break if self.session.is_unsubscribed() {
+                        Ended::Unsubscribed
+                    } else {
+                        Ended::ShuttingDown
+                    };
+                }
             }
         };
         let frame = match ended {
-            Ended::Unsubscribed => self.session.end(None, "unsubscribed"),
+            Ended::Unsubscribed => match self.session.client_finished() {
+                Some(frame) => frame,
+                None => return Ok(()),
+            },
             Ended::ShuttingDown => self
                 .session
                 .end(Some(ErrorCode::ShuttingDown), "the broker is shutting down"),
@@ -288,7 +319,10 @@ impl Subscription {
                 self.send(&frame).await?;
                 Ok(None)
             }
-            Ok(SubscriptionRequest::Unsubscribe) => Ok(Some(Ended::Unsubscribed)),
+            // Records stop now (the session allows none); the end comes
+            // with the client's finish, and any frame before it is a
+            // violation.
+            Ok(SubscriptionRequest::Unsubscribe) => Ok(None),
             Ok(SubscriptionRequest::Open(_)) => Err(BrokerError::new(
                 ErrorCode::UnexpectedFrame,
                 "Subscribe on an open subscription",
@@ -384,7 +418,32 @@ impl Subscription {
             let mut bytes = 0u64;
             let mut out = Vec::with_capacity(batches.len());
             let mut next = cursor.next;
+            // The frame must fit the client's max_frame_size: take batches
+            // while they do (a batch is never split; the rest comes in the
+            // next frame).
+            let max_length = u64::from(self.writer.max_frame_size());
+            let mut length = u64::from(RECORDS_FRAMING - RECORDS_PER_BATCH_FRAMING);
             for (base, batch) in batches {
+                let grown = length
+                    .saturating_add(u64::from(RECORDS_PER_BATCH_FRAMING))
+                    .saturating_add(batch.len() as u64);
+                if grown > max_length {
+                    if out.is_empty() {
+                        // Only a batch stored under a larger max_batch_size
+                        // than the broker has now can get here: the
+                        // handshake refuses a client too small for that.
+                        return Err(BrokerError::new(
+                            ErrorCode::FrameTooLarge,
+                            format!(
+                                "{}/{index}: the batch at offset {base} is {} bytes, more than a Records frame within your max_frame_size {max_length} can carry; reconnect with a larger max_frame_size",
+                                partition.topic,
+                                batch.len()
+                            ),
+                        ));
+                    }
+                    break;
+                }
+                length = grown;
                 let header = parse_header(&batch).map_err(|e| {
                     BrokerError::new(
                         ErrorCode::PartitionUnavailable,
@@ -428,11 +487,11 @@ impl Subscription {
     }
 
     /// Bytes of batches to read for the next frame: what the credit allows,
-    /// capped by the frame limits.
+    /// capped by the frame limits (the frame is cut to fit exactly when it
+    /// is built).
     fn frame_budget(&self) -> usize {
         let credit = usize::try_from(self.session.remaining_credit().max(1)).unwrap_or(usize::MAX);
-        let frame_cap =
-            (self.ctx.peer_max_frame_size as usize).saturating_sub(FRAME_HEADER_LEN + 1024);
+        let frame_cap = self.writer.max_frame_size() as usize;
         credit.min(MAX_RECORDS_FRAME).min(frame_cap.max(1))
     }
 }

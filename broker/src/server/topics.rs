@@ -192,12 +192,18 @@ pub fn resolve_config(
     config
         .segment_ms
         .get_or_insert(u64::try_from(defaults.segment_age.0.as_millis()).unwrap_or(u64::MAX));
-    if config.retention_ms.is_none() {
-        config.retention_ms = defaults.retention.as_millis();
-    }
-    if config.retention_bytes.is_none() {
-        config.retention_bytes = defaults.retention_bytes;
-    }
+    // Absent: the broker's default. 0: no limit, stored (and described) as
+    // absent. docs/PROTOCOL.md, "TopicConfig".
+    config.retention_ms = match config.retention_ms {
+        None => defaults.retention.as_millis(),
+        Some(0) => None,
+        Some(ms) => Some(ms),
+    };
+    config.retention_bytes = match config.retention_bytes {
+        None => defaults.retention_bytes,
+        Some(0) => None,
+        Some(bytes) => Some(bytes),
+    };
     if config.segment_ms == Some(0) {
         return invalid("segment_ms must be above zero".into());
     }
@@ -442,5 +448,28 @@ mod tests {
             assert_eq!(err.code, ErrorCode::InvalidTopicName);
         }
         assert!(validate_topic_name("_audit", true).is_ok());
+    }
+
+    #[test]
+    fn absent_retention_is_the_default_and_zero_is_no_limit() {
+        let defaults = TopicDefaults::default();
+        let config = |retention_ms, retention_bytes| TopicConfig {
+            partitions: 1,
+            durability: Durability::Fsync,
+            retention_ms,
+            retention_bytes,
+            segment_bytes: None,
+            segment_ms: None,
+            dedicated_kek: false,
+        };
+        let resolved = resolve_config(config(None, None), &defaults).expect("valid");
+        assert_eq!(resolved.retention_ms, defaults.retention.as_millis());
+        assert_eq!(resolved.retention_bytes, defaults.retention_bytes);
+        let forever = resolve_config(config(Some(0), Some(0)), &defaults).expect("valid");
+        assert_eq!(forever.retention_ms, None);
+        assert_eq!(forever.retention_bytes, None);
+        let set = resolve_config(config(Some(60_000), Some(1 << 20)), &defaults).expect("valid");
+        assert_eq!(set.retention_ms, Some(60_000));
+        assert_eq!(set.retention_bytes, Some(1 << 20));
     }
 }

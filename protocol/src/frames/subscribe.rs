@@ -211,7 +211,24 @@ pub struct Records {
     pub batches: Vec<OffsetBatch>,
 }
 
+/// The frame `length` (type and body, as compared with a `max_frame_size`)
+/// of a `Records` frame less its batches' bytes, when it carries one batch:
+/// type 2, `partition` 4, `high_watermark` 8, batch count 4, then per batch
+/// `base_offset` 8 and the batch's length prefix 4.
+pub const RECORDS_FRAMING: u32 = 2 + 4 + 8 + 4 + RECORDS_PER_BATCH_FRAMING;
+
+/// What each further batch adds to a `Records` frame besides its bytes:
+/// `base_offset` 8 and the length prefix 4.
+pub const RECORDS_PER_BATCH_FRAMING: u32 = 8 + 4;
+
 impl Records {
+    /// The frame `length` (type and body) of this frame: what must not
+    /// exceed the receiver's `max_frame_size`.
+    pub fn frame_length(&self) -> u64 {
+        self.credit_cost()
+            .saturating_sub(crate::frame::FRAME_HEADER_LEN as u64)
+    }
+
     /// Bytes this frame consumes of the subscription's credit: the whole
     /// encoded frame, length prefix included.
     pub fn credit_cost(&self) -> u64 {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::error::ErrorCode;
 use crate::frame::{ABSOLUTE_MAX_FRAME_SIZE, Frame, MIN_MAX_FRAME_SIZE};
 use crate::frames::control::{ErrorFrame, Goodbye, Hello, Ping, Pong, Welcome};
+use crate::frames::subscribe::RECORDS_FRAMING;
 use crate::session::Violation;
 
 /// Missed keep-alive intervals before the peer is considered gone.
@@ -59,10 +60,23 @@ impl KeepAlive {
         self.interval.saturating_mul(KEEPALIVE_MISSES)
     }
 
+    /// When [`KeepAlive::on_timeout`] has something to do: send a `Ping`,
+    /// or declare the peer gone. While a `Ping` is outstanding no other may
+    /// be sent, so only the dead line counts: a ping time already passed
+    /// must not be returned again, or the caller's timer would fire at once,
+    /// over and over, until the peer is declared gone.
     fn next_deadline(&self) -> Instant {
-        let ping_at = self.last_send + self.interval;
         let dead_at = self.last_recv + self.dead_after();
+        if self.outstanding.is_some() {
+            return dead_at;
+        }
+        let ping_at = self.last_send + self.interval;
         ping_at.min(dead_at)
+    }
+
+    /// When the peer is declared gone if it stays silent.
+    fn dead_at(&self) -> Instant {
+        self.last_recv + self.dead_after()
     }
 
     /// Queues a `Ping` if the send side has been idle, or fails when the
@@ -281,11 +295,15 @@ impl ClientControl {
         self.events.pop_front()
     }
 
-    /// When [`ClientControl::handle_timeout`] must next be called.
+    /// When [`ClientControl::handle_timeout`] must next be called. Always
+    /// later than the `now` of the last [`ClientControl::handle_timeout`]
+    /// that returned `Ok`, so a timer armed with it never spins.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             ClientState::Closed => None,
-            _ => Some(self.keepalive.next_deadline()),
+            // No `Ping` before `Welcome`: only the wait for it is bounded.
+            ClientState::AwaitingWelcome => Some(self.keepalive.dead_at()),
+            ClientState::Established(_) => Some(self.keepalive.next_deadline()),
         }
     }
 
@@ -422,13 +440,15 @@ impl BrokerControl {
         match (&self.state, frame) {
             (BrokerState::Closed, frame) => Err(Violation::unexpected(&frame, "after close")),
             (BrokerState::AwaitingHello { .. }, Frame::Hello(hello)) => self.on_hello(hello, now),
-            (BrokerState::AwaitingHello { .. }, frame) => {
-                if frame_belongs_on_control(&frame) {
-                    Err(Violation::unexpected(&frame, "before Hello"))
-                } else {
-                    Err(Violation::wrong_stream(&frame, "control"))
-                }
-            }
+            // One rule for every stream: a first frame that cannot open the
+            // stream is a protocol violation, whatever it is.
+            (BrokerState::AwaitingHello { .. }, frame) => Err(Violation::new(
+                ErrorCode::ProtocolViolation,
+                format!(
+                    "the control stream must start with Hello, not {}",
+                    frame.frame_type().name()
+                ),
+            )),
             (BrokerState::Established { .. }, Frame::Ping(ping)) => {
                 self.out.push_back(Frame::Pong(Pong { nonce: ping.nonce }));
                 self.keepalive.last_send = now;
@@ -474,6 +494,17 @@ impl BrokerControl {
                 ),
             ));
         }
+        let needed = min_client_frame_size(self.config.max_batch_size);
+        if hello.max_frame_size < needed {
+            return Err(Violation::new(
+                ErrorCode::FrameSizeTooSmall,
+                format!(
+                    "max_frame_size {} is smaller than {needed}, the largest frame this broker may send \
+                     (a Records frame carrying one batch of max_batch_size {}); announce at least {needed}",
+                    hello.max_frame_size, self.config.max_batch_size
+                ),
+            ));
+        }
         let welcome = Welcome {
             version,
             broker_id: self.config.broker_id.clone(),
@@ -515,7 +546,9 @@ impl BrokerControl {
         self.events.pop_front()
     }
 
-    /// When [`BrokerControl::handle_timeout`] must next be called.
+    /// When [`BrokerControl::handle_timeout`] must next be called. Always
+    /// later than the `now` of the last [`BrokerControl::handle_timeout`]
+    /// that returned `Ok`, so a timer armed with it never spins.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             BrokerState::AwaitingHello { deadline } => Some(deadline),
@@ -545,14 +578,11 @@ impl BrokerControl {
     }
 }
 
-fn frame_belongs_on_control(frame: &Frame) -> bool {
-    matches!(
-        frame,
-        Frame::Hello(_)
-            | Frame::Welcome(_)
-            | Frame::Ping(_)
-            | Frame::Pong(_)
-            | Frame::Goodbye(_)
-            | Frame::Error(_)
-    )
+/// The smallest `Hello.max_frame_size` a broker whose `max_batch_size` is
+/// `max_batch_size` accepts: a `Records` frame carrying one batch of that
+/// size must fit, since a batch is never split (its CRC seals it).
+pub fn min_client_frame_size(max_batch_size: u32) -> u32 {
+    max_batch_size
+        .saturating_add(RECORDS_FRAMING)
+        .max(MIN_MAX_FRAME_SIZE)
 }

@@ -288,7 +288,9 @@ pub enum SubscriptionRequest {
     Commit(Commit),
     /// Send this frame now (a commit refused by the session rules).
     Reply(Frame),
-    /// The client unsubscribed: stop, then call [`BrokerSubscription::end`].
+    /// The client unsubscribed: stop sending records and wait for the end of
+    /// the client's send side ([`BrokerSubscription::client_finished`]);
+    /// any frame before it is a violation.
     Unsubscribe,
 }
 
@@ -297,6 +299,8 @@ enum BrokerState {
     AwaitingSubscribe,
     Opening,
     Active,
+    /// `Unsubscribe` received; waiting for the client to finish its side.
+    Unsubscribed,
     Ended,
 }
 
@@ -344,14 +348,30 @@ impl BrokerSubscription {
         self.state == BrokerState::Ended
     }
 
+    /// True after `Unsubscribe`, until the subscription ends.
+    pub fn is_unsubscribed(&self) -> bool {
+        self.state == BrokerState::Unsubscribed
+    }
+
+    /// The client finished its send side. With or without `Unsubscribe`
+    /// before it, that ends the subscription normally: the caller sends
+    /// the returned `SubscriptionEnd` (code 0) and finishes. `None` when the
+    /// subscription already ended.
+    pub fn client_finished(&mut self) -> Option<Frame> {
+        match self.state {
+            BrokerState::Ended => None,
+            _ => Some(self.end(None, "unsubscribed")),
+        }
+    }
+
     /// Processes a frame from the client.
     ///
     /// # Errors
     ///
     /// A [`Violation`] that ends the stream: a first frame other than
-    /// `Subscribe`, a second `Subscribe` ([`ErrorCode::UnexpectedFrame`]),
-    /// frames after `Unsubscribe`, or frames foreign to the stream
-    /// ([`ErrorCode::ProtocolViolation`]).
+    /// `Subscribe`, frames after `Unsubscribe`, or frames foreign to the
+    /// stream ([`ErrorCode::ProtocolViolation`]); a second `Subscribe` or a
+    /// `Commit` before the first `Assignment` ([`ErrorCode::UnexpectedFrame`]).
     pub fn handle_frame(&mut self, frame: Frame) -> Result<SubscriptionRequest, Violation> {
         let result = self.dispatch(frame);
         if result.is_err() {
@@ -361,11 +381,18 @@ impl BrokerSubscription {
     }
 
     fn dispatch(&mut self, frame: Frame) -> Result<SubscriptionRequest, Violation> {
-        use BrokerState::{Active, AwaitingSubscribe, Ended, Opening};
+        use BrokerState::{Active, AwaitingSubscribe, Ended, Opening, Unsubscribed};
         match (self.state, frame) {
             (Ended, frame) => Err(Violation::new(
                 ErrorCode::ProtocolViolation,
                 format!("{} after the subscription ended", frame.frame_type().name()),
+            )),
+            (Unsubscribed, frame) => Err(Violation::new(
+                ErrorCode::ProtocolViolation,
+                format!(
+                    "{} after Unsubscribe: the client must finish its send side",
+                    frame.frame_type().name()
+                ),
             )),
             (AwaitingSubscribe, Frame::Subscribe(s)) => {
                 self.group = matches!(s.target, SubscriptionTarget::Group(_));
@@ -373,10 +400,15 @@ impl BrokerSubscription {
                 self.state = Opening;
                 Ok(SubscriptionRequest::Open(s))
             }
-            (
-                AwaitingSubscribe,
-                frame @ (Frame::Credit(_) | Frame::Commit(_) | Frame::Unsubscribe(_)),
-            ) => Err(Violation::unexpected(&frame, "before Subscribe")),
+            // The first frame of a stream decides its kind: anything but
+            // `Subscribe` here is not a subscription stream at all.
+            (AwaitingSubscribe, frame) => Err(Violation::new(
+                ErrorCode::ProtocolViolation,
+                format!(
+                    "a subscription stream must start with Subscribe, not {}",
+                    frame.frame_type().name()
+                ),
+            )),
             (Opening | Active, frame @ Frame::Subscribe(_)) => {
                 Err(Violation::unexpected(&frame, "on an open subscription"))
             }
@@ -404,7 +436,7 @@ impl BrokerSubscription {
                 }
             }
             (Opening | Active, Frame::Unsubscribe(_)) => {
-                self.state = Ended;
+                self.state = Unsubscribed;
                 Ok(SubscriptionRequest::Unsubscribe)
             }
             (_, frame) => Err(Violation::wrong_stream(&frame, "subscription")),

@@ -140,13 +140,24 @@ fn hello_with_out_of_range_frame_limit_is_a_violation() {
 }
 
 #[test]
-fn frames_before_hello_and_second_hello_are_unexpected() {
+fn frames_before_hello_violate_and_a_second_hello_is_unexpected() {
     let now = Instant::now();
-    let mut broker = BrokerControl::new(broker_config(), "p", now);
-    let err = broker
-        .handle_frame(Frame::Ping(crate::frames::control::Ping { nonce: 1 }), now)
-        .expect_err("ping first");
-    assert_eq!(err.code, ErrorCode::UnexpectedFrame);
+    // Any first frame other than Hello, even one that belongs on a control
+    // stream, is a protocol violation: one rule for every stream's start.
+    for first in [
+        Frame::Ping(crate::frames::control::Ping { nonce: 1 }),
+        Frame::Pong(Pong { nonce: 1 }),
+        Frame::Goodbye(crate::frames::control::Goodbye {
+            code: 0,
+            reason: String::new(),
+        }),
+    ] {
+        let mut broker = BrokerControl::new(broker_config(), "p", now);
+        let err = broker
+            .handle_frame(first, now)
+            .expect_err("not Hello first");
+        assert_eq!(err.code, ErrorCode::ProtocolViolation);
+    }
 
     let (mut client, mut broker) = established(now);
     let err = broker
@@ -564,7 +575,7 @@ fn broker_subscription_ordering_violations() {
     let err = broker
         .handle_frame(Frame::Credit(crate::frames::subscribe::Credit { bytes: 1 }))
         .expect_err("credit first");
-    assert_eq!(err.code, ErrorCode::UnexpectedFrame);
+    assert_eq!(err.code, ErrorCode::ProtocolViolation);
     let mut broker = BrokerSubscription::new();
     let s = Frame::Subscribe(subscribe(SubscriptionTarget::Partition(0), 1));
     broker.handle_frame(s.clone()).expect("open");

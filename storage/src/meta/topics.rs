@@ -36,13 +36,19 @@ impl TopicEntry {
     }
 }
 
-/// A producer's current epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A producer id: its current epoch and the principal it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProducerRecord {
-    /// Current epoch; older epochs are fenced.
+    /// Current epoch; older epochs are fenced, newer ones were never issued.
     pub epoch: u16,
     /// When it last changed, in milliseconds since the Unix epoch.
     pub updated_at: i64,
+    /// The principal that obtained the id through `InitProducer`: the only
+    /// one that may write with it or bump its epoch. `None` for an id stored
+    /// before ids were bound to principals; nobody may use such an id (its
+    /// holder asks for a new one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
 }
 
 /// The newest batch a producer wrote to one partition, to drop retried
@@ -493,5 +499,34 @@ impl Batch<'_> {
     /// [`MetaError::Db`].
     pub fn remove_recipient(&mut self, topic: &str, recipient: &str) -> Result<bool, MetaError> {
         self.delete(RECIPIENTS, (topic, recipient))
+    }
+}
+
+#[cfg(test)]
+mod producer_record_tests {
+    use super::ProducerRecord;
+    use crate::meta::codec::{decode, encode};
+
+    #[test]
+    fn the_owner_round_trips_and_records_without_one_still_decode() {
+        let owned = ProducerRecord {
+            epoch: 4,
+            updated_at: 9,
+            principal: Some("spiffe://prod/payments".into()),
+        };
+        let bytes = encode("producer", &owned).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"epoch":4,"updated_at":9,"principal":"spiffe://prod/payments"}"#
+        );
+        assert_eq!(
+            decode::<ProducerRecord>("producers.v1", 1, &bytes).unwrap(),
+            owned
+        );
+        // The layout of records written before the binding existed.
+        let legacy: ProducerRecord =
+            decode("producers.v1", 1, br#"{"epoch":2,"updated_at":3}"#).unwrap();
+        assert_eq!(legacy.principal, None);
+        assert_eq!(legacy.epoch, 2);
     }
 }

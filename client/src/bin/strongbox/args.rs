@@ -72,6 +72,17 @@ pub(crate) fn duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A topic's retention age in milliseconds as `CreateTopic` carries it:
+/// a duration, or `forever` (0 on the wire: no age limit).
+pub(crate) fn retention(s: &str) -> Result<u64, String> {
+    if s.trim() == "forever" {
+        return Ok(0);
+    }
+    duration(s)
+        .map(millis)
+        .map_err(|e| format!("{e}; or write forever to keep data whatever its age"))
+}
+
 /// A comma-separated list of operation names.
 pub(crate) fn operations(s: &str) -> Result<Operations, String> {
     let mut ops = Operations::default();

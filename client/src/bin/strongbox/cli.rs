@@ -238,9 +238,10 @@ pub(crate) struct TopicCreateArgs {
     /// When appends are acknowledged: fsync, interval:MS or none.
     #[arg(long, value_name = "MODE", default_value = "fsync", value_parser = args::durability)]
     pub(crate) durability: Durability,
-    /// Delete data older than this (such as 7d, 12h).
-    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
-    pub(crate) retention: Option<Duration>,
+    /// Delete data older than this (such as 7d, 12h), or `forever` to keep
+    /// it whatever its age; without it the broker's default applies.
+    #[arg(long, value_name = "DURATION", value_parser = args::retention)]
+    pub(crate) retention: Option<u64>,
     /// Delete the oldest data while a partition is larger than this many bytes.
     #[arg(long, value_name = "BYTES")]
     pub(crate) retention_bytes: Option<u64>,
@@ -545,10 +546,17 @@ mod tests {
         };
         assert_eq!(c.partitions, 3);
         assert_eq!(c.durability, Durability::Interval { interval_ms: 50 });
-        assert_eq!(c.retention, Some(Duration::from_secs(604_800)));
+        assert_eq!(c.retention, Some(604_800_000));
         assert_eq!(c.retention_bytes, Some(1000));
         assert!(c.dedicated_kek);
         assert!(parse(&["topic", "create", "x", "--partitions", "0"]).is_err());
+        // `forever` is 0 on the wire: no age limit.
+        let cli = parse(&["topic", "create", "x", "--retention", "forever"]).expect("parses");
+        let Command::Topic(TopicCommand::Create(c)) = cli.command else {
+            panic!("topic create")
+        };
+        assert_eq!(c.retention, Some(0));
+        assert!(parse(&["topic", "create", "x", "--retention", "0s"]).is_err());
     }
 
     #[test]

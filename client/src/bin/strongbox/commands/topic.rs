@@ -3,7 +3,6 @@
 use serde_json::Value;
 use strongbox_client::protocol::frames::admin_types::TopicConfig;
 
-use crate::args::millis;
 use crate::cli::{GlobalArgs, TopicCommand};
 use crate::commands::Out;
 use crate::{connect, output};
@@ -18,7 +17,7 @@ pub(crate) async fn run(global: &GlobalArgs, command: TopicCommand) -> anyhow::R
                 let config = TopicConfig {
                     partitions: args.partitions,
                     durability: args.durability,
-                    retention_ms: args.retention.map(millis),
+                    retention_ms: args.retention,
                     retention_bytes: args.retention_bytes,
                     segment_bytes: None,
                     segment_ms: None,

@@ -1,0 +1,255 @@
+//! The conformance suite: docs/PROTOCOL.md checked rule by rule against a
+//! real `strongbox-broker` process, over real QUIC connections, with
+//! frames built and read by hand through the protocol crate's codec (never
+//! through the client crate).
+//!
+//! Every rule of the specification carries a label (`[C3]`); each label has
+//! exactly one test here, named after it, whose doc comment quotes the
+//! section it checks. Each test starts a development broker of its own
+//! (about a tenth of a second), so the tests run in parallel and one
+//! failure leaves the others meaningful. `every_rule_has_a_test` fails when
+//! the specification and this checklist disagree.
+//!
+//! Labels ending in `c` are obligations of the client, which no broker test
+//! can check; the checklist names the tests of the reference client that do.
+//!
+//! ## Checklist: rule → test
+//!
+//! | label | rule | test |
+//! | --- | --- | --- |
+//! | T1 | Transport: a handshake without ALPN `strongbox/1` is refused | `transport::t1_a_handshake_without_the_alpn_is_refused` |
+//! | T2 | Transport: no valid client certificate, no frame | `transport::t2_no_client_certificate_no_frame` |
+//! | T3 | Transport: the principal comes from the certificate | `transport::t3_the_principal_comes_from_the_certificate` |
+//! | T4 | Transport: the broker opens no streams | `transport::t4_the_broker_opens_no_streams` |
+//! | T5 | Transport: QUIC application codes are error codes | `transport::t5_quic_codes_are_error_codes` |
+//! | F1 | Frames: never above the receiver's `max_frame_size` | `frames::f1_no_frame_exceeds_the_clients_maximum` |
+//! | F2 | Frames: negotiation cannot fail later (cut `Records`, `frame_too_large` answers) | `frames::f2_records_are_cut_to_fit_and_long_answers_are_refused` |
+//! | F3 | Frames: an oversize length, refused before the body | `frames::f3_an_oversize_length_is_refused_before_the_body` |
+//! | F4 | Frames: a length below 2 is `malformed_frame` | `frames::f4_a_length_below_two_is_malformed` |
+//! | F5 | Frames: trailing bytes are `malformed_frame` | `frames::f5_trailing_bytes_are_malformed` |
+//! | F6 | Frames: a truncated body or stream is `malformed_frame` | `frames::f6_a_truncated_body_or_stream_is_malformed` |
+//! | F7 | Frames: an unknown type is `unknown_frame_type` | `frames::f7_an_unknown_type_is_unknown_frame_type` |
+//! | F8 | Frames: an undecodable frame ends only its stream | `frames::f8_a_bad_frame_ends_only_its_stream` |
+//! | F9 | Frames: a frame on the wrong stream is `protocol_violation` | `frames::f9_a_frame_on_the_wrong_stream_is_a_violation` |
+//! | E1 | Primitive encodings: `bool` | `encodings::e1_a_bool_other_than_0_or_1_is_malformed` |
+//! | E2 | Primitive encodings: UTF-8 strings | `encodings::e2_a_string_that_is_not_utf8_is_malformed` |
+//! | E3 | Primitive encodings: `option` tags | `encodings::e3_an_option_tag_other_than_0_or_1_is_malformed` |
+//! | E4 | Primitive encodings: enumeration tags | `encodings::e4_an_unknown_enum_tag_is_malformed` |
+//! | E5 | Primitive encodings: list counts | `encodings::e5_a_list_count_the_body_cannot_hold_is_malformed` |
+//! | C1 | Control stream: `Welcome` with the highest common version | `control::c1_welcome_has_the_highest_common_version` |
+//! | C2 | Control stream: `unsupported_version` | `control::c2_no_common_version_is_unsupported_version` |
+//! | C3 | Control stream: a first frame other than `Hello` | `control::c3_a_first_frame_other_than_hello_is_a_violation` |
+//! | C4 | Control stream: `max_frame_size` out of range | `control::c4_a_max_frame_size_out_of_range_is_a_violation` |
+//! | C5 | Control stream: `frame_size_too_small` | `control::c5_a_frame_size_too_small_for_a_batch_is_refused` |
+//! | C6 | Control stream: handshake timeout | `control::c6_no_hello_in_time_is_timeout` |
+//! | C7 | Control stream: no control stream in time | `control::c7_no_control_stream_in_time_is_timeout` |
+//! | C8c | Control stream: the client checks `Welcome` | `protocol/tests/session_props.rs::client_control_follows_the_rules` |
+//! | C9 | Control stream: nothing served before `Welcome` | `control::c9_no_stream_is_served_before_welcome` |
+//! | C10 | Control stream: `Ping` answered with `Pong` | `control::c10_ping_is_answered_with_the_same_nonce` |
+//! | C11 | Control stream: a `Pong` without `Ping` | `control::c11_a_pong_without_a_ping_is_unexpected` |
+//! | C12 | Control stream: `Goodbye`, then a close with its code | `control::c12_the_brokers_goodbye_precedes_a_close_with_its_code` |
+//! | C13 | Control stream: a second `Hello` | `control::c13_a_second_hello_is_unexpected` |
+//! | C14 | Control stream: another stream's frame | `control::c14_another_kind_of_frame_on_control_is_a_violation` |
+//! | C15 | Control stream: keep-alive pings, one outstanding | `control::c15_pings_come_one_at_a_time` |
+//! | C16 | Control stream: silence is `timeout` | `control::c16_a_silent_client_is_closed_with_timeout` |
+//! | C17 | Control stream: the `Error` arrives before the close | `control::c17_the_error_arrives_before_the_close` |
+//! | C18c | Control stream: the client reports broker violations (the machine decides the code; the client crate sends it in `Goodbye`) | `protocol/tests/session_props.rs::client_control_follows_the_rules` |
+//! | S1 | Stream kinds: one rule for first frames | `streams::s1_a_stream_must_start_with_an_opening_frame` |
+//! | S2 | Ending a stream with an error | `streams::s2_an_error_ends_the_stream_with_a_finish_not_a_reset` |
+//! | P1 | Producer stream: answers in order | `producer::p1_answers_come_in_request_order` |
+//! | P2 | Producer stream: correlation id 0 | `producer::p2_correlation_id_zero_is_a_violation` |
+//! | P3 | Producer stream: correlation ids increase | `producer::p3_a_correlation_id_that_does_not_increase_is_a_violation` |
+//! | P4 | Producer stream: `limit_exceeded` past `max_in_flight` | `producer::p4_more_than_max_in_flight_is_limit_exceeded` |
+//! | P5 | Producer stream: per-request failures | `producer::p5_a_per_request_failure_leaves_the_stream_open` |
+//! | P6 | Producer stream: a violation answers every batch read first | `producer::p6_a_violation_answers_every_batch_read_before_it` |
+//! | P7 | Producer stream: finishing | `producer::p7_finishing_answers_what_is_in_flight` |
+//! | P8 | Producer stream: shutdown | `producer::p8_shutdown_answers_every_batch_read` |
+//! | P9c | Producer stream: the client checks answer order | `protocol/tests/session_props.rs::producer_session_follows_the_rules` |
+//! | U1 | Subscription stream: `Assignment` first | `subscription::u1_subscribe_is_answered_with_assignment` |
+//! | U2 | Subscription stream: `not_authorized` | `subscription::u2_not_authorized` |
+//! | U3 | Subscription stream: `unknown_topic` | `subscription::u3_unknown_topic` |
+//! | U4 | Subscription stream: `unknown_partition` | `subscription::u4_unknown_partition` |
+//! | U5 | Subscribe: group names, `invalid_group` | `subscription::u5_invalid_group_names` |
+//! | U6 | Subscription stream: `offset_out_of_range` | `subscription::u6_offset_out_of_range` |
+//! | U7 | Subscription stream: generation 0 for one partition | `subscription::u7_a_single_partition_assignment_has_generation_0` |
+//! | U8 | Subscription stream: group generations | `subscription::u8_group_generations_grow_with_rebalances` |
+//! | U9 | Subscription stream: resume from the committed offset | `subscription::u9_a_group_resumes_from_its_committed_offset` |
+//! | U10 | Subscription stream: start positions | `subscription::u10_start_positions` |
+//! | U11 | Subscription stream: a start inside a batch sends the whole batch | `subscription::u11_a_start_inside_a_batch_sends_the_whole_batch` |
+//! | U12c | Subscription stream: the client skips records below `next_offset` | `tests/tests/e2e_start_offsets.rs::the_client_delivers_from_next_offset_inside_a_batch` |
+//! | U13 | Subscription stream: credit | `subscription::u13_records_only_within_credit` |
+//! | U14c | Subscription stream: the client refuses `Records` without credit | `protocol/tests/session_props.rs::subscriber_session_follows_the_rules` |
+//! | U15 | Subscription stream: `Records` contents and order | `subscription::u15_records_follow_the_assignment_in_offset_order` |
+//! | U16c | Subscription stream: the client checks `Records` | `protocol/tests/session_props.rs::subscriber_session_follows_the_rules` |
+//! | U17 | Subscription stream: `CommitAck` in order | `subscription::u17_commits_are_acknowledged_in_order` |
+//! | U18 | Subscription stream: commit without a group | `subscription::u18_commit_without_a_group_is_invalid_request` |
+//! | U19 | Subscription stream: `not_assigned` | `subscription::u19_commit_for_an_unassigned_partition_is_not_assigned` |
+//! | U20c | Subscription stream: the client matches `CommitAck`s | `protocol/tests/session_props.rs::subscriber_session_follows_the_rules` |
+//! | U21 | Subscription stream: `Unsubscribe`, finish, `SubscriptionEnd` 0 | `subscription::u21_unsubscribe_then_finish_ends_with_code_0` |
+//! | U22 | Subscription stream: a frame after `Unsubscribe` | `subscription::u22_a_frame_after_unsubscribe_is_a_violation` |
+//! | U23 | Subscription stream: finishing without `Unsubscribe` | `subscription::u23_finishing_without_unsubscribe_ends_normally` |
+//! | U24 | Subscription stream: a deleted topic | `subscription::u24_deleting_the_topic_ends_with_unknown_topic` |
+//! | U25 | Subscription stream: `shutting_down` before the close | `subscription::u25_shutdown_ends_every_subscription_before_the_close` |
+//! | U26 | Subscription stream: a second `Subscribe` | `subscription::u26_a_second_subscribe_is_unexpected` |
+//! | U27 | Subscription stream: another stream's frame | `subscription::u27_another_kind_of_frame_is_a_violation` |
+//! | U28c | Subscription stream: frames before `Assignment` | `protocol/tests/session_props.rs::subscriber_session_follows_the_rules` |
+//! | B1 | Subscribe: `start_value` 0 for earliest and latest | `subscription::b1_start_value_must_be_zero_for_earliest_and_latest` |
+//! | A1 | Admin stream: the response the table names | `admin::a1_each_request_gets_its_response` |
+//! | A2 | Admin stream: the broker finishes after the client | `admin::a2_the_broker_finishes_after_the_client` |
+//! | A3 | Admin stream: a second request | `admin::a3_a_second_request_is_a_violation` |
+//! | A4 | Admin requests: `not_authorized` | `admin::a4_requests_the_acl_forbids_are_not_authorized` |
+//! | V1 | Durability: combinations outside the table | `admin::v1_durability_outside_the_table_is_malformed` |
+//! | V2 | TopicConfig: retention absent, a limit, or none | `admin::v2_retention_absent_is_the_default_and_zero_is_no_limit` |
+//! | V3 | TopicConfig: `invalid_config` | `admin::v3_out_of_range_configs_are_invalid_config` |
+//! | V4 | Operations: bits 10–15 | `admin::v4_unknown_operation_bits_are_malformed` |
+//! | V5 | CreateTopic: topic names | `admin::v5_bad_topic_names_are_refused` |
+//! | V6 | CreateTopic: `topic_exists` | `admin::v6_an_existing_name_is_topic_exists` |
+//! | Q1 | KeyDestroy: `key_in_use` | `admin::q1_destroying_a_key_in_use_is_key_in_use` |
+//! | Q2 | AccessRequest: `invalid_request` | `admin::q2_invalid_access_requests` |
+//! | Q3 | AccessRequest: `unknown_topic` | `admin::q3_access_to_an_unknown_topic` |
+//! | Q4 | AccessRequest: `conflict` | `admin::q4_the_same_request_pending_is_conflict` |
+//! | Q5 | AccessApprove: `not_authorized` | `admin::q5_approving_without_grant_is_not_authorized` |
+//! | Q6 | AccessApprove: `conflict` | `admin::q6_approving_a_decided_request_is_conflict` |
+//! | Q7 | AccessApprove: `invalid_request` | `admin::q7_a_recipient_entry_without_a_key_is_invalid` |
+//! | Q8 | AccessDeny: `not_authorized` | `admin::q8_denying_without_grant_is_not_authorized` |
+//! | Q9 | AccessDeny: `conflict` | `admin::q9_denying_a_decided_request_is_conflict` |
+//! | Q10 | RecipientList: `not_authorized` | `admin::q10_listing_recipients_needs_describe_or_subscribe` |
+//! | Q11 | RecipientPut: `invalid_request` | `admin::q11_a_bad_recipient_entry_is_invalid` |
+//! | Q12 | RecipientRemove: `not_found` | `admin::q12_removing_an_unknown_recipient_is_not_found` |
+//! | R0 | The record batch: delivered unchanged | `batch::r0_batches_are_delivered_unchanged` |
+//! | R1 | Validation 1: header | `batch::r1_header_magic_version_and_reserved_flags` |
+//! | R2 | Validation 2: `unsupported_codec` | `batch::r2_a_codec_is_unsupported_codec` |
+//! | R3 | Validation 3: producer fields | `batch::r3_producer_fields_without_the_flag` |
+//! | R4 | Validation 4: counts and lengths | `batch::r4_record_count_and_body_length` |
+//! | R5 | Validation 5: `corrupt_batch` | `batch::r5_a_crc_mismatch_is_corrupt_batch` |
+//! | R6 | Validation 6: record framing | `batch::r6_record_framing` |
+//! | R7 | Validation 7: `max_batch_size` | `batch::r7_a_batch_over_max_batch_size_is_frame_too_large` |
+//! | I1 | Idempotent producers: `InitProducer` needs publish | `idempotence::i1_init_producer_needs_publish_somewhere` |
+//! | I2 | Idempotent producers: another principal's id | `idempotence::i2_another_principals_id_is_producer_not_owned` |
+//! | I3 | Idempotent producers: resuming another principal's id | `idempotence::i3_resuming_another_principals_id_is_refused` |
+//! | I4 | Idempotent producers: an epoch never issued | `idempotence::i4_an_epoch_never_issued_is_refused` |
+//! | I5 | Idempotent producers: `unknown_producer` | `idempotence::i5_an_unknown_id_is_unknown_producer` |
+//! | I6 | Idempotent producers: `producer_fenced` | `idempotence::i6_an_older_epoch_is_fenced` |
+//! | I7 | Idempotent producers: the next sequence | `idempotence::i7_the_next_sequence_is_appended` |
+//! | I8 | Idempotent producers: duplicates | `idempotence::i8_a_retry_is_a_duplicate_not_a_second_copy` |
+//! | I9 | Idempotent producers: `out_of_order_sequence` | `idempotence::i9_a_gap_is_out_of_order` |
+//! | I10 | Idempotent producers: resuming bumps the epoch | `idempotence::i10_resuming_bumps_the_epoch` |
+//! | K1c | Error codes: receivers keep unknown codes | `client/src/error.rs::unknown_codes_keep_the_number` |
+//! | N1 | Versioning: unknown feature bits | `versioning::n1_unknown_feature_bits_are_ignored` |
+
+mod admin;
+mod batch;
+mod control;
+mod encodings;
+mod frames;
+mod harness;
+mod idempotence;
+mod producer;
+mod streams;
+mod subscription;
+mod transport;
+mod versioning;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn workspace() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// The labels docs/PROTOCOL.md gives its rules, each once.
+fn spec_labels() -> Vec<String> {
+    let spec =
+        std::fs::read_to_string(workspace().join("docs/PROTOCOL.md")).expect("docs/PROTOCOL.md");
+    let mut labels = Vec::new();
+    let mut rest = spec.as_str();
+    while let Some(open) = rest.find('[') {
+        rest = &rest[open + 1..];
+        let Some(close) = rest.find(']') else { break };
+        let inside = &rest[..close];
+        let mut chars = inside.chars();
+        let is_label = chars.next().is_some_and(|c| c.is_ascii_uppercase())
+            && inside.len() > 1
+            && inside[1..]
+                .trim_end_matches('c')
+                .chars()
+                .all(|c| c.is_ascii_digit())
+            && inside[1..]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit());
+        if is_label {
+            labels.push(inside.to_owned());
+        }
+    }
+    labels
+}
+
+/// The checklist above: label → test.
+fn checklist() -> BTreeMap<String, String> {
+    let source = include_str!("main.rs");
+    source
+        .lines()
+        .filter_map(|l| l.strip_prefix("//! | "))
+        .filter_map(|row| {
+            let cells: Vec<&str> = row.trim_end_matches(" |").split(" | ").collect();
+            let label = cells.first()?.trim();
+            let test = cells.last()?.trim().trim_matches('`');
+            (label != "label" && label != "---").then(|| (label.to_owned(), test.to_owned()))
+        })
+        .collect()
+}
+
+/// docs/PROTOCOL.md and the checklist name the same rules, every rule has
+/// a test that exists, and a broker rule's test cites its label.
+#[test]
+fn every_rule_has_a_test() {
+    let labels = spec_labels();
+    let mut seen = std::collections::BTreeSet::new();
+    for label in &labels {
+        assert!(
+            seen.insert(label),
+            "docs/PROTOCOL.md labels two rules [{label}]"
+        );
+    }
+    let checklist = checklist();
+    let in_spec: std::collections::BTreeSet<&String> = labels.iter().collect();
+    let in_list: std::collections::BTreeSet<&String> = checklist.keys().collect();
+    let missing: Vec<_> = in_spec.difference(&in_list).collect();
+    assert!(
+        missing.is_empty(),
+        "rules without a test in the checklist: {missing:?}"
+    );
+    let stale: Vec<_> = in_list.difference(&in_spec).collect();
+    assert!(
+        stale.is_empty(),
+        "checklist rows for rules the spec no longer has: {stale:?}"
+    );
+    for (label, test) in &checklist {
+        let (file, name) = match test.split_once(".rs::") {
+            Some((path, name)) => (workspace().join(format!("{path}.rs")), name),
+            None => {
+                let (module, name) = test.split_once("::").expect("module::test");
+                (
+                    Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join(format!("tests/conformance/{module}.rs")),
+                    name,
+                )
+            }
+        };
+        let source = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("[{label}]: {}: {e}", file.display()));
+        let at = source
+            .find(&format!("fn {name}("))
+            .unwrap_or_else(|| panic!("[{label}]: no fn {name} in {}", file.display()));
+        if !label.ends_with('c') {
+            // The doc comment right above the test cites the label.
+            let before = &source[..at];
+            let doc_start = before.rfind("\n\n").map_or(0, |i| i + 2);
+            assert!(
+                before[doc_start..].contains(&format!("[{label}]")),
+                "[{label}]: {name} does not cite its rule"
+            );
+        }
+    }
+}
