@@ -33,6 +33,26 @@ pub struct AppendOutcome {
     pub duplicate: bool,
 }
 
+/// What a subscriber's read found.
+#[derive(Debug)]
+pub enum Delivery {
+    /// Whole batches (none when caught up).
+    Batches(Vec<(u64, Bytes)>),
+    /// The read starts in damaged data.
+    Damaged(DamagedRange),
+}
+
+/// Offsets `[first, end)` of a partition that cannot be read.
+#[derive(Debug, Clone)]
+pub struct DamagedRange {
+    /// The first offset that cannot be read.
+    pub first: u64,
+    /// The next offset that can be read again, when known.
+    pub end: Option<u64>,
+    /// The `data_damaged` error, with the storage error's reason.
+    pub error: BrokerError,
+}
+
 /// A partition being served.
 #[derive(Debug)]
 pub struct Partition {
@@ -259,6 +279,35 @@ impl Partition {
         Ok(batches)
     }
 
+    /// As [`Partition::read`], for a subscriber: a read that starts in
+    /// damaged data returns the damaged range instead of failing, so the
+    /// subscription can report it for this partition and go on with the
+    /// others.
+    ///
+    /// # Errors
+    ///
+    /// As [`Partition::read`], for failures other than damaged data.
+    pub fn read_for_delivery(&self, from: u64, max_bytes: usize) -> Result<Delivery, BrokerError> {
+        let end = self.high_watermark();
+        if from >= end {
+            return Ok(Delivery::Batches(Vec::new()));
+        }
+        match self.log.read(from, max_bytes) {
+            Ok(mut batches) => {
+                batches.retain(|(base, _)| *base < end);
+                Ok(Delivery::Batches(batches))
+            }
+            Err(e) => match e.damaged_range() {
+                Some((first, end)) => Ok(Delivery::Damaged(DamagedRange {
+                    first,
+                    end,
+                    error: self.storage_error(&e),
+                })),
+                None => Err(self.storage_error(&e)),
+            },
+        }
+    }
+
     /// The first offset whose record timestamp is at or after `timestamp`,
     /// or the high watermark when there is none.
     ///
@@ -278,6 +327,7 @@ impl Partition {
     fn storage_error(&self, e: &LogError) -> BrokerError {
         tracing::error!(topic = %self.topic, partition = self.index, error = %e, "partition storage error");
         let code = match e {
+            e if e.is_damage() => ErrorCode::DataDamaged,
             LogError::KeyCreate { .. } => ErrorCode::KeyUnavailable,
             LogError::Key {
                 source: KeyError::Destroyed(_),
