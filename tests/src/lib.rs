@@ -80,6 +80,25 @@ impl BrokerProcess {
     ///
     /// As [`BrokerProcess::start_dev`].
     pub fn start_dev_with(dir: &Path, env: &[(&str, &str)]) -> Result<Self> {
+        Self::spawn_dev(dir, &["--listen", "127.0.0.1:0"], env)
+    }
+
+    /// Starts a dev broker in `dir` listening on `addr`: to restart a
+    /// broker where its clients expect it, after [`BrokerProcess::crash`].
+    ///
+    /// # Errors
+    ///
+    /// As [`BrokerProcess::start_dev`] (also when the port is taken).
+    pub fn start_dev_on(dir: &Path, addr: SocketAddr) -> Result<Self> {
+        let listen = addr.to_string();
+        Self::spawn_dev(
+            dir,
+            &["--listen", &listen, "--metrics-listen", "127.0.0.1:0"],
+            &[],
+        )
+    }
+
+    fn spawn_dev(dir: &Path, listen: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let log = dir.with_extension("broker.log");
         let stderr = std::fs::OpenOptions::new()
             .create(true)
@@ -87,7 +106,9 @@ impl BrokerProcess {
             .open(&log)
             .with_context(|| format!("opening {}", log.display()))?;
         let mut cmd = Command::new(binary("strongbox-broker"));
-        cmd.args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.arg("dev")
+            .args(listen)
+            .arg("--data-dir")
             .arg(dir)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -395,6 +416,7 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 pub mod access;
 pub mod cli_checks;
+pub mod running_cli;
 pub mod softhsm;
 
 /// Async helpers over the client library.

@@ -49,7 +49,8 @@ pub struct DamagedRange {
     pub first: u64,
     /// The next offset that can be read again, when known.
     pub end: Option<u64>,
-    /// The `data_damaged` error, with the storage error's reason.
+    /// The `data_damaged` error, with the storage error's reason (not
+    /// prefixed with the topic and partition).
     pub error: BrokerError,
 }
 
@@ -298,11 +299,16 @@ impl Partition {
                 Ok(Delivery::Batches(batches))
             }
             Err(e) => match e.damaged_range() {
-                Some((first, end)) => Ok(Delivery::Damaged(DamagedRange {
-                    first,
-                    end,
-                    error: self.storage_error(&e),
-                })),
+                Some((first, end)) => {
+                    // Logged with the partition's name; the subscriber's
+                    // report names the partition itself.
+                    let code = self.storage_error(&e).code;
+                    Ok(Delivery::Damaged(DamagedRange {
+                        first,
+                        end,
+                        error: BrokerError::redacted(code, &e.to_string()),
+                    }))
+                }
                 None => Err(self.storage_error(&e)),
             },
         }

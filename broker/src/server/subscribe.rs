@@ -33,10 +33,11 @@ use tokio::sync::watch;
 use crate::server::authz::Authorizer;
 use crate::server::connection::ConnCtx;
 use crate::server::error::BrokerError;
+use crate::server::error::redact_paths;
 use crate::server::groups::{MemberAssignment, Membership};
 use crate::server::partition::{DamagedRange, Delivery, Partition};
 use crate::server::stream_io::{FrameReader, FrameWriter};
-use crate::server::topics::Topic;
+use crate::server::topics::{PartitionSlot, Topic};
 
 /// Most bytes of batches read for one `Records` frame.
 const MAX_RECORDS_FRAME: usize = 1024 * 1024;
@@ -204,7 +205,14 @@ impl Subscription {
                 }
                 // Damaged files: this partition is reported, the others
                 // are served.
-                Err((e, first)) if e.code == ErrorCode::DataDamaged => {
+                Err((mut e, first)) if e.code == ErrorCode::DataDamaged => {
+                    // The reason without the "topic/partition is
+                    // unavailable" framing: the report names the partition.
+                    if let Some(PartitionSlot::Failed(failed)) =
+                        topic.partitions.get(*index as usize)
+                    {
+                        e.message = redact_paths(&failed.reason);
+                    }
                     stopped.insert(*index, first);
                     reports.push((
                         *index,
@@ -251,11 +259,7 @@ impl Subscription {
     /// and a known end) or stops.
     async fn report_damage(&mut self, index: u32, range: DamagedRange) -> Result<(), BrokerError> {
         let code = range.error.code;
-        let message = format!(
-            "{}/{index}: {}",
-            self.topic.as_ref().map_or("", |t| t.name()),
-            range.error.message
-        );
+        let reason = range.error.message;
         tracing::warn!(
             partition = index,
             first = range.first,
@@ -270,7 +274,7 @@ impl Subscription {
                 code: code.as_u16(),
                 first_offset: range.first,
                 end_offset: range.end.unwrap_or(PartitionError::END_UNKNOWN),
-                message: message.clone(),
+                message: reason.clone(),
             })
             .map_err(|v| BrokerError::new(v.code, v.message))?;
         self.send(&frame).await?;
@@ -283,7 +287,8 @@ impl Subscription {
             _ => {
                 let at = self.cursors.remove(&index).map_or(range.first, |c| c.next);
                 self.stopped.entry(index).or_insert(at);
-                self.stop_reason = Some((code, message));
+                let topic = self.topic.as_ref().map_or("", |t| t.name());
+                self.stop_reason = Some((code, format!("{topic}/{index}: {reason}")));
             }
         }
         Ok(())
@@ -353,6 +358,10 @@ impl Subscription {
                 if !self.deliver_one().await? {
                     break;
                 }
+            }
+            if self.group.is_none() && self.cursors.is_empty() {
+                // Its one partition was just stopped: end it above.
+                continue;
             }
             let waiting_for_data = self.session.can_send();
             tokio::select! {
