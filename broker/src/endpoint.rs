@@ -136,16 +136,14 @@ const CID_LEN: usize = 8;
 impl quinn::ConnectionIdGenerator for RandomConnectionIds {
     fn generate_cid(&mut self) -> quinn::ConnectionId {
         use ring::rand::SecureRandom;
+        use std::hash::{BuildHasher, Hasher};
         let mut bytes = [0u8; CID_LEN];
         if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
-            // The OS generator failing is not recoverable here; ids need
-            // only be unlikely to collide, which a clock-seeded mix is.
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            bytes = (nanos as u64)
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                .to_be_bytes();
+            // Ids need only be unlikely to collide: the standard library's
+            // per-process random hash keys, new for every `RandomState`.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(0x5EED);
+            bytes = h.finish().to_be_bytes();
         }
         quinn::ConnectionId::new(&bytes)
     }

@@ -82,7 +82,8 @@ pub struct FailedPartition {
 }
 
 impl FailedPartition {
-    fn new(e: &storage_log::LogError) -> PartitionSlot {
+    /// The slot of a partition whose log failed to open with `e`.
+    fn slot(e: &storage_log::LogError) -> PartitionSlot {
         let code = if e.is_damage() {
             ErrorCode::DataDamaged
         } else {
@@ -286,12 +287,12 @@ fn open_partition(
             )),
             Err(e) => {
                 tracing::error!(topic = %entry.name, partition = index, error = %e, "cannot rebuild producer state");
-                FailedPartition::new(&e)
+                FailedPartition::slot(&e)
             }
         },
         Err(e) => {
             tracing::error!(topic = %entry.name, partition = index, error = %e, "cannot open partition");
-            FailedPartition::new(&e)
+            FailedPartition::slot(&e)
         }
     }
 }

@@ -395,13 +395,19 @@ impl Consumer {
                 waits.push(rx);
             }
         }
+        // One deadline for all: a stream that is still (re)subscribing
+        // does not answer, and is stopped below.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         for rx in waits {
-            let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+            let _ = tokio::time::timeout_at(deadline, rx).await;
         }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         for sub in &mut self.subs {
             sub.ended = true;
-            if let Some(task) = sub.task.take() {
-                let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+            if let Some(mut task) = sub.task.take()
+                && tokio::time::timeout_at(deadline, &mut task).await.is_err()
+            {
+                task.abort();
             }
         }
         self.current = None;

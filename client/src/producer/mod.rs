@@ -42,8 +42,10 @@ pub struct ProducerConfig {
     /// again and may be stored twice.
     pub idempotent: bool,
     /// Give up on a record that is not acknowledged this long after it was
-    /// batched (while the broker is unreachable or keeps refusing it with a
-    /// retriable error).
+    /// sent (while the broker is unreachable, does not answer, or keeps
+    /// refusing it with a retriable error): its delivery future then fails
+    /// with [`ClientError::Timeout`] naming the last cause. Reconnecting,
+    /// resending and retrying all happen within this budget. Default 30 s.
     pub delivery_timeout: Duration,
     /// Rewrites records before they are batched (end-to-end encryption).
     pub transformer: Option<Arc<dyn ValueTransformer>>,
@@ -57,7 +59,7 @@ impl Default for ProducerConfig {
             max_in_flight: None,
             buffer_bytes: 64 * 1024 * 1024,
             idempotent: true,
-            delivery_timeout: Duration::from_secs(120),
+            delivery_timeout: Duration::from_secs(30),
             transformer: None,
         }
     }

@@ -263,20 +263,20 @@ impl LogError {
     /// counted: it cannot be told apart from a provider holding the wrong
     /// key-encryption key.
     pub fn is_damage(&self) -> bool {
-        match self {
+        matches!(
+            self,
             Self::Damaged { .. }
-            | Self::CorruptFrame { .. }
-            | Self::CorruptHeader { .. }
-            | Self::ForeignSegment { .. }
-            | Self::SealMissing { .. }
-            | Self::SealInvalid { .. }
-            | Self::Gap { .. }
-            | Self::EnvelopeMissing { .. }
-            | Self::EnvelopeEmpty { .. }
-            | Self::EnvelopeCorrupt { .. }
-            | Self::EnvelopeMismatch { .. } => true,
-            _ => false,
-        }
+                | Self::CorruptFrame { .. }
+                | Self::CorruptHeader { .. }
+                | Self::ForeignSegment { .. }
+                | Self::SealMissing { .. }
+                | Self::SealInvalid { .. }
+                | Self::Gap { .. }
+                | Self::EnvelopeMissing { .. }
+                | Self::EnvelopeEmpty { .. }
+                | Self::EnvelopeCorrupt { .. }
+                | Self::EnvelopeMismatch { .. }
+        )
     }
 
     /// The offsets `(first, end)` a [`LogError::Damaged`] names.
