@@ -102,7 +102,10 @@ enum StreamEnd {
 }
 
 impl SubDriver {
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one constructor, called once, with the parts of one subscription"
+    )]
     pub(crate) fn new(
         client: Client,
         index: usize,

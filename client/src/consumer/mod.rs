@@ -256,7 +256,16 @@ impl Consumer {
             Target::Partition(p) => vec![SubscriptionTarget::Partition(p)],
             Target::Partitions(ps) => ps.into_iter().map(SubscriptionTarget::Partition).collect(),
             Target::AllPartitions => {
-                let info = client.admin().describe_topic(&subscription.topic).await?;
+                let admin = client.admin();
+                let describe = admin.describe_topic(&subscription.topic);
+                let info = tokio::time::timeout(config.subscribe_timeout, describe)
+                    .await
+                    .map_err(|_| {
+                        ClientError::Timeout(format!(
+                            "the partitions of {} could not be listed within {:?}",
+                            subscription.topic, config.subscribe_timeout
+                        ))
+                    })??;
                 (0..info.config.partitions.max(1))
                     .map(SubscriptionTarget::Partition)
                     .collect()
