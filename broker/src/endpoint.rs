@@ -94,7 +94,7 @@ pub enum EndpointError {
 /// label, so every run of a broker with the same identity sends the same
 /// reset token for a connection id. A client whose broker restarted
 /// learns from its first packet afterwards that the connection is gone.
-/// The key is never logged and is zeroized when dropped.
+/// It is never logged, and this copy is zeroized when dropped.
 pub struct EndpointSecret(zeroize::Zeroizing<[u8; 32]>);
 
 impl EndpointSecret {
@@ -624,5 +624,35 @@ fn handshake_failed(settings: &AcceptSettings, remote: SocketAddr, e: &Connectio
             remote: Some(remote),
         }),
         None => tracing::debug!(%remote, error = %e, "handshake failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    fn key(bytes: &[u8]) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(bytes.to_vec()))
+    }
+
+    #[test]
+    fn the_reset_secret_is_stable_per_key_and_never_shown() {
+        let a = EndpointSecret::from_private_key(&key(b"broker key one"));
+        let again = EndpointSecret::from_private_key(&key(b"broker key one"));
+        let b = EndpointSecret::from_private_key(&key(b"broker key two"));
+        assert_eq!(*a.0, *again.0, "a restart derives the same secret");
+        assert_ne!(*a.0, *b.0);
+        assert_ne!(&a.0[..14], b"broker key one", "not the key itself");
+        assert_eq!(format!("{a:?}"), "EndpointSecret(..)");
+        // Usable as quinn's endpoint configuration.
+        let _config = a.endpoint_config();
+        let mut ids = RandomConnectionIds;
+        let (x, y) = (
+            quinn::ConnectionIdGenerator::generate_cid(&mut ids),
+            quinn::ConnectionIdGenerator::generate_cid(&mut ids),
+        );
+        assert_eq!(x.len(), CID_LEN);
+        assert_ne!(x, y);
     }
 }

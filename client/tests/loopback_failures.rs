@@ -311,3 +311,56 @@ async fn records_the_broker_never_answers_fail_with_a_timeout() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_refusals_are_retried_until_the_timeout_then_name_their_cause() {
+    guarded(async {
+        let peer = Peer::start(Arc::new(TestPki::new()), PeerLimits::default()).await;
+        peer.create_topic(TOPIC, 1);
+        // `partition_unavailable` for ever: retried, never stored.
+        peer.shared
+            .refuse_produce
+            .store(usize::MAX, Ordering::SeqCst);
+        let client = Client::connect(peer.client_config(&peer.pki.alice))
+            .await
+            .expect("connects");
+        let producer = client
+            .producer(ProducerConfig {
+                delivery_timeout: Duration::from_secs(1),
+                ..ProducerConfig::default()
+            })
+            .await
+            .expect("producer");
+        let e = producer
+            .send_and_wait(ProducerRecord::new(TOPIC, "never").partition(0))
+            .await
+            .expect_err("refused until the timeout");
+        assert_eq!(e.code(), Some(ErrorCode::Timeout), "{e}");
+        assert!(
+            e.to_string()
+                .contains("last error: test peer: partition briefly unavailable"),
+            "{e}"
+        );
+        let refused = usize::MAX - peer.shared.refuse_produce.load(Ordering::SeqCst);
+        assert!(refused >= 2, "retried: {refused} attempts");
+        assert!(peer.values(TOPIC, 0).is_empty());
+
+        // A permanent refusal is not retried.
+        peer.shared.refuse_produce.store(0, Ordering::SeqCst);
+        peer.deny("spiffe://strongbox.dev/alice", "publish", TOPIC);
+        let before = peer.shared.stats.produce_frames.load(Ordering::SeqCst);
+        let e = producer
+            .send_and_wait(ProducerRecord::new(TOPIC, "denied").partition(0))
+            .await
+            .expect_err("not authorized");
+        assert_eq!(e.code(), Some(ErrorCode::NotAuthorized), "{e}");
+        assert_eq!(
+            peer.shared.stats.produce_frames.load(Ordering::SeqCst),
+            before + 1,
+            "sent once"
+        );
+        producer.close().await.expect("close");
+        client.close().await;
+    })
+    .await;
+}

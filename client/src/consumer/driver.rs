@@ -219,9 +219,11 @@ impl SubDriver {
             SubscriptionTarget::Partition(p) => format!("{}/{p}", self.topic),
             SubscriptionTarget::Group(g) => format!("{} as group {g}", self.topic),
         };
+        // A reconnection in progress knows best why nothing works.
         let cause = self
-            .last_error
-            .as_ref()
+            .client
+            .last_connection_error()
+            .or_else(|| self.last_error.clone())
             .map_or_else(String::new, |e| format!(" (last error: {e})"));
         ClientError::Timeout(format!(
             "could not subscribe to {what} within {:?}{cause}",

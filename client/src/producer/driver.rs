@@ -349,10 +349,11 @@ impl Driver {
 
     /// The error of a record that was not acknowledged in time.
     fn timeout_error(&self) -> ClientError {
+        // A reconnection in progress knows best why nothing works.
         let cause = self
-            .last_error
-            .clone()
-            .or_else(|| self.client.last_connection_error())
+            .client
+            .last_connection_error()
+            .or_else(|| self.last_error.clone())
             .map_or_else(String::new, |e| format!(" (last error: {e})"));
         ClientError::Timeout(format!(
             "the record was not acknowledged within the delivery timeout of {:?}{cause}",
@@ -450,6 +451,10 @@ impl Driver {
             Ok(ProduceOutcome::Failed(error)) => {
                 let code = error.error_code();
                 let client_error = ClientError::from_error_frame(&error);
+                if client_error.is_retriable() {
+                    // The cause to name if the record times out.
+                    self.last_error = Some(client_error.clone());
+                }
                 match self
                     .ledger
                     .refused(error.correlation_id, code, client_error, Instant::now())
