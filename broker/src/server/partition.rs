@@ -265,6 +265,7 @@ impl Partition {
     ///
     /// # Errors
     ///
+    /// `data_damaged` when the read starts in damaged data,
     /// `partition_unavailable` or `key_unavailable` when the log cannot be
     /// read.
     pub fn read(&self, from: u64, max_bytes: usize) -> Result<Vec<(u64, Bytes)>, BrokerError> {
