@@ -22,6 +22,12 @@
 //!   connection with [`ErrorCode::ShuttingDown`] and waits for the endpoint
 //!   to go idle so that peers receive the close.
 //!
+//! The endpoint's stateless-reset key comes from [`EndpointSecret`], which
+//! is derived from the broker's TLS private key: a broker that restarts
+//! (after a crash, say) on the same address answers packets of the
+//! connections it lost with a stateless reset their clients recognize, so
+//! they reconnect at once instead of waiting out the idle timeout.
+//!
 //! Authentication failures are reported once each: the TLS verifier
 //! reports rejected certificates (with the claimed identity); this module
 //! reports the other handshake failures (no certificate, no common ALPN)
@@ -43,7 +49,7 @@ use tracing::Instrument;
 use crate::config::ListenerConfig;
 use crate::identity::{IdentityMapper, Principal, leaf_certificate};
 use crate::metrics::BrokerMetrics;
-use crate::tls::{AuthFailure, AuthFailureHook, AuthStage};
+use crate::tls::{AuthFailure, AuthFailureHook, AuthStage, ServerTls};
 
 /// Default per-stream receive window of quinn, kept as the floor.
 const MIN_STREAM_WINDOW: u64 = 1_250_000;
@@ -81,6 +87,74 @@ pub enum EndpointError {
     /// A listener setting does not fit QUIC's limits.
     #[error("listener setting out of range for QUIC: {0}")]
     Transport(String),
+}
+
+/// The secret that keys the endpoint's stateless resets (RFC 9000,
+/// section 10.3): HMAC-SHA256 under the broker's TLS private key of a fixed
+/// label, so every run of a broker with the same identity sends the same
+/// reset token for a connection id. A client whose broker restarted
+/// learns from its first packet afterwards that the connection is gone.
+/// It is never logged, and this copy is zeroized when dropped.
+pub struct EndpointSecret(zeroize::Zeroizing<[u8; 32]>);
+
+impl EndpointSecret {
+    /// Derives the secret from the TLS private key.
+    pub fn from_private_key(key: &rustls::pki_types::PrivateKeyDer<'_>) -> Self {
+        let mac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.secret_der());
+        let tag = ring::hmac::sign(&mac, b"strongbox/quic-stateless-reset/v1");
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        secret.copy_from_slice(tag.as_ref());
+        Self(secret)
+    }
+
+    /// quinn's endpoint configuration: this reset key, and connection ids
+    /// that a restarted endpoint does not discard as foreign (quinn's
+    /// default generator is keyed per process, so its successor would
+    /// drop the old connections' packets without answering).
+    pub fn endpoint_config(&self) -> quinn::EndpointConfig {
+        let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0[..]);
+        let mut config = quinn::EndpointConfig::new(Arc::new(reset));
+        config.cid_generator(|| Box::new(RandomConnectionIds));
+        config
+    }
+}
+
+impl std::fmt::Debug for EndpointSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EndpointSecret(..)")
+    }
+}
+
+/// 8-byte random connection ids. Every id is taken as possibly ours, so a
+/// packet for a connection this process does not know is answered with a
+/// stateless reset (quinn rate-limits them).
+struct RandomConnectionIds;
+
+/// Bytes of a connection id.
+const CID_LEN: usize = 8;
+
+impl quinn::ConnectionIdGenerator for RandomConnectionIds {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        use ring::rand::SecureRandom;
+        use std::hash::{BuildHasher, Hasher};
+        let mut bytes = [0u8; CID_LEN];
+        if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+            // Ids need only be unlikely to collide: the standard library's
+            // per-process random hash keys, new for every `RandomState`.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(0x5EED);
+            bytes = h.finish().to_be_bytes();
+        }
+        quinn::ConnectionId::new(&bytes)
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// The UDP socket buffer sizes the kernel granted.
@@ -285,15 +359,15 @@ impl Server {
     /// The socket cannot be bound, or the configuration is unusable.
     pub fn bind(
         l: &ListenerConfig,
-        tls: Arc<rustls::ServerConfig>,
+        tls: &ServerTls,
         settings: AcceptSettings,
     ) -> Result<Self, EndpointError> {
-        let server_config = quic_server_config(tls, l)?;
+        let server_config = quic_server_config(tls.config.clone(), l)?;
         let recv = usize::try_from(l.udp_recv_buffer).unwrap_or(usize::MAX);
         let send = usize::try_from(l.udp_send_buffer).unwrap_or(usize::MAX);
         let (socket, buffers) = bind_udp(l.addr, recv, send)?;
         let endpoint = Endpoint::new(
-            quinn::EndpointConfig::default(),
+            tls.endpoint.endpoint_config(),
             Some(server_config),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -550,5 +624,35 @@ fn handshake_failed(settings: &AcceptSettings, remote: SocketAddr, e: &Connectio
             remote: Some(remote),
         }),
         None => tracing::debug!(%remote, error = %e, "handshake failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    fn key(bytes: &[u8]) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(bytes.to_vec()))
+    }
+
+    #[test]
+    fn the_reset_secret_is_stable_per_key_and_never_shown() {
+        let a = EndpointSecret::from_private_key(&key(b"broker key one"));
+        let again = EndpointSecret::from_private_key(&key(b"broker key one"));
+        let b = EndpointSecret::from_private_key(&key(b"broker key two"));
+        assert_eq!(*a.0, *again.0, "a restart derives the same secret");
+        assert_ne!(*a.0, *b.0);
+        assert_ne!(&a.0[..14], b"broker key one", "not the key itself");
+        assert_eq!(format!("{a:?}"), "EndpointSecret(..)");
+        // Usable as quinn's endpoint configuration.
+        let _config = a.endpoint_config();
+        let mut ids = RandomConnectionIds;
+        let (x, y) = (
+            quinn::ConnectionIdGenerator::generate_cid(&mut ids),
+            quinn::ConnectionIdGenerator::generate_cid(&mut ids),
+        );
+        assert_eq!(x.len(), CID_LEN);
+        assert_ne!(x, y);
     }
 }

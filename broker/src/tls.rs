@@ -518,6 +518,9 @@ pub struct ServerTls {
     /// Call [`ReloadingClientVerifier::reload`] on SIGHUP, and
     /// [`spawn_watcher`](ReloadingClientVerifier::spawn_watcher) at start.
     pub verifier: Arc<ReloadingClientVerifier>,
+    /// Keys the QUIC endpoint's stateless resets, derived from the private
+    /// key so that it stays the same across restarts.
+    pub endpoint: Arc<crate::endpoint::EndpointSecret>,
 }
 
 /// Builds the server TLS configuration described by `[tls]`.
@@ -557,8 +560,13 @@ pub fn server_tls(cfg: &TlsConfig, hook: Option<AuthFailureHook>) -> Result<Serv
     )?);
     let chain = load_certs("tls.cert", &cfg.cert)?;
     let key = load_key("tls.key", &cfg.key)?;
+    let endpoint = Arc::new(crate::endpoint::EndpointSecret::from_private_key(&key));
     let config = server_config_with(provider, verifier.clone(), chain, key)?;
-    Ok(ServerTls { config, verifier })
+    Ok(ServerTls {
+        config,
+        verifier,
+        endpoint,
+    })
 }
 
 /// A TLS 1.3-only server config with ALPN `strongbox/1`, no session

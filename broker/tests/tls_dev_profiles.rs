@@ -199,7 +199,7 @@ async fn profiles_connect_to_a_broker_built_from_the_dev_config() {
     let tls = server_tls(&cfg.tls, None).unwrap();
     let identity = Arc::new(IdentityMapper::from_config(&cfg.identity).unwrap());
     let settings = AcceptSettings::from_config(&cfg.listener, identity, None, None);
-    let server = Server::bind(&cfg.listener, tls.config.clone(), settings).unwrap();
+    let server = Server::bind(&cfg.listener, &tls, settings).unwrap();
     let addr = server.local_addr().unwrap();
     layout.set_broker_addr(addr).unwrap();
     let (stop, rx) = watch::channel(false);

@@ -99,6 +99,8 @@ struct Inner {
     generations: AtomicU64,
     closed: AtomicBool,
     closed_notify: Notify,
+    /// Why the last reconnection attempt failed, while reconnecting.
+    last_error: Mutex<Option<ClientError>>,
 }
 
 /// A connection to a Strongbox broker.
@@ -152,6 +154,7 @@ impl Client {
                 generations: AtomicU64::new(1),
                 closed: AtomicBool::new(false),
                 closed_notify: Notify::new(),
+                last_error: Mutex::new(None),
             }),
         })
     }
@@ -241,6 +244,18 @@ impl Client {
         let _ = tokio::time::timeout(GOODBYE_GRACE, self.inner.endpoint.wait_idle()).await;
     }
 
+    /// Why the last attempt to reconnect failed, while the client is
+    /// reconnecting (for the message of an operation that timed out).
+    pub(crate) fn last_connection_error(&self) -> Option<ClientError> {
+        self.inner.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    fn set_last_error(&self, error: Option<ClientError>) {
+        if let Ok(mut slot) = self.inner.last_error.lock() {
+            *slot = error;
+        }
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::SeqCst)
     }
@@ -300,12 +315,14 @@ impl Client {
                     if let Ok(mut g) = self.inner.current.lock() {
                         *g = session.clone();
                     }
+                    self.set_last_error(None);
                     tracing::info!(broker = %self.inner.config.broker, generation, "reconnected");
                     return Ok(session);
                 }
                 Err(e) if !e.is_retriable() => return Err(e),
                 Err(e) => e,
             };
+            self.set_last_error(Some(error.clone()));
             if policy
                 .give_up_after
                 .is_some_and(|limit| started.elapsed() >= limit)

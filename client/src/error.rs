@@ -61,6 +61,32 @@ pub enum ClientError {
         /// The broker's message.
         message: String,
     },
+    /// Records of one partition could not be delivered: the broker reported
+    /// the offsets `first_offset..end_offset` of `topic`/`partition` as
+    /// unreadable (damaged data, or a partition whose damaged files kept it
+    /// from opening). A consumer yields this as an item and goes on with
+    /// its other partitions; the partition itself goes on after the range
+    /// only when `skipped` is true (see
+    /// [`ConsumerConfig::skip_damaged`](crate::ConsumerConfig::skip_damaged)).
+    #[error("{topic}/{partition}: records {} {}: {message}",
+            offset_range(*first_offset, *end_offset),
+            if *skipped { "were skipped" } else { "cannot be read; the partition is stopped" })]
+    PartitionDamaged {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The broker's wire code, usually 86 ([`ErrorCode::DataDamaged`]).
+        code: u16,
+        /// The first offset not delivered.
+        first_offset: u64,
+        /// The next offset that can be read again, when known.
+        end_offset: Option<u64>,
+        /// True when the consumer goes on from `end_offset`.
+        skipped: bool,
+        /// The broker's reason (which file, what to do).
+        message: String,
+    },
     /// The broker answered with an error code this version does not know.
     #[error("broker error {code}: {message}")]
     UnknownBrokerError {
@@ -90,6 +116,14 @@ pub enum ClientError {
     Transform(String),
 }
 
+/// `first..end`, or `first..` when the end is unknown.
+fn offset_range(first: u64, end: Option<u64>) -> String {
+    match end {
+        Some(end) => format!("{first}..{end}"),
+        None => format!("from {first} on"),
+    }
+}
+
 fn broker_text(code: ErrorCode, message: &str) -> String {
     if message.is_empty() {
         code.name().replace('_', " ")
@@ -99,16 +133,23 @@ fn broker_text(code: ErrorCode, message: &str) -> String {
 }
 
 impl ClientError {
-    /// The broker's error code, when the broker refused the request.
+    /// The wire error code: the broker's, when it refused the request or
+    /// reported a partition; [`ErrorCode::Timeout`] for
+    /// [`ClientError::Timeout`].
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Self::Broker { code, .. } => Some(*code),
+            Self::PartitionDamaged { code, .. } => ErrorCode::from_u16(*code),
+            Self::Timeout(_) => Some(ErrorCode::Timeout),
             _ => None,
         }
     }
 
     /// True when the same operation may succeed later without any change:
-    /// the connection dropped, the broker was briefly unavailable.
+    /// the connection dropped, the broker was briefly unavailable. Broker
+    /// codes are classified by [`ErrorCode::is_retriable`], the one place
+    /// that decides it. Producers and consumers retry these within their
+    /// time budget; everything else fails at once.
     pub fn is_retriable(&self) -> bool {
         match self {
             Self::Connect { .. } | Self::Timeout(_) | Self::ConnectionLost(_) => true,
@@ -186,7 +227,9 @@ impl ClientError {
                 }
             }
             C::TimedOut => Self::Timeout("the broker stopped answering (QUIC idle timeout)".into()),
-            C::Reset => Self::ConnectionLost("the broker reset the connection".into()),
+            C::Reset => Self::ConnectionLost(
+                "the broker reset the connection (it restarted, or lost the connection)".into(),
+            ),
             C::LocallyClosed => Self::ConnectionLost("the connection was closed".into()),
             other => Self::ConnectionLost(other.to_string()),
         }
@@ -309,6 +352,74 @@ mod tests {
         );
         assert!(ClientError::ConnectionLost("x".into()).is_retriable());
         assert!(!ClientError::Authentication("x".into()).is_retriable());
+    }
+
+    #[test]
+    fn permanent_and_transient_codes() {
+        for code in [
+            ErrorCode::DataDamaged,
+            ErrorCode::KeyDestroyed,
+            ErrorCode::NotAuthorized,
+        ] {
+            let e = ClientError::from_code(code.as_u16(), String::new());
+            assert!(!e.is_retriable(), "{code}");
+            assert_eq!(e.code(), Some(code));
+        }
+        for code in [
+            ErrorCode::ShuttingDown,
+            ErrorCode::PartitionUnavailable,
+            ErrorCode::Timeout,
+        ] {
+            assert!(
+                ClientError::from_code(code.as_u16(), String::new()).is_retriable(),
+                "{code}"
+            );
+        }
+        let timeout = ClientError::Timeout("no ack".into());
+        assert_eq!(timeout.code(), Some(ErrorCode::Timeout));
+    }
+
+    #[test]
+    fn a_damaged_partition_names_topic_partition_and_range() {
+        let e = ClientError::PartitionDamaged {
+            topic: "orders".into(),
+            partition: 3,
+            code: ErrorCode::DataDamaged.as_u16(),
+            first_offset: 350,
+            end_offset: Some(360),
+            skipped: false,
+            message: "frame at offset 350 fails authentication".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "orders/3: records 350..360 cannot be read; the partition is stopped: \
+             frame at offset 350 fails authentication"
+        );
+        assert_eq!(e.code(), Some(ErrorCode::DataDamaged));
+        assert!(!e.is_retriable());
+        let e = ClientError::PartitionDamaged {
+            topic: "orders".into(),
+            partition: 0,
+            code: ErrorCode::DataDamaged.as_u16(),
+            first_offset: 0,
+            end_offset: None,
+            skipped: false,
+            message: "x".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "orders/0: records from 0 on cannot be read; the partition is stopped: x"
+        );
+        let e = ClientError::PartitionDamaged {
+            topic: "orders".into(),
+            partition: 0,
+            code: ErrorCode::DataDamaged.as_u16(),
+            first_offset: 5,
+            end_offset: Some(9),
+            skipped: true,
+            message: "x".into(),
+        };
+        assert_eq!(e.to_string(), "orders/0: records 5..9 were skipped: x");
     }
 
     #[test]

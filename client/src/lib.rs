@@ -27,6 +27,52 @@
 //! values, such as end-to-end encryption ([`e2e`]), plugs into both through
 //! [`ValueTransformer`].
 //!
+//! # Failures and time limits
+//!
+//! Nothing waits without bound:
+//!
+//! - every record is acknowledged or fails with [`ClientError::Timeout`]
+//!   (code [`ErrorCode::Timeout`]) within
+//!   [`ProducerConfig::delivery_timeout`] (default 30 s), counted from
+//!   `send`. Until then the producer retries what can heal: a lost
+//!   connection (it reconnects and sends every unacknowledged batch again
+//!   with the same sequence numbers, so the broker stores each once),
+//!   `shutting_down`, `partition_unavailable`, `timeout`. Anything else,
+//!   such as `not_authorized`, `data_damaged` or `key_destroyed`, fails the
+//!   record at once. [`ErrorCode::is_retriable`] is the one place that
+//!   decides;
+//! - a subscription is established, and re-established after a lost
+//!   connection or a retriable refusal, within
+//!   [`ConsumerConfig::subscribe_timeout`] (default 30 s), or its stream
+//!   yields [`ClientError::Timeout`]. Waiting for new records on an
+//!   established subscription is not limited;
+//! - a partition the broker cannot read (damaged data, or a log whose
+//!   damaged files kept it from opening) is reported, after every readable
+//!   record before the damage, as one [`ClientError::PartitionDamaged`]
+//!   item naming the topic, partition and offset range. The consumer goes
+//!   on with its other partitions; the damaged one stops, or goes on after
+//!   the range with [`ConsumerConfig::skip_damaged`].
+//!
+//! ```no_run
+//! use futures::StreamExt;
+//! use strongbox_client::{Client, ClientConfig, ClientError, ConsumerConfig, Subscription};
+//!
+//! # async fn run() -> Result<(), ClientError> {
+//! let client = Client::connect(ClientConfig::from_profile("strongbox-dev/profiles/bob.toml")?).await?;
+//! let mut consumer = client
+//!     .subscribe(Subscription::all_partitions("demo.orders"), ConsumerConfig::default())
+//!     .await?;
+//! while let Some(item) = consumer.next().await {
+//!     match item {
+//!         Ok(record) => println!("{}@{}", record.partition, record.offset),
+//!         Err(e @ ClientError::PartitionDamaged { .. }) => eprintln!("warning: {e}"),
+//!         Err(e) => return Err(e),
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Profiles
 //!
 //! A profile is a small TOML file that says where the broker is and which
@@ -84,7 +130,9 @@
 //! [`ClientError::Broker`] with the wire [`ErrorCode`] and the broker's
 //! message, shown as is: `not authorized: spiffe://strongbox.dev/bob may
 //! not publish demo.greetings`. A certificate the broker does not accept is
-//! [`ClientError::Authentication`].
+//! [`ClientError::Authentication`]. [`ClientError::code`] gives the wire
+//! code where there is one (also `timeout` for [`ClientError::Timeout`]),
+//! and [`ClientError::is_retriable`] whether trying again can help.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -78,7 +78,9 @@ pub enum ErrorCode {
     /// The consumer group name breaks the naming rules.
     InvalidGroup = 66,
 
-    /// The partition's log cannot be read or written (corruption, I/O).
+    /// The partition's log cannot be read or written right now (I/O, a
+    /// partition that could not be opened); damaged data is
+    /// [`ErrorCode::DataDamaged`].
     PartitionUnavailable = 80,
     /// The key provider (HSM) could not wrap or unwrap a key.
     KeyUnavailable = 81,
@@ -86,6 +88,10 @@ pub enum ErrorCode {
     KeyDestroyed = 82,
     /// A key version is still needed by some envelopes.
     KeyInUse = 83,
+    /// Stored data failed its integrity checks (a frame that does not
+    /// authenticate, a segment cut short or missing, a lost key envelope):
+    /// those records cannot be read until the data is restored.
+    DataDamaged = 86,
 
     /// The request names something that does not exist.
     NotFound = 96,
@@ -135,6 +141,7 @@ impl ErrorCode {
         Self::KeyUnavailable,
         Self::KeyDestroyed,
         Self::KeyInUse,
+        Self::DataDamaged,
         Self::NotFound,
         Self::InvalidRequest,
         Self::Conflict,
@@ -187,6 +194,7 @@ impl ErrorCode {
             Self::KeyUnavailable => "key_unavailable",
             Self::KeyDestroyed => "key_destroyed",
             Self::KeyInUse => "key_in_use",
+            Self::DataDamaged => "data_damaged",
             Self::NotFound => "not_found",
             Self::InvalidRequest => "invalid_request",
             Self::Conflict => "conflict",
@@ -196,6 +204,12 @@ impl ErrorCode {
     }
 
     /// Whether a client may retry the same request unchanged later.
+    ///
+    /// This is the one place clients classify broker errors: a retriable
+    /// code is retried within the caller's time budget (a producer's
+    /// delivery timeout, a consumer's subscribe timeout); any other code
+    /// fails the operation at once. Codes this version does not know are
+    /// not retriable. A new transient condition is one more arm here.
     pub fn is_retriable(self) -> bool {
         matches!(
             self,

@@ -13,7 +13,8 @@ use crate::frames::admin::{AdminRequest, AdminResponse};
 use crate::frames::control::{ErrorFrame, Goodbye, Hello, Ping, Pong, Welcome};
 use crate::frames::produce::{Produce, ProduceAck};
 use crate::frames::subscribe::{
-    Assignment, Commit, CommitAck, Credit, Records, Subscribe, SubscriptionEnd, Unsubscribe,
+    Assignment, Commit, CommitAck, Credit, PartitionError, Records, Subscribe, SubscriptionEnd,
+    Unsubscribe,
 };
 
 /// Bytes of the length prefix.
@@ -97,6 +98,9 @@ frame_types! {
     Unsubscribe = 0x0026,
     /// Broker → client, subscription stream: the last frame.
     SubscriptionEnd = 0x0027,
+    /// Broker → client, subscription stream: a partition's records cannot
+    /// be delivered (a damaged offset range).
+    PartitionError = 0x0028,
     /// Admin request: the caller's principal.
     WhoAmI = 0x0100,
     /// Admin request: create a topic.
@@ -228,6 +232,8 @@ pub enum Frame {
     Unsubscribe(Unsubscribe),
     /// See [`SubscriptionEnd`].
     SubscriptionEnd(SubscriptionEnd),
+    /// See [`PartitionError`].
+    PartitionError(PartitionError),
     /// An admin request; its variant decides the frame type.
     Request(AdminRequest),
     /// An admin response; its variant decides the frame type.
@@ -254,6 +260,7 @@ impl Frame {
             Self::CommitAck(_) => FrameType::CommitAck,
             Self::Unsubscribe(_) => FrameType::Unsubscribe,
             Self::SubscriptionEnd(_) => FrameType::SubscriptionEnd,
+            Self::PartitionError(_) => FrameType::PartitionError,
             Self::Request(r) => r.frame_type(),
             Self::Response(r) => r.frame_type(),
         }
@@ -287,6 +294,7 @@ impl Frame {
             Self::CommitAck(f) => f.encode_body(dst),
             Self::Unsubscribe(f) => f.encode_body(dst),
             Self::SubscriptionEnd(f) => f.encode_body(dst),
+            Self::PartitionError(f) => f.encode_body(dst),
             Self::Request(r) => r.encode_body(dst),
             Self::Response(r) => r.encode_body(dst),
         };
@@ -415,6 +423,7 @@ impl Frame {
             FrameType::SubscriptionEnd => {
                 Self::SubscriptionEnd(SubscriptionEnd::decode_body(&mut r)?)
             }
+            FrameType::PartitionError => Self::PartitionError(PartitionError::decode_body(&mut r)?),
             ty if ty.is_admin_request() => match AdminRequest::decode_body(ty, &mut r)? {
                 Some(req) => Self::Request(req),
                 None => return Err(DecodeError::UnknownFrameType(code)),

@@ -633,6 +633,17 @@ fn values_outside_their_domain_are_malformed() {
             "0001 74 | 00 00000000 | 01 0000000000000001 | 0000000000000000",
             "start",
         ),
+        // Flags other than SKIP_DAMAGED (bit 0) are reserved.
+        (
+            FrameType::Subscribe,
+            "0001 74 | 00 00000000 | 00 0000000000000000 | 0000000000000000 | 02",
+            "flags",
+        ),
+        (
+            FrameType::Subscribe,
+            "0001 74 | 01 0001 67 | 00 0000000000000000 | 0000000000000000 | 81",
+            "flags",
+        ),
         (
             FrameType::CreateTopic,
             "0001 74 | 00000001 | 00 00000005 | 00 00 00 00 | 00",
@@ -707,6 +718,34 @@ fn values_outside_their_domain_are_malformed() {
             }
             other => panic!("{ty} {body}: expected an invalid {field}, got {other:?}"),
         }
+    }
+}
+
+/// A `Subscribe` of an older layout (without `flags`) and a
+/// `PartitionError` cut short are truncated input, never a default value.
+#[test]
+fn subscription_frames_cut_short_are_truncated() {
+    let cases: &[(FrameType, &str)] = &[
+        (
+            FrameType::Subscribe,
+            "0001 74 | 00 00000000 | 00 0000000000000000 | 0000000000000000",
+        ),
+        (
+            FrameType::PartitionError,
+            "00000001 | 0056 | 0000000000000001",
+        ),
+        (
+            FrameType::PartitionError,
+            "00000001 | 0056 | 0000000000000001 | 0000000000000002 | 0005 6162",
+        ),
+    ];
+    for (ty, body) in cases {
+        let wire = raw_frame(ty.as_u16(), &unhex(body));
+        let result = decode_frame(&wire, DEFAULT_MAX_FRAME_SIZE);
+        assert!(
+            matches!(result, Err(DecodeError::Truncated { .. })),
+            "{ty}: {result:?}"
+        );
     }
 }
 

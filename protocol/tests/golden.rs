@@ -20,8 +20,8 @@ use strongbox_protocol::frames::admin_types::{
 use strongbox_protocol::frames::control::{ErrorFrame, Goodbye, Hello, Ping, Pong, Welcome};
 use strongbox_protocol::frames::produce::{Produce, ProduceAck};
 use strongbox_protocol::frames::subscribe::{
-    AssignedPartition, Assignment, Commit, CommitAck, Credit, OffsetBatch, Records, StartPosition,
-    Subscribe, SubscriptionEnd, SubscriptionTarget, Unsubscribe,
+    AssignedPartition, Assignment, Commit, CommitAck, Credit, OffsetBatch, PartitionError, Records,
+    StartPosition, Subscribe, SubscriptionEnd, SubscriptionTarget, Unsubscribe,
 };
 
 use common::unhex;
@@ -178,28 +178,40 @@ golden_cases! {
         target: SubscriptionTarget::Group("g".into()),
         start: StartPosition::Timestamp(1_700_000_000_000),
         credit: 65_536,
-    }) => "0000001a | 0020 | 0001 74 | 01 0001 67 | 03 0000018bcfe56800 | 0000000000010000";
+        skip_damaged: false,
+    }) => "0000001b | 0020 | 0001 74 | 01 0001 67 | 03 0000018bcfe56800 | 0000000000010000 | 00";
 
     subscribe_partition_offset: Frame::Subscribe(Subscribe {
         topic: "t".into(),
         target: SubscriptionTarget::Partition(3),
         start: StartPosition::Offset(5),
         credit: 1024,
-    }) => "0000001b | 0020 | 0001 74 | 00 00000003 | 02 0000000000000005 | 0000000000000400";
+        skip_damaged: false,
+    }) => "0000001c | 0020 | 0001 74 | 00 00000003 | 02 0000000000000005 | 0000000000000400 | 00";
 
     subscribe_partition_earliest: Frame::Subscribe(Subscribe {
         topic: "t".into(),
         target: SubscriptionTarget::Partition(0),
         start: StartPosition::Earliest,
         credit: 0,
-    }) => "0000001b | 0020 | 0001 74 | 00 00000000 | 00 0000000000000000 | 0000000000000000";
+        skip_damaged: false,
+    }) => "0000001c | 0020 | 0001 74 | 00 00000000 | 00 0000000000000000 | 0000000000000000 | 00";
 
     subscribe_partition_latest: Frame::Subscribe(Subscribe {
         topic: "t".into(),
         target: SubscriptionTarget::Partition(0),
         start: StartPosition::Latest,
         credit: 0,
-    }) => "0000001b | 0020 | 0001 74 | 00 00000000 | 01 0000000000000000 | 0000000000000000";
+        skip_damaged: false,
+    }) => "0000001c | 0020 | 0001 74 | 00 00000000 | 01 0000000000000000 | 0000000000000000 | 00";
+
+    subscribe_skip_damaged: Frame::Subscribe(Subscribe {
+        topic: "t".into(),
+        target: SubscriptionTarget::Partition(1),
+        start: StartPosition::Earliest,
+        credit: 1024,
+        skip_damaged: true,
+    }) => "0000001c | 0020 | 0001 74 | 00 00000001 | 00 0000000000000000 | 0000000000000400 | 01";
 
     assignment: Frame::Assignment(Assignment {
         generation: 2,
@@ -232,6 +244,22 @@ golden_cases! {
         code: 112,
         reason: "bye".into(),
     }) => "00000009 | 0027 | 0070 | 0003 627965";
+
+    partition_error: Frame::PartitionError(PartitionError {
+        partition: 2,
+        code: 86,
+        first_offset: 350,
+        end_offset: 400,
+        message: "bad".into(),
+    }) => "0000001d | 0028 | 00000002 | 0056 | 000000000000015e | 0000000000000190 | 0003 626164";
+
+    partition_error_end_unknown: Frame::PartitionError(PartitionError {
+        partition: 0,
+        code: 86,
+        first_offset: 0,
+        end_offset: PartitionError::END_UNKNOWN,
+        message: String::new(),
+    }) => "0000001a | 0028 | 00000000 | 0056 | 0000000000000000 | ffffffffffffffff | 0000";
 
     // ---- admin requests ----------------------------------------------------
     who_am_i: Frame::Request(AdminRequest::WhoAmI) => "00000002 | 0100";

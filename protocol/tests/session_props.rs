@@ -25,8 +25,8 @@ use strongbox_protocol::frames::admin::AdminResponse;
 use strongbox_protocol::frames::control::{ErrorFrame, Goodbye, Hello, Ping, Pong, Welcome};
 use strongbox_protocol::frames::produce::{Produce, ProduceAck};
 use strongbox_protocol::frames::subscribe::{
-    AssignedPartition, Assignment, Commit, CommitAck, Credit, OffsetBatch, Records, StartPosition,
-    Subscribe, SubscriptionEnd, SubscriptionTarget, Unsubscribe,
+    AssignedPartition, Assignment, Commit, CommitAck, Credit, OffsetBatch, PartitionError, Records,
+    StartPosition, Subscribe, SubscriptionEnd, SubscriptionTarget, Unsubscribe,
 };
 use strongbox_protocol::session::Violation;
 use strongbox_protocol::session::admin::{AdminCall, BrokerAdminStream};
@@ -854,8 +854,38 @@ fn arb_to_subscriber() -> impl Strategy<Value = Frame> {
         1 => (prop_oneof![Just(0u16), Just(112)], arb_string())
             .prop_map(|(code, reason)| Frame::SubscriptionEnd(SubscriptionEnd { code, reason })),
         1 => Just(Frame::Error(ErrorFrame::new(0, ErrorCode::UnknownTopic, "gone"))),
+        2 => arb_partition_error_frame().prop_map(Frame::PartitionError),
         1 => arb_frame(),
     ]
+}
+
+/// `PartitionError`s near the offsets the other frames use: some valid,
+/// some empty, without a code, or behind what was delivered.
+fn arb_partition_error_frame() -> impl Strategy<Value = PartitionError> {
+    (
+        0u32..3,
+        prop_oneof![4 => Just(86u16), 1 => Just(0u16), 1 => Just(82u16)],
+        0u64..12,
+        prop_oneof![3 => 0u64..14, 1 => Just(PartitionError::END_UNKNOWN)],
+    )
+        .prop_map(
+            |(partition, code, first_offset, end_offset)| PartitionError {
+                partition,
+                code,
+                first_offset,
+                end_offset,
+                message: "damaged".into(),
+            },
+        )
+}
+
+/// One assigned partition in the model: the last base offset, the end of
+/// a skipped range, and whether a `PartitionError` stopped it.
+#[derive(Debug, Clone, Copy, Default)]
+struct ModelPartition {
+    last: Option<u64>,
+    resume: u64,
+    halted: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -891,9 +921,10 @@ enum SubState {
 struct SubscriberModel {
     state: SubState,
     group: bool,
+    skip_damaged: bool,
     credit: i64,
     generation: u32,
-    last: BTreeMap<u32, Option<u64>>,
+    last: BTreeMap<u32, ModelPartition>,
     pending: VecDeque<(u32, u64)>,
 }
 
@@ -912,7 +943,11 @@ impl SubscriberModel {
                     Err(ErrorCode::ProtocolViolation)
                 } else {
                     self.generation = a.generation;
-                    self.last = a.partitions.iter().map(|p| (p.partition, None)).collect();
+                    self.last = a
+                        .partitions
+                        .iter()
+                        .map(|p| (p.partition, ModelPartition::default()))
+                        .collect();
                     if self.state == AwaitingAssignment {
                         self.state = Active;
                     }
@@ -925,21 +960,46 @@ impl SubscriberModel {
             }
             (
                 AwaitingAssignment,
-                Frame::Records(_) | Frame::CommitAck(_) | Frame::SubscriptionEnd(_),
+                Frame::Records(_)
+                | Frame::CommitAck(_)
+                | Frame::SubscriptionEnd(_)
+                | Frame::PartitionError(_),
             ) => Err(ErrorCode::UnexpectedFrame),
+            (_, Frame::PartitionError(e)) => match self.last.get_mut(&e.partition) {
+                Some(p) => {
+                    let floor = p.last.map_or(p.resume, |l| (l + 1).max(p.resume));
+                    if e.code == 0
+                        || p.halted
+                        || e.first_offset >= e.end_offset
+                        || e.first_offset < floor
+                    {
+                        Err(ErrorCode::ProtocolViolation)
+                    } else {
+                        if self.skip_damaged && e.end_offset != PartitionError::END_UNKNOWN {
+                            p.resume = e.end_offset;
+                        } else {
+                            p.halted = true;
+                        }
+                        Ok(())
+                    }
+                }
+                None => Err(ErrorCode::ProtocolViolation),
+            },
             (_, Frame::Records(r)) => {
                 if self.credit <= 0 {
                     Err(ErrorCode::CreditExceeded)
-                } else if let Some(last) = self.last.get_mut(&r.partition) {
-                    let mut prev = *last;
-                    let increasing = !r.batches.is_empty()
+                } else if let Some(p) = self.last.get_mut(&r.partition) {
+                    let mut prev = p.last;
+                    let increasing = !p.halted
+                        && !r.batches.is_empty()
                         && r.batches.iter().all(|b| {
-                            let ok = prev.is_none_or(|p| b.base_offset > p);
+                            let ok =
+                                prev.is_none_or(|x| b.base_offset > x) && b.base_offset >= p.resume;
                             prev = Some(b.base_offset);
                             ok
                         });
                     if increasing {
-                        *last = prev;
+                        p.last = prev;
                         self.credit = self.credit.saturating_sub(r.credit_cost() as i64);
                         Ok(())
                     } else {
@@ -984,6 +1044,7 @@ fn check_subscriber_event(frame: &Frame, event: &SubscriberEvent) -> Result<(), 
         }
         (Frame::SubscriptionEnd(a), SubscriberEvent::Ended(b)) => prop_assert_eq!(a, b),
         (Frame::Error(a), SubscriberEvent::Failed(b)) => prop_assert_eq!(a, b),
+        (Frame::PartitionError(a), SubscriberEvent::PartitionError(b)) => prop_assert_eq!(a, b),
         _ => prop_assert!(false, "{:?} gave {:?}", frame, event),
     }
     Ok(())
@@ -995,6 +1056,7 @@ proptest! {
     #[test]
     fn subscriber_session_follows_the_rules(
         group in any::<bool>(),
+        skip_damaged in any::<bool>(),
         initial in prop_oneof![Just(0u64), 1u64..400, Just(u64::MAX)],
         ops in arb_subscriber_ops(),
     ) {
@@ -1003,12 +1065,19 @@ proptest! {
         } else {
             SubscriptionTarget::Partition(0)
         };
-        let subscribe = Subscribe { topic: "t".into(), target, start: StartPosition::Earliest, credit: initial };
+        let subscribe = Subscribe {
+            topic: "t".into(),
+            target,
+            start: StartPosition::Earliest,
+            credit: initial,
+            skip_damaged,
+        };
         let (mut session, first) = SubscriberSession::new(subscribe.clone());
         prop_assert_eq!(wire(first), Frame::Subscribe(subscribe));
         let mut model = SubscriberModel {
             state: SubState::AwaitingAssignment,
             group,
+            skip_damaged,
             credit: saturating_credit(0, initial),
             generation: 0,
             last: BTreeMap::new(),
@@ -1078,14 +1147,19 @@ fn arb_to_broker_subscription() -> impl Strategy<Value = Frame> {
         Just(SubscriptionTarget::Group("g".into())),
     ]
     .prop_flat_map(|target| {
-        prop_oneof![Just(0u64), 1u64..400, Just(u64::MAX)].prop_map(move |credit| {
-            Frame::Subscribe(Subscribe {
-                topic: "t".into(),
-                target: target.clone(),
-                start: StartPosition::Latest,
-                credit,
+        (
+            prop_oneof![Just(0u64), 1u64..400, Just(u64::MAX)],
+            any::<bool>(),
+        )
+            .prop_map(move |(credit, skip_damaged)| {
+                Frame::Subscribe(Subscribe {
+                    topic: "t".into(),
+                    target: target.clone(),
+                    start: StartPosition::Latest,
+                    credit,
+                    skip_damaged,
+                })
             })
-        })
     });
     prop_oneof![
         2 => subscribe,
@@ -1101,6 +1175,7 @@ enum BrokerSubOp {
     Receive(Frame),
     Assign(Assignment),
     Send(Records),
+    Damage(PartitionError),
     End,
     /// The client finished its send side.
     ClientFinished,
@@ -1112,6 +1187,7 @@ fn arb_broker_sub_ops() -> impl Strategy<Value = Vec<BrokerSubOp>> {
             5 => arb_to_broker_subscription().prop_map(BrokerSubOp::Receive),
             2 => arb_assignment().prop_map(BrokerSubOp::Assign),
             3 => arb_records_frame().prop_map(BrokerSubOp::Send),
+            2 => arb_partition_error_frame().prop_map(BrokerSubOp::Damage),
             1 => Just(BrokerSubOp::End),
             1 => Just(BrokerSubOp::ClientFinished),
         ],
@@ -1139,7 +1215,8 @@ proptest! {
         let mut group = false;
         let mut credit: i64 = 0;
         let mut generation: Option<u32> = None;
-        let mut last: BTreeMap<u32, Option<u64>> = BTreeMap::new();
+        let mut skip_damaged = false;
+        let mut last: BTreeMap<u32, ModelPartition> = BTreeMap::new();
         for op in ops {
             match op {
                 BrokerSubOp::Receive(frame) => {
@@ -1162,6 +1239,7 @@ proptest! {
                         (Frame::Subscribe(s), SubscriptionRequest::Open(got)) => {
                             prop_assert_eq!(&got, s);
                             group = matches!(s.target, SubscriptionTarget::Group(_));
+                            skip_damaged = s.skip_damaged;
                             credit = saturating_credit(0, s.credit);
                             state = Opening;
                         }
@@ -1215,7 +1293,11 @@ proptest! {
                     if valid {
                         prop_assert_eq!(result.map(wire), Ok(Frame::Assignment(a.clone())));
                         generation = Some(a.generation);
-                        last = a.partitions.iter().map(|p| (p.partition, None)).collect();
+                        last = a
+                            .partitions
+                            .iter()
+                            .map(|p| (p.partition, ModelPartition::default()))
+                            .collect();
                         state = Active;
                     } else {
                         prop_assert_eq!(code_of(&result), Some(ErrorCode::Internal));
@@ -1226,19 +1308,21 @@ proptest! {
                     let result = sub.records(r.clone());
                     let allowed = state == Active
                         && credit > 0
-                        && last.get(&r.partition).is_some_and(|prev| {
-                            let mut prev = *prev;
-                            !r.batches.is_empty()
+                        && last.get(&r.partition).is_some_and(|p| {
+                            let mut prev = p.last;
+                            !p.halted
+                                && !r.batches.is_empty()
                                 && r.batches.iter().all(|b| {
-                                    let ok = prev.is_none_or(|p| b.base_offset > p);
+                                    let ok = prev.is_none_or(|x| b.base_offset > x)
+                                        && b.base_offset >= p.resume;
                                     prev = Some(b.base_offset);
                                     ok
                                 })
                         });
                     if allowed {
                         prop_assert_eq!(result.map(wire), Ok(Frame::Records(r.clone())));
-                        if let Some(prev) = last.get_mut(&r.partition) {
-                            *prev = r.batches.last().map(|b| b.base_offset);
+                        if let Some(p) = last.get_mut(&r.partition) {
+                            p.last = r.batches.last().map(|b| b.base_offset);
                         }
                         credit = credit.saturating_sub(r.credit_cost() as i64);
                     } else {
@@ -1258,6 +1342,30 @@ proptest! {
                             Some(Frame::SubscriptionEnd(SubscriptionEnd { code: 0, reason: "unsubscribed".into() }))
                         );
                         state = Ended;
+                    }
+                }
+                BrokerSubOp::Damage(e) => {
+                    let result = sub.partition_error(e.clone());
+                    let valid = state == Active
+                        && last.get(&e.partition).is_some_and(|p| {
+                            let floor = p.last.map_or(p.resume, |l| (l + 1).max(p.resume));
+                            e.code != 0 && !p.halted && e.first_offset < e.end_offset && e.first_offset >= floor
+                        });
+                    if valid {
+                        let continues = skip_damaged && e.end_offset != PartitionError::END_UNKNOWN;
+                        prop_assert_eq!(
+                            result.map(|(f, c)| (wire(f), c)),
+                            Ok((Frame::PartitionError(e.clone()), continues))
+                        );
+                        if let Some(p) = last.get_mut(&e.partition) {
+                            if continues {
+                                p.resume = e.end_offset;
+                            } else {
+                                p.halted = true;
+                            }
+                        }
+                    } else {
+                        prop_assert_eq!(code_of(&result), Some(ErrorCode::Internal));
                     }
                 }
                 BrokerSubOp::End => {
@@ -1280,13 +1388,15 @@ proptest! {
     #[test]
     fn honest_subscription_ends_agree_on_credit(
         initial in 0u64..300,
-        steps in vec((0u8..4, 0usize..250, 0u64..400), 1..60),
+        skip_damaged in any::<bool>(),
+        steps in vec((0u8..6, 0usize..250, 0u64..400), 1..60),
     ) {
         let subscribe = Subscribe {
             topic: "t".into(),
             target: SubscriptionTarget::Group("g".into()),
             start: StartPosition::Earliest,
             credit: initial,
+            skip_damaged,
         };
         let (mut client, first) = SubscriberSession::new(subscribe);
         let mut broker = BrokerSubscription::new();
@@ -1298,9 +1408,10 @@ proptest! {
         };
         client.handle_frame(wire(broker.assign(assignment).map_err(fail)?)).map_err(fail)?;
         let mut next_offset = [0u64; 2];
+        let mut stopped = [false; 2];
         for (action, len, grant) in steps {
             match action {
-                0 | 1 if broker.can_send() => {
+                0 | 1 if broker.can_send() && !stopped[usize::from(action)] => {
                     let p = usize::from(action);
                     let r = records_frame(p as u32, &[(next_offset[p], len)]);
                     next_offset[p] += 1;
@@ -1320,6 +1431,29 @@ proptest! {
                     let ack = broker.commit_done(c, Ok(()));
                     let event = client.handle_frame(wire(ack)).map_err(fail)?;
                     prop_assert!(matches!(event, SubscriberEvent::Committed(_)));
+                }
+                // A damaged range of partition 1: reported (outside the
+                // credit), then skipped or the partition stops.
+                4 | 5 if !stopped[1] => {
+                    let first = next_offset[1] + grant % 3;
+                    let end = if action == 4 { first + 1 + len as u64 } else { PartitionError::END_UNKNOWN };
+                    let (frame, continues) = broker
+                        .partition_error(PartitionError {
+                            partition: 1,
+                            code: ErrorCode::DataDamaged.as_u16(),
+                            first_offset: first,
+                            end_offset: end,
+                            message: "damaged".into(),
+                        })
+                        .map_err(fail)?;
+                    prop_assert_eq!(continues, skip_damaged && action == 4);
+                    let event = client.handle_frame(wire(frame)).map_err(fail)?;
+                    prop_assert!(matches!(event, SubscriberEvent::PartitionError(_)));
+                    if continues {
+                        next_offset[1] = end;
+                    } else {
+                        stopped[1] = true;
+                    }
                 }
                 _ => {}
             }

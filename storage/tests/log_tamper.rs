@@ -113,22 +113,37 @@ fn names(e: &LogError, file: &Path) {
     );
 }
 
-/// Opening works, but verifying, and reading the victim segment, fail
-/// with `check`'s error.
+/// Opening works, but verifying fails with `check`'s error. Reading from
+/// the start returns exactly the intact batches before the damage, and a
+/// read that starts at the first batch it could not return fails: with
+/// [`LogError::Damaged`] starting there, or (a key that cannot be
+/// unwrapped) with `check`'s error.
 fn detected_on_read(fx: &Fixture, victim: &Path, base: u64, check: impl Fn(&LogError)) {
     let log = fx.open(0).expect("structure is intact, so the log opens");
     let e = log.verify().expect_err("verify detects it");
     check(&e);
     names(&e, victim);
-    let e = log
-        .read(base, usize::MAX)
-        .expect_err("reading the segment detects it");
-    check(&e);
-    names(&e, victim);
-    let e = log
+    let before = log
         .read(0, usize::MAX)
-        .expect_err("reading through the segment detects it");
-    check(&e);
+        .expect("the batches before the damage are readable");
+    let all = &fx.expected[0];
+    assert!(
+        !before.is_empty() && before.len() < all.len(),
+        "{} of {} batches",
+        before.len(),
+        all.len()
+    );
+    assert_eq!(before[..], all[..before.len()]);
+    let next = all[before.len()].0;
+    assert!(next >= base, "the damage is in the victim segment");
+    let e = log
+        .read(next, usize::MAX)
+        .expect_err("a read starting at the damage reports it");
+    match &e {
+        LogError::Damaged { first, .. } => assert_eq!(*first, next, "{e}"),
+        other => check(other),
+    }
+    names(&e, victim);
     // The segment before it is still readable on its own.
     let first = log.read(0, 1).expect("first segment reads");
     assert_eq!(first[0], fx.expected[0][0]);

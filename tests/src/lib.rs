@@ -90,6 +90,31 @@ impl BrokerProcess {
     ///
     /// As [`BrokerProcess::start_dev`].
     pub fn start_dev_args(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        Self::spawn_dev(dir, &["--listen", "127.0.0.1:0"], args, env)
+    }
+
+    /// Starts a dev broker in `dir` listening on `addr`: to restart a
+    /// broker where its clients expect it, after [`BrokerProcess::crash`].
+    ///
+    /// # Errors
+    ///
+    /// As [`BrokerProcess::start_dev`] (also when the port is taken).
+    pub fn start_dev_on(dir: &Path, addr: SocketAddr) -> Result<Self> {
+        let listen = addr.to_string();
+        Self::spawn_dev(
+            dir,
+            &["--listen", &listen, "--metrics-listen", "127.0.0.1:0"],
+            &[],
+            &[],
+        )
+    }
+
+    fn spawn_dev(
+        dir: &Path,
+        listen: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let log = dir.with_extension("broker.log");
         let stderr = std::fs::OpenOptions::new()
             .create(true)
@@ -97,7 +122,9 @@ impl BrokerProcess {
             .open(&log)
             .with_context(|| format!("opening {}", log.display()))?;
         let mut cmd = Command::new(binary("strongbox-broker"));
-        cmd.args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.arg("dev")
+            .args(listen)
+            .arg("--data-dir")
             .arg(dir)
             .args(args)
             .env("RUST_LOG", "info")
@@ -406,6 +433,7 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 pub mod access;
 pub mod cli_checks;
+pub mod running_cli;
 pub mod softhsm;
 
 /// Async helpers over the client library.

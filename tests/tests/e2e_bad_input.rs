@@ -227,6 +227,7 @@ async fn out_of_order_streams(broker: &BrokerProcess) -> Result<()> {
         target: SubscriptionTarget::Partition(0),
         start: StartPosition::Latest,
         credit: 1 << 20,
+        skip_damaged: false,
     });
     let mut s = FrameStream::open(&conn).await?;
     s.send(&subscribe).await?;

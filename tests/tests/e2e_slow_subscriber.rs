@@ -57,6 +57,7 @@ async fn raw_subscription(
         target: SubscriptionTarget::Partition(0),
         start: StartPosition::Earliest,
         credit,
+        skip_damaged: false,
     }))
     .await?;
     match s.next().await {

@@ -33,6 +33,27 @@ pub struct AppendOutcome {
     pub duplicate: bool,
 }
 
+/// What a subscriber's read found.
+#[derive(Debug)]
+pub enum Delivery {
+    /// Whole batches (none when caught up).
+    Batches(Vec<(u64, Bytes)>),
+    /// The read starts in damaged data.
+    Damaged(DamagedRange),
+}
+
+/// Offsets `[first, end)` of a partition that cannot be read.
+#[derive(Debug, Clone)]
+pub struct DamagedRange {
+    /// The first offset that cannot be read.
+    pub first: u64,
+    /// The next offset that can be read again, when known.
+    pub end: Option<u64>,
+    /// The `data_damaged` error, with the storage error's reason (not
+    /// prefixed with the topic and partition).
+    pub error: BrokerError,
+}
+
 /// A partition being served.
 #[derive(Debug)]
 pub struct Partition {
@@ -244,6 +265,7 @@ impl Partition {
     ///
     /// # Errors
     ///
+    /// `data_damaged` when the read starts in damaged data,
     /// `partition_unavailable` or `key_unavailable` when the log cannot be
     /// read.
     pub fn read(&self, from: u64, max_bytes: usize) -> Result<Vec<(u64, Bytes)>, BrokerError> {
@@ -257,6 +279,40 @@ impl Partition {
             .map_err(|e| self.storage_error(&e))?;
         batches.retain(|(base, _)| *base < end);
         Ok(batches)
+    }
+
+    /// As [`Partition::read`], for a subscriber: a read that starts in
+    /// damaged data returns the damaged range instead of failing, so the
+    /// subscription can report it for this partition and go on with the
+    /// others.
+    ///
+    /// # Errors
+    ///
+    /// As [`Partition::read`], for failures other than damaged data.
+    pub fn read_for_delivery(&self, from: u64, max_bytes: usize) -> Result<Delivery, BrokerError> {
+        let end = self.high_watermark();
+        if from >= end {
+            return Ok(Delivery::Batches(Vec::new()));
+        }
+        match self.log.read(from, max_bytes) {
+            Ok(mut batches) => {
+                batches.retain(|(base, _)| *base < end);
+                Ok(Delivery::Batches(batches))
+            }
+            Err(e) => match e.damaged_range() {
+                Some((first, end)) => {
+                    // Logged with the partition's name; the subscriber's
+                    // report names the partition itself.
+                    let code = self.storage_error(&e).code;
+                    Ok(Delivery::Damaged(DamagedRange {
+                        first,
+                        end,
+                        error: BrokerError::redacted(code, &e.to_string()),
+                    }))
+                }
+                None => Err(self.storage_error(&e)),
+            },
+        }
     }
 
     /// The first offset whose record timestamp is at or after `timestamp`,
@@ -278,6 +334,7 @@ impl Partition {
     fn storage_error(&self, e: &LogError) -> BrokerError {
         tracing::error!(topic = %self.topic, partition = self.index, error = %e, "partition storage error");
         let code = match e {
+            e if e.is_damage() => ErrorCode::DataDamaged,
             LogError::KeyCreate { .. } => ErrorCode::KeyUnavailable,
             LogError::Key {
                 source: KeyError::Destroyed(_),

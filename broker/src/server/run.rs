@@ -80,7 +80,7 @@ pub async fn run(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         Some(hook),
         Some(metrics.clone()),
     );
-    let server = Server::bind(&config.listener, tls.config.clone(), settings)
+    let server = Server::bind(&config.listener, &tls, settings)
         .map_err(|e| StartError::Other(e.to_string()))?;
     let addr = server
         .local_addr()

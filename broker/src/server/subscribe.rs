@@ -7,6 +7,13 @@
 //! high watermark to move (live tail), for a group rebalance, or for
 //! shutdown. A slow subscriber only ever stalls its own stream: it holds
 //! no lock and at most one frame of data while it waits.
+//!
+//! A partition whose records cannot be read (a damaged range, or a log that
+//! could not be opened because its files are damaged) is reported with
+//! `PartitionError` after the batches before the damage were delivered.
+//! The partition then stops (and a single-partition subscription ends with
+//! the same code), or, with `SKIP_DAMAGED`, goes on from the end of the
+//! range; the other partitions are not affected.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,8 +24,8 @@ use strongbox_protocol::batch::parse_header;
 use strongbox_protocol::frame::Frame;
 use strongbox_protocol::frames::admin_types::Operations;
 use strongbox_protocol::frames::subscribe::{
-    AssignedPartition, Assignment, Commit, OffsetBatch, RECORDS_FRAMING, RECORDS_PER_BATCH_FRAMING,
-    Records, StartPosition, Subscribe, SubscriptionTarget,
+    AssignedPartition, Assignment, Commit, OffsetBatch, PartitionError, RECORDS_FRAMING,
+    RECORDS_PER_BATCH_FRAMING, Records, StartPosition, Subscribe, SubscriptionTarget,
 };
 use strongbox_protocol::session::subscribe::{BrokerSubscription, SubscriptionRequest};
 use tokio::sync::watch;
@@ -26,10 +33,11 @@ use tokio::sync::watch;
 use crate::server::authz::Authorizer;
 use crate::server::connection::ConnCtx;
 use crate::server::error::BrokerError;
+use crate::server::error::redact_paths;
 use crate::server::groups::{MemberAssignment, Membership};
-use crate::server::partition::Partition;
+use crate::server::partition::{DamagedRange, Delivery, Partition};
 use crate::server::stream_io::{FrameReader, FrameWriter, end_with_error};
-use crate::server::topics::Topic;
+use crate::server::topics::{PartitionSlot, Topic};
 
 /// Most bytes of batches read for one `Records` frame.
 const MAX_RECORDS_FRAME: usize = 1024 * 1024;
@@ -66,6 +74,8 @@ pub async fn serve(ctx: ConnCtx, first: Frame, mut reader: FrameReader, mut writ
         group: None,
         membership: None,
         cursors: BTreeMap::new(),
+        stopped: BTreeMap::new(),
+        stop_reason: None,
         round_robin: 0,
         start: subscribe.start,
         generation: None,
@@ -99,6 +109,12 @@ struct Subscription {
     group: Option<String>,
     membership: Option<Membership>,
     cursors: BTreeMap<u32, Cursor>,
+    /// Assigned partitions reported with `PartitionError` and no longer
+    /// delivered, with the offset they stopped at.
+    stopped: BTreeMap<u32, u64>,
+    /// The code and reason of the last `PartitionError` that stopped a
+    /// partition, for the `SubscriptionEnd` of a single partition.
+    stop_reason: Option<(ErrorCode, String)>,
     round_robin: usize,
     start: StartPosition,
     /// The generation of the assignment in force; `None` before the first.
@@ -111,6 +127,9 @@ enum Ended {
     ShuttingDown,
     TopicDeleted,
     ClientGone,
+    /// The one partition of a single-partition subscription was stopped
+    /// by a `PartitionError` with this code and reason.
+    PartitionStopped(ErrorCode, String),
 }
 
 impl Subscription {
@@ -123,12 +142,18 @@ impl Subscription {
         self.topic = Some(topic.clone());
         match &subscribe.target {
             SubscriptionTarget::Partition(p) => {
-                let partition = topic.partition(*p)?.clone();
+                // A partition whose damaged files kept it from opening is
+                // assigned, then reported like damage found later.
+                if let Err(e) = topic.partition(*p)
+                    && e.code != ErrorCode::DataDamaged
+                {
+                    return Err(e);
+                }
                 // A single-partition subscription never rebalances: its one
                 // assignment has generation 0.
                 self.assign(MemberAssignment {
                     generation: 0,
-                    partitions: vec![partition.index],
+                    partitions: vec![*p],
                 })
                 .await
             }
@@ -148,7 +173,8 @@ impl Subscription {
     }
 
     /// Makes `assignment` current: resolves each partition's start and
-    /// sends the `Assignment` frame.
+    /// sends the `Assignment` frame, then a `PartitionError` for each newly
+    /// assigned partition whose damaged files kept it from opening.
     async fn assign(&mut self, assignment: MemberAssignment) -> Result<(), BrokerError> {
         let Some(topic) = self.topic.clone() else {
             return Err(BrokerError::new(
@@ -165,39 +191,127 @@ impl Subscription {
             return Ok(());
         }
         let mut cursors = BTreeMap::new();
+        let mut stopped = BTreeMap::new();
+        let mut reports = Vec::new();
         for index in &assignment.partitions {
             // Keep cursors of partitions this member already had.
             if let Some(cursor) = self.cursors.remove(index) {
                 cursors.insert(*index, cursor);
                 continue;
             }
-            let partition = topic.partition(*index)?.clone();
-            let next = self.start_offset(&topic, &partition).await?;
-            let hw = partition.watch_high_watermark();
-            cursors.insert(
-                *index,
-                Cursor {
-                    partition,
-                    next,
-                    hw,
+            if let Some(at) = self.stopped.remove(index) {
+                stopped.insert(*index, at);
+                continue;
+            }
+            let opened = topic.partition(*index).cloned();
+            let started = match opened {
+                Ok(partition) => match self.start_offset(&topic, &partition).await {
+                    Ok(next) => Ok((partition, next)),
+                    Err(e) => Err((e, partition.log_start_offset())),
                 },
-            );
+                Err(e) => Err((e, 0)),
+            };
+            match started {
+                Ok((partition, next)) => {
+                    let hw = partition.watch_high_watermark();
+                    cursors.insert(
+                        *index,
+                        Cursor {
+                            partition,
+                            next,
+                            hw,
+                        },
+                    );
+                }
+                // Damaged files: this partition is reported, the others
+                // are served.
+                Err((mut e, first)) if e.code == ErrorCode::DataDamaged => {
+                    // The reason without the "topic/partition is
+                    // unavailable" framing: the report names the partition.
+                    if let Some(PartitionSlot::Failed(failed)) =
+                        topic.partitions.get(*index as usize)
+                    {
+                        e.message = redact_paths(&failed.reason);
+                    }
+                    stopped.insert(*index, first);
+                    reports.push((
+                        *index,
+                        DamagedRange {
+                            first,
+                            end: None,
+                            error: e,
+                        },
+                    ));
+                }
+                Err((e, _)) => return Err(e),
+            }
         }
         self.cursors = cursors;
+        self.stopped = stopped;
         self.generation = Some(assignment.generation);
+        let mut partitions: Vec<AssignedPartition> = self
+            .cursors
+            .iter()
+            .map(|(p, c)| AssignedPartition {
+                partition: *p,
+                next_offset: c.next,
+            })
+            .chain(self.stopped.iter().map(|(p, at)| AssignedPartition {
+                partition: *p,
+                next_offset: *at,
+            }))
+            .collect();
+        partitions.sort_by_key(|p| p.partition);
         let frame = self.session.assign(Assignment {
             generation: assignment.generation,
-            partitions: self
-                .cursors
-                .iter()
-                .map(|(p, c)| AssignedPartition {
-                    partition: *p,
-                    next_offset: c.next,
-                })
-                .collect(),
+            partitions,
         });
         let frame = frame.map_err(|v| BrokerError::new(v.code, v.message))?;
-        self.send(&frame).await
+        self.send(&frame).await?;
+        for (index, range) in reports {
+            self.report_damage(index, range).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends `PartitionError` for partition `index` (assigned): the
+    /// partition then goes on from the end of the range (`SKIP_DAMAGED`
+    /// and a known end) or stops.
+    async fn report_damage(&mut self, index: u32, range: DamagedRange) -> Result<(), BrokerError> {
+        let code = range.error.code;
+        let reason = range.error.message;
+        tracing::warn!(
+            partition = index,
+            first = range.first,
+            end = ?range.end,
+            skip = self.session.skip_damaged(),
+            "reporting a damaged range to a subscriber"
+        );
+        let (frame, continues) = self
+            .session
+            .partition_error(PartitionError {
+                partition: index,
+                code: code.as_u16(),
+                first_offset: range.first,
+                end_offset: range.end.unwrap_or(PartitionError::END_UNKNOWN),
+                message: reason.clone(),
+            })
+            .map_err(|v| BrokerError::new(v.code, v.message))?;
+        self.send(&frame).await?;
+        match (continues, range.end) {
+            (true, Some(end)) => {
+                if let Some(cursor) = self.cursors.get_mut(&index) {
+                    cursor.next = cursor.next.max(end);
+                }
+            }
+            _ => {
+                let at = self.cursors.remove(&index).map_or(range.first, |c| c.next);
+                self.stopped.entry(index).or_insert(at);
+                let topic = self.topic.as_ref().map_or("", |t| t.name());
+                self.stop_reason = Some((code, format!("{topic}/{index}: {reason}")));
+            }
+        }
+        Ok(())
     }
 
     async fn start_offset(&self, topic: &Topic, partition: &Partition) -> Result<u64, BrokerError> {
@@ -253,10 +367,21 @@ impl Subscription {
             if self.cursors.values().any(|c| c.partition.is_closed()) {
                 break Ended::TopicDeleted;
             }
+            if self.group.is_none() && self.cursors.is_empty() {
+                let (code, reason) = self
+                    .stop_reason
+                    .take()
+                    .unwrap_or((ErrorCode::Internal, "the partition stopped".to_owned()));
+                break Ended::PartitionStopped(code, reason);
+            }
             while self.session.can_send() {
                 if !self.deliver_one().await? {
                     break;
                 }
+            }
+            if self.group.is_none() && self.cursors.is_empty() {
+                // Its one partition was just stopped: end it above.
+                continue;
             }
             let waiting_for_data = self.session.can_send();
             tokio::select! {
@@ -300,6 +425,7 @@ impl Subscription {
             Ended::TopicDeleted => self
                 .session
                 .end(Some(ErrorCode::UnknownTopic), "the topic was deleted"),
+            Ended::PartitionStopped(code, reason) => self.session.end(Some(code), reason),
             Ended::ClientGone => return Ok(()),
         };
         self.send(&frame).await
@@ -403,14 +529,22 @@ impl Subscription {
             }
             let started = Instant::now();
             // Data keys this read unwraps are audited as this principal's.
-            let batches = crate::audit::with_principal(&self.ctx.principal, || {
-                partition.read(cursor.next, budget)
+            let read = crate::audit::with_principal(&self.ctx.principal, || {
+                partition.read_for_delivery(cursor.next, budget)
             })?;
             self.ctx
                 .state
                 .metrics
                 .fetch_latency
                 .observe(started.elapsed().as_secs_f64());
+            let batches = match read {
+                Delivery::Batches(batches) => batches,
+                Delivery::Damaged(range) => {
+                    self.round_robin = at + 1;
+                    self.report_damage(index, range).await?;
+                    return Ok(true);
+                }
+            };
             if batches.is_empty() {
                 continue;
             }

@@ -6,8 +6,9 @@
 //!
 //! A partition whose log cannot be opened (a corrupt segment, a missing key
 //! envelope, a destroyed key) is kept as [`PartitionSlot::Failed`] with the
-//! storage error's message: requests for it get `partition_unavailable`
-//! with that message, and every other partition keeps serving.
+//! storage error's message: requests for it get `data_damaged` (its files
+//! are damaged) or `partition_unavailable` (anything else) with that
+//! message, and every other partition keeps serving.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -67,7 +68,32 @@ pub enum PartitionSlot {
     /// Serving.
     Ready(Arc<Partition>),
     /// Its log could not be opened; the message says why and what to do.
-    Failed(String),
+    Failed(FailedPartition),
+}
+
+/// Why a partition is not served.
+#[derive(Debug, Clone)]
+pub struct FailedPartition {
+    /// `data_damaged` when its files are damaged, else
+    /// `partition_unavailable`.
+    pub code: ErrorCode,
+    /// The storage error's message.
+    pub reason: String,
+}
+
+impl FailedPartition {
+    /// The slot of a partition whose log failed to open with `e`.
+    fn slot(e: &storage_log::LogError) -> PartitionSlot {
+        let code = if e.is_damage() {
+            ErrorCode::DataDamaged
+        } else {
+            ErrorCode::PartitionUnavailable
+        };
+        PartitionSlot::Failed(Self {
+            code,
+            reason: e.to_string(),
+        })
+    }
 }
 
 /// A topic being served.
@@ -94,14 +120,17 @@ impl Topic {
     ///
     /// # Errors
     ///
-    /// `unknown_partition`, or `partition_unavailable` with the storage
-    /// error that took it down.
+    /// `unknown_partition`, or `data_damaged` / `partition_unavailable`
+    /// with the storage error that took it down.
     pub fn partition(&self, index: u32) -> Result<&Arc<Partition>, BrokerError> {
         match self.partitions.get(index as usize) {
             Some(PartitionSlot::Ready(p)) => Ok(p),
-            Some(PartitionSlot::Failed(reason)) => Err(BrokerError::redacted(
-                ErrorCode::PartitionUnavailable,
-                &format!("{}/{index} is unavailable: {reason}", self.entry.name),
+            Some(PartitionSlot::Failed(failed)) => Err(BrokerError::redacted(
+                failed.code,
+                &format!(
+                    "{}/{index} is unavailable: {}",
+                    self.entry.name, failed.reason
+                ),
             )),
             None => Err(BrokerError::new(
                 ErrorCode::UnknownPartition,
@@ -140,7 +169,7 @@ impl Topic {
                             error: None,
                         }
                     }
-                    PartitionSlot::Failed(reason) => PartitionInfo {
+                    PartitionSlot::Failed(FailedPartition { reason, .. }) => PartitionInfo {
                         partition,
                         log_start_offset: 0,
                         high_watermark: 0,
@@ -264,12 +293,12 @@ fn open_partition(
             )),
             Err(e) => {
                 tracing::error!(topic = %entry.name, partition = index, error = %e, "cannot rebuild producer state");
-                PartitionSlot::Failed(e.to_string())
+                FailedPartition::slot(&e)
             }
         },
         Err(e) => {
             tracing::error!(topic = %entry.name, partition = index, error = %e, "cannot open partition");
-            PartitionSlot::Failed(e.to_string())
+            FailedPartition::slot(&e)
         }
     }
 }
@@ -290,7 +319,7 @@ fn rebuild_producers(log: &PartitionLog) -> Result<ProducerTable, storage_log::L
     let mut next = start;
     while next < end {
         let batches = match log.read(next, 4 * 1024 * 1024) {
-            Ok(b) => b,
+            Ok(batches) => batches,
             // A segment whose key was destroyed (`keys destroy --force`)
             // has no producer state to give: skip it, or the whole
             // partition would be unavailable instead of that segment.
@@ -304,7 +333,20 @@ fn rebuild_producers(log: &PartitionLog) -> Result<ProducerTable, storage_log::L
                 }
                 None => break,
             },
-            Err(e) => return Err(e),
+            // A damaged range is reported to whoever reads it; the batches
+            // after it still tell which sequences producers used.
+            Err(e) => match e.damaged_range() {
+                Some((_, Some(resume))) if resume > next => {
+                    tracing::warn!(error = %e, "producer state rebuild skips a damaged range");
+                    next = resume;
+                    continue;
+                }
+                Some(_) => {
+                    tracing::warn!(error = %e, "producer state rebuild stops at a damaged range");
+                    break;
+                }
+                None => return Err(e),
+            },
         };
         let Some((last_base, last_bytes)) = batches.last() else {
             break;

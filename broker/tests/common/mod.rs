@@ -161,7 +161,7 @@ where
     let identity = Arc::new(IdentityMapper::from_config(&cfg.identity).unwrap());
     let settings =
         AcceptSettings::from_config(&cfg.listener, identity, Some(hook), Some(metrics.clone()));
-    let server = Server::bind(&cfg.listener, tls.config.clone(), settings).unwrap();
+    let server = Server::bind(&cfg.listener, &tls, settings).unwrap();
     let addr = server.local_addr().unwrap();
     let (shutdown, rx) = watch::channel(false);
     let crl_watcher = tls.verifier.spawn_watcher(cfg.tls.crl_reload.0, rx.clone());

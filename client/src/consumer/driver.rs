@@ -1,22 +1,29 @@
 //! The task behind one subscription stream: pumps `SubscriberSession`,
 //! turns record batches into records, grants credit as the application
 //! consumes, and resubscribes after a dropped connection.
+//!
+//! Recovery is bounded: from the moment a subscription is lost (or first
+//! asked for) until the broker assigns partitions again, at most
+//! `subscribe_timeout` passes; then the subscription ends with a
+//! `timeout` error naming the last failure. An assigned subscription
+//! waiting for new records is not timed.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use strongbox_protocol::batch::{RecordBatch, parse_header};
 use strongbox_protocol::frames::subscribe::{
-    Records, StartPosition, Subscribe, SubscriptionTarget,
+    PartitionError, Records, StartPosition, Subscribe, SubscriptionTarget,
 };
 use strongbox_protocol::session::subscribe::{SubscriberEvent, SubscriberSession};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::connection::{Client, Session};
 use crate::consumer::credit::CreditWindow;
-use crate::consumer::{ConsumedRecord, Event, Item};
+use crate::consumer::{ConsumedRecord, ConsumerConfig, Event, Item};
 use crate::error::ClientError;
 use crate::transform::{Opened, ValueTransformer};
 use crate::wire::{Inbound, StreamIo};
@@ -49,19 +56,31 @@ struct Stream {
 
 #[derive(Debug)]
 pub(crate) struct SubDriver {
-    pub(crate) client: Client,
-    pub(crate) index: usize,
-    pub(crate) topic: String,
-    pub(crate) target: SubscriptionTarget,
-    pub(crate) start: StartPosition,
-    pub(crate) window: CreditWindow,
-    pub(crate) transformer: Option<Arc<dyn ValueTransformer>>,
-    pub(crate) events: mpsc::UnboundedSender<Event>,
-    pub(crate) commands: mpsc::UnboundedReceiver<SubCommand>,
+    client: Client,
+    index: usize,
+    topic: String,
+    target: SubscriptionTarget,
+    start: StartPosition,
+    window: CreditWindow,
+    transformer: Option<Arc<dyn ValueTransformer>>,
+    events: mpsc::UnboundedSender<Event>,
+    commands: mpsc::UnboundedReceiver<SubCommand>,
     /// Next offset to hand out, per partition: records below it were
     /// delivered already and are skipped.
-    pub(crate) positions: BTreeMap<u32, u64>,
-    pub(crate) commits: VecDeque<oneshot::Sender<Result<(), ClientError>>>,
+    positions: BTreeMap<u32, u64>,
+    commits: VecDeque<oneshot::Sender<Result<(), ClientError>>>,
+    skip_damaged: bool,
+    subscribe_timeout: Duration,
+    /// When the subscription was lost (or first asked for), while it is
+    /// not assigned; `None` once the broker has assigned partitions.
+    recovering_since: Option<Instant>,
+    /// Why the last attempt failed, for the timeout's message.
+    last_error: Option<ClientError>,
+    /// Damaged ranges already reported, by partition and first offset, so
+    /// that a resubscription does not report them twice.
+    reported: BTreeSet<(u32, u64)>,
+    /// Partitions a `PartitionError` stopped, with its code.
+    stopped: BTreeMap<u32, u16>,
 }
 
 /// Why a stream could not be opened.
@@ -70,6 +89,8 @@ enum Opening {
     Connection(ClientError),
     /// The connection was there but the stream failed.
     Stream(ClientError),
+    /// The subscribe timeout passed first.
+    TimedOut,
 }
 
 /// How a stream ended.
@@ -81,16 +102,67 @@ enum StreamEnd {
 }
 
 impl SubDriver {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one constructor, called once, with the parts of one subscription"
+    )]
+    pub(crate) fn new(
+        client: Client,
+        index: usize,
+        topic: String,
+        target: SubscriptionTarget,
+        start: StartPosition,
+        config: &ConsumerConfig,
+        events: mpsc::UnboundedSender<Event>,
+        commands: mpsc::UnboundedReceiver<SubCommand>,
+    ) -> Self {
+        Self {
+            client,
+            index,
+            topic,
+            target,
+            start,
+            window: CreditWindow::new(config.credit_window),
+            transformer: config.transformer.clone(),
+            events,
+            commands,
+            positions: BTreeMap::new(),
+            commits: VecDeque::new(),
+            skip_damaged: config.skip_damaged,
+            subscribe_timeout: config.subscribe_timeout,
+            recovering_since: None,
+            last_error: None,
+            reported: BTreeSet::new(),
+            stopped: BTreeMap::new(),
+        }
+    }
+
     pub(crate) async fn run(mut self) {
         let mut backoff = Backoff::new(self.client.config().reconnect.clone());
+        self.recovering_since = Some(Instant::now());
         loop {
-            let stream = match self.open().await {
+            let opened = match self.deadline() {
+                Some(deadline) => tokio::time::timeout_at(deadline, self.open())
+                    .await
+                    .unwrap_or(Err(Opening::TimedOut)),
+                None => self.open().await,
+            };
+            let stream = match opened {
                 Ok(stream) => stream,
+                Err(Opening::TimedOut) => {
+                    let e = self.timeout_error();
+                    return self.stop(Some(e));
+                }
                 // The client already retried the connection as its policy
                 // says; nothing more to try.
                 Err(Opening::Connection(e)) => return self.stop(Some(e)),
                 Err(Opening::Stream(e)) if e.is_retriable() => {
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    tracing::debug!(topic = %self.topic, error = %e, "cannot open a subscription stream; retrying");
+                    self.last_error = Some(e);
+                    if !self.pause(backoff.next_delay()).await {
+                        let e = self.timeout_error();
+                        return self.stop(Some(e));
+                    }
                     continue;
                 }
                 Err(Opening::Stream(e)) => return self.stop(Some(e)),
@@ -98,6 +170,11 @@ impl SubDriver {
             match self.drive(stream).await {
                 StreamEnd::Stop(error) => return self.stop(error),
                 StreamEnd::Resubscribe(delay) => {
+                    if self.recovering_since.is_none() {
+                        // A new loss: a new budget, a fresh backoff.
+                        self.recovering_since = Some(Instant::now());
+                        backoff.reset();
+                    }
                     self.fail_commits(&ClientError::ConnectionLost(
                         "the subscription was reopened before the commit was answered".into(),
                     ));
@@ -106,12 +183,52 @@ impl SubDriver {
                     } else {
                         delay.max(backoff.next_delay())
                     };
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
+                    if !delay.is_zero() && !self.pause(delay).await {
+                        let e = self.timeout_error();
+                        return self.stop(Some(e));
                     }
                 }
             }
         }
+    }
+
+    /// When the subscription must be established again, while it is not.
+    fn deadline(&self) -> Option<Instant> {
+        self.recovering_since
+            .map(|since| since + self.subscribe_timeout)
+    }
+
+    /// Sleeps for `delay`; false when the subscribe timeout passes first.
+    async fn pause(&self, delay: Duration) -> bool {
+        let wake = Instant::now() + delay;
+        match self.deadline() {
+            Some(deadline) if deadline <= wake => {
+                tokio::time::sleep_until(deadline).await;
+                false
+            }
+            _ => {
+                tokio::time::sleep_until(wake).await;
+                true
+            }
+        }
+    }
+
+    /// The error when the subscription could not be established in time.
+    fn timeout_error(&self) -> ClientError {
+        let what = match &self.target {
+            SubscriptionTarget::Partition(p) => format!("{}/{p}", self.topic),
+            SubscriptionTarget::Group(g) => format!("{} as group {g}", self.topic),
+        };
+        // A reconnection in progress knows best why nothing works.
+        let cause = self
+            .client
+            .last_connection_error()
+            .or_else(|| self.last_error.clone())
+            .map_or_else(String::new, |e| format!(" (last error: {e})"));
+        ClientError::Timeout(format!(
+            "could not subscribe to {what} within {:?}{cause}",
+            self.subscribe_timeout
+        ))
     }
 
     fn stop(&mut self, error: Option<ClientError>) {
@@ -146,6 +263,7 @@ impl SubDriver {
             target: self.target.clone(),
             start,
             credit: self.window.initial(),
+            skip_damaged: self.skip_damaged,
         });
         let io = StreamIo::spawn(send, recv, session.recv_max_frame);
         io.send_frame(&frame, session.send_max_frame())
@@ -168,7 +286,18 @@ impl SubDriver {
                     std::future::pending::<()>().await;
                 }
             };
+            // Until the broker assigns partitions, the subscribe timeout runs.
+            let deadline = self.deadline();
+            let unassigned = async {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
+                () = unassigned, if closing.is_none() && commands_open => {
+                    return StreamEnd::Stop(Some(self.timeout_error()));
+                }
                 command = self.commands.recv(), if commands_open && closing.is_none() => {
                     match command {
                         Some(SubCommand::Consumed(cost)) => {
@@ -270,6 +399,7 @@ impl SubDriver {
     /// The stream broke: resubscribe (the client reconnects first when the
     /// connection itself is gone), unless retrying cannot help.
     fn dropped(&mut self, stream: &Stream, error: ClientError) -> StreamEnd {
+        self.last_error = Some(error.clone());
         if !stream.session.is_alive() {
             tracing::info!(topic = %self.topic, error = %error, "subscription connection lost; resubscribing");
             return StreamEnd::Resubscribe(Duration::ZERO);
@@ -285,6 +415,9 @@ impl SubDriver {
     fn on_event(&mut self, event: SubscriberEvent) -> Option<StreamEnd> {
         match event {
             SubscriberEvent::Assigned(assignment) => {
+                // Established (again): the subscribe timeout stops.
+                self.recovering_since = None;
+                self.last_error = None;
                 for p in &assignment.partitions {
                     let position = self.positions.entry(p.partition).or_insert(p.next_offset);
                     *position = (*position).max(p.next_offset);
@@ -330,22 +463,75 @@ impl SubDriver {
                 }
                 None
             }
+            SubscriberEvent::PartitionError(error) => {
+                self.on_partition_error(&error);
+                None
+            }
             SubscriberEvent::Ended(end) => Some(match end.error_code() {
                 None if end.code == 0 => StreamEnd::Stop(None),
                 Some(code) if code.is_retriable() => {
+                    self.last_error = Some(ClientError::from_code(end.code, end.reason));
                     StreamEnd::Resubscribe(Duration::from_millis(1))
+                }
+                // A single partition that a `PartitionError` stopped: that
+                // report was the item; the subscription is simply over.
+                _ if matches!(self.target, SubscriptionTarget::Partition(p)
+                    if self.stopped.get(&p) == Some(&end.code)) =>
+                {
+                    StreamEnd::Stop(None)
                 }
                 _ => StreamEnd::Stop(Some(ClientError::from_code(end.code, end.reason))),
             }),
             SubscriberEvent::Failed(error) => {
                 let error = ClientError::from_error_frame(&error);
                 Some(if error.is_retriable() {
+                    self.last_error = Some(error);
                     StreamEnd::Resubscribe(Duration::from_millis(1))
                 } else {
                     StreamEnd::Stop(Some(error))
                 })
             }
         }
+    }
+
+    /// A damaged range: reported once as an item; the partition goes on
+    /// after it (skipping) or is stopped.
+    fn on_partition_error(&mut self, error: &PartitionError) {
+        let partition = error.partition;
+        let skipped = match error.end() {
+            Some(end) if self.skip_damaged => {
+                let position = self.positions.entry(partition).or_insert(end);
+                *position = (*position).max(end);
+                true
+            }
+            _ => {
+                self.stopped.insert(partition, error.code);
+                false
+            }
+        };
+        tracing::warn!(
+            topic = %self.topic,
+            partition,
+            first = error.first_offset,
+            end = ?error.end(),
+            code = error.code,
+            message = %error.message,
+            "the broker reports damaged records"
+        );
+        if !self.reported.insert((partition, error.first_offset)) {
+            return;
+        }
+        let _ = self.events.send(Event::Report {
+            error: ClientError::PartitionDamaged {
+                topic: self.topic.clone(),
+                partition,
+                code: error.code,
+                first_offset: error.first_offset,
+                end_offset: error.end(),
+                skipped,
+                message: error.message.clone(),
+            },
+        });
     }
 
     /// The records of a frame the application has not seen yet.

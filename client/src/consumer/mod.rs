@@ -19,7 +19,6 @@ use crate::connection::Client;
 use crate::error::ClientError;
 use crate::transform::ValueTransformer;
 
-use credit::CreditWindow;
 use driver::{SubCommand, SubDriver};
 
 /// One record read from a partition. Key and value share the buffer the
@@ -118,6 +117,19 @@ pub struct ConsumerConfig {
     pub credit_window: u64,
     /// Rewrites records before they are yielded (end-to-end decryption).
     pub transformer: Option<Arc<dyn ValueTransformer>>,
+    /// Longest time a subscription may take to be established: connecting,
+    /// subscribing, and resubscribing after a lost connection or a
+    /// retriable refusal (`shutting_down`, `partition_unavailable`, ...),
+    /// each time counted from when the subscription was lost. When it
+    /// passes, the subscription ends with [`ClientError::Timeout`]. Waiting
+    /// for new records on an established subscription (a live tail) is
+    /// never limited.
+    pub subscribe_timeout: Duration,
+    /// After the broker reports a damaged range of a partition, go on from
+    /// the end of the range instead of stopping that partition (the
+    /// protocol's `SKIP_DAMAGED`). Either way the range is reported as a
+    /// [`ClientError::PartitionDamaged`] item.
+    pub skip_damaged: bool,
 }
 
 impl Default for ConsumerConfig {
@@ -125,6 +137,8 @@ impl Default for ConsumerConfig {
         Self {
             credit_window: 2 * 1024 * 1024,
             transformer: None,
+            subscribe_timeout: Duration::from_secs(30),
+            skip_damaged: false,
         }
     }
 }
@@ -144,6 +158,8 @@ pub(crate) enum Event {
         items: VecDeque<Item>,
         cost: u64,
     },
+    /// A partition of this subscription is damaged; the stream goes on.
+    Report { error: ClientError },
     Ended {
         index: usize,
         error: Option<ClientError>,
@@ -168,10 +184,23 @@ struct SubHandle {
 /// (partitions) or from the group's committed offsets (groups), skipping
 /// records it already delivered.
 ///
-/// An `Err` item reports one failure: a record a transformer could not
-/// open (the stream goes on), or the end of a subscription (the broker
-/// refused it, the topic was deleted). The stream ends (`None`) when every
-/// subscription is over.
+/// An `Err` item reports one failure:
+///
+/// - [`ClientError::PartitionDamaged`]: the broker cannot deliver a range
+///   of offsets of one partition (damaged data, or a partition whose damaged
+///   files kept it from opening). Every readable record before the range
+///   was delivered first. The other partitions go on; the damaged one stops
+///   unless [`ConsumerConfig::skip_damaged`] is set, in which case it goes
+///   on after the range. A single-partition subscription whose partition
+///   stopped then ends (`None`).
+/// - a record a transformer could not open (the stream goes on);
+/// - the end of a subscription: the broker refused it, the topic was
+///   deleted, or it could not be re-established within
+///   [`ConsumerConfig::subscribe_timeout`] ([`ClientError::Timeout`]).
+///
+/// Retriable failures (a lost connection, a broker restarting) are not
+/// items: the consumer resubscribes within the timeout. The stream ends
+/// (`None`) when every subscription is over.
 ///
 /// ```no_run
 /// use futures::StreamExt;
@@ -227,7 +256,16 @@ impl Consumer {
             Target::Partition(p) => vec![SubscriptionTarget::Partition(p)],
             Target::Partitions(ps) => ps.into_iter().map(SubscriptionTarget::Partition).collect(),
             Target::AllPartitions => {
-                let info = client.admin().describe_topic(&subscription.topic).await?;
+                let admin = client.admin();
+                let describe = admin.describe_topic(&subscription.topic);
+                let info = tokio::time::timeout(config.subscribe_timeout, describe)
+                    .await
+                    .map_err(|_| {
+                        ClientError::Timeout(format!(
+                            "the partitions of {} could not be listed within {:?}",
+                            subscription.topic, config.subscribe_timeout
+                        ))
+                    })??;
                 (0..info.config.partitions.max(1))
                     .map(SubscriptionTarget::Partition)
                     .collect()
@@ -242,19 +280,16 @@ impl Consumer {
         let mut subs = Vec::with_capacity(targets.len());
         for (index, target) in targets.into_iter().enumerate() {
             let (commands, commands_rx) = mpsc::unbounded_channel();
-            let driver = SubDriver {
-                client: client.clone(),
+            let driver = SubDriver::new(
+                client.clone(),
                 index,
-                topic: subscription.topic.clone(),
+                subscription.topic.clone(),
                 target,
-                start: subscription.start,
-                window: CreditWindow::new(config.credit_window),
-                transformer: config.transformer.clone(),
-                events: events_tx.clone(),
-                commands: commands_rx,
-                positions: BTreeMap::new(),
-                commits: VecDeque::new(),
-            };
+                subscription.start,
+                &config,
+                events_tx.clone(),
+                commands_rx,
+            );
             subs.push(SubHandle {
                 commands,
                 task: Some(tokio::spawn(driver.run())),
@@ -279,6 +314,13 @@ impl Consumer {
                     if let Some(a) = assigned.get_mut(index) {
                         *a = true;
                     }
+                }
+                // A stream that was assigned and has ended already (its
+                // only partition was reported damaged) yields its items.
+                Some(event @ Event::Ended { index, .. })
+                    if assigned.get(index).copied().unwrap_or(false) =>
+                {
+                    consumer.backlog.push_back(event);
                 }
                 Some(Event::Ended { error, .. }) => {
                     consumer.close().await;
@@ -362,13 +404,19 @@ impl Consumer {
                 waits.push(rx);
             }
         }
+        // One deadline for all: a stream that is still (re)subscribing
+        // does not answer, and is stopped below.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         for rx in waits {
-            let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+            let _ = tokio::time::timeout_at(deadline, rx).await;
         }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         for sub in &mut self.subs {
             sub.ended = true;
-            if let Some(task) = sub.task.take() {
-                let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+            if let Some(mut task) = sub.task.take()
+                && tokio::time::timeout_at(deadline, &mut task).await.is_err()
+            {
+                task.abort();
             }
         }
         self.current = None;
@@ -398,6 +446,7 @@ impl Consumer {
                 self.current = Some((index, items, cost));
                 None
             }
+            Event::Report { error } => Some(Err(error)),
             Event::Ended { index, error } => {
                 if let Some(sub) = self.subs.get_mut(index) {
                     sub.ended = true;

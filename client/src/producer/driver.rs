@@ -1,5 +1,13 @@
 //! The producer's background task: owns the accumulator, the ledger and
 //! the producer stream, and pumps the `ProducerSession` machine.
+//!
+//! Every record is acknowledged or failed within the delivery timeout:
+//! transient failures (a lost connection, a broker restarting, retriable
+//! refusals) are retried until then, with backoff; waits that could take
+//! longer (reconnecting, a new producer epoch) are cut at the next record's
+//! deadline; a batch in flight whose answer does not come in time makes
+//! the producer give the stream up so it can be failed. Permanent errors
+//! fail at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -55,6 +63,9 @@ pub(crate) struct Driver {
     closing: Vec<oneshot::Sender<()>>,
     /// Shared with the handle, for [`Producer::identity`](crate::Producer::identity).
     identity: Arc<Mutex<Option<ProducerIdentity>>>,
+    /// Why the last attempt to reach the broker failed, for the message of
+    /// records that time out.
+    last_error: Option<ClientError>,
 }
 
 impl Driver {
@@ -86,6 +97,7 @@ impl Driver {
             flushes: Vec::new(),
             closing: Vec::new(),
             identity,
+            last_error: None,
         }
     }
 
@@ -106,6 +118,7 @@ impl Driver {
             let deadline = [
                 self.acc.next_deadline(),
                 self.ledger.next_retry(),
+                self.ledger.next_expiry(),
                 self.reopen_at,
             ]
             .into_iter()
@@ -230,20 +243,19 @@ impl Driver {
     /// Sends every batch the window and the partitions' states allow,
     /// opening the stream (and reconnecting) first when needed.
     async fn pump(&mut self) {
-        let now = Instant::now();
-        for batch in self.ledger.expired(now) {
-            batch.fail(&ClientError::Timeout(
-                "the record was not acknowledged within the delivery timeout".into(),
-            ));
-        }
+        self.expire(Instant::now());
         while self.ledger.has_sendable(Instant::now()) {
             if self.ledger.needs_new_epoch() {
                 if self.ledger.in_flight() > 0 {
                     // Wait for the old epoch's answers first.
                     return;
                 }
-                if let Err(e) = self.new_epoch().await {
-                    self.fail_everything(&e);
+                if self.reopen_at.is_some_and(|t| t > Instant::now()) {
+                    return;
+                }
+                let taken = self.within_budget(Self::new_epoch).await;
+                if let Err(e) = taken {
+                    self.unreachable(e);
                     return;
                 }
             }
@@ -251,8 +263,9 @@ impl Driver {
                 if self.reopen_at.is_some_and(|t| t > Instant::now()) {
                     return;
                 }
-                if let Err(e) = self.open_stream().await {
-                    self.fail_everything(&e);
+                let opened = self.within_budget(Self::open_stream).await;
+                if let Err(e) = opened {
+                    self.unreachable(e);
                     return;
                 }
             }
@@ -299,6 +312,87 @@ impl Driver {
                     ));
                 }
             }
+        }
+    }
+
+    /// Fails the records whose delivery timeout has passed. A batch in
+    /// flight that is due makes the producer give the stream up first
+    /// (answers arrive in order, so it cannot be taken out alone); the
+    /// others are sent again on a new stream.
+    fn expire(&mut self, now: Instant) {
+        if self.ledger.in_flight_expired(now)
+            && let Some(stream) = self.stream.take()
+        {
+            tracing::warn!(
+                timeout = ?self.ledger.delivery_timeout(),
+                "no answer from the broker within the delivery timeout; giving the producer stream up"
+            );
+            if self.last_error.is_none() {
+                self.last_error = Some(ClientError::ConnectionLost(format!(
+                    "no answer from broker {} (is it running and reachable?)",
+                    self.client.config().broker
+                )));
+            }
+            drop(stream);
+            self.ledger.connection_lost();
+            self.reopen_at = Some(now + self.backoff.next_delay());
+        }
+        let expired = self.ledger.expired(now);
+        if expired.is_empty() {
+            return;
+        }
+        let error = self.timeout_error();
+        for batch in expired {
+            batch.fail(&error);
+        }
+    }
+
+    /// The error of a record that was not acknowledged in time.
+    fn timeout_error(&self) -> ClientError {
+        // A reconnection in progress knows best why nothing works.
+        let cause = self
+            .client
+            .last_connection_error()
+            .or_else(|| self.last_error.clone())
+            .map_or_else(String::new, |e| format!(" (last error: {e})"));
+        ClientError::Timeout(format!(
+            "the record was not acknowledged within the delivery timeout of {:?}{cause}",
+            self.ledger.delivery_timeout()
+        ))
+    }
+
+    /// Runs `step`, cut short when the oldest record's delivery timeout
+    /// passes first.
+    async fn within_budget<'a, F, Fut>(&'a mut self, step: F) -> Result<(), ClientError>
+    where
+        F: FnOnce(&'a mut Self) -> Fut,
+        Fut: Future<Output = Result<(), ClientError>> + 'a,
+    {
+        match self.ledger.next_expiry() {
+            Some(deadline) => tokio::time::timeout_at(deadline, step(self))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ClientError::Timeout(
+                        "the broker could not be reached within the delivery timeout".into(),
+                    ))
+                }),
+            None => step(self).await,
+        }
+    }
+
+    /// Reaching the broker failed: try again after a backoff when that can
+    /// help (records fail when their delivery timeout passes), otherwise
+    /// fail every record now.
+    fn unreachable(&mut self, error: ClientError) {
+        if error.is_retriable() && !self.client.is_closed() {
+            tracing::info!(error = %error, "cannot reach the broker; retrying");
+            if !matches!(error, ClientError::Timeout(_)) {
+                self.last_error = Some(error);
+            }
+            self.reopen_at = Some(Instant::now() + self.backoff.next_delay());
+            self.expire(Instant::now());
+        } else {
+            self.fail_everything(&error);
         }
     }
 
@@ -357,6 +451,10 @@ impl Driver {
             Ok(ProduceOutcome::Failed(error)) => {
                 let code = error.error_code();
                 let client_error = ClientError::from_error_frame(&error);
+                if client_error.is_retriable() {
+                    // The cause to name if the record times out.
+                    self.last_error = Some(client_error.clone());
+                }
                 match self
                     .ledger
                     .refused(error.correlation_id, code, client_error, Instant::now())
@@ -385,6 +483,7 @@ impl Driver {
         match self.ledger.acked(ack.correlation_id, ack.partition) {
             Ok(batch) => {
                 self.backoff.reset();
+                self.last_error = None;
                 batch.complete(ack.base_offset);
             }
             Err(e) => self.stream_failed(e),
@@ -401,6 +500,7 @@ impl Driver {
         let connection_alive = stream.session.is_alive();
         drop(stream);
         self.ledger.connection_lost();
+        self.last_error = Some(error.clone());
         if !connection_alive && !self.client.is_closed() {
             // The next pump reconnects (with the client's backoff) and
             // re-sends; a reconnect that cannot succeed fails the batches.

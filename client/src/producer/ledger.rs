@@ -349,6 +349,32 @@ impl Ledger {
         out
     }
 
+    /// When the oldest batch, queued or in flight, reaches its delivery
+    /// timeout.
+    pub(crate) fn next_expiry(&self) -> Option<Instant> {
+        let oldest = self
+            .ready
+            .iter()
+            .map(|b| b.created)
+            .chain(self.in_flight.iter().map(|f| f.batch.created))
+            .min()?;
+        Some(oldest + self.delivery_timeout)
+    }
+
+    /// True when a batch in flight has passed its delivery timeout without
+    /// an answer. Answers come in order, so the stream has to be given up
+    /// ([`Ledger::connection_lost`]) before such a batch can be failed.
+    pub(crate) fn in_flight_expired(&self, now: Instant) -> bool {
+        self.in_flight
+            .iter()
+            .any(|f| now.saturating_duration_since(f.batch.created) >= self.delivery_timeout)
+    }
+
+    /// The delivery timeout.
+    pub(crate) fn delivery_timeout(&self) -> Duration {
+        self.delivery_timeout
+    }
+
     /// Removes queued batches older than the delivery timeout.
     pub(crate) fn expired(&mut self, now: Instant) -> Vec<ReadyBatch> {
         let timeout = self.delivery_timeout;
@@ -672,5 +698,28 @@ mod tests {
         let m2 = rx2.try_recv().expect("sent").expect("ok");
         assert_eq!((m1.partition, m1.offset), (3, 100));
         assert_eq!(m2.offset, 101);
+    }
+
+    #[test]
+    fn batches_in_flight_expire_too() {
+        let t0 = Instant::now();
+        let mut l = Ledger::new(Some(PID), Duration::from_millis(1), Duration::from_secs(5));
+        l.push(batch(1, 0, 2, t0));
+        l.push(batch(2, 0, 2, t0 + Duration::from_secs(2)));
+        assert_eq!(l.next_expiry(), Some(t0 + Duration::from_secs(5)));
+        let mut corr = 1;
+        send_all(&mut l, &mut corr, t0 + Duration::from_secs(2));
+        assert_eq!(l.in_flight(), 2);
+        assert!(!l.in_flight_expired(t0 + Duration::from_millis(4999)));
+        // Unanswered at its deadline: the stream is given up, and only the
+        // batch that is due fails.
+        let due = t0 + Duration::from_secs(5);
+        assert!(l.in_flight_expired(due));
+        l.connection_lost();
+        let expired = l.expired(due);
+        assert_eq!(expired.iter().map(|b| b.id).collect::<Vec<_>>(), vec![1]);
+        assert!(l.needs_new_epoch(), "it may have been stored");
+        assert_eq!(l.next_expiry(), Some(t0 + Duration::from_secs(7)));
+        assert!(!l.in_flight_expired(due));
     }
 }

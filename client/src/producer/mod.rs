@@ -42,8 +42,10 @@ pub struct ProducerConfig {
     /// again and may be stored twice.
     pub idempotent: bool,
     /// Give up on a record that is not acknowledged this long after it was
-    /// batched (while the broker is unreachable or keeps refusing it with a
-    /// retriable error).
+    /// sent (while the broker is unreachable, does not answer, or keeps
+    /// refusing it with a retriable error): its delivery future then fails
+    /// with [`ClientError::Timeout`] naming the last cause. Reconnecting,
+    /// resending and retrying all happen within this budget. Default 30 s.
     pub delivery_timeout: Duration,
     /// Rewrites records before they are batched (end-to-end encryption).
     pub transformer: Option<Arc<dyn ValueTransformer>>,
@@ -57,7 +59,7 @@ impl Default for ProducerConfig {
             max_in_flight: None,
             buffer_bytes: 64 * 1024 * 1024,
             idempotent: true,
-            delivery_timeout: Duration::from_secs(120),
+            delivery_timeout: Duration::from_secs(30),
             transformer: None,
         }
     }
@@ -205,6 +207,7 @@ pub struct Producer {
     transformer: Option<Arc<dyn ValueTransformer>>,
     identity: Arc<Mutex<Option<ProducerIdentity>>>,
     task: Mutex<Option<JoinHandle<()>>>,
+    delivery_timeout: Duration,
 }
 
 impl Producer {
@@ -224,6 +227,7 @@ impl Producer {
         let buffer_bytes = config.buffer_bytes.clamp(1, Semaphore::MAX_PERMITS);
         let memory = Arc::new(Semaphore::new(buffer_bytes));
         let transformer = config.transformer.clone();
+        let delivery_timeout = config.delivery_timeout;
         let identity = Arc::new(Mutex::new(identity));
         let driver = driver::Driver::new(client.clone(), config, identity.clone(), rx);
         let task = tokio::spawn(driver.run());
@@ -236,6 +240,7 @@ impl Producer {
             transformer,
             identity,
             task: Mutex::new(Some(task)),
+            delivery_timeout,
         })
     }
 
@@ -253,17 +258,27 @@ impl Producer {
     ///
     /// [`ClientError::InvalidRecord`] for a record that can never be sent
     /// (larger than the buffer), a transformer error, the partition count
-    /// lookup failing (records without a partition need the topic's
-    /// partition count, fetched once with `DescribeTopic`), or
-    /// [`ClientError::Closed`]. Errors of the delivery itself arrive
-    /// through the future.
+    /// lookup failing or not answered within the delivery timeout (records
+    /// without a partition need the topic's partition count, fetched once
+    /// with `DescribeTopic`), or [`ClientError::Closed`]. Errors of the
+    /// delivery itself arrive through the future.
     pub async fn send(&self, mut record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
         if let Some(t) = &self.transformer {
             t.seal(&mut record)?;
         }
         let partitions = match record.partition {
             Some(_) => None,
-            None => Some(self.partition_count(&record.topic).await?),
+            None => Some(
+                tokio::time::timeout(self.delivery_timeout, self.partition_count(&record.topic))
+                    .await
+                    .map_err(|_| {
+                        ClientError::Timeout(format!(
+                            "the partition count of {} could not be fetched within the delivery \
+                             timeout of {:?}",
+                            record.topic, self.delivery_timeout
+                        ))
+                    })??,
+            ),
         };
         let pending_len = record_size(&record);
         if pending_len > self.buffer_bytes {

@@ -21,7 +21,7 @@ mod streams;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -150,6 +150,15 @@ pub struct Shared {
     /// Refuse this many upcoming `Produce` frames with the retriable
     /// `partition_unavailable`.
     pub refuse_produce: AtomicUsize,
+    /// Take `Produce` frames and never answer them (a broker that hangs).
+    pub swallow_produce: AtomicBool,
+    /// Refuse this many upcoming `Subscribe` frames with the retriable
+    /// `partition_unavailable`.
+    pub refuse_subscribe: AtomicUsize,
+    /// Offset ranges `(topic, partition, first, end)` whose batches the
+    /// peer reports with `PartitionError` (`data_damaged`) instead of
+    /// sending them.
+    pub damaged: Mutex<Vec<(String, u32, u64, u64)>>,
     pub limits: PeerLimits,
 }
 
@@ -213,6 +222,9 @@ impl Peer {
             drop_after_produce: AtomicUsize::new(0),
             drop_after_records: AtomicUsize::new(0),
             refuse_produce: AtomicUsize::new(0),
+            swallow_produce: AtomicBool::new(false),
+            refuse_subscribe: AtomicUsize::new(0),
+            damaged: Mutex::new(Vec::new()),
             limits,
         });
         let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));

@@ -16,7 +16,8 @@ use strongbox_protocol::frames::admin_types::{
 use strongbox_protocol::frames::control::ErrorFrame;
 use strongbox_protocol::frames::produce::{Produce, ProduceAck};
 use strongbox_protocol::frames::subscribe::{
-    AssignedPartition, Assignment, OffsetBatch, Records, StartPosition, SubscriptionTarget,
+    AssignedPartition, Assignment, OffsetBatch, PartitionError, Records, StartPosition,
+    SubscriptionTarget,
 };
 use strongbox_protocol::session::admin::BrokerAdminStream;
 use strongbox_protocol::session::control::ControlEvent;
@@ -125,6 +126,10 @@ async fn producer(
                 return;
             }
             Ok(ProduceRequest::Reject(error)) => ProduceOutcome::Failed(error),
+            Ok(ProduceRequest::Append(_)) if shared.swallow_produce.load(Ordering::SeqCst) => {
+                shared.stats.produce_frames.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
             Ok(ProduceRequest::Append(produce)) => {
                 let seen = shared.stats.produce_frames.fetch_add(1, Ordering::SeqCst) + 1;
                 let outcome = append(&shared, &principal, produce);
@@ -273,9 +278,18 @@ async fn subscription(
         .credit_granted
         .fetch_add(subscribe.credit, Ordering::SeqCst);
     let topic = subscribe.topic.clone();
+    let refused = shared
+        .refuse_subscribe
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
     let opened = {
         let state = shared.state.lock().expect("state");
-        if state.is_denied(&principal, "subscribe", &topic) {
+        if refused {
+            Err((
+                ErrorCode::PartitionUnavailable,
+                "test peer: partition briefly unavailable".to_owned(),
+            ))
+        } else if state.is_denied(&principal, "subscribe", &topic) {
             Err(not_authorized(&principal, "subscribe", &topic))
         } else if let Some(&n) = state.topics.get(&topic) {
             match &subscribe.target {
@@ -333,12 +347,17 @@ async fn subscription(
         return;
     }
     let mut sent_frames = 0usize;
+    // Partitions a `PartitionError` stopped.
+    let mut stopped: Vec<u32> = Vec::new();
     loop {
         // Send what the credit allows.
         loop {
             let next = {
                 let state = shared.state.lock().expect("state");
                 positions.iter().enumerate().find_map(|(i, (p, pos))| {
+                    if stopped.contains(p) {
+                        return None;
+                    }
                     let log = state.logs.get(&(topic.clone(), *p))?;
                     let batch = log
                         .iter()
@@ -349,6 +368,42 @@ async fn subscription(
             let Some((i, partition, batch, high_watermark)) = next else {
                 break;
             };
+            let damage = shared
+                .damaged
+                .lock()
+                .expect("damaged")
+                .iter()
+                .find(|(t, p, first, end)| {
+                    *t == topic && *p == partition && (*first..*end).contains(&batch.base_offset)
+                })
+                .map(|(_, _, first, end)| (*first, *end));
+            if let Some((first, end)) = damage {
+                let Ok((frame, continues)) = machine.partition_error(PartitionError {
+                    partition,
+                    code: ErrorCode::DataDamaged.as_u16(),
+                    first_offset: first,
+                    end_offset: end,
+                    message: format!("test peer: offsets {first}..{end} are damaged"),
+                }) else {
+                    return;
+                };
+                if !write(&mut send, &frame).await {
+                    return;
+                }
+                if continues {
+                    positions[i].1 = end;
+                    continue;
+                }
+                stopped.push(partition);
+                if group.is_none() {
+                    let end = machine.end(Some(ErrorCode::DataDamaged), "partition damaged");
+                    write(&mut send, &end).await;
+                    let _ = send.finish();
+                    let _ = send.stopped().await;
+                    return;
+                }
+                continue;
+            }
             if !machine.can_send() {
                 shared.stalled.notify_waiters();
                 break;

@@ -82,6 +82,23 @@ pub struct Subscribe {
     pub start: StartPosition,
     /// Initial credit in bytes of `Records` frames.
     pub credit: u64,
+    /// Flag `SKIP_DAMAGED`: after reporting a damaged range of a partition
+    /// with [`PartitionError`], the broker goes on from the range's end
+    /// instead of stopping that partition.
+    pub skip_damaged: bool,
+}
+
+impl Subscribe {
+    /// Bit of `flags`: skip damaged ranges after reporting them.
+    pub const SKIP_DAMAGED: u8 = 0x01;
+
+    fn flags(&self) -> u8 {
+        if self.skip_damaged {
+            Self::SKIP_DAMAGED
+        } else {
+            0
+        }
+    }
 }
 
 impl Body for Subscribe {
@@ -99,6 +116,7 @@ impl Body for Subscribe {
         }
         self.start.encode(dst);
         dst.put_u64(self.credit);
+        dst.put_u8(self.flags());
         Ok(())
     }
 
@@ -115,11 +133,22 @@ impl Body for Subscribe {
                 });
             }
         };
+        let start = StartPosition::decode(r)?;
+        let credit = r.u64()?;
+        let offset = r.position();
+        let flags = r.u8()?;
+        if flags & !Self::SKIP_DAMAGED != 0 {
+            return Err(DecodeError::InvalidValue {
+                field: "flags",
+                offset,
+            });
+        }
         Ok(Self {
             topic,
             target,
-            start: StartPosition::decode(r)?,
-            credit: r.u64()?,
+            start,
+            credit,
+            skip_damaged: flags & Self::SKIP_DAMAGED != 0,
         })
     }
 }
@@ -333,6 +362,62 @@ impl Body for CommitAck {
             partition: r.u32()?,
             offset: r.u64()?,
             code: r.u16()?,
+        })
+    }
+}
+
+/// Records of one partition that the broker cannot deliver: the offsets
+/// `[first_offset, end_offset)` are damaged (or the whole partition could
+/// not be opened). The subscription goes on for its other partitions;
+/// this partition stops, unless the client asked for
+/// [`Subscribe::skip_damaged`], in which case the broker continues from
+/// `end_offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionError {
+    /// Partition index, in the current assignment.
+    pub partition: u32,
+    /// The [`ErrorCode`] (`data_damaged`, ...).
+    pub code: u16,
+    /// First offset that cannot be read.
+    pub first_offset: u64,
+    /// The next offset that can be read again (exclusive end of the
+    /// range); [`PartitionError::END_UNKNOWN`] when unknown.
+    pub end_offset: u64,
+    /// Human-readable reason.
+    pub message: String,
+}
+
+impl PartitionError {
+    /// `end_offset` when the end of the damaged range is unknown.
+    pub const END_UNKNOWN: u64 = u64::MAX;
+
+    /// The error code, if this version knows it.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        ErrorCode::from_u16(self.code)
+    }
+
+    /// The end of the range, when known.
+    pub fn end(&self) -> Option<u64> {
+        (self.end_offset != Self::END_UNKNOWN).then_some(self.end_offset)
+    }
+}
+
+impl Body for PartitionError {
+    fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        dst.put_u32(self.partition);
+        dst.put_u16(self.code);
+        dst.put_u64(self.first_offset);
+        dst.put_u64(self.end_offset);
+        dst.put_string("message", &self.message)
+    }
+
+    fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Self {
+            partition: r.u32()?,
+            code: r.u16()?,
+            first_offset: r.u64()?,
+            end_offset: r.u64()?,
+            message: r.string()?,
         })
     }
 }

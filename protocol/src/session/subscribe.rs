@@ -6,6 +6,12 @@
 //! cost, so the credit can go negative by at most one frame: a batch larger
 //! than the whole window is still delivered, and the client's memory stays
 //! bounded by its window plus one frame.
+//!
+//! A partition whose records cannot be read is reported with
+//! `PartitionError` (a damaged offset range). The partition then stops,
+//! or, when the client subscribed with `skip_damaged`, continues from the
+//! end of the range; the other partitions of the subscription are not
+//! affected. Both ends check the same rules ([`PartitionCursor`]).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -13,8 +19,8 @@ use crate::error::ErrorCode;
 use crate::frame::Frame;
 use crate::frames::control::ErrorFrame;
 use crate::frames::subscribe::{
-    Assignment, Commit, CommitAck, Credit, Records, Subscribe, SubscriptionEnd, SubscriptionTarget,
-    Unsubscribe,
+    Assignment, Commit, CommitAck, Credit, PartitionError, Records, Subscribe, SubscriptionEnd,
+    SubscriptionTarget, Unsubscribe,
 };
 use crate::session::Violation;
 
@@ -27,32 +33,102 @@ fn cost_of(records: &Records) -> i64 {
     i64::try_from(records.credit_cost()).unwrap_or(i64::MAX)
 }
 
-/// Checks the offsets of a `Records` frame against the last base offset
-/// seen for its partition and updates it.
-fn check_offsets(last: &mut Option<u64>, records: &Records) -> Result<(), Violation> {
-    if records.batches.is_empty() {
-        return Err(Violation::new(
-            ErrorCode::ProtocolViolation,
-            "Records frame without batches",
-        ));
-    }
-    let mut prev = *last;
-    for batch in &records.batches {
-        if prev.is_some_and(|p| batch.base_offset <= p) {
-            return Err(Violation::new(
-                ErrorCode::ProtocolViolation,
-                format!(
+/// What a subscription stream has carried so far for one assigned
+/// partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct PartitionCursor {
+    /// The last base offset sent.
+    last: Option<u64>,
+    /// Batches must start at or after this (the end of a skipped range).
+    resume: u64,
+    /// A `PartitionError` stopped the partition: nothing more may come.
+    halted: bool,
+}
+
+impl PartitionCursor {
+    /// Checks the offsets of a `Records` frame and advances.
+    fn records(&mut self, records: &Records) -> Result<(), Violation> {
+        let violation =
+            |message: String| Err(Violation::new(ErrorCode::ProtocolViolation, message));
+        if records.batches.is_empty() {
+            return violation("Records frame without batches".into());
+        }
+        if self.halted {
+            return violation(format!(
+                "Records for partition {} after a PartitionError stopped it",
+                records.partition
+            ));
+        }
+        let mut prev = self.last;
+        for batch in &records.batches {
+            if prev.is_some_and(|p| batch.base_offset <= p) {
+                return violation(format!(
                     "partition {}: base offset {} does not follow {}",
                     records.partition,
                     batch.base_offset,
                     prev.unwrap_or_default()
-                ),
+                ));
+            }
+            if batch.base_offset < self.resume {
+                return violation(format!(
+                    "partition {}: base offset {} lies in the damaged range skipped up to {}",
+                    records.partition, batch.base_offset, self.resume
+                ));
+            }
+            prev = Some(batch.base_offset);
+        }
+        self.last = prev;
+        Ok(())
+    }
+
+    /// Checks a `PartitionError` and applies it: the partition stops, or
+    /// (when `skip` and the end is known) resumes at the range's end.
+    fn damaged(&mut self, error: &PartitionError, skip: bool) -> Result<(), Violation> {
+        let violation =
+            |message: String| Err(Violation::new(ErrorCode::ProtocolViolation, message));
+        if error.code == 0 {
+            return violation(format!(
+                "PartitionError for partition {} without an error code",
+                error.partition
             ));
         }
-        prev = Some(batch.base_offset);
+        if self.halted {
+            return violation(format!(
+                "PartitionError for partition {} after one stopped it",
+                error.partition
+            ));
+        }
+        if error.first_offset >= error.end_offset {
+            return violation(format!(
+                "PartitionError for partition {}: empty range {}..{}",
+                error.partition, error.first_offset, error.end_offset
+            ));
+        }
+        let floor = self
+            .last
+            .map_or(self.resume, |l| l.saturating_add(1).max(self.resume));
+        if error.first_offset < floor {
+            return violation(format!(
+                "PartitionError for partition {}: range {}..{} starts before offset {floor}, \
+                 which was already passed",
+                error.partition, error.first_offset, error.end_offset
+            ));
+        }
+        match error.end() {
+            Some(end) if skip => self.resume = end,
+            _ => self.halted = true,
+        }
+        Ok(())
     }
-    *last = prev;
-    Ok(())
+}
+
+/// Cursors for the partitions of `assignment`, all starting over.
+fn cursors(assignment: &Assignment) -> BTreeMap<u32, PartitionCursor> {
+    assignment
+        .partitions
+        .iter()
+        .map(|p| (p.partition, PartitionCursor::default()))
+        .collect()
 }
 
 /// What the client learns from a subscription stream.
@@ -62,6 +138,10 @@ pub enum SubscriberEvent {
     Assigned(Assignment),
     /// Record batches.
     Records(Records),
+    /// Records of one partition cannot be delivered. Unless the
+    /// subscription skips damaged ranges (and the range's end is known),
+    /// that partition gets nothing more; the others go on.
+    PartitionError(PartitionError),
     /// A commit was stored.
     Committed(CommitAck),
     /// A commit was refused; the subscription goes on.
@@ -97,13 +177,14 @@ pub enum CommitRefused {
 }
 
 /// The client end of a subscription stream.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SubscriberSession {
     state: ClientState,
     group: bool,
+    skip_damaged: bool,
     credit: i64,
     generation: u32,
-    last_offsets: BTreeMap<u32, Option<u64>>,
+    last_offsets: BTreeMap<u32, PartitionCursor>,
     pending_commits: VecDeque<(u32, u64)>,
 }
 
@@ -114,6 +195,7 @@ impl SubscriberSession {
         let session = Self {
             state: ClientState::AwaitingAssignment,
             group: matches!(subscribe.target, SubscriptionTarget::Group(_)),
+            skip_damaged: subscribe.skip_damaged,
             credit: add_credit(0, subscribe.credit),
             generation: 0,
             last_offsets: BTreeMap::new(),
@@ -144,8 +226,11 @@ impl SubscriberSession {
     /// A [`Violation`] when the broker breaks the protocol: `Records`
     /// without credit ([`ErrorCode::CreditExceeded`]), for an unassigned
     /// partition or with offsets that do not increase
-    /// ([`ErrorCode::ProtocolViolation`]), frames out of order
-    /// ([`ErrorCode::UnexpectedFrame`]) or foreign to the stream.
+    /// ([`ErrorCode::ProtocolViolation`]), `Records` for a partition a
+    /// `PartitionError` stopped or inside a skipped range, a
+    /// `PartitionError` that is empty, without a code or before offsets
+    /// already passed ([`ErrorCode::ProtocolViolation`]), frames out of
+    /// order ([`ErrorCode::UnexpectedFrame`]) or foreign to the stream.
     pub fn handle_frame(&mut self, frame: Frame) -> Result<SubscriberEvent, Violation> {
         let result = self.dispatch(frame);
         if result.is_err() {
@@ -172,7 +257,7 @@ impl SubscriberSession {
                     ));
                 }
                 self.generation = a.generation;
-                self.last_offsets = a.partitions.iter().map(|p| (p.partition, None)).collect();
+                self.last_offsets = cursors(&a);
                 if self.state == AwaitingAssignment {
                     self.state = Active;
                 }
@@ -182,9 +267,10 @@ impl SubscriberSession {
                 self.state = Ended;
                 Ok(SubscriberEvent::Failed(e))
             }
-            (AwaitingAssignment, frame @ (Frame::Records(_) | Frame::CommitAck(_))) => {
-                Err(Violation::unexpected(&frame, "before Assignment"))
-            }
+            (
+                AwaitingAssignment,
+                frame @ (Frame::Records(_) | Frame::CommitAck(_) | Frame::PartitionError(_)),
+            ) => Err(Violation::unexpected(&frame, "before Assignment")),
             (AwaitingAssignment, frame @ Frame::SubscriptionEnd(_)) => {
                 Err(Violation::unexpected(&frame, "before Assignment"))
             }
@@ -195,15 +281,28 @@ impl SubscriberSession {
                         format!("Records frame with {} bytes of credit left", self.credit),
                     ));
                 }
-                let Some(last) = self.last_offsets.get_mut(&records.partition) else {
+                let Some(cursor) = self.last_offsets.get_mut(&records.partition) else {
                     return Err(Violation::new(
                         ErrorCode::ProtocolViolation,
                         format!("Records for unassigned partition {}", records.partition),
                     ));
                 };
-                check_offsets(last, &records)?;
+                cursor.records(&records)?;
                 self.credit = self.credit.saturating_sub(cost_of(&records));
                 Ok(SubscriberEvent::Records(records))
+            }
+            (Active | Unsubscribing, Frame::PartitionError(error)) => {
+                let Some(cursor) = self.last_offsets.get_mut(&error.partition) else {
+                    return Err(Violation::new(
+                        ErrorCode::ProtocolViolation,
+                        format!(
+                            "PartitionError for unassigned partition {}",
+                            error.partition
+                        ),
+                    ));
+                };
+                cursor.damaged(&error, self.skip_damaged)?;
+                Ok(SubscriberEvent::PartitionError(error))
             }
             (Active | Unsubscribing, Frame::CommitAck(ack)) => {
                 match self.pending_commits.front() {
@@ -309,9 +408,10 @@ enum BrokerState {
 pub struct BrokerSubscription {
     state: BrokerState,
     group: bool,
+    skip_damaged: bool,
     credit: i64,
     generation: Option<u32>,
-    last_offsets: BTreeMap<u32, Option<u64>>,
+    last_offsets: BTreeMap<u32, PartitionCursor>,
 }
 
 impl Default for BrokerSubscription {
@@ -326,6 +426,7 @@ impl BrokerSubscription {
         Self {
             state: BrokerState::AwaitingSubscribe,
             group: false,
+            skip_damaged: false,
             credit: 0,
             generation: None,
             last_offsets: BTreeMap::new(),
@@ -340,6 +441,12 @@ impl BrokerSubscription {
     /// True when a `Records` frame may be sent now.
     pub fn can_send(&self) -> bool {
         self.state == BrokerState::Active && self.credit > 0
+    }
+
+    /// True when the client asked to skip damaged ranges: after a
+    /// [`PartitionError`] with a known end, the partition continues there.
+    pub fn skip_damaged(&self) -> bool {
+        self.skip_damaged
     }
 
     /// True once [`BrokerSubscription::end`] or [`BrokerSubscription::fail`]
@@ -396,6 +503,7 @@ impl BrokerSubscription {
             )),
             (AwaitingSubscribe, Frame::Subscribe(s)) => {
                 self.group = matches!(s.target, SubscriptionTarget::Group(_));
+                self.skip_damaged = s.skip_damaged;
                 self.credit = add_credit(0, s.credit);
                 self.state = Opening;
                 Ok(SubscriptionRequest::Open(s))
@@ -463,11 +571,7 @@ impl BrokerSubscription {
             ));
         }
         self.generation = Some(assignment.generation);
-        self.last_offsets = assignment
-            .partitions
-            .iter()
-            .map(|p| (p.partition, None))
-            .collect();
+        self.last_offsets = cursors(&assignment);
         self.state = BrokerState::Active;
         Ok(Frame::Assignment(assignment))
     }
@@ -486,16 +590,52 @@ impl BrokerSubscription {
                 "Records without credit",
             ));
         }
-        let Some(last) = self.last_offsets.get_mut(&records.partition) else {
+        let Some(cursor) = self.last_offsets.get_mut(&records.partition) else {
             return Err(Violation::new(
                 ErrorCode::Internal,
                 format!("Records for unassigned partition {}", records.partition),
             ));
         };
-        check_offsets(last, &records)
+        cursor
+            .records(&records)
             .map_err(|v| Violation::new(ErrorCode::Internal, v.message))?;
         self.credit = self.credit.saturating_sub(cost_of(&records));
         Ok(Frame::Records(records))
+    }
+
+    /// Reports that records of an assigned partition cannot be delivered.
+    /// Returns the frame to send and whether the partition goes on from
+    /// the range's end (`skip_damaged` was asked and the end is known);
+    /// otherwise the partition is stopped and takes no more `Records`.
+    /// Not charged against the credit.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorCode::Internal`] when the subscription is not active, the
+    /// partition is not assigned or already stopped, the code is 0, or the
+    /// range is empty or starts before offsets already sent (a broker bug;
+    /// the client would reject the frame).
+    pub fn partition_error(&mut self, error: PartitionError) -> Result<(Frame, bool), Violation> {
+        if self.state != BrokerState::Active {
+            return Err(Violation::new(
+                ErrorCode::Internal,
+                "PartitionError on a subscription that is not active",
+            ));
+        }
+        let Some(cursor) = self.last_offsets.get_mut(&error.partition) else {
+            return Err(Violation::new(
+                ErrorCode::Internal,
+                format!(
+                    "PartitionError for unassigned partition {}",
+                    error.partition
+                ),
+            ));
+        };
+        cursor
+            .damaged(&error, self.skip_damaged)
+            .map_err(|v| Violation::new(ErrorCode::Internal, v.message))?;
+        let continues = !cursor.halted;
+        Ok((Frame::PartitionError(error), continues))
     }
 
     /// The answer to a stored (or failed) commit.

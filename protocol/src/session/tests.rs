@@ -11,7 +11,7 @@ use crate::frames::admin::{AdminRequest, AdminResponse};
 use crate::frames::control::{ErrorFrame, Hello, Pong};
 use crate::frames::produce::ProduceAck;
 use crate::frames::subscribe::{
-    AssignedPartition, Assignment, OffsetBatch, Records, StartPosition, Subscribe,
+    AssignedPartition, Assignment, OffsetBatch, PartitionError, Records, StartPosition, Subscribe,
     SubscriptionTarget,
 };
 use crate::session::admin::{AdminCall, BrokerAdminStream};
@@ -381,6 +381,7 @@ fn subscribe(target: SubscriptionTarget, credit: u64) -> Subscribe {
         target,
         start: StartPosition::Earliest,
         credit,
+        skip_damaged: false,
     }
 }
 
@@ -403,7 +404,14 @@ fn open_subscription(
     credit: u64,
     partitions: &[u32],
 ) -> (SubscriberSession, BrokerSubscription) {
-    let (mut client, first) = SubscriberSession::new(subscribe(target, credit));
+    open_subscription_with(subscribe(target, credit), partitions)
+}
+
+fn open_subscription_with(
+    subscribe: Subscribe,
+    partitions: &[u32],
+) -> (SubscriberSession, BrokerSubscription) {
+    let (mut client, first) = SubscriberSession::new(subscribe);
     let mut broker = BrokerSubscription::new();
     assert!(matches!(
         broker.handle_frame(wire(first)).expect("open"),
@@ -501,6 +509,148 @@ fn records_rules_on_the_client() {
         .handle_frame(Frame::Records(records(0, &[0])))
         .expect_err("before assignment");
     assert_eq!(err.code, ErrorCode::UnexpectedFrame);
+}
+
+fn damaged(partition: u32, first_offset: u64, end_offset: u64) -> PartitionError {
+    PartitionError {
+        partition,
+        code: ErrorCode::DataDamaged.as_u16(),
+        first_offset,
+        end_offset,
+        message: "frame at offset 4 fails authentication".into(),
+    }
+}
+
+#[test]
+fn a_partition_error_stops_only_its_partition() {
+    let (mut client, mut broker) =
+        open_subscription(SubscriptionTarget::Group("g".into()), 1 << 20, &[0, 1]);
+    let f = broker.records(records(0, &[0, 2])).expect("records");
+    client.handle_frame(wire(f)).expect("records");
+    let (f, continues) = broker.partition_error(damaged(0, 4, 9)).expect("report");
+    assert!(!continues, "without skip_damaged the partition stops");
+    assert!(matches!(
+        client.handle_frame(wire(f)).expect("reported"),
+        SubscriberEvent::PartitionError(e) if e == damaged(0, 4, 9)
+    ));
+    // Nothing more for partition 0, on either side.
+    assert_eq!(
+        broker.records(records(0, &[9])).expect_err("stopped").code,
+        ErrorCode::Internal
+    );
+    assert_eq!(
+        broker
+            .partition_error(damaged(0, 9, 12))
+            .expect_err("stopped")
+            .code,
+        ErrorCode::Internal
+    );
+    let err = client
+        .clone()
+        .handle_frame(Frame::Records(records(0, &[9])))
+        .expect_err("stopped");
+    assert_eq!(err.code, ErrorCode::ProtocolViolation);
+    // Partition 1 goes on.
+    let f = broker.records(records(1, &[0])).expect("other partition");
+    assert!(matches!(
+        client.handle_frame(wire(f)).expect("records"),
+        SubscriberEvent::Records(_)
+    ));
+}
+
+#[test]
+fn skip_damaged_resumes_at_the_end_of_the_range() {
+    let subscribe = Subscribe {
+        skip_damaged: true,
+        ..subscribe(SubscriptionTarget::Partition(0), 1 << 20)
+    };
+    let (mut client, mut broker) = open_subscription_with(subscribe, &[0]);
+    assert!(broker.skip_damaged());
+    let (f, continues) = broker.partition_error(damaged(0, 0, 5)).expect("report");
+    assert!(continues);
+    client.handle_frame(wire(f)).expect("reported");
+    assert_eq!(
+        broker
+            .records(records(0, &[4]))
+            .expect_err("inside the range")
+            .code,
+        ErrorCode::Internal
+    );
+    let err = client
+        .clone()
+        .handle_frame(Frame::Records(records(0, &[4])))
+        .expect_err("inside the range");
+    assert_eq!(err.code, ErrorCode::ProtocolViolation);
+    let f = broker.records(records(0, &[5])).expect("after the range");
+    client.handle_frame(wire(f)).expect("records");
+    // A range whose end is unknown stops the partition even when skipping.
+    let (f, continues) = broker
+        .partition_error(damaged(0, 8, PartitionError::END_UNKNOWN))
+        .expect("report");
+    assert!(!continues);
+    client.handle_frame(wire(f)).expect("reported");
+    let err = client
+        .handle_frame(Frame::Records(records(0, &[20])))
+        .expect_err("stopped");
+    assert_eq!(err.code, ErrorCode::ProtocolViolation);
+}
+
+#[test]
+fn partition_error_rules_on_the_client() {
+    let check = |frame: Frame, code: ErrorCode| {
+        let (mut client, _) = open_subscription(SubscriptionTarget::Partition(0), 1 << 20, &[0]);
+        client
+            .handle_frame(Frame::Records(records(0, &[3])))
+            .expect("records");
+        let err = client.handle_frame(frame.clone()).expect_err("refused");
+        assert_eq!(err.code, code, "{frame:?}");
+        assert!(client.is_ended());
+    };
+    check(
+        Frame::PartitionError(damaged(5, 4, 9)),
+        ErrorCode::ProtocolViolation,
+    );
+    check(
+        Frame::PartitionError(damaged(0, 9, 9)),
+        ErrorCode::ProtocolViolation,
+    );
+    check(
+        Frame::PartitionError(damaged(0, 9, 4)),
+        ErrorCode::ProtocolViolation,
+    );
+    check(
+        Frame::PartitionError(damaged(0, 3, 9)),
+        ErrorCode::ProtocolViolation,
+    );
+    check(
+        Frame::PartitionError(PartitionError {
+            code: 0,
+            ..damaged(0, 4, 9)
+        }),
+        ErrorCode::ProtocolViolation,
+    );
+    let (mut client, _) = SubscriberSession::new(subscribe(SubscriptionTarget::Partition(0), 10));
+    let err = client
+        .handle_frame(Frame::PartitionError(damaged(0, 0, 1)))
+        .expect_err("before assignment");
+    assert_eq!(err.code, ErrorCode::UnexpectedFrame);
+    // A new assignment starts over: the partition may be reported again.
+    let (mut client, mut broker) =
+        open_subscription(SubscriptionTarget::Group("g".into()), 1 << 20, &[0]);
+    let (f, _) = broker.partition_error(damaged(0, 0, 9)).expect("report");
+    client.handle_frame(f).expect("reported");
+    let f = broker
+        .assign(Assignment {
+            generation: 2,
+            partitions: vec![AssignedPartition {
+                partition: 0,
+                next_offset: 0,
+            }],
+        })
+        .expect("rebalance");
+    client.handle_frame(f).expect("assigned");
+    let (f, _) = broker.partition_error(damaged(0, 0, 9)).expect("again");
+    client.handle_frame(f).expect("reported again");
 }
 
 #[test]

@@ -20,8 +20,8 @@ use strongbox_protocol::frames::admin_types::{
 use strongbox_protocol::frames::control::{ErrorFrame, Goodbye, Hello, Ping, Pong, Welcome};
 use strongbox_protocol::frames::produce::{Produce, ProduceAck};
 use strongbox_protocol::frames::subscribe::{
-    AssignedPartition, Assignment, Commit, CommitAck, Credit, OffsetBatch, Records, StartPosition,
-    Subscribe, SubscriptionEnd, SubscriptionTarget, Unsubscribe,
+    AssignedPartition, Assignment, Commit, CommitAck, Credit, OffsetBatch, PartitionError, Records,
+    StartPosition, Subscribe, SubscriptionEnd, SubscriptionTarget, Unsubscribe,
 };
 
 /// Encodes `frame` under the default maximum; panics (failing the test) when
@@ -191,14 +191,15 @@ pub(crate) fn arb_subscribe() -> impl Strategy<Value = Subscribe> {
         arb_u32().prop_map(SubscriptionTarget::Partition),
         arb_string().prop_map(SubscriptionTarget::Group),
     ];
-    (arb_string(), target, arb_start(), arb_u64()).prop_map(|(topic, target, start, credit)| {
-        Subscribe {
+    (arb_string(), target, arb_start(), arb_u64(), any::<bool>()).prop_map(
+        |(topic, target, start, credit, skip_damaged)| Subscribe {
             topic,
             target,
             start,
             credit,
-        }
-    })
+            skip_damaged,
+        },
+    )
 }
 
 pub(crate) fn arb_assignment() -> impl Strategy<Value = Assignment> {
@@ -227,6 +228,18 @@ pub(crate) fn arb_records() -> impl Strategy<Value = Records> {
 
 pub(crate) fn arb_subscription_end() -> impl Strategy<Value = SubscriptionEnd> {
     (any::<u16>(), arb_string()).prop_map(|(code, reason)| SubscriptionEnd { code, reason })
+}
+
+pub(crate) fn arb_partition_error() -> impl Strategy<Value = PartitionError> {
+    (arb_u32(), any::<u16>(), arb_u64(), arb_u64(), arb_string()).prop_map(
+        |(partition, code, first_offset, end_offset, message)| PartitionError {
+            partition,
+            code,
+            first_offset,
+            end_offset,
+            message,
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -567,6 +580,7 @@ pub(crate) fn arb_frame() -> impl Strategy<Value = Frame> {
         }),
         1 => Just(Frame::Unsubscribe(Unsubscribe)),
         1 => arb_subscription_end().prop_map(Frame::SubscriptionEnd),
+        1 => arb_partition_error().prop_map(Frame::PartitionError),
         4 => arb_admin_request().prop_map(Frame::Request),
         3 => arb_admin_response().prop_map(Frame::Response),
     ]

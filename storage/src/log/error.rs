@@ -11,6 +11,14 @@ use crate::keys::KeyError;
 /// The advice appended to errors about damaged files.
 const RESTORE: &str = "restore it from backup or run strongbox-broker verify";
 
+/// `first..end`, or `first..` with a note when the end is unknown.
+fn range_text(first: u64, end: Option<u64>) -> String {
+    match end {
+        Some(end) => format!("{first}..{end}"),
+        None => format!("{first}.. (end unknown)"),
+    }
+}
+
 /// An error of one partition's log.
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +157,25 @@ pub enum LogError {
         reason: String,
     },
 
+    /// Records that cannot be read because the frames holding them are
+    /// damaged: offsets `first..end` (`end` exclusive, `None` when no later
+    /// readable frame is known). Reads before `first` and from `end` on
+    /// still work.
+    #[error("segment {} is damaged at byte {position}: offsets {} cannot be read: {reason} \
+             ({RESTORE})", segment.display(), range_text(*first, *end))]
+    Damaged {
+        /// The segment file.
+        segment: PathBuf,
+        /// File position of the first damaged byte range (the bad frame).
+        position: u64,
+        /// The first offset that cannot be read.
+        first: u64,
+        /// The next offset that can be read again, when known.
+        end: Option<u64>,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// Two consecutive segments do not join up: a segment is missing or was
     /// altered.
     #[error("segment {} ends at offset {end} but the next segment {} starts at {next_base}; \
@@ -225,4 +252,38 @@ pub enum LogError {
         /// The partition directory.
         dir: PathBuf,
     },
+}
+
+impl LogError {
+    /// True when the error says stored data is damaged (altered, cut short,
+    /// missing, or a key envelope lost or altered), as opposed to an
+    /// operation that failed for now (I/O, a key provider that is down) or
+    /// a request the log refuses. Damage does not heal by retrying: the
+    /// data has to be restored. A wrapped key the provider rejects is not
+    /// counted: it cannot be told apart from a provider holding the wrong
+    /// key-encryption key.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            Self::Damaged { .. }
+                | Self::CorruptFrame { .. }
+                | Self::CorruptHeader { .. }
+                | Self::ForeignSegment { .. }
+                | Self::SealMissing { .. }
+                | Self::SealInvalid { .. }
+                | Self::Gap { .. }
+                | Self::EnvelopeMissing { .. }
+                | Self::EnvelopeEmpty { .. }
+                | Self::EnvelopeCorrupt { .. }
+                | Self::EnvelopeMismatch { .. }
+        )
+    }
+
+    /// The offsets `(first, end)` a [`LogError::Damaged`] names.
+    pub fn damaged_range(&self) -> Option<(u64, Option<u64>)> {
+        match self {
+            Self::Damaged { first, end, .. } => Some((*first, *end)),
+            _ => None,
+        }
+    }
 }

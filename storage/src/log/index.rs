@@ -106,6 +106,36 @@ pub(crate) fn lookup(path: &Path, key: Lookup) -> Option<IndexEntry> {
     read(lo.checked_sub(1)?)
 }
 
+/// Up to `limit` entries of the index at `path` whose offset is above
+/// `offset`, in order: where reading may resume past a damaged frame.
+/// Empty when there is none or the index cannot be read.
+pub(crate) fn entries_after(path: &Path, offset: u64, limit: usize) -> Vec<IndexEntry> {
+    let Ok(file) = File::open(path) else {
+        return Vec::new();
+    };
+    let Ok(meta) = file.metadata() else {
+        return Vec::new();
+    };
+    let entries = meta.len() / INDEX_ENTRY_LEN as u64;
+    let read = |i: u64| -> Option<IndexEntry> {
+        let mut buf = [0u8; INDEX_ENTRY_LEN];
+        file.read_exact_at(&mut buf, i.checked_mul(INDEX_ENTRY_LEN as u64)?)
+            .ok()?;
+        IndexEntry::decode(&buf).ok()
+    };
+    // The first entry whose offset is above `offset`.
+    let (mut lo, mut hi) = (0u64, entries);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match read(mid) {
+            Some(e) if e.offset <= offset => lo = mid + 1,
+            Some(_) => hi = mid,
+            None => return Vec::new(),
+        }
+    }
+    (lo..entries).take(limit).map_while(read).collect()
+}
+
 /// Rewrites the index at `path` with `entries`, durably.
 pub(crate) fn rewrite(path: &Path, entries: &[IndexEntry]) -> Result<(), LogError> {
     let mut bytes = Vec::with_capacity(entries.len().saturating_mul(INDEX_ENTRY_LEN));
@@ -156,5 +186,18 @@ mod tests {
         let e = lookup(&path, Lookup::Time(1010)).expect("time");
         assert_eq!(e.offset, 0);
         assert!(lookup(&dir.path().join("missing"), Lookup::Offset(1)).is_none());
+        let after: Vec<u64> = entries_after(&path, 20, 10)
+            .iter()
+            .map(|e| e.offset)
+            .collect();
+        assert_eq!(after, vec![40]);
+        let after: Vec<u64> = entries_after(&path, 19, 10)
+            .iter()
+            .map(|e| e.offset)
+            .collect();
+        assert_eq!(after, vec![20, 40]);
+        assert_eq!(entries_after(&path, 0, 1).len(), 1, "limited");
+        assert!(entries_after(&path, 40, 10).is_empty());
+        assert!(entries_after(&dir.path().join("missing"), 0, 10).is_empty());
     }
 }

@@ -16,7 +16,8 @@ use bytes::Bytes;
 use strongbox_protocol::batch::RecordBatch;
 
 use super::error::LogError;
-use super::format::{SEGMENT_HEADER_LEN, Seal};
+use super::files;
+use super::format::{FRAME_HEADER_LEN, FrameHeader, SEGMENT_HEADER_LEN, Seal};
 use super::index::{self, Lookup};
 use super::partition::PartitionLog;
 use super::segment::{Frame, FrameFault, Segment, SegmentCrypto};
@@ -31,6 +32,19 @@ pub struct VerifyReport {
     /// Bytes of plaintext batches.
     pub batch_bytes: u64,
 }
+
+/// One call of [`PartitionLog::read`], as each segment sees it.
+struct ReadRequest {
+    from: u64,
+    hw: u64,
+    max_bytes: usize,
+    /// Base offset of the segment after the one being read, if any.
+    next_base: Option<u64>,
+}
+
+/// How many index entries past a damaged frame are tried before giving
+/// up on finding where the segment becomes readable again.
+const RESYNC_ENTRIES: usize = 64;
 
 /// Where to start reading a segment.
 struct Anchor {
@@ -48,12 +62,23 @@ impl PartitionLog {
     /// the caller skips the records of the first batch before
     /// `from_offset`. Reading at the high watermark returns nothing.
     ///
+    /// Damage is reported only where a read *starts*: a read that meets a
+    /// damaged frame after reading intact batches returns those batches,
+    /// and the next read (from the damaged offset) returns
+    /// [`LogError::Damaged`] naming the range that cannot be read. Its end
+    /// is the next offset that can be read again: the frame right after
+    /// the damaged one when it authenticates in sequence, else the next
+    /// index entry whose frame does, else the segment's end (the next
+    /// segment's base offset); unknown (`None`) when the damage is in the
+    /// active segment and nothing after it can be located yet. A read that
+    /// starts past a damaged range reads on normally.
+    ///
     /// # Errors
     ///
     /// [`LogError::OffsetOutOfRange`] below the log start or above the high
-    /// watermark; [`LogError::CorruptFrame`], [`LogError::SealInvalid`] for
-    /// altered data; [`LogError::Key`] when a segment's key cannot be
-    /// unwrapped; I/O errors.
+    /// watermark; [`LogError::Damaged`] when the read starts in damaged
+    /// data; [`LogError::Key`] when a segment's key cannot be unwrapped;
+    /// I/O errors.
     pub fn read(&self, from_offset: u64, max_bytes: usize) -> Result<Vec<(u64, Bytes)>, LogError> {
         // The high watermark first: every offset below it lies in a segment
         // that already exists, so the snapshot taken next contains it. (The
@@ -77,34 +102,44 @@ impl PartitionLog {
         };
         let mut out = Vec::new();
         let mut total = 0usize;
-        for seg in segs.iter().skip(first) {
+        for (i, seg) in segs.iter().enumerate().skip(first) {
             if seg.base >= hw {
                 break;
             }
-            let stop = self
-                .read_segment(seg, from_offset, hw, max_bytes, &mut out, &mut total)
-                .map_err(|e| self.out_of_range_if_deleted(seg, from_offset, e))?;
-            if stop {
-                break;
+            let next_base = segs.get(i + 1).map(|s| s.base);
+            let read = ReadRequest {
+                from: from_offset,
+                hw,
+                max_bytes,
+                next_base,
+            };
+            match self.read_segment(seg, &read, &mut out, &mut total) {
+                Ok(true) => break,
+                Ok(false) => {}
+                // What was read before the failure is returned; the next
+                // read, which starts there, reports it.
+                Err(_) if !out.is_empty() => break,
+                Err(e) => return Err(self.out_of_range_if_deleted(seg, from_offset, e)),
             }
         }
         Ok(out)
     }
 
-    /// Reads batches of `seg`; true when the read is complete.
+    /// Reads batches of `seg`; true when the read is complete. Stops
+    /// without error at damage when `out` already holds batches.
     fn read_segment(
         &self,
         seg: &Segment,
-        from: u64,
-        hw: u64,
-        max_bytes: usize,
+        req: &ReadRequest,
         out: &mut Vec<(u64, Bytes)>,
         total: &mut usize,
     ) -> Result<bool, LogError> {
-        let crypto = seg.crypto(&self.ctx)?;
+        let crypto = seg
+            .crypto(&self.ctx)
+            .map_err(|e| whole_segment(seg, req, e))?;
         let file = seg.file()?;
         let (seal, end) = seg.extent();
-        let lookup = (from > seg.base).then_some(Lookup::Offset(from));
+        let lookup = (req.from > seg.base).then_some(Lookup::Offset(req.from));
         let Anchor {
             mut position,
             mut expected,
@@ -112,31 +147,84 @@ impl PartitionLog {
         } = self.anchor(seg, &file, &crypto, lookup, end)?;
         loop {
             if position >= end {
-                check_end(seg, seal.as_ref(), expected)?;
+                if let Err(e) = check_end(seg, seal.as_ref(), expected) {
+                    if !out.is_empty() {
+                        return Ok(true);
+                    }
+                    let seal_end = seal.map(|s| s.next_offset).filter(|n| *n > expected);
+                    return Err(LogError::Damaged {
+                        segment: seg.log_path.clone(),
+                        position,
+                        first: expected,
+                        end: seal_end.or(req.next_base),
+                        reason: e.to_string(),
+                    });
+                }
                 return Ok(false);
             }
-            if expected >= hw {
+            if expected >= req.hw {
                 return Ok(true);
             }
             let frame = match first.take() {
                 Some(f) => f,
-                None => seg
-                    .read_frame(&file, &crypto, position, end, Some(expected))
-                    .map_err(|f| f.into_error(&seg.log_path))?,
+                None => match seg.read_frame(&file, &crypto, position, end, Some(expected)) {
+                    Ok(f) => f,
+                    Err(FrameFault::Io(e)) => return Err(e),
+                    Err(FrameFault::Invalid { .. }) if !out.is_empty() => return Ok(true),
+                    Err(FrameFault::Invalid {
+                        position: bad,
+                        reason,
+                    }) => {
+                        let resume = resume_after(seg, &file, &crypto, bad, expected, end);
+                        match resume {
+                            // The damage lies wholly before the offset
+                            // asked for: read on from where it ends.
+                            Some(anchor) if anchor.expected <= req.from => {
+                                Anchor {
+                                    position,
+                                    expected,
+                                    first,
+                                } = anchor;
+                                continue;
+                            }
+                            resume => {
+                                let end_offset = resume
+                                    .map(|a| a.expected)
+                                    .or_else(|| seal.map(|s| s.next_offset))
+                                    .or(req.next_base);
+                                tracing::warn!(
+                                    segment = %seg.log_path.display(),
+                                    position = bad,
+                                    first = expected,
+                                    end = ?end_offset,
+                                    %reason,
+                                    "damaged frame; records in this range cannot be read"
+                                );
+                                return Err(LogError::Damaged {
+                                    segment: seg.log_path.clone(),
+                                    position: bad,
+                                    first: expected,
+                                    end: end_offset,
+                                    reason,
+                                });
+                            }
+                        }
+                    }
+                },
             };
             let next = frame.header.next_offset().unwrap_or(u64::MAX);
             position = frame.end();
             expected = next;
-            if next <= from {
+            if next <= req.from {
                 continue;
             }
             let len = frame.batch.len();
-            if !out.is_empty() && total.saturating_add(len) > max_bytes {
+            if !out.is_empty() && total.saturating_add(len) > req.max_bytes {
                 return Ok(true);
             }
             *total = total.saturating_add(len);
             out.push((frame.header.base_offset, frame.batch));
-            if *total >= max_bytes {
+            if *total >= req.max_bytes {
                 return Ok(true);
             }
         }
@@ -333,6 +421,60 @@ impl PartitionLog {
             }
         }
     }
+}
+
+/// A segment whose keys cannot be used because its seal fails its MAC is
+/// damaged as a whole: `[its base, the next segment's base)`. Other key
+/// errors (a destroyed or unavailable key) are passed on as they are.
+fn whole_segment(seg: &Segment, req: &ReadRequest, e: LogError) -> LogError {
+    match e {
+        LogError::SealInvalid { reason, .. } => LogError::Damaged {
+            segment: seg.log_path.clone(),
+            position: 0,
+            first: seg.base,
+            end: req.next_base,
+            reason: format!("its seal {reason}"),
+        },
+        other => other,
+    }
+}
+
+/// Where reading `seg` can go on after the damaged frame at `bad`, which
+/// should have held offset `expected`: the frame its header says comes
+/// next, when that frame authenticates with a later offset; otherwise the
+/// first index entry past the damage whose frame does. The frame found
+/// was authenticated under the segment's key in its place, so the damaged
+/// header is trusted for nothing but a guess of where to look.
+fn resume_after(
+    seg: &Segment,
+    file: &File,
+    crypto: &SegmentCrypto,
+    bad: u64,
+    expected: u64,
+    end: u64,
+) -> Option<Anchor> {
+    let found = |position: u64| -> Option<Anchor> {
+        if position <= bad || position >= end {
+            return None;
+        }
+        let frame = seg.read_frame(file, crypto, position, end, None).ok()?;
+        (frame.header.base_offset > expected).then(|| Anchor {
+            position,
+            expected: frame.header.base_offset,
+            first: Some(frame),
+        })
+    };
+    let mut head = [0u8; FRAME_HEADER_LEN];
+    let claimed = files::read_exact_at(file, &mut head, bad, &seg.log_path)
+        .ok()
+        .and_then(|()| FrameHeader::decode(&head).ok())
+        .and_then(|h| bad.checked_add(h.frame_len()));
+    if let Some(anchor) = claimed.and_then(found) {
+        return Some(anchor);
+    }
+    index::entries_after(&seg.index_path, expected, RESYNC_ENTRIES)
+        .into_iter()
+        .find_map(|entry| found(entry.position))
 }
 
 /// At the end of a sealed segment the frames must have reached its seal's

@@ -109,6 +109,11 @@ Each MESSAGE is one record. Without MESSAGE, every line of standard input is one
 record. Prints the partition and offset of each record once the broker has made
 it durable.
 
+If the connection drops (the broker restarts), reconnects and sends again every
+record not yet acknowledged; the broker stores each record once. A record not
+acknowledged within --timeout fails the command. Exit status 0 only when every
+record was acknowledged; 1 with the reason otherwise.
+
 Examples:
   strongbox publish demo.greetings hello world
   strongbox publish demo.orders --key customer-7 --header kind=created '{\"id\":1}'
@@ -122,6 +127,13 @@ Without --partition or --group, reads every partition. With --group, the broker
 assigns partitions among the group's members and resumes from the group's
 committed offsets; progress is committed as records are printed. Ctrl-C stops
 cleanly.
+
+A partition with damaged records is reported with one warning line on standard
+error (topic, partition, offsets, reason); the other partitions go on, and the
+command exits with status 1 at the end (after --count records, or when the
+subscription ends). --skip-damaged goes on past the damaged offsets instead of
+stopping that partition. Subscribing (and resubscribing after a lost connection)
+must succeed within --timeout; waiting for new records is not limited.
 
 Examples:
   strongbox subscribe demo.greetings --from earliest
@@ -174,6 +186,11 @@ pub(crate) struct PublishArgs {
     /// Record values; read from standard input, one per line, when absent.
     #[arg(value_name = "MESSAGE")]
     pub(crate) messages: Vec<String>,
+    /// Fail when a record is not acknowledged this long after it was read
+    /// (while the broker is unreachable or refuses it with a retriable
+    /// error).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = args::duration)]
+    pub(crate) timeout: Duration,
     #[command(flatten)]
     pub(crate) e2e: crate::commands::e2e::PublishE2eArgs,
 }
@@ -196,6 +213,14 @@ pub(crate) struct SubscribeArgs {
     /// Stop after this many records.
     #[arg(long, value_name = "N")]
     pub(crate) count: Option<u64>,
+    /// Fail when subscribing, or subscribing again after a lost
+    /// connection, takes longer than this.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = args::duration)]
+    pub(crate) timeout: Duration,
+    /// After reporting damaged records of a partition, go on from the end
+    /// of the damaged range instead of stopping that partition.
+    #[arg(long)]
+    pub(crate) skip_damaged: bool,
     #[command(flatten)]
     pub(crate) e2e: crate::commands::e2e::SubscribeE2eArgs,
 }

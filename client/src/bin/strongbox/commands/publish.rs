@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
-use strongbox_client::{DeliveryFuture, ProducerConfig, ProducerRecord, RecordMetadata};
+use strongbox_client::{Client, DeliveryFuture, ProducerConfig, ProducerRecord, RecordMetadata};
 use tokio::io::AsyncBufReadExt;
 
 use crate::cli::{GlobalArgs, PublishArgs};
@@ -14,22 +14,30 @@ use crate::{connect, output};
 /// Records sent but not yet reported; reading stdin pauses beyond this.
 const WINDOW: usize = 10_000;
 
+/// After a failure, how long the producer and the connection get to wind
+/// down before the command exits anyway: the broker may be gone, and the
+/// failure is already decided.
+const FAILED_CLOSE: Duration = Duration::from_secs(1);
+
 pub(crate) async fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<()> {
-    let client = connect::connect(global).await?;
+    let mut config = connect::config(global)?;
+    config.connect_timeout = config.connect_timeout.min(args.timeout);
+    let client = Client::connect(config).await?;
     let result = publish(global, &client, args).await;
-    client.close().await;
+    if result.is_ok() {
+        client.close().await;
+    } else {
+        let _ = tokio::time::timeout(FAILED_CLOSE, client.close()).await;
+    }
     result
 }
 
-async fn publish(
-    global: &GlobalArgs,
-    client: &strongbox_client::Client,
-    args: PublishArgs,
-) -> anyhow::Result<()> {
+async fn publish(global: &GlobalArgs, client: &Client, args: PublishArgs) -> anyhow::Result<()> {
     let transformer = crate::commands::e2e::sealer(client, &args.topic, &args.e2e).await?;
     let producer = client
         .producer(ProducerConfig {
             linger: Duration::from_millis(2),
+            delivery_timeout: args.timeout,
             transformer,
             ..ProducerConfig::default()
         })
@@ -48,6 +56,9 @@ async fn publish(
         value: Bytes::from(value),
         timestamp: None,
     };
+    // Every record read is in `pending` until its acknowledgement is
+    // printed; the first failure ends the command with status 1, so status
+    // 0 means every record was acknowledged.
     let mut pending: VecDeque<DeliveryFuture> = VecDeque::new();
     let result = async {
         if args.messages.is_empty() {
@@ -80,9 +91,12 @@ async fn publish(
         anyhow::Ok(())
     }
     .await;
-    let closed = producer.close().await;
-    result?;
-    Ok(closed?)
+    if result.is_err() {
+        // Records still pending fail on their own; do not wait for them.
+        let _ = tokio::time::timeout(FAILED_CLOSE, producer.close()).await;
+        return result;
+    }
+    Ok(producer.close().await?)
 }
 
 fn report(out: &mut Out, json: bool, meta: &RecordMetadata) -> anyhow::Result<()> {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use strongbox_client::{Consumer, ConsumerConfig, Subscription, Target};
+use strongbox_client::{Client, ClientError, Consumer, ConsumerConfig, Subscription, Target};
 
 use crate::cli::{GlobalArgs, SubscribeArgs};
 use crate::commands::{Out, e2e};
@@ -19,9 +19,13 @@ pub(crate) async fn run(global: &GlobalArgs, args: SubscribeArgs) -> anyhow::Res
         transformer: opener
             .clone()
             .map(|o| o as std::sync::Arc<dyn strongbox_client::ValueTransformer>),
+        subscribe_timeout: args.timeout,
+        skip_damaged: args.skip_damaged,
         ..ConsumerConfig::default()
     };
-    let client = connect::connect(global).await?;
+    let mut client_config = connect::config(global)?;
+    client_config.connect_timeout = client_config.connect_timeout.min(args.timeout);
+    let client = Client::connect(client_config).await?;
     let target = match (args.partition, &args.group) {
         (Some(p), _) => Target::Partition(p),
         (None, Some(g)) => Target::Group(g.clone()),
@@ -43,6 +47,8 @@ pub(crate) async fn run(global: &GlobalArgs, args: SubscribeArgs) -> anyhow::Res
     let mut out = Out::new();
     let mut printed = 0u64;
     let mut last_error = None;
+    // Partitions reported damaged: a warning each, and status 1 at the end.
+    let mut damaged = std::collections::BTreeSet::new();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut idle = tokio::time::interval(COMMIT_IDLE);
@@ -60,6 +66,12 @@ pub(crate) async fn run(global: &GlobalArgs, args: SubscribeArgs) -> anyhow::Res
             item = consumer.next() => match item {
                 None => break last_error.take().map_or(Ok(()), |e| Err(anyhow::Error::from(e))),
                 Some(Err(e)) if e2e::is_fatal(&e, opener.as_ref()) => break Err(e.into()),
+                Some(Err(e @ ClientError::PartitionDamaged { .. })) => {
+                    eprintln!("warning: {e}");
+                    if let ClientError::PartitionDamaged { partition, .. } = e {
+                        damaged.insert(partition);
+                    }
+                }
                 Some(Err(e)) => {
                     eprintln!("warning: {e}");
                     last_error = Some(e);
@@ -96,5 +108,19 @@ pub(crate) async fn run(global: &GlobalArgs, args: SubscribeArgs) -> anyhow::Res
     client.close().await;
     e2e::report_unreadable(opener.as_ref());
     result?;
-    Ok(committed?)
+    committed?;
+    if !damaged.is_empty() {
+        let list: Vec<String> = damaged.iter().map(u32::to_string).collect();
+        let hint = if args.skip_damaged {
+            "restore the partition from backup"
+        } else {
+            "restore the partition from backup, or read past the damage with --skip-damaged"
+        };
+        anyhow::bail!(
+            "damaged records of {} partition {} were not delivered (see the warnings above; {hint})",
+            args.topic,
+            list.join(", ")
+        );
+    }
+    Ok(())
 }
