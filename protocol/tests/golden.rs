@@ -668,6 +668,7 @@ fn example_frame(name: &str) -> Frame {
             target: SubscriptionTarget::Partition(0),
             start: StartPosition::Offset(1),
             credit: 65_536,
+            skip_damaged: false,
         }),
         "assignment" => Frame::Assignment(Assignment {
             generation: 0,

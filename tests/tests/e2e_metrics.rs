@@ -115,6 +115,7 @@ async fn metrics_count_connections_refusals_and_aborted_subscriptions() -> Resul
             target: SubscriptionTarget::Partition(0),
             start: StartPosition::Latest,
             credit: 1 << 20,
+            skip_damaged: false,
         }))
         .await?;
         match s.next().await {

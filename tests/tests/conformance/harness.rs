@@ -498,6 +498,7 @@ pub(crate) fn subscribe_partition(
         target: SubscriptionTarget::Partition(partition),
         start,
         credit,
+        skip_damaged: false,
     }
 }
 
@@ -513,6 +514,7 @@ pub(crate) fn subscribe_group(
         target: SubscriptionTarget::Group(group.into()),
         start,
         credit,
+        skip_damaged: false,
     }
 }
 
