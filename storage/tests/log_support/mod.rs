@@ -171,9 +171,14 @@ pub fn sized_batch(ts: i64, count: usize, value_len: usize, fill: u8) -> RecordB
     batch(&records)
 }
 
+/// The segment files in `dir`, oldest first; none when `dir` does not exist
+/// yet (a crash test may kill its child before it created the directory).
 pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("list")
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        other => other.expect("list"),
+    };
+    let mut v: Vec<PathBuf> = entries
         .map(|e| e.expect("entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "log"))
         .collect();
