@@ -215,7 +215,8 @@ impl Default for ListenerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// The broker's certificate chain (PEM), leaf first.
+    /// The broker's certificate chain (PEM), leaf first; reloaded when it
+    /// changes and on SIGHUP.
     pub cert: PathBuf,
     /// The broker's private key (PEM, PKCS#8, SEC1 or PKCS#1).
     pub key: PathBuf,
@@ -224,7 +225,8 @@ pub struct TlsConfig {
     /// Certificate revocation lists (PEM or DER), reloaded when they change.
     #[serde(default)]
     pub crls: Vec<PathBuf>,
-    /// How often the CRL files are checked for changes.
+    /// How often the TLS files (certificate, key, client CA bundle, CRLs)
+    /// are checked for changes.
     #[serde(default = "default_crl_reload")]
     pub crl_reload: HumanDuration,
     /// Which certificates of a client chain are checked against the CRLs.
@@ -451,9 +453,12 @@ impl TopicDefaults {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// `text` for people, `json` for log pipelines.
+    /// `text` for people, `json` for log pipelines (see
+    /// [`crate::logging`]).
     pub format: LogFormat,
-    /// A level (`info`) or per-target directives (`info,strongbox_broker=debug`).
+    /// A level (`info`) or per-target directives
+    /// (`info,strongbox_broker=debug`); `RUST_LOG` takes precedence when
+    /// set.
     pub level: String,
 }
 

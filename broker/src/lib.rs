@@ -1,14 +1,23 @@
 //! The Strongbox broker's network and security foundation.
 //!
 //! - [`config`]: the TOML configuration, strictly parsed and validated;
+//! - [`config_check`]: `strongbox-broker config check`, everything a start
+//!   would check, without starting;
 //! - [`tls`]: TLS 1.3 with required client certificates and CRLs that
 //!   reload without a restart;
 //! - [`identity`]: the principal derived from a verified client certificate;
 //! - [`acl`]: the topic ACL engine (deny wins, default deny);
 //! - [`audit`]: the hash-chained audit trail in the internal topic `_audit`;
+//! - [`backup`]: `strongbox-broker backup`, a consistent copy of a running
+//!   broker through its local control socket;
+//! - [`health`]: `strongbox-broker health`, the readiness probe for
+//!   container health checks;
 //! - [`endpoint`]: the QUIC endpoint, its accept loop and graceful shutdown;
+//! - [`logging`]: log output (text or JSON lines, colour only on a
+//!   terminal, `RUST_LOG`-style filters);
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`,
 //!   `/readyz` HTTP endpoint;
+//! - [`notify`]: readiness notifications to systemd (`Type=notify`);
 //! - [`dev`]: the self-contained development setup of `strongbox-broker dev`;
 //! - [`pki`]: a small certificate authority for `dev` and for tests;
 //! - [`verify`]: `strongbox-broker verify`, the offline check of a data
@@ -27,12 +36,17 @@
 
 pub mod acl;
 pub mod audit;
+pub mod backup;
 pub mod config;
+pub mod config_check;
 pub mod dev;
 pub mod endpoint;
+pub mod health;
 pub mod identity;
 pub mod inspect;
+pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod pki;
 pub mod server;
 pub mod tls;

@@ -6,6 +6,9 @@
 //! strongbox-broker verify --data-dir DIR [--config FILE] [--json]
 //! strongbox-broker inspect --data-dir DIR --topic T [--partition N] [--from OFFSET] [--count N] [--json]
 //! strongbox-broker pki revoke [--data-dir DIR] NAME|CERT.pem
+//! strongbox-broker backup --config FILE --to DIR
+//! strongbox-broker config check FILE
+//! strongbox-broker health --config FILE [--live]
 //! ```
 
 use std::net::SocketAddr;
@@ -14,8 +17,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use strongbox_broker::config::{BrokerConfig, LogFormat};
+use strongbox_broker::config::BrokerConfig;
 use strongbox_broker::dev;
+use strongbox_broker::notify::Notifier;
 use strongbox_broker::server::{self, RunningBroker};
 use strongbox_protocol::frames::admin_types::{Durability, TopicConfig};
 
@@ -34,13 +38,22 @@ enum Command {
     /// Stops gracefully on SIGTERM or SIGINT: no new connections, every
     /// accepted append answered, logs synced.
     ///
-    /// SIGHUP re-reads the CRL files (an older CRL of an issuer never
-    /// replaces a newer one), re-reads and validates FILE and applies its
-    /// [acl] section (superusers and [[acl.rules]]) to new and open
-    /// connections, and runs a maintenance pass at once (expired grants
-    /// go). A file that does not load changes nothing and the log says why;
+    /// SIGHUP re-reads the broker's certificate and key, the client CA
+    /// bundle and the CRL files (new handshakes use them, open connections
+    /// carry on; an older CRL of an issuer never replaces a newer one),
+    /// re-reads and validates FILE and applies its [acl] section
+    /// (superusers and [[acl.rules]]) to new and open connections, and
+    /// runs a maintenance pass at once (expired grants go). The TLS files
+    /// are also reloaded when they change (checked every tls.crl_reload).
+    /// A file that does not load changes nothing and the log says why;
     /// other sections of FILE need a restart, and the log names those that
     /// changed.
+    ///
+    /// Under systemd (Type=notify) it reports READY=1 once it serves,
+    /// RELOADING=1 during a SIGHUP reload and STOPPING=1 when it stops.
+    /// The log goes to stderr: colour only on a terminal; log.format =
+    /// "json" for one JSON object per line; RUST_LOG, when set, overrides
+    /// log.level.
     Serve {
         /// The broker's TOML configuration.
         #[arg(long, short, value_name = "FILE")]
@@ -103,6 +116,56 @@ enum Command {
     /// otherwise. End-to-end encrypted values show as ciphertext. Read-only;
     /// refuses to run while a broker uses the directory.
     Inspect(strongbox_broker::inspect::InspectArgs),
+    /// Copy a running broker's data consistently into a new directory.
+    ///
+    /// Asks the broker that runs with FILE (through the control socket in
+    /// its broker.data_dir) to freeze its partitions for an instant, take a
+    /// snapshot of its metadata store and pin its segment files; then
+    /// copies them into DIR, writes DIR/backup.json last, and lets the
+    /// broker drop the pinned files. The broker keeps serving throughout.
+    /// Every record acknowledged before the command started is in the
+    /// backup.
+    ///
+    /// DIR holds the metadata store and the encrypted segments with their
+    /// wrapped data keys, laid out as a data directory; never key material:
+    /// restoring needs the same key provider. Run it as the broker's user.
+    /// docs/OPERATIONS.md ("Backup and restore") gives the restore
+    /// procedure.
+    ///
+    /// Exit status: 0 the backup is complete, 1 it is not (the reason on
+    /// stderr; nothing is left in DIR).
+    Backup(strongbox_broker::backup::cli::BackupArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Ask a broker's metrics endpoint whether it is ready (for container
+    /// health checks).
+    ///
+    /// GETs /readyz (or /healthz with --live) on metrics.listen of FILE
+    /// (an unspecified address is asked on loopback) and prints the
+    /// answer.
+    ///
+    /// Exit status: 0 on HTTP 200, 1 otherwise (not ready, unreachable,
+    /// metrics disabled).
+    Health(strongbox_broker::health::HealthArgs),
+}
+
+/// `strongbox-broker config ...`.
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check a configuration file and print what the broker would do.
+    ///
+    /// Parses and validates FILE as `serve` does, then opens what it points
+    /// to: the certificate and key (they match, are valid now, expire
+    /// when), the client CA bundle and CRLs, the identity and ACL rules,
+    /// the data directory (usable, or in use by a running broker), the key
+    /// provider (the key directory, or the PKCS#11 module, token and PIN:
+    /// a login proves the HSM reachable) and the listen addresses (free or
+    /// taken). It changes nothing. Each check prints a line: ok, warning
+    /// or error; then what a start would do.
+    ///
+    /// Exit status: 0 no errors (warnings allowed), 1 errors.
+    Check(strongbox_broker::config_check::CheckArgs),
 }
 
 /// `strongbox-broker pki ...`.
@@ -142,6 +205,16 @@ fn main() -> ExitCode {
     if let Command::Verify(args) = &cli.command {
         // Offline and synchronous: no runtime.
         return strongbox_broker::verify::run_cli(args);
+    }
+    if let Command::Backup(args) = &cli.command {
+        // Synchronous: it talks to the broker over a Unix socket and copies.
+        return strongbox_broker::backup::cli::run_cli(args);
+    }
+    if let Command::Config(ConfigCommand::Check(args)) = &cli.command {
+        return strongbox_broker::config_check::run_cli(args);
+    }
+    if let Command::Health(args) = &cli.command {
+        return strongbox_broker::health::run_cli(args);
     }
     if let Command::Inspect(args) = &cli.command {
         // Offline and synchronous: no runtime.
@@ -237,7 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = BrokerConfig::load(&config)
                 .and_then(BrokerConfig::validate)
                 .with_context(|| format!("config {}", config.display()))?;
-            init_logging(&config);
+            strongbox_broker::logging::init(&config.log);
             let broker = server::run(config).await?;
             println!("strongbox-broker listening on {} (QUIC)", broker.addr);
             if let Some(m) = broker.metrics_addr {
@@ -251,7 +324,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             metrics_listen,
         } => run_dev(&data_dir, listen, metrics_listen, signals).await,
         // Handled in `main`, before a runtime starts.
-        Command::Verify(_) | Command::Inspect(_) | Command::Pki(_) => Ok(()),
+        Command::Verify(_)
+        | Command::Inspect(_)
+        | Command::Pki(_)
+        | Command::Backup(_)
+        | Command::Config(_)
+        | Command::Health(_) => Ok(()),
     }
 }
 
@@ -272,7 +350,7 @@ async fn run_dev(
     let config = BrokerConfig::load(&layout.config)
         .and_then(BrokerConfig::validate)
         .with_context(|| format!("config {}", layout.config.display()))?;
-    init_logging(&config);
+    strongbox_broker::logging::init(&config.log);
     tracing::warn!(
         "development mode: keys are stored in files next to the data; use an HSM in production"
     );
@@ -331,28 +409,25 @@ impl Signals {
         })
     }
 
+    /// Serves until SIGTERM or SIGINT, reloading on SIGHUP, and tells the
+    /// service manager (systemd `Type=notify`) each change of state.
     async fn serve_until_stopped(mut self, broker: RunningBroker) -> anyhow::Result<()> {
+        let notifier = Notifier::from_env();
+        let status = format!("serving on {} (QUIC)", broker.addr);
+        notifier.ready(&status);
         loop {
             tokio::select! {
                 _ = self.term.recv() => break,
                 _ = self.int.recv() => break,
-                _ = self.hup.recv() => broker.reload().await,
+                _ = self.hup.recv() => {
+                    notifier.reloading();
+                    broker.reload().await;
+                    notifier.reloaded(&status);
+                }
             }
         }
+        notifier.stopping();
         broker.shutdown().await;
         Ok(())
     }
-}
-
-fn init_logging(config: &BrokerConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match config.log.format {
-        LogFormat::Json => builder.json().try_init(),
-        _ => builder.try_init(),
-    };
 }

@@ -22,6 +22,7 @@
 //! ```
 
 pub mod http;
+pub mod process;
 
 use std::fmt;
 use std::sync::Arc;

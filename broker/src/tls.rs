@@ -13,6 +13,10 @@
 //! [`AuthFailureHook`] with the reason and the identity the certificate
 //! claimed, for metrics and the audit trail.
 //!
+//! The broker's own certificate and key and the client CA bundle reload the
+//! same way (see [`reload`]): new handshakes use the new material,
+//! established connections carry on.
+//!
 //! Session resumption is off. A resumed TLS 1.3 session skips the client
 //! certificate check, so a client whose certificate was revoked (or expired)
 //! after its first connection could keep reconnecting on its ticket. Broker
@@ -37,8 +41,10 @@ use crate::config::{CrlCheck, TlsConfig};
 use crate::identity::{Principal, extract_identity};
 
 mod crl;
+pub mod reload;
 
 pub use crl::{CrlsInForce, LoadedCrl, Refused, read_crl_files};
+pub use reload::{CertSummary, ServerCertResolver, TlsReloader, load_client_ca};
 
 /// Where in connection setup an authentication failure happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,8 +230,12 @@ fn stamp(path: &Path) -> FileStamp {
 
 /// A client-certificate verifier whose CRLs can be replaced at run time.
 pub struct ReloadingClientVerifier {
-    roots: Arc<RootCertStore>,
-    hints: Vec<DistinguishedName>,
+    /// The trusted client CAs; replaced whole by a CA bundle reload.
+    roots: RwLock<Arc<RootCertStore>>,
+    /// The CA bundle file, when the roots came from one (see
+    /// [`reload`]).
+    ca_file: Option<PathBuf>,
+    ca_stamp: Mutex<FileStamp>,
     provider: Arc<CryptoProvider>,
     policy: RevocationPolicy,
     crl_paths: Vec<PathBuf>,
@@ -269,8 +279,9 @@ impl ReloadingClientVerifier {
         let inner = build_inner(&roots, &chosen, policy, &provider)?;
         in_force.commit(&chosen);
         Ok(Self {
-            hints: roots.subjects(),
-            roots,
+            roots: RwLock::new(roots),
+            ca_file: None,
+            ca_stamp: Mutex::new(None),
             provider,
             policy,
             crl_paths,
@@ -290,6 +301,13 @@ impl ReloadingClientVerifier {
     /// The CRL files watched.
     pub fn crl_paths(&self) -> &[PathBuf] {
         &self.crl_paths
+    }
+
+    fn current_roots(&self) -> Arc<RootCertStore> {
+        self.roots
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn current(&self) -> Arc<dyn ClientCertVerifier> {
@@ -317,7 +335,8 @@ impl ReloadingClientVerifier {
         let mut in_force = self.in_force.lock().unwrap_or_else(PoisonError::into_inner);
         let (chosen, refused) = in_force.select(loaded);
         refused.iter().for_each(Refused::warn);
-        let inner = build_inner(&self.roots, &chosen, self.policy, &self.provider)?;
+        let roots = self.current_roots();
+        let inner = build_inner(&roots, &chosen, self.policy, &self.provider)?;
         *self.inner.write().unwrap_or_else(PoisonError::into_inner) = inner;
         in_force.commit(&chosen);
         Ok(self
@@ -465,9 +484,12 @@ impl ClientCertVerifier for ReloadingClientVerifier {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        // The roots never change on reload (only CRLs do), so the hints are
-        // computed once and can be borrowed from `self`.
-        &self.hints
+        // No CA names are offered. The CA bundle can be replaced while the
+        // broker runs, and rustls borrows the hints for the verifier's
+        // whole life; TLS 1.3 makes them optional, a Strongbox client
+        // presents the one certificate its profile names, and peers that
+        // have not authenticated yet learn nothing of the trusted CAs.
+        &[]
     }
 
     fn verify_client_cert(
@@ -510,17 +532,19 @@ impl ClientCertVerifier for ReloadingClientVerifier {
     }
 }
 
-/// The server's TLS configuration and its verifier (kept for reloads).
+/// The server's TLS configuration, its verifier and its certificate
+/// resolver (kept for reloads: see [`TlsReloader`]).
 #[derive(Debug, Clone)]
 pub struct ServerTls {
     /// For quinn's `QuicServerConfig`.
     pub config: Arc<rustls::ServerConfig>,
-    /// Call [`ReloadingClientVerifier::reload`] on SIGHUP, and
-    /// [`spawn_watcher`](ReloadingClientVerifier::spawn_watcher) at start.
+    /// The client-certificate verifier: client CA bundle and CRLs.
     pub verifier: Arc<ReloadingClientVerifier>,
     /// Keys the QUIC endpoint's stateless resets, derived from the private
-    /// key so that it stays the same across restarts.
+    /// key at start so that it stays the same across restarts.
     pub endpoint: Arc<crate::endpoint::EndpointSecret>,
+    /// The broker's own certificate and key.
+    pub cert: Arc<ServerCertResolver>,
 }
 
 /// Builds the server TLS configuration described by `[tls]`.
@@ -531,16 +555,7 @@ pub struct ServerTls {
 /// certificate, an unusable CA bundle or CRL.
 pub fn server_tls(cfg: &TlsConfig, hook: Option<AuthFailureHook>) -> Result<ServerTls, TlsError> {
     let provider = crypto_provider();
-    let mut roots = RootCertStore::empty();
-    for ca in load_certs("tls.client_ca", &cfg.client_ca)? {
-        roots.add(ca).map_err(|e| {
-            content(
-                "tls.client_ca",
-                &cfg.client_ca,
-                format!("unusable CA certificate: {e}"),
-            )
-        })?;
-    }
+    let roots = load_client_ca(&cfg.client_ca)?;
     if cfg.crls.is_empty() {
         tracing::warn!(
             "tls.crls is empty: revoked client certificates will be accepted until they expire"
@@ -551,21 +566,26 @@ pub fn server_tls(cfg: &TlsConfig, hook: Option<AuthFailureHook>) -> Result<Serv
         allow_unknown_status: cfg.allow_unknown_revocation_status,
         enforce_expiry: cfg.enforce_crl_expiry,
     };
-    let verifier = Arc::new(ReloadingClientVerifier::new(
-        roots,
-        cfg.crls.clone(),
-        policy,
+    let verifier = Arc::new(
+        ReloadingClientVerifier::new(roots, cfg.crls.clone(), policy, provider.clone(), hook)?
+            .with_client_ca_file(cfg.client_ca.clone()),
+    );
+    let cert = Arc::new(ServerCertResolver::load(
+        cfg.cert.clone(),
+        cfg.key.clone(),
         provider.clone(),
-        hook,
     )?);
-    let chain = load_certs("tls.cert", &cfg.cert)?;
-    let key = load_key("tls.key", &cfg.key)?;
-    let endpoint = Arc::new(crate::endpoint::EndpointSecret::from_private_key(&key));
-    let config = server_config_with(provider, verifier.clone(), chain, key)?;
+    // The stateless-reset key comes from the key file as it is at start;
+    // a certificate renewed later does not change it until a restart.
+    let endpoint = Arc::new(crate::endpoint::EndpointSecret::from_private_key(
+        &load_key("tls.key", &cfg.key)?,
+    ));
+    let config = server_config_with_resolver(provider, verifier.clone(), cert.clone())?;
     Ok(ServerTls {
         config,
         verifier,
         endpoint,
+        cert,
     })
 }
 
@@ -581,10 +601,26 @@ pub fn server_config_with(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let certified = rustls::sign::CertifiedKey::from_der(chain, key, &provider)?;
+    let single = Arc::new(rustls::sign::SingleCertAndKey::from(certified));
+    server_config_with_resolver(provider, verifier, single)
+}
+
+/// As [`server_config_with`], with the certificate chosen per handshake by
+/// `resolver` (a [`ServerCertResolver`] replaces it on reload).
+///
+/// # Errors
+///
+/// The provider does not support TLS 1.3.
+pub fn server_config_with_resolver(
+    provider: Arc<CryptoProvider>,
+    verifier: Arc<dyn ClientCertVerifier>,
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![strongbox_protocol::ALPN.to_vec()];
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;

@@ -179,6 +179,74 @@ impl BrokerProcess {
         })
     }
 
+    /// Starts `strongbox-broker serve --config CONFIG`; `dir` is the
+    /// directory its profiles live in (`dir/profiles/NAME.toml`, as `dev`
+    /// lays them out) and its log goes to `dir.serve.log`. The config's
+    /// listen addresses should use port 0.
+    ///
+    /// # Errors
+    ///
+    /// The process does not start or does not report its addresses in
+    /// time.
+    pub fn start_serve(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Result<Self> {
+        let log = dir.with_extension("serve.log");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let mut cmd = Command::new(binary("strongbox-broker"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().context("spawning strongbox-broker serve")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        let (mut addr, mut metrics) = (None, None);
+        while addr.is_none() || metrics.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.split("listening on ").nth(1) {
+                        addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+                    }
+                    if let Some(rest) = line.strip_prefix("metrics on http://") {
+                        metrics = rest.trim_end_matches("/metrics").parse().ok();
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!(
+                        "broker did not report its addresses; its log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Ok(Self {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            addr: addr.ok_or_else(|| anyhow!("no address"))?,
+            metrics,
+            log,
+        })
+    }
+
     /// The process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -312,5 +312,7 @@ fn log(cfg: &BrokerConfig) -> Result<(), ConfigError> {
             return Err(bad());
         }
     }
+    // What the log set-up will parse must parse.
+    crate::logging::parse_configured_filter(level).map_err(|e| err("log.level", e))?;
     Ok(())
 }

@@ -59,20 +59,12 @@ pub async fn serve(state: Arc<BrokerState>, accepted: AcceptedConnection) {
         remote,
         shutdown,
     } = accepted;
-    let span = tracing::info_span!(
-        "connection",
-        id = connection.stable_id(),
-        principal = %principal.as_str(),
-        remote = %remote,
-    );
-    let principal = principal.into_string();
-    // `strongbox_connections_active` is counted by the endpoint, for the
-    // connection's whole life (aborted handlers included).
-    async move {
-        serve_inner(state.clone(), connection, principal, shutdown).await;
-    }
-    .instrument(span)
-    .await;
+    // The endpoint runs this inside the connection's `connection` span
+    // (id, remote, principal): a span of our own here would repeat it on
+    // every line. `strongbox_connections_active` is counted by the endpoint
+    // too, for the connection's whole life (aborted handlers included).
+    let _ = remote;
+    serve_inner(state, connection, principal.into_string(), shutdown).await;
 }
 
 async fn serve_inner(

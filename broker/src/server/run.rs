@@ -24,7 +24,8 @@ use crate::server::topics::{PartitionSlot, retention};
 use crate::server::{
     BrokerState, MAINTENANCE_INTERVAL, StartError, connection, key_lifecycle, now_ms,
 };
-use crate::tls::{ReloadingClientVerifier, server_tls};
+use crate::tls::reload::TlsMetrics;
+use crate::tls::{TlsReloader, server_tls};
 
 /// A broker that is serving.
 #[derive(Debug)]
@@ -35,7 +36,8 @@ pub struct RunningBroker {
     pub metrics_addr: Option<SocketAddr>,
     /// Shared state, for embedding and tests.
     pub state: Arc<BrokerState>,
-    verifier: Arc<ReloadingClientVerifier>,
+    /// The certificate, client CA bundle and CRLs, reloaded on SIGHUP.
+    tls: TlsReloader,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     serving: JoinHandle<crate::endpoint::ServeReport>,
@@ -62,6 +64,7 @@ pub async fn run(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             .await
             .map_err(|e| StartError::Other(format!("opening storage: {e}")))??
     };
+    register_process_metrics(&metrics, &config)?;
     state.audit.start(&state);
     state
         .rewrap
@@ -108,11 +111,13 @@ pub async fn run(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     } else {
         None
     };
-    tasks.push(
-        tls.verifier
-            .spawn_watcher(config.tls.crl_reload.0, shutdown.clone()),
-    );
+    let tls_metrics = TlsMetrics::new(metrics.registry())
+        .map_err(|e| StartError::Other(format!("TLS metrics: {e}")))?;
+    let reloader = TlsReloader::new(tls.cert.clone(), tls.verifier.clone(), Some(tls_metrics));
+    // One watcher for every TLS file: certificate, key, CA bundle, CRLs.
+    tasks.push(reloader.spawn_watcher(config.tls.crl_reload.0, shutdown.clone()));
     let _ = state.client_verifier.set(tls.verifier.clone());
+    tasks.extend(start_control_socket(&state, &metrics, &shutdown)?);
     let maintain_now = Arc::new(tokio::sync::Notify::new());
     tasks.push(tokio::spawn(maintenance(
         state.clone(),
@@ -130,7 +135,7 @@ pub async fn run(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         addr,
         metrics_addr,
         state,
-        verifier: tls.verifier,
+        tls: reloader,
         stop,
         tasks,
         serving,
@@ -138,18 +143,66 @@ pub async fn run(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     })
 }
 
+/// The process figures (memory, CPU, descriptors, start time) and the
+/// data directory's free space, read at each scrape.
+fn register_process_metrics(
+    metrics: &BrokerMetrics,
+    config: &BrokerConfig,
+) -> Result<(), StartError> {
+    use crate::metrics::process::{DiskCollector, ProcessCollector};
+    let err = |e: prometheus::Error| StartError::Other(format!("process metrics: {e}"));
+    let registry = metrics.registry();
+    registry
+        .register(Box::new(ProcessCollector::new().map_err(err)?))
+        .map_err(err)?;
+    registry
+        .register(Box::new(
+            DiskCollector::new(config.broker.data_dir.clone()).map_err(err)?,
+        ))
+        .map_err(err)
+}
+
+/// The local control socket (`strongbox-broker backup`). A socket that
+/// cannot be bound leaves the broker running without it, and says so.
+fn start_control_socket(
+    state: &Arc<BrokerState>,
+    metrics: &BrokerMetrics,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Option<JoinHandle<()>>, StartError> {
+    use crate::backup::control::{BackupMetrics, ControlSocket};
+    let backup_metrics = BackupMetrics::new(metrics.registry())
+        .map_err(|e| StartError::Other(format!("backup metrics: {e}")))?;
+    match ControlSocket::bind(&state.config.broker.data_dir) {
+        Ok(socket) => {
+            tracing::debug!(socket = %socket.path().display(), "control socket listening");
+            Ok(Some(tokio::spawn(socket.serve(
+                state.clone(),
+                backup_metrics,
+                shutdown.clone(),
+            ))))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no control socket: `strongbox-broker backup` cannot reach this broker");
+            Ok(None)
+        }
+    }
+}
+
 impl RunningBroker {
-    /// What `SIGHUP` does: re-reads the CRL files; re-reads and validates
-    /// the config file and applies its `[acl]` section (superusers and
-    /// `[[acl.rules]]`) to new and open connections; and runs a
-    /// maintenance pass now (grants whose time is up go at once). A CRL or
-    /// config file that does not load keeps what was in force, and the log
-    /// says why; other changed sections are named as needing a restart.
+    /// What `SIGHUP` does: re-reads the broker's certificate and key, the
+    /// client CA bundle and the CRL files (new handshakes use them; open
+    /// connections are re-checked against the new CA bundle and CRLs);
+    /// re-reads and validates the config file and applies its `[acl]`
+    /// section (superusers and `[[acl.rules]]`) to new and open
+    /// connections; and runs a maintenance pass now (grants whose time is
+    /// up go at once). A TLS or config file that does not load keeps what
+    /// was in force, and the log says why; other changed sections are named
+    /// as needing a restart.
     pub async fn reload(&self) {
         self.maintain_now();
-        match self.verifier.reload() {
-            Ok(generation) => tracing::info!(generation, "CRLs reloaded"),
-            Err(e) => tracing::error!(error = %e, "CRL reload failed; keeping the previous CRLs"),
+        let tls = self.tls.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || tls.reload_all()).await {
+            tracing::error!(error = %e, "TLS reload task failed");
         }
         // Under the admin lock, so a reload cannot replace the rules with a
         // snapshot read before a grant that commits at the same moment.

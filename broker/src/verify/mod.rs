@@ -250,12 +250,7 @@ pub fn run_cli(args: &VerifyArgs) -> ExitCode {
 /// Warnings of the storage and key code are reported by `verify` itself;
 /// only errors reach stderr unless `RUST_LOG` says otherwise.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::logging::init_cli("error");
 }
 
 /// Registry entries by (topic id, partition): segment id → KEK version.

@@ -49,6 +49,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod backup;
 mod check;
 mod config;
 mod durability;
@@ -64,6 +65,7 @@ mod recovery;
 mod scan;
 mod segment;
 
+pub use backup::{LogFreeze, PinnedFile, PinnedPartition};
 pub use check::{CheckProgress, DirCheck, Finding, SegmentCheck, check_dir};
 pub use config::{Clock, Durability, LogConfig, RetentionPolicy, SystemClock};
 pub use durability::Durable;

@@ -81,11 +81,11 @@ pub struct SegmentInfo {
 }
 
 #[derive(Debug)]
-struct Writer {
+pub(super) struct Writer {
     active: Option<Active>,
     /// An empty newest segment file at this base offset, to be reused.
-    placeholder: Option<u64>,
-    next_offset: u64,
+    pub(super) placeholder: Option<u64>,
+    pub(super) next_offset: u64,
     scratch: Vec<u8>,
     closed: bool,
 }
@@ -996,7 +996,7 @@ impl PartitionLog {
         }
     }
 
-    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+    pub(super) fn lock_writer(&self) -> MutexGuard<'_, Writer> {
         // A panic in a writer leaves at worst an unsynced frame behind the
         // published end, which recovery handles; keep going.
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)

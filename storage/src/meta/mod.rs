@@ -30,6 +30,7 @@ mod access;
 mod codec;
 mod jobs;
 mod kek;
+mod snapshot;
 pub mod tables;
 mod topics;
 
@@ -41,6 +42,7 @@ use redb::{Key, ReadableDatabase, ReadableTable, TableDefinition, TableError, Va
 
 pub use access::{AclEntry, AuditHead};
 pub use jobs::RewrapJobState;
+pub use snapshot::{MetaSnapshot, SnapshotStats};
 pub use topics::{ProducerPartitionState, ProducerRecord, TopicEntry};
 
 /// Errors of the metadata store.
