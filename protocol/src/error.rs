@@ -77,6 +77,18 @@ pub enum ErrorCode {
     KeyDestroyed = 82,
     /// A key version is still needed by some envelopes.
     KeyInUse = 83,
+    /// The partition's disk is full; the broker refuses writes until it can
+    /// write again, then resumes by itself. Retry later.
+    StorageFull = 84,
+    /// A write or sync of the partition's log failed; the broker refuses
+    /// writes until the log has resumed from its last durable point, which
+    /// it does by itself. Retry later.
+    StorageFailed = 85,
+    /// The partition is read-only: its log is shorter than the offsets it
+    /// acknowledged, or misses a segment the broker knows of. Writes are
+    /// refused until an operator accepts the loss (`strongbox topic
+    /// recover`). Not retriable.
+    PartitionReadOnly = 87,
 
     /// The request names something that does not exist.
     NotFound = 96,
@@ -123,6 +135,9 @@ impl ErrorCode {
         Self::KeyUnavailable,
         Self::KeyDestroyed,
         Self::KeyInUse,
+        Self::StorageFull,
+        Self::StorageFailed,
+        Self::PartitionReadOnly,
         Self::NotFound,
         Self::InvalidRequest,
         Self::Conflict,
@@ -172,6 +187,9 @@ impl ErrorCode {
             Self::KeyUnavailable => "key_unavailable",
             Self::KeyDestroyed => "key_destroyed",
             Self::KeyInUse => "key_in_use",
+            Self::StorageFull => "storage_full",
+            Self::StorageFailed => "storage_failed",
+            Self::PartitionReadOnly => "partition_read_only",
             Self::NotFound => "not_found",
             Self::InvalidRequest => "invalid_request",
             Self::Conflict => "conflict",
@@ -186,6 +204,8 @@ impl ErrorCode {
             self,
             Self::PartitionUnavailable
                 | Self::KeyUnavailable
+                | Self::StorageFull
+                | Self::StorageFailed
                 | Self::ShuttingDown
                 | Self::Timeout
                 | Self::LimitExceeded

@@ -63,6 +63,18 @@ pub enum AuditAction {
     RecipientRemove,
     /// The broker found its audit topic cut short or rewritten.
     AuditChainBroken,
+    /// A partition opened read-only: its log is shorter than what it
+    /// acknowledged, or misses segments.
+    PartitionReadOnly,
+    /// An operator let a read-only partition take writes again, accepting
+    /// the loss.
+    PartitionRecover,
+    /// A storage fault (full disk, failed write or sync) fenced a partition.
+    PartitionFence,
+    /// A fenced partition resumed taking writes.
+    PartitionResume,
+    /// Recovery cut a torn tail and kept the bytes in a quarantine file.
+    PartitionQuarantine,
 }
 
 impl AuditAction {
@@ -90,6 +102,11 @@ impl AuditAction {
             Self::RecipientPut => "recipient.put",
             Self::RecipientRemove => "recipient.remove",
             Self::AuditChainBroken => "audit.chain.broken",
+            Self::PartitionReadOnly => "partition.readonly",
+            Self::PartitionRecover => "partition.recover",
+            Self::PartitionFence => "partition.fence",
+            Self::PartitionResume => "partition.resume",
+            Self::PartitionQuarantine => "partition.quarantine",
         }
     }
 }
@@ -260,6 +277,11 @@ mod tests {
             AuditAction::RecipientPut,
             AuditAction::RecipientRemove,
             AuditAction::AuditChainBroken,
+            AuditAction::PartitionReadOnly,
+            AuditAction::PartitionRecover,
+            AuditAction::PartitionFence,
+            AuditAction::PartitionResume,
+            AuditAction::PartitionQuarantine,
         ];
         let mut seen = std::collections::HashSet::new();
         for a in all {

@@ -133,6 +133,15 @@ pub trait IoFile: Send + Sync + fmt::Debug {
     /// It cannot be read.
     fn len(&self) -> io::Result<u64>;
 
+    /// True when the file holds no bytes.
+    ///
+    /// # Errors
+    ///
+    /// As [`IoFile::len`].
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
     /// Reads exactly `buf.len()` bytes at `pos`.
     ///
     /// # Errors

@@ -8,12 +8,13 @@
 //! authenticated and found to have the entry's offset; otherwise it starts
 //! at the beginning of the segment.
 
-use std::fs::File;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use strongbox_protocol::batch::RecordBatch;
+
+use crate::io::IoFile;
 
 use super::error::LogError;
 use super::format::{SEGMENT_HEADER_LEN, Seal};
@@ -109,7 +110,7 @@ impl PartitionLog {
             mut position,
             mut expected,
             mut first,
-        } = self.anchor(seg, &file, &crypto, lookup, end)?;
+        } = self.anchor(seg, file.as_ref(), &crypto, lookup, end)?;
         loop {
             if position >= end {
                 check_end(seg, seal.as_ref(), expected)?;
@@ -121,7 +122,7 @@ impl PartitionLog {
             let frame = match first.take() {
                 Some(f) => f,
                 None => seg
-                    .read_frame(&file, &crypto, position, end, Some(expected))
+                    .read_frame(file.as_ref(), &crypto, position, end, Some(expected))
                     .map_err(|f| f.into_error(&seg.log_path))?,
             };
             let next = frame.header.next_offset().unwrap_or(u64::MAX);
@@ -181,12 +182,12 @@ impl PartitionLog {
             mut position,
             mut expected,
             mut first,
-        } = self.anchor(seg, &file, &crypto, Some(Lookup::Time(ts)), end)?;
+        } = self.anchor(seg, file.as_ref(), &crypto, Some(Lookup::Time(ts)), end)?;
         while position < end && expected < hw {
             let frame = match first.take() {
                 Some(f) => f,
                 None => seg
-                    .read_frame(&file, &crypto, position, end, Some(expected))
+                    .read_frame(file.as_ref(), &crypto, position, end, Some(expected))
                     .map_err(|f| f.into_error(&seg.log_path))?,
             };
             let batch = parse_batch(seg, &frame)?;
@@ -217,7 +218,7 @@ impl PartitionLog {
         let mut prev: Option<(Arc<Segment>, u64)> = None;
         for seg in &segs {
             if let Some((p, end)) = &prev
-                && *end != seg.base
+                && !self.joins(*end, seg.base)
             {
                 return Err(LogError::Gap {
                     segment: p.log_path.clone(),
@@ -235,7 +236,7 @@ impl PartitionLog {
             let mut max_ts = i64::MIN;
             while position < end {
                 let frame = seg
-                    .read_frame(&file, &crypto, position, end, Some(expected))
+                    .read_frame(file.as_ref(), &crypto, position, end, Some(expected))
                     .map_err(|f| f.into_error(&seg.log_path))?;
                 let batch = parse_batch(seg, &frame)?;
                 max_ts = max_ts.max(batch.max_timestamp());
@@ -279,7 +280,7 @@ impl PartitionLog {
     fn anchor(
         &self,
         seg: &Segment,
-        file: &File,
+        file: &dyn IoFile,
         crypto: &SegmentCrypto,
         lookup: Option<Lookup>,
         end: u64,
@@ -289,7 +290,9 @@ impl PartitionLog {
             expected: seg.base,
             first: None,
         };
-        let Some(entry) = lookup.and_then(|l| index::lookup(&seg.index_path, l)) else {
+        let Some(entry) =
+            lookup.and_then(|l| index::lookup(self.ctx.io.as_ref(), &seg.index_path, l))
+        else {
             return Ok(start);
         };
         if entry.position <= SEGMENT_HEADER_LEN as u64

@@ -28,6 +28,7 @@
 
 mod access;
 mod codec;
+mod ends;
 mod jobs;
 mod kek;
 pub mod tables;
@@ -40,6 +41,7 @@ use std::sync::Arc;
 use redb::{Key, ReadableDatabase, ReadableTable, TableDefinition, TableError, Value};
 
 pub use access::{AclEntry, AuditHead};
+pub use ends::PartitionEnd;
 pub use jobs::RewrapJobState;
 pub use topics::{ProducerPartitionState, ProducerRecord, TopicEntry};
 

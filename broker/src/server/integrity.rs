@@ -1,0 +1,348 @@
+//! Offsets are never reused: the checks a partition's log passes at open
+//! before it takes writes, and the operator's way back when it does not.
+//!
+//! The metadata store records each partition's durable end (see
+//! [`super::partition_watch`]). At open the log is compared with that
+//! record, with the key registry (the segments it knows for the partition)
+//! and with the offsets consumer groups committed. A log that ends before
+//! its record, lacks a segment the registry knows, or ends before a
+//! committed offset was cut short, replaced by an older copy, or lost its
+//! directory: appending to it would hand out offsets that were already
+//! acknowledged and read. Such a partition opens **read-only** (reads work,
+//! appends get `partition_read_only`), and the broker audits it.
+//!
+//! An operator who accepts the loss runs `strongbox topic recover TOPIC
+//! --partition P --accept-loss` ([`recover`]): the registry forgets the
+//! missing segments, the log moves its next offset past every offset it
+//! ever acknowledged (and every committed offset), the record is raised to
+//! match, and writes resume. The offsets in between are a gap that readers
+//! read across.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use strongbox_protocol::ErrorCode;
+use strongbox_protocol::frames::admin::AdminResponse;
+use strongbox_storage::keys::{SegmentKeyContext, SegmentKeys};
+use strongbox_storage::log::PartitionLog;
+use strongbox_storage::meta::{MetaError, MetaStore, TopicEntry};
+
+use crate::audit::{AuditAction, AuditEvent, topic_resource};
+use crate::server::connection::ConnCtx;
+use crate::server::error::BrokerError;
+use crate::server::partition::Partition;
+use crate::server::topics::{Topic, kek_scope};
+use crate::server::{BrokerState, now_ms};
+
+/// What a partition lost, as found at open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Loss {
+    /// The partition's directory was gone (it was created again, empty).
+    DirectoryMissing,
+    /// The log ends before the durable end on record.
+    Shorter {
+        /// Where the log ends.
+        end: u64,
+        /// The recorded durable end.
+        recorded: u64,
+    },
+    /// Segments the key registry knows for the partition are not in the log.
+    MissingSegments {
+        /// Their ids, hex.
+        ids: Vec<String>,
+    },
+    /// A consumer group committed an offset past the log's end.
+    CommittedBeyondEnd {
+        /// The group.
+        group: String,
+        /// Its committed offset.
+        offset: u64,
+        /// Where the log ends.
+        end: u64,
+    },
+}
+
+impl fmt::Display for Loss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::DirectoryMissing => f.write_str("its directory was missing"),
+            Self::Shorter { end, recorded } => write!(
+                f,
+                "its log ends at offset {end}, but offsets up to {recorded} were acknowledged"
+            ),
+            Self::MissingSegments { ids } => write!(
+                f,
+                "{} segment(s) the key registry knows are missing ({})",
+                ids.len(),
+                ids.join(", ")
+            ),
+            Self::CommittedBeyondEnd { group, offset, end } => write!(
+                f,
+                "consumer group {group} committed offset {offset}, past the log's end {end}"
+            ),
+        }
+    }
+}
+
+/// The read-only status message for `losses`, with what to do.
+pub fn read_only_reason(topic: &str, partition: u32, losses: &[Loss]) -> String {
+    let what: Vec<String> = losses.iter().map(ToString::to_string).collect();
+    format!(
+        "read-only: {} (restore the partition from a backup, or accept the loss with \
+         `strongbox topic recover {topic} --partition {partition} --accept-loss`)",
+        what.join("; ")
+    )
+}
+
+/// Compares an opened log with what the metadata store says about its
+/// partition. `dir_existed` tells whether the partition directory was there
+/// before the log opened (and created it); `committed` are the groups'
+/// committed offsets for the partition.
+///
+/// # Errors
+///
+/// The metadata store cannot be read.
+pub fn check(
+    meta: &MetaStore,
+    entry: &TopicEntry,
+    index: u32,
+    log: &PartitionLog,
+    dir_existed: bool,
+    committed: &[(String, u64)],
+) -> Result<Vec<Loss>, MetaError> {
+    let (recorded, known) = meta.read(|r| {
+        Ok::<_, MetaError>((
+            r.partition_end(&entry.topic_id, index)?,
+            r.partition_segment_keks(&entry.topic_id, index)?,
+        ))
+    })?;
+    let end = log.log_end_offset();
+    let mut losses = Vec::new();
+    let recorded_end = recorded.map_or(0, |r| r.durable_end);
+    if !dir_existed && (recorded_end > 0 || !known.is_empty()) {
+        losses.push(Loss::DirectoryMissing);
+    }
+    if end < recorded_end {
+        losses.push(Loss::Shorter {
+            end,
+            recorded: recorded_end,
+        });
+    }
+    let missing = missing_segments(log, known.iter().map(|(id, _)| *id));
+    if !missing.is_empty() {
+        losses.push(Loss::MissingSegments {
+            ids: missing.iter().map(hex::encode).collect(),
+        });
+    }
+    for (group, offset) in committed {
+        if *offset > end {
+            losses.push(Loss::CommittedBeyondEnd {
+                group: group.clone(),
+                offset: *offset,
+                end,
+            });
+        }
+    }
+    Ok(losses)
+}
+
+/// The segment ids of `known` that `log` does not hold.
+fn missing_segments(log: &PartitionLog, known: impl Iterator<Item = [u8; 16]>) -> Vec<[u8; 16]> {
+    let present: HashSet<[u8; 16]> = log.segments().iter().map(|s| s.segment_id).collect();
+    known.filter(|id| !present.contains(id)).collect()
+}
+
+/// What [`recover`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Where the log ended.
+    pub end: u64,
+    /// Where writing continues.
+    pub resume_offset: u64,
+    /// Registry entries of missing segments that were forgotten.
+    pub forgotten_segments: Vec<String>,
+    /// What was lost, as checked just before.
+    pub losses: Vec<Loss>,
+}
+
+/// Lets read-only partition `p` of `topic` take writes again, accepting
+/// the loss: forgets the registry entries of missing segments, moves the
+/// log past the highest offset ever acknowledged or committed, and raises
+/// the record to match. Runs on the blocking pool, under the admin lock.
+///
+/// # Errors
+///
+/// `conflict` when the partition is not read-only; storage and metadata
+/// failures.
+pub fn recover(
+    state: &BrokerState,
+    topic: &Topic,
+    p: &Arc<Partition>,
+) -> Result<Recovered, BrokerError> {
+    if p.read_only_reason().is_none() {
+        return Err(BrokerError::new(
+            ErrorCode::Conflict,
+            format!(
+                "{}/{} is not read-only; there is nothing to recover",
+                topic.name(),
+                p.index
+            ),
+        ));
+    }
+    let entry = &topic.entry;
+    let committed = committed_offsets(&state.meta, topic.name(), p.index)
+        .map_err(|e| BrokerError::internal("reading committed offsets", e))?;
+    let losses = check(&state.meta, entry, p.index, p.log(), true, &committed)
+        .map_err(|e| BrokerError::internal("reading the partition's records", e))?;
+    let recorded = state
+        .meta
+        .read(|r| r.partition_end(&entry.topic_id, p.index))
+        .map_err(|e: MetaError| BrokerError::internal("reading the partition's durable end", e))?
+        .map_or(0, |r| r.durable_end);
+    let end = p.log().log_end_offset();
+    let resume_offset = committed
+        .iter()
+        .map(|(_, o)| *o)
+        .chain([recorded, end])
+        .max()
+        .unwrap_or(end);
+
+    let known = state
+        .meta
+        .read(|r| r.partition_segment_keks(&entry.topic_id, p.index))
+        .map_err(|e: MetaError| BrokerError::internal("reading the key registry", e))?;
+    let missing = missing_segments(p.log(), known.iter().map(|(id, _)| *id));
+    let scope = kek_scope(entry);
+    for id in &missing {
+        let ctx = SegmentKeyContext {
+            topic_id: entry.topic_id,
+            partition: p.index,
+            segment_id: *id,
+            scope: scope.clone(),
+        };
+        state
+            .keys
+            .forget(&ctx)
+            .map_err(|e| BrokerError::internal("forgetting a lost segment's key", e))?;
+    }
+    if resume_offset > end {
+        p.log()
+            .skip_to(resume_offset)
+            .map_err(|e| BrokerError::internal("moving the log past the lost offsets", e))?;
+    }
+    state
+        .meta
+        .write(|b| b.raise_partition_end(&entry.topic_id, p.index, resume_offset, now_ms()))
+        .map_err(|e: MetaError| BrokerError::internal("recording the partition's new end", e))?;
+    p.set_read_only(None);
+    Ok(Recovered {
+        end,
+        resume_offset,
+        forgotten_segments: missing.iter().map(hex::encode).collect(),
+        losses,
+    })
+}
+
+/// Serves `TopicRecover` (the caller holds `admin` on the topic): checks
+/// the request, recovers the partition under the admin lock, audits it,
+/// and answers with the topic as it is now.
+///
+/// # Errors
+///
+/// `invalid_request` without `accept_loss`; `unknown_topic`,
+/// `unknown_partition`, `partition_unavailable`; as [`recover`].
+pub async fn handle_recover(
+    ctx: &ConnCtx,
+    topic: &str,
+    partition: u32,
+    accept_loss: bool,
+) -> Result<AdminResponse, BrokerError> {
+    let state = &ctx.state;
+    if !accept_loss {
+        return Err(BrokerError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "recovering {topic}/{partition} accepts the loss of the records it no longer \
+                 has; pass --accept-loss to confirm"
+            ),
+        ));
+    }
+    let _guard = state.admin_lock.lock().await;
+    let t = state.topics.require(topic)?;
+    let p = t.partition(partition)?.clone();
+    let (state2, t2, p2) = (state.clone(), t.clone(), p.clone());
+    let done = tokio::task::spawn_blocking(move || recover(&state2, &t2, &p2))
+        .await
+        .map_err(|e| BrokerError::internal("recovering a partition", e))??;
+    let lost: Vec<String> = done.losses.iter().map(ToString::to_string).collect();
+    tracing::warn!(target: "strongbox::audit", principal = %ctx.principal, topic, partition, end = done.end, resume_offset = done.resume_offset, "read-only partition recovered; the loss was accepted");
+    state.audit.record(
+        AuditEvent::success(AuditAction::PartitionRecover, topic_resource(topic))
+            .principal(&ctx.principal)
+            .detail("partition", partition)
+            .detail("log_end", done.end)
+            .detail("resume_offset", done.resume_offset)
+            .detail("forgotten_segments", done.forgotten_segments)
+            .detail("losses", lost),
+    );
+    state
+        .partition_watch
+        .set_state(topic, partition, p.state().0);
+    Ok(AdminResponse::Topic(t.describe()))
+}
+
+/// The offsets consumer groups committed for one partition.
+///
+/// # Errors
+///
+/// The metadata store cannot be read.
+pub fn committed_offsets(
+    meta: &MetaStore,
+    topic: &str,
+    partition: u32,
+) -> Result<Vec<(String, u64)>, MetaError> {
+    meta.read(|r| {
+        let mut out = Vec::new();
+        for group in r.groups()? {
+            if let Some(offset) = r.offset(&group, topic, partition)? {
+                out.push((group, offset));
+            }
+        }
+        Ok(out)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reason_names_every_loss_and_the_command() {
+        let text = read_only_reason(
+            "orders",
+            2,
+            &[
+                Loss::Shorter {
+                    end: 10,
+                    recorded: 40,
+                },
+                Loss::CommittedBeyondEnd {
+                    group: "billing".into(),
+                    offset: 30,
+                    end: 10,
+                },
+            ],
+        );
+        assert!(
+            text.starts_with("read-only: its log ends at offset 10"),
+            "{text}"
+        );
+        assert!(text.contains("up to 40 were acknowledged"), "{text}");
+        assert!(text.contains("billing committed offset 30"), "{text}");
+        assert!(
+            text.contains("strongbox topic recover orders --partition 2 --accept-loss"),
+            "{text}"
+        );
+    }
+}
