@@ -43,7 +43,7 @@ pub mod stream_io;
 pub mod subscribe;
 pub mod topics;
 
-pub use run::{RunningBroker, run};
+pub use run::{RunningBroker, run, run_with_io};
 
 use error::BrokerError;
 use groups::Groups;
