@@ -17,6 +17,11 @@
 //! ever acknowledged (and every committed offset), the record is raised to
 //! match, and writes resume. The offsets in between are a gap that readers
 //! read across.
+//!
+//! The broker's own audit topic cannot wait for an operator: the trail must
+//! go on recording, and its hash chain and anchored head already detect a
+//! cut and record it (`audit.chain.broken`, see `audit/writer.rs`). Its loss
+//! is accepted at open, the same way: offsets still move only forward.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -34,6 +39,22 @@ use crate::server::error::BrokerError;
 use crate::server::partition::Partition;
 use crate::server::topics::{Topic, kek_scope};
 use crate::server::{BrokerState, now_ms};
+
+/// The audit event of a loss accepted for partition `index` of `topic`.
+pub fn recovered_event(topic: &str, index: u32, done: &Recovered) -> AuditEvent {
+    AuditEvent::success(AuditAction::PartitionRecover, topic_resource(topic))
+        .detail("partition", index)
+        .detail("log_end", done.end)
+        .detail("resume_offset", done.resume_offset)
+        .detail("forgotten_segments", done.forgotten_segments.clone())
+        .detail(
+            "losses",
+            done.losses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+        )
+}
 
 /// What a partition lost, as found at open.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,9 +188,8 @@ pub struct Recovered {
 }
 
 /// Lets read-only partition `p` of `topic` take writes again, accepting
-/// the loss: forgets the registry entries of missing segments, moves the
-/// log past the highest offset ever acknowledged or committed, and raises
-/// the record to match. Runs on the blocking pool, under the admin lock.
+/// the loss (see [`accept_loss`]). Runs on the blocking pool, under the
+/// admin lock.
 ///
 /// # Errors
 ///
@@ -190,17 +210,41 @@ pub fn recover(
             ),
         ));
     }
-    let entry = &topic.entry;
-    let committed = committed_offsets(&state.meta, topic.name(), p.index)
+    let done = accept_loss(
+        &state.meta,
+        state.keys.as_ref(),
+        &topic.entry,
+        p.index,
+        p.log(),
+    )?;
+    p.set_read_only(None);
+    Ok(done)
+}
+
+/// Accepts what partition `index` of `entry` lost: forgets the registry
+/// entries of its missing segments, moves the log past the highest offset
+/// it ever acknowledged or a group committed, and raises the record to
+/// match.
+///
+/// # Errors
+///
+/// Storage and metadata failures.
+pub fn accept_loss(
+    meta: &MetaStore,
+    keys: &dyn SegmentKeys,
+    entry: &TopicEntry,
+    index: u32,
+    log: &PartitionLog,
+) -> Result<Recovered, BrokerError> {
+    let committed = committed_offsets(meta, &entry.name, index)
         .map_err(|e| BrokerError::internal("reading committed offsets", e))?;
-    let losses = check(&state.meta, entry, p.index, p.log(), true, &committed)
+    let losses = check(meta, entry, index, log, true, &committed)
         .map_err(|e| BrokerError::internal("reading the partition's records", e))?;
-    let recorded = state
-        .meta
-        .read(|r| r.partition_end(&entry.topic_id, p.index))
+    let recorded = meta
+        .read(|r| r.partition_end(&entry.topic_id, index))
         .map_err(|e: MetaError| BrokerError::internal("reading the partition's durable end", e))?
         .map_or(0, |r| r.durable_end);
-    let end = p.log().log_end_offset();
+    let end = log.log_end_offset();
     let resume_offset = committed
         .iter()
         .map(|(_, o)| *o)
@@ -208,34 +252,27 @@ pub fn recover(
         .max()
         .unwrap_or(end);
 
-    let known = state
-        .meta
-        .read(|r| r.partition_segment_keks(&entry.topic_id, p.index))
+    let known = meta
+        .read(|r| r.partition_segment_keks(&entry.topic_id, index))
         .map_err(|e: MetaError| BrokerError::internal("reading the key registry", e))?;
-    let missing = missing_segments(p.log(), known.iter().map(|(id, _)| *id));
+    let missing = missing_segments(log, known.iter().map(|(id, _)| *id));
     let scope = kek_scope(entry);
     for id in &missing {
         let ctx = SegmentKeyContext {
             topic_id: entry.topic_id,
-            partition: p.index,
+            partition: index,
             segment_id: *id,
             scope: scope.clone(),
         };
-        state
-            .keys
-            .forget(&ctx)
+        keys.forget(&ctx)
             .map_err(|e| BrokerError::internal("forgetting a lost segment's key", e))?;
     }
     if resume_offset > end {
-        p.log()
-            .skip_to(resume_offset)
+        log.skip_to(resume_offset)
             .map_err(|e| BrokerError::internal("moving the log past the lost offsets", e))?;
     }
-    state
-        .meta
-        .write(|b| b.raise_partition_end(&entry.topic_id, p.index, resume_offset, now_ms()))
+    meta.write(|b| b.raise_partition_end(&entry.topic_id, index, resume_offset, now_ms()))
         .map_err(|e: MetaError| BrokerError::internal("recording the partition's new end", e))?;
-    p.set_read_only(None);
     Ok(Recovered {
         end,
         resume_offset,
@@ -275,17 +312,10 @@ pub async fn handle_recover(
     let done = tokio::task::spawn_blocking(move || recover(&state2, &t2, &p2))
         .await
         .map_err(|e| BrokerError::internal("recovering a partition", e))??;
-    let lost: Vec<String> = done.losses.iter().map(ToString::to_string).collect();
     tracing::warn!(target: "strongbox::audit", principal = %ctx.principal, topic, partition, end = done.end, resume_offset = done.resume_offset, "read-only partition recovered; the loss was accepted");
-    state.audit.record(
-        AuditEvent::success(AuditAction::PartitionRecover, topic_resource(topic))
-            .principal(&ctx.principal)
-            .detail("partition", partition)
-            .detail("log_end", done.end)
-            .detail("resume_offset", done.resume_offset)
-            .detail("forgotten_segments", done.forgotten_segments)
-            .detail("losses", lost),
-    );
+    state
+        .audit
+        .record(recovered_event(topic, partition, &done).principal(&ctx.principal));
     state
         .partition_watch
         .set_state(topic, partition, p.state().0);

@@ -290,6 +290,28 @@ fn open_partition(
                 let p = Partition::new(entry.name.clone(), index, dir, log, producers);
                 match losses {
                     Ok(l) if l.is_empty() => {}
+                    Ok(l) if entry.name == crate::audit::AUDIT_TOPIC => {
+                        // The trail must go on recording: its hash chain and
+                        // anchored head detect the cut and the audit writer
+                        // records `audit.chain.broken` first. Offsets still
+                        // move only forward.
+                        match integrity::accept_loss(
+                            &env.meta,
+                            env.keys.as_ref(),
+                            entry,
+                            index,
+                            p.log(),
+                        ) {
+                            Ok(done) => {
+                                tracing::error!(topic = %entry.name, partition = index, losses = ?done.losses, resume_offset = done.resume_offset, "the audit topic lost records; writing continues after them");
+                            }
+                            Err(e) => {
+                                let reason = integrity::read_only_reason(&entry.name, index, &l);
+                                tracing::error!(topic = %entry.name, partition = index, error = %e.message, "cannot move the audit topic past its lost records; it is read-only");
+                                p.set_read_only(Some(reason));
+                            }
+                        }
+                    }
                     Ok(l) => {
                         let reason = integrity::read_only_reason(&entry.name, index, &l);
                         tracing::error!(topic = %entry.name, partition = index, %reason, "partition opened read-only");
