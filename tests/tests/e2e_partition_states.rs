@@ -9,6 +9,8 @@
 //!   take writes again after the highest offset it ever acknowledged,
 //!   audited, and readers read across the gap;
 //! - a partition directory that vanished opens read-only too;
+//! - a consumer group cannot commit past a partition's end (which would
+//!   make the next start take the log for one cut short);
 //! - a torn tail cut at recovery is kept in a quarantine file, audited
 //!   (offset and byte count), and reported by the offline `verify`.
 
@@ -264,6 +266,32 @@ async fn a_vanished_partition_directory_opens_read_only() -> Result<()> {
         &["publish", "gone", "--partition", "0", "x"],
         "read-only",
     )?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_commit_past_the_end_is_refused() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let broker = start(&root.path().join("dev"))?;
+    let admin = broker.profile("admin");
+    cli_ok(&admin, &["topic", "create", "commits", "--partitions", "1"])?;
+    publish(&broker, "commits", &values(0..3))?;
+    let client = strongbox_tests::client::connect(&admin).await?;
+    let mut consumer = client
+        .subscribe(
+            strongbox_client::Subscription::group("commits", "g1"),
+            strongbox_client::ConsumerConfig::default(),
+        )
+        .await?;
+    strongbox_tests::client::read_n(&mut consumer, 3).await?;
+    let e = consumer.commit(0, 1_000).await.expect_err("past the end");
+    ensure!(
+        e.code() == Some(strongbox_protocol::ErrorCode::OffsetOutOfRange),
+        "{e}"
+    );
+    consumer.commit(0, 3).await?;
+    drop(consumer);
+    client.close().await;
     Ok(())
 }
 

@@ -346,6 +346,138 @@ pub fn committed_offsets(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strongbox_protocol::batch::{BatchBuilder, RecordBatch};
+    use strongbox_protocol::frames::admin_types::{Durability, TopicConfig};
+    use strongbox_storage::keys::{FileKeyProvider, KeyManager};
+
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        meta: MetaStore,
+        keys: Arc<KeyManager>,
+        entry: TopicEntry,
+        dir: std::path::PathBuf,
+    }
+
+    fn fixture() -> Fixture {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let meta = MetaStore::open(tmp.path().join("meta.redb")).expect("meta");
+        let provider = FileKeyProvider::open(tmp.path().join("keys")).expect("provider");
+        let keys = Arc::new(KeyManager::new(Arc::new(provider), meta.clone(), 16));
+        let entry = TopicEntry {
+            name: "orders".into(),
+            topic_id: [3; 16],
+            created_at: 0,
+            config: TopicConfig {
+                partitions: 1,
+                durability: Durability::Fsync,
+                retention_ms: None,
+                retention_bytes: None,
+                segment_bytes: None,
+                segment_ms: None,
+                dedicated_kek: false,
+            },
+        };
+        let dir = tmp.path().join("p0");
+        Fixture {
+            _tmp: tmp,
+            meta,
+            keys,
+            entry,
+            dir,
+        }
+    }
+
+    fn open(f: &Fixture) -> PartitionLog {
+        let config = crate::server::topics::log_config(&f.entry, 0);
+        PartitionLog::open(&f.dir, config, f.keys.clone()).expect("open")
+    }
+
+    fn append(log: &PartitionLog, n: u64) {
+        for i in 0..n {
+            let mut b = BatchBuilder::new(1);
+            b.push(1, None, &[], format!("{i}").as_bytes())
+                .expect("push");
+            let batch = RecordBatch::parse(b.finish().expect("finish")).expect("parse");
+            log.append(&batch)
+                .expect("append")
+                .durable
+                .wait()
+                .expect("durable");
+        }
+    }
+
+    #[test]
+    fn each_kind_of_loss_is_found_and_accepting_it_moves_past_all_of_them() {
+        let f = fixture();
+        let log = open(&f);
+        append(&log, 5);
+        log.roll().expect("roll");
+        append(&log, 2);
+        let ids: Vec<[u8; 16]> = log.segments().iter().map(|s| s.segment_id).collect();
+        log.close().expect("close");
+        let log = open(&f);
+        assert_eq!(
+            check(&f.meta, &f.entry, 0, &log, true, &[]).expect("check"),
+            vec![],
+            "an intact log with no record"
+        );
+
+        // What the broker recorded, and what consumers committed, beyond
+        // what the log now holds; the newest segment lost.
+        f.meta
+            .write(|b| b.raise_partition_end(&f.entry.topic_id, 0, 9, 1))
+            .expect("record");
+        drop(log);
+        let newest = f.dir.join("00000000000000000005.log");
+        std::fs::remove_file(&newest).expect("remove");
+        std::fs::remove_file(newest.with_extension("key")).expect("remove");
+        std::fs::remove_file(newest.with_extension("index")).expect("remove");
+        let log = open(&f);
+        assert_eq!(log.log_end_offset(), 5);
+        let committed = vec![("billing".to_owned(), 7)];
+        let losses = check(&f.meta, &f.entry, 0, &log, false, &committed).expect("check");
+        assert_eq!(
+            losses,
+            vec![
+                Loss::DirectoryMissing,
+                Loss::Shorter {
+                    end: 5,
+                    recorded: 9
+                },
+                Loss::MissingSegments {
+                    ids: vec![hex::encode(ids[1])]
+                },
+                Loss::CommittedBeyondEnd {
+                    group: "billing".into(),
+                    offset: 7,
+                    end: 5
+                },
+            ]
+        );
+
+        f.meta
+            .write(|b| b.commit_offset("billing", "orders", 0, 12))
+            .expect("commit");
+        let done = accept_loss(&f.meta, f.keys.as_ref(), &f.entry, 0, &log).expect("accept");
+        assert_eq!(done.resume_offset, 12, "after every committed offset too");
+        assert_eq!(done.forgotten_segments, vec![hex::encode(ids[1])]);
+        assert_eq!(log.log_end_offset(), 12);
+        append(&log, 1);
+        assert_eq!(log.log_end_offset(), 13);
+        let committed = committed_offsets(&f.meta, "orders", 0).expect("offsets");
+        assert_eq!(
+            check(&f.meta, &f.entry, 0, &log, true, &committed).expect("check"),
+            vec![],
+            "nothing is lost any more"
+        );
+        log.close().expect("close");
+        let log = open(&f);
+        assert_eq!(
+            check(&f.meta, &f.entry, 0, &log, true, &committed).expect("check"),
+            vec![],
+            "and stays so after a restart"
+        );
+    }
 
     #[test]
     fn the_reason_names_every_loss_and_the_command() {
