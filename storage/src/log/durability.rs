@@ -127,6 +127,8 @@ struct SyncState {
     waiters: VecDeque<(u64, Waiter)>,
     failed: Option<SyncFailure>,
     shutdown: bool,
+    /// The flusher is in an fsync of `file` (taken without the lock).
+    syncing: bool,
 }
 
 /// Why the log stopped syncing.
@@ -137,9 +139,10 @@ pub(crate) struct SyncFailure {
 }
 
 impl SyncState {
-    /// Nothing to sync, or nothing worth syncing after a failure.
+    /// Nothing to sync, nothing worth syncing after a failure, or no file
+    /// the flusher may sync (the writer took it to sync it itself).
     fn idle(&self) -> bool {
-        self.failed.is_some() || self.written_seq == self.durable_seq
+        self.failed.is_some() || self.written_seq == self.durable_seq || self.file.is_none()
     }
 }
 
@@ -208,6 +211,36 @@ impl SyncShared {
     /// Stops syncing the active segment (it was sealed or abandoned).
     pub(crate) fn stop_file(&self) {
         self.lock().file = None;
+    }
+
+    /// Takes the active segment away from the flusher so the writer can
+    /// sync it itself, and waits for a sync of it already in flight: two
+    /// syncs of one descriptor at once could not tell which saw a failure.
+    /// Returns the failure the flusher reported, if any (then the
+    /// descriptor must not be synced again).
+    pub(crate) fn detach_file(&self) -> Option<SyncFailure> {
+        let mut st = self.lock();
+        st.file = None;
+        while st.syncing {
+            st = self.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+        st.failed.clone()
+    }
+
+    /// Gives the active segment back to the flusher (the writer could not
+    /// seal it and will try again).
+    pub(crate) fn reattach_file(&self, file: Arc<dyn IoFile>) {
+        let mut st = self.lock();
+        if st.failed.is_none() {
+            st.file = Some(file);
+        }
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    /// Forgets a sync failure whose descriptor is gone (nothing is active).
+    pub(crate) fn clear_failure(&self) {
+        self.lock().failed = None;
     }
 
     /// Records an append under `fsync` durability and returns its waiter.
@@ -352,27 +385,28 @@ pub(crate) fn run_flusher(shared: Arc<SyncShared>, interval: Option<Duration>) {
                 }
                 continue;
             }
+            let Some(file) = st.file.clone() else {
+                continue;
+            };
+            st.syncing = true;
             (
-                st.file.clone(),
+                file,
                 st.written_seq,
                 st.written_end,
                 st.written_pos,
                 st.epoch,
             )
         };
-        let result = match &file {
-            Some(f) => crate::observe::timed_fsync(|| f.sync_data()),
-            None => Ok(()),
-        };
+        let result = crate::observe::timed_fsync(|| file.sync_data());
+        let mut st = shared.lock();
+        st.syncing = false;
+        shared.cv.notify_all();
         match result {
             Ok(()) => {
-                let mut st = shared.lock();
                 if st.epoch == epoch && seq > st.durable_seq && st.failed.is_none() {
                     st.durable_seq = seq;
                     st.durable_end = end;
-                    if file.is_some() {
-                        st.durable_pos = pos;
-                    }
+                    st.durable_pos = pos;
                     if interval.is_none() {
                         shared.high_watermark.store(end, Ordering::Release);
                     }
@@ -384,7 +418,8 @@ pub(crate) fn run_flusher(shared: Arc<SyncShared>, interval: Option<Duration>) {
             Err(e) => {
                 // A failure that arrives after a heal or truncation moved
                 // the log on concerns a descriptor already given up.
-                let current = shared.lock().epoch == epoch;
+                let current = st.epoch == epoch;
+                drop(st);
                 if current {
                     shared.fail(WriteFault::of(&e), format!("fdatasync: {e}"));
                 }

@@ -177,10 +177,18 @@ impl PartitionLog {
         self.roll_locked(&mut w)?;
         if let Some(a) = w.active.take() {
             // An active segment without frames: its name goes, the gap
-            // follows the segment before it.
-            if let Err(e) =
-                super::recovery::make_placeholder(&self.ctx, a.seg.base, a.file.as_ref(), None)
-            {
+            // follows the segment before it. (A new descriptor: a failed
+            // sync is never retried on the same one.)
+            let emptied = files::open(
+                self.ctx.io.as_ref(),
+                &a.seg.log_path,
+                crate::io::OpenMode::ReadWrite,
+                "reopening",
+            )
+            .and_then(|f| {
+                super::recovery::make_placeholder(&self.ctx, a.seg.base, f.as_ref(), None)
+            });
+            if let Err(e) = emptied {
                 w.active = Some(a);
                 return Err(e);
             }

@@ -39,7 +39,7 @@ use crate::io::OpenMode;
 use super::config::Durability;
 use super::error::LogError;
 use super::files;
-use super::format::{SEGMENT_HEADER_LEN, index_file_name};
+use super::format::{SEGMENT_HEADER_LEN, gap_file_name, index_file_name};
 use super::gap::GapMarker;
 use super::health::{CutRange, LogEvent, LogHealth, WriteFault};
 use super::index;
@@ -223,13 +223,26 @@ impl PartitionLog {
     /// durable, intact frames. See the module docs.
     fn heal_locked(&self, w: &mut Writer) -> Result<(), LogError> {
         let Some(a) = w.active.take() else {
-            // The failure was creating a segment: the next append tries again.
+            // The failure was creating a segment: the next append tries
+            // again. A sync failure can only concern the active segment's
+            // descriptor (the writer detaches it before sealing), so with
+            // none active it is over.
+            self.sync.clear_failure();
             return Ok(());
         };
         if self.sync.failure().is_none() {
             if a.frame_count == 0 {
-                // Nothing was written to it: only its name is kept.
-                return match make_placeholder(&self.ctx, a.seg.base, a.file.as_ref(), None) {
+                // Nothing was written to it: only its name is kept. Through
+                // a new descriptor, so that a sync that fails here is never
+                // retried on the same one.
+                let emptied = files::open(
+                    self.ctx.io.as_ref(),
+                    &a.seg.log_path,
+                    OpenMode::ReadWrite,
+                    "reopening",
+                )
+                .and_then(|f| make_placeholder(&self.ctx, a.seg.base, f.as_ref(), None));
+                return match emptied {
                     Ok(()) => {
                         self.drop_segment(w, &a);
                         Ok(())
@@ -278,12 +291,39 @@ impl PartitionLog {
             tracing::error!(segment = %path.display(), position = prefix.position, %reason, "frames confirmed durable do not authenticate; cutting there");
         }
         let durable_next = prefix.next_offset;
+        // Under `fsync` nothing past the durable point was acknowledged or
+        // read; otherwise it may have been, and its offsets stay used.
+        let next = match ctx.config.durability {
+            Durability::Fsync => durable_next,
+            Durability::Interval(_) | Durability::None => old_next.max(durable_next),
+        };
+        if next > durable_next {
+            // Reserve the offsets before cutting anything: should the cut
+            // stop halfway (or the broker stop), the next open still
+            // continues after them (see recovery).
+            GapMarker {
+                topic_id: ctx.config.topic_id,
+                partition: ctx.config.partition,
+                from_offset: durable_next,
+                to_offset: next,
+                created_at_ms: ctx.clock.now_ms(),
+            }
+            .write(ctx.io.as_ref(), &ctx.dir)?;
+        }
         if prefix.frames == 0 {
+            // Readers find nothing in it from now on, even if emptying it
+            // fails and is tried again later.
+            a.seg
+                .frames_end
+                .store(SEGMENT_HEADER_LEN as u64, Ordering::Release);
             make_placeholder(ctx, a.seg.base, file.as_ref(), None)?;
             self.drop_segment(w, a);
         } else {
             file.set_len(prefix.position)
                 .map_err(files::io_err("truncating", path))?;
+            // Readers stop at the cut from now on, even if sealing fails
+            // and is tried again later.
+            a.seg.frames_end.store(prefix.position, Ordering::Release);
             index::rewrite(ctx.io.as_ref(), &a.seg.index_path, &prefix.entries)?;
             let seal = put_seal(
                 ctx,
@@ -300,12 +340,6 @@ impl PartitionLog {
             a.seg.replace_file(file);
             a.seg.set_sealed(seal, true);
         }
-        // Under `fsync` nothing past the durable point was acknowledged or
-        // read; otherwise it may have been, and its offsets stay used.
-        let next = match ctx.config.durability {
-            Durability::Fsync => durable_next,
-            Durability::Interval(_) | Durability::None => old_next.max(durable_next),
-        };
         if next > durable_next {
             self.open_gap(w, durable_next, next)?;
         }
@@ -345,13 +379,22 @@ impl PartitionLog {
         self.sync.truncated(a.seg.base);
     }
 
-    /// Makes `to` the next offset, leaving `from..to` as an accepted gap:
-    /// a gap marker, then an empty newest segment file at `to`, then the
-    /// old placeholder (if any) removed, each made durable in that order.
+    /// Makes `to` the next offset, leaving the offsets between the end of
+    /// the last segment (`from` when there is none) and `to` as an accepted
+    /// gap: a gap marker, then an empty newest segment file at `to`, then
+    /// the old placeholder (if any) removed, each made durable in that
+    /// order.
     pub(super) fn open_gap(&self, w: &mut Writer, from: u64, to: u64) -> Result<(), LogError> {
         let ctx = &self.ctx;
         let io = ctx.io.as_ref();
-        let has_segments = !self.read_segments().is_empty();
+        // A segment dropped after an earlier gap leaves that gap and this
+        // one as one: the marker names where the records before it end.
+        let last_end = self
+            .read_segments()
+            .last()
+            .map(|s| s.sealed_next_offset().unwrap_or(s.base));
+        let has_segments = last_end.is_some();
+        let from = last_end.unwrap_or(from);
         if has_segments {
             GapMarker {
                 topic_id: ctx.config.topic_id,
@@ -368,7 +411,12 @@ impl PartitionLog {
         files::sync_dir(io, &ctx.dir)?;
         if let Some(old) = w.placeholder.take().filter(|p| *p != to) {
             files::remove_if_exists(io, &ctx.segment_path(old))?;
+            files::remove_if_exists(io, &ctx.dir.join(gap_file_name(old)))?;
             files::sync_dir(io, &ctx.dir)?;
+            self.gaps
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&old);
         }
         w.placeholder = Some(to);
         if has_segments {

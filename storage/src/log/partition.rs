@@ -700,6 +700,11 @@ impl PartitionLog {
     /// descriptor is never synced again); a failed write leaves the
     /// segment to be sealed again.
     pub(super) fn seal_active(&self, a: &Active, next_offset: u64) -> Result<(), LogError> {
+        if let Some(f) = self.sync.detach_file() {
+            // The flusher's sync of this descriptor failed: it is never
+            // synced again; the caller cuts back to the durable point.
+            return Err(f.fault.error(self.ctx.dir.as_ref().clone(), f.reason));
+        }
         let seal = put_seal(
             &self.ctx,
             &a.seg,
@@ -709,7 +714,14 @@ impl PartitionLog {
             next_offset,
             a.frame_count,
             a.max_ts,
-        )?;
+        );
+        let seal = match seal {
+            Ok(seal) => seal,
+            Err(e) => {
+                self.sync.reattach_file(Arc::clone(&a.file));
+                return Err(e);
+            }
+        };
         if let Err(e) = crate::observe::timed_fsync(|| a.file.sync_data()) {
             let fault = super::health::WriteFault::of(&e);
             self.sync.fail(fault, format!("fdatasync of the seal: {e}"));

@@ -97,6 +97,7 @@ pub(crate) fn recover(ctx: &LogCtx) -> Result<Recovered, LogError> {
     }
 
     let mut changed = false;
+    let mut reserved = Vec::new();
     for (&base, n) in &names {
         if n.deleted {
             finish_deletion(ctx, base, n.key)?;
@@ -109,9 +110,8 @@ pub(crate) fn recover(ctx: &LogCtx) -> Result<Recovered, LogError> {
             }
             if n.gap {
                 // A move past lost offsets that stopped before its segment
-                // file was made: it did not happen.
-                files::remove_if_exists(io, &dir.join(gap_file_name(base)))?;
-                changed = true;
+                // file was made: decided below, once the end is known.
+                reserved.push(base);
             }
             if n.key {
                 tracing::warn!(
@@ -150,11 +150,18 @@ pub(crate) fn recover(ctx: &LogCtx) -> Result<Recovered, LogError> {
     if let (Some(p), Some(prev)) = (placeholder, segments.last()) {
         check_join(ctx, prev, p, &mut gaps)?;
     }
-    let next_offset = match (placeholder, segments.last()) {
+    let mut next_offset = match (placeholder, segments.last()) {
         (Some(p), _) => p,
         (None, Some(seg)) => seg.sealed_next_offset().unwrap_or(seg.base),
         (None, None) => 0,
     };
+    if let Some(to) = honour_reservation(ctx, &reserved, next_offset, placeholder, &segments)? {
+        if !segments.is_empty() {
+            gaps.insert(to, next_offset);
+        }
+        placeholder = Some(to);
+        next_offset = to;
+    }
     Ok(Recovered {
         segments,
         placeholder,
@@ -162,6 +169,65 @@ pub(crate) fn recover(ctx: &LogCtx) -> Result<Recovered, LogError> {
         gaps,
         events,
     })
+}
+
+/// Gap markers without a segment after them (`reserved`, by base offset)
+/// are the first step of a move past lost offsets (`gap.rs`, `heal.rs`):
+/// the marker is written before anything is cut, so that offsets handed
+/// out are never handed out again even when the move stops halfway. When
+/// one reaches past the log's end (`next`), the move is finished here: the
+/// marker is rewritten from the actual end and an empty segment file made
+/// at its offset, which becomes the next offset (returned). Markers the log
+/// already reaches are removed.
+fn honour_reservation(
+    ctx: &LogCtx,
+    reserved: &[u64],
+    next: u64,
+    placeholder: Option<u64>,
+    segments: &[Arc<Segment>],
+) -> Result<Option<u64>, LogError> {
+    let io = ctx.io.as_ref();
+    let dir = ctx.dir.as_path();
+    let floor = reserved
+        .iter()
+        .filter_map(|b| GapMarker::read(io, dir, *b)?.ok())
+        .filter(|m| {
+            m.topic_id == ctx.config.topic_id
+                && m.partition == ctx.config.partition
+                && m.to_offset > next
+        })
+        .map(|m| m.to_offset)
+        .max();
+    if let Some(to) = floor {
+        tracing::warn!(dir = %dir.display(), from = next, to, "finishing a move past lost offsets that stopped halfway");
+        if !segments.is_empty() {
+            GapMarker {
+                topic_id: ctx.config.topic_id,
+                partition: ctx.config.partition,
+                from_offset: next,
+                to_offset: to,
+                created_at_ms: ctx.clock.now_ms(),
+            }
+            .write(io, dir)?;
+        }
+        drop(files::open(
+            io,
+            &ctx.segment_path(to),
+            OpenMode::Truncate,
+            "creating",
+        )?);
+        files::sync_dir(io, dir)?;
+        if let Some(old) = placeholder.filter(|p| *p != to) {
+            files::remove_if_exists(io, &ctx.segment_path(old))?;
+        }
+    }
+    for base in reserved.iter().filter(|b| Some(**b) != floor) {
+        files::remove_if_exists(io, &dir.join(gap_file_name(*base)))?;
+    }
+    if floor.is_some() || !reserved.is_empty() {
+        files::sync_dir(io, dir)?;
+    }
+    Ok(floor)
 }
 
 /// Checks that `seg` is followed by the segment at `next_base`: they join,
@@ -453,7 +519,10 @@ pub(crate) fn read_seal(
 
 /// Empties the newest segment file, which holds no frames: its envelope
 /// is shredded (the key forgotten: the envelope's, or `segment_id`'s from
-/// the header) and only its name (the next offset) is kept.
+/// the header) and only its name (the next offset) is kept. The file is
+/// emptied first: a failure (or a crash) between the steps leaves an empty
+/// file with its envelope, which the next attempt finishes, never bytes
+/// without the envelope that reads them.
 pub(crate) fn make_placeholder(
     ctx: &LogCtx,
     base: u64,
@@ -462,11 +531,11 @@ pub(crate) fn make_placeholder(
 ) -> Result<(), LogError> {
     let path = ctx.segment_path(base);
     let io = ctx.io.as_ref();
+    file.set_len(0).map_err(files::io_err("emptying", &path))?;
+    file.sync_all().map_err(files::io_err("syncing", &path))?;
     if ctx.encrypted {
         shred_envelope(ctx, base, segment_id)?;
     }
-    file.set_len(0).map_err(files::io_err("emptying", &path))?;
-    file.sync_all().map_err(files::io_err("syncing", &path))?;
     files::remove_if_exists(io, &ctx.dir.join(index_file_name(base)))?;
     files::sync_dir(io, &ctx.dir)
 }

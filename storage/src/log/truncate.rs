@@ -77,6 +77,11 @@ impl PartitionLog {
         // Everything written so far becomes durable, and the active
         // segment stops taking appends.
         if let Some(a) = w.active.take() {
+            if let Some(f) = self.sync.detach_file() {
+                let err = f.fault.error(self.ctx.dir.as_ref().clone(), f.reason);
+                w.active = Some(a);
+                return Err(err);
+            }
             if let Err(e) = a.file.sync_data() {
                 self.sync.fail(
                     WriteFault::of(&e),
