@@ -7,7 +7,13 @@
 //! 00000000000000000000.index   sparse index: offset → position, and time → offset
 //! 00000000000000000000.key     the segment's data key, wrapped under a KEK
 //! 00000000000000004096.log     the next segment ...
+//! 00000000000000009000.gap     offsets before 9000 that were lost and accepted
+//! 00000000000000004096.<id>.quarantine   a torn tail recovery cut, kept
 //! ```
+//!
+//! Every file-system operation goes through a [`StorageIo`](crate::io::StorageIo)
+//! ([`LogEnv`]); a failed write or sync fences the log until it resumes by
+//! itself from its last durable point (`heal.rs`).
 //!
 //! Every segment has its own 256-bit data key (DEK), made and wrapped by
 //! [`SegmentKeys::create`](crate::keys::SegmentKeys::create). Each record
