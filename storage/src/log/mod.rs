@@ -57,6 +57,7 @@
 
 mod check;
 mod config;
+mod create;
 mod durability;
 pub mod envelope;
 mod error;
