@@ -185,6 +185,25 @@ async fn an_older_copy_opens_read_only_until_recovered_above_the_old_end() -> Re
         &["publish", "ledger", "--partition", "0", "refused"],
         "read-only",
     )?;
+    let client = strongbox_tests::client::connect(&admin).await?;
+    let producer = client
+        .producer(strongbox_client::ProducerConfig::default())
+        .await?;
+    let refused = producer
+        .send_and_wait(strongbox_client::ProducerRecord {
+            topic: "ledger".into(),
+            partition: Some(0),
+            value: "refused".into(),
+            ..strongbox_client::ProducerRecord::default()
+        })
+        .await
+        .expect_err("read-only");
+    ensure!(
+        refused.code() == Some(strongbox_protocol::ErrorCode::PartitionReadOnly),
+        "refused with partition_read_only at once (not retried): {refused}"
+    );
+    drop(producer);
+    client.close().await;
     ensure!(
         read(&broker, "ledger", 0, 10)?.len() == 10,
         "reads still work"
