@@ -222,6 +222,29 @@ impl Admin {
         expect_response!(self.request(request).await?, AdminResponse::Topic(t) => t)
     }
 
+    /// Lets a read-only partition take writes again, accepting the loss of
+    /// the records it no longer has; writing continues after the highest
+    /// offset it ever acknowledged. Needs `admin` on the topic. Returns the
+    /// topic as it is now.
+    ///
+    /// # Errors
+    ///
+    /// As [`Admin::request`]; `Conflict` when the partition is not
+    /// read-only, `InvalidRequest` without `accept_loss`.
+    pub async fn recover_partition(
+        &self,
+        topic: impl Into<String>,
+        partition: u32,
+        accept_loss: bool,
+    ) -> Result<TopicInfo, ClientError> {
+        let request = AdminRequest::TopicRecover {
+            topic: topic.into(),
+            partition,
+            accept_loss,
+        };
+        expect_response!(self.request(request).await?, AdminResponse::Topic(t) => t)
+    }
+
     /// Topics this principal may describe, optionally under a name prefix.
     ///
     /// # Errors

@@ -88,10 +88,22 @@ pub enum ErrorCode {
     KeyDestroyed = 82,
     /// A key version is still needed by some envelopes.
     KeyInUse = 83,
+    /// The partition's disk is full; the broker refuses writes until it can
+    /// write again, then resumes by itself. Retry later.
+    StorageFull = 84,
+    /// A write or sync of the partition's log failed; the broker refuses
+    /// writes until the log has resumed from its last durable point, which
+    /// it does by itself. Retry later.
+    StorageFailed = 85,
     /// Stored data failed its integrity checks (a frame that does not
     /// authenticate, a segment cut short or missing, a lost key envelope):
     /// those records cannot be read until the data is restored.
     DataDamaged = 86,
+    /// The partition is read-only: its log is shorter than the offsets it
+    /// acknowledged, or misses a segment the broker knows of. Writes are
+    /// refused until an operator accepts the loss (`strongbox topic
+    /// recover`). Not retriable.
+    PartitionReadOnly = 87,
 
     /// The request names something that does not exist.
     NotFound = 96,
@@ -141,7 +153,10 @@ impl ErrorCode {
         Self::KeyUnavailable,
         Self::KeyDestroyed,
         Self::KeyInUse,
+        Self::StorageFull,
+        Self::StorageFailed,
         Self::DataDamaged,
+        Self::PartitionReadOnly,
         Self::NotFound,
         Self::InvalidRequest,
         Self::Conflict,
@@ -194,7 +209,10 @@ impl ErrorCode {
             Self::KeyUnavailable => "key_unavailable",
             Self::KeyDestroyed => "key_destroyed",
             Self::KeyInUse => "key_in_use",
+            Self::StorageFull => "storage_full",
+            Self::StorageFailed => "storage_failed",
             Self::DataDamaged => "data_damaged",
+            Self::PartitionReadOnly => "partition_read_only",
             Self::NotFound => "not_found",
             Self::InvalidRequest => "invalid_request",
             Self::Conflict => "conflict",
@@ -215,6 +233,8 @@ impl ErrorCode {
             self,
             Self::PartitionUnavailable
                 | Self::KeyUnavailable
+                | Self::StorageFull
+                | Self::StorageFailed
                 | Self::ShuttingDown
                 | Self::Timeout
                 | Self::LimitExceeded

@@ -111,6 +111,9 @@ frame_types! {
     DescribeTopic = 0x0103,
     /// Admin request: list topics.
     ListTopics = 0x0104,
+    /// Admin request: let a read-only partition take writes again,
+    /// accepting the loss.
+    TopicRecover = 0x0105,
     /// Admin request: add an ACL rule.
     AclGrant = 0x0110,
     /// Admin request: remove an ACL rule.

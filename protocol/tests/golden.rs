@@ -15,7 +15,8 @@ use strongbox_protocol::frame::{
 use strongbox_protocol::frames::admin::{AdminRequest, AdminResponse};
 use strongbox_protocol::frames::admin_types::{
     AccessRequestInfo, AccessState, AclEffect, AclRule, Durability, KeyState, KeyVersionInfo,
-    Operations, PartitionInfo, RecipientEntry, RewrapProgress, TopicConfig, TopicInfo,
+    Operations, PartitionInfo, PartitionState, RecipientEntry, RewrapProgress, TopicConfig,
+    TopicInfo,
 };
 use strongbox_protocol::frames::control::{ErrorFrame, Goodbye, Hello, Ping, Pong, Welcome};
 use strongbox_protocol::frames::produce::{Produce, ProduceAck};
@@ -292,6 +293,12 @@ golden_cases! {
     list_topics: Frame::Request(AdminRequest::ListTopics { prefix: Some("ord".into()) })
         => "00000008 | 0104 | 01 0003 6f7264";
 
+    topic_recover: Frame::Request(AdminRequest::TopicRecover {
+        topic: "orders".into(),
+        partition: 2,
+        accept_loss: true,
+    }) => "0000000f | 0105 | 0006 6f7264657273 | 00000002 | 01";
+
     acl_grant: Frame::Request(AdminRequest::AclGrant { rule: alice_rule() })
         => "00000017 | 0110 | 0005 616c696365 | 0008 6f72646572732e2a | 0003 | 00 | 00";
 
@@ -389,11 +396,31 @@ golden_cases! {
             segments: 1,
             size_bytes: 4096,
             error: None,
+            state: PartitionState::Ok,
         }],
-    })) => "00000050 | 0202 | 0001 74 | 000102030405060708090a0b0c0d0e0f | 00000000000003e8 \
+    })) => "00000051 | 0202 | 0001 74 | 000102030405060708090a0b0c0d0e0f | 00000000000003e8 \
             | 00000001 00 00000000 00 00 00 00 00 \
             | 00000001 | 00000000 0000000000000000 0000000000000005 00000001 \
-              0000000000001000 00";
+              0000000000001000 00 00";
+
+    topic_result_read_only: Frame::Response(AdminResponse::Topic(TopicInfo {
+        name: "t".into(),
+        topic_id: [0; 16],
+        created_at: 0,
+        config: config_minimal(1, Durability::Fsync),
+        partitions: vec![PartitionInfo {
+            partition: 1,
+            log_start_offset: 0,
+            high_watermark: 7,
+            segments: 2,
+            size_bytes: 0,
+            error: Some("cut".into()),
+            state: PartitionState::ReadOnly,
+        }],
+    })) => "00000056 | 0202 | 0001 74 | 00000000000000000000000000000000 | 0000000000000000 \
+            | 00000001 00 00000000 00 00 00 00 00 \
+            | 00000001 | 00000001 0000000000000000 0000000000000007 00000002 \
+              0000000000000000 01 0003 637574 02";
 
     topic_list_result: Frame::Response(AdminResponse::Topics(vec![TopicInfo {
         name: "t".into(),

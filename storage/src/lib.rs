@@ -13,6 +13,7 @@
 )]
 
 pub mod aead;
+pub mod io;
 pub mod keys;
 pub mod log;
 pub mod meta;

@@ -3,7 +3,10 @@
 //! - killed with SIGKILL at random moments while it runs, the broker
 //!   restarts, resumes the job from the metadata store, and the job
 //!   finishes with every envelope under the active version, nothing failed
-//!   and every record readable in order;
+//!   and every record readable in order; its progress never goes back
+//!   across a kill (`done` only grows, `total` stays the number of
+//!   envelopes queued), and the audit record of the finished job reports
+//!   exactly that work;
 //! - replay across versions: data written under v1, v2 (after a rotation)
 //!   and v3, a rewrap of v1 only stopped halfway by a graceful restart,
 //!   reads back complete and in order from the earliest offset while the
@@ -79,13 +82,26 @@ async fn rewrap_resumes_after_sigkill(provider: Provider) -> Result<()> {
     let mut killed_while_running = 0;
     for round in 0..3 {
         tokio::time::sleep(Duration::from_millis(rng.range(150, 900))).await;
-        let (running, ..) = rewrap(&status(&admin, None)?);
+        let (running, total_before, done_before, _) = rewrap(&status(&admin, None)?);
         if running {
             killed_while_running += 1;
         }
         broker.crash()?;
         broker = setup.start()?;
-        eprintln!("round {round}: killed (job running: {running}) and restarted");
+        let (_, total_after, done_after, _) = rewrap(&status(&admin, None)?);
+        eprintln!(
+            "round {round}: killed (job running: {running}, {done_before}/{total_before}) and \
+             restarted ({done_after}/{total_after})"
+        );
+        ensure!(
+            done_after >= done_before,
+            "progress went back across a kill: {done_before} -> {done_after} done"
+        );
+        ensure!(
+            total_before == old && total_after == old,
+            "the total is the envelopes queued ({old}): {total_before} before the kill, \
+             {total_after} after"
+        );
     }
     ensure!(
         killed_while_running >= 1,
@@ -100,9 +116,17 @@ async fn rewrap_resumes_after_sigkill(provider: Provider) -> Result<()> {
     );
 
     let done = rewrap_finished(&admin, None).await?;
-    let (_, total, _, failed) = rewrap(&done);
+    let (_, total, moved, failed) = rewrap(&done);
     ensure!(failed == 0, "{done}");
-    ensure!(total >= 1, "{done}");
+    ensure!(
+        total == old && moved == old,
+        "every queued envelope counted once: {moved}/{total} of {old}"
+    );
+    let finished = finished_record(&admin, old).await?;
+    ensure!(
+        finished["details"]["done"] == old && finished["details"]["total"] == old,
+        "the audit record of the finished job reports the work: {finished}"
+    );
     let after = versions(&done, "broker");
     ensure!(after.get(&1).is_some_and(|(_, n)| *n == 0), "{done}");
     ensure!(after.get(&2).is_some_and(|(_, n)| *n == 0), "{done}");
@@ -130,6 +154,27 @@ async fn rewrap_resumes_after_sigkill(provider: Provider) -> Result<()> {
     }
     client.close().await;
     Ok(())
+}
+
+/// The audit record of the finished rewrap job (the trail is written in the
+/// background: polled for up to a minute).
+async fn finished_record(admin: &std::path::Path, old: u64) -> Result<serde_json::Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = cli_ok(admin, &["audit", "tail", "--json"])?
+            .lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|r| r["action"] == "key.rewrap.progress" && r["details"]["state"] == "finished");
+        if let Some(r) = found {
+            return Ok(r);
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no audit record of the finished rewrap of {old} envelopes"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 async fn replay_across_versions(provider: Provider) -> Result<()> {

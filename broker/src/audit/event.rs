@@ -66,6 +66,18 @@ pub enum AuditAction {
     /// A producer id was refused: `InitProducer` without `publish` anywhere,
     /// another principal's id, or an epoch never issued.
     ProducerDeny,
+    /// A partition opened read-only: its log is shorter than what it
+    /// acknowledged, or misses segments.
+    PartitionReadOnly,
+    /// An operator let a read-only partition take writes again, accepting
+    /// the loss.
+    PartitionRecover,
+    /// A storage fault (full disk, failed write or sync) fenced a partition.
+    PartitionFence,
+    /// A fenced partition resumed taking writes.
+    PartitionResume,
+    /// Recovery cut a torn tail and kept the bytes in a quarantine file.
+    PartitionQuarantine,
 }
 
 impl AuditAction {
@@ -94,6 +106,11 @@ impl AuditAction {
             Self::RecipientRemove => "recipient.remove",
             Self::AuditChainBroken => "audit.chain.broken",
             Self::ProducerDeny => "producer.deny",
+            Self::PartitionReadOnly => "partition.readonly",
+            Self::PartitionRecover => "partition.recover",
+            Self::PartitionFence => "partition.fence",
+            Self::PartitionResume => "partition.resume",
+            Self::PartitionQuarantine => "partition.quarantine",
         }
     }
 }
@@ -264,6 +281,11 @@ mod tests {
             AuditAction::RecipientPut,
             AuditAction::RecipientRemove,
             AuditAction::AuditChainBroken,
+            AuditAction::PartitionReadOnly,
+            AuditAction::PartitionRecover,
+            AuditAction::PartitionFence,
+            AuditAction::PartitionResume,
+            AuditAction::PartitionQuarantine,
         ];
         let mut seen = std::collections::HashSet::new();
         for a in all {

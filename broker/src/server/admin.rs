@@ -379,6 +379,14 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
                 message: started.message,
             })
         }
+        AdminRequest::TopicRecover {
+            topic,
+            partition,
+            accept_loss,
+        } => {
+            authz.check(Operations::ADMIN, &topic)?;
+            crate::server::integrity::handle_recover(ctx, &topic, partition, accept_loss).await
+        }
         other => Err(BrokerError::new(
             ErrorCode::InvalidRequest,
             format!(
@@ -591,6 +599,9 @@ async fn delete_topic(state: &Arc<BrokerState>, name: &str) -> Result<AdminRespo
     for p in topic.ready_partitions() {
         p.close();
     }
+    state
+        .partition_watch
+        .forget_topic(name, topic.partition_count());
     let state2 = state.clone();
     let topic2 = topic.clone();
     let shredded = blocking(move || shred_topic(&state2, &topic2)).await??;

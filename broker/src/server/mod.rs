@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use strongbox_protocol::frames::admin_types::AclRule;
+use strongbox_storage::io::{StorageIo, default_io};
 use strongbox_storage::keys::{
     FileKeyProvider, KeyManager, KeyProvider, PinSource, Pkcs11KeyProvider,
 };
@@ -29,8 +30,10 @@ pub mod authz;
 pub mod connection;
 pub mod error;
 pub mod groups;
+pub mod integrity;
 pub mod key_lifecycle;
 pub mod partition;
+pub mod partition_watch;
 pub mod produce;
 pub mod producers;
 pub mod recipients;
@@ -41,7 +44,7 @@ pub mod stream_io;
 pub mod subscribe;
 pub mod topics;
 
-pub use run::{RunningBroker, run};
+pub use run::{RunningBroker, run, run_with_io};
 
 use error::BrokerError;
 use groups::Groups;
@@ -118,6 +121,8 @@ pub struct BrokerState {
     pub key_metrics: Arc<key_lifecycle::KeyMetrics>,
     /// The background rewrap job.
     pub rewrap: rewrap::RewrapJobs,
+    /// Durable ends, fenced logs, partition states and log events.
+    pub partition_watch: Arc<partition_watch::PartitionWatch>,
     /// Serializes admin changes to topics and ACLs.
     pub admin_lock: tokio::sync::Mutex<()>,
     /// The client-certificate verifier, set once the listener is built:
@@ -140,6 +145,21 @@ impl BrokerState {
         metrics: Arc<BrokerMetrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<Self>, StartError> {
+        Self::open_with_io(config, metrics, shutdown, default_io())
+    }
+
+    /// [`BrokerState::open`] with the partition logs on `io` (tests inject
+    /// storage faults this way).
+    ///
+    /// # Errors
+    ///
+    /// As [`BrokerState::open`].
+    pub fn open_with_io(
+        config: BrokerConfig,
+        metrics: Arc<BrokerMetrics>,
+        shutdown: watch::Receiver<bool>,
+        io: Arc<dyn StorageIo>,
+    ) -> Result<Arc<Self>, StartError> {
         let data_dir = config.broker.data_dir.clone();
         create_private_dir(&data_dir)?;
         let meta = MetaStore::open(data_dir.join("meta.redb"))?;
@@ -155,10 +175,33 @@ impl BrokerState {
             .map_err(|e| StartError::Other(format!("audit metrics: {e}")))?;
         // Before any log opens, so unwraps at start-up are counted too.
         keys.set_unwrap_observer(audit.unwrap_observer());
-        let topics = TopicTable::load(&data_dir, &meta, keys.clone())
-            .map_err(|e| StartError::Other(e.message))?;
+        let partition_watch = Arc::new(
+            partition_watch::PartitionWatch::new(metrics.registry())
+                .map_err(|e| StartError::Other(format!("partition metrics: {e}")))?,
+        );
+        let topics = TopicTable::load(topics::OpenEnv {
+            data_dir: data_dir.clone(),
+            meta: meta.clone(),
+            keys: keys.clone(),
+            io,
+            on_roll: Some(partition_watch.roll_hook()),
+        })
+        .map_err(|e| StartError::Other(e.message))?;
         for topic in topics.all() {
             metrics.touch_topic(topic.name());
+            for p in topic.ready_partitions() {
+                if let Some(reason) = p.read_only_reason() {
+                    audit.record(
+                        crate::audit::AuditEvent::alert(
+                            crate::audit::AuditAction::PartitionReadOnly,
+                            crate::audit::topic_resource(&p.topic),
+                        )
+                        .principal(crate::audit::BROKER_PRINCIPAL)
+                        .detail("partition", p.index)
+                        .detail("reason", error::redact_paths(&reason)),
+                    );
+                }
+            }
         }
         if let Some(created) =
             crate::audit::ensure_audit_topic(&config.topics, &meta, &topics, keys.clone())
@@ -184,6 +227,7 @@ impl BrokerState {
             audit,
             key_metrics,
             rewrap: rewrap::RewrapJobs::new(rewrap_rate),
+            partition_watch,
             admin_lock: tokio::sync::Mutex::new(()),
             client_verifier: std::sync::OnceLock::new(),
             shutdown,

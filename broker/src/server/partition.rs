@@ -13,12 +13,15 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::batch::RecordBatch;
+use strongbox_protocol::frames::admin_types::PartitionState;
+use strongbox_storage::io::is_storage_full;
 use strongbox_storage::keys::KeyError;
-use strongbox_storage::log::{Durable, LogError, PartitionLog};
+use strongbox_storage::log::{Durable, LogError, LogHealth, PartitionLog};
 use tokio::sync::{Mutex, watch};
 
 use crate::server::error::BrokerError;
@@ -68,6 +71,12 @@ pub struct Partition {
     /// Offset after the last durable record.
     durable_end: watch::Sender<u64>,
     closed: std::sync::atomic::AtomicBool,
+    /// Why the partition refuses writes until an operator recovers it
+    /// (see `integrity.rs`); `None` when it takes writes.
+    read_only: std::sync::RwLock<Option<String>>,
+    /// The log's truncation count the producer table was built for: a
+    /// log that cut records after a failed sync needs the table rebuilt.
+    producers_built_at: AtomicU64,
 }
 
 /// A written batch waiting to become durable, or a retry of one.
@@ -131,16 +140,52 @@ impl Partition {
         producers: ProducerTable,
     ) -> Arc<Self> {
         let end = log.high_watermark();
+        let built_at = log.truncations();
         let (durable_end, _) = watch::channel(end);
         Arc::new(Self {
             topic,
             index,
             dir,
             log,
+            producers_built_at: AtomicU64::new(built_at),
             producers: Mutex::new(producers),
             durable_end,
             closed: std::sync::atomic::AtomicBool::new(false),
+            read_only: std::sync::RwLock::new(None),
         })
+    }
+
+    /// Why the partition is read-only, when it is.
+    pub fn read_only_reason(&self) -> Option<String> {
+        self.read_only
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Makes the partition read-only for `reason`, or writable again.
+    pub fn set_read_only(&self, reason: Option<String>) {
+        *self
+            .read_only
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = reason;
+    }
+
+    /// The partition's state and, when it is not `ok`, why.
+    pub fn state(&self) -> (PartitionState, Option<String>) {
+        if let Some(reason) = self.read_only_reason() {
+            return (PartitionState::ReadOnly, Some(reason));
+        }
+        match self.log.health() {
+            LogHealth::Fenced { fault, reason, .. } => (
+                PartitionState::Fenced,
+                Some(format!(
+                    "fenced ({}): {reason}; writes resume by themselves once the disk accepts them",
+                    fault.name()
+                )),
+            ),
+            _ => (PartitionState::Ok, None),
+        }
     }
 
     /// The underlying log.
@@ -189,7 +234,21 @@ impl Partition {
         min_epoch: u16,
     ) -> Result<PendingAppend, BrokerError> {
         let header = *batch.header();
+        if let Some(reason) = self.read_only_reason() {
+            return Err(BrokerError::new(
+                ErrorCode::PartitionReadOnly,
+                format!("{}/{} is {reason}", self.topic, self.index),
+            ));
+        }
         let mut producers = self.producers.lock().await;
+        if !matches!(self.log.health(), LogHealth::Ok) {
+            // A fenced log resumes first, so the sequence check below sees
+            // what the log holds after it.
+            self.log
+                .prepare_append()
+                .map_err(|e| self.storage_error(&e))?;
+        }
+        self.resync_locked(&mut producers)?;
         if let Some(stamp) = header.producer {
             match producers.check(&stamp, header.record_count, min_epoch) {
                 SequenceCheck::Append => {}
@@ -232,6 +291,50 @@ impl Partition {
                 durable: appended.durable,
             },
         })
+    }
+
+    /// Brings what the partition derives from its newest records in step
+    /// when its log cut records (after a failed sync): the producer table
+    /// is rebuilt, so retries of the cut batches are appended again rather
+    /// than taken as duplicates of records that are gone, and the high
+    /// watermark readers wait on is brought back to the last stored record,
+    /// so a reader positioned in the cut range waits for new records rather
+    /// than reading an empty range. Blocking (the watch's pass).
+    pub fn resync(&self) {
+        if self
+            .producers_built_at
+            .load(std::sync::atomic::Ordering::Acquire)
+            == self.log.truncations()
+        {
+            return;
+        }
+        let mut producers = self.producers.blocking_lock();
+        if let Err(e) = self.resync_locked(&mut producers) {
+            tracing::error!(topic = %self.topic, partition = self.index, error = %e.message, "cannot rebuild producer state after a cut");
+        }
+    }
+
+    fn resync_locked(&self, producers: &mut ProducerTable) -> Result<(), BrokerError> {
+        let truncations = self.log.truncations();
+        if self
+            .producers_built_at
+            .load(std::sync::atomic::Ordering::Acquire)
+            == truncations
+        {
+            return Ok(());
+        }
+        *producers = crate::server::topics::rebuild_producers(&self.log)
+            .map_err(|e| self.storage_error(&e))?;
+        let stored = self.log.records_end();
+        self.durable_end.send_if_modified(|hw| {
+            let lower = (*hw).min(stored);
+            let changed = lower != *hw;
+            *hw = lower;
+            changed
+        });
+        self.producers_built_at
+            .store(truncations, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     /// Marks the partition closed (its topic was deleted): live
@@ -334,6 +437,9 @@ impl Partition {
     fn storage_error(&self, e: &LogError) -> BrokerError {
         tracing::error!(topic = %self.topic, partition = self.index, error = %e, "partition storage error");
         let code = match e {
+            LogError::StorageFull { .. } => ErrorCode::StorageFull,
+            LogError::Failed { .. } => ErrorCode::StorageFailed,
+            LogError::Io { source, .. } if is_storage_full(source) => ErrorCode::StorageFull,
             e if e.is_damage() => ErrorCode::DataDamaged,
             LogError::KeyCreate { .. } => ErrorCode::KeyUnavailable,
             LogError::Key {

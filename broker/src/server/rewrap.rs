@@ -20,6 +20,13 @@
 //!   started it, when, counts) is in the metadata store
 //!   (`singletons.v1/rewrap_job`) from the moment it starts until it
 //!   finishes; a broker that starts with an unfinished job resumes it.
+//!   `done` is counted by the key registry in the transaction that records
+//!   each envelope's new version (whoever records it: this job, its
+//!   reconciliation, or a reader that finds an envelope ahead of the
+//!   registry), so it is exact and never goes back across a crash; the job
+//!   reads it back from the store rather than counting on its own. `total`
+//!   is `done` plus what is still queued (minus nothing: failures are part
+//!   of the queue), so it does not move across a crash either.
 //!   Envelopes done before the crash name the new version and are not
 //!   looked at again. A crash between an envelope and its registry record
 //!   leaves the registry one version behind the envelope: the job reads
@@ -258,10 +265,19 @@ impl RewrapJobs {
             self.progress.set(&job, false);
             return Ok(());
         }
-        // Failures are retried: they count again if they fail again.
+        // Failures are retried: they count again if they fail again. They
+        // are still queued, so the total does not change.
         job.failed = 0;
         tracing::info!(scope = %job.scope, from_version = ?job.from_version, done = job.done, "resuming the unfinished rewrap job");
         self.progress.set(&job, true);
+        let queued: u64 = state
+            .keys
+            .versions(Some(&job.scope))
+            .map(|v| queue(&v, job.from_version).iter().map(|v| v.segments).sum())
+            .unwrap_or(0);
+        self.progress
+            .total
+            .store(job.done.saturating_add(queued), Ordering::Release);
         self.spawn(state, job, true);
         Ok(())
     }
@@ -544,6 +560,8 @@ impl Runner {
         tracing::info!(target: "strongbox::audit", principal = %self.job.principal, scope = %scope, from_version = ?self.job.from_version, resumed, "rewrap job running");
         match self.work().await {
             End::Finished => {
+                // Moves made by readers since the last slice count too.
+                self.refresh_done().await;
                 self.job.finished_at = Some(now_ms());
                 self.persist(true).await;
                 self.progress.running.store(false, Ordering::Release);
@@ -675,7 +693,9 @@ impl Runner {
                 return Ok(false);
             };
             self.limit.spend(s.used);
-            self.add_done(s.moved);
+            if s.moved > 0 {
+                self.refresh_done().await;
+            }
             // More to do here: the budget ran out, or a failed envelope
             // stopped the pass before the end of the partition.
             let again = s.paused || matches!(s.failure, Some(Failure::Segment(..)));
@@ -724,7 +744,9 @@ impl Runner {
         let skip = self.skip.clone();
         let reconciled = blocking(move || reconcile(&state.keys, &part, &id, &segs, &skip)).await;
         if let Ok((fixed, lost)) = reconciled {
-            self.add_done(fixed);
+            if fixed > 0 {
+                self.refresh_done().await;
+            }
             for seg in lost {
                 if self.skip.insert(seg) {
                     self.add_failed(1);
@@ -757,9 +779,18 @@ impl Runner {
         }
     }
 
-    fn add_done(&mut self, n: u64) {
-        self.job.done = self.job.done.saturating_add(n);
-        self.progress.done.store(self.job.done, Ordering::Release);
+    /// Reads `done` back from the store, where the key registry counts
+    /// every envelope moved off a queued version as it commits.
+    async fn refresh_done(&mut self) {
+        let meta = self.state.meta.clone();
+        let stored = blocking(move || meta.read(|r| r.rewrap_job())).await;
+        if let Ok(Ok(Some(job))) = stored
+            && job.scope == self.job.scope
+            && job.started_at == self.job.started_at
+        {
+            self.job.done = self.job.done.max(job.done);
+            self.progress.done.store(self.job.done, Ordering::Release);
+        }
     }
 
     fn add_failed(&mut self, n: u64) {

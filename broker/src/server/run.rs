@@ -5,12 +5,14 @@
 //! addresses; [`RunningBroker::shutdown`] stops in order: stop accepting,
 //! let connections finish and acknowledge what they accepted, stop the
 //! maintenance and metrics tasks, then close every partition log (which
-//! syncs whatever a `none` or `interval` topic still holds in memory).
+//! syncs whatever a `none` or `interval` topic still holds in memory) and
+//! record each partition's durable end.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use strongbox_storage::io::{StorageIo, default_io};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -53,6 +55,19 @@ pub struct RunningBroker {
 /// [`StartError`] when storage, TLS material or a listener cannot be set
 /// up.
 pub async fn run(config: BrokerConfig) -> Result<RunningBroker, StartError> {
+    run_with_io(config, default_io()).await
+}
+
+/// [`run`] with the partition logs on `io` (tests inject storage faults
+/// this way).
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn run_with_io(
+    config: BrokerConfig,
+    io: Arc<dyn StorageIo>,
+) -> Result<RunningBroker, StartError> {
     let (stop, shutdown) = watch::channel(false);
     let metrics =
         Arc::new(BrokerMetrics::new().map_err(|e| StartError::Other(format!("metrics: {e}")))?);
@@ -60,9 +75,11 @@ pub async fn run(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         let config = config.clone();
         let metrics = metrics.clone();
         let shutdown = shutdown.clone();
-        tokio::task::spawn_blocking(move || BrokerState::open(config, metrics, shutdown))
-            .await
-            .map_err(|e| StartError::Other(format!("opening storage: {e}")))??
+        tokio::task::spawn_blocking(move || {
+            BrokerState::open_with_io(config, metrics, shutdown, io)
+        })
+        .await
+        .map_err(|e| StartError::Other(format!("opening storage: {e}")))??
     };
     register_process_metrics(&metrics, &config)?;
     state.audit.start(&state);
@@ -123,6 +140,10 @@ pub async fn run(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         state.clone(),
         shutdown.clone(),
         maintain_now.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::server::partition_watch::run(
+        state.clone(),
+        shutdown.clone(),
     )));
 
     let handler_state = state.clone();
@@ -256,6 +277,10 @@ impl RunningBroker {
         // An unfinished rewrap stops at its next step and resumes at the
         // next start; it must let go of the logs before they close.
         self.state.rewrap.stopped().await;
+        // A last watch pass: fenced logs try to resume, what the logs did
+        // on their own reaches the audit trail before it closes.
+        let s = self.state.clone();
+        let _ = tokio::task::spawn_blocking(move || s.partition_watch.pass(&s)).await;
         // Write what the trail still holds before its topic closes.
         self.state.audit.shutdown().await;
         let state = self.state;
@@ -279,6 +304,7 @@ fn close_all(state: &BrokerState) {
         .iter()
         .map(|t| t.name().to_owned())
         .collect();
+    let mut ends = Vec::new();
     for name in names {
         let Some(topic) = state.topics.remove(&name) else {
             continue;
@@ -287,15 +313,22 @@ fn close_all(state: &BrokerState) {
             tracing::warn!(topic = %name, "topic still in use at shutdown; its logs are not sealed (the next start recovers them)");
             continue;
         };
+        let topic_id = topic.entry.topic_id;
         for slot in topic.partitions {
             let PartitionSlot::Ready(p) = slot else {
                 continue;
             };
             let (name, index) = (p.topic.clone(), p.index);
+            let writable = p.read_only_reason().is_none();
             match Arc::try_unwrap(p) {
                 Ok(p) => {
-                    if let Err(e) = p.into_log().close() {
-                        tracing::error!(topic = %name, partition = index, error = %e, "closing the log failed");
+                    match p.into_log().close_with_end() {
+                        // Everything written is durable once the log closed.
+                        Ok(end) if writable => ends.push((topic_id, index, end)),
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::error!(topic = %name, partition = index, error = %e, "closing the log failed");
+                        }
                     }
                 }
                 Err(_) => {
@@ -304,6 +337,7 @@ fn close_all(state: &BrokerState) {
             }
         }
     }
+    state.partition_watch.record(state, ends);
 }
 
 /// Checks that the key provider answers, rotates keys that are due

@@ -461,6 +461,13 @@ impl Subscription {
         let (Some(group), Some(topic)) = (self.group.clone(), self.topic.clone()) else {
             return Err(ErrorCode::InvalidRequest);
         };
+        // A commit past the partition's end would make the next start take
+        // the log for one cut short (and open it read-only).
+        if let Some(c) = self.cursors.get(&commit.partition)
+            && commit.offset > c.partition.high_watermark()
+        {
+            return Err(ErrorCode::OffsetOutOfRange);
+        }
         let meta = self.ctx.state.meta.clone();
         let name = topic.name().to_owned();
         let stored = tokio::task::spawn_blocking(move || {

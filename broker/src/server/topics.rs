@@ -8,7 +8,10 @@
 //! envelope, a destroyed key) is kept as [`PartitionSlot::Failed`] with the
 //! storage error's message: requests for it get `data_damaged` (its files
 //! are damaged) or `partition_unavailable` (anything else) with that
-//! message, and every other partition keeps serving.
+//! message, and every other partition keeps serving. A log that opens but
+//! fails the checks of `integrity.rs` (shorter than its recorded durable
+//! end, missing segments, committed offsets past its end) is served
+//! read-only.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,13 +20,19 @@ use std::time::Duration;
 
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::batch::parse_header;
-use strongbox_protocol::frames::admin_types::{Durability, PartitionInfo, TopicConfig, TopicInfo};
+use strongbox_protocol::frames::admin_types::{
+    Durability, PartitionInfo, PartitionState, TopicConfig, TopicInfo,
+};
+use strongbox_storage::io::StorageIo;
 use strongbox_storage::keys::{KekScope, SegmentKeys};
-use strongbox_storage::log::{self as storage_log, LogConfig, PartitionLog, RetentionPolicy};
-use strongbox_storage::meta::{MetaStore, TopicEntry};
+use strongbox_storage::log::{
+    self as storage_log, LogConfig, LogEnv, PartitionLog, RetentionPolicy, RollHook,
+};
+use strongbox_storage::meta::{MetaError, MetaStore, TopicEntry};
 
 use crate::config::TopicDefaults;
 use crate::server::error::BrokerError;
+use crate::server::integrity;
 use crate::server::partition::Partition;
 use crate::server::producers::ProducerTable;
 
@@ -160,13 +169,15 @@ impl Topic {
                 match slot {
                     PartitionSlot::Ready(p) => {
                         let segments = p.log().segments();
+                        let (state, reason) = p.state();
                         PartitionInfo {
                             partition,
                             log_start_offset: p.log_start_offset(),
                             high_watermark: p.high_watermark(),
                             segments: u32::try_from(segments.len()).unwrap_or(u32::MAX),
                             size_bytes: segments.iter().map(|s| s.size_bytes).sum(),
-                            error: None,
+                            error: reason.map(|r| crate::server::error::redact_paths(&r)),
+                            state,
                         }
                     }
                     PartitionSlot::Failed(FailedPartition { reason, .. }) => PartitionInfo {
@@ -176,6 +187,7 @@ impl Topic {
                         segments: 0,
                         size_bytes: 0,
                         error: Some(crate::server::error::redact_paths(reason)),
+                        state: PartitionState::Unavailable,
                     },
                 }
             })
@@ -271,26 +283,88 @@ pub fn topic_dir(data_dir: &Path, topic_id: &[u8; 16]) -> PathBuf {
     data_dir.join("log").join(hex::encode(topic_id))
 }
 
-/// Opens partition `index` of a topic and rebuilds its producer table.
+/// What opening a partition needs besides its topic.
+#[derive(Debug, Clone)]
+pub struct OpenEnv {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The metadata store (durable ends, the key registry).
+    pub meta: MetaStore,
+    /// Data keys.
+    pub keys: Arc<dyn SegmentKeys>,
+    /// The file system the logs use.
+    pub io: Arc<dyn StorageIo>,
+    /// Called after each segment roll (records the durable end).
+    pub on_roll: Option<RollHook>,
+}
+
+/// Opens partition `index` of a topic, checks it against what the metadata
+/// store recorded (`committed`: the groups' offsets for it) and rebuilds
+/// its producer table.
 fn open_partition(
-    data_dir: &Path,
+    env: &OpenEnv,
     entry: &TopicEntry,
     index: u32,
-    keys: Arc<dyn SegmentKeys>,
+    committed: &[(String, u64)],
 ) -> PartitionSlot {
-    let dir = topic_dir(data_dir, &entry.topic_id).join(index.to_string());
-    let opened = log_config(entry, index)
-        .validate()
-        .and_then(|config| PartitionLog::open(dir.clone(), config, keys));
+    let dir = topic_dir(&env.data_dir, &entry.topic_id).join(index.to_string());
+    let dir_existed = env.io.metadata(&dir).is_ok();
+    let log_env = LogEnv {
+        io: env.io.clone(),
+        on_roll: env.on_roll.clone(),
+        ..LogEnv::default()
+    };
+    let opened = log_config(entry, index).validate().and_then(|config| {
+        PartitionLog::open_with_env(dir.clone(), config, env.keys.clone(), log_env)
+    });
     match opened {
         Ok(log) => match rebuild_producers(&log) {
-            Ok(producers) => PartitionSlot::Ready(Partition::new(
-                entry.name.clone(),
-                index,
-                dir,
-                log,
-                producers,
-            )),
+            Ok(producers) => {
+                let losses =
+                    integrity::check(&env.meta, entry, index, &log, dir_existed, committed);
+                let p = Partition::new(entry.name.clone(), index, dir, log, producers);
+                match losses {
+                    Ok(l) if l.is_empty() => {}
+                    Ok(l) if entry.name == crate::audit::AUDIT_TOPIC => {
+                        // The trail must go on recording: its hash chain and
+                        // anchored head detect the cut and the audit writer
+                        // records `audit.chain.broken` first. Offsets still
+                        // move only forward.
+                        match integrity::accept_loss(
+                            &env.meta,
+                            env.keys.as_ref(),
+                            entry,
+                            index,
+                            p.log(),
+                        ) {
+                            Ok(done) => {
+                                tracing::error!(topic = %entry.name, partition = index, losses = ?done.losses, resume_offset = done.resume_offset, "the audit topic lost records; writing continues after them");
+                            }
+                            Err(e) => {
+                                let reason = integrity::read_only_reason(&entry.name, index, &l);
+                                tracing::error!(topic = %entry.name, partition = index, error = %e.message, "cannot move the audit topic past its lost records; it is read-only");
+                                p.set_read_only(Some(reason));
+                            }
+                        }
+                    }
+                    Ok(l) => {
+                        let reason = integrity::read_only_reason(&entry.name, index, &l);
+                        tracing::error!(topic = %entry.name, partition = index, %reason, "partition opened read-only");
+                        p.set_read_only(Some(reason));
+                    }
+                    Err(e) => {
+                        // Without its records the partition cannot be
+                        // checked: it must not take writes blind.
+                        let reason = format!(
+                            "read-only: its records in the metadata store cannot be read ({e}); \
+                             restart the broker once the store is readable"
+                        );
+                        tracing::error!(topic = %entry.name, partition = index, %reason, "partition opened read-only");
+                        p.set_read_only(Some(reason));
+                    }
+                }
+                PartitionSlot::Ready(p)
+            }
             Err(e) => {
                 tracing::error!(topic = %entry.name, partition = index, error = %e, "cannot rebuild producer state");
                 FailedPartition::slot(&e)
@@ -306,7 +380,9 @@ fn open_partition(
 /// Rebuilds the idempotent-producer table from the batch headers of the
 /// newest two segments: a producer retries only batches it sent moments
 /// ago, which are always there.
-fn rebuild_producers(log: &PartitionLog) -> Result<ProducerTable, storage_log::LogError> {
+pub(crate) fn rebuild_producers(
+    log: &PartitionLog,
+) -> Result<ProducerTable, storage_log::LogError> {
     let segments = log.segments();
     let start = segments
         .len()
@@ -380,7 +456,7 @@ fn rebuild_producers(log: &PartitionLog) -> Result<ProducerTable, storage_log::L
 /// Every topic the broker serves.
 #[derive(Debug)]
 pub struct TopicTable {
-    data_dir: PathBuf,
+    env: OpenEnv,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
 }
 
@@ -391,26 +467,28 @@ impl TopicTable {
     /// # Errors
     ///
     /// Only when the metadata store cannot be read.
-    pub fn load(
-        data_dir: &Path,
-        meta: &MetaStore,
-        keys: Arc<dyn SegmentKeys>,
-    ) -> Result<Self, BrokerError> {
-        let entries =
-            meta.read(|view| view.topics())
-                .map_err(|e: strongbox_storage::meta::MetaError| {
-                    BrokerError::internal("reading topics", e)
-                })?;
+    pub fn load(env: OpenEnv) -> Result<Self, BrokerError> {
+        let meta = &env.meta;
+        let entries = meta
+            .read(|view| view.topics())
+            .map_err(|e: MetaError| BrokerError::internal("reading topics", e))?;
+        let committed = all_committed(meta)
+            .map_err(|e| BrokerError::internal("reading committed offsets", e))?;
         let mut topics = HashMap::new();
         for entry in entries {
             let partitions = (0..entry.config.partitions)
-                .map(|i| open_partition(data_dir, &entry, i, keys.clone()))
+                .map(|i| {
+                    let c = committed
+                        .get(&(entry.name.clone(), i))
+                        .map_or(&[][..], Vec::as_slice);
+                    open_partition(&env, &entry, i, c)
+                })
                 .collect();
             tracing::info!(topic = %entry.name, partitions = entry.config.partitions, "topic opened");
             topics.insert(entry.name.clone(), Arc::new(Topic { entry, partitions }));
         }
         Ok(Self {
-            data_dir: data_dir.to_path_buf(),
+            env,
             topics: RwLock::new(topics),
         })
     }
@@ -444,8 +522,12 @@ impl TopicTable {
     /// Opens the partitions of a topic just stored in the metadata store and
     /// starts serving it.
     pub fn add(&self, entry: TopicEntry, keys: Arc<dyn SegmentKeys>) -> Arc<Topic> {
+        let env = OpenEnv {
+            keys,
+            ..self.env.clone()
+        };
         let partitions = (0..entry.config.partitions)
-            .map(|i| open_partition(&self.data_dir, &entry, i, keys.clone()))
+            .map(|i| open_partition(&env, &entry, i, &[]))
             .collect();
         let topic = Arc::new(Topic { entry, partitions });
         self.write().insert(topic.name().to_owned(), topic.clone());
@@ -459,7 +541,7 @@ impl TopicTable {
 
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
-        &self.data_dir
+        &self.env.data_dir
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Topic>>> {
@@ -474,6 +556,24 @@ impl TopicTable {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Committed offsets by (topic, partition): (group, offset).
+type Committed = HashMap<(String, u32), Vec<(String, u64)>>;
+
+/// Every committed offset, by (topic, partition).
+fn all_committed(meta: &MetaStore) -> Result<Committed, MetaError> {
+    meta.read(|v| {
+        let mut out = Committed::new();
+        for group in v.groups()? {
+            for (topic, partition, offset) in v.group_offsets(&group)? {
+                out.entry((topic, partition))
+                    .or_default()
+                    .push((group.clone(), offset));
+            }
+        }
+        Ok(out)
+    })
 }
 
 #[cfg(test)]

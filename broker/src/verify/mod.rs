@@ -4,10 +4,12 @@
 //! For every partition of every topic in the metadata store it
 //! authenticates every frame, seal and key envelope with [`check_dir`],
 //! which reads the files as they are and changes nothing (opening the log
-//! would recover it, and so repair what should be reported). It then checks each envelope against
-//! the key registry, the registry against the key provider, the data
-//! directory for files of topics that no longer exist, and consumer
-//! groups' committed offsets against the end of each log. One damaged
+//! would recover it, and so repair what should be reported), and reports
+//! the quarantine files recovery left (torn tails kept as evidence). It
+//! then checks each envelope against the key registry, the registry
+//! against the key provider, the data directory for files of topics that
+//! no longer exist, and each log's end against the durable end the broker
+//! recorded and the offsets consumer groups committed. One damaged
 //! partition never stops the others being checked.
 //!
 //! It refuses to run while a broker uses the directory: it opens the
@@ -266,6 +268,8 @@ struct Metadata {
     recorded: Option<Recorded>,
     /// Committed offsets by (topic, partition): (group, offset).
     committed: HashMap<(String, u32), Vec<(String, u64)>>,
+    /// Recorded durable ends by (topic id, partition).
+    ends: HashMap<([u8; 16], u32), u64>,
 }
 
 /// Checks the data directory of `setup`, with progress on stderr when
@@ -334,6 +338,7 @@ pub fn verify(setup: &Setup, show_progress: bool) -> Result<Report, VerifyError>
                 .committed
                 .get(&(entry.name.clone(), index))
                 .map_or(&[][..], Vec::as_slice);
+            let recorded_end = md.ends.get(&(entry.topic_id, index)).copied();
             let part = check_partition(
                 &setup.data_dir,
                 entry,
@@ -342,6 +347,7 @@ pub fn verify(setup: &Setup, show_progress: bool) -> Result<Report, VerifyError>
                 recorded.as_ref(),
                 &versions,
                 committed,
+                recorded_end,
                 progress.as_mut(),
             );
             if let Some(p) = progress.as_mut() {
@@ -418,11 +424,30 @@ fn read_metadata(meta: &MetaStore, meta_path: &Path, findings: &mut Vec<Item>) -
         Ok(c) => md.committed = c,
         Err(e) => unreadable("consumer group offsets", e),
     }
+    let topics = md.topics.clone();
+    let ends = meta.read(|v| {
+        let mut out = HashMap::new();
+        for t in &topics {
+            for (p, end) in v.partition_ends(&t.topic_id)? {
+                out.insert((t.topic_id, p), end.durable_end);
+            }
+        }
+        Ok::<_, MetaError>(out)
+    });
+    match ends {
+        Ok(e) => md.ends = e,
+        Err(e) => unreadable("recorded durable ends", e),
+    }
     md
 }
 
 const PARTITION_MISSING: &str = "restore the partition's directory from a backup; the broker \
-     would start it empty";
+     opens it read-only until then (or until an operator accepts the loss with strongbox topic \
+     recover --accept-loss)";
+const SHORTER: &str = "the log ends before offsets it acknowledged (the newest segment, or the \
+     whole directory, was replaced by an older copy, or cut): restore it from a backup; the \
+     broker opens it read-only until then (or until an operator accepts the loss with strongbox \
+     topic recover --accept-loss)";
 const LOST_END: &str = "records that consumers already received are gone from the end of the \
      log: the newest segment was cut (a crash under `none` or `interval` durability loses \
      unsynced records; otherwise the files were altered); restore from a backup if it was not a \
@@ -439,6 +464,7 @@ fn check_partition(
     recorded: Option<&HashMap<[u8; 16], KekId>>,
     versions: &HashMap<KekId, KekVersion>,
     committed: &[(String, u64)],
+    recorded_end: Option<u64>,
     mut progress: Option<&mut Progress>,
 ) -> PartitionReport {
     let dir = topic_dir(data_dir, &entry.topic_id).join(index.to_string());
@@ -458,13 +484,14 @@ fn check_partition(
     };
     if !dir.is_dir() {
         let n = recorded.map_or(0, HashMap::len);
-        part.findings.push(if n > 0 {
+        let end = recorded_end.unwrap_or(0);
+        part.findings.push(if n > 0 || end > 0 {
             Item::problem(
                 "partition_missing",
                 Some(dir),
                 format!(
                     "the partition directory is missing, but the key registry records {n} \
-                     segment(s) of it"
+                     segment(s) of it and offsets up to {end} were acknowledged"
                 ),
                 PARTITION_MISSING,
             )
@@ -498,6 +525,19 @@ fn check_partition(
     if let Some(recorded) = recorded {
         part.findings
             .extend(registry_findings(&dir, &check, recorded, versions));
+    }
+    if let (Some(end), Some(recorded)) = (check.end_offset, recorded_end)
+        && end < recorded
+    {
+        part.findings.push(Item::problem(
+            "shorter_than_recorded",
+            Some(dir.clone()),
+            format!(
+                "the log ends at offset {end}, but the broker recorded offsets up to {recorded} \
+                 as durable"
+            ),
+            SHORTER,
+        ));
     }
     if let Some(end) = check.end_offset {
         for (group, offset) in committed {

@@ -386,6 +386,14 @@ const UNSEALED: &str = "nothing: the broker's next start seals it and continues 
 const PENDING_DELETION: &str = "nothing: the broker's next start finishes the deletion, key \
      envelope first";
 const LEFTOVER: &str = "nothing: the broker's next start removes it";
+const QUARANTINED: &str = "recovery cut these bytes off the newest segment and kept them here \
+     as evidence. After a crash or power cut they are writes that never completed (under fsync \
+     durability none was acknowledged); otherwise the segment was damaged or altered. Look at \
+     the audit trail (partition.quarantine) and the system log, keep a copy if needed, then \
+     delete the file: verify reports it until then";
+const ACCEPTED_GAP: &str = "nothing: an operator accepted the loss of these offsets (strongbox \
+     topic recover --accept-loss), or a failed sync under interval or none durability lost \
+     them; readers read across the gap";
 
 /// The item for a finding of the partition log's check.
 pub(crate) fn from_finding(finding: &Finding) -> Item {
@@ -415,6 +423,15 @@ pub(crate) fn from_finding(finding: &Finding) -> Item {
         }
         Finding::OrphanIndex { path } => {
             Item::notice("orphan_index", Some(path.clone()), message, LEFTOVER)
+        }
+        Finding::Quarantined { path, .. } => {
+            Item::problem("quarantined_tail", Some(path.clone()), message, QUARANTINED)
+        }
+        Finding::AcceptedGap { marker, .. } => {
+            Item::notice("accepted_gap", Some(marker.clone()), message, ACCEPTED_GAP)
+        }
+        Finding::OrphanGap { path } => {
+            Item::notice("orphan_gap", Some(path.clone()), message, LEFTOVER)
         }
         other => Item::problem("damaged", None, other.to_string(), RESTORE_PARTITION),
     }

@@ -504,6 +504,7 @@ fn topic_info(state: &State, name: &str, partitions: u32) -> TopicInfo {
                 segments: 1,
                 size_bytes: 0,
                 error: None,
+                state: Default::default(),
             })
             .collect(),
     }

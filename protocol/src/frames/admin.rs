@@ -43,6 +43,17 @@ pub enum AdminRequest {
         /// Only topics whose names start with this.
         prefix: Option<String>,
     },
+    /// Lets a read-only partition take writes again: the operator accepts
+    /// that the records it lost are gone. Writing continues after the
+    /// highest offset it ever acknowledged.
+    TopicRecover {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: u32,
+        /// Must be true: the request accepts the loss.
+        accept_loss: bool,
+    },
     /// Add an ACL rule.
     AclGrant {
         /// The rule.
@@ -172,6 +183,7 @@ impl AdminRequest {
             Self::DeleteTopic { .. } => FrameType::DeleteTopic,
             Self::DescribeTopic { .. } => FrameType::DescribeTopic,
             Self::ListTopics { .. } => FrameType::ListTopics,
+            Self::TopicRecover { .. } => FrameType::TopicRecover,
             Self::AclGrant { .. } => FrameType::AclGrant,
             Self::AclRevoke { .. } => FrameType::AclRevoke,
             Self::AclList { .. } => FrameType::AclList,
@@ -204,6 +216,16 @@ impl AdminRequest {
                 dst.put_string("name", name)
             }
             Self::ListTopics { prefix } => put_opt_string(dst, "prefix", prefix.as_deref()),
+            Self::TopicRecover {
+                topic,
+                partition,
+                accept_loss,
+            } => {
+                dst.put_string("topic", topic)?;
+                dst.put_u32(*partition);
+                dst.put_bool(*accept_loss);
+                Ok(())
+            }
             Self::AclGrant { rule } | Self::AclRevoke { rule } => rule.put(dst),
             Self::AclList { principal, topic } => {
                 put_opt_string(dst, "principal", principal.as_deref())?;
@@ -293,6 +315,11 @@ impl AdminRequest {
             FrameType::ListTopics => Self::ListTopics {
                 prefix: get_opt_string(r, "prefix")?,
             },
+            FrameType::TopicRecover => Self::TopicRecover {
+                topic: r.string()?,
+                partition: r.u32()?,
+                accept_loss: r.bool("accept_loss")?,
+            },
             FrameType::AclGrant => Self::AclGrant {
                 rule: AclRule::get(r)?,
             },
@@ -380,7 +407,7 @@ pub enum AdminResponse {
         /// True when the principal is a configured superuser.
         superuser: bool,
     },
-    /// Answer to `CreateTopic` and `DescribeTopic`.
+    /// Answer to `CreateTopic`, `DescribeTopic` and `TopicRecover`.
     Topic(TopicInfo),
     /// Answer to `ListTopics`.
     Topics(Vec<TopicInfo>),

@@ -250,9 +250,11 @@ pub struct PartitionInfo {
     pub segments: u32,
     /// Bytes on disk.
     pub size_bytes: u64,
-    /// Present when the partition cannot be served (corruption, missing
-    /// key): what is wrong and what to do.
+    /// Present when the partition is not `ok`: what is wrong and what to
+    /// do.
     pub error: Option<String>,
+    /// Whether the partition serves reads and writes.
+    pub state: PartitionState,
 }
 
 impl Field for PartitionInfo {
@@ -262,7 +264,8 @@ impl Field for PartitionInfo {
         dst.put_u64(self.high_watermark);
         dst.put_u32(self.segments);
         dst.put_u64(self.size_bytes);
-        put_opt_string(dst, "error", self.error.as_deref())
+        put_opt_string(dst, "error", self.error.as_deref())?;
+        self.state.put(dst)
     }
 
     fn get(r: &mut Reader) -> Result<Self, DecodeError> {
@@ -273,7 +276,67 @@ impl Field for PartitionInfo {
             segments: r.u32()?,
             size_bytes: r.u64()?,
             error: get_opt_string(r, "error")?,
+            state: PartitionState::get(r)?,
         })
+    }
+}
+
+/// Whether a partition serves reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PartitionState {
+    /// Reads and writes.
+    #[default]
+    Ok,
+    /// Neither: its log cannot be opened (corruption, a missing key).
+    Unavailable,
+    /// Reads only: its log is shorter than the offsets it acknowledged, or
+    /// misses a segment the broker knows of. Writes resume when an
+    /// operator accepts the loss.
+    ReadOnly,
+    /// Reads only for now: a write or sync failed (a full disk, an I/O
+    /// error). Writes resume by themselves once the disk accepts them.
+    Fenced,
+}
+
+impl PartitionState {
+    /// Every state, in wire order.
+    pub const ALL: [Self; 4] = [Self::Ok, Self::Unavailable, Self::ReadOnly, Self::Fenced];
+
+    /// The state's name as shown by the CLI and in metrics (`ok`,
+    /// `unavailable`, `read_only`, `fenced`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Unavailable => "unavailable",
+            Self::ReadOnly => "read_only",
+            Self::Fenced => "fenced",
+        }
+    }
+}
+
+impl Field for PartitionState {
+    fn put(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        dst.put_u8(match self {
+            Self::Ok => 0,
+            Self::Unavailable => 1,
+            Self::ReadOnly => 2,
+            Self::Fenced => 3,
+        });
+        Ok(())
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        let offset = r.position();
+        match r.u8()? {
+            0 => Ok(Self::Ok),
+            1 => Ok(Self::Unavailable),
+            2 => Ok(Self::ReadOnly),
+            3 => Ok(Self::Fenced),
+            _ => Err(DecodeError::InvalidValue {
+                field: "partition_state",
+                offset,
+            }),
+        }
     }
 }
 
@@ -310,7 +373,7 @@ impl Field for TopicInfo {
             topic_id,
             created_at: r.i64()?,
             config: TopicConfig::get(r)?,
-            partitions: get_list(r, 33)?,
+            partitions: get_list(r, 34)?,
         })
     }
 }

@@ -15,7 +15,8 @@ use strongbox_protocol::frame::{DEFAULT_MAX_FRAME_SIZE, Frame};
 use strongbox_protocol::frames::admin::{AdminRequest, AdminResponse};
 use strongbox_protocol::frames::admin_types::{
     AccessRequestInfo, AccessState, AclEffect, AclRule, Durability, KeyState, KeyVersionInfo,
-    Operations, PartitionInfo, RecipientEntry, RewrapProgress, TopicConfig, TopicInfo,
+    Operations, PartitionInfo, PartitionState, RecipientEntry, RewrapProgress, TopicConfig,
+    TopicInfo,
 };
 use strongbox_protocol::frames::control::{ErrorFrame, Goodbye, Hello, Ping, Pong, Welcome};
 use strongbox_protocol::frames::produce::{Produce, ProduceAck};
@@ -296,9 +297,10 @@ pub(crate) fn arb_partition_info() -> impl Strategy<Value = PartitionInfo> {
         arb_u32(),
         arb_u64(),
         arb_opt_string(),
+        prop::sample::select(PartitionState::ALL.to_vec()),
     )
         .prop_map(
-            |(partition, log_start_offset, high_watermark, segments, size_bytes, error)| {
+            |(partition, log_start_offset, high_watermark, segments, size_bytes, error, state)| {
                 PartitionInfo {
                     partition,
                     log_start_offset,
@@ -306,6 +308,7 @@ pub(crate) fn arb_partition_info() -> impl Strategy<Value = PartitionInfo> {
                     segments,
                     size_bytes,
                     error,
+                    state,
                 }
             },
         )
@@ -463,6 +466,13 @@ pub(crate) fn arb_admin_request() -> impl Strategy<Value = AdminRequest> {
         arb_string().prop_map(|name| AdminRequest::DeleteTopic { name }),
         arb_string().prop_map(|name| AdminRequest::DescribeTopic { name }),
         arb_opt_string().prop_map(|prefix| AdminRequest::ListTopics { prefix }),
+        (arb_string(), arb_u32(), any::<bool>()).prop_map(|(topic, partition, accept_loss)| {
+            AdminRequest::TopicRecover {
+                topic,
+                partition,
+                accept_loss,
+            }
+        }),
         arb_acl_rule().prop_map(|rule| AdminRequest::AclGrant { rule }),
         arb_acl_rule().prop_map(|rule| AdminRequest::AclRevoke { rule }),
         (arb_opt_string(), arb_opt_string())

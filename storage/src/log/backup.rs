@@ -25,7 +25,10 @@
 //!   file can be rewritten in place with a new header before its first
 //!   frame, so it is not linked), and its `.key`;
 //! - an empty newest file (after a crash or a dropped segment): an empty
-//!   file of its name, which records where the log continues.
+//!   file of its name, which records where the log continues;
+//! - every gap marker (`{offset}.gap`): the offsets the log gave up, which
+//!   readers and recovery read across. Quarantine files are evidence for
+//!   an operator, not part of the log, and are not pinned.
 //!
 //! The key envelopes hold data keys wrapped under a KEK that never leaves
 //! the key provider: a backup holds no key material that opens anything
@@ -38,7 +41,9 @@ use std::sync::MutexGuard;
 
 use super::error::LogError;
 use super::files;
-use super::format::{SEGMENT_HEADER_LEN, index_file_name, key_file_name, segment_file_name};
+use super::format::{
+    LogFile, SEGMENT_HEADER_LEN, index_file_name, key_file_name, parse_file_name, segment_file_name,
+};
 use super::partition::{PartitionLog, Writer};
 
 /// A partition held still for a backup. Appends, rolls, retention and
@@ -118,12 +123,20 @@ impl LogFreeze<'_> {
                 pinned.push(link(dir, dest, &key_name)?);
             }
         }
+        // Gap markers say which offsets were given up (accepted losses,
+        // cuts after a storage fault): without them the restored log would
+        // not open across its gaps. Each is written once, atomically.
+        for name in files::list(self.log.ctx.io.as_ref(), dir)? {
+            if matches!(parse_file_name(&name), Some(LogFile::Gap(_))) {
+                pinned.push(link(dir, dest, &name)?);
+            }
+        }
         if let Some(base) = self.writer.placeholder
             && newest_base.is_none_or(|newest| base > newest)
         {
             pinned.push(write_new(dest, &segment_file_name(base), &[])?);
         }
-        files::sync_dir(dest)?;
+        files::sync_dir(&crate::io::FileIo, dest)?;
         Ok(PinnedPartition {
             files: pinned,
             start_offset: self.log.log_start_offset(),

@@ -20,27 +20,31 @@
 //! count, end offset and largest timestamp against the frames) and every
 //! frame (length, offset in sequence, AES-GCM authentication with the AAD
 //! of its place, batch framing and CRC). Across segments it checks that
-//! they join. Files the log does not own are ignored.
+//! they join, or that a gap marker accepts the gap between them. It reports
+//! the quarantine files recovery left (torn tails kept as evidence). Files
+//! the log does not own are ignored.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::File;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use strongbox_protocol::batch::RecordBatch;
 
+use crate::io::{IoFile, OpenMode, StorageIo, default_io};
 use crate::keys::{KekId, SegmentKeys};
 
 use super::config::{LogConfig, SystemClock};
 use super::error::LogError;
 use super::files;
 use super::format::{
-    LogFile, SEGMENT_HEADER_LEN, Seal, deleted_file_name, index_file_name, key_file_name,
-    parse_file_name,
+    LogFile, SEGMENT_HEADER_LEN, Seal, deleted_file_name, gap_file_name, index_file_name,
+    key_file_name, parse_file_name,
 };
+use super::gap::GapMarker;
 use super::offline::{found_segment, read_header, seal_before_base, walk_frames};
+use super::quarantine::{self, QuarantineHeader};
 use super::recovery::{check_header, load_envelope, read_seal};
 use super::segment::{FrameFault, LogCtx, Segment, SegmentCrypto};
 
@@ -151,6 +155,34 @@ pub enum Finding {
         /// The index file.
         path: PathBuf,
     },
+    /// Bytes recovery cut from a torn tail and kept as evidence. A problem
+    /// until an operator has looked at them and removed the file.
+    Quarantined {
+        /// The quarantine file.
+        path: PathBuf,
+        /// Where the bytes came from, when the file's header decodes.
+        header: Option<QuarantineHeader>,
+        /// What is wrong with the file, when its header does not decode
+        /// or its length does not match.
+        problem: Option<String>,
+    },
+    /// Offsets an operator (or a failed sync under `interval` durability)
+    /// accepted as lost: a gap marker names them.
+    AcceptedGap {
+        /// The gap marker.
+        marker: PathBuf,
+        /// Where the log ended before the gap.
+        from: u64,
+        /// Where it goes on.
+        to: u64,
+    },
+    /// A gap marker with no segment after it (a move past lost offsets
+    /// that stopped before its segment was made); removed at the next
+    /// start.
+    OrphanGap {
+        /// The gap marker.
+        path: PathBuf,
+    },
 }
 
 impl Finding {
@@ -159,7 +191,10 @@ impl Finding {
     pub fn is_problem(&self) -> bool {
         matches!(
             self,
-            Self::Damaged(_) | Self::TornTail { .. } | Self::OrphanEnvelope { .. }
+            Self::Damaged(_)
+                | Self::TornTail { .. }
+                | Self::OrphanEnvelope { .. }
+                | Self::Quarantined { .. }
         )
     }
 }
@@ -211,6 +246,34 @@ impl fmt::Display for Finding {
             Self::OrphanIndex { path } => {
                 write!(f, "index {} has no segment file", path.display())
             }
+            Self::Quarantined {
+                path,
+                header: Some(h),
+                ..
+            } => write!(
+                f,
+                "{} holds {} bytes that recovery cut from the torn tail of segment {:020}.log \
+                 (from byte {}, where offset {} would have started)",
+                path.display(),
+                h.bytes,
+                h.base_offset,
+                h.position,
+                h.first_offset
+            ),
+            Self::Quarantined { path, problem, .. } => write!(
+                f,
+                "quarantine file {} cannot be read as one: {}",
+                path.display(),
+                problem.as_deref().unwrap_or("unknown")
+            ),
+            Self::AcceptedGap { marker, from, to } => write!(
+                f,
+                "offsets {from}..{to} were accepted as lost ({})",
+                marker.display()
+            ),
+            Self::OrphanGap { path } => {
+                write!(f, "gap marker {} has no segment after it", path.display())
+            }
         }
     }
 }
@@ -255,8 +318,9 @@ pub fn check_dir(
         keys,
         encrypted: true,
         clock: Arc::new(SystemClock),
+        io: default_io(),
     };
-    let listing = match list(dir) {
+    let listing = match list(ctx.io.as_ref(), dir) {
         Ok(l) => l,
         Err(e) => {
             out.findings.push(Finding::Damaged(e));
@@ -265,6 +329,17 @@ pub fn check_dir(
     };
     for path in listing.temporaries {
         out.findings.push(Finding::TemporaryFile { path });
+    }
+    for path in listing.quarantined {
+        let (header, problem) = match quarantine::inspect(ctx.io.as_ref(), &path) {
+            Ok(h) => (Some(h), None),
+            Err(p) => (None, Some(p)),
+        };
+        out.findings.push(Finding::Quarantined {
+            path,
+            header,
+            problem,
+        });
     }
     for (&base, n) in &listing.names {
         if n.deleted {
@@ -281,6 +356,11 @@ pub fn check_dir(
             if n.index {
                 out.findings.push(Finding::OrphanIndex {
                     path: dir.join(index_file_name(base)),
+                });
+            }
+            if n.gap {
+                out.findings.push(Finding::OrphanGap {
+                    path: dir.join(gap_file_name(base)),
                 });
             }
         }
@@ -305,12 +385,27 @@ pub fn check_dir(
         if let Some((prev, end)) = &previous
             && *end != base
         {
-            out.findings.push(Finding::Damaged(LogError::Gap {
-                segment: prev.clone(),
-                end: *end,
-                next: ctx.segment_path(base),
-                next_base: base,
-            }));
+            let accepted = GapMarker::read(ctx.io.as_ref(), dir, base).and_then(Result::ok);
+            match accepted {
+                Some(m)
+                    if m.topic_id == ctx.config.topic_id
+                        && m.partition == ctx.config.partition
+                        && m.from_offset == *end
+                        && m.to_offset == base =>
+                {
+                    out.findings.push(Finding::AcceptedGap {
+                        marker: dir.join(gap_file_name(base)),
+                        from: *end,
+                        to: base,
+                    });
+                }
+                _ => out.findings.push(Finding::Damaged(LogError::Gap {
+                    segment: prev.clone(),
+                    end: *end,
+                    next: ctx.segment_path(base),
+                    next_base: base,
+                })),
+            }
         }
         end_offset = checked.end;
         previous = checked.end.map(|e| (ctx.segment_path(base), e));
@@ -335,31 +430,32 @@ struct Names {
     index: bool,
     key: bool,
     deleted: bool,
+    gap: bool,
 }
 
 #[derive(Debug, Default)]
 struct Listing {
     names: BTreeMap<u64, Names>,
     temporaries: Vec<PathBuf>,
+    quarantined: Vec<PathBuf>,
 }
 
-fn list(dir: &Path) -> Result<Listing, LogError> {
+fn list(io: &dyn StorageIo, dir: &Path) -> Result<Listing, LogError> {
     let mut listing = Listing::default();
-    let entries = std::fs::read_dir(dir).map_err(files::io_err("listing", dir))?;
-    for entry in entries {
-        let entry = entry.map_err(files::io_err("listing", dir))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        match parse_file_name(name) {
-            Some(LogFile::Temporary) => listing.temporaries.push(entry.path()),
+    for name in files::list(io, dir)? {
+        match parse_file_name(&name) {
+            Some(LogFile::Temporary) => listing.temporaries.push(dir.join(&name)),
             Some(LogFile::Segment(b)) => listing.names.entry(b).or_default().log = true,
             Some(LogFile::Index(b)) => listing.names.entry(b).or_default().index = true,
             Some(LogFile::Key(b)) => listing.names.entry(b).or_default().key = true,
             Some(LogFile::Deleted(b)) => listing.names.entry(b).or_default().deleted = true,
+            Some(LogFile::Gap(b)) => listing.names.entry(b).or_default().gap = true,
+            Some(LogFile::Quarantine(_)) => listing.quarantined.push(dir.join(&name)),
             None => {}
         }
     }
     listing.temporaries.sort();
+    listing.quarantined.sort();
     Ok(listing)
 }
 
@@ -398,17 +494,16 @@ fn check_segment(
         findings: Vec::new(),
         end: None,
     };
-    let file = match File::open(&path) {
+    let file = match files::open(ctx.io.as_ref(), &path, OpenMode::Read, "opening") {
         Ok(f) => f,
         Err(e) => {
-            checked
-                .findings
-                .push(Finding::Damaged(files::io_err("opening", &path)(e)));
+            checked.findings.push(Finding::Damaged(e));
             checked.segment = Some(seg);
             return checked;
         }
     };
-    let len = match files::file_len(&file, &path) {
+    let file = file.as_ref();
+    let len = match files::file_len(file, &path) {
         Ok(l) => l,
         Err(e) => {
             checked.findings.push(Finding::Damaged(e));
@@ -435,7 +530,7 @@ fn check_segment(
         // The newest file without frames records the next offset. A full
         // header must still belong here (as recovery checks).
         if len == header_len
-            && let Ok(h) = read_header(&file, &path)
+            && let Ok(h) = read_header(file, &path)
             && let Err(e) = check_header(ctx, &h, base, &path)
         {
             checked.findings.push(Finding::Damaged(e));
@@ -449,7 +544,7 @@ fn check_segment(
     let damaged = |e: LogError, checked: &mut Checked| {
         checked.findings.push(Finding::Damaged(e));
     };
-    let header = match read_header(&file, &path).and_then(|h| {
+    let header = match read_header(file, &path).and_then(|h| {
         check_header(ctx, &h, base, &path)?;
         Ok(h)
     }) {
@@ -470,7 +565,7 @@ fn check_segment(
         }
     };
     seg.kek = Some(envelope.wrapped.kek.clone());
-    let seal = match read_seal(&file, len, &path) {
+    let seal = match read_seal(file, len, &path) {
         Ok(s) => s,
         Err(e) => {
             damaged(e, &mut checked);
@@ -495,7 +590,7 @@ fn check_segment(
 
     match seal {
         Ok(seal) if seal.next_offset > base => {
-            let segment = found_segment(&ctx.dir, header, envelope, Some(seal));
+            let segment = found_segment(&ctx.io, &ctx.dir, header, envelope, Some(seal));
             let mac_ok = match segment.verify_seal(&crypto) {
                 Ok(()) => true,
                 Err(e) => {
@@ -503,7 +598,7 @@ fn check_segment(
                     false
                 }
             };
-            let walk = walk(&segment, &crypto, &file, seal.frames_end, state, progress);
+            let walk = walk(&segment, &crypto, file, seal.frames_end, state, progress);
             walk.record(&mut seg);
             match walk.fault {
                 Some(fault) => damaged(fault.into_error(&path), &mut checked),
@@ -525,8 +620,8 @@ fn check_segment(
         }
         Ok(seal) => damaged(seal_before_base(path, &seal, base), &mut checked),
         Err(reason) => {
-            let segment = found_segment(&ctx.dir, header, envelope, None);
-            let walk = walk(&segment, &crypto, &file, len, state, progress);
+            let segment = found_segment(&ctx.io, &ctx.dir, header, envelope, None);
+            let walk = walk(&segment, &crypto, file, len, state, progress);
             walk.record(&mut seg);
             if !is_last {
                 damaged(
@@ -595,7 +690,7 @@ impl Walk {
 fn walk(
     seg: &Segment,
     crypto: &SegmentCrypto,
-    file: &File,
+    file: &dyn IoFile,
     end: u64,
     state: &mut CheckProgress,
     progress: &mut dyn FnMut(CheckProgress),

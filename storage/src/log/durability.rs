@@ -9,14 +9,17 @@
 //! a truncation and `close` sync the file themselves and mark everything
 //! written so far durable.
 //!
-//! An fdatasync that fails poisons the log: the kernel may have dropped the
-//! dirty pages, so a later successful fsync would prove nothing. Every
-//! waiter gets the error and appends are refused until a restart, whose
-//! recovery checks what actually reached the disk.
+//! An fdatasync that fails fences the log: the kernel may have dropped the
+//! dirty pages, so a later successful fsync of the same file descriptor
+//! would prove nothing. The flusher lets go of that descriptor, every
+//! waiter not yet durable gets the error, and appends are refused until the
+//! writer heals the log (`heal.rs`): it cuts the active segment back to the
+//! last point an fsync confirmed (tracked here as `durable_pos` and
+//! `durable_end`) through a new descriptor, seals it, and continues in a
+//! new segment.
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::fs::File;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -27,7 +30,10 @@ use std::time::Duration;
 
 use futures::channel::oneshot;
 
+use crate::io::IoFile;
+
 use super::error::LogError;
+use super::health::WriteFault;
 
 type Waiter = oneshot::Sender<Result<(), LogError>>;
 
@@ -104,22 +110,39 @@ pub(crate) struct SyncShared {
 #[derive(Default)]
 struct SyncState {
     /// The active segment file, when it has unsynced writes.
-    file: Option<Arc<File>>,
+    file: Option<Arc<dyn IoFile>>,
     written_seq: u64,
     written_end: u64,
+    /// File position after the last frame written to `file`.
+    written_pos: u64,
     durable_seq: u64,
+    /// Offset after the last record known to be on disk.
+    durable_end: u64,
+    /// File position in the active segment up to which an fsync confirmed
+    /// the data.
+    durable_pos: u64,
     /// Bumped by truncation, so a flush that started before it cannot move
     /// the high watermark afterwards.
     epoch: u64,
     waiters: VecDeque<(u64, Waiter)>,
-    failed: Option<String>,
+    failed: Option<SyncFailure>,
     shutdown: bool,
+    /// The flusher is in an fsync of `file` (taken without the lock).
+    syncing: bool,
+}
+
+/// Why the log stopped syncing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SyncFailure {
+    pub(crate) fault: WriteFault,
+    pub(crate) reason: String,
 }
 
 impl SyncState {
-    /// Nothing to sync, or nothing worth syncing after a failure.
+    /// Nothing to sync, nothing worth syncing after a failure, or no file
+    /// the flusher may sync (the writer took it to sync it itself).
     fn idle(&self) -> bool {
-        self.failed.is_some() || self.written_seq == self.durable_seq
+        self.failed.is_some() || self.written_seq == self.durable_seq || self.file.is_none()
     }
 }
 
@@ -139,6 +162,7 @@ impl SyncShared {
         Self {
             state: Mutex::new(SyncState {
                 written_end: high_watermark,
+                durable_end: high_watermark,
                 ..SyncState::default()
             }),
             cv: Condvar::new(),
@@ -157,26 +181,80 @@ impl SyncShared {
         self.high_watermark.load(Ordering::Acquire)
     }
 
-    /// The reason the log is failed, if it is.
-    pub(crate) fn failure(&self) -> Option<String> {
+    /// Why the log stopped syncing, if it did.
+    pub(crate) fn failure(&self) -> Option<SyncFailure> {
         self.lock().failed.clone()
     }
 
-    /// Sets the file the flusher syncs (the active segment), or none.
-    pub(crate) fn set_file(&self, file: Option<Arc<File>>) {
-        self.lock().file = file;
+    /// The offset after the last record known to be on disk.
+    pub(crate) fn durable_end(&self) -> u64 {
+        self.lock().durable_end
+    }
+
+    /// Where the last confirmed fsync left the active segment: (offset
+    /// after its last durable record, file position after its last durable
+    /// frame).
+    pub(crate) fn durable_point(&self) -> (u64, u64) {
+        let st = self.lock();
+        (st.durable_end, st.durable_pos)
+    }
+
+    /// Starts syncing `file`, a new active segment whose frames begin at
+    /// `position` (everything before it is durable already).
+    pub(crate) fn start_file(&self, file: Arc<dyn IoFile>, position: u64) {
+        let mut st = self.lock();
+        st.file = Some(file);
+        st.written_pos = position;
+        st.durable_pos = position;
+    }
+
+    /// Stops syncing the active segment (it was sealed or abandoned).
+    pub(crate) fn stop_file(&self) {
+        self.lock().file = None;
+    }
+
+    /// Takes the active segment away from the flusher so the writer can
+    /// sync it itself, and waits for a sync of it already in flight: two
+    /// syncs of one descriptor at once could not tell which saw a failure.
+    /// Returns the failure the flusher reported, if any (then the
+    /// descriptor must not be synced again).
+    pub(crate) fn detach_file(&self) -> Option<SyncFailure> {
+        let mut st = self.lock();
+        st.file = None;
+        while st.syncing {
+            st = self.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+        st.failed.clone()
+    }
+
+    /// Gives the active segment back to the flusher (the writer could not
+    /// seal it and will try again).
+    pub(crate) fn reattach_file(&self, file: Arc<dyn IoFile>) {
+        let mut st = self.lock();
+        if st.failed.is_none() {
+            st.file = Some(file);
+        }
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    /// Forgets a sync failure whose descriptor is gone (nothing is active).
+    pub(crate) fn clear_failure(&self) {
+        self.lock().failed = None;
     }
 
     /// Records an append under `fsync` durability and returns its waiter.
-    pub(crate) fn register_fsync(&self, end: u64) -> Durable {
+    /// `pos` is the file position after its frame.
+    pub(crate) fn register_fsync(&self, end: u64, pos: u64) -> Durable {
         let (tx, rx) = oneshot::channel();
         let mut st = self.lock();
-        if let Some(reason) = st.failed.clone() {
+        if let Some(failure) = st.failed.clone() {
             drop(st);
-            return Durable(State::Ready(Some(Err(self.failed_error(reason)))));
+            return Durable(State::Ready(Some(Err(self.failed_error(&failure)))));
         }
         st.written_seq = st.written_seq.saturating_add(1);
         st.written_end = end;
+        st.written_pos = pos;
         let seq = st.written_seq;
         st.waiters.push_back((seq, tx));
         drop(st);
@@ -189,10 +267,11 @@ impl SyncShared {
 
     /// Records an append under `interval` or `none` durability: readers
     /// see it at once, and the interval flusher has something to sync.
-    pub(crate) fn register_written(&self, end: u64) -> Durable {
+    pub(crate) fn register_written(&self, end: u64, pos: u64) -> Durable {
         let mut st = self.lock();
         st.written_seq = st.written_seq.saturating_add(1);
         st.written_end = end;
+        st.written_pos = pos;
         drop(st);
         self.high_watermark.store(end, Ordering::Release);
         Durable::ready()
@@ -202,6 +281,8 @@ impl SyncShared {
     pub(crate) fn all_durable(&self) {
         let mut st = self.lock();
         st.durable_seq = st.written_seq;
+        st.durable_end = st.written_end;
+        st.durable_pos = st.written_pos;
         self.high_watermark.store(st.written_end, Ordering::Release);
         let upto = st.durable_seq;
         let ready = drain_up_to(&mut st, upto);
@@ -209,13 +290,16 @@ impl SyncShared {
         resolve(ready, || Ok(()));
     }
 
-    /// The log was truncated to `end`, after everything was synced.
+    /// The log now ends at `end` (truncated, healed, or moved past lost
+    /// offsets), with nothing unsynced; the failure, if any, is over.
     pub(crate) fn truncated(&self, end: u64) {
         let mut st = self.lock();
         st.epoch = st.epoch.wrapping_add(1);
         st.durable_seq = st.written_seq;
         st.written_end = end;
+        st.durable_end = end;
         st.file = None;
+        st.failed = None;
         self.high_watermark.store(end, Ordering::Release);
         let upto = st.durable_seq;
         let ready = drain_up_to(&mut st, upto);
@@ -223,23 +307,30 @@ impl SyncShared {
         resolve(ready, || Ok(()));
     }
 
-    /// A write or sync failed: refuse further writes and fail every waiter.
-    pub(crate) fn fail(&self, reason: String) {
+    /// An fsync of the active segment failed: never sync that descriptor
+    /// again, fail every waiter that is not durable, refuse writes until
+    /// the log heals.
+    pub(crate) fn fail(&self, fault: WriteFault, reason: String) {
         let mut st = self.lock();
-        if st.failed.is_none() {
-            tracing::error!(dir = %self.dir.display(), %reason, "partition log failed; writes refused until restart");
-            st.failed = Some(reason.clone());
-        }
+        let failure = match &st.failed {
+            Some(f) => f.clone(),
+            None => {
+                tracing::error!(dir = %self.dir.display(), %reason, "a sync of the partition log failed; writes are refused until the log resumes from its last durable point");
+                let f = SyncFailure { fault, reason };
+                st.failed = Some(f.clone());
+                f
+            }
+        };
+        st.file = None;
         let waiters: Vec<Waiter> = st.waiters.drain(..).map(|(_, w)| w).collect();
         drop(st);
-        resolve(waiters, || Err(self.failed_error(reason.clone())));
+        resolve(waiters, || Err(self.failed_error(&failure)));
     }
 
-    fn failed_error(&self, reason: String) -> LogError {
-        LogError::Failed {
-            dir: self.dir.as_ref().clone(),
-            reason,
-        }
+    fn failed_error(&self, failure: &SyncFailure) -> LogError {
+        failure
+            .fault
+            .error(self.dir.as_ref().clone(), failure.reason.clone())
     }
 
     /// Asks the flusher to finish: it syncs what is pending, then exits.
@@ -270,7 +361,7 @@ fn resolve(waiters: Vec<Waiter>, mut result: impl FnMut() -> Result<(), LogError
 /// as something is written) and the period for `interval` durability.
 pub(crate) fn run_flusher(shared: Arc<SyncShared>, interval: Option<Duration>) {
     loop {
-        let (file, seq, end, epoch) = {
+        let (file, seq, end, pos, epoch) = {
             let mut st = shared.lock();
             match interval {
                 None => {
@@ -294,17 +385,28 @@ pub(crate) fn run_flusher(shared: Arc<SyncShared>, interval: Option<Duration>) {
                 }
                 continue;
             }
-            (st.file.clone(), st.written_seq, st.written_end, st.epoch)
+            let Some(file) = st.file.clone() else {
+                continue;
+            };
+            st.syncing = true;
+            (
+                file,
+                st.written_seq,
+                st.written_end,
+                st.written_pos,
+                st.epoch,
+            )
         };
-        let result = match &file {
-            Some(f) => crate::observe::timed_fsync(|| f.sync_data()),
-            None => Ok(()),
-        };
+        let result = crate::observe::timed_fsync(|| file.sync_data());
+        let mut st = shared.lock();
+        st.syncing = false;
+        shared.cv.notify_all();
         match result {
             Ok(()) => {
-                let mut st = shared.lock();
-                if st.epoch == epoch && seq > st.durable_seq {
+                if st.epoch == epoch && seq > st.durable_seq && st.failed.is_none() {
                     st.durable_seq = seq;
+                    st.durable_end = end;
+                    st.durable_pos = pos;
                     if interval.is_none() {
                         shared.high_watermark.store(end, Ordering::Release);
                     }
@@ -313,7 +415,15 @@ pub(crate) fn run_flusher(shared: Arc<SyncShared>, interval: Option<Duration>) {
                     resolve(ready, || Ok(()));
                 }
             }
-            Err(e) => shared.fail(format!("fdatasync: {e}")),
+            Err(e) => {
+                // A failure that arrives after a heal or truncation moved
+                // the log on concerns a descriptor already given up.
+                let current = st.epoch == epoch;
+                drop(st);
+                if current {
+                    shared.fail(WriteFault::of(&e), format!("fdatasync: {e}"));
+                }
+            }
         }
     }
 }
@@ -330,20 +440,22 @@ mod tests {
     #[test]
     fn group_commit_resolves_in_order_and_fails_closed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let file = Arc::new(File::create(dir.path().join("f")).expect("file"));
+        let file: Arc<dyn IoFile> =
+            Arc::new(std::fs::File::create(dir.path().join("f")).expect("file"));
         let shared = Arc::new(SyncShared::new(Arc::new(dir.path().to_path_buf()), 0));
-        shared.set_file(Some(file));
+        shared.start_file(file, 0);
         let flusher = {
             let s = Arc::clone(&shared);
             std::thread::spawn(move || run_flusher(s, None))
         };
-        let waiters: Vec<Durable> = (1..=50).map(|i| shared.register_fsync(i)).collect();
+        let waiters: Vec<Durable> = (1..=50).map(|i| shared.register_fsync(i, i)).collect();
         for w in waiters {
             w.wait().expect("durable");
         }
         assert_eq!(shared.high_watermark(), 50);
-        shared.fail("disk on fire".into());
-        let late = shared.register_fsync(51);
+        assert_eq!(shared.durable_point(), (50, 50));
+        shared.fail(WriteFault::StorageFailed, "disk on fire".into());
+        let late = shared.register_fsync(51, 51);
         assert!(matches!(late.wait(), Err(LogError::Failed { .. })));
         assert_eq!(shared.high_watermark(), 50);
         shared.shutdown();
@@ -353,7 +465,7 @@ mod tests {
     #[test]
     fn dropped_log_cancels_waiters() {
         let shared = Arc::new(SyncShared::new(Arc::new(PathBuf::from("x")), 0));
-        let w = shared.register_fsync(1);
+        let w = shared.register_fsync(1, 1);
         drop(shared);
         assert!(matches!(w.wait(), Err(LogError::Closed { .. })));
     }

@@ -26,6 +26,7 @@
 use std::fmt;
 use std::path::Path;
 
+use crate::io::StorageIo;
 use crate::keys::{KekId, KekScope, SegmentKeyContext, WrappedDek};
 
 use super::error::LogError;
@@ -197,9 +198,13 @@ pub(crate) enum EnvelopeProblem {
 }
 
 /// Reads and decodes the envelope of segment `base` in `dir`.
-pub(crate) fn read_envelope(dir: &Path, base: u64) -> Result<KeyEnvelope, EnvelopeProblem> {
+pub(crate) fn read_envelope(
+    io: &dyn StorageIo,
+    dir: &Path,
+    base: u64,
+) -> Result<KeyEnvelope, EnvelopeProblem> {
     let path = dir.join(key_file_name(base));
-    let bytes = match std::fs::read(&path) {
+    let bytes = match io.read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(EnvelopeProblem::Missing);
@@ -221,11 +226,15 @@ pub(crate) fn read_envelope(dir: &Path, base: u64) -> Result<KeyEnvelope, Envelo
 /// [`LogError::Io`] when a step fails (the old envelope, if any, is then
 /// still in place); [`LogError::Config`] when the envelope cannot be
 /// encoded.
-pub fn write_envelope(dir: &Path, envelope: &KeyEnvelope) -> Result<(), LogError> {
+pub fn write_envelope(
+    io: &dyn StorageIo,
+    dir: &Path,
+    envelope: &KeyEnvelope,
+) -> Result<(), LogError> {
     let bytes = envelope
         .encode()
         .map_err(|e| LogError::Config(format!("key envelope cannot be encoded: {e}")))?;
-    files::write_atomic(dir, &key_file_name(envelope.base_offset), &bytes)
+    files::write_atomic(io, dir, &key_file_name(envelope.base_offset), &bytes)
 }
 
 #[cfg(test)]

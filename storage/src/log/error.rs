@@ -235,15 +235,45 @@ pub enum LogError {
     #[error("invalid log configuration: {0}")]
     Config(String),
 
-    /// A write or fsync failed earlier; the log accepts no more writes
-    /// because unsynced data may be lost.
-    #[error("log {} stopped accepting writes after a failed write or fsync: {reason} \
-             (restart the broker; recovery will check the tail)", dir.display())]
+    /// A write or fsync failed (`EIO` and the like); the log refuses writes
+    /// until it has resumed from its last durable point, which it tries by
+    /// itself.
+    #[error("log {} refuses writes after a failed write or sync: {reason} (it resumes by \
+             itself once the disk accepts writes again; check the disk and the system log)",
+            dir.display())]
     Failed {
         /// The partition directory.
         dir: PathBuf,
         /// The original failure.
         reason: String,
+    },
+
+    /// The disk (or quota) is full; the log refuses writes until it can
+    /// write again, which it tries by itself.
+    #[error("log {} refuses writes: the disk is full: {reason} (free space or grow the volume; \
+             writes resume by themselves)", dir.display())]
+    StorageFull {
+        /// The partition directory.
+        dir: PathBuf,
+        /// The original failure.
+        reason: String,
+    },
+
+    /// Recovery would cut a torn tail but cannot keep the cut bytes as
+    /// evidence.
+    #[error("cannot open segment {}: its last {bytes} bytes are not intact frames and must be \
+             cut, but they cannot be kept in {}: {source} (free space and open it again)",
+            segment.display(), quarantine.display())]
+    Quarantine {
+        /// The segment.
+        segment: PathBuf,
+        /// The quarantine file that could not be written.
+        quarantine: PathBuf,
+        /// Bytes to cut.
+        bytes: u64,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
 
     /// The log was closed or dropped before the operation finished.

@@ -1,9 +1,11 @@
-//! Small file-system steps with the durability rules the log relies on.
+//! Small file-system steps with the durability rules the log relies on,
+//! all through the log's [`StorageIo`].
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::Path;
+use std::sync::Arc;
+
+use crate::io::{IoFile, OpenMode, StorageIo};
 
 use super::error::LogError;
 
@@ -13,34 +15,51 @@ pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) ->
     move |source| LogError::Io { op, path, source }
 }
 
+/// Opens `path` in `mode`; `op` names the step in the error.
+pub(crate) fn open(
+    io: &dyn StorageIo,
+    path: &Path,
+    mode: OpenMode,
+    op: &'static str,
+) -> Result<Arc<dyn IoFile>, LogError> {
+    io.open(path, mode).map_err(io_err(op, path))
+}
+
 /// Makes the directory's entries (created, renamed, removed files) durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("syncing directory", dir))
+pub(crate) fn sync_dir(io: &dyn StorageIo, dir: &Path) -> Result<(), LogError> {
+    io.sync_dir(dir).map_err(io_err("syncing directory", dir))
 }
 
 /// Writes `bytes` to `dir/name` atomically: `name.tmp`, fsync, rename,
-/// fsync of the directory.
-pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), LogError> {
+/// fsync of the directory. A failure leaves the old file (if any) in place.
+pub(crate) fn write_atomic(
+    io: &dyn StorageIo,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(), LogError> {
     let tmp = dir.join(format!("{name}.tmp"));
     let dst = dir.join(name);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(io_err("creating", &tmp))?;
-    file.write_all(bytes).map_err(io_err("writing", &tmp))?;
-    file.sync_all().map_err(io_err("syncing", &tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, &dst).map_err(io_err("renaming into place", &dst))?;
-    sync_dir(dir)
+    let written = (|| {
+        let file = open(io, &tmp, OpenMode::Truncate, "creating")?;
+        file.write_all_at(bytes, 0)
+            .map_err(io_err("writing", &tmp))?;
+        file.sync_all().map_err(io_err("syncing", &tmp))?;
+        drop(file);
+        io.rename(&tmp, &dst)
+            .map_err(io_err("renaming into place", &dst))
+    })();
+    if let Err(e) = written {
+        // A full disk must not also keep the half-written temporary.
+        let _ = io.remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(io, dir)
 }
 
 /// Removes `path`; a file that is already gone is not an error.
-pub(crate) fn remove_if_exists(path: &Path) -> Result<bool, LogError> {
-    match std::fs::remove_file(path) {
+pub(crate) fn remove_if_exists(io: &dyn StorageIo, path: &Path) -> Result<bool, LogError> {
+    match io.remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(io_err("removing", path)(e)),
@@ -49,7 +68,7 @@ pub(crate) fn remove_if_exists(path: &Path) -> Result<bool, LogError> {
 
 /// Reads exactly `buf.len()` bytes at `pos`.
 pub(crate) fn read_exact_at(
-    file: &File,
+    file: &dyn IoFile,
     buf: &mut [u8],
     pos: u64,
     path: &Path,
@@ -59,13 +78,26 @@ pub(crate) fn read_exact_at(
 }
 
 /// Writes all of `buf` at `pos`.
-pub(crate) fn write_all_at(file: &File, buf: &[u8], pos: u64, path: &Path) -> Result<(), LogError> {
+pub(crate) fn write_all_at(
+    file: &dyn IoFile,
+    buf: &[u8],
+    pos: u64,
+    path: &Path,
+) -> Result<(), LogError> {
     file.write_all_at(buf, pos).map_err(io_err("writing", path))
 }
 
 /// The length of an open file.
-pub(crate) fn file_len(file: &File, path: &Path) -> Result<u64, LogError> {
-    file.metadata()
-        .map(|m| m.len())
-        .map_err(io_err("reading the size of", path))
+pub(crate) fn file_len(file: &dyn IoFile, path: &Path) -> Result<u64, LogError> {
+    file.len().map_err(io_err("reading the size of", path))
+}
+
+/// The names of the files in `dir` that are UTF-8 (the log owns no other).
+pub(crate) fn list(io: &dyn StorageIo, dir: &Path) -> Result<Vec<String>, LogError> {
+    Ok(io
+        .list_dir(dir)
+        .map_err(io_err("listing", dir))?
+        .into_iter()
+        .filter_map(|n| n.into_string().ok())
+        .collect())
 }

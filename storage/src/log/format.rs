@@ -601,6 +601,19 @@ pub fn deleted_file_name(base: u64) -> String {
     format!("{base:020}.log.deleted")
 }
 
+/// The file name of the gap marker of the segment at `base` (see
+/// [`GapMarker`](super::GapMarker)).
+pub fn gap_file_name(base: u64) -> String {
+    format!("{base:020}.gap")
+}
+
+/// The file name of the quarantine file that keeps the torn tail of the
+/// segment at `base` whose id is `segment_id` (see
+/// [`QuarantineHeader`](super::QuarantineHeader)).
+pub fn quarantine_file_name(base: u64, segment_id: &[u8; 16]) -> String {
+    format!("{base:020}.{}.quarantine", hex::encode(segment_id))
+}
+
 /// What a file name in a log directory is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LogFile {
@@ -608,6 +621,8 @@ pub(crate) enum LogFile {
     Index(u64),
     Key(u64),
     Deleted(u64),
+    Gap(u64),
+    Quarantine(u64),
     Temporary,
 }
 
@@ -615,6 +630,16 @@ pub(crate) enum LogFile {
 pub(crate) fn parse_file_name(name: &str) -> Option<LogFile> {
     if name.ends_with(".tmp") {
         return Some(LogFile::Temporary);
+    }
+    if let Some(rest) = name.strip_suffix(".quarantine") {
+        let (stem, id) = rest.split_once('.')?;
+        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        return stem.parse().ok().map(LogFile::Quarantine);
     }
     let (stem, kind): (&str, fn(u64) -> LogFile) = if let Some(s) = name.strip_suffix(".log") {
         (s, LogFile::Segment)
@@ -624,6 +649,8 @@ pub(crate) fn parse_file_name(name: &str) -> Option<LogFile> {
         (s, LogFile::Key)
     } else if let Some(s) = name.strip_suffix(".log.deleted") {
         (s, LogFile::Deleted)
+    } else if let Some(s) = name.strip_suffix(".gap") {
+        (s, LogFile::Gap)
     } else {
         return None;
     };
@@ -661,6 +688,17 @@ mod tests {
             parse_file_name("00000000000000004096.key.tmp"),
             Some(LogFile::Temporary)
         );
+        assert_eq!(
+            parse_file_name("00000000000000004096.gap"),
+            Some(LogFile::Gap(4096))
+        );
+        let q = quarantine_file_name(4096, &[0xAB; 16]);
+        assert_eq!(
+            q,
+            "00000000000000004096.abababababababababababababababab.quarantine"
+        );
+        assert_eq!(parse_file_name(&q), Some(LogFile::Quarantine(4096)));
+        assert_eq!(parse_file_name("00000000000000004096.ab.quarantine"), None);
         assert_eq!(parse_file_name("4096.log"), None);
         assert_eq!(parse_file_name("0000000000000000409x.log"), None);
         assert_eq!(parse_file_name("99999999999999999999.log"), None);

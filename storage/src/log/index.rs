@@ -11,10 +11,10 @@
 //! back to scanning from the start of the segment otherwise. A damaged or
 //! missing index therefore costs time, never correctness.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::io::{IoFile, OpenMode, StorageIo};
 
 use super::error::LogError;
 use super::files;
@@ -23,26 +23,24 @@ use super::format::{INDEX_ENTRY_LEN, IndexEntry};
 /// Appends entries to the active segment's index.
 #[derive(Debug)]
 pub(crate) struct IndexWriter {
-    file: File,
+    file: Arc<dyn IoFile>,
     path: PathBuf,
     interval: u64,
     last_position: Option<u64>,
+    /// Where the next entry goes.
+    end: u64,
 }
 
 impl IndexWriter {
     /// Creates (or empties) the index at `path`.
-    pub(crate) fn create(path: &Path, interval: u64) -> Result<Self, LogError> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(files::io_err("creating", path))?;
+    pub(crate) fn create(io: &dyn StorageIo, path: &Path, interval: u64) -> Result<Self, LogError> {
+        let file = files::open(io, path, OpenMode::Truncate, "creating")?;
         Ok(Self {
             file,
             path: path.to_path_buf(),
             interval,
             last_position: None,
+            end: 0,
         })
     }
 
@@ -53,9 +51,9 @@ impl IndexWriter {
             .last_position
             .is_none_or(|last| entry.position.saturating_sub(last) >= self.interval);
         if due {
-            self.file
-                .write_all(&entry.encode())
-                .map_err(files::io_err("writing", &self.path))?;
+            let bytes = entry.encode();
+            files::write_all_at(self.file.as_ref(), &bytes, self.end, &self.path)?;
+            self.end = self.end.saturating_add(bytes.len() as u64);
             self.last_position = Some(entry.position);
         }
         Ok(())
@@ -81,9 +79,9 @@ pub(crate) enum Lookup {
 /// Finds the entry for `key` in the index at `path`. `None` when there is
 /// no index, no matching entry, or the index cannot be read (the caller
 /// then scans from the start of the segment).
-pub(crate) fn lookup(path: &Path, key: Lookup) -> Option<IndexEntry> {
-    let file = File::open(path).ok()?;
-    let entries = file.metadata().ok()?.len() / INDEX_ENTRY_LEN as u64;
+pub(crate) fn lookup(io: &dyn StorageIo, path: &Path, key: Lookup) -> Option<IndexEntry> {
+    let file = io.open(path, OpenMode::Read).ok()?;
+    let entries = file.len().ok()? / INDEX_ENTRY_LEN as u64;
     let read = |i: u64| -> Option<IndexEntry> {
         let mut buf = [0u8; INDEX_ENTRY_LEN];
         file.read_exact_at(&mut buf, i.checked_mul(INDEX_ENTRY_LEN as u64)?)
@@ -109,14 +107,19 @@ pub(crate) fn lookup(path: &Path, key: Lookup) -> Option<IndexEntry> {
 /// Up to `limit` entries of the index at `path` whose offset is above
 /// `offset`, in order: where reading may resume past a damaged frame.
 /// Empty when there is none or the index cannot be read.
-pub(crate) fn entries_after(path: &Path, offset: u64, limit: usize) -> Vec<IndexEntry> {
-    let Ok(file) = File::open(path) else {
+pub(crate) fn entries_after(
+    io: &dyn StorageIo,
+    path: &Path,
+    offset: u64,
+    limit: usize,
+) -> Vec<IndexEntry> {
+    let Ok(file) = io.open(path, OpenMode::Read) else {
         return Vec::new();
     };
-    let Ok(meta) = file.metadata() else {
+    let Ok(len) = file.len() else {
         return Vec::new();
     };
-    let entries = meta.len() / INDEX_ENTRY_LEN as u64;
+    let entries = len / INDEX_ENTRY_LEN as u64;
     let read = |i: u64| -> Option<IndexEntry> {
         let mut buf = [0u8; INDEX_ENTRY_LEN];
         file.read_exact_at(&mut buf, i.checked_mul(INDEX_ENTRY_LEN as u64)?)
@@ -137,19 +140,17 @@ pub(crate) fn entries_after(path: &Path, offset: u64, limit: usize) -> Vec<Index
 }
 
 /// Rewrites the index at `path` with `entries`, durably.
-pub(crate) fn rewrite(path: &Path, entries: &[IndexEntry]) -> Result<(), LogError> {
+pub(crate) fn rewrite(
+    io: &dyn StorageIo,
+    path: &Path,
+    entries: &[IndexEntry],
+) -> Result<(), LogError> {
     let mut bytes = Vec::with_capacity(entries.len().saturating_mul(INDEX_ENTRY_LEN));
     for e in entries {
         bytes.extend_from_slice(&e.encode());
     }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(files::io_err("creating", path))?;
-    file.write_all(&bytes)
-        .map_err(files::io_err("writing", path))?;
+    let file = files::open(io, path, OpenMode::Truncate, "creating")?;
+    files::write_all_at(file.as_ref(), &bytes, 0, path)?;
     file.sync_data().map_err(files::io_err("syncing", path))
 }
 
@@ -161,7 +162,8 @@ mod tests {
     fn lookups_find_the_last_entry_before() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("i.index");
-        let mut w = IndexWriter::create(&path, 100).expect("create");
+        let io = crate::io::FileIo;
+        let mut w = IndexWriter::create(&io, &path, 100).expect("create");
         // Frames every 60 bytes: entries at 64, 184, 304 (interval 100).
         let mut max = i64::MIN;
         for (i, pos) in (64..400).step_by(60).enumerate() {
@@ -174,30 +176,30 @@ mod tests {
             .expect("observe");
             max = max.max(1000 + offset as i64);
         }
-        let e = lookup(&path, Lookup::Offset(0)).expect("first");
+        let e = lookup(&io, &path, Lookup::Offset(0)).expect("first");
         assert_eq!((e.offset, e.position), (0, 64));
-        let e = lookup(&path, Lookup::Offset(25)).expect("mid");
+        let e = lookup(&io, &path, Lookup::Offset(25)).expect("mid");
         assert_eq!((e.offset, e.position), (20, 184));
-        let e = lookup(&path, Lookup::Offset(10_000)).expect("last");
+        let e = lookup(&io, &path, Lookup::Offset(10_000)).expect("last");
         assert_eq!((e.offset, e.position), (40, 304));
         // Times: entry at offset 20 has max before = 1010, at 40: 1030.
-        let e = lookup(&path, Lookup::Time(1011)).expect("time");
+        let e = lookup(&io, &path, Lookup::Time(1011)).expect("time");
         assert_eq!(e.offset, 20);
-        let e = lookup(&path, Lookup::Time(1010)).expect("time");
+        let e = lookup(&io, &path, Lookup::Time(1010)).expect("time");
         assert_eq!(e.offset, 0);
-        assert!(lookup(&dir.path().join("missing"), Lookup::Offset(1)).is_none());
-        let after: Vec<u64> = entries_after(&path, 20, 10)
+        assert!(lookup(&io, &dir.path().join("missing"), Lookup::Offset(1)).is_none());
+        let after: Vec<u64> = entries_after(&io, &path, 20, 10)
             .iter()
             .map(|e| e.offset)
             .collect();
         assert_eq!(after, vec![40]);
-        let after: Vec<u64> = entries_after(&path, 19, 10)
+        let after: Vec<u64> = entries_after(&io, &path, 19, 10)
             .iter()
             .map(|e| e.offset)
             .collect();
         assert_eq!(after, vec![20, 40]);
-        assert_eq!(entries_after(&path, 0, 1).len(), 1, "limited");
-        assert!(entries_after(&path, 40, 10).is_empty());
-        assert!(entries_after(&dir.path().join("missing"), 0, 10).is_empty());
+        assert_eq!(entries_after(&io, &path, 0, 1).len(), 1, "limited");
+        assert!(entries_after(&io, &path, 40, 10).is_empty());
+        assert!(entries_after(&io, &dir.path().join("missing"), 0, 10).is_empty());
     }
 }

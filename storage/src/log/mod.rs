@@ -7,7 +7,13 @@
 //! 00000000000000000000.index   sparse index: offset → position, and time → offset
 //! 00000000000000000000.key     the segment's data key, wrapped under a KEK
 //! 00000000000000004096.log     the next segment ...
+//! 00000000000000009000.gap     offsets before 9000 that were lost and accepted
+//! 00000000000000004096.<id>.quarantine   a torn tail recovery cut, kept
 //! ```
+//!
+//! Every file-system operation goes through a [`StorageIo`](crate::io::StorageIo)
+//! ([`LogEnv`]); a failed write or sync fences the log until it resumes by
+//! itself from its last durable point (`heal.rs`).
 //!
 //! Every segment has its own 256-bit data key (DEK), made and wrapped by
 //! [`SegmentKeys::create`](crate::keys::SegmentKeys::create). Each record
@@ -52,24 +58,35 @@
 mod backup;
 mod check;
 mod config;
+mod create;
 mod durability;
 pub mod envelope;
 mod error;
 mod files;
 pub mod format;
+mod gap;
+mod heal;
+mod health;
 mod index;
+mod maintain;
 mod offline;
 mod partition;
+mod quarantine;
 mod read;
 mod recovery;
 mod scan;
 mod segment;
+mod truncate;
 
 pub use backup::{LogFreeze, PinnedFile, PinnedPartition};
 pub use check::{CheckProgress, DirCheck, Finding, SegmentCheck, check_dir};
 pub use config::{Clock, Durability, LogConfig, RetentionPolicy, SystemClock};
 pub use durability::Durable;
 pub use error::LogError;
-pub use partition::{Appended, PartitionLog, SegmentInfo};
+pub use gap::{GAP_LEN, GAP_MAGIC, GapMarker};
+pub use heal::RESUME_RETRY;
+pub use health::{CutRange, LogEvent, LogHealth, WriteFault};
+pub use partition::{Appended, LogEnv, PartitionLog, RollHook, SegmentInfo};
+pub use quarantine::{QUARANTINE_HEADER_LEN, QUARANTINE_MAGIC, QuarantineHeader};
 pub use read::VerifyReport;
 pub use scan::{Scanned, scan_dir};

@@ -9,9 +9,11 @@
 //! follows the frame before it. What to do with a frame, and with one that
 //! is not intact, is up to the caller.
 
-use std::fs::File;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::io::{IoFile, StorageIo};
 
 use super::envelope::KeyEnvelope;
 use super::error::LogError;
@@ -20,7 +22,7 @@ use super::format::{SEGMENT_HEADER_LEN, Seal, SegmentHeader};
 use super::segment::{Frame, FrameFault, Segment, SegmentCrypto};
 
 /// Reads and decodes the header of the segment file `file` at `path`.
-pub(super) fn read_header(file: &File, path: &Path) -> Result<SegmentHeader, LogError> {
+pub(super) fn read_header(file: &dyn IoFile, path: &Path) -> Result<SegmentHeader, LogError> {
     let mut buf = [0u8; SEGMENT_HEADER_LEN];
     files::read_exact_at(file, &mut buf, 0, path)?;
     SegmentHeader::decode(&buf).map_err(|e| LogError::CorruptHeader {
@@ -32,6 +34,7 @@ pub(super) fn read_header(file: &File, path: &Path) -> Result<SegmentHeader, Log
 /// The segment as its files are: sealed by `seal` (its MAC not verified
 /// yet), or without one, its frames to be read from its first.
 pub(super) fn found_segment(
+    io: &Arc<dyn StorageIo>,
     dir: &Path,
     header: SegmentHeader,
     envelope: KeyEnvelope,
@@ -40,6 +43,7 @@ pub(super) fn found_segment(
     match seal {
         Some(seal) => {
             let segment = Segment::new(
+                io,
                 dir,
                 header,
                 Some(envelope),
@@ -50,6 +54,7 @@ pub(super) fn found_segment(
             segment
         }
         None => Segment::new(
+            io,
             dir,
             header,
             Some(envelope),
@@ -89,7 +94,7 @@ pub(super) struct FrameWalk<B> {
 pub(super) fn walk_frames<B>(
     segment: &Segment,
     crypto: &SegmentCrypto,
-    file: &File,
+    file: &dyn IoFile,
     end: u64,
     mut visit: impl FnMut(Frame, u64) -> ControlFlow<B>,
 ) -> FrameWalk<B> {

@@ -1,5 +1,7 @@
-//! [`PartitionLog`]: opening, appending, rolling, retention, truncation and
-//! closing. Reading lives in `read.rs`.
+//! [`PartitionLog`]: opening, appending, rolling and closing. Reading lives
+//! in `read.rs`, retention and rewrap in `maintain.rs`, truncation in
+//! `truncate.rs`, fencing and resuming after a failed write or sync in
+//! `heal.rs`, moving past lost offsets in `gap.rs`.
 //!
 //! Concurrency: one writer at a time (a mutex serializes appends, rolls,
 //! retention and truncation); readers take a snapshot of the segment list
@@ -8,28 +10,26 @@
 //! published after its frame is written; the high watermark is published
 //! after that, so a reader never sees a partial frame.
 
-use std::fs::{File, OpenOptions};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 
-use ring::rand::SecureRandom;
 use strongbox_protocol::batch::RecordBatch;
 
+use crate::io::{IoFile, StorageIo, default_io};
 use crate::keys::{Dek, KekId, KeyError, SegmentKeyContext, SegmentKeys, WrappedDek};
 
-use super::config::{Clock, Durability, LogConfig, RetentionPolicy, SystemClock, millis};
+use super::config::{Clock, Durability, LogConfig, SystemClock, millis};
 use super::durability::{Durable, SyncShared, run_flusher};
-use super::envelope::{KeyEnvelope, write_envelope};
 use super::error::LogError;
 use super::files;
-use super::format::{
-    FLAG_UNENCRYPTED, FRAME_HEADER_LEN, FrameHeader, IndexEntry, SEAL_LEN, SEGMENT_HEADER_LEN,
-    SegmentHeader, deleted_file_name, frame_aad, frame_nonce,
-};
-use super::index::{self, IndexWriter};
-use super::recovery::{self, shred_envelope, write_seal};
+use super::format::{FRAME_HEADER_LEN, FrameHeader, IndexEntry, SEAL_LEN, frame_aad, frame_nonce};
+use super::heal::Fence;
+use super::health::{LogEvent, LogHealth};
+use super::index::IndexWriter;
+use super::recovery::{self, put_seal};
 use super::segment::{LogCtx, Segment, SegmentCrypto};
 
 /// The encrypted, append-only log of one topic partition.
@@ -45,8 +45,52 @@ pub struct PartitionLog {
     writer: Mutex<Writer>,
     pub(super) sync: Arc<SyncShared>,
     flusher: Mutex<Option<JoinHandle<()>>>,
-    log_start: AtomicU64,
-    end_offset: AtomicU64,
+    pub(super) log_start: AtomicU64,
+    pub(super) end_offset: AtomicU64,
+    /// Accepted gaps: base offset of the segment after a gap → the offset
+    /// the log ended at before it (see `gap.rs`).
+    pub(super) gaps: Mutex<BTreeMap<u64, u64>>,
+    /// What the log did on its own, until its owner takes it.
+    events: Mutex<Vec<LogEvent>>,
+    /// Whether appends go through (the writer's view; a failed sync the
+    /// writer has not seen yet is added by `health()`).
+    pub(super) health: Mutex<LogHealth>,
+    on_roll: Option<RollHook>,
+    /// Bumped whenever records leave the end of the log (a truncation, a
+    /// heal that cut records no sync confirmed).
+    pub(super) truncations: AtomicU64,
+}
+
+/// What a log uses from its surroundings: the clock and the file system.
+#[derive(Debug, Clone)]
+pub struct LogEnv {
+    /// Where segment ages, headers and retention read the time.
+    pub clock: Arc<dyn Clock>,
+    /// The file system.
+    pub io: Arc<dyn StorageIo>,
+    /// Called with the log's new durable end after each segment roll (the
+    /// broker records it); must not block.
+    pub on_roll: Option<RollHook>,
+}
+
+/// A callback run after each segment roll with the log's durable end.
+#[derive(Clone)]
+pub struct RollHook(pub Arc<dyn Fn(u64) + Send + Sync>);
+
+impl std::fmt::Debug for RollHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RollHook")
+    }
+}
+
+impl Default for LogEnv {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            io: default_io(),
+            on_roll: None,
+        }
+    }
 }
 
 /// The result of an append.
@@ -82,25 +126,28 @@ pub struct SegmentInfo {
 
 #[derive(Debug)]
 pub(super) struct Writer {
-    active: Option<Active>,
+    pub(super) active: Option<Active>,
     /// An empty newest segment file at this base offset, to be reused.
     pub(super) placeholder: Option<u64>,
     pub(super) next_offset: u64,
     scratch: Vec<u8>,
-    closed: bool,
+    pub(super) closed: bool,
+    /// Set when a write or sync failed; cleared when an append goes through
+    /// again.
+    pub(super) fence: Option<Fence>,
 }
 
 /// The segment taking appends. Only a segment created by this process is
 /// ever active: recovery never makes an existing segment writable again.
 #[derive(Debug)]
-struct Active {
-    seg: Arc<Segment>,
-    file: Arc<File>,
-    index: IndexWriter,
-    crypto: Arc<SegmentCrypto>,
-    position: u64,
-    frame_count: u64,
-    max_ts: i64,
+pub(super) struct Active {
+    pub(super) seg: Arc<Segment>,
+    pub(super) file: Arc<dyn IoFile>,
+    pub(super) index: IndexWriter,
+    pub(super) crypto: Arc<SegmentCrypto>,
+    pub(super) position: u64,
+    pub(super) frame_count: u64,
+    pub(super) max_ts: i64,
 }
 
 impl PartitionLog {
@@ -117,7 +164,7 @@ impl PartitionLog {
         config: LogConfig,
         keys: Arc<dyn SegmentKeys>,
     ) -> Result<Self, LogError> {
-        Self::open_inner(dir.into(), config, keys, Arc::new(SystemClock), true)
+        Self::open_inner(dir.into(), config, keys, LogEnv::default(), true)
     }
 
     /// [`PartitionLog::open`] with a given clock.
@@ -131,7 +178,26 @@ impl PartitionLog {
         keys: Arc<dyn SegmentKeys>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, LogError> {
-        Self::open_inner(dir.into(), config, keys, clock, true)
+        let env = LogEnv {
+            clock,
+            ..LogEnv::default()
+        };
+        Self::open_inner(dir.into(), config, keys, env, true)
+    }
+
+    /// [`PartitionLog::open`] with a given clock, file system and roll
+    /// callback.
+    ///
+    /// # Errors
+    ///
+    /// As [`PartitionLog::open`].
+    pub fn open_with_env(
+        dir: impl Into<PathBuf>,
+        config: LogConfig,
+        keys: Arc<dyn SegmentKeys>,
+        env: LogEnv,
+    ) -> Result<Self, LogError> {
+        Self::open_inner(dir.into(), config, keys, env, true)
     }
 
     /// **Benchmarks only.** Opens a log that stores batches *unencrypted*,
@@ -151,7 +217,7 @@ impl PartitionLog {
             dir.into(),
             config,
             Arc::new(NoKeys),
-            Arc::new(SystemClock),
+            LogEnv::default(),
             false,
         )
     }
@@ -160,18 +226,21 @@ impl PartitionLog {
         dir: PathBuf,
         config: LogConfig,
         keys: Arc<dyn SegmentKeys>,
-        clock: Arc<dyn Clock>,
+        env: LogEnv,
         encrypted: bool,
     ) -> Result<Self, LogError> {
         let config = config.validate()?;
-        std::fs::create_dir_all(&dir).map_err(files::io_err("creating", &dir))?;
+        env.io
+            .create_dir_all(&dir)
+            .map_err(files::io_err("creating", &dir))?;
         let dir = Arc::new(dir);
         let ctx = Arc::new(LogCtx {
             dir: Arc::clone(&dir),
             config,
             keys,
             encrypted,
-            clock,
+            clock: env.clock,
+            io: env.io,
         });
         let recovered = recovery::recover(&ctx)?;
         let next = recovered.next_offset;
@@ -200,11 +269,17 @@ impl PartitionLog {
                 next_offset: next,
                 scratch: Vec::new(),
                 closed: false,
+                fence: None,
             }),
             sync,
             flusher: Mutex::new(flusher),
             log_start: AtomicU64::new(log_start),
             end_offset: AtomicU64::new(next),
+            gaps: Mutex::new(recovered.gaps),
+            events: Mutex::new(recovered.events),
+            health: Mutex::new(LogHealth::Ok),
+            on_roll: env.on_roll,
+            truncations: AtomicU64::new(0),
         })
     }
 
@@ -227,6 +302,48 @@ impl PartitionLog {
     /// The offset the next append gets.
     pub fn log_end_offset(&self) -> u64 {
         self.end_offset.load(Ordering::Acquire)
+    }
+
+    /// The offset after the last record the log holds: the log end, unless
+    /// the log moved past lost offsets that no record follows yet (then
+    /// the end of the records before the gap).
+    pub fn records_end(&self) -> u64 {
+        let end = self.log_end_offset();
+        let segs = self.read_segments();
+        match segs.last() {
+            Some(s) => s.sealed_next_offset().unwrap_or(end).min(end),
+            None => self.log_start_offset().min(end),
+        }
+    }
+
+    /// The offset after the last record known to be on disk: confirmed by
+    /// an fsync (of the active segment, a seal, or at close). Never above
+    /// [`PartitionLog::log_end_offset`]; under `fsync` durability it is the
+    /// high watermark.
+    pub fn durable_end_offset(&self) -> u64 {
+        self.sync.durable_end()
+    }
+
+    /// How many times records have left the end of the log since it was
+    /// opened (a truncation, or resuming after a failed sync cut records no
+    /// sync confirmed). Whoever keeps state derived from the newest records
+    /// (the broker's idempotent-producer table) rebuilds it when this
+    /// changes.
+    pub fn truncations(&self) -> u64 {
+        self.truncations.load(Ordering::Acquire)
+    }
+
+    /// Takes what the log did on its own since the last call (a torn tail
+    /// quarantined at open, a fault, resuming after one), oldest first.
+    pub fn take_events(&self) -> Vec<LogEvent> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub(super) fn push_event(&self, event: LogEvent) {
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(event);
     }
 
     /// The segments, oldest first.
@@ -281,7 +398,7 @@ impl PartitionLog {
         expected: Option<u64>,
     ) -> Result<Appended, LogError> {
         let mut w = self.lock_writer();
-        self.check_writable(&w)?;
+        self.ensure_writable(&mut w)?;
         let base = w.next_offset;
         if let Some(expected) = expected
             && expected != base
@@ -316,8 +433,10 @@ impl PartitionLog {
         {
             self.roll_locked(&mut w)?;
         }
-        if w.active.is_none() {
-            self.create_active_locked(&mut w, now)?;
+        if w.active.is_none()
+            && let Err(e) = self.create_active_locked(&mut w, now)
+        {
+            return Err(self.fence(&mut w, e));
         }
 
         let Writer {
@@ -346,8 +465,8 @@ impl PartitionLog {
             })?;
         scratch.extend_from_slice(&tag);
         let position = a.position;
-        let written =
-            files::write_all_at(&a.file, scratch, position, &a.seg.log_path).and_then(|()| {
+        let written = files::write_all_at(a.file.as_ref(), scratch, position, &a.seg.log_path)
+            .and_then(|()| {
                 a.index.observe(IndexEntry {
                     offset: base,
                     position,
@@ -355,20 +474,27 @@ impl PartitionLog {
                 })
             });
         if let Err(e) = written {
-            self.sync.fail(e.to_string());
-            return Err(e);
+            // The frame may be partly on disk past `position`: the heal
+            // seals the segment at `position`, which drops it.
+            return Err(self.fence(&mut w, e));
         }
         a.position = position.saturating_add(header.frame_len());
         a.frame_count = a.frame_count.saturating_add(1);
         a.max_ts = a.max_ts.max(batch.max_timestamp());
         a.seg.max_timestamp.store(a.max_ts, Ordering::Release);
         a.seg.frames_end.store(a.position, Ordering::Release);
+        let frames_end = a.position;
         w.next_offset = next;
         self.end_offset.store(next, Ordering::Release);
         let durable = match self.ctx.config.durability {
-            Durability::Fsync => self.sync.register_fsync(next),
-            Durability::Interval(_) | Durability::None => self.sync.register_written(next),
+            Durability::Fsync => self.sync.register_fsync(next, frames_end),
+            Durability::Interval(_) | Durability::None => {
+                self.sync.register_written(next, frames_end)
+            }
         };
+        if w.fence.is_some() {
+            self.unfence(&mut w);
+        }
         Ok(Appended {
             base_offset: base,
             last_offset: next.saturating_sub(1),
@@ -376,142 +502,8 @@ impl PartitionLog {
         })
     }
 
-    fn is_old(&self, seg: &Segment, now: i64) -> bool {
+    pub(super) fn is_old(&self, seg: &Segment, now: i64) -> bool {
         now.saturating_sub(seg.header.created_at_ms) >= millis(self.ctx.config.segment_age)
-    }
-
-    /// Creates the active segment at the log's next offset: header and empty
-    /// index, a fresh data key from the key manager, its envelope (written
-    /// atomically, which also makes the new file names durable).
-    fn create_active_locked(&self, w: &mut Writer, now: i64) -> Result<(), LogError> {
-        let ctx = &self.ctx;
-        let base = w.next_offset;
-        let path = ctx.segment_path(base);
-        let segment_id = random_segment_id().map_err(|source| LogError::KeyCreate {
-            segment: path.clone(),
-            source,
-        })?;
-        let header = SegmentHeader {
-            flags: if ctx.encrypted { 0 } else { FLAG_UNENCRYPTED },
-            topic_id: ctx.config.topic_id,
-            partition: ctx.config.partition,
-            segment_id,
-            base_offset: base,
-            created_at_ms: now,
-        };
-        let recycling = w.placeholder == Some(base);
-        let mut options = OpenOptions::new();
-        options.read(true).write(true);
-        if recycling {
-            options.truncate(true);
-        } else {
-            options.create_new(true);
-        }
-        let file = options
-            .open(&path)
-            .map_err(files::io_err("creating", &path))?;
-        // From here until its envelope is in place, the file is an empty
-        // newest segment: recovery and the next attempt reuse it. The
-        // header needs no fsync of its own: the fdatasync that makes the
-        // first frame durable covers it, and the envelope's directory fsync
-        // makes the new names durable. A crash before a frame is durable
-        // leaves a newest segment without frames, which recovery empties,
-        // shredding its envelope if one was written.
-        w.placeholder = Some(base);
-        files::write_all_at(&file, &header.encode(), 0, &path)?;
-        let index = IndexWriter::create(
-            &ctx.dir.join(super::format::index_file_name(base)),
-            ctx.config.index_interval_bytes,
-        )?;
-
-        let (crypto, envelope) = if ctx.encrypted {
-            let key_ctx = SegmentKeyContext {
-                topic_id: ctx.config.topic_id,
-                partition: ctx.config.partition,
-                segment_id,
-                scope: ctx.config.kek_scope.clone(),
-            };
-            let (dek, wrapped) =
-                ctx.keys
-                    .create(&key_ctx)
-                    .map_err(|source| LogError::KeyCreate {
-                        segment: path.clone(),
-                        source,
-                    })?;
-            let envelope = self.store_envelope(&key_ctx, &path, base, segment_id, wrapped)?;
-            (
-                Arc::new(SegmentCrypto::new(&dek, &segment_id)),
-                Some(envelope),
-            )
-        } else {
-            files::sync_dir(&ctx.dir)?;
-            (Arc::new(SegmentCrypto::plaintext(&segment_id)), None)
-        };
-        w.placeholder = None;
-
-        let seg = Arc::new(Segment::new(
-            &ctx.dir,
-            header,
-            envelope,
-            SEGMENT_HEADER_LEN as u64,
-            i64::MIN,
-        ));
-        let file = Arc::new(file);
-        seg.set_active(Arc::clone(&file), Arc::clone(&crypto));
-        {
-            let mut segs = self.write_segments();
-            if segs.is_empty() {
-                self.log_start.store(base, Ordering::Release);
-            }
-            segs.push(Arc::clone(&seg));
-        }
-        self.sync.set_file(Some(Arc::clone(&file)));
-        tracing::debug!(segment = %path.display(), "created segment");
-        w.active = Some(Active {
-            seg,
-            file,
-            index,
-            crypto,
-            position: SEGMENT_HEADER_LEN as u64,
-            frame_count: 0,
-            max_ts: i64::MIN,
-        });
-        Ok(())
-    }
-
-    /// Writes the envelope of a new segment; on failure tells the key
-    /// manager to forget the key it just made.
-    fn store_envelope(
-        &self,
-        key_ctx: &SegmentKeyContext,
-        path: &Path,
-        base: u64,
-        segment_id: [u8; 16],
-        wrapped: WrappedDek,
-    ) -> Result<KeyEnvelope, LogError> {
-        let ctx = &self.ctx;
-        if wrapped.kek.scope != ctx.config.kek_scope {
-            let _ = ctx.keys.forget(key_ctx);
-            return Err(LogError::KeyCreate {
-                segment: path.to_path_buf(),
-                source: KeyError::Config(format!(
-                    "the key manager wrapped the key under scope {}, the topic uses {}",
-                    wrapped.kek.scope, ctx.config.kek_scope
-                )),
-            });
-        }
-        let envelope = KeyEnvelope {
-            topic_id: ctx.config.topic_id,
-            partition: ctx.config.partition,
-            segment_id,
-            base_offset: base,
-            wrapped,
-        };
-        if let Err(e) = write_envelope(&ctx.dir, &envelope) {
-            let _ = ctx.keys.forget(key_ctx);
-            return Err(e);
-        }
-        Ok(envelope)
     }
 
     /// Seals the active segment now, if it holds any batch. The next append
@@ -522,7 +514,7 @@ impl PartitionLog {
     /// I/O errors writing or syncing the seal (the log is then failed).
     pub fn roll(&self) -> Result<bool, LogError> {
         let mut w = self.lock_writer();
-        self.check_writable(&w)?;
+        self.ensure_writable(&mut w)?;
         self.roll_locked(&mut w)
     }
 
@@ -547,7 +539,7 @@ impl PartitionLog {
         if !under {
             return Ok(false);
         }
-        self.check_writable(&w)?;
+        self.ensure_writable(&mut w)?;
         if w.active.as_ref().is_some_and(|a| a.frame_count > 0) {
             return self.roll_locked(&mut w).map(|_| true);
         }
@@ -563,7 +555,7 @@ impl PartitionLog {
                 segs.pop();
             }
         }
-        self.sync.set_file(None);
+        self.sync.stop_file();
         w.placeholder = Some(a.seg.base);
         if let Some(env) = a.seg.envelope() {
             let _ = self.ctx.keys.forget(&env.context());
@@ -579,7 +571,7 @@ impl PartitionLog {
     /// As [`PartitionLog::roll`].
     pub fn roll_if_due(&self) -> Result<bool, LogError> {
         let mut w = self.lock_writer();
-        self.check_writable(&w)?;
+        self.ensure_writable(&mut w)?;
         let now = self.ctx.clock.now_ms();
         if w.active.as_ref().is_some_and(|a| self.is_old(&a.seg, now)) {
             self.roll_locked(&mut w)
@@ -588,7 +580,7 @@ impl PartitionLog {
         }
     }
 
-    fn roll_locked(&self, w: &mut Writer) -> Result<bool, LogError> {
+    pub(super) fn roll_locked(&self, w: &mut Writer) -> Result<bool, LogError> {
         let Some(a) = w.active.take() else {
             return Ok(false);
         };
@@ -596,342 +588,63 @@ impl PartitionLog {
             w.active = Some(a);
             return Ok(false);
         }
-        let sealed = write_seal(
-            &self.ctx,
-            &a.seg,
-            &a.crypto,
-            &a.file,
-            a.position,
-            w.next_offset,
-            a.frame_count,
-            a.max_ts,
-        )
-        .and_then(|seal| a.index.sync().map(|()| seal));
-        match sealed {
-            Ok(seal) => {
-                a.seg.set_sealed(seal, true);
-                // The seal's fdatasync covered every frame: all waiters of
-                // this segment are durable.
-                self.sync.set_file(None);
-                self.sync.all_durable();
+        match self.seal_active(&a, w.next_offset) {
+            Ok(()) => {
                 tracing::debug!(segment = %a.seg.log_path.display(), frames = a.frame_count, "rolled segment");
+                if let Some(hook) = &self.on_roll {
+                    (hook.0)(self.sync.durable_end());
+                }
                 Ok(true)
             }
             Err(e) => {
-                self.sync.fail(e.to_string());
-                Err(e)
+                w.active = Some(a);
+                Err(self.fence(w, e))
             }
         }
     }
 
-    /// Deletes whole sealed segments, oldest first, that `policy` no longer
-    /// keeps. The newest segment is never deleted (it records the next
-    /// offset). Each deletion shreds the envelope first (then tells the key
-    /// manager to forget the key), then removes the data.
-    ///
-    /// Returns the base offsets of the deleted segments.
-    ///
-    /// # Errors
-    ///
-    /// I/O errors; segments deleted before the error stay deleted.
-    pub fn apply_retention(&self, policy: &RetentionPolicy) -> Result<Vec<u64>, LogError> {
-        let w = self.lock_writer();
-        let now = self.ctx.clock.now_ms();
-        let mut deleted = Vec::new();
-        loop {
-            let victim = {
-                let segs = self.read_segments();
-                let total: u64 = segs.iter().map(|s| s.size()).sum();
-                match segs.first() {
-                    Some(oldest) if segs.len() > 1 && oldest.is_sealed() => {
-                        let by_size = policy.max_bytes.is_some_and(|m| total > m);
-                        let by_age = policy.max_age.is_some_and(|age| {
-                            now.saturating_sub(oldest.max_timestamp.load(Ordering::Acquire))
-                                > millis(age)
-                        });
-                        (by_size || by_age).then(|| Arc::clone(oldest))
-                    }
-                    _ => None,
-                }
-            };
-            let Some(victim) = victim else { break };
-            {
-                let mut segs = self.write_segments();
-                segs.retain(|s| !Arc::ptr_eq(s, &victim));
-                let start = segs.first().map_or(w.next_offset, |s| s.base);
-                self.log_start.store(start, Ordering::Release);
-            }
-            self.delete_segment_files(&victim)?;
-            deleted.push(victim.base);
+    /// Writes and syncs the seal of the active segment `a` at its current
+    /// position. A failed sync is reported to the flusher's state (the
+    /// descriptor is never synced again); a failed write leaves the
+    /// segment to be sealed again.
+    pub(super) fn seal_active(&self, a: &Active, next_offset: u64) -> Result<(), LogError> {
+        if let Some(f) = self.sync.detach_file() {
+            // The flusher's sync of this descriptor failed: it is never
+            // synced again; the caller cuts back to the durable point.
+            return Err(f.fault.error(self.ctx.dir.as_ref().clone(), f.reason));
         }
-        drop(w);
-        Ok(deleted)
-    }
-
-    /// Re-wraps the data keys of the segments whose envelope names KEK
-    /// version `from` (after a rotation; the rewrap job calls this for each
-    /// partition). For each such segment `rewrap` returns its key wrapped
-    /// under the scope's active version, the envelope is replaced
-    /// atomically and used from then on, and `commit` records the change in
-    /// the key registry. Only envelopes change: no data is read or written.
-    ///
-    /// Returns how many segments were rewrapped.
-    ///
-    /// # Errors
-    ///
-    /// [`LogError::Key`] when `rewrap` or `commit` fails or returns a key
-    /// under another scope (segments done before stay done, the others keep
-    /// their envelope); I/O errors writing an envelope.
-    pub fn rewrap_envelopes(
-        &self,
-        from: &KekId,
-        mut rewrap: impl FnMut(&SegmentKeyContext, &WrappedDek) -> Result<WrappedDek, KeyError>,
-        mut commit: impl FnMut(&SegmentKeyContext, &WrappedDek) -> Result<(), KeyError>,
-    ) -> Result<u64, LogError> {
-        let segs = self.read_segments().clone();
-        let mut done = 0;
-        for seg in segs {
-            // One segment at a time under the writer lock, so retention and
-            // truncation cannot delete it halfway, and appends wait only for
-            // one unwrap and one envelope write.
-            let _w = self.lock_writer();
-            if !self.read_segments().iter().any(|s| Arc::ptr_eq(s, &seg)) {
-                continue;
+        let seal = put_seal(
+            &self.ctx,
+            &a.seg,
+            &a.crypto,
+            a.file.as_ref(),
+            a.position,
+            next_offset,
+            a.frame_count,
+            a.max_ts,
+        );
+        let seal = match seal {
+            Ok(seal) => seal,
+            Err(e) => {
+                self.sync.reattach_file(Arc::clone(&a.file));
+                return Err(e);
             }
-            let Some(mut env) = seg.envelope() else {
-                continue;
-            };
-            if env.wrapped.kek != *from {
-                continue;
-            }
-            let key_ctx = env.context();
-            let key_err = |source| LogError::Key {
-                segment: seg.log_path.clone(),
-                source,
-            };
-            let wrapped = rewrap(&key_ctx, &env.wrapped).map_err(key_err)?;
-            if wrapped.kek.scope != self.ctx.config.kek_scope {
-                return Err(key_err(KeyError::Config(format!(
-                    "the key was rewrapped under scope {}, the topic uses {}",
-                    wrapped.kek.scope, self.ctx.config.kek_scope
-                ))));
-            }
-            env.wrapped = wrapped;
-            write_envelope(&self.ctx.dir, &env)?;
-            seg.set_envelope(env.clone());
-            commit(&key_ctx, &env.wrapped).map_err(key_err)?;
-            done += 1;
-        }
-        Ok(done)
-    }
-
-    /// Removes a segment's files: rename the data aside (so a crash
-    /// finishes the job on restart), shred the envelope, remove the data.
-    fn delete_segment_files(&self, seg: &Segment) -> Result<(), LogError> {
-        let dir = self.ctx.dir.as_path();
-        let aside = dir.join(deleted_file_name(seg.base));
-        std::fs::rename(&seg.log_path, &aside)
-            .map_err(files::io_err("renaming for deletion", &seg.log_path))?;
-        files::sync_dir(dir)?;
-        shred_envelope(&self.ctx, seg.base)?;
-        files::remove_if_exists(&aside)?;
-        files::remove_if_exists(&seg.index_path)?;
-        files::sync_dir(dir)?;
-        tracing::info!(segment = %seg.log_path.display(), "deleted segment");
-        Ok(())
-    }
-
-    /// Removes every record at or after `offset`, which must be a batch
-    /// boundary between the log start and the log end (a follower
-    /// truncating to its leader). The segment holding `offset` is cut and
-    /// sealed; later segments are deleted; appends continue in a new
-    /// segment with a new key, so no nonce is used twice.
-    ///
-    /// Not atomic across a crash, but idempotent: call it again after a
-    /// restart.
-    ///
-    /// # Errors
-    ///
-    /// [`LogError::InvalidTruncation`] for an offset out of range or inside
-    /// a batch (nothing is changed then); I/O errors (the log is then
-    /// failed and a restart recovers it).
-    pub fn truncate(&self, offset: u64) -> Result<(), LogError> {
-        let mut w = self.lock_writer();
-        self.check_writable(&w)?;
-        let start = self.log_start_offset();
-        if offset < start || offset > w.next_offset {
-            return Err(LogError::InvalidTruncation {
-                offset,
-                reason: format!("the log holds offsets {start}..{}", w.next_offset),
-            });
-        }
-        if offset == w.next_offset {
-            return Ok(());
-        }
-        let segs = self.read_segments().clone();
-        let Some(k) = segs.iter().rposition(|s| s.base <= offset) else {
-            return Err(LogError::InvalidTruncation {
-                offset,
-                reason: "no segment holds it".into(),
-            });
         };
-        let Some(keep) = segs.get(k).cloned() else {
-            return Err(self.closed());
-        };
-        let cut = if keep.base == offset {
-            None
-        } else {
-            Some(self.find_cut(&keep, offset)?)
-        };
-
-        let result = self.truncate_locked(&mut w, &segs, k, keep, offset, cut);
-        if let Err(e) = &result {
-            self.sync.fail(e.to_string());
+        if let Err(e) = crate::observe::timed_fsync(|| a.file.sync_data()) {
+            let fault = super::health::WriteFault::of(&e);
+            self.sync.fail(fault, format!("fdatasync of the seal: {e}"));
+            return Err(files::io_err("syncing", &a.seg.log_path)(e));
         }
-        result
-    }
-
-    fn truncate_locked(
-        &self,
-        w: &mut Writer,
-        segs: &[Arc<Segment>],
-        k: usize,
-        keep: Arc<Segment>,
-        offset: u64,
-        cut: Option<Cut>,
-    ) -> Result<(), LogError> {
-        // Everything written so far becomes durable, and the active
-        // segment stops taking appends.
-        if let Some(a) = w.active.take() {
-            a.file
-                .sync_data()
-                .map_err(files::io_err("syncing", &a.seg.log_path))?;
-            a.index.sync()?;
+        // The index is a hint: a lost entry costs a scan, never data.
+        if let Err(e) = a.index.sync() {
+            tracing::warn!(segment = %a.seg.log_path.display(), error = %e, "the index of a sealed segment could not be synced; reads fall back to scanning where it is short");
         }
-        self.sync.set_file(None);
+        a.seg.set_sealed(seal, true);
+        // The seal's fdatasync covered every frame: all waiters of this
+        // segment are durable.
+        self.sync.stop_file();
         self.sync.all_durable();
-
-        for seg in segs.iter().skip(k.saturating_add(1)).rev() {
-            self.write_segments().retain(|s| !Arc::ptr_eq(s, seg));
-            self.delete_segment_files(seg)?;
-        }
-        match cut {
-            None if k > 0 => {
-                self.write_segments().retain(|s| !Arc::ptr_eq(s, &keep));
-                self.delete_segment_files(&keep)?;
-            }
-            None => {
-                // The whole log goes: keep the file name as the record of
-                // the next offset.
-                self.write_segments().retain(|s| !Arc::ptr_eq(s, &keep));
-                shred_envelope(&self.ctx, keep.base)?;
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&keep.log_path)
-                    .map_err(files::io_err("opening", &keep.log_path))?;
-                file.set_len(0)
-                    .map_err(files::io_err("emptying", &keep.log_path))?;
-                file.sync_all()
-                    .map_err(files::io_err("syncing", &keep.log_path))?;
-                files::remove_if_exists(&keep.index_path)?;
-                files::sync_dir(&self.ctx.dir)?;
-                w.placeholder = Some(offset);
-                self.log_start.store(offset, Ordering::Release);
-            }
-            Some(cut) => {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&keep.log_path)
-                    .map_err(files::io_err("opening", &keep.log_path))?;
-                file.set_len(cut.position)
-                    .map_err(files::io_err("truncating", &keep.log_path))?;
-                index::rewrite(&keep.index_path, &cut.entries)?;
-                let seal = write_seal(
-                    &self.ctx,
-                    &keep,
-                    &cut.crypto,
-                    &file,
-                    cut.position,
-                    offset,
-                    cut.frames,
-                    cut.max_ts,
-                )?;
-                let replacement = Arc::new(Segment::new(
-                    &self.ctx.dir,
-                    keep.header,
-                    keep.envelope(),
-                    cut.position,
-                    cut.max_ts,
-                ));
-                replacement.set_sealed(seal, true);
-                let mut all = self.write_segments();
-                for s in all.iter_mut() {
-                    if Arc::ptr_eq(s, &keep) {
-                        *s = Arc::clone(&replacement);
-                    }
-                }
-            }
-        }
-        w.next_offset = offset;
-        self.end_offset.store(offset, Ordering::Release);
-        self.sync.truncated(offset);
-        tracing::info!(dir = %self.ctx.dir.display(), offset, "truncated log");
         Ok(())
-    }
-
-    /// Finds the frame boundary at `offset` inside `seg`, authenticating
-    /// every frame before it.
-    fn find_cut(&self, seg: &Segment, offset: u64) -> Result<Cut, LogError> {
-        let crypto = seg.crypto(&self.ctx)?;
-        let file = seg.file()?;
-        let end = seg.readable_end();
-        let mut pos = SEGMENT_HEADER_LEN as u64;
-        let mut expected = seg.base;
-        let mut frames = 0u64;
-        let mut max_ts = i64::MIN;
-        let mut entries = Vec::new();
-        let mut last_indexed: Option<u64> = None;
-        while expected < offset {
-            let frame = seg
-                .read_frame(&file, &crypto, pos, end, Some(expected))
-                .map_err(|f| f.into_error(&seg.log_path))?;
-            let batch =
-                RecordBatch::parse(frame.batch.clone()).map_err(|e| LogError::CorruptFrame {
-                    segment: seg.log_path.clone(),
-                    position: pos,
-                    reason: format!("decrypted batch does not parse: {e}"),
-                })?;
-            if last_indexed
-                .is_none_or(|l| pos.saturating_sub(l) >= self.ctx.config.index_interval_bytes)
-            {
-                entries.push(IndexEntry {
-                    offset: expected,
-                    position: pos,
-                    max_ts_before: max_ts,
-                });
-                last_indexed = Some(pos);
-            }
-            max_ts = max_ts.max(batch.max_timestamp());
-            frames += 1;
-            expected = frame.header.next_offset().unwrap_or(u64::MAX);
-            pos = frame.end();
-        }
-        if expected != offset {
-            return Err(LogError::InvalidTruncation {
-                offset,
-                reason: format!(
-                    "it is inside the batch that ends before offset {expected}; truncate at a batch boundary"
-                ),
-            });
-        }
-        Ok(Cut {
-            crypto,
-            position: pos,
-            frames,
-            max_ts,
-            entries,
-        })
     }
 
     /// Seals the active segment, waits for every pending fsync and stops
@@ -942,24 +655,37 @@ impl PartitionLog {
     /// I/O errors sealing the segment; [`LogError::Failed`] when an earlier
     /// write or fsync failed.
     pub fn close(self) -> Result<(), LogError> {
+        self.close_with_end().map(|_| ())
+    }
+
+    /// [`PartitionLog::close`], returning the log's end offset: every record
+    /// before it is durable.
+    ///
+    /// # Errors
+    ///
+    /// As [`PartitionLog::close`].
+    pub fn close_with_end(self) -> Result<u64, LogError> {
         let result = {
             let mut w = self.lock_writer();
             let r = if w.closed {
                 Ok(())
             } else {
-                self.roll_locked(&mut w).map(|_| ())
+                // A log fenced by a fault resumes first (at once, whatever
+                // the retry pacing), so a disk that works again closes
+                // cleanly.
+                self.heal_now(&mut w)
+                    .and_then(|()| self.roll_locked(&mut w).map(|_| ()))
             };
             w.closed = true;
-            r
+            r.map(|()| w.next_offset)
         };
         self.stop_flusher();
         match (result, self.sync.failure()) {
             (Err(e), _) => Err(e),
-            (Ok(()), Some(reason)) => Err(LogError::Failed {
-                dir: self.ctx.dir.as_ref().clone(),
-                reason,
-            }),
-            (Ok(()), None) => Ok(()),
+            (Ok(_), Some(failure)) => Err(failure
+                .fault
+                .error(self.ctx.dir.as_ref().clone(), failure.reason)),
+            (Ok(end), None) => Ok(end),
         }
     }
 
@@ -977,20 +703,7 @@ impl PartitionLog {
         }
     }
 
-    fn check_writable(&self, w: &Writer) -> Result<(), LogError> {
-        if w.closed {
-            return Err(self.closed());
-        }
-        if let Some(reason) = self.sync.failure() {
-            return Err(LogError::Failed {
-                dir: self.ctx.dir.as_ref().clone(),
-                reason,
-            });
-        }
-        Ok(())
-    }
-
-    fn closed(&self) -> LogError {
+    pub(super) fn closed(&self) -> LogError {
         LogError::Closed {
             dir: self.ctx.dir.as_ref().clone(),
         }
@@ -1006,7 +719,7 @@ impl PartitionLog {
         self.segments.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write_segments(&self) -> RwLockWriteGuard<'_, Vec<Arc<Segment>>> {
+    pub(super) fn write_segments(&self) -> RwLockWriteGuard<'_, Vec<Arc<Segment>>> {
         self.segments
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -1030,23 +743,6 @@ const _: () = {
     send::<Appended>();
     send::<Durable>();
 };
-
-/// Where `truncate` cuts a segment.
-struct Cut {
-    crypto: Arc<SegmentCrypto>,
-    position: u64,
-    frames: u64,
-    max_ts: i64,
-    entries: Vec<IndexEntry>,
-}
-
-fn random_segment_id() -> Result<[u8; 16], KeyError> {
-    let mut id = [0u8; 16];
-    ring::rand::SystemRandom::new()
-        .fill(&mut id)
-        .map_err(|_| KeyError::Random)?;
-    Ok(id)
-}
 
 /// The key source of the benchmark-only plaintext mode: it has none.
 #[derive(Debug)]

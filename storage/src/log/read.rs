@@ -8,12 +8,13 @@
 //! authenticated and found to have the entry's offset; otherwise it starts
 //! at the beginning of the segment.
 
-use std::fs::File;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use strongbox_protocol::batch::RecordBatch;
+
+use crate::io::{IoFile, StorageIo};
 
 use super::error::LogError;
 use super::files;
@@ -144,7 +145,7 @@ impl PartitionLog {
             mut position,
             mut expected,
             mut first,
-        } = self.anchor(seg, &file, &crypto, lookup, end)?;
+        } = self.anchor(seg, file.as_ref(), &crypto, lookup, end)?;
         loop {
             if position >= end {
                 if let Err(e) = check_end(seg, seal.as_ref(), expected) {
@@ -167,7 +168,7 @@ impl PartitionLog {
             }
             let frame = match first.take() {
                 Some(f) => f,
-                None => match seg.read_frame(&file, &crypto, position, end, Some(expected)) {
+                None => match seg.read_frame(file.as_ref(), &crypto, position, end, Some(expected)) {
                     Ok(f) => f,
                     Err(FrameFault::Io(e)) => return Err(e),
                     Err(FrameFault::Invalid { .. }) if !out.is_empty() => return Ok(true),
@@ -175,7 +176,7 @@ impl PartitionLog {
                         position: bad,
                         reason,
                     }) => {
-                        let resume = resume_after(seg, &file, &crypto, bad, expected, end);
+                        let resume = resume_after(self.ctx.io.as_ref(), seg, file.as_ref(), &crypto, bad, expected, end);
                         match resume {
                             // The damage lies wholly before the offset
                             // asked for: read on from where it ends.
@@ -269,12 +270,12 @@ impl PartitionLog {
             mut position,
             mut expected,
             mut first,
-        } = self.anchor(seg, &file, &crypto, Some(Lookup::Time(ts)), end)?;
+        } = self.anchor(seg, file.as_ref(), &crypto, Some(Lookup::Time(ts)), end)?;
         while position < end && expected < hw {
             let frame = match first.take() {
                 Some(f) => f,
                 None => seg
-                    .read_frame(&file, &crypto, position, end, Some(expected))
+                    .read_frame(file.as_ref(), &crypto, position, end, Some(expected))
                     .map_err(|f| f.into_error(&seg.log_path))?,
             };
             let batch = parse_batch(seg, &frame)?;
@@ -305,7 +306,7 @@ impl PartitionLog {
         let mut prev: Option<(Arc<Segment>, u64)> = None;
         for seg in &segs {
             if let Some((p, end)) = &prev
-                && *end != seg.base
+                && !self.joins(*end, seg.base)
             {
                 return Err(LogError::Gap {
                     segment: p.log_path.clone(),
@@ -323,7 +324,7 @@ impl PartitionLog {
             let mut max_ts = i64::MIN;
             while position < end {
                 let frame = seg
-                    .read_frame(&file, &crypto, position, end, Some(expected))
+                    .read_frame(file.as_ref(), &crypto, position, end, Some(expected))
                     .map_err(|f| f.into_error(&seg.log_path))?;
                 let batch = parse_batch(seg, &frame)?;
                 max_ts = max_ts.max(batch.max_timestamp());
@@ -367,7 +368,7 @@ impl PartitionLog {
     fn anchor(
         &self,
         seg: &Segment,
-        file: &File,
+        file: &dyn IoFile,
         crypto: &SegmentCrypto,
         lookup: Option<Lookup>,
         end: u64,
@@ -377,7 +378,9 @@ impl PartitionLog {
             expected: seg.base,
             first: None,
         };
-        let Some(entry) = lookup.and_then(|l| index::lookup(&seg.index_path, l)) else {
+        let Some(entry) =
+            lookup.and_then(|l| index::lookup(self.ctx.io.as_ref(), &seg.index_path, l))
+        else {
             return Ok(start);
         };
         if entry.position <= SEGMENT_HEADER_LEN as u64
@@ -446,8 +449,9 @@ fn whole_segment(seg: &Segment, req: &ReadRequest, e: LogError) -> LogError {
 /// was authenticated under the segment's key in its place, so the damaged
 /// header is trusted for nothing but a guess of where to look.
 fn resume_after(
+    io: &dyn StorageIo,
     seg: &Segment,
-    file: &File,
+    file: &dyn IoFile,
     crypto: &SegmentCrypto,
     bad: u64,
     expected: u64,
@@ -472,7 +476,7 @@ fn resume_after(
     if let Some(anchor) = claimed.and_then(found) {
         return Some(anchor);
     }
-    index::entries_after(&seg.index_path, expected, RESYNC_ENTRIES)
+    index::entries_after(io, &seg.index_path, expected, RESYNC_ENTRIES)
         .into_iter()
         .find_map(|entry| found(entry.position))
 }

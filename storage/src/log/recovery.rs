@@ -6,12 +6,14 @@
 //! 1. Remove `*.tmp` files (envelope writes that never reached their
 //!    rename). Finish every deletion that a crash interrupted: a
 //!    `{base}.log.deleted` loses its envelope first (crypto-shredding),
-//!    then its data and index. Remove indexes with no segment.
+//!    then its data and index. Remove indexes and gap markers with no
+//!    segment.
 //! 2. Every segment but the newest must be sealed: a plaintext header that
 //!    decodes and belongs to this topic and partition, an envelope that
 //!    decodes and is bound to the header, and a seal at the very end whose
 //!    `frames_end` matches the file length. Consecutive segments must join:
-//!    a seal's `next_offset` is the next segment's base offset. Seal MACs
+//!    a seal's `next_offset` is the next segment's base offset, unless a
+//!    gap marker records exactly that gap as accepted (`gap.rs`). Seal MACs
 //!    are verified when the segment's key is first used (see
 //!    [`super::segment::Segment::crypto`]), so that a log whose oldest
 //!    segments are under a destroyed KEK still opens.
@@ -19,8 +21,9 @@
 //!    it is not sealed, the process that appended to it stopped without
 //!    closing: every frame is read and authenticated from the start, in
 //!    order; the first frame that is incomplete, fails authentication or
-//!    is out of place marks the torn tail, which is cut off. The remaining
-//!    frames are sealed and the index rebuilt. **Nothing is ever appended
+//!    is out of place marks the torn tail, which is copied to a quarantine
+//!    file (`quarantine.rs`) and then cut off. The remaining frames are
+//!    sealed and the index rebuilt. **Nothing is ever appended
 //!    to it again**: appends continue in a new segment with a fresh key, so
 //!    no (key, nonce) pair can be used twice, whatever was lost.
 //! 4. A newest segment with no frames (a crash during its creation, or a
@@ -29,19 +32,24 @@
 //!    next append recreates it with a new segment id and a new key.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
 use std::sync::Arc;
 
 use strongbox_protocol::batch::RecordBatch;
+
+use crate::io::{IoFile, OpenMode};
+use crate::keys::SegmentKeyContext;
 
 use super::envelope::{EnvelopeProblem, KeyEnvelope, read_envelope};
 use super::error::LogError;
 use super::files;
 use super::format::{
     IndexEntry, LogFile, SEAL_LEN, SEGMENT_HEADER_LEN, Seal, SegmentHeader, deleted_file_name,
-    index_file_name, key_file_name, parse_file_name,
+    gap_file_name, index_file_name, key_file_name, parse_file_name,
 };
+use super::gap::GapMarker;
+use super::health::LogEvent;
 use super::index;
+use super::quarantine::{self, QuarantineHeader};
 use super::segment::{FrameFault, LogCtx, Segment, SegmentCrypto};
 
 /// What opening a directory found.
@@ -54,6 +62,10 @@ pub(crate) struct Recovered {
     pub(crate) placeholder: Option<u64>,
     /// The offset the next append gets.
     pub(crate) next_offset: u64,
+    /// Accepted gaps: base of the segment after the gap → end before it.
+    pub(crate) gaps: BTreeMap<u64, u64>,
+    /// What recovery did that its owner should record.
+    pub(crate) events: Vec<LogEvent>,
 }
 
 #[derive(Debug, Default)]
@@ -62,30 +74,30 @@ struct Names {
     index: bool,
     key: bool,
     deleted: bool,
+    gap: bool,
 }
 
 /// Opens and recovers the log in `ctx.dir`.
 pub(crate) fn recover(ctx: &LogCtx) -> Result<Recovered, LogError> {
     let dir = ctx.dir.as_path();
+    let io = ctx.io.as_ref();
     let mut names: BTreeMap<u64, Names> = BTreeMap::new();
-    let entries = std::fs::read_dir(dir).map_err(files::io_err("listing", dir))?;
-    for entry in entries {
-        let entry = entry.map_err(files::io_err("listing", dir))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        match parse_file_name(name) {
+    for name in files::list(io, dir)? {
+        match parse_file_name(&name) {
             Some(LogFile::Temporary) => {
-                files::remove_if_exists(&entry.path())?;
+                files::remove_if_exists(io, &dir.join(&name))?;
             }
             Some(LogFile::Segment(b)) => names.entry(b).or_default().log = true,
             Some(LogFile::Index(b)) => names.entry(b).or_default().index = true,
             Some(LogFile::Key(b)) => names.entry(b).or_default().key = true,
             Some(LogFile::Deleted(b)) => names.entry(b).or_default().deleted = true,
-            None => {}
+            Some(LogFile::Gap(b)) => names.entry(b).or_default().gap = true,
+            Some(LogFile::Quarantine(_)) | None => {}
         }
     }
 
     let mut changed = false;
+    let mut reserved = Vec::new();
     for (&base, n) in &names {
         if n.deleted {
             finish_deletion(ctx, base, n.key)?;
@@ -93,8 +105,13 @@ pub(crate) fn recover(ctx: &LogCtx) -> Result<Recovered, LogError> {
         }
         if !n.log && !n.deleted {
             if n.index {
-                files::remove_if_exists(&dir.join(index_file_name(base)))?;
+                files::remove_if_exists(io, &dir.join(index_file_name(base)))?;
                 changed = true;
+            }
+            if n.gap {
+                // A move past lost offsets that stopped before its segment
+                // file was made: decided below, once the end is known.
+                reserved.push(base);
             }
             if n.key {
                 tracing::warn!(
@@ -105,7 +122,7 @@ pub(crate) fn recover(ctx: &LogCtx) -> Result<Recovered, LogError> {
         }
     }
     if changed {
-        files::sync_dir(dir)?;
+        files::sync_dir(io, dir)?;
     }
 
     let bases: Vec<u64> = names
@@ -115,71 +132,185 @@ pub(crate) fn recover(ctx: &LogCtx) -> Result<Recovered, LogError> {
         .collect();
     let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len());
     let mut placeholder = None;
+    let mut events = Vec::new();
     let last = bases.len().checked_sub(1);
     for (i, &base) in bases.iter().enumerate() {
-        match open_segment(ctx, base, Some(i) == last)? {
+        match open_segment(ctx, base, Some(i) == last, &mut events)? {
             Opened::Sealed(seg) => segments.push(seg),
             Opened::Empty => placeholder = Some(base),
         }
     }
 
+    let mut gaps = BTreeMap::new();
     for pair in segments.windows(2) {
         if let [a, b] = pair {
-            check_join(ctx, a, b.base)?;
+            check_join(ctx, a, b.base, &mut gaps)?;
         }
     }
     if let (Some(p), Some(prev)) = (placeholder, segments.last()) {
-        check_join(ctx, prev, p)?;
+        check_join(ctx, prev, p, &mut gaps)?;
     }
-    let next_offset = match (placeholder, segments.last()) {
+    let mut next_offset = match (placeholder, segments.last()) {
         (Some(p), _) => p,
         (None, Some(seg)) => seg.sealed_next_offset().unwrap_or(seg.base),
         (None, None) => 0,
     };
+    if let Some(to) = honour_reservation(ctx, &reserved, next_offset, placeholder, &segments)? {
+        if !segments.is_empty() {
+            gaps.insert(to, next_offset);
+        }
+        placeholder = Some(to);
+        next_offset = to;
+    }
     Ok(Recovered {
         segments,
         placeholder,
         next_offset,
+        gaps,
+        events,
     })
 }
 
-fn check_join(ctx: &LogCtx, seg: &Segment, next_base: u64) -> Result<(), LogError> {
-    let end = seg.sealed_next_offset().unwrap_or(seg.base);
-    if end == next_base {
-        Ok(())
-    } else {
-        Err(LogError::Gap {
-            segment: seg.log_path.clone(),
-            end,
-            next: ctx.segment_path(next_base),
-            next_base,
+/// Gap markers without a segment after them (`reserved`, by base offset)
+/// are the first step of a move past lost offsets (`gap.rs`, `heal.rs`):
+/// the marker is written before anything is cut, so that offsets handed
+/// out are never handed out again even when the move stops halfway. When
+/// one reaches past the log's end (`next`), the move is finished here: the
+/// marker is rewritten from the actual end and an empty segment file made
+/// at its offset, which becomes the next offset (returned). Markers the log
+/// already reaches are removed.
+fn honour_reservation(
+    ctx: &LogCtx,
+    reserved: &[u64],
+    next: u64,
+    placeholder: Option<u64>,
+    segments: &[Arc<Segment>],
+) -> Result<Option<u64>, LogError> {
+    let io = ctx.io.as_ref();
+    let dir = ctx.dir.as_path();
+    let floor = reserved
+        .iter()
+        .filter_map(|b| GapMarker::read(io, dir, *b)?.ok())
+        .filter(|m| {
+            m.topic_id == ctx.config.topic_id
+                && m.partition == ctx.config.partition
+                && m.to_offset > next
         })
+        .map(|m| m.to_offset)
+        .max();
+    if let Some(to) = floor {
+        tracing::warn!(dir = %dir.display(), from = next, to, "finishing a move past lost offsets that stopped halfway");
+        if !segments.is_empty() {
+            GapMarker {
+                topic_id: ctx.config.topic_id,
+                partition: ctx.config.partition,
+                from_offset: next,
+                to_offset: to,
+                created_at_ms: ctx.clock.now_ms(),
+            }
+            .write(io, dir)?;
+        }
+        drop(files::open(
+            io,
+            &ctx.segment_path(to),
+            OpenMode::Truncate,
+            "creating",
+        )?);
+        files::sync_dir(io, dir)?;
+        if let Some(old) = placeholder.filter(|p| *p != to) {
+            files::remove_if_exists(io, &ctx.segment_path(old))?;
+        }
     }
+    for base in reserved.iter().filter(|b| Some(**b) != floor) {
+        files::remove_if_exists(io, &dir.join(gap_file_name(*base)))?;
+    }
+    if floor.is_some() || !reserved.is_empty() {
+        files::sync_dir(io, dir)?;
+    }
+    Ok(floor)
 }
 
-/// Completes a deletion interrupted by a crash: envelope, then data.
+/// Checks that `seg` is followed by the segment at `next_base`: they join,
+/// or a gap marker records exactly this gap.
+fn check_join(
+    ctx: &LogCtx,
+    seg: &Segment,
+    next_base: u64,
+    gaps: &mut BTreeMap<u64, u64>,
+) -> Result<(), LogError> {
+    let end = seg.sealed_next_offset().unwrap_or(seg.base);
+    if end == next_base {
+        return Ok(());
+    }
+    if let Some(Ok(marker)) = GapMarker::read(ctx.io.as_ref(), &ctx.dir, next_base)
+        && marker.topic_id == ctx.config.topic_id
+        && marker.partition == ctx.config.partition
+        && marker.from_offset == end
+        && marker.to_offset == next_base
+    {
+        gaps.insert(next_base, end);
+        return Ok(());
+    }
+    Err(LogError::Gap {
+        segment: seg.log_path.clone(),
+        end,
+        next: ctx.segment_path(next_base),
+        next_base,
+    })
+}
+
+/// Completes a deletion interrupted by a crash: envelope, then data. The
+/// key is forgotten by the id in the segment's header when the envelope
+/// went before the crash.
 fn finish_deletion(ctx: &LogCtx, base: u64, has_key: bool) -> Result<(), LogError> {
     let dir = ctx.dir.as_path();
+    let io = ctx.io.as_ref();
     tracing::info!(segment = %ctx.segment_path(base).display(), "finishing an interrupted segment deletion");
-    if has_key {
-        shred_envelope(ctx, base)?;
+    let deleted = dir.join(deleted_file_name(base));
+    let header_id = io
+        .open(&deleted, OpenMode::Read)
+        .ok()
+        .and_then(|f| super::offline::read_header(f.as_ref(), &deleted).ok())
+        .filter(|h| h.topic_id == ctx.config.topic_id && h.partition == ctx.config.partition)
+        .map(|h| h.segment_id);
+    if has_key || header_id.is_some() {
+        shred_envelope(ctx, base, header_id)?;
     }
-    files::remove_if_exists(&dir.join(deleted_file_name(base)))?;
-    files::remove_if_exists(&dir.join(index_file_name(base)))?;
+    files::remove_if_exists(io, &deleted)?;
+    files::remove_if_exists(io, &dir.join(index_file_name(base)))?;
+    files::remove_if_exists(io, &dir.join(gap_file_name(base)))?;
     Ok(())
 }
 
 /// Deletes the envelope of `base` durably, then tells the key manager to
-/// forget the key. A registry failure is logged: the wrapped key is gone
-/// from disk either way.
-pub(crate) fn shred_envelope(ctx: &LogCtx, base: u64) -> Result<(), LogError> {
+/// forget the key: the one the envelope names, or `segment_id` (from the
+/// segment's header) when there is no readable envelope, so a key whose
+/// envelope never got written (a crash while creating the segment) is not
+/// left in the registry. A registry failure is logged: the wrapped key is
+/// gone from disk either way.
+pub(crate) fn shred_envelope(
+    ctx: &LogCtx,
+    base: u64,
+    segment_id: Option<[u8; 16]>,
+) -> Result<(), LogError> {
     let dir = ctx.dir.as_path();
-    let envelope = read_envelope(dir, base).ok();
-    if files::remove_if_exists(&dir.join(key_file_name(base)))? {
-        files::sync_dir(dir)?;
+    let io = ctx.io.as_ref();
+    let envelope = read_envelope(io, dir, base).ok();
+    if files::remove_if_exists(io, &dir.join(key_file_name(base)))? {
+        files::sync_dir(io, dir)?;
     }
-    if let Some(env) = envelope
-        && let Err(e) = ctx.keys.forget(&env.context())
+    let key_ctx = match (envelope, segment_id) {
+        (Some(env), _) => Some(env.context()),
+        (None, Some(id)) => Some(SegmentKeyContext {
+            topic_id: ctx.config.topic_id,
+            partition: ctx.config.partition,
+            segment_id: id,
+            scope: ctx.config.kek_scope.clone(),
+        }),
+        (None, None) => None,
+    };
+    if let Some(key_ctx) = key_ctx
+        && let Err(e) = ctx.keys.forget(&key_ctx)
     {
         tracing::warn!(
             segment = %ctx.segment_path(base).display(),
@@ -196,14 +327,20 @@ enum Opened {
     Empty,
 }
 
-fn open_segment(ctx: &LogCtx, base: u64, is_last: bool) -> Result<Opened, LogError> {
+fn open_segment(
+    ctx: &LogCtx,
+    base: u64,
+    is_last: bool,
+    events: &mut Vec<LogEvent>,
+) -> Result<Opened, LogError> {
     let path = ctx.segment_path(base);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(is_last)
-        .open(&path)
-        .map_err(files::io_err("opening", &path))?;
-    let len = files::file_len(&file, &path)?;
+    let mode = if is_last {
+        OpenMode::ReadWrite
+    } else {
+        OpenMode::Read
+    };
+    let file = files::open(ctx.io.as_ref(), &path, mode, "opening")?;
+    let len = files::file_len(file.as_ref(), &path)?;
     let header_len = SEGMENT_HEADER_LEN as u64;
 
     if len <= header_len {
@@ -213,21 +350,23 @@ fn open_segment(ctx: &LogCtx, base: u64, is_last: bool) -> Result<Opened, LogErr
                 reason: format!("it holds no frames ({len} bytes) but is not the newest segment"),
             });
         }
+        let mut id = None;
         if len == header_len {
             // A complete header must still belong here: an empty file
             // copied from elsewhere is an error, not a placeholder.
             let mut buf = [0u8; SEGMENT_HEADER_LEN];
-            files::read_exact_at(&file, &mut buf, 0, &path)?;
+            files::read_exact_at(file.as_ref(), &mut buf, 0, &path)?;
             if let Ok(h) = SegmentHeader::decode(&buf) {
                 check_header(ctx, &h, base, &path)?;
+                id = Some(h.segment_id);
             }
         }
-        make_placeholder(ctx, base, &file)?;
+        make_placeholder(ctx, base, file.as_ref(), id)?;
         return Ok(Opened::Empty);
     }
 
     let mut buf = [0u8; SEGMENT_HEADER_LEN];
-    files::read_exact_at(&file, &mut buf, 0, &path)?;
+    files::read_exact_at(file.as_ref(), &mut buf, 0, &path)?;
     let header = SegmentHeader::decode(&buf).map_err(|e| LogError::CorruptHeader {
         segment: path.clone(),
         reason: e.to_string(),
@@ -239,9 +378,10 @@ fn open_segment(ctx: &LogCtx, base: u64, is_last: bool) -> Result<Opened, LogErr
         None
     };
 
-    match read_seal(&file, len, &path)? {
+    match read_seal(file.as_ref(), len, &path)? {
         Ok(seal) if seal.next_offset > base => {
             let seg = Segment::new(
+                &ctx.io,
                 &ctx.dir,
                 header,
                 envelope,
@@ -262,7 +402,7 @@ fn open_segment(ctx: &LogCtx, base: u64, is_last: bool) -> Result<Opened, LogErr
             segment: path,
             reason: format!("it has no valid seal at its end ({reason})"),
         }),
-        Err(_) => recover_tail(ctx, header, envelope, file, len),
+        Err(_) => recover_tail(ctx, header, envelope, file, len, events),
     }
 }
 
@@ -309,7 +449,7 @@ pub(crate) fn load_envelope(ctx: &LogCtx, header: &SegmentHeader) -> Result<KeyE
     let base = header.base_offset;
     let segment = ctx.segment_path(base);
     let envelope_path = ctx.dir.join(key_file_name(base));
-    let env = read_envelope(&ctx.dir, base).map_err(|p| match p {
+    let env = read_envelope(ctx.io.as_ref(), &ctx.dir, base).map_err(|p| match p {
         EnvelopeProblem::Missing => LogError::EnvelopeMissing {
             segment: segment.clone(),
         },
@@ -354,7 +494,7 @@ pub(crate) fn load_envelope(ctx: &LogCtx, header: &SegmentHeader) -> Result<KeyE
 /// Reads the trailer. The outer error is I/O; the inner one says why the
 /// trailer is not a seal.
 pub(crate) fn read_seal(
-    file: &File,
+    file: &dyn IoFile,
     len: u64,
     path: &std::path::Path,
 ) -> Result<Result<Seal, String>, LogError> {
@@ -378,29 +518,108 @@ pub(crate) fn read_seal(
 }
 
 /// Empties the newest segment file, which holds no frames: its envelope
-/// is shredded and only its name (the next offset) is kept.
-fn make_placeholder(ctx: &LogCtx, base: u64, file: &File) -> Result<(), LogError> {
+/// is shredded (the key forgotten: the envelope's, or `segment_id`'s from
+/// the header) and only its name (the next offset) is kept. The file is
+/// emptied first: a failure (or a crash) between the steps leaves an empty
+/// file with its envelope, which the next attempt finishes, never bytes
+/// without the envelope that reads them.
+pub(crate) fn make_placeholder(
+    ctx: &LogCtx,
+    base: u64,
+    file: &dyn IoFile,
+    segment_id: Option<[u8; 16]>,
+) -> Result<(), LogError> {
     let path = ctx.segment_path(base);
-    if ctx.encrypted {
-        shred_envelope(ctx, base)?;
-    }
+    let io = ctx.io.as_ref();
     file.set_len(0).map_err(files::io_err("emptying", &path))?;
     file.sync_all().map_err(files::io_err("syncing", &path))?;
-    files::remove_if_exists(&ctx.dir.join(index_file_name(base)))?;
-    files::sync_dir(&ctx.dir)
+    if ctx.encrypted {
+        shred_envelope(ctx, base, segment_id)?;
+    }
+    files::remove_if_exists(io, &ctx.dir.join(index_file_name(base)))?;
+    files::sync_dir(io, &ctx.dir)
 }
 
-/// Verifies the unsealed newest segment from its start, cuts off a torn
-/// tail, and seals what remains.
+/// The intact frames at the start of a segment, read up to a limit.
+#[derive(Debug)]
+pub(crate) struct Prefix {
+    pub(crate) frames: u64,
+    pub(crate) max_ts: i64,
+    pub(crate) entries: Vec<IndexEntry>,
+    /// The offset after the last intact frame.
+    pub(crate) next_offset: u64,
+    /// The file position after it.
+    pub(crate) position: u64,
+    /// Why reading stopped before the limit, if it did.
+    pub(crate) fault: Option<String>,
+}
+
+/// Reads and authenticates the frames of `seg` from its first, in order,
+/// up to file position `limit`, and stops at the first that is incomplete,
+/// fails authentication, is out of place or does not parse.
+pub(crate) fn scan_prefix(
+    ctx: &LogCtx,
+    seg: &Segment,
+    crypto: &SegmentCrypto,
+    file: &dyn IoFile,
+    limit: u64,
+) -> Result<Prefix, LogError> {
+    let mut p = Prefix {
+        frames: 0,
+        max_ts: i64::MIN,
+        entries: Vec::new(),
+        next_offset: seg.base,
+        position: SEGMENT_HEADER_LEN as u64,
+        fault: None,
+    };
+    let mut last_indexed: Option<u64> = None;
+    while p.position < limit {
+        let frame = match seg.read_frame(file, crypto, p.position, limit, Some(p.next_offset)) {
+            Ok(f) => f,
+            Err(FrameFault::Io(e)) => return Err(e),
+            Err(FrameFault::Invalid { reason, .. }) => {
+                p.fault = Some(reason);
+                break;
+            }
+        };
+        let batch = match RecordBatch::parse(frame.batch.clone()) {
+            Ok(b) => b,
+            Err(e) => {
+                p.fault = Some(format!("batch does not parse: {e}"));
+                break;
+            }
+        };
+        if last_indexed
+            .is_none_or(|l| p.position.saturating_sub(l) >= ctx.config.index_interval_bytes)
+        {
+            p.entries.push(IndexEntry {
+                offset: frame.header.base_offset,
+                position: p.position,
+                max_ts_before: p.max_ts,
+            });
+            last_indexed = Some(p.position);
+        }
+        p.max_ts = p.max_ts.max(batch.max_timestamp());
+        p.frames += 1;
+        p.next_offset = frame.header.next_offset().unwrap_or(u64::MAX);
+        p.position = frame.end();
+    }
+    Ok(p)
+}
+
+/// Verifies the unsealed newest segment from its start, keeps a torn tail
+/// in a quarantine file and cuts it off, and seals what remains.
 fn recover_tail(
     ctx: &LogCtx,
     header: SegmentHeader,
     envelope: Option<KeyEnvelope>,
-    file: File,
+    file: Arc<dyn IoFile>,
     len: u64,
+    events: &mut Vec<LogEvent>,
 ) -> Result<Opened, LogError> {
     let base = header.base_offset;
     let seg = Segment::new(
+        &ctx.io,
         &ctx.dir,
         header,
         envelope,
@@ -408,71 +627,73 @@ fn recover_tail(
         i64::MIN,
     );
     let crypto = seg.crypto(ctx)?;
-    let mut pos = SEGMENT_HEADER_LEN as u64;
-    let mut expected = base;
-    let mut frames = 0u64;
-    let mut max_ts = i64::MIN;
-    let mut entries = Vec::new();
-    let mut last_indexed: Option<u64> = None;
-    let mut tail_reason = None;
-    while pos < len {
-        let frame = match seg.read_frame(&file, &crypto, pos, len, Some(expected)) {
-            Ok(f) => f,
-            Err(FrameFault::Io(e)) => return Err(e),
-            Err(FrameFault::Invalid { reason, .. }) => {
-                tail_reason = Some(reason);
-                break;
-            }
-        };
-        let batch = match RecordBatch::parse(frame.batch.clone()) {
-            Ok(b) => b,
-            Err(e) => {
-                tail_reason = Some(format!("batch does not parse: {e}"));
-                break;
-            }
-        };
-        if last_indexed.is_none_or(|l| pos.saturating_sub(l) >= ctx.config.index_interval_bytes) {
-            entries.push(IndexEntry {
-                offset: frame.header.base_offset,
-                position: pos,
-                max_ts_before: max_ts,
-            });
-            last_indexed = Some(pos);
-        }
-        max_ts = max_ts.max(batch.max_timestamp());
-        frames += 1;
-        expected = frame.header.next_offset().unwrap_or(u64::MAX);
-        pos = frame.end();
-    }
-    if let Some(reason) = &tail_reason {
+    let prefix = scan_prefix(ctx, &seg, &crypto, file.as_ref(), len)?;
+    let pos = prefix.position;
+    if pos < len {
+        let reason = prefix
+            .fault
+            .clone()
+            .unwrap_or_else(|| "bytes past the last frame".into());
+        let dropped = len.saturating_sub(pos);
         tracing::warn!(
             segment = %seg.log_path.display(),
             position = pos,
-            dropped_bytes = len.saturating_sub(pos),
+            dropped_bytes = dropped,
             %reason,
-            "cutting the torn tail of the segment that was active when the broker stopped"
+            "cutting the torn tail of the segment that was active when the broker stopped; the bytes are kept in a quarantine file"
         );
+        let q = QuarantineHeader {
+            topic_id: header.topic_id,
+            partition: header.partition,
+            segment_id: header.segment_id,
+            base_offset: base,
+            first_offset: prefix.next_offset,
+            position: pos,
+            bytes: dropped,
+            quarantined_at_ms: ctx.clock.now_ms(),
+        };
+        let kept = quarantine::keep(ctx.io.as_ref(), &ctx.dir, file.as_ref(), &q)
+            .map_err(|f| quarantine::failed(&seg.log_path, dropped, f))?;
+        events.push(LogEvent::TailQuarantined {
+            segment: seg.log_path.clone(),
+            quarantine: kept,
+            first_offset: prefix.next_offset,
+            position: pos,
+            bytes: dropped,
+            reason,
+        });
     }
-    if frames == 0 {
-        make_placeholder(ctx, base, &file)?;
+    if prefix.frames == 0 {
+        make_placeholder(ctx, base, file.as_ref(), Some(header.segment_id))?;
         return Ok(Opened::Empty);
     }
     file.set_len(pos)
         .map_err(files::io_err("truncating", &seg.log_path))?;
-    index::rewrite(&seg.index_path, &entries)?;
-    let seal = write_seal(ctx, &seg, &crypto, &file, pos, expected, frames, max_ts)?;
+    index::rewrite(ctx.io.as_ref(), &seg.index_path, &prefix.entries)?;
+    let seal = write_seal(
+        ctx,
+        &seg,
+        &crypto,
+        file.as_ref(),
+        pos,
+        prefix.next_offset,
+        prefix.frames,
+        prefix.max_ts,
+    )?;
     seg.set_sealed(seal, true);
-    tracing::info!(segment = %seg.log_path.display(), frames, next_offset = expected, "sealed the recovered segment");
+    tracing::info!(segment = %seg.log_path.display(), frames = prefix.frames, next_offset = prefix.next_offset, "sealed the recovered segment");
     Ok(Opened::Sealed(Arc::new(seg)))
 }
 
-/// Writes and syncs the seal of `seg` at `frames_end`.
+/// Writes the seal of `seg` at `frames_end` and cuts the file after it,
+/// without syncing (the caller syncs, through a descriptor whose syncs
+/// have not failed).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn write_seal(
+pub(crate) fn put_seal(
     ctx: &LogCtx,
     seg: &Segment,
     crypto: &SegmentCrypto,
-    file: &File,
+    file: &dyn IoFile,
     frames_end: u64,
     next_offset: u64,
     frame_count: u64,
@@ -492,6 +713,31 @@ pub(crate) fn write_seal(
     files::write_all_at(file, &seal.encode(), frames_end, &seg.log_path)?;
     file.set_len(frames_end.saturating_add(SEAL_LEN as u64))
         .map_err(files::io_err("truncating", &seg.log_path))?;
+    Ok(seal)
+}
+
+/// Writes and syncs the seal of `seg` at `frames_end`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_seal(
+    ctx: &LogCtx,
+    seg: &Segment,
+    crypto: &SegmentCrypto,
+    file: &dyn IoFile,
+    frames_end: u64,
+    next_offset: u64,
+    frame_count: u64,
+    max_timestamp: i64,
+) -> Result<Seal, LogError> {
+    let seal = put_seal(
+        ctx,
+        seg,
+        crypto,
+        file,
+        frames_end,
+        next_offset,
+        frame_count,
+        max_timestamp,
+    )?;
     crate::observe::timed_fsync(|| file.sync_data())
         .map_err(files::io_err("syncing", &seg.log_path))?;
     Ok(seal)

@@ -16,13 +16,13 @@
 //! stops there and says so in [`Scanned::torn_tail`], as the broker's next
 //! start would cut it off. Any other damage is an error naming the file.
 
-use std::fs::File;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
 use strongbox_protocol::batch::RecordBatch;
 
+use crate::io::{OpenMode, default_io};
 use crate::keys::SegmentKeys;
 
 use super::config::{LogConfig, SystemClock};
@@ -73,8 +73,9 @@ pub fn scan_dir(
         keys,
         encrypted: true,
         clock: Arc::new(SystemClock),
+        io: default_io(),
     };
-    let bases = segment_bases(dir)?;
+    let bases = segment_bases(&ctx)?;
     let mut out = Scanned {
         batches: 0,
         next_offset: bases.first().copied().unwrap_or(0),
@@ -106,14 +107,11 @@ pub fn scan_dir(
 
 /// The base offsets of the segment files in `dir`, oldest first; segments
 /// whose deletion is under way are left out.
-fn segment_bases(dir: &Path) -> Result<Vec<u64>, LogError> {
+fn segment_bases(ctx: &LogCtx) -> Result<Vec<u64>, LogError> {
     let mut segments = std::collections::BTreeSet::new();
     let mut deleted = std::collections::BTreeSet::new();
-    let entries = std::fs::read_dir(dir).map_err(files::io_err("listing", dir))?;
-    for entry in entries {
-        let entry = entry.map_err(files::io_err("listing", dir))?;
-        let name = entry.file_name();
-        match name.to_str().and_then(parse_file_name) {
+    for name in files::list(ctx.io.as_ref(), &ctx.dir)? {
+        match parse_file_name(&name) {
             Some(LogFile::Segment(b)) => {
                 segments.insert(b);
             }
@@ -136,8 +134,9 @@ fn scan_segment(
     visit: &mut dyn FnMut(u64, RecordBatch) -> bool,
 ) -> Result<bool, LogError> {
     let path = ctx.segment_path(base);
-    let file = File::open(&path).map_err(files::io_err("opening", &path))?;
-    let len = files::file_len(&file, &path)?;
+    let file = files::open(ctx.io.as_ref(), &path, OpenMode::Read, "opening")?;
+    let file = file.as_ref();
+    let len = files::file_len(file, &path)?;
     let header_len = SEGMENT_HEADER_LEN as u64;
     if len <= header_len {
         if is_last {
@@ -150,7 +149,7 @@ fn scan_segment(
             reason: format!("it holds no frames ({len} bytes) but is not the newest segment"),
         });
     }
-    let header = read_header(&file, &path)?;
+    let header = read_header(file, &path)?;
     check_header(ctx, &header, base, &path)?;
     let envelope = load_envelope(ctx, &header)?;
     let dek = ctx
@@ -163,9 +162,9 @@ fn scan_segment(
     let crypto = SegmentCrypto::new(&dek, &header.segment_id);
     drop(dek);
 
-    let (segment, end) = match read_seal(&file, len, &path)? {
+    let (segment, end) = match read_seal(file, len, &path)? {
         Ok(seal) if seal.next_offset > base => {
-            let segment = found_segment(&ctx.dir, header, envelope, Some(seal));
+            let segment = found_segment(&ctx.io, &ctx.dir, header, envelope, Some(seal));
             segment.verify_seal(&crypto)?;
             (segment, seal.frames_end)
         }
@@ -176,10 +175,13 @@ fn scan_segment(
                 reason: format!("it has no valid seal at its end ({reason})"),
             });
         }
-        Err(_) => (found_segment(&ctx.dir, header, envelope, None), len),
+        Err(_) => (
+            found_segment(&ctx.io, &ctx.dir, header, envelope, None),
+            len,
+        ),
     };
 
-    let walk = walk_frames(&segment, &crypto, &file, end, |frame, next| {
+    let walk = walk_frames(&segment, &crypto, file, end, |frame, next| {
         out.next_offset = next;
         if next <= from_offset {
             return ControlFlow::Continue(());

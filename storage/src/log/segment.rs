@@ -1,7 +1,6 @@
 //! One segment in memory: where its files are, its header and seal, its
 //! key, and reading and authenticating its frames.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
@@ -9,6 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use bytes::Bytes;
 
 use crate::aead::{Aes256Gcm, KEY_LEN, SealKey, TAG_LEN};
+use crate::io::{IoFile, OpenMode, StorageIo};
 use crate::keys::{Dek, SegmentKeys};
 
 use super::config::{Clock, LogConfig};
@@ -29,6 +29,8 @@ pub(crate) struct LogCtx {
     /// False only for the benchmark-only plaintext mode.
     pub(crate) encrypted: bool,
     pub(crate) clock: Arc<dyn Clock>,
+    /// Every file-system operation of the log goes through it.
+    pub(crate) io: Arc<dyn StorageIo>,
 }
 
 impl LogCtx {
@@ -150,7 +152,8 @@ pub(crate) struct Segment {
     envelope: RwLock<Option<KeyEnvelope>>,
     pub(crate) log_path: PathBuf,
     pub(crate) index_path: PathBuf,
-    file: Mutex<Option<Arc<File>>>,
+    io: Arc<dyn StorageIo>,
+    file: Mutex<Option<Arc<dyn IoFile>>>,
     /// The position after the last complete frame readers may look at.
     pub(crate) frames_end: AtomicU64,
     pub(crate) max_timestamp: AtomicI64,
@@ -162,6 +165,7 @@ pub(crate) struct Segment {
 
 impl Segment {
     pub(crate) fn new(
+        io: &Arc<dyn StorageIo>,
         dir: &Path,
         header: SegmentHeader,
         envelope: Option<KeyEnvelope>,
@@ -176,6 +180,7 @@ impl Segment {
             envelope: RwLock::new(envelope),
             log_path: dir.join(segment_file_name(base)),
             index_path: dir.join(index_file_name(base)),
+            io: Arc::clone(io),
             file: Mutex::new(None),
             frames_end: AtomicU64::new(frames_end),
             max_timestamp: AtomicI64::new(max_timestamp),
@@ -186,7 +191,7 @@ impl Segment {
     }
 
     /// Marks the segment active: it holds its keys and its open file.
-    pub(crate) fn set_active(&self, file: Arc<File>, crypto: Arc<SegmentCrypto>) {
+    pub(crate) fn set_active(&self, file: Arc<dyn IoFile>, crypto: Arc<SegmentCrypto>) {
         *self.file.lock().unwrap_or_else(PoisonError::into_inner) = Some(file);
         *self
             .active_crypto
@@ -245,15 +250,20 @@ impl Segment {
     }
 
     /// The open file, opened read-only on first use.
-    pub(crate) fn file(&self) -> Result<Arc<File>, LogError> {
+    pub(crate) fn file(&self) -> Result<Arc<dyn IoFile>, LogError> {
         let mut slot = self.file.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(f) = slot.as_ref() {
             return Ok(Arc::clone(f));
         }
-        let f =
-            Arc::new(File::open(&self.log_path).map_err(files::io_err("opening", &self.log_path))?);
+        let f = files::open(self.io.as_ref(), &self.log_path, OpenMode::Read, "opening")?;
         *slot = Some(Arc::clone(&f));
         Ok(f)
+    }
+
+    /// Reads through `file` from now on (a handle opened anew after the
+    /// writer's failed).
+    pub(crate) fn replace_file(&self, file: Arc<dyn IoFile>) {
+        *self.file.lock().unwrap_or_else(PoisonError::into_inner) = Some(file);
     }
 
     /// The segment's keys: the active ones, or unwrapped from its envelope.
@@ -313,7 +323,7 @@ impl Segment {
     /// have to be in its place.
     pub(crate) fn read_frame(
         &self,
-        file: &File,
+        file: &dyn IoFile,
         crypto: &SegmentCrypto,
         pos: u64,
         end: u64,

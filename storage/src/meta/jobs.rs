@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::codec::{corrupt, decode, encode};
 use super::tables::SINGLETONS;
 use super::{Batch, MetaError, MetaView};
-use crate::keys::KekScope;
+use crate::keys::{KekId, KekScope};
 
 const REWRAP_JOB: &str = "rewrap_job";
 
@@ -33,7 +33,10 @@ pub struct RewrapJobState {
     /// When it finished; `None` while it still has work (a broker that
     /// starts with such a job resumes it).
     pub finished_at: Option<i64>,
-    /// Envelopes rewrapped so far.
+    /// Envelopes rewrapped so far. Counted by the key registry in the
+    /// transaction that records each move (see
+    /// [`Batch::assign_segment_kek`]), so it is exact across a crash and
+    /// never goes back.
     pub done: u64,
     /// Envelopes that could not be rewrapped in the last run.
     pub failed: u64,
@@ -78,12 +81,22 @@ impl MetaView<'_> {
 }
 
 impl Batch<'_> {
-    /// Stores the rewrap job's state, replacing what was there.
+    /// Stores the rewrap job's state. A new job (another scope or start
+    /// time) replaces the old one; for the same job the stored `done` is
+    /// kept when it is larger (the registry counts moves as they commit, and
+    /// the job's own copy may be older).
     ///
     /// # Errors
     ///
-    /// [`MetaError::Db`].
+    /// [`MetaError::Corrupt`]; [`MetaError::Db`].
     pub fn put_rewrap_job(&mut self, job: &RewrapJobState) -> Result<(), MetaError> {
+        let mut job = job.clone();
+        if let Some(stored) = self.rewrap_job()?
+            && stored.scope == job.scope
+            && stored.started_at == job.started_at
+        {
+            job.done = job.done.max(stored.done);
+        }
         let value = encode(
             "rewrap job",
             &RewrapJobJson {
@@ -99,6 +112,22 @@ impl Batch<'_> {
         )?;
         self.put(SINGLETONS, REWRAP_JOB, value.as_slice())?;
         Ok(())
+    }
+
+    /// Counts one envelope moved off version `from` towards the unfinished
+    /// rewrap job that drains it, if there is one.
+    pub(super) fn count_rewrap_move(&mut self, from: &KekId) -> Result<(), MetaError> {
+        let Some(mut job) = self.rewrap_job()? else {
+            return Ok(());
+        };
+        if job.finished_at.is_some()
+            || job.scope != from.scope
+            || job.from_version.is_some_and(|v| v != from.version)
+        {
+            return Ok(());
+        }
+        job.done = job.done.saturating_add(1);
+        self.put_rewrap_job(&job)
     }
 }
 
@@ -128,10 +157,32 @@ mod tests {
         );
         let finished = RewrapJobState {
             finished_at: Some(30),
-            ..job
+            ..job.clone()
         };
         meta.write(|b| b.put_rewrap_job(&finished)).expect("write");
-        assert_eq!(meta.read(|r| r.rewrap_job()).expect("read"), Some(finished));
+        assert_eq!(
+            meta.read(|r| r.rewrap_job()).expect("read"),
+            Some(finished.clone())
+        );
+        // An older copy of the same job never lowers its count.
+        let stale = RewrapJobState {
+            done: 3,
+            ..finished.clone()
+        };
+        meta.write(|b| b.put_rewrap_job(&stale)).expect("write");
+        assert_eq!(
+            meta.read(|r| r.rewrap_job()).expect("read").map(|j| j.done),
+            Some(7)
+        );
+        // A new job starts from its own count.
+        let next = RewrapJobState {
+            started_at: 40,
+            done: 0,
+            finished_at: None,
+            ..job
+        };
+        meta.write(|b| b.put_rewrap_job(&next)).expect("write");
+        assert_eq!(meta.read(|r| r.rewrap_job()).expect("read"), Some(next));
 
         meta.write(|b| b.put(SINGLETONS, REWRAP_JOB, &b"{\"scope\":\"nope\"}"[..]))
             .expect("write garbage");

@@ -190,6 +190,43 @@ impl MetaView<'_> {
         Ok(out)
     }
 
+    /// The segments of one partition that have a registered key: (segment
+    /// id, KEK version), by segment id.
+    ///
+    /// # Errors
+    ///
+    /// [`MetaError::Corrupt`]; [`MetaError::Db`].
+    pub fn partition_segment_keks(
+        &self,
+        topic_id: &[u8; 16],
+        partition: u32,
+    ) -> Result<Vec<([u8; 16], KekId)>, MetaError> {
+        let mut out = Vec::new();
+        let start = (*topic_id, partition, [0u8; 16]);
+        self.scan(SEGMENT_KEYS, Some(start), |(t, p, g), bytes| {
+            if t != *topic_id || p != partition {
+                return Ok(false);
+            }
+            let seg = SegmentRef {
+                topic_id: t,
+                partition: p,
+                segment_id: g,
+            };
+            let j: SegmentJson = decode(SEGMENT_KEYS.name(), seg, bytes)?;
+            let scope = KekScope::parse(&j.scope)
+                .ok_or_else(|| corrupt(SEGMENT_KEYS.name(), seg, "unknown scope label"))?;
+            out.push((
+                g,
+                KekId {
+                    scope,
+                    version: j.version,
+                },
+            ));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
     /// Every segment with a registered key: (segment, KEK version).
     ///
     /// # Errors
@@ -260,7 +297,11 @@ impl Batch<'_> {
 
     /// Records that `kek` wraps the data key of `segment`, replacing what
     /// was recorded (after a rewrap); keeps counts and the index in step.
-    /// Returns the version recorded before.
+    /// A move to a newer version of the same scope is a rewrap, and counts
+    /// towards an unfinished rewrap job of that scope in the same
+    /// transaction, whoever made it (the job, or a reader that found an
+    /// envelope ahead of the registry after a crash), so the job's count is
+    /// exact across crashes. Returns the version recorded before.
     ///
     /// # Errors
     ///
@@ -277,6 +318,9 @@ impl Batch<'_> {
         }
         if let Some(old) = &old {
             self.unindex(segment, old)?;
+            if old.scope == kek.scope && old.version < kek.version {
+                self.count_rewrap_move(old)?;
+            }
         }
         self.adjust_count(kek, true)?;
         let scope = kek.scope.label();

@@ -28,6 +28,7 @@
 
 mod access;
 mod codec;
+mod ends;
 mod jobs;
 mod kek;
 mod snapshot;
@@ -41,6 +42,7 @@ use std::sync::Arc;
 use redb::{Key, ReadableDatabase, ReadableTable, TableDefinition, TableError, Value};
 
 pub use access::{AclEntry, AuditHead};
+pub use ends::PartitionEnd;
 pub use jobs::RewrapJobState;
 pub use snapshot::{MetaSnapshot, SnapshotStats};
 pub use topics::{ProducerPartitionState, ProducerRecord, TopicEntry};

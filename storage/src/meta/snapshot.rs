@@ -97,6 +97,7 @@ impl MetaSnapshot {
         copy.table(tables::RECIPIENTS)?;
         copy.table(tables::SINGLETONS)?;
         copy.table(tables::COUNTERS)?;
+        copy.table(tables::PARTITION_ENDS)?;
         let Copier { names, entries, .. } = copy;
         for handle in self.txn.list_tables().map_err(MetaError::from)? {
             if !names.contains(handle.name()) {
@@ -178,6 +179,7 @@ mod tests {
         rows(&txn, tables::RECIPIENTS, &mut out);
         rows(&txn, tables::SINGLETONS, &mut out);
         rows(&txn, tables::COUNTERS, &mut out);
+        rows(&txn, tables::PARTITION_ENDS, &mut out);
         out.sort();
         out
     }

@@ -71,12 +71,18 @@ pub const RECIPIENTS: TableDefinition<'static, (&str, &str), &[u8]> =
 
 /// Name → JSON. `audit_head`: `{sequence, hash}`; `rewrap_job`: `{scope,
 /// from_version, principal, started_at, updated_at, finished_at, done,
-/// failed}`.
+/// failed, total}`.
 pub const SINGLETONS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("singletons.v1");
 
 /// Name → last value handed out (`u64`, native): `producer_id`,
 /// `access_request_id`.
 pub const COUNTERS: TableDefinition<'static, &str, u64> = TableDefinition::new("counters.v1");
+
+/// (topic id, partition) → JSON `{durable_end, updated_at}`: the offset
+/// after the last record the partition is known to have made durable. It
+/// only ever grows; see [`super::PartitionEnd`].
+pub const PARTITION_ENDS: TableDefinition<'static, ([u8; 16], u32), &[u8]> =
+    TableDefinition::new("partition_ends.v1");
 
 /// Creates every table (a no-op for those that exist).
 pub(super) fn create_all(txn: &WriteTransaction) -> Result<(), MetaError> {
@@ -92,5 +98,6 @@ pub(super) fn create_all(txn: &WriteTransaction) -> Result<(), MetaError> {
     txn.open_table(RECIPIENTS)?;
     txn.open_table(SINGLETONS)?;
     txn.open_table(COUNTERS)?;
+    txn.open_table(PARTITION_ENDS)?;
     Ok(())
 }

@@ -350,6 +350,7 @@ impl Batch<'_> {
             return Ok(None);
         };
         self.delete(TOPICS, name)?;
+        self.remove_partition_ends(&topic.topic_id)?;
 
         let mut offsets = Vec::new();
         self.scan(GROUP_OFFSETS, None, |(g, t, p), _| {

@@ -250,6 +250,28 @@ Examples:
         /// The topic.
         name: String,
     },
+    /// Let a read-only partition take writes again, accepting the loss of
+    /// what it no longer has.
+    #[command(after_help = "\
+A partition opens read-only when its log is shorter than the offsets it
+acknowledged, or misses a segment the broker knows of (topic describe shows
+why). Restore it from a backup if you can. Otherwise this accepts the loss:
+writing continues after the highest offset the partition ever acknowledged
+(and every offset a consumer group committed), never below; readers read
+across the gap. Needs the admin permission on the topic; audited.
+
+Example:
+  strongbox topic recover orders --partition 2 --accept-loss")]
+    Recover {
+        /// The topic.
+        name: String,
+        /// The partition.
+        #[arg(long, value_name = "N")]
+        partition: u32,
+        /// Confirm that the lost records are gone for good.
+        #[arg(long)]
+        accept_loss: bool,
+    },
 }
 
 /// `topic create`.

@@ -253,7 +253,9 @@ pub(crate) fn topic_text(t: &TopicInfo) -> String {
                 p.high_watermark.to_string(),
                 p.segments.to_string(),
                 p.size_bytes.to_string(),
-                p.error.clone().unwrap_or_else(|| "ok".into()),
+                // The broker's reason starts with the state ("read-only:
+                // ...", "fenced (storage_full): ...").
+                p.error.clone().unwrap_or_else(|| p.state.name().to_owned()),
             ]);
         }
         out.push_str(&table.render());
@@ -279,6 +281,7 @@ pub(crate) fn topic_json(t: &TopicInfo) -> Value {
                 "high_watermark": p.high_watermark,
                 "segments": p.segments,
                 "size_bytes": p.size_bytes,
+                "state": p.state.name(),
                 "error": p.error,
             })
         })
@@ -333,7 +336,9 @@ pub(crate) fn acl_json(r: &AclRule) -> Value {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use strongbox_client::protocol::frames::admin_types::{Operations, PartitionInfo, TopicConfig};
+    use strongbox_client::protocol::frames::admin_types::{
+        Operations, PartitionInfo, PartitionState, TopicConfig,
+    };
 
     fn topic() -> TopicInfo {
         TopicInfo {
@@ -357,6 +362,7 @@ mod tests {
                     segments: 2,
                     size_bytes: 56_789,
                     error: None,
+                    state: PartitionState::Ok,
                 },
                 PartitionInfo {
                     partition: 1,
@@ -365,6 +371,7 @@ mod tests {
                     segments: 1,
                     size_bytes: 99,
                     error: Some("key envelope missing".into()),
+                    state: PartitionState::Unavailable,
                 },
             ],
         }

@@ -48,6 +48,24 @@ pub(crate) async fn run(global: &GlobalArgs, command: TopicCommand) -> anyhow::R
                     out.write(&output::topic_text(&topic))?;
                 }
             }
+            TopicCommand::Recover {
+                name,
+                partition,
+                accept_loss,
+            } => {
+                if !accept_loss {
+                    anyhow::bail!(
+                        "recovering {name}/{partition} accepts the loss of the records it no \
+                         longer has: pass --accept-loss to confirm"
+                    );
+                }
+                let topic = admin.recover_partition(name, partition, true).await?;
+                if global.json {
+                    out.json(&output::topic_json(&topic))?;
+                } else {
+                    out.write(&output::topic_text(&topic))?;
+                }
+            }
             TopicCommand::Delete { name } => {
                 let message = admin.delete_topic(name.clone()).await?;
                 if global.json {
