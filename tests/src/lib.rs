@@ -109,12 +109,7 @@ impl BrokerProcess {
         )
     }
 
-    fn spawn_dev(
-        dir: &Path,
-        listen: &[&str],
-        args: &[&str],
-        env: &[(&str, &str)],
-    ) -> Result<Self> {
+    fn spawn_dev(dir: &Path, listen: &[&str], args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let log = dir.with_extension("broker.log");
         let stderr = std::fs::OpenOptions::new()
             .create(true)

@@ -168,7 +168,8 @@ impl PartitionLog {
             }
             let frame = match first.take() {
                 Some(f) => f,
-                None => match seg.read_frame(file.as_ref(), &crypto, position, end, Some(expected)) {
+                None => match seg.read_frame(file.as_ref(), &crypto, position, end, Some(expected))
+                {
                     Ok(f) => f,
                     Err(FrameFault::Io(e)) => return Err(e),
                     Err(FrameFault::Invalid { .. }) if !out.is_empty() => return Ok(true),
@@ -176,7 +177,15 @@ impl PartitionLog {
                         position: bad,
                         reason,
                     }) => {
-                        let resume = resume_after(self.ctx.io.as_ref(), seg, file.as_ref(), &crypto, bad, expected, end);
+                        let resume = resume_after(
+                            self.ctx.io.as_ref(),
+                            seg,
+                            file.as_ref(),
+                            &crypto,
+                            bad,
+                            expected,
+                            end,
+                        );
                         match resume {
                             // The damage lies wholly before the offset
                             // asked for: read on from where it ends.

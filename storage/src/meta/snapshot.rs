@@ -206,7 +206,7 @@ mod tests {
             .expect("later commit");
         let copy = dir.path().join("copy.redb");
         let stats = snapshot.write_to(&copy).expect("write");
-        assert_eq!(stats.tables, 12);
+        assert_eq!(stats.tables, 13);
         drop(snapshot);
 
         let copied = dump(&copy);
