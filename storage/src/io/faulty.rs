@@ -335,6 +335,12 @@ impl StorageIo for FaultyIo {
         fail_with(self, IoOp::CreateDir, path, || self.inner.create_dir(path))
     }
 
+    fn create_private_dir(&self, path: &Path) -> io::Result<()> {
+        fail_with(self, IoOp::CreateDir, path, || {
+            self.inner.create_private_dir(path)
+        })
+    }
+
     fn remove_dir(&self, path: &Path) -> io::Result<()> {
         fail_with(self, IoOp::Remove, path, || self.inner.remove_dir(path))
     }

@@ -73,6 +73,11 @@ impl StorageIo for FileIo {
         std::fs::create_dir(path)
     }
 
+    fn create_private_dir(&self, path: &Path) -> io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o700).create(path)
+    }
+
     fn remove_dir(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_dir(path)
     }
@@ -130,10 +135,21 @@ mod tests {
         t.set_len(5).expect("extend");
         assert_eq!(io.read(&p).expect("read"), b"xy\0\0\0");
         let nested = dir.path().join("b/c/d");
-        io.create_dir_all(&nested).expect("mkdir -p");
-        io.create_dir_all(&nested).expect("again");
+        assert!(super::super::durable::create_dir_all(&io, &nested).expect("mkdir -p"));
+        assert!(!super::super::durable::create_dir_all(&io, &nested).expect("again"));
         assert_eq!(io.metadata(&nested).expect("meta").kind, EntryKind::Dir);
         io.sync_dir(&nested).expect("sync dir");
+        let private = dir.path().join("private");
+        io.create_private_dir(&private).expect("private");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&private)
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
+        io.remove_dir(&private).expect("rmdir");
         let mut names = io.list_dir(dir.path()).expect("list");
         names.sort();
         assert_eq!(names, vec![OsString::from("a"), OsString::from("b")]);

@@ -7,8 +7,10 @@
 //! [`FileIo`], a thin layer over `std::fs` (one virtual call per operation,
 //! no copies); tests put [`FaultyIo`] in its place to make chosen
 //! operations fail the way a full or failing disk does (`ENOSPC`, `EIO`,
-//! short writes), and a later simulation of power loss can record what
-//! was made durable by which call.
+//! short writes), and [`PowerLossIo`] to cut the power and keep only what
+//! was made durable. [`durable`] is the one place that creates, renames
+//! and removes the names the engine relies on, each made durable before it
+//! returns.
 //!
 //! # To ensure correctness
 //!
@@ -40,8 +42,10 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+pub mod durable;
 mod faulty;
 mod file;
+mod power_loss;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -51,6 +55,7 @@ use std::sync::Arc;
 
 pub use faulty::{Fault, FaultRule, FaultyIo, IoOp, PathMatch, RuleId};
 pub use file::FileIo;
+pub use power_loss::PowerLossIo;
 
 /// How [`StorageIo::open`] opens a file. Every mode but `Read` opens it
 /// for reading and writing.
@@ -219,12 +224,22 @@ pub trait StorageIo: Send + Sync + fmt::Debug {
     /// `NotFound` when it does not exist, or any other failure.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
 
-    /// Creates the directory `path`, whose parent must exist.
+    /// Creates the directory `path`, whose parent must exist. Its name is
+    /// durable only once its parent is synced: code that relies on the
+    /// directory uses [`durable::create_dir_all`].
     ///
     /// # Errors
     ///
     /// `AlreadyExists`, or any other failure.
     fn create_dir(&self, path: &Path) -> io::Result<()>;
+
+    /// Creates the directory `path`, readable, writable and searchable by
+    /// its owner only (mode `0700`); its parent must exist.
+    ///
+    /// # Errors
+    ///
+    /// As [`StorageIo::create_dir`].
+    fn create_private_dir(&self, path: &Path) -> io::Result<()>;
 
     /// Removes the empty directory `path`.
     ///
@@ -254,33 +269,6 @@ pub trait StorageIo: Send + Sync + fmt::Debug {
     ///
     /// `NotFound`, or any other failure.
     fn metadata(&self, path: &Path) -> io::Result<EntryMeta>;
-
-    /// Creates `path` and every missing parent, one level at a time (so a
-    /// backend sees each directory it must later make durable).
-    ///
-    /// # Errors
-    ///
-    /// The first level that cannot be created.
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        match self.metadata(path) {
-            Ok(m) if m.kind == EntryKind::Dir => return Ok(()),
-            Ok(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    "the path exists and is not a directory",
-                ));
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            self.create_dir_all(parent)?;
-        }
-        match self.create_dir(path) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            other => other,
-        }
-    }
 
     /// Reads the whole file at `path`.
     ///

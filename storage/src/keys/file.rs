@@ -13,7 +13,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use aes_kw::KwpAes256;
@@ -57,11 +57,10 @@ impl FileKeyProvider {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, KeyError> {
         let dir = dir.into();
         if !dir.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|e| io_err(&dir, e))?;
+            // Durably: a key directory whose name a power cut takes away
+            // takes every key, and so every segment, with it.
+            crate::io::durable::create_private_dir_all(&crate::io::FileIo, &dir)
+                .map_err(|e| io_err(&e.path.clone(), e.into()))?;
         }
         let meta = fs::metadata(&dir).map_err(|e| io_err(&dir, e))?;
         if !meta.is_dir() {
@@ -163,10 +162,10 @@ impl FileKeyProvider {
             .map_err(|_| KeyError::Config(format!("key {} has the wrong length", id.label())))
     }
 
+    /// Makes the names created and removed in the key directory durable.
     fn sync_dir(&self) -> Result<(), KeyError> {
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_err(&self.dir, e))
+        crate::io::durable::sync_dir(&crate::io::FileIo, &self.dir)
+            .map_err(|e| io_err(&self.dir, e.into()))
     }
 }
 

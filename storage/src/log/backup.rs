@@ -95,7 +95,7 @@ impl LogFreeze<'_> {
     /// A file cannot be linked or written (`dest` on another file system,
     /// a file of the log missing); the error names it.
     pub fn link_into(&self, dest: &Path) -> Result<PinnedPartition, LogError> {
-        std::fs::create_dir_all(dest).map_err(files::io_err("creating", dest))?;
+        crate::io::durable::create_dir_all(&crate::io::FileIo, dest).map_err(files::step_err)?;
         let dir = self.log.dir();
         let segments = self.log.read_segments().clone();
         let mut pinned = Vec::new();

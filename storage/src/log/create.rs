@@ -20,10 +20,16 @@ use super::segment::{Segment, SegmentCrypto};
 
 impl PartitionLog {
     /// Creates the active segment at the log's next offset: header and empty
-    /// index, a fresh data key from the key manager, its envelope (written
-    /// atomically, which also makes the new file names durable).
+    /// index (the header synced and the new names made durable), a fresh
+    /// data key from the key manager, its envelope (written atomically and
+    /// made durable).
     pub(super) fn create_active_locked(&self, w: &mut Writer, now: i64) -> Result<(), LogError> {
         let ctx = &self.ctx;
+        if w.dir_missing {
+            return Err(LogError::DirectoryMissing {
+                dir: ctx.dir.as_ref().clone(),
+            });
+        }
         let base = w.next_offset;
         let path = ctx.segment_path(base);
         let segment_id = random_segment_id().map_err(|source| LogError::KeyCreate {
@@ -46,12 +52,15 @@ impl PartitionLog {
         };
         let file = files::open(ctx.io.as_ref(), &path, mode, "creating")?;
         // From here until its envelope is in place, the file is an empty
-        // newest segment: recovery and the next attempt reuse it. The
-        // header needs no fsync of its own: the fdatasync that makes the
-        // first frame durable covers it, and the envelope's directory fsync
-        // makes the new names durable. A crash before a frame is durable
-        // leaves a newest segment without frames, which recovery empties,
-        // shredding its envelope if one was written.
+        // newest segment: recovery and the next attempt reuse it (a new
+        // descriptor each time, so a failed sync is never retried on this
+        // one). The header and the new names are made durable *before* the
+        // key manager records the segment's key in the registry: after a
+        // power cut in between, recovery finds the header and forgets the
+        // key by its segment id, so the registry never names a segment the
+        // disk does not hold. A crash before a frame is durable leaves a
+        // newest segment without frames, which recovery empties, shredding
+        // its envelope if one was written.
         w.placeholder = Some(base);
         files::write_all_at(file.as_ref(), &header.encode(), 0, &path)?;
         let index = IndexWriter::create(
@@ -59,6 +68,9 @@ impl PartitionLog {
             &ctx.dir.join(super::format::index_file_name(base)),
             ctx.config.index_interval_bytes,
         )?;
+        crate::observe::timed_fsync(|| file.sync_data())
+            .map_err(files::io_err("syncing", &path))?;
+        files::sync_dir(ctx.io.as_ref(), &ctx.dir)?;
 
         let (crypto, envelope) = if ctx.encrypted {
             let key_ctx = SegmentKeyContext {
@@ -80,7 +92,6 @@ impl PartitionLog {
                 Some(envelope),
             )
         } else {
-            files::sync_dir(ctx.io.as_ref(), &ctx.dir)?;
             (Arc::new(SegmentCrypto::plaintext(&segment_id)), None)
         };
         w.placeholder = None;

@@ -282,6 +282,18 @@ pub enum LogError {
         /// The partition directory.
         dir: PathBuf,
     },
+
+    /// The partition directory was missing at open although the caller's
+    /// records say the partition holds data; it was not created again, and
+    /// nothing is appended until the loss is accepted
+    /// ([`PartitionLog::skip_to`](super::PartitionLog::skip_to)).
+    #[error("partition directory {} is missing although records of its segments exist: it \
+             was not created again, so no offset is handed out twice (restore the directory \
+             from backup, or accept the loss)", dir.display())]
+    DirectoryMissing {
+        /// The partition directory.
+        dir: PathBuf,
+    },
 }
 
 impl LogError {
@@ -306,6 +318,7 @@ impl LogError {
                 | Self::EnvelopeEmpty { .. }
                 | Self::EnvelopeCorrupt { .. }
                 | Self::EnvelopeMismatch { .. }
+                | Self::DirectoryMissing { .. }
         )
     }
 

@@ -5,6 +5,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::io::durable::{self, StepError};
 use crate::io::{IoFile, OpenMode, StorageIo};
 
 use super::error::LogError;
@@ -13,6 +14,15 @@ use super::error::LogError;
 pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LogError {
     let path = path.to_path_buf();
     move |source| LogError::Io { op, path, source }
+}
+
+/// A failed step of [`durable`] as the log's error.
+pub(crate) fn step_err(e: StepError) -> LogError {
+    LogError::Io {
+        op: e.op,
+        path: e.path,
+        source: e.source,
+    }
 }
 
 /// Opens `path` in `mode`; `op` names the step in the error.
@@ -31,30 +41,15 @@ pub(crate) fn sync_dir(io: &dyn StorageIo, dir: &Path) -> Result<(), LogError> {
 }
 
 /// Writes `bytes` to `dir/name` atomically: `name.tmp`, fsync, rename,
-/// fsync of the directory. A failure leaves the old file (if any) in place.
+/// fsync of the directory ([`durable::write_atomic`]). A failure leaves
+/// the old file (if any) in place.
 pub(crate) fn write_atomic(
     io: &dyn StorageIo,
     dir: &Path,
     name: &str,
     bytes: &[u8],
 ) -> Result<(), LogError> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let dst = dir.join(name);
-    let written = (|| {
-        let file = open(io, &tmp, OpenMode::Truncate, "creating")?;
-        file.write_all_at(bytes, 0)
-            .map_err(io_err("writing", &tmp))?;
-        file.sync_all().map_err(io_err("syncing", &tmp))?;
-        drop(file);
-        io.rename(&tmp, &dst)
-            .map_err(io_err("renaming into place", &dst))
-    })();
-    if let Err(e) = written {
-        // A full disk must not also keep the half-written temporary.
-        let _ = io.remove_file(&tmp);
-        return Err(e);
-    }
-    sync_dir(io, dir)
+    durable::write_atomic(io, dir, name, bytes).map_err(step_err)
 }
 
 /// Removes `path`; a file that is already gone is not an error.

@@ -154,6 +154,11 @@ impl PartitionLog {
     /// gap, recorded durably (see the module docs) so that no later open
     /// reuses them and readers read across it.
     ///
+    /// A log opened on a missing directory
+    /// ([`PartitionLog::open_recorded`]) gets its directory back here,
+    /// created durably, even when `offset` is its next offset: calling
+    /// this is how its owner accepts the loss.
+    ///
     /// # Errors
     ///
     /// [`LogError::InvalidTruncation`] for an offset below the next
@@ -162,6 +167,12 @@ impl PartitionLog {
     pub fn skip_to(&self, offset: u64) -> Result<(), LogError> {
         let mut w = self.lock_writer();
         self.ensure_writable(&mut w)?;
+        if w.dir_missing {
+            crate::io::durable::create_dir_all(self.ctx.io.as_ref(), &self.ctx.dir)
+                .map_err(files::step_err)?;
+            w.dir_missing = false;
+            tracing::warn!(dir = %self.ctx.dir.display(), "partition directory created again after its loss was accepted");
+        }
         if offset < w.next_offset {
             return Err(LogError::InvalidTruncation {
                 offset,

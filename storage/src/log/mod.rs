@@ -76,6 +76,7 @@ mod read;
 mod recovery;
 mod scan;
 mod segment;
+mod shred;
 mod truncate;
 
 pub use backup::{LogFreeze, PinnedFile, PinnedPartition};
@@ -90,3 +91,4 @@ pub use partition::{Appended, LogEnv, PartitionLog, RollHook, SegmentInfo};
 pub use quarantine::{QUARANTINE_HEADER_LEN, QUARANTINE_MAGIC, QuarantineHeader};
 pub use read::VerifyReport;
 pub use scan::{Scanned, scan_dir};
+pub use shred::remove_partition_dir;

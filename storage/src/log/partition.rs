@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 
 use strongbox_protocol::batch::RecordBatch;
 
-use crate::io::{IoFile, StorageIo, default_io};
+use crate::io::{IoFile, StorageIo, default_io, durable};
 use crate::keys::{Dek, KekId, KeyError, SegmentKeyContext, SegmentKeys, WrappedDek};
 
 use super::config::{Clock, Durability, LogConfig, SystemClock, millis};
@@ -135,6 +135,9 @@ pub(super) struct Writer {
     /// Set when a write or sync failed; cleared when an append goes through
     /// again.
     pub(super) fence: Option<Fence>,
+    /// The directory was missing at open and was not created again
+    /// ([`PartitionLog::open_recorded`]); cleared by `skip_to`.
+    pub(super) dir_missing: bool,
 }
 
 /// The segment taking appends. Only a segment created by this process is
@@ -164,7 +167,7 @@ impl PartitionLog {
         config: LogConfig,
         keys: Arc<dyn SegmentKeys>,
     ) -> Result<Self, LogError> {
-        Self::open_inner(dir.into(), config, keys, LogEnv::default(), true)
+        Self::open_inner(dir.into(), config, keys, LogEnv::default(), true, true)
     }
 
     /// [`PartitionLog::open`] with a given clock.
@@ -182,11 +185,12 @@ impl PartitionLog {
             clock,
             ..LogEnv::default()
         };
-        Self::open_inner(dir.into(), config, keys, env, true)
+        Self::open_inner(dir.into(), config, keys, env, true, true)
     }
 
     /// [`PartitionLog::open`] with a given clock, file system and roll
-    /// callback.
+    /// callback. A missing directory is created, and its name made durable
+    /// up to the first directory that existed, before the log opens.
     ///
     /// # Errors
     ///
@@ -197,7 +201,30 @@ impl PartitionLog {
         keys: Arc<dyn SegmentKeys>,
         env: LogEnv,
     ) -> Result<Self, LogError> {
-        Self::open_inner(dir.into(), config, keys, env, true)
+        Self::open_inner(dir.into(), config, keys, env, true, true)
+    }
+
+    /// Opens the log of a partition that the caller's records say holds
+    /// data (the key registry knows segments of it, or a durable end was
+    /// recorded). Unlike [`PartitionLog::open_with_env`], a missing
+    /// directory is **not** created: a partition that lost its directory
+    /// must not start again empty and hand out its offsets a second time.
+    /// The log then opens with no segment,
+    /// [`PartitionLog::directory_missing`] is true, reads find nothing, and
+    /// appends fail with [`LogError::DirectoryMissing`] until
+    /// [`PartitionLog::skip_to`] accepts the loss (it creates the directory
+    /// durably and moves the next offset past the lost ones).
+    ///
+    /// # Errors
+    ///
+    /// As [`PartitionLog::open`].
+    pub fn open_recorded(
+        dir: impl Into<PathBuf>,
+        config: LogConfig,
+        keys: Arc<dyn SegmentKeys>,
+        env: LogEnv,
+    ) -> Result<Self, LogError> {
+        Self::open_inner(dir.into(), config, keys, env, true, false)
     }
 
     /// **Benchmarks only.** Opens a log that stores batches *unencrypted*,
@@ -219,6 +246,7 @@ impl PartitionLog {
             Arc::new(NoKeys),
             LogEnv::default(),
             false,
+            true,
         )
     }
 
@@ -228,11 +256,21 @@ impl PartitionLog {
         keys: Arc<dyn SegmentKeys>,
         env: LogEnv,
         encrypted: bool,
+        create_missing: bool,
     ) -> Result<Self, LogError> {
         let config = config.validate()?;
-        env.io
-            .create_dir_all(&dir)
-            .map_err(files::io_err("creating", &dir))?;
+        let dir_missing = if create_missing {
+            // The directory's name, and those of the parents made with it,
+            // must be durable before any record in it is acknowledged.
+            durable::create_dir_all(env.io.as_ref(), &dir).map_err(files::step_err)?;
+            false
+        } else {
+            match env.io.metadata(&dir) {
+                Ok(_) => false,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                Err(e) => return Err(files::io_err("reading the metadata of", &dir)(e)),
+            }
+        };
         let dir = Arc::new(dir);
         let ctx = Arc::new(LogCtx {
             dir: Arc::clone(&dir),
@@ -242,7 +280,12 @@ impl PartitionLog {
             clock: env.clock,
             io: env.io,
         });
-        let recovered = recovery::recover(&ctx)?;
+        let recovered = if dir_missing {
+            tracing::error!(dir = %dir.display(), "partition directory missing; not creating it again");
+            recovery::Recovered::empty()
+        } else {
+            recovery::recover(&ctx)?
+        };
         let next = recovered.next_offset;
         let log_start = recovered.segments.first().map_or(next, |s| s.base);
         let sync = Arc::new(SyncShared::new(Arc::clone(&dir), next));
@@ -270,6 +313,7 @@ impl PartitionLog {
                 scratch: Vec::new(),
                 closed: false,
                 fence: None,
+                dir_missing,
             }),
             sync,
             flusher: Mutex::new(flusher),
@@ -286,6 +330,13 @@ impl PartitionLog {
     /// The partition directory.
     pub fn dir(&self) -> &Path {
         &self.ctx.dir
+    }
+
+    /// True when the log was opened with [`PartitionLog::open_recorded`]
+    /// on a missing directory and no loss has been accepted since: it holds
+    /// nothing and takes no appends.
+    pub fn directory_missing(&self) -> bool {
+        self.lock_writer().dir_missing
     }
 
     /// The first offset the log holds.

@@ -68,6 +68,19 @@ pub(crate) struct Recovered {
     pub(crate) events: Vec<LogEvent>,
 }
 
+impl Recovered {
+    /// A log with nothing in it (a directory that is not there).
+    pub(crate) fn empty() -> Self {
+        Self {
+            segments: Vec::new(),
+            placeholder: None,
+            next_offset: 0,
+            gaps: BTreeMap::new(),
+            events: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Names {
     log: bool,
@@ -286,8 +299,14 @@ fn finish_deletion(ctx: &LogCtx, base: u64, has_key: bool) -> Result<(), LogErro
 /// forget the key: the one the envelope names, or `segment_id` (from the
 /// segment's header) when there is no readable envelope, so a key whose
 /// envelope never got written (a crash while creating the segment) is not
-/// left in the registry. A registry failure is logged: the wrapped key is
-/// gone from disk either way.
+/// left in the registry. Callers keep something on disk that names the key
+/// until this returns (the segment's header, in `.log.deleted` during
+/// retention), so a crash or a registry failure in between is finished by
+/// the next attempt.
+///
+/// # Errors
+///
+/// Removing or syncing failed; the key manager could not forget the key.
 pub(crate) fn shred_envelope(
     ctx: &LogCtx,
     base: u64,
@@ -295,11 +314,20 @@ pub(crate) fn shred_envelope(
 ) -> Result<(), LogError> {
     let dir = ctx.dir.as_path();
     let io = ctx.io.as_ref();
-    let envelope = read_envelope(io, dir, base).ok();
+    let key_ctx = key_context(ctx, base, segment_id);
     if files::remove_if_exists(io, &dir.join(key_file_name(base)))? {
         files::sync_dir(io, dir)?;
     }
-    let key_ctx = match (envelope, segment_id) {
+    forget(ctx, base, key_ctx)
+}
+
+/// The key of segment `base`: the one its envelope names, or `segment_id`
+/// under the log's scope.
+fn key_context(ctx: &LogCtx, base: u64, segment_id: Option<[u8; 16]>) -> Option<SegmentKeyContext> {
+    match (
+        read_envelope(ctx.io.as_ref(), &ctx.dir, base).ok(),
+        segment_id,
+    ) {
         (Some(env), _) => Some(env.context()),
         (None, Some(id)) => Some(SegmentKeyContext {
             topic_id: ctx.config.topic_id,
@@ -308,17 +336,17 @@ pub(crate) fn shred_envelope(
             scope: ctx.config.kek_scope.clone(),
         }),
         (None, None) => None,
-    };
-    if let Some(key_ctx) = key_ctx
-        && let Err(e) = ctx.keys.forget(&key_ctx)
-    {
-        tracing::warn!(
-            segment = %ctx.segment_path(base).display(),
-            error = %e,
-            "the key manager could not forget a deleted segment's key"
-        );
     }
-    Ok(())
+}
+
+fn forget(ctx: &LogCtx, base: u64, key_ctx: Option<SegmentKeyContext>) -> Result<(), LogError> {
+    let Some(key_ctx) = key_ctx else {
+        return Ok(());
+    };
+    ctx.keys.forget(&key_ctx).map_err(|source| LogError::Key {
+        segment: ctx.segment_path(base),
+        source,
+    })
 }
 
 enum Opened {
@@ -519,10 +547,13 @@ pub(crate) fn read_seal(
 
 /// Empties the newest segment file, which holds no frames: its envelope
 /// is shredded (the key forgotten: the envelope's, or `segment_id`'s from
-/// the header) and only its name (the next offset) is kept. The file is
-/// emptied first: a failure (or a crash) between the steps leaves an empty
-/// file with its envelope, which the next attempt finishes, never bytes
-/// without the envelope that reads them.
+/// the header) and only its name (the next offset) is kept. The key
+/// manager forgets the key first, while the header and the envelope still
+/// name it: a crash after either is gone must not leave a registry entry
+/// that nothing on disk names. Then the file is emptied, so a failure (or a
+/// crash) before the envelope goes leaves an empty file with its envelope,
+/// which the next attempt finishes, never bytes without the envelope that
+/// reads them.
 pub(crate) fn make_placeholder(
     ctx: &LogCtx,
     base: u64,
@@ -531,6 +562,9 @@ pub(crate) fn make_placeholder(
 ) -> Result<(), LogError> {
     let path = ctx.segment_path(base);
     let io = ctx.io.as_ref();
+    if ctx.encrypted {
+        forget(ctx, base, key_context(ctx, base, segment_id))?;
+    }
     file.set_len(0).map_err(files::io_err("emptying", &path))?;
     file.sync_all().map_err(files::io_err("syncing", &path))?;
     if ctx.encrypted {
