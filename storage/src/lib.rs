@@ -13,6 +13,7 @@
 )]
 
 pub mod aead;
+pub mod data_dir;
 pub mod io;
 pub mod keys;
 pub mod log;

@@ -27,10 +27,13 @@
 //! [`MetaError::Corrupt`] naming the table and key, never a panic.
 
 mod access;
+mod backend;
 mod codec;
+mod deletions;
 mod ends;
 mod jobs;
 mod kek;
+mod open;
 mod snapshot;
 pub mod tables;
 mod topics;
@@ -42,6 +45,7 @@ use std::sync::Arc;
 use redb::{Key, ReadableDatabase, ReadableTable, TableDefinition, TableError, Value};
 
 pub use access::{AclEntry, AuditHead};
+pub use deletions::TopicDeletion;
 pub use ends::PartitionEnd;
 pub use jobs::RewrapJobState;
 pub use snapshot::{MetaSnapshot, SnapshotStats};
@@ -59,6 +63,26 @@ pub enum MetaError {
         /// The cause.
         #[source]
         source: redb::DatabaseError,
+    },
+    /// The database file could not be created, or its name made durable.
+    #[error("cannot create metadata store {path}: {source}")]
+    Create {
+        /// The database file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database file does not exist (or is empty), and the caller
+    /// asked not to create it.
+    #[error(
+        "metadata store {path} is missing or empty: it holds the topics, the key registry and \
+         the partitions' durable ends, and a new, empty store would silently lose them \
+         (restore it from a backup)"
+    )]
+    Missing {
+        /// The database file.
+        path: String,
     },
     /// A read, write or commit failed.
     #[error("metadata store: {0}")]
@@ -126,22 +150,6 @@ impl std::fmt::Debug for MetaStore {
 }
 
 impl MetaStore {
-    /// Opens the database file at `path`, creating it (and every table) when
-    /// missing.
-    ///
-    /// # Errors
-    ///
-    /// [`MetaError::Open`] when the file cannot be opened (for example it is
-    /// locked by another process or not a redb file); [`MetaError::Db`].
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, MetaError> {
-        let path = path.as_ref();
-        let db = redb::Database::create(path).map_err(|source| MetaError::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::init(db, Some(path.to_path_buf()))
-    }
-
     /// A store that lives in memory only, for tests.
     ///
     /// # Errors
@@ -157,7 +165,7 @@ impl MetaStore {
         Self::init(db, None)
     }
 
-    fn init(db: redb::Database, path: Option<PathBuf>) -> Result<Self, MetaError> {
+    pub(super) fn init(db: redb::Database, path: Option<PathBuf>) -> Result<Self, MetaError> {
         let store = Self {
             db: Arc::new(db),
             path,

@@ -98,6 +98,7 @@ impl MetaSnapshot {
         copy.table(tables::SINGLETONS)?;
         copy.table(tables::COUNTERS)?;
         copy.table(tables::PARTITION_ENDS)?;
+        copy.table(tables::TOPIC_DELETIONS)?;
         let Copier { names, entries, .. } = copy;
         for handle in self.txn.list_tables().map_err(MetaError::from)? {
             if !names.contains(handle.name()) {
@@ -206,7 +207,7 @@ mod tests {
             .expect("later commit");
         let copy = dir.path().join("copy.redb");
         let stats = snapshot.write_to(&copy).expect("write");
-        assert_eq!(stats.tables, 13);
+        assert_eq!(stats.tables, 14);
         drop(snapshot);
 
         let copied = dump(&copy);

@@ -84,6 +84,12 @@ pub const COUNTERS: TableDefinition<'static, &str, u64> = TableDefinition::new("
 pub const PARTITION_ENDS: TableDefinition<'static, ([u8; 16], u32), &[u8]> =
     TableDefinition::new("partition_ends.v1");
 
+/// Topic id → JSON `{name, partitions, dedicated_kek}`: a
+/// topic removed from [`TOPICS`] whose files and key registry entries are
+/// not all gone yet; see [`super::TopicDeletion`].
+pub const TOPIC_DELETIONS: TableDefinition<'static, [u8; 16], &[u8]> =
+    TableDefinition::new("topic_deletions.v1");
+
 /// Creates every table (a no-op for those that exist).
 pub(super) fn create_all(txn: &WriteTransaction) -> Result<(), MetaError> {
     txn.open_table(TOPICS)?;
@@ -99,5 +105,6 @@ pub(super) fn create_all(txn: &WriteTransaction) -> Result<(), MetaError> {
     txn.open_table(SINGLETONS)?;
     txn.open_table(COUNTERS)?;
     txn.open_table(PARTITION_ENDS)?;
+    txn.open_table(TOPIC_DELETIONS)?;
     Ok(())
 }

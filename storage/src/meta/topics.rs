@@ -339,8 +339,10 @@ impl Batch<'_> {
     }
 
     /// Removes a topic with its group offsets, producer states and
-    /// recipients; returns it when it existed. (ACL rules are patterns and
-    /// stay; a dedicated KEK is destroyed through the key manager.)
+    /// recipients, and records its deletion as started
+    /// ([`super::TopicDeletion`]) until its files are gone; returns it when
+    /// it existed. (ACL rules are patterns and stay; a dedicated KEK is
+    /// destroyed through the key manager.)
     ///
     /// # Errors
     ///
@@ -351,6 +353,7 @@ impl Batch<'_> {
         };
         self.delete(TOPICS, name)?;
         self.remove_partition_ends(&topic.topic_id)?;
+        self.start_topic_deletion(&topic)?;
 
         let mut offsets = Vec::new();
         self.scan(GROUP_OFFSETS, None, |(g, t, p), _| {
