@@ -46,6 +46,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use strongbox_storage::io::{FileIo, durable};
+
 use crate::pki::{CertSpec, PkiError, TestCa, write_file};
 
 mod revoke;
@@ -241,7 +243,7 @@ impl DevLayout {
             doc.insert("broker", toml_edit::value(addr.clone()));
             let tmp = p.path.with_extension("toml.tmp");
             write_file(&tmp, doc.to_string().as_bytes(), false)?;
-            std::fs::rename(&tmp, &p.path).map_err(io_err(&p.path))?;
+            durable::rename(&FileIo, &tmp, &p.path).map_err(|e| io_err(&p.path)(e.into()))?;
         }
         Ok(())
     }
@@ -285,7 +287,7 @@ impl DevLayout {
         if changed {
             let tmp = path.with_extension("toml.tmp");
             write_file(&tmp, doc.to_string().as_bytes(), false)?;
-            std::fs::rename(&tmp, path).map_err(io_err(path))?;
+            durable::rename(&FileIo, &tmp, path).map_err(|e| io_err(path)(e.into()))?;
         }
         Ok(changed)
     }
@@ -369,16 +371,17 @@ pub fn ensure_dev_dir(dir: &Path, listen: SocketAddr) -> Result<DevLayout, DevEr
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+    durable::create_dir_all(&FileIo, &parent).map_err(|e| io_err(&parent)(e.into()))?;
     let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
     }
-    let built = build(&staging, listen);
+    let built = build(&staging, listen).and_then(|()| sync_tree(&staging));
     let placed = built.and_then(|()| {
         // rename(2) replaces an empty directory, so an empty `dir` made by
-        // the user is fine.
-        std::fs::rename(&staging, dir).map_err(io_err(dir))
+        // the user is fine. The rename is made durable: the broker keeps
+        // its data and the file provider its keys under `dir`.
+        durable::rename(&FileIo, &staging, dir).map_err(|e| io_err(dir)(e.into()))
     });
     match placed {
         Ok(()) => Ok(DevLayout::at(dir, true)),
@@ -426,6 +429,16 @@ fn is_empty_dir(dir: &Path) -> Result<bool, DevError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
         Err(e) => Err(io_err(dir)(e)),
     }
+}
+
+/// Makes the names of a freshly built tree durable (its files are synced
+/// as they are written): each of its directories is synced.
+fn sync_tree(root: &Path) -> Result<(), DevError> {
+    for sub in ["ca", "tls", "profiles", "keys", "data"] {
+        let d = root.join(sub);
+        durable::sync_dir(&FileIo, &d).map_err(|e| io_err(&d)(e.into()))?;
+    }
+    durable::sync_dir(&FileIo, root).map_err(|e| io_err(root)(e.into()))
 }
 
 fn mkdir_private(path: &Path) -> Result<(), DevError> {

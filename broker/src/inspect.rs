@@ -214,7 +214,7 @@ pub fn inspect(
     })
     .map_err(|e| InspectError::Setup(Box::new(e)))?;
     let meta_path = setup.data_dir.join("meta.redb");
-    let meta = MetaStore::open(&meta_path).map_err(|e| match e {
+    let meta = MetaStore::open_existing(&meta_path).map_err(|e| match e {
         MetaError::Open {
             source: redb::DatabaseError::DatabaseAlreadyOpen,
             ..

@@ -8,7 +8,9 @@
 //!   trail has `partition.readonly`; `topic recover --accept-loss` lets it
 //!   take writes again after the highest offset it ever acknowledged,
 //!   audited, and readers read across the gap;
-//! - a partition directory that vanished opens read-only too;
+//! - a partition directory that vanished opens read-only too, and is not
+//!   created again (not even by a second restart) until the loss is
+//!   accepted;
 //! - a consumer group cannot commit past a partition's end (which would
 //!   make the next start take the log for one cut short);
 //! - a torn tail cut at recovery is kept in a quarantine file, audited
@@ -269,22 +271,53 @@ async fn a_vanished_partition_directory_opens_read_only() -> Result<()> {
     broker.terminate()?;
     std::fs::remove_dir_all(&dir)?;
 
+    for _ in 0..2 {
+        let mut broker = start(&dev)?;
+        let info = describe(&broker, "gone")?;
+        let p = &info["partition_state"][0];
+        ensure!(p["state"] == "read_only", "{info:#}");
+        ensure!(
+            p["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("directory is missing (it was not created again)")),
+            "{info:#}"
+        );
+        cli_fails(
+            &broker.profile("admin"),
+            1,
+            &["publish", "gone", "--partition", "0", "x"],
+            "read-only",
+        )?;
+        ensure!(!dir.exists(), "the partition was not started again empty");
+        broker.terminate()?;
+    }
+
+    // Accepting the loss brings the directory back; offsets go on after the
+    // ones acknowledged before.
     let broker = start(&dev)?;
+    cli_ok(
+        &broker.profile("admin"),
+        &[
+            "topic",
+            "recover",
+            "gone",
+            "--partition",
+            "0",
+            "--accept-loss",
+        ],
+    )?;
+    ensure!(dir.is_dir(), "created again once the loss is accepted");
+    publish(&broker, "gone", &["after".to_owned()])?;
     let info = describe(&broker, "gone")?;
     let p = &info["partition_state"][0];
-    ensure!(p["state"] == "read_only", "{info:#}");
     ensure!(
-        p["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("directory was missing")),
+        p["state"] == "ok" && p["log_start_offset"] == 5 && p["high_watermark"] == 6,
+        "no offset handed out twice: {info:#}"
+    );
+    ensure!(
+        read(&broker, "gone", 5, 1)? == vec![(5, "after".to_owned())],
         "{info:#}"
     );
-    cli_fails(
-        &broker.profile("admin"),
-        1,
-        &["publish", "gone", "--partition", "0", "x"],
-        "read-only",
-    )?;
     Ok(())
 }
 

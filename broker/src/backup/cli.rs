@@ -318,6 +318,6 @@ fn write_manifest(to: &Path, manifest: &Manifest) -> Result<(), BackupError> {
         .and_then(|()| f.write_all(b"\n"))
         .and_then(|()| f.sync_all())
         .map_err(|e| BackupError::io("writing", &tmp, e))?;
-    std::fs::rename(&tmp, &dest).map_err(|e| BackupError::io("renaming", &dest, e))?;
-    sync_dir(to)
+    strongbox_storage::io::durable::rename(&strongbox_storage::io::FileIo, &tmp, &dest)
+        .map_err(|e| BackupError::io("renaming", &dest, e.into()))
 }

@@ -159,7 +159,7 @@ fn rel_path(dir: &Path, name: &str) -> String {
 
 /// The KEK versions the snapshot's registry knows.
 fn kek_notes(meta_path: &Path) -> Result<Vec<KekNote>, BackupError> {
-    let meta = MetaStore::open(meta_path)?;
+    let meta = MetaStore::open_existing(meta_path)?;
     let versions = meta.read(|r| r.kek_versions(None))?;
     Ok(versions
         .into_iter()
@@ -200,18 +200,16 @@ fn link_as_found(source: &Path, dest: &Path) -> Result<Vec<(String, u64)>, Backu
     Ok(out)
 }
 
-/// Creates `dir` (and its parents) readable by the owner only.
+/// Creates `dir` (and its parents) readable by the owner only, each new
+/// name made durable in its parent.
 pub(crate) fn create_private_dir(dir: &Path) -> Result<(), BackupError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| BackupError::io("creating", dir, e))
+    strongbox_storage::io::durable::create_private_dir_all(&strongbox_storage::io::FileIo, dir)
+        .map(drop)
+        .map_err(|e| BackupError::io("creating", dir, e.into()))
 }
 
+/// Makes the names created in `dir` durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), BackupError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| BackupError::io("syncing", dir, e))
+    strongbox_storage::io::durable::sync_dir(&strongbox_storage::io::FileIo, dir)
+        .map_err(|e| BackupError::io("syncing", dir, e.into()))
 }

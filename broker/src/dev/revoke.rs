@@ -120,7 +120,9 @@ pub fn revoke(dir: &Path, who: &str) -> Result<Revocation, DevError> {
         let pem = ca.crl_of_serials(&listed, crl_number)?;
         let tmp = crl_path.with_extension("pem.tmp");
         write_file(&tmp, pem.as_bytes(), false)?;
-        std::fs::rename(&tmp, &crl_path).map_err(io_err(&crl_path))?;
+        // The revocation must outlive a power cut like any other state.
+        strongbox_storage::io::durable::rename(&strongbox_storage::io::FileIo, &tmp, &crl_path)
+            .map_err(|e| io_err(&crl_path)(e.into()))?;
     }
     Ok(Revocation {
         cert: cert_path,

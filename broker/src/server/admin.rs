@@ -12,9 +12,7 @@ use strongbox_protocol::frames::admin_types::{
     AclRule, Durability, KeyVersionInfo, Operations, TopicConfig, TopicInfo,
 };
 use strongbox_protocol::session::admin::BrokerAdminStream;
-use strongbox_storage::keys::{
-    KekId, KekScope, KekVersion, KeyError, SegmentKeyContext, SegmentKeys,
-};
+use strongbox_storage::keys::{KekId, KekScope, KekVersion, KeyError, SegmentKeys};
 use strongbox_storage::meta::{AclEntry, MetaError, TopicEntry};
 
 use crate::audit::{self, AUDIT_TOPIC, AuditAction, AuditEvent, Outcome, topic_resource};
@@ -25,9 +23,7 @@ use crate::server::key_lifecycle::{self, scope_name};
 use crate::server::producers::InitOutcome;
 use crate::server::rewrap::RewrapRequest;
 use crate::server::stream_io::{FrameReader, FrameWriter, StreamError, end_with_error};
-use crate::server::topics::{
-    self, PartitionSlot, Topic, kek_scope, resolve_config, validate_topic_name,
-};
+use crate::server::topics::{self, Topic, resolve_config, validate_topic_name};
 use crate::server::{BrokerState, now_ms};
 use crate::server::{access, recipients};
 
@@ -618,60 +614,25 @@ async fn delete_topic(state: &Arc<BrokerState>, name: &str) -> Result<AdminRespo
 
 /// Deletes a topic's data, key envelopes first (crypto-shredding: once the
 /// wrapped data keys are gone the segments cannot be decrypted, even from a
-/// copy), then destroys its dedicated KEK if it has one. Returns the number
-/// of KEK versions destroyed.
+/// copy), forgets its keys in the registry, then destroys its dedicated KEK
+/// if it has one. Every step is made durable in order, and the metadata
+/// store keeps the deletion recorded until the last one is done, so a stop
+/// or a power cut in between is finished at the next start. Returns the
+/// number of KEK versions destroyed.
 fn shred_topic(state: &BrokerState, topic: &Topic) -> Result<usize, BrokerError> {
-    let scope = kek_scope(&topic.entry);
-    for (index, slot) in topic.partitions.iter().enumerate() {
-        let dir = topics::topic_dir(state.topics.data_dir(), &topic.entry.topic_id)
-            .join(index.to_string());
-        if let PartitionSlot::Ready(p) = slot {
-            for segment in p.log().segments() {
-                let ctx = SegmentKeyContext {
-                    topic_id: topic.entry.topic_id,
-                    partition: u32::try_from(index).unwrap_or(u32::MAX),
-                    segment_id: segment.segment_id,
-                    scope: scope.clone(),
-                };
-                if let Err(e) = state.keys.forget(&ctx) {
-                    tracing::warn!(error = %e, "cannot drop a segment from the key registry");
-                }
-            }
-        }
-        remove_envelopes_then_dir(&dir)?;
-    }
-    let topic_dir = topics::topic_dir(state.topics.data_dir(), &topic.entry.topic_id);
-    if let Err(e) = std::fs::remove_dir_all(&topic_dir)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        return Err(BrokerError::internal("removing the topic directory", e));
-    }
-    if topic.entry.config.dedicated_kek {
-        let destroyed = state.keys.destroy_scope(&scope).map_err(key_error)?;
-        return Ok(destroyed.len());
-    }
-    Ok(0)
-}
-
-fn remove_envelopes_then_dir(dir: &std::path::Path) -> Result<(), BrokerError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(BrokerError::internal("listing a partition directory", e)),
+    let deletion = strongbox_storage::meta::TopicDeletion {
+        topic_id: topic.entry.topic_id,
+        name: topic.entry.name.clone(),
+        partitions: topic.entry.config.partitions,
+        dedicated_kek: topic.entry.config.dedicated_kek,
     };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|x| x == "key") {
-            std::fs::remove_file(&path)
-                .map_err(|e| BrokerError::internal("removing a key envelope", e))?;
-        }
-    }
-    // Make the envelope removals durable before any data goes.
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| BrokerError::internal("syncing a partition directory", e))?;
-    std::fs::remove_dir_all(dir)
-        .map_err(|e| BrokerError::internal("removing a partition directory", e))
+    strongbox_storage::data_dir::finish_topic_deletion(
+        state.topics.io().as_ref(),
+        state.topics.data_dir(),
+        &state.keys,
+        &deletion,
+    )
+    .map_err(|e| BrokerError::internal("deleting the topic's files and keys", e))
 }
 
 async fn acl_grant(state: &Arc<BrokerState>, rule: AclRule) -> Result<AdminResponse, BrokerError> {

@@ -59,7 +59,9 @@ pub fn recovered_event(topic: &str, index: u32, done: &Recovered) -> AuditEvent 
 /// What a partition lost, as found at open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Loss {
-    /// The partition's directory was gone (it was created again, empty).
+    /// The partition's directory was gone. It is not created again until
+    /// the loss is accepted: the partition serves nothing and takes no
+    /// writes.
     DirectoryMissing,
     /// The log ends before the durable end on record.
     Shorter {
@@ -87,7 +89,9 @@ pub enum Loss {
 impl fmt::Display for Loss {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::DirectoryMissing => f.write_str("its directory was missing"),
+            Self::DirectoryMissing => {
+                f.write_str("its directory is missing (it was not created again)")
+            }
             Self::Shorter { end, recorded } => write!(
                 f,
                 "its log ends at offset {end}, but offsets up to {recorded} were acknowledged"
@@ -267,7 +271,9 @@ pub fn accept_loss(
         keys.forget(&ctx)
             .map_err(|e| BrokerError::internal("forgetting a lost segment's key", e))?;
     }
-    if resume_offset > end {
+    // A log whose directory vanished gets it back here, durably, even when
+    // nothing moves (skip_to creates it).
+    if resume_offset > end || log.directory_missing() {
         log.skip_to(resume_offset)
             .map_err(|e| BrokerError::internal("moving the log past the lost offsets", e))?;
     }

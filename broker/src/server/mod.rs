@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use strongbox_protocol::frames::admin_types::AclRule;
-use strongbox_storage::io::{StorageIo, default_io};
+use strongbox_storage::data_dir::{self, DataDirError};
+use strongbox_storage::io::{FileIo, StorageIo, default_io, durable};
 use strongbox_storage::keys::{
     FileKeyProvider, KeyManager, KeyProvider, PinSource, Pkcs11KeyProvider,
 };
@@ -82,6 +83,11 @@ pub enum StartError {
     /// The metadata store could not be opened.
     #[error("cannot open the metadata store: {0}")]
     Meta(#[from] strongbox_storage::meta::MetaError),
+    /// The data directory is not in a state the broker may start from
+    /// (partition logs without a metadata store), or a topic deletion a
+    /// crash interrupted cannot be finished.
+    #[error("{0}")]
+    DataDirState(#[from] DataDirError),
     /// The key provider could not be opened.
     #[error("cannot open the key provider: {0}")]
     Keys(#[from] strongbox_storage::keys::KeyError),
@@ -162,7 +168,14 @@ impl BrokerState {
     ) -> Result<Arc<Self>, StartError> {
         let data_dir = config.broker.data_dir.clone();
         create_private_dir(&data_dir)?;
-        let meta = MetaStore::open(data_dir.join("meta.redb"))?;
+        // A data directory that holds partition logs never gets a new,
+        // empty metadata store: that would hide the loss of the old one.
+        let meta_path = data_dir::meta_path(&data_dir);
+        let meta = if data_dir::may_create_meta(&FileIo, &data_dir)? {
+            MetaStore::open(meta_path)?
+        } else {
+            MetaStore::open_existing(meta_path)?
+        };
         let provider = open_provider(&config)?;
         let key_metrics = Arc::new(key_lifecycle::KeyMetrics::new(
             &metrics,
@@ -175,6 +188,11 @@ impl BrokerState {
             .map_err(|e| StartError::Other(format!("audit metrics: {e}")))?;
         // Before any log opens, so unwraps at start-up are counted too.
         keys.set_unwrap_observer(audit.unwrap_observer());
+        // Topic deletions a stop or a power cut interrupted: their key
+        // envelopes go before anything else opens.
+        for done in data_dir::finish_topic_deletions(io.as_ref(), &data_dir, &keys)? {
+            tracing::warn!(topic = %done.name, "finished deleting a topic whose deletion was interrupted");
+        }
         let partition_watch = Arc::new(
             partition_watch::PartitionWatch::new(metrics.registry())
                 .map_err(|e| StartError::Other(format!("partition metrics: {e}")))?,
@@ -280,19 +298,18 @@ impl BrokerState {
     }
 }
 
+/// Creates the data directory (`0700`, and every missing parent) with each
+/// new name made durable, and makes the data directory's own name durable
+/// even when something else created it (a package, `strongbox-broker
+/// dev`): everything the broker acknowledges lives under it.
 fn create_private_dir(dir: &Path) -> Result<(), StartError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let err = |source| StartError::DataDir {
         path: dir.display().to_string(),
         source,
     };
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(err)?;
-    }
+    durable::create_private_dir_all(&FileIo, dir).map_err(|e| err(e.into()))?;
+    durable::sync_parent(&FileIo, dir).map_err(|e| err(e.into()))?;
     let mode = std::fs::metadata(dir).map_err(err)?.permissions().mode();
     if mode & 0o077 != 0 {
         tracing::warn!(

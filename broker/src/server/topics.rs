@@ -280,7 +280,7 @@ pub fn retention(entry: &TopicEntry) -> RetentionPolicy {
 
 /// The directory of a topic's partitions.
 pub fn topic_dir(data_dir: &Path, topic_id: &[u8; 16]) -> PathBuf {
-    data_dir.join("log").join(hex::encode(topic_id))
+    strongbox_storage::data_dir::topic_dir(data_dir, topic_id)
 }
 
 /// What opening a partition needs besides its topic.
@@ -307,16 +307,35 @@ fn open_partition(
     index: u32,
     committed: &[(String, u64)],
 ) -> PartitionSlot {
-    let dir = topic_dir(&env.data_dir, &entry.topic_id).join(index.to_string());
-    let dir_existed = env.io.metadata(&dir).is_ok();
+    let dir = strongbox_storage::data_dir::partition_dir(&env.data_dir, &entry.topic_id, index);
+    // A partition the store has records of (segments in the key registry,
+    // a recorded durable end) is never started again from a missing
+    // directory: that would hand out its offsets a second time. Its log
+    // opens empty, without creating the directory, and the checks below
+    // make it read-only.
+    let has_records = env
+        .meta
+        .read(|r| {
+            Ok::<_, MetaError>(
+                r.partition_end(&entry.topic_id, index)?
+                    .is_some_and(|e| e.durable_end > 0)
+                    || !r.partition_segment_keks(&entry.topic_id, index)?.is_empty(),
+            )
+        })
+        .unwrap_or(true);
     let log_env = LogEnv {
         io: env.io.clone(),
         on_roll: env.on_roll.clone(),
         ..LogEnv::default()
     };
     let opened = log_config(entry, index).validate().and_then(|config| {
-        PartitionLog::open_with_env(dir.clone(), config, env.keys.clone(), log_env)
+        if has_records {
+            PartitionLog::open_recorded(dir.clone(), config, env.keys.clone(), log_env)
+        } else {
+            PartitionLog::open_with_env(dir.clone(), config, env.keys.clone(), log_env)
+        }
     });
+    let dir_existed = !opened.as_ref().is_ok_and(PartitionLog::directory_missing);
     match opened {
         Ok(log) => match rebuild_producers(&log) {
             Ok(producers) => {
@@ -542,6 +561,11 @@ impl TopicTable {
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.env.data_dir
+    }
+
+    /// The file system the logs use.
+    pub fn io(&self) -> &Arc<dyn StorageIo> {
+        &self.env.io
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Topic>>> {

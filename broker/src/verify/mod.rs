@@ -282,7 +282,7 @@ struct Metadata {
 /// Damage is not an error: it is in the [`Report`].
 pub fn verify(setup: &Setup, show_progress: bool) -> Result<Report, VerifyError> {
     let meta_path = setup.data_dir.join("meta.redb");
-    let meta = MetaStore::open(&meta_path).map_err(|e| match e {
+    let meta = MetaStore::open_existing(&meta_path).map_err(|e| match e {
         MetaError::Open {
             source: redb::DatabaseError::DatabaseAlreadyOpen,
             ..
