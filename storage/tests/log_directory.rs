@@ -133,3 +133,62 @@ fn accepting_the_loss_at_offset_zero_still_brings_the_directory_back() {
     assert!(dir.is_dir());
     assert_eq!(append(&log, b"x").expect("append"), 0);
 }
+
+/// Moving past lost offsets twice in a row: the second move makes its empty
+/// segment file durable before it removes the first one, so a power cut in
+/// between leaves two empty segment files. The log must open (the older one
+/// is superseded), keep its records, and never end before an offset it
+/// moved past; this held at no cut point before recovery knew about it.
+#[test]
+fn a_power_cut_between_two_moves_past_lost_offsets_leaves_a_log_that_opens() {
+    let keys = TestKeys::new();
+    let run = |cut: Option<u64>| -> (PowerLossIo, u64) {
+        let io = PowerLossIo::new();
+        durable::create_dir_all(&io, Path::new("/data")).expect("data dir");
+        let log = PartitionLog::open_with_env(
+            Path::new("/data/p"),
+            config(0, 1 << 20, Durability::Fsync),
+            keys.clone(),
+            env(&io),
+        )
+        .expect("open");
+        for v in [b"a", b"b", b"c"] {
+            append(&log, v).expect("acknowledged");
+        }
+        log.skip_to(100).expect("first move");
+        let before = io.ops();
+        if let Some(n) = cut {
+            io.cut_after(n);
+        }
+        let second = log.skip_to(200);
+        if cut.is_none() {
+            second.expect("second move");
+        }
+        drop(log);
+        (io, before)
+    };
+    let (whole, before) = run(None);
+    let total = whole.ops() - before;
+    assert!(total > 2, "the second move does work: {total} operations");
+    for n in 0..=total {
+        let (io, _) = run(Some(n));
+        let after = io.restart(None);
+        let log = PartitionLog::open_with_env(
+            Path::new("/data/p"),
+            config(0, 1 << 20, Durability::Fsync),
+            keys.clone(),
+            env(&after),
+        )
+        .unwrap_or_else(|e| panic!("cut after {n} of {total} operations: {e}"));
+        assert!(
+            log.log_end_offset() >= 100,
+            "cut after {n}: the log ends at {}, before the first move",
+            log.log_end_offset()
+        );
+        assert_eq!(
+            log.read(0, 1 << 20).expect("read").len(),
+            3,
+            "cut after {n}"
+        );
+    }
+}

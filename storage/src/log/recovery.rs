@@ -138,11 +138,12 @@ pub(crate) fn recover(ctx: &LogCtx) -> Result<Recovered, LogError> {
         files::sync_dir(io, dir)?;
     }
 
-    let bases: Vec<u64> = names
+    let mut bases: Vec<u64> = names
         .iter()
         .filter(|(_, n)| n.log && !n.deleted)
         .map(|(b, _)| *b)
         .collect();
+    drop_superseded_placeholders(ctx, &names, &mut bases)?;
     let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len());
     let mut placeholder = None;
     let mut events = Vec::new();
@@ -182,6 +183,55 @@ pub(crate) fn recover(ctx: &LogCtx) -> Result<Recovered, LogError> {
         gaps,
         events,
     })
+}
+
+/// Empty segment files only record the log's next offset (placeholders,
+/// `make_placeholder`). A move past lost offsets makes the new one durable
+/// before it removes the old one, so a power cut in between leaves two:
+/// every empty file without an envelope that only other empty files follow
+/// is superseded by the newest one, and is removed here (with its index
+/// and gap marker) rather than taken for a truncated segment. A truncated
+/// segment still has its envelope, or data after it, and stays an error.
+fn drop_superseded_placeholders(
+    ctx: &LogCtx,
+    names: &BTreeMap<u64, Names>,
+    bases: &mut Vec<u64>,
+) -> Result<(), LogError> {
+    let io = ctx.io.as_ref();
+    let dir = ctx.dir.as_path();
+    let Some((&newest, older)) = bases.split_last() else {
+        return Ok(());
+    };
+    let empty = |base: u64| -> Result<bool, LogError> {
+        let path = ctx.segment_path(base);
+        let meta = io
+            .metadata(&path)
+            .map_err(files::io_err("reading the size of", &path))?;
+        Ok(meta.len == 0)
+    };
+    if !empty(newest)? {
+        return Ok(());
+    }
+    let mut stale = Vec::new();
+    for &base in older.iter().rev() {
+        let has_key = names.get(&base).is_some_and(|n| n.key);
+        if has_key || !empty(base)? {
+            break;
+        }
+        stale.push(base);
+    }
+    if stale.is_empty() {
+        return Ok(());
+    }
+    for &base in &stale {
+        tracing::warn!(segment = %ctx.segment_path(base).display(), newest, "removing an empty segment file a later one supersedes");
+        files::remove_if_exists(io, &ctx.segment_path(base))?;
+        files::remove_if_exists(io, &dir.join(index_file_name(base)))?;
+        files::remove_if_exists(io, &dir.join(gap_file_name(base)))?;
+    }
+    files::sync_dir(io, dir)?;
+    bases.retain(|b| !stale.contains(b));
+    Ok(())
 }
 
 /// Gap markers without a segment after them (`reserved`, by base offset)
