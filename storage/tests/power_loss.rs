@@ -20,7 +20,7 @@
 //! nothing panics.
 //!
 //! A fixed scenario is also cut at *every* operation, one run per cut
-//! point, with and without torn writes.
+//! point, and with torn writes at every fourth one.
 //!
 //! `STRONGBOX_POWER_LOSS_CASES` sets the number of random cases (default
 //! 256, about ten seconds here).
@@ -179,8 +179,8 @@ proptest! {
 
 /// One scenario that touches every kind of step, cut at each of its
 /// operations in turn (data directory and metadata store creation
-/// included), then restarted with only what was durable, and once more
-/// keeping a torn prefix of what was not.
+/// included), then restarted with only what was durable, and at every
+/// fourth cut point once more keeping a torn prefix of what was not.
 #[test]
 fn a_power_cut_at_every_operation_of_a_fixed_scenario() {
     let ops = vec![
@@ -280,7 +280,10 @@ fn a_power_cut_at_every_operation_of_a_fixed_scenario() {
         "the scenario does real work: {total} operations"
     );
     for cut in 0..=total {
-        for torn in [None, Some(cut)] {
+        // Torn writes at every fourth cut point keep the run within a
+        // minute on a busy machine; the random cases tear at any point.
+        let tears = (cut % 4 == 0).then_some(cut);
+        for torn in std::iter::once(None).chain(tears.map(Some)) {
             let epoch = Epoch {
                 ops: ops.clone(),
                 cut_step: 0,
