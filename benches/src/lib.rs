@@ -6,7 +6,8 @@
 //!   crate and reports acknowledged msgs/s, MB/s and ack latency
 //!   percentiles; `consume` replays a topic from its earliest offset;
 //!   `raw-quic` measures one QUIC stream with mutual TLS and no broker, the
-//!   ceiling the others are compared with; `all` runs the three in turn,
+//!   ceiling the others are compared with; `handshake` measures full QUIC +
+//!   TLS handshakes (connection set-up cost) the same way; `all` runs the three in turn,
 //!   several times, optionally against a `strongbox-broker dev` it starts
 //!   and stops itself (`--spawn-dev`).
 //!
@@ -26,6 +27,7 @@
 pub mod cli;
 pub mod connect;
 pub mod consume;
+pub mod handshake;
 pub mod histogram;
 pub mod produce;
 pub mod raw_quic;

@@ -106,7 +106,7 @@ pub async fn run(opts: RawQuicOptions) -> Result<RawQuicReport> {
 /// Certificates for both ends: a CA, a server certificate for
 /// `localhost`, a client certificate with a SPIFFE URI, as the broker's
 /// development setup issues them.
-struct Pki {
+pub(crate) struct Pki {
     provider: Arc<rustls::crypto::CryptoProvider>,
     roots: Arc<RootCertStore>,
     server: IssuedCert,
@@ -114,7 +114,7 @@ struct Pki {
 }
 
 impl Pki {
-    fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         let ca = TestCa::new("strongbox-bench raw-quic CA")?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.cert_der())?;
@@ -174,7 +174,7 @@ fn server_thread(
 
 /// A server endpoint on 127.0.0.1 with the broker's transport settings,
 /// requiring a client certificate from the CA. Must run inside a runtime.
-fn server_endpoint(pki: &Pki, udp_payload: Option<u16>) -> Result<quinn::Endpoint> {
+pub(crate) fn server_endpoint(pki: &Pki, udp_payload: Option<u16>) -> Result<quinn::Endpoint> {
     let (endpoint_config, mtu) = udp_settings(udp_payload)?;
     let verifier =
         WebPkiClientVerifier::builder_with_provider(pki.roots.clone(), pki.provider.clone())
@@ -204,7 +204,7 @@ fn server_endpoint(pki: &Pki, udp_payload: Option<u16>) -> Result<quinn::Endpoin
 
 /// A client endpoint on 127.0.0.1 holding the client certificate, with
 /// the client crate's transport settings. Must run inside a runtime.
-fn client_endpoint(pki: &Pki, udp_payload: Option<u16>) -> Result<quinn::Endpoint> {
+pub(crate) fn client_endpoint(pki: &Pki, udp_payload: Option<u16>) -> Result<quinn::Endpoint> {
     let (endpoint_config, mtu) = udp_settings(udp_payload)?;
     let mut client_tls = rustls::ClientConfig::builder_with_provider(pki.provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
