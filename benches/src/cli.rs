@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use strongbox_broker::tls::KeyExchange;
 
 const AFTER_HELP: &str = "\
 Connection:
@@ -182,6 +183,11 @@ pub struct RawQuicArgs {
     /// Ethernet-sized 1452, which is what the broker and client use.
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(1200..=65527))]
     pub udp_payload: Option<u16>,
+    /// TLS key exchange groups of both ends, as the broker's
+    /// `tls.key_exchange`: prefer-hybrid (X25519MLKEM768), require-hybrid,
+    /// or classical (X25519).
+    #[arg(long, value_name = "POLICY", default_value = "prefer-hybrid", value_parser = parse_key_exchange)]
+    pub key_exchange: KeyExchange,
 }
 
 /// What `handshake` measures.
@@ -193,6 +199,11 @@ pub struct HandshakeArgs {
     /// Runs; the summary gives the median, min and max of each figure.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,
+    /// TLS key exchange groups of both ends, as the broker's
+    /// `tls.key_exchange`: prefer-hybrid (X25519MLKEM768), require-hybrid,
+    /// or classical (X25519).
+    #[arg(long, value_name = "POLICY", default_value = "prefer-hybrid", value_parser = parse_key_exchange)]
+    pub key_exchange: KeyExchange,
 }
 
 /// What `all` runs.
@@ -240,6 +251,23 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         return Err("a size must be at least one byte".into());
     }
     Ok(bytes)
+}
+
+/// Parses a key exchange policy: `prefer-hybrid`, `require-hybrid`,
+/// `classical`.
+///
+/// # Errors
+///
+/// A message naming the accepted values.
+pub fn parse_key_exchange(text: &str) -> Result<KeyExchange, String> {
+    KeyExchange::ALL
+        .into_iter()
+        .find(|p| p.name() == text.trim())
+        .ok_or_else(|| {
+            format!(
+                "{text:?} is not a key exchange policy (prefer-hybrid, require-hybrid, classical)"
+            )
+        })
 }
 
 /// Parses a duration: `0`, `5ms`, `2s`, `1m`.
@@ -421,6 +449,13 @@ mod tests {
             panic!("not handshake");
         };
         assert_eq!((h.count, h.runs), (50, 5));
+        assert_eq!(h.key_exchange, KeyExchange::PreferHybrid);
+        let cli = parse(&["raw-quic", "--key-exchange", "classical"]).expect("parses");
+        let Command::RawQuic(r) = cli.command else {
+            panic!("not raw-quic");
+        };
+        assert_eq!(r.key_exchange, KeyExchange::Classical);
+        assert!(parse(&["handshake", "--key-exchange", "pq"]).is_err());
         assert!(parse(&["handshake", "--count", "0"]).is_err());
     }
 

@@ -29,6 +29,8 @@ use nix::sys::resource::{UsageWho, getrusage};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use strongbox_broker::tls::{KeyExchange, group_name, negotiated_group};
+
 use crate::histogram::Histogram;
 use crate::raw_quic::{Pki, client_endpoint, server_endpoint};
 use crate::report::{Latency, Spread};
@@ -45,6 +47,8 @@ pub struct HandshakeOptions {
     pub count: u64,
     /// Runs.
     pub runs: u32,
+    /// Key exchange groups of both ends.
+    pub key_exchange: KeyExchange,
 }
 
 /// One run.
@@ -73,6 +77,10 @@ pub struct HandshakeRun {
 /// Every run and the spread of each figure.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HandshakeReport {
+    /// The key exchange policy of both ends.
+    pub policy: String,
+    /// The key exchange group the handshakes negotiated.
+    pub key_exchange: String,
     /// Each run.
     pub runs: Vec<HandshakeRun>,
     /// Handshakes per second.
@@ -90,10 +98,12 @@ pub struct HandshakeReport {
 }
 
 impl HandshakeReport {
-    fn new(runs: Vec<HandshakeRun>) -> Self {
+    fn new(policy: KeyExchange, key_exchange: String, runs: Vec<HandshakeRun>) -> Self {
         let spread =
             |f: &dyn Fn(&HandshakeRun) -> f64| Spread::of(&runs.iter().map(f).collect::<Vec<_>>());
         Self {
+            policy: policy.name().to_owned(),
+            key_exchange,
             per_sec: spread(&|r| r.per_sec),
             connect_p50_us: spread(&|r| r.connect.p50_us),
             first_answer_p50_us: spread(&|r| r.first_answer.p50_us),
@@ -107,7 +117,10 @@ impl HandshakeReport {
     /// Text for people.
     pub fn text(&self) -> String {
         use std::fmt::Write as _;
-        let mut s = String::new();
+        let mut s = format!(
+            "key exchange {} (policy {})\n",
+            self.key_exchange, self.policy
+        );
         for (i, r) in self.runs.iter().enumerate() {
             let _ = writeln!(
                 s,
@@ -159,7 +172,7 @@ pub async fn run(opts: HandshakeOptions) -> Result<HandshakeReport> {
     if opts.count == 0 {
         bail!("nothing to measure: --count is 0");
     }
-    let pki = Arc::new(Pki::new()?);
+    let pki = Arc::new(Pki::new(opts.key_exchange)?);
     let (addr_tx, addr_rx) = oneshot::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = {
@@ -175,10 +188,14 @@ pub async fn run(opts: HandshakeOptions) -> Result<HandshakeReport> {
     let client = client_endpoint(&pki, None)?;
     let mut runs = Vec::new();
     let mut outcome = Ok(());
+    let mut group = String::from("unknown");
     for _ in 0..WARM_UP {
-        if let Err(e) = one(&client, addr).await {
-            outcome = Err(e.context("warm-up handshake"));
-            break;
+        match one(&client, addr).await {
+            Ok(o) => group = o.group,
+            Err(e) => {
+                outcome = Err(e.context("warm-up handshake"));
+                break;
+            }
         }
     }
     if outcome.is_ok() {
@@ -202,7 +219,7 @@ pub async fn run(opts: HandshakeOptions) -> Result<HandshakeReport> {
         Ok(Err(_)) => bail!("the handshake server thread panicked"),
         Err(e) => bail!("waiting for the handshake server: {e}"),
     }
-    Ok(HandshakeReport::new(runs))
+    Ok(HandshakeReport::new(opts.key_exchange, group, runs))
 }
 
 /// What one connection cost the client.
@@ -212,6 +229,7 @@ struct One {
     sent_bytes: u64,
     received_bytes: u64,
     sent_datagrams: u64,
+    group: String,
 }
 
 async fn measure(client: &quinn::Endpoint, addr: SocketAddr, count: u64) -> Result<HandshakeRun> {
@@ -254,6 +272,7 @@ async fn one(client: &quinn::Endpoint, addr: SocketAddr) -> Result<One> {
         .context("handshake stalled")?
         .context("handshake")?;
     let connect = started.elapsed();
+    let group = negotiated_group(&connection).map_or_else(|| "unknown".into(), group_name);
     let exchange = async {
         let (mut send, mut recv) = connection.open_bi().await?;
         send.write_all(&[1]).await?;
@@ -274,6 +293,7 @@ async fn one(client: &quinn::Endpoint, addr: SocketAddr) -> Result<One> {
         sent_bytes: stats.udp_tx.bytes,
         received_bytes: stats.udp_rx.bytes,
         sent_datagrams: stats.udp_tx.datagrams,
+        group,
     })
 }
 

@@ -18,7 +18,7 @@
 //! # async fn run() -> anyhow::Result<()> {
 //! use strongbox_benches::raw_quic::{RawQuicOptions, run};
 //!
-//! let report = run(RawQuicOptions { size: 1024, count: 100_000, batch_bytes: 256 * 1024, udp_payload: None }).await?;
+//! let report = run(RawQuicOptions { size: 1024, count: 100_000, batch_bytes: 256 * 1024, udp_payload: None, key_exchange: Default::default() }).await?;
 //! println!("{:.0} msgs/s", report.throughput.msgs_per_sec);
 //! # Ok(())
 //! # }

@@ -11,8 +11,11 @@
 //!   profiles/admin.toml .pem .key   superuser     spiffe://strongbox.dev/admin
 //!   profiles/alice.toml .pem .key   publish, subscribe, describe on demo.*
 //!   profiles/bob.toml   .pem .key   subscribe, describe on demo.*
-//!   keys/                        file KEK directory (0700)
+//!   keys/                        file KEK directory (0700), and the
+//!                                checkpoint signing key
 //!   data/                        log and metadata (0700)
+//!   checkpoints/                 signed checkpoints, outside data/ (made
+//!                                at the first checkpoint)
 //! ```
 //!
 //! The directory is built under a temporary name beside its final place and
@@ -529,6 +532,12 @@ fn broker_toml(listen: SocketAddr) -> String {
         s,
         "\n[keys]\nprovider = \"file\"\n\n[keys.file]\ndir = \"keys\"\n\n[metrics]\nenabled = true\nlisten = {}\n",
         quoted(&metrics.to_string())
+    );
+    s.push_str(
+        "\n# Signed checkpoints, every interval and at shutdown, kept outside data/\n\
+         # so that a data directory rolled back to an older copy is detected:\n\
+         # strongbox-broker verify --checkpoint checkpoints/strongbox-dev.latest.json\n\
+         [checkpoints]\ninterval = \"5m\"\nexport_dir = \"checkpoints\"\n",
     );
     s
 }

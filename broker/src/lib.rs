@@ -1,11 +1,14 @@
 //! The Strongbox broker's network and security foundation.
 //!
 //! - [`config`]: the TOML configuration, strictly parsed and validated;
-//! - [`tls`]: TLS 1.3 with required client certificates and CRLs that
-//!   reload without a restart;
+//! - [`tls`]: TLS 1.3 with required client certificates, CRLs that
+//!   reload without a restart, and the key exchange policy (hybrid
+//!   post-quantum X25519MLKEM768 preferred);
 //! - [`identity`]: the principal derived from a verified client certificate;
 //! - [`acl`]: the topic ACL engine (deny wins, default deny);
 //! - [`audit`]: the hash-chained audit trail in the internal topic `_audit`;
+//! - [`checkpoint`]: signed checkpoints of the broker's state, which tell
+//!   a rolled-back data directory from the real one;
 //! - [`endpoint`]: the QUIC endpoint, its accept loop and graceful shutdown;
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`,
 //!   `/readyz` HTTP endpoint;
@@ -27,6 +30,7 @@
 
 pub mod acl;
 pub mod audit;
+pub mod checkpoint;
 pub mod config;
 pub mod dev;
 pub mod endpoint;

@@ -6,6 +6,7 @@
 //! strongbox-broker verify --data-dir DIR [--config FILE] [--json]
 //! strongbox-broker inspect --data-dir DIR --topic T [--partition N] [--from OFFSET] [--count N] [--json]
 //! strongbox-broker pki revoke [--data-dir DIR] NAME|CERT.pem
+//! strongbox-broker checkpoint public-key --config FILE [--create] [--out FILE]
 //! ```
 
 use std::net::SocketAddr;
@@ -95,6 +96,9 @@ enum Command {
     /// check could not run (usage, configuration, key provider, broker
     /// running).
     Verify(strongbox_broker::verify::VerifyArgs),
+    /// Signed checkpoints: export the public key that checks them.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
     /// Print a partition's records as a stopped broker stores them.
     ///
     /// Decrypts the at-rest layer with the broker's key provider (from
@@ -103,6 +107,29 @@ enum Command {
     /// otherwise. End-to-end encrypted values show as ciphertext. Read-only;
     /// refuses to run while a broker uses the directory.
     Inspect(strongbox_broker::inspect::InspectArgs),
+}
+
+/// `strongbox-broker checkpoint ...`.
+#[derive(Debug, Subcommand)]
+enum CheckpointCommand {
+    /// Print the checkpoint signing key's public key (PEM).
+    ///
+    /// The broker signs its checkpoints (at checkpoints.interval and at
+    /// shutdown) with an ECDSA P-256 key held by its key provider: made
+    /// in the HSM and never extractable with pkcs11, a 0600 file next to
+    /// the key-encryption keys with the file provider. This prints the
+    /// public half as a PEM SubjectPublicKeyInfo, so that anyone can check
+    /// checkpoints offline (`strongbox audit verify --checkpoint FILE
+    /// --checkpoint-key KEY.pem`, `strongbox-broker verify --checkpoint
+    /// FILE --checkpoint-key KEY.pem`, or any ECDSA tool); the key id goes
+    /// to stderr. The key pair is made at the broker's first start, or
+    /// here with --create.
+    ///
+    /// Exit status: 0, or 1 with the reason.
+    #[command(after_help = "\
+Example:
+  strongbox-broker checkpoint public-key --config /etc/strongbox/broker.toml --out checkpoint-key.pem")]
+    PublicKey(strongbox_broker::checkpoint::cli::PublicKeyArgs),
 }
 
 /// `strongbox-broker pki ...`.
@@ -138,6 +165,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Pki(PkiCommand::Revoke { data_dir, who }) = &cli.command {
         return revoke(data_dir, who);
+    }
+    if let Command::Checkpoint(CheckpointCommand::PublicKey(args)) = &cli.command {
+        return strongbox_broker::checkpoint::cli::run_public_key(args);
     }
     if let Command::Verify(args) = &cli.command {
         // Offline and synchronous: no runtime.
@@ -251,7 +281,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             metrics_listen,
         } => run_dev(&data_dir, listen, metrics_listen, signals).await,
         // Handled in `main`, before a runtime starts.
-        Command::Verify(_) | Command::Inspect(_) | Command::Pki(_) => Ok(()),
+        Command::Verify(_) | Command::Inspect(_) | Command::Pki(_) | Command::Checkpoint(_) => {
+            Ok(())
+        }
     }
 }
 

@@ -1,6 +1,8 @@
-//! The broker's TLS: TLS 1.3 only, ALPN `strongbox/1`, and a client
-//! certificate required from the configured CA bundle, checked against CRLs
-//! that are reloaded while the broker runs.
+//! The broker's TLS: TLS 1.3 only, ALPN `strongbox/1`, the key exchange
+//! groups of `tls.key_exchange` ([`key_exchange`]: hybrid post-quantum
+//! X25519MLKEM768 preferred), and a client certificate required from the
+//! configured CA bundle, checked against CRLs that are reloaded while the
+//! broker runs.
 //!
 //! rustls builds a client-certificate verifier once, with its CRLs inside.
 //! To change CRLs without restarting, [`ReloadingClientVerifier`] sits in
@@ -37,8 +39,12 @@ use crate::config::{CrlCheck, TlsConfig};
 use crate::identity::{Principal, extract_identity};
 
 mod crl;
+pub mod key_exchange;
 
 pub use crl::{CrlsInForce, LoadedCrl, Refused, read_crl_files};
+pub use key_exchange::{
+    KeyExchange, client_config_with, crypto_provider, group_name, is_hybrid, negotiated_group,
+};
 
 /// Where in connection setup an authentication failure happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +55,10 @@ pub enum AuthStage {
     /// The TLS handshake failed otherwise (no certificate presented, no
     /// common ALPN protocol or cipher). Reported by the endpoint.
     Handshake,
+    /// The client offered no key exchange group that `tls.key_exchange`
+    /// accepts: under `require-hybrid`, a classical-only client. Reported
+    /// by the endpoint.
+    KeyExchange,
     /// The certificate was valid but yields no acceptable principal.
     /// Reported by the endpoint.
     Identity,
@@ -60,6 +70,7 @@ impl AuthStage {
         match self {
             Self::Certificate => "certificate",
             Self::Handshake => "handshake",
+            Self::KeyExchange => "key_exchange",
             Self::Identity => "identity",
         }
     }
@@ -114,12 +125,6 @@ pub enum TlsError {
     /// The CA bundle or a CRL was refused when building the verifier.
     #[error("client certificate verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
-}
-
-/// The crypto provider used everywhere: ring, passed explicitly so that no
-/// process-wide default is needed (see DEPENDENCIES.md).
-pub fn crypto_provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Reads the certificates of a PEM file, in order.
@@ -527,7 +532,7 @@ pub struct ServerTls {
 /// A file that cannot be read or parsed, a key that does not match the
 /// certificate, an unusable CA bundle or CRL.
 pub fn server_tls(cfg: &TlsConfig, hook: Option<AuthFailureHook>) -> Result<ServerTls, TlsError> {
-    let provider = crypto_provider();
+    let provider = crypto_provider(cfg.key_exchange);
     let mut roots = RootCertStore::empty();
     for ca in load_certs("tls.client_ca", &cfg.client_ca)? {
         roots.add(ca).map_err(|e| {
@@ -562,7 +567,8 @@ pub fn server_tls(cfg: &TlsConfig, hook: Option<AuthFailureHook>) -> Result<Serv
 }
 
 /// A TLS 1.3-only server config with ALPN `strongbox/1`, no session
-/// resumption and no early data, verifying clients with `verifier`.
+/// resumption and no early data, verifying clients with `verifier`. The
+/// key exchange groups are those of `provider` (see [`crypto_provider`]).
 ///
 /// # Errors
 ///

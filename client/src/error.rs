@@ -244,6 +244,12 @@ fn tls_alert_error(alert: u8, reason: &str) -> ClientError {
         (false, false) => format!("{name} (TLS alert {alert}): {reason}"),
     };
     match alert {
+        40 if reason.contains("NoKxGroupsInCommon") => ClientError::Tls(format!(
+            "the broker and this client have no TLS key exchange group in common: the broker \
+             may require the hybrid post-quantum exchange (tls.key_exchange = \"require-hybrid\") \
+             while this client offers only classical groups, or the other way round; check the \
+             client's key_exchange setting ({detail})"
+        )),
         42..=46 | 48 | 49 | 116 => ClientError::Authentication(detail),
         120 => ClientError::Tls(format!(
             "the broker does not speak {}: {detail}",

@@ -44,6 +44,7 @@ async fn run(cli: Cli) -> Result<bool> {
             count: a.count,
             batch_bytes: a.batch_bytes,
             udp_payload: a.udp_payload,
+            key_exchange: a.key_exchange,
         })
         .await?;
         print(json, &report, || report.text())?;
@@ -53,6 +54,7 @@ async fn run(cli: Cli) -> Result<bool> {
         let report = handshake::run(HandshakeOptions {
             count: a.count,
             runs: a.runs,
+            key_exchange: a.key_exchange,
         })
         .await?;
         print(json, &report, || report.text())?;
@@ -122,6 +124,7 @@ async fn all(config: &ClientConfig, args: &AllArgs, json: bool) -> Result<AllRep
             count: p.count,
             batch_bytes: p.batch_bytes,
             udp_payload: None,
+            key_exchange: strongbox_broker::tls::KeyExchange::default(),
         })
         .await
         .context("raw-quic")?;

@@ -63,6 +63,8 @@ pub enum AuditAction {
     RecipientRemove,
     /// The broker found its audit topic cut short or rewritten.
     AuditChainBroken,
+    /// The broker signed a checkpoint of its state (or failed to).
+    CheckpointSigned,
 }
 
 impl AuditAction {
@@ -90,6 +92,7 @@ impl AuditAction {
             Self::RecipientPut => "recipient.put",
             Self::RecipientRemove => "recipient.remove",
             Self::AuditChainBroken => "audit.chain.broken",
+            Self::CheckpointSigned => "checkpoint.signed",
         }
     }
 }

@@ -58,6 +58,8 @@ pub async fn serve(state: Arc<BrokerState>, accepted: AcceptedConnection) {
         principal,
         remote,
         shutdown,
+        // In the endpoint's span already.
+        key_exchange_group: _,
     } = accepted;
     let span = tracing::info_span!(
         "connection",
