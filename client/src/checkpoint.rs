@@ -315,6 +315,9 @@ pub struct Finding {
     pub message: String,
 }
 
+/// A topic the broker serves: its id (hex) and each partition's end.
+pub type ServedTopic = (String, HashMap<u32, u64>);
+
 /// What a broker serves now, as far as a checkpoint speaks of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
@@ -327,7 +330,7 @@ pub struct Observed {
     pub deleted_since: HashSet<String>,
     /// Topics by name: (topic id hex, end offset by partition); `None`
     /// for a topic the broker does not have.
-    pub topics: HashMap<String, Option<(String, HashMap<u32, u64>)>>,
+    pub topics: HashMap<String, Option<ServedTopic>>,
     /// Why topics could not be described, when they could not.
     pub topics_unchecked: Option<String>,
     /// The key registry, or why it could not be read.
@@ -656,9 +659,10 @@ pub async fn check(
                 base.topics
                     .insert(name.to_owned(), Some((hex::encode(t.topic_id), ends)));
             }
-            Err(ClientError::Broker { code, .. })
-                if code == strongbox_protocol::ErrorCode::UnknownTopic =>
-            {
+            Err(ClientError::Broker {
+                code: strongbox_protocol::ErrorCode::UnknownTopic,
+                ..
+            }) => {
                 base.topics.insert(name.to_owned(), None);
             }
             Err(e) => {
@@ -742,7 +746,7 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 
 fn unbase64(text: &str) -> Option<Vec<u8>> {
     let bytes = text.as_bytes();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(bytes.len() / 4 * 3);

@@ -264,6 +264,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn no_common_key_exchange_group_names_the_setting() {
+        let e = tls_alert_error(40, "peer is incompatible: NoKxGroupsInCommon");
+        let text = e.to_string();
+        assert!(matches!(e, ClientError::Tls(_)), "{e:?}");
+        assert!(
+            text.contains("no TLS key exchange group in common")
+                && text.contains("require-hybrid")
+                && text.contains("key_exchange"),
+            "{text}"
+        );
+        // Another handshake failure keeps its generic wording.
+        let other = tls_alert_error(40, "peer is incompatible: NoCipherSuitesInCommon").to_string();
+        assert!(other.contains("the broker ended the handshake"), "{other}");
+    }
+
+    #[test]
     fn not_authorized_displays_the_broker_message_as_is() {
         let e = ClientError::from_error_frame(&ErrorFrame::new(
             0,

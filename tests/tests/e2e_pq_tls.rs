@@ -75,8 +75,9 @@ fn dev_negotiates_x25519mlkem768_and_whoami_reports_it() -> Result<()> {
 #[test]
 fn each_broker_policy_meets_each_client_policy_as_promised() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    // (broker policy, client policy, group negotiated, or None: refused)
-    let cases: [(&str, &[(&str, Option<&str>)]); 2] = [
+    // (broker policy, [(client policy, group negotiated, or None: refused)])
+    type Clients = &'static [(&'static str, Option<&'static str>)];
+    let cases: [(&str, Clients); 2] = [
         (
             "prefer-hybrid",
             &[

@@ -35,9 +35,6 @@ fn checkpoints(cfg: &BrokerConfig) -> Result<(), ConfigError> {
         Duration::from_secs(24 * 3600),
     )?;
     if let Some(dir) = &c.export_dir {
-        if dir.as_os_str().is_empty() {
-            return Err(err("checkpoints.export_dir", "must not be empty"));
-        }
         // Lexically, and once both exist, as the file system sees them.
         let data = &cfg.broker.data_dir;
         let inside = dir.starts_with(data)

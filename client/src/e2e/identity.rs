@@ -318,10 +318,11 @@ fn info(topic: &str) -> Vec<u8> {
 }
 
 /// A reader's secret key, of either kind. Both of the `hpke` crate's
-/// secret key types zeroize on drop.
+/// secret key types zeroize on drop. (X-Wing's holds its expanded
+/// ML-KEM key, over 1.6 KB: boxed.)
 enum Secret {
     X25519(<X25519 as Kem>::PrivateKey),
-    XWing(<XWing as Kem>::PrivateKey),
+    XWing(Box<<XWing as Kem>::PrivateKey>),
 }
 
 impl Secret {
@@ -341,7 +342,7 @@ impl Secret {
             }
             RecipientKem::XWing => {
                 let (sk, pk) = XWing::derive_keypair(ikm);
-                (Self::XWing(sk), public_key(kem, &pk)?)
+                (Self::XWing(Box::new(sk)), public_key(kem, &pk)?)
             }
         })
     }
@@ -358,7 +359,7 @@ impl Secret {
             RecipientKem::XWing => {
                 let sk = <XWing as Kem>::PrivateKey::from_bytes(bytes).map_err(|_| bad())?;
                 let pk = public_key(kem, &XWing::sk_to_pk(&sk)).map_err(|e| e.to_string())?;
-                (Self::XWing(sk), pk)
+                (Self::XWing(Box::new(sk)), pk)
             }
         })
     }

@@ -203,7 +203,7 @@ fn base64(bytes: &[u8]) -> String {
 
 fn unbase64(text: &str) -> Option<Vec<u8>> {
     let bytes = text.as_bytes();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
@@ -250,13 +250,13 @@ mod tests {
 
     #[test]
     fn pem_round_trips_and_signatures_verify() {
-        let pair = pair();
-        let key = CheckpointPublicKey::from_point(pair.public_key().as_ref()).expect("point");
+        let signer = pair();
+        let key = CheckpointPublicKey::from_point(signer.public_key().as_ref()).expect("point");
         let pem = key.to_pem();
         assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"));
         assert_eq!(CheckpointPublicKey::from_pem(&pem).expect("parses"), key);
         let rng = SystemRandom::new();
-        let sig = pair.sign(&rng, b"checkpoint").expect("signs");
+        let sig = signer.sign(&rng, b"checkpoint").expect("signs");
         assert_eq!(sig.as_ref().len(), SIGNATURE_LEN);
         assert!(key.verifies(b"checkpoint", sig.as_ref()));
         assert!(!key.verifies(b"checkpoinT", sig.as_ref()));
