@@ -37,6 +37,7 @@
 //! cert = "alice.pem"            # client certificate chain, PEM, leaf first
 //! key = "alice.key"             # client private key, PEM (0600)
 //! client_name = "my-service/1"  # optional: shown in the broker's logs
+//! key_exchange = "prefer-hybrid" # optional: TLS key exchange groups to offer
 //! ```
 //!
 //! Relative paths resolve against the profile file's directory. Unknown
@@ -561,6 +562,10 @@ pub struct Profile {
     /// Name the client announces in its `Hello`, for the broker's logs.
     #[serde(default)]
     pub client_name: Option<String>,
+    /// TLS key exchange groups the client offers (the client's default
+    /// when absent).
+    #[serde(default)]
+    pub key_exchange: Option<crate::tls::KeyExchange>,
 }
 
 impl Profile {
