@@ -116,6 +116,9 @@ pub struct SegmentInfo {
     pub size_bytes: u64,
     /// True once rolled.
     pub sealed: bool,
+    /// The MAC of its seal, once rolled (what a signed checkpoint records
+    /// of a partition's last rolled segment).
+    pub seal_mac: Option<[u8; 32]>,
     /// When it was created, ms since the Unix epoch.
     pub created_at_ms: i64,
     /// Its largest record timestamp (`i64::MIN` when empty).
@@ -356,6 +359,7 @@ impl PartitionLog {
                 next_offset: s.sealed_next_offset().unwrap_or(end),
                 size_bytes: s.size(),
                 sealed: s.is_sealed(),
+                seal_mac: s.seal.get().map(|seal| seal.mac),
                 created_at_ms: s.header.created_at_ms,
                 max_timestamp: s.max_timestamp.load(Ordering::Acquire),
                 segment_id: s.header.segment_id,
