@@ -9,6 +9,8 @@ use anyhow::{Result, bail, ensure};
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::batch::RecordBatch;
 use strongbox_protocol::frame::Frame;
+use strongbox_protocol::frames::admin::AdminRequest;
+use strongbox_protocol::frames::admin_types::TopicConfig;
 use strongbox_protocol::frames::subscribe::{
     Assignment, PartitionError, Records, StartPosition, Subscribe,
 };
@@ -313,6 +315,90 @@ async fn u31_partition_error_costs_no_credit() -> Result<()> {
         ensure!(s.machine.remaining_credit() <= 0);
         let e = s.partition_error().await?;
         ensure_reported(&e, 1, 0, PartitionError::END_UNKNOWN)
+    })
+    .await
+}
+
+/// [U38] "Damaged partitions": records in a segment whose data key was
+/// destroyed are reported like damage, with `key_destroyed`, for that
+/// partition only. Partition 0 of a topic with its own key has records
+/// under version 1 only; version 2 becomes active and version 1 is
+/// destroyed (its segment is sealed), then both partitions take records
+/// under version 2. A group subscription from the earliest offset
+/// delivers every record of partition 1, reports `[0, 5)` of partition 0
+/// with `key_destroyed`, and with `SKIP_DAMAGED` goes on at offset 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn u38_records_of_a_destroyed_key_are_reported_per_partition() -> Result<()> {
+    const TOPIC: &str = "demo.u38";
+    const SHREDDED: u64 = 5;
+    const LATER: u64 = 3;
+    let broker = Broker::start()?;
+    with_log(&broker, async {
+        let admin = broker.session(ADMIN).await?;
+        let config = TopicConfig {
+            dedicated_kek: true,
+            ..topic_config(2)
+        };
+        admin.create_topic_with(TOPIC, config).await?;
+        for offset in 0..SHREDDED {
+            admin.append(TOPIC, 0, record(0, offset)).await?;
+        }
+        let topic = Some(TOPIC.to_owned());
+        admin
+            .ok(AdminRequest::KeyRotate {
+                topic: topic.clone(),
+            })
+            .await?;
+        admin
+            .ok(AdminRequest::KeyDestroy {
+                topic,
+                version: 1,
+                force: true,
+            })
+            .await?;
+        for offset in 0..LATER {
+            admin.append(TOPIC, 1, record(1, offset)).await?;
+            admin.append(TOPIC, 0, record(0, SHREDDED + offset)).await?;
+        }
+
+        let alice = broker.session(ALICE).await?;
+        let mut s = Checked::open(
+            &alice,
+            Subscribe {
+                skip_damaged: true,
+                ..subscribe_group(TOPIC, "readers", StartPosition::Earliest, PLENTY)
+            },
+        )
+        .await?;
+        ensure!(s.assignment().await?.partitions.len() == 2);
+        let mut delivered = [Vec::new(), Vec::new()];
+        let mut reported = Vec::new();
+        while delivered[0].len() < LATER as usize || delivered[1].len() < LATER as usize {
+            match s.next().await? {
+                Frame::Records(r) => delivered[r.partition as usize].extend(offsets(&r)?),
+                Frame::PartitionError(e) => reported.push(e),
+                other => bail!("{other:?}"),
+            }
+        }
+        ensure!(
+            delivered[1] == (0..LATER).collect::<Vec<_>>(),
+            "{delivered:?}"
+        );
+        ensure!(
+            delivered[0] == (SHREDDED..SHREDDED + LATER).collect::<Vec<_>>(),
+            "{delivered:?}"
+        );
+        ensure!(reported.len() == 1, "{reported:?}");
+        let e = &reported[0];
+        ensure!(
+            e.partition == 0
+                && e.code == ErrorCode::KeyDestroyed.as_u16()
+                && e.first_offset == 0
+                && e.end_offset == SHREDDED
+                && !e.message.is_empty(),
+            "expected 0: key_destroyed [0, {SHREDDED}), got {e:?}"
+        );
+        Ok(())
     })
     .await
 }

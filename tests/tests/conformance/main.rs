@@ -114,6 +114,7 @@
 //! | U32c | Damaged partitions: the client checks `PartitionError` and what follows | `protocol/tests/session_props.rs::subscriber_session_follows_the_rules` |
 //! | U33 | Damaged partitions: the other partitions are not affected | `damaged_partitions::u33_the_other_partitions_are_not_affected` |
 //! | U34 | Damaged partitions: a reported partition stops; a single partition ends | `damaged_partitions::u34_a_reported_partition_stops` |
+//! | U38 | Damaged partitions: records of a destroyed key are reported with `key_destroyed` | `damaged_partitions::u38_records_of_a_destroyed_key_are_reported_per_partition` |
 //! | U35 | Subscription stream: frames after `Subscribe` wait for its answer | `subscription::u35_frames_after_subscribe_are_handled_after_the_answer` |
 //! | U36 | Subscription stream: a commit past the end is `offset_out_of_range` | `subscription::u36_a_commit_past_the_end_is_offset_out_of_range` |
 //! | U37c | Subscription stream: the client refuses frames after `SubscriptionEnd` | `protocol/tests/session_props.rs::subscriber_session_follows_the_rules` |
