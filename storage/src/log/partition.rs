@@ -50,6 +50,10 @@ pub struct PartitionLog {
     /// Accepted gaps: base offset of the segment after a gap → the offset
     /// the log ended at before it (see `gap.rs`).
     pub(super) gaps: Mutex<BTreeMap<u64, u64>>,
+    /// Gaps no marker accepts, found at open (a segment gone from the
+    /// middle): base offset of the segment after it → the offset the log
+    /// ended at before it (see `gap.rs`).
+    pub(super) missing: Mutex<BTreeMap<u64, u64>>,
     /// What the log did on its own, until its owner takes it.
     events: Mutex<Vec<LogEvent>>,
     /// Whether appends go through (the writer's view; a failed sync the
@@ -279,6 +283,7 @@ impl PartitionLog {
             log_start: AtomicU64::new(log_start),
             end_offset: AtomicU64::new(next),
             gaps: Mutex::new(recovered.gaps),
+            missing: Mutex::new(recovered.missing),
             events: Mutex::new(recovered.events),
             health: Mutex::new(LogHealth::Ok),
             on_roll: env.on_roll,
