@@ -1,7 +1,8 @@
 //! Append throughput of the partition log with 64 KiB batches of 1 KiB
 //! records: durability `none` and `fsync`, each encrypted and with
 //! encryption switched off (a benchmark-only constructor), plus raw
-//! `ring` AES-256-GCM sealing of the same bytes. The difference between
+//! AES-256-GCM sealing of the same bytes through the storage engine's AEAD
+//! (`aws-lc-rs`) and with `ring` (its AEAD before), for comparison. The difference between
 //! the encrypted and plaintext rows is what encryption at rest costs.
 //!
 //! Run: `cargo bench -p strongbox-benches --bench storage_append`.
@@ -131,16 +132,37 @@ fn storage_append(c: &mut Criterion) {
     group.warm_up_time(Duration::from_secs(2));
     group.measurement_time(Duration::from_secs(8));
 
-    // Raw AES-256-GCM sealing of the same bytes, in place, as the log does.
+    // Raw AES-256-GCM sealing of the same bytes, in place, as the log does
+    // (`storage::aead`: aws-lc-rs).
     let aead = Aes256Gcm::new(&[0x42; 32]);
     let mut buf = batch.as_bytes().to_vec();
     let mut counter = 0u64;
-    group.bench_function("ring_seal", |b| {
+    group.bench_function("aws_lc_seal", |b| {
         b.iter(|| {
             counter += 1;
             let mut nonce = [0u8; 12];
             nonce[4..].copy_from_slice(&counter.to_be_bytes());
             aead.seal_in_place(&nonce, b"bench aad", &mut buf)
+                .expect("seal")
+        })
+    });
+
+    // The same sealing with ring, the storage engine's AEAD before
+    // aws-lc-rs (docs/BENCHMARKS.md has the comparison).
+    let ring_key = ring::aead::LessSafeKey::new(
+        ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &[0x42; 32]).expect("a 32-byte key"),
+    );
+    group.bench_function("ring_seal", |b| {
+        b.iter(|| {
+            counter += 1;
+            let mut nonce = [0u8; 12];
+            nonce[4..].copy_from_slice(&counter.to_be_bytes());
+            ring_key
+                .seal_in_place_separate_tag(
+                    ring::aead::Nonce::assume_unique_for_key(nonce),
+                    ring::aead::Aad::from(b"bench aad"),
+                    &mut buf,
+                )
                 .expect("seal")
         })
     });

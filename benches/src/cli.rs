@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use strongbox_broker::tls::KeyExchange;
 
 const AFTER_HELP: &str = "\
 Connection:
@@ -18,6 +19,7 @@ Units:
 Examples:
   strongbox-bench all --spawn-dev --runs 3
   strongbox-bench raw-quic --size 1KiB --count 1000000
+  strongbox-bench handshake --count 1000 --runs 5
   strongbox-bench --profile strongbox-dev/profiles/admin.toml produce --topic demo.bench
   strongbox-bench --profile strongbox-dev/profiles/admin.toml consume --topic demo.bench";
 
@@ -47,6 +49,11 @@ pub enum Command {
     /// 127.0.0.1 with mutual TLS, one stream, length-prefixed messages
     /// acknowledged in batches. No broker, no storage.
     RawQuic(RawQuicArgs),
+    /// Connection set-up cost: full QUIC + TLS 1.3 handshakes with mutual
+    /// TLS, one after the other, between a server and a client in this
+    /// process on 127.0.0.1 (each followed by one byte each way). No
+    /// broker.
+    Handshake(HandshakeArgs),
     /// raw-quic, produce (to a fresh topic) and consume (of that topic),
     /// repeated --runs times; reports each run and the median, min and max.
     All(AllArgs),
@@ -176,6 +183,27 @@ pub struct RawQuicArgs {
     /// Ethernet-sized 1452, which is what the broker and client use.
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(1200..=65527))]
     pub udp_payload: Option<u16>,
+    /// TLS key exchange groups of both ends, as the broker's
+    /// `tls.key_exchange`: prefer-hybrid (X25519MLKEM768), require-hybrid,
+    /// or classical (X25519).
+    #[arg(long, value_name = "POLICY", default_value = "prefer-hybrid", value_parser = parse_key_exchange)]
+    pub key_exchange: KeyExchange,
+}
+
+/// What `handshake` measures.
+#[derive(Debug, Clone, Args)]
+pub struct HandshakeArgs {
+    /// Handshakes per run.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: u64,
+    /// Runs; the summary gives the median, min and max of each figure.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// TLS key exchange groups of both ends, as the broker's
+    /// `tls.key_exchange`: prefer-hybrid (X25519MLKEM768), require-hybrid,
+    /// or classical (X25519).
+    #[arg(long, value_name = "POLICY", default_value = "prefer-hybrid", value_parser = parse_key_exchange)]
+    pub key_exchange: KeyExchange,
 }
 
 /// What `all` runs.
@@ -223,6 +251,23 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         return Err("a size must be at least one byte".into());
     }
     Ok(bytes)
+}
+
+/// Parses a key exchange policy: `prefer-hybrid`, `require-hybrid`,
+/// `classical`.
+///
+/// # Errors
+///
+/// A message naming the accepted values.
+pub fn parse_key_exchange(text: &str) -> Result<KeyExchange, String> {
+    KeyExchange::ALL
+        .into_iter()
+        .find(|p| p.name() == text.trim())
+        .ok_or_else(|| {
+            format!(
+                "{text:?} is not a key exchange policy (prefer-hybrid, require-hybrid, classical)"
+            )
+        })
 }
 
 /// Parses a duration: `0`, `5ms`, `2s`, `1m`.
@@ -398,6 +443,20 @@ mod tests {
             panic!("not all");
         };
         assert_eq!((a.runs, a.produce.count), (5, 1000));
+
+        let cli = parse(&["handshake", "--count", "50"]).expect("parses");
+        let Command::Handshake(h) = cli.command else {
+            panic!("not handshake");
+        };
+        assert_eq!((h.count, h.runs), (50, 5));
+        assert_eq!(h.key_exchange, KeyExchange::PreferHybrid);
+        let cli = parse(&["raw-quic", "--key-exchange", "classical"]).expect("parses");
+        let Command::RawQuic(r) = cli.command else {
+            panic!("not raw-quic");
+        };
+        assert_eq!(r.key_exchange, KeyExchange::Classical);
+        assert!(parse(&["handshake", "--key-exchange", "pq"]).is_err());
+        assert!(parse(&["handshake", "--count", "0"]).is_err());
     }
 
     #[test]

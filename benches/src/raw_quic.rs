@@ -6,7 +6,9 @@
 //! a process of its own). The server uses the broker's transport settings
 //! (`ListenerConfig::default()`: stream and connection windows, 4 MiB UDP
 //! buffers, GSO), the client the client crate's (quinn's defaults plus
-//! keep-alives); both TLS 1.3 with the ring provider, and the server
+//! keep-alives); both TLS 1.3 with the broker's provider (aws-lc-rs) and
+//! the key exchange groups of `--key-exchange` (the broker's
+//! `tls.key_exchange`, `prefer-hybrid` by default), and the server
 //! requires a client certificate from its CA, as the broker does. The
 //! client opens one bidirectional stream and writes `u32 length | message`
 //! records, packed into writes of about `batch_bytes` as the producer packs
@@ -28,6 +30,7 @@ use rustls::server::WebPkiClientVerifier;
 use strongbox_broker::config::ListenerConfig;
 use strongbox_broker::endpoint::{bind_udp, quic_server_config, transport_config};
 use strongbox_broker::pki::{CertSpec, IssuedCert, TestCa};
+use strongbox_broker::tls::{KeyExchange, crypto_provider, group_name, negotiated_group};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::histogram::Histogram;
@@ -54,6 +57,8 @@ pub struct RawQuicOptions {
     /// Largest UDP payload both ends accept and probe for (MTU discovery);
     /// quinn's defaults (1472 accepted, 1452 probed) when `None`.
     pub udp_payload: Option<u16>,
+    /// Key exchange groups of both ends.
+    pub key_exchange: KeyExchange,
 }
 
 /// Runs the baseline.
@@ -68,7 +73,7 @@ pub async fn run(opts: RawQuicOptions) -> Result<RawQuicReport> {
         bail!("nothing to send: --count is 0");
     }
     let per_write = (opts.batch_bytes / (PREFIX + opts.size)).max(1) as u64;
-    let pki = Arc::new(Pki::new()?);
+    let pki = Arc::new(Pki::new(opts.key_exchange)?);
     let (addr_tx, addr_rx) = oneshot::channel();
     let server = {
         let pki = pki.clone();
@@ -87,7 +92,7 @@ pub async fn run(opts: RawQuicOptions) -> Result<RawQuicReport> {
     client.close(0u32.into(), b"done");
     let served = tokio::task::spawn_blocking(move || server.join()).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), client.wait_idle()).await;
-    let (acked, elapsed, latency) = result?;
+    let (acked, elapsed, latency, group) = result?;
     match served {
         Ok(Ok(Ok(_))) => {}
         Ok(Ok(Err(e))) => return Err(e.context("the raw-quic server failed")),
@@ -95,6 +100,7 @@ pub async fn run(opts: RawQuicOptions) -> Result<RawQuicReport> {
         Err(e) => bail!("waiting for the raw-quic server: {e}"),
     }
     Ok(RawQuicReport {
+        key_exchange: group,
         message_bytes: opts.size,
         sent: opts.count,
         acked,
@@ -106,7 +112,7 @@ pub async fn run(opts: RawQuicOptions) -> Result<RawQuicReport> {
 /// Certificates for both ends: a CA, a server certificate for
 /// `localhost`, a client certificate with a SPIFFE URI, as the broker's
 /// development setup issues them.
-struct Pki {
+pub(crate) struct Pki {
     provider: Arc<rustls::crypto::CryptoProvider>,
     roots: Arc<RootCertStore>,
     server: IssuedCert,
@@ -114,12 +120,12 @@ struct Pki {
 }
 
 impl Pki {
-    fn new() -> Result<Self> {
+    pub(crate) fn new(key_exchange: KeyExchange) -> Result<Self> {
         let ca = TestCa::new("strongbox-bench raw-quic CA")?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.cert_der())?;
         Ok(Self {
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            provider: crypto_provider(key_exchange),
             roots: Arc::new(roots),
             server: ca.issue(&CertSpec::server(&["localhost"]))?,
             client: ca.issue(&CertSpec::client_uri("spiffe://strongbox.dev/bench"))?,
@@ -174,7 +180,7 @@ fn server_thread(
 
 /// A server endpoint on 127.0.0.1 with the broker's transport settings,
 /// requiring a client certificate from the CA. Must run inside a runtime.
-fn server_endpoint(pki: &Pki, udp_payload: Option<u16>) -> Result<quinn::Endpoint> {
+pub(crate) fn server_endpoint(pki: &Pki, udp_payload: Option<u16>) -> Result<quinn::Endpoint> {
     let (endpoint_config, mtu) = udp_settings(udp_payload)?;
     let verifier =
         WebPkiClientVerifier::builder_with_provider(pki.roots.clone(), pki.provider.clone())
@@ -204,7 +210,7 @@ fn server_endpoint(pki: &Pki, udp_payload: Option<u16>) -> Result<quinn::Endpoin
 
 /// A client endpoint on 127.0.0.1 holding the client certificate, with
 /// the client crate's transport settings. Must run inside a runtime.
-fn client_endpoint(pki: &Pki, udp_payload: Option<u16>) -> Result<quinn::Endpoint> {
+pub(crate) fn client_endpoint(pki: &Pki, udp_payload: Option<u16>) -> Result<quinn::Endpoint> {
     let (endpoint_config, mtu) = udp_settings(udp_payload)?;
     let mut client_tls = rustls::ClientConfig::builder_with_provider(pki.provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -325,11 +331,12 @@ async fn drive(
     opts: RawQuicOptions,
     size: u32,
     per_write: u64,
-) -> Result<(u64, Duration, Histogram)> {
+) -> Result<(u64, Duration, Histogram, String)> {
     let connection = client
         .connect(server, "localhost")?
         .await
         .context("raw-quic handshake")?;
+    let group = negotiated_group(&connection).map_or_else(|| "unknown".into(), group_name);
     let (mut send, mut recv) = connection.open_bi().await.context("opening the stream")?;
     let payload = vec![0x5A; opts.size];
     let chunk = |messages: u64| -> Bytes {
@@ -402,7 +409,12 @@ async fn drive(
     let (started, _send) = written?;
     let (acked, ended, latency) = acked?;
     connection.close(0u32.into(), b"done");
-    Ok((acked, ended.saturating_duration_since(started), latency))
+    Ok((
+        acked,
+        ended.saturating_duration_since(started),
+        latency,
+        group,
+    ))
 }
 
 #[cfg(test)]

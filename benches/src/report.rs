@@ -72,6 +72,8 @@ impl Throughput {
 /// `raw-quic`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RawQuicReport {
+    /// The TLS key exchange group negotiated.
+    pub key_exchange: String,
     /// Message size.
     pub message_bytes: usize,
     /// Messages sent.
@@ -251,8 +253,9 @@ impl RawQuicReport {
     /// Text for people.
     pub fn text(&self) -> String {
         format!(
-            "raw-quic  {} B messages: {}\n          ack latency {}\n",
+            "raw-quic  {} B messages ({}): {}\n          ack latency {}\n",
             self.message_bytes,
+            self.key_exchange,
             rate_line(&self.throughput, "msgs"),
             latency_line(&self.ack_latency)
         )

@@ -132,6 +132,9 @@ pub struct BrokerConfig {
     /// `[log]`: log output.
     #[serde(default)]
     pub log: LogConfig,
+    /// `[checkpoints]`: signed checkpoints of the broker's state.
+    #[serde(default)]
+    pub checkpoints: CheckpointsConfig,
     /// The file this config was loaded from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -239,6 +242,12 @@ pub struct TlsConfig {
     /// Refuse certificates when a CRL is past its `nextUpdate`.
     #[serde(default)]
     pub enforce_crl_expiry: bool,
+    /// Key exchange groups of the TLS handshake: `prefer-hybrid` (the
+    /// post-quantum hybrid X25519MLKEM768 first, classical groups for
+    /// clients without it), `require-hybrid` (refuse classical-only
+    /// clients) or `classical`.
+    #[serde(default)]
+    pub key_exchange: crate::tls::KeyExchange,
 }
 
 fn default_crl_reload() -> HumanDuration {
@@ -449,6 +458,39 @@ impl TopicDefaults {
     }
 }
 
+/// `[checkpoints]`: at `interval` and at shutdown the broker signs a
+/// checkpoint of its state (audit head, partition ends and seals, key
+/// registry) with the key provider's checkpoint key, appends it to
+/// `_audit`, and writes it where a rolled-back copy of the data directory
+/// cannot take it back: `export_dir` and/or standard output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointsConfig {
+    /// Sign checkpoints at all.
+    pub enabled: bool,
+    /// How often, besides at shutdown.
+    pub interval: HumanDuration,
+    /// A directory outside `broker.data_dir` (another disk or a mount that
+    /// backups of the data directory do not restore): each checkpoint is
+    /// appended to `<broker id>.checkpoints.jsonl` there and replaces
+    /// `<broker id>.latest.json`.
+    pub export_dir: Option<PathBuf>,
+    /// Also print each checkpoint on standard output as one JSON line (for
+    /// log shipping).
+    pub stdout: bool,
+}
+
+impl Default for CheckpointsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: HumanDuration(Duration::from_secs(300)),
+            export_dir: None,
+            stdout: false,
+        }
+    }
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -541,6 +583,9 @@ impl BrokerConfig {
         resolve(&mut self.tls.client_ca);
         self.tls.crls.iter_mut().for_each(resolve);
         resolve(&mut self.keys.file.dir);
+        if let Some(dir) = self.checkpoints.export_dir.as_mut() {
+            resolve(dir);
+        }
         if let Some(p) = self.keys.pkcs11.as_mut() {
             // A bare module name (`libsofthsm2.so`) is left for the dynamic
             // loader's search path; only paths with a directory resolve.

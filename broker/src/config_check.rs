@@ -156,7 +156,7 @@ fn check_tls(config: &BrokerConfig, r: &mut Report) {
     match crate::tls::ServerCertResolver::load(
         tls.cert.clone(),
         tls.key.clone(),
-        crate::tls::crypto_provider(),
+        crate::tls::crypto_provider(tls.key_exchange),
     ) {
         Ok(resolver) => {
             let c = resolver.summary();

@@ -11,8 +11,11 @@
 //!   profiles/admin.toml .pem .key   superuser     spiffe://strongbox.dev/admin
 //!   profiles/alice.toml .pem .key   publish, subscribe, describe on demo.*
 //!   profiles/bob.toml   .pem .key   subscribe, describe on demo.*
-//!   keys/                        file KEK directory (0700)
+//!   keys/                        file KEK directory (0700), and the
+//!                                checkpoint signing key
 //!   data/                        log and metadata (0700)
+//!   checkpoints/                 signed checkpoints, outside data/ (made
+//!                                at the first checkpoint)
 //! ```
 //!
 //! The directory is built under a temporary name beside its final place and
@@ -34,6 +37,7 @@
 //! cert = "alice.pem"            # client certificate chain, PEM, leaf first
 //! key = "alice.key"             # client private key, PEM (0600)
 //! client_name = "my-service/1"  # optional: shown in the broker's logs
+//! key_exchange = "prefer-hybrid" # optional: TLS key exchange groups to offer
 //! ```
 //!
 //! Relative paths resolve against the profile file's directory. Unknown
@@ -543,6 +547,12 @@ fn broker_toml(listen: SocketAddr) -> String {
         "\n[keys]\nprovider = \"file\"\n\n[keys.file]\ndir = \"keys\"\n\n[metrics]\nenabled = true\nlisten = {}\n",
         quoted(&metrics.to_string())
     );
+    s.push_str(
+        "\n# Signed checkpoints, every interval and at shutdown, kept outside data/\n\
+         # so that a data directory rolled back to an older copy is detected:\n\
+         # strongbox-broker verify --checkpoint checkpoints/strongbox-dev.latest.json\n\
+         [checkpoints]\ninterval = \"5m\"\nexport_dir = \"checkpoints\"\n",
+    );
     s
 }
 
@@ -565,6 +575,10 @@ pub struct Profile {
     /// Name the client announces in its `Hello`, for the broker's logs.
     #[serde(default)]
     pub client_name: Option<String>,
+    /// TLS key exchange groups the client offers (the client's default
+    /// when absent).
+    #[serde(default)]
+    pub key_exchange: Option<crate::tls::KeyExchange>,
 }
 
 impl Profile {

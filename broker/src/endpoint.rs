@@ -30,8 +30,12 @@
 //!
 //! Authentication failures are reported once each: the TLS verifier
 //! reports rejected certificates (with the claimed identity); this module
-//! reports the other handshake failures (no certificate, no common ALPN)
-//! with the peer's address, and identity failures.
+//! reports the other handshake failures (no certificate, no common ALPN,
+//! and as the stage `key_exchange` a client offering no key exchange group
+//! that `tls.key_exchange` accepts) with the peer's address, and identity
+//! failures. Every completed handshake is counted by its key exchange
+//! group (`strongbox_tls_handshakes_total{group}`), which the connection's
+//! span also carries.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -49,7 +53,10 @@ use tracing::Instrument;
 use crate::config::ListenerConfig;
 use crate::identity::{IdentityMapper, Principal, leaf_certificate};
 use crate::metrics::BrokerMetrics;
-use crate::tls::{AuthFailure, AuthFailureHook, AuthStage, ServerTls};
+use crate::tls::key_exchange::no_common_group_reason;
+use crate::tls::{
+    AuthFailure, AuthFailureHook, AuthStage, KeyExchange, ServerTls, group_name, negotiated_group,
+};
 
 /// Default per-stream receive window of quinn, kept as the floor.
 const MIN_STREAM_WINDOW: u64 = 1_250_000;
@@ -275,6 +282,9 @@ pub struct AcceptSettings {
     pub auth_hook: Option<AuthFailureHook>,
     /// Connection counters, when metrics are on.
     pub metrics: Option<Arc<BrokerMetrics>>,
+    /// The key exchange policy of the TLS config, for the reports of
+    /// refused handshakes.
+    pub key_exchange: KeyExchange,
 }
 
 impl std::fmt::Debug for AcceptSettings {
@@ -283,6 +293,7 @@ impl std::fmt::Debug for AcceptSettings {
             .field("max_connections", &self.max_connections)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("key_exchange", &self.key_exchange)
             .finish_non_exhaustive()
     }
 }
@@ -302,7 +313,15 @@ impl AcceptSettings {
             identity,
             auth_hook,
             metrics,
+            key_exchange: KeyExchange::default(),
         }
+    }
+
+    /// The same settings, for a TLS config following `policy`.
+    #[must_use]
+    pub fn with_key_exchange(mut self, policy: KeyExchange) -> Self {
+        self.key_exchange = policy;
+        self
     }
 
     fn report(&self, failure: AuthFailure) {
@@ -328,6 +347,8 @@ pub struct AcceptedConnection {
     pub principal: Principal,
     /// The client's address.
     pub remote: SocketAddr,
+    /// The key exchange group of the TLS handshake (`X25519MLKEM768`, ...).
+    pub key_exchange_group: String,
     /// Turns true when the broker is shutting down: finish in-flight work,
     /// answer it, and return.
     pub shutdown: watch::Receiver<bool>,
@@ -453,6 +474,7 @@ impl Server {
                     id = accepted.connection.stable_id(),
                     remote = %accepted.remote,
                     principal = %accepted.principal,
+                    kx = %accepted.key_exchange_group,
                 );
                 let connection = accepted.connection.clone();
                 let stopping = accepted.shutdown.clone();
@@ -558,6 +580,10 @@ async fn establish(
         }
         Ok(Ok(c)) => c,
     };
+    let group = negotiated_group(&connection).map_or_else(|| "unknown".to_owned(), group_name);
+    if let Some(m) = &settings.metrics {
+        m.tls_handshakes.with_label_values(&[&group]).inc();
+    }
     // rustls already insists on ALPN for QUIC; checked again here because
     // everything after this point assumes our protocol.
     let alpn_ok = connection
@@ -585,6 +611,7 @@ async fn establish(
             connection,
             principal,
             remote,
+            key_exchange_group: group,
             shutdown,
         }),
         Err(e) => {
@@ -617,6 +644,22 @@ fn handshake_failed(settings: &AcceptSettings, remote: SocketAddr, e: &Connectio
         Some(a) if CERTIFICATE_ALERTS.iter().any(|c| u64::from(*c) == a) => {
             tracing::info!(%remote, reason = %te.reason, "client certificate refused");
         }
+        Some(_) if te.reason == no_common_group_reason() => settings.report(AuthFailure {
+            stage: AuthStage::KeyExchange,
+            reason: format!(
+                "the client offered no key exchange group that tls.key_exchange = \"{}\" \
+                 accepts ({}){}",
+                settings.key_exchange,
+                settings.key_exchange.group_names().join(", "),
+                if settings.key_exchange == KeyExchange::RequireHybrid {
+                    ": a classical-only client is refused"
+                } else {
+                    ""
+                }
+            ),
+            claimed: None,
+            remote: Some(remote),
+        }),
         Some(_) => settings.report(AuthFailure {
             stage: AuthStage::Handshake,
             reason: te.reason.clone(),

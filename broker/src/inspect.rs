@@ -211,6 +211,8 @@ pub fn inspect(
         data_dir: Some(args.data_dir.clone()),
         config: args.config.clone(),
         json: false,
+        checkpoint: None,
+        checkpoint_key: None,
     })
     .map_err(|e| InspectError::Setup(Box::new(e)))?;
     let meta_path = setup.data_dir.join("meta.redb");

@@ -3,11 +3,14 @@
 //! - [`config`]: the TOML configuration, strictly parsed and validated;
 //! - [`config_check`]: `strongbox-broker config check`, everything a start
 //!   would check, without starting;
-//! - [`tls`]: TLS 1.3 with required client certificates and CRLs that
-//!   reload without a restart;
+//! - [`tls`]: TLS 1.3 with required client certificates, CRLs that
+//!   reload without a restart, and the key exchange policy (hybrid
+//!   post-quantum X25519MLKEM768 preferred);
 //! - [`identity`]: the principal derived from a verified client certificate;
 //! - [`acl`]: the topic ACL engine (deny wins, default deny);
 //! - [`audit`]: the hash-chained audit trail in the internal topic `_audit`;
+//! - [`checkpoint`]: signed checkpoints of the broker's state, which tell
+//!   a rolled-back data directory from the real one;
 //! - [`backup`]: `strongbox-broker backup`, a consistent copy of a running
 //!   broker through its local control socket;
 //! - [`health`]: `strongbox-broker health`, the readiness probe for
@@ -37,6 +40,7 @@
 pub mod acl;
 pub mod audit;
 pub mod backup;
+pub mod checkpoint;
 pub mod config;
 pub mod config_check;
 pub mod dev;

@@ -9,6 +9,7 @@
 //! strongbox-broker backup --config FILE --to DIR
 //! strongbox-broker config check FILE
 //! strongbox-broker health --config FILE [--live]
+//! strongbox-broker checkpoint public-key --config FILE [--create] [--out FILE]
 //! ```
 
 use std::net::SocketAddr;
@@ -108,6 +109,9 @@ enum Command {
     /// check could not run (usage, configuration, key provider, broker
     /// running).
     Verify(strongbox_broker::verify::VerifyArgs),
+    /// Signed checkpoints: export the public key that checks them.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
     /// Print a partition's records as a stopped broker stores them.
     ///
     /// Decrypts the at-rest layer with the broker's key provider (from
@@ -168,6 +172,29 @@ enum ConfigCommand {
     Check(strongbox_broker::config_check::CheckArgs),
 }
 
+/// `strongbox-broker checkpoint ...`.
+#[derive(Debug, Subcommand)]
+enum CheckpointCommand {
+    /// Print the checkpoint signing key's public key (PEM).
+    ///
+    /// The broker signs its checkpoints (at checkpoints.interval and at
+    /// shutdown) with an ECDSA P-256 key held by its key provider: made
+    /// in the HSM and never extractable with pkcs11, a 0600 file next to
+    /// the key-encryption keys with the file provider. This prints the
+    /// public half as a PEM SubjectPublicKeyInfo, so that anyone can check
+    /// checkpoints offline (`strongbox audit verify --checkpoint FILE
+    /// --checkpoint-key KEY.pem`, `strongbox-broker verify --checkpoint
+    /// FILE --checkpoint-key KEY.pem`, or any ECDSA tool); the key id goes
+    /// to stderr. The key pair is made at the broker's first start, or
+    /// here with --create.
+    ///
+    /// Exit status: 0, or 1 with the reason.
+    #[command(after_help = "\
+Example:
+  strongbox-broker checkpoint public-key --config /etc/strongbox/broker.toml --out checkpoint-key.pem")]
+    PublicKey(strongbox_broker::checkpoint::cli::PublicKeyArgs),
+}
+
 /// `strongbox-broker pki ...`.
 #[derive(Debug, Subcommand)]
 enum PkiCommand {
@@ -201,6 +228,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Pki(PkiCommand::Revoke { data_dir, who }) = &cli.command {
         return revoke(data_dir, who);
+    }
+    if let Command::Checkpoint(CheckpointCommand::PublicKey(args)) = &cli.command {
+        return strongbox_broker::checkpoint::cli::run_public_key(args);
     }
     if let Command::Verify(args) = &cli.command {
         // Offline and synchronous: no runtime.
@@ -329,7 +359,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Pki(_)
         | Command::Backup(_)
         | Command::Config(_)
-        | Command::Health(_) => Ok(()),
+        | Command::Health(_)
+        | Command::Checkpoint(_) => Ok(()),
     }
 }
 

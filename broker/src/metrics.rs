@@ -38,13 +38,30 @@ use crate::tls::{AuthFailure, AuthFailureHook, AuthStage};
 
 /// The `reason` label values of `strongbox_connections_refused_total`:
 /// over the connection limit, then the authentication stages.
-pub const REFUSAL_REASONS: &[&str] = &["limit", "certificate", "handshake", "identity"];
+pub const REFUSAL_REASONS: &[&str] = &[
+    "limit",
+    "certificate",
+    "handshake",
+    "key_exchange",
+    "identity",
+];
 
 /// The authentication stages, as `strongbox_auth_failures_total` labels them.
 const AUTH_STAGES: &[AuthStage] = &[
     AuthStage::Certificate,
     AuthStage::Handshake,
+    AuthStage::KeyExchange,
     AuthStage::Identity,
+];
+
+/// The key exchange groups whose `strongbox_tls_handshakes_total` series
+/// exist from the start: every group some `tls.key_exchange` policy allows.
+const KX_GROUPS: &[&str] = &[
+    "X25519MLKEM768",
+    "SecP256r1MLKEM768",
+    "X25519",
+    "secp256r1",
+    "secp384r1",
 ];
 
 /// Latency buckets, in seconds: 50 µs to 2.5 s. Appends on a fast disk
@@ -64,11 +81,16 @@ pub struct BrokerMetrics {
     /// Connection attempts refused, by `reason`: `limit` (over
     /// `listener.max_connections`), `certificate` (the client certificate
     /// was rejected: unknown CA, expired, revoked), `handshake` (no
-    /// certificate, no common ALPN), `identity` (no acceptable principal).
+    /// certificate, no common ALPN), `key_exchange` (no key exchange group
+    /// that `tls.key_exchange` accepts: under `require-hybrid`, a
+    /// classical-only client), `identity` (no acceptable principal).
     pub connections_refused: IntCounterVec,
     /// Authentication failures, by `stage` (`certificate`, `handshake`,
-    /// `identity`).
+    /// `key_exchange`, `identity`).
     pub auth_failures: IntCounterVec,
+    /// Completed TLS handshakes, by the key exchange `group` negotiated
+    /// (`X25519MLKEM768`, `X25519`, ...).
+    pub tls_handshakes: IntCounterVec,
     /// Requests denied by ACLs, by `operation`.
     pub acl_denials: IntCounterVec,
     /// Records appended, by `topic`.
@@ -195,6 +217,12 @@ impl BrokerMetrics {
                 "Refused authentications, by stage.",
                 &["stage"],
             )?,
+            tls_handshakes: counter_vec(
+                &r,
+                "strongbox_tls_handshakes_total",
+                "Completed TLS handshakes, by the key exchange group negotiated.",
+                &["group"],
+            )?,
             acl_denials: counter_vec(
                 &r,
                 "strongbox_acl_denials_total",
@@ -279,6 +307,9 @@ impl BrokerMetrics {
         }
         for stage in AUTH_STAGES {
             self.auth_failures.with_label_values(&[stage.name()]);
+        }
+        for group in KX_GROUPS {
+            self.tls_handshakes.with_label_values(&[group]);
         }
         for (_, name) in Operations::NAMED {
             self.acl_denials.with_label_values(&[name]);
@@ -403,6 +434,7 @@ mod tests {
             "strongbox_connections_total",
             "strongbox_connections_refused_total",
             "strongbox_auth_failures_total",
+            "strongbox_tls_handshakes_total",
             "strongbox_acl_denials_total",
             "strongbox_messages_in_total",
             "strongbox_messages_out_total",
@@ -433,9 +465,13 @@ mod tests {
             "strongbox_connections_refused_total{reason=\"limit\"} 0",
             "strongbox_connections_refused_total{reason=\"certificate\"} 0",
             "strongbox_connections_refused_total{reason=\"handshake\"} 0",
+            "strongbox_connections_refused_total{reason=\"key_exchange\"} 0",
             "strongbox_connections_refused_total{reason=\"identity\"} 0",
             "strongbox_auth_failures_total{stage=\"certificate\"} 0",
             "strongbox_auth_failures_total{stage=\"handshake\"} 0",
+            "strongbox_auth_failures_total{stage=\"key_exchange\"} 0",
+            "strongbox_tls_handshakes_total{group=\"X25519MLKEM768\"} 0",
+            "strongbox_tls_handshakes_total{group=\"X25519\"} 0",
             "strongbox_auth_failures_total{stage=\"identity\"} 0",
             "strongbox_acl_denials_total{operation=\"publish\"} 0",
             "strongbox_acl_denials_total{operation=\"admin\"} 0",

@@ -505,7 +505,7 @@ mod tests {
         let leaf = loaded.issue(&CertSpec::client_uri("spiffe://t/a")).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.cert_der()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()

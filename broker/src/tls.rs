@@ -1,6 +1,8 @@
-//! The broker's TLS: TLS 1.3 only, ALPN `strongbox/1`, and a client
-//! certificate required from the configured CA bundle, checked against CRLs
-//! that are reloaded while the broker runs.
+//! The broker's TLS: TLS 1.3 only, ALPN `strongbox/1`, the key exchange
+//! groups of `tls.key_exchange` ([`key_exchange`]: hybrid post-quantum
+//! X25519MLKEM768 preferred), and a client certificate required from the
+//! configured CA bundle, checked against CRLs that are reloaded while the
+//! broker runs.
 //!
 //! rustls builds a client-certificate verifier once, with its CRLs inside.
 //! To change CRLs without restarting, [`ReloadingClientVerifier`] sits in
@@ -41,9 +43,13 @@ use crate::config::{CrlCheck, TlsConfig};
 use crate::identity::{Principal, extract_identity};
 
 mod crl;
+pub mod key_exchange;
 pub mod reload;
 
 pub use crl::{CrlsInForce, LoadedCrl, Refused, read_crl_files};
+pub use key_exchange::{
+    KeyExchange, client_config_with, crypto_provider, group_name, is_hybrid, negotiated_group,
+};
 pub use reload::{CertSummary, ServerCertResolver, TlsReloader, load_client_ca};
 
 /// Where in connection setup an authentication failure happened.
@@ -55,6 +61,10 @@ pub enum AuthStage {
     /// The TLS handshake failed otherwise (no certificate presented, no
     /// common ALPN protocol or cipher). Reported by the endpoint.
     Handshake,
+    /// The client offered no key exchange group that `tls.key_exchange`
+    /// accepts: under `require-hybrid`, a classical-only client. Reported
+    /// by the endpoint.
+    KeyExchange,
     /// The certificate was valid but yields no acceptable principal.
     /// Reported by the endpoint.
     Identity,
@@ -66,6 +76,7 @@ impl AuthStage {
         match self {
             Self::Certificate => "certificate",
             Self::Handshake => "handshake",
+            Self::KeyExchange => "key_exchange",
             Self::Identity => "identity",
         }
     }
@@ -120,12 +131,6 @@ pub enum TlsError {
     /// The CA bundle or a CRL was refused when building the verifier.
     #[error("client certificate verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
-}
-
-/// The crypto provider used everywhere: ring, passed explicitly so that no
-/// process-wide default is needed (see DEPENDENCIES.md).
-pub fn crypto_provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Reads the certificates of a PEM file, in order.
@@ -554,7 +559,7 @@ pub struct ServerTls {
 /// A file that cannot be read or parsed, a key that does not match the
 /// certificate, an unusable CA bundle or CRL.
 pub fn server_tls(cfg: &TlsConfig, hook: Option<AuthFailureHook>) -> Result<ServerTls, TlsError> {
-    let provider = crypto_provider();
+    let provider = crypto_provider(cfg.key_exchange);
     let roots = load_client_ca(&cfg.client_ca)?;
     if cfg.crls.is_empty() {
         tracing::warn!(
@@ -590,7 +595,8 @@ pub fn server_tls(cfg: &TlsConfig, hook: Option<AuthFailureHook>) -> Result<Serv
 }
 
 /// A TLS 1.3-only server config with ALPN `strongbox/1`, no session
-/// resumption and no early data, verifying clients with `verifier`.
+/// resumption and no early data, verifying clients with `verifier`. The
+/// key exchange groups are those of `provider` (see [`crypto_provider`]).
 ///
 /// # Errors
 ///

@@ -415,3 +415,61 @@ fn pkcs11_with_a_pin_file_validates() {
     );
     assert_eq!(topic.retention_ms, None);
 }
+
+#[test]
+fn bad_key_exchange_and_checkpoint_settings_are_named() {
+    let tls = "[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\nclient_ca = \"ca.pem\"\n";
+    assert_refused(
+        &format!("{tls}key_exchange = \"post-quantum\"\n"),
+        "tls.key_exchange",
+        "unknown variant `post-quantum`",
+    );
+    assert_refused(
+        "[checkpoints]\ninterval = \"1s\"\n",
+        "checkpoints.interval",
+        "out of range",
+    );
+    // Inside the data directory, a restored old copy would bring its old
+    // checkpoints back: refused, lexically and through the file system.
+    assert_refused(
+        "[broker]\ndata_dir = \"data\"\n[checkpoints]\nexport_dir = \"data/checkpoints\"\n",
+        "checkpoints.export_dir",
+        "inside broker.data_dir",
+    );
+    assert_refused(
+        "[checkpoints]\nsign = true\n",
+        "checkpoints.sign",
+        "unknown field",
+    );
+}
+
+#[test]
+fn key_exchange_and_checkpoints_default_to_hybrid_and_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tls_section(dir.path());
+    let cfg = BrokerConfig::from_toml_str(&text, dir.path())
+        .and_then(BrokerConfig::validate)
+        .unwrap();
+    assert_eq!(
+        cfg.tls.key_exchange,
+        strongbox_broker::tls::KeyExchange::PreferHybrid
+    );
+    assert!(cfg.checkpoints.enabled);
+    assert_eq!(cfg.checkpoints.interval.0.as_secs(), 300);
+    assert_eq!(cfg.checkpoints.export_dir, None);
+    let text = format!(
+        "{text}key_exchange = \"require-hybrid\"\n[checkpoints]\nexport_dir = \"../elsewhere\"\nstdout = true\n"
+    );
+    let cfg = BrokerConfig::from_toml_str(&text, dir.path())
+        .and_then(BrokerConfig::validate)
+        .unwrap();
+    assert_eq!(
+        cfg.tls.key_exchange,
+        strongbox_broker::tls::KeyExchange::RequireHybrid
+    );
+    assert_eq!(
+        cfg.checkpoints.export_dir,
+        Some(dir.path().join("../elsewhere"))
+    );
+    assert!(cfg.checkpoints.stdout);
+}

@@ -83,6 +83,11 @@ fn the_defaults_shown_are_the_real_defaults() {
         all.tls.allow_unknown_revocation_status
     );
     assert_eq!(shipped.tls.enforce_crl_expiry, all.tls.enforce_crl_expiry);
+    assert_eq!(shipped.tls.key_exchange, all.tls.key_exchange);
+    // export_dir has no default; the example shows a sample value.
+    let (mut a, b) = (shipped.checkpoints.clone(), all.checkpoints.clone());
+    a.export_dir.clone_from(&b.export_dir);
+    assert_eq!(dbg(&a), dbg(&b));
     assert_eq!(shipped.identity.require_match, all.identity.require_match);
     assert_eq!(shipped.acl.superusers, all.acl.superusers);
     // retention_bytes has no default; the example shows a sample value.
@@ -124,6 +129,7 @@ fn every_setting_is_documented() {
                 "crl_check",
                 "allow_unknown_revocation_status",
                 "enforce_crl_expiry",
+                "key_exchange",
             ],
         ),
         ("[identity]", &["require_match", "match", "principal"]),
@@ -163,6 +169,10 @@ fn every_setting_is_documented() {
                 "retention",
                 "retention_bytes",
             ],
+        ),
+        (
+            "[checkpoints]",
+            &["enabled", "interval", "export_dir", "stdout"],
         ),
         ("[log]", &["format", "level"]),
     ];

@@ -247,7 +247,7 @@ async fn profiles_connect_to_a_broker_built_from_the_dev_config() {
 /// What a client does with a profile: trust its CA, present its
 /// certificate, offer `strongbox/1`.
 fn client_from_profile(p: &Profile) -> quinn::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for ca in load_certs("ca", &p.ca).unwrap() {
         roots.add(ca).unwrap();

@@ -708,7 +708,22 @@ impl TrailReader {
 /// `audit` permission: `not authorized`).
 pub async fn verify_trail(
     client: &Client,
+    progress: impl FnMut(u64, u64),
+) -> Result<ChainSummary, VerifyError> {
+    verify_trail_with(client, progress, |_| {}).await
+}
+
+/// [`verify_trail`], handing every record that passed its checks to
+/// `visit` as it goes (for [`crate::checkpoint`], which looks for the
+/// record a checkpoint names and for deletions after it).
+///
+/// # Errors
+///
+/// As [`verify_trail`].
+pub async fn verify_trail_with(
+    client: &Client,
     mut progress: impl FnMut(u64, u64),
+    mut visit: impl FnMut(&AuditRecord),
 ) -> Result<ChainSummary, VerifyError> {
     // The head first: the topic always holds at least what it anchors.
     let anchored = client.admin().audit_head().await?;
@@ -719,12 +734,13 @@ pub async fn verify_trail(
         match reader.next().await {
             None => break Ok(()),
             Some(Err(e)) => break Err(VerifyError::Client(e)),
-            Some(Ok(record)) => {
-                if let Err(e) = verifier.push(&record) {
-                    break Err(VerifyError::Chain(e));
+            Some(Ok(record)) => match verifier.push(&record) {
+                Err(e) => break Err(VerifyError::Chain(e)),
+                Ok(parsed) => {
+                    visit(&parsed);
+                    progress(verifier.records(), end);
                 }
-                progress(verifier.records(), end);
-            }
+            },
         }
     };
     reader.close().await;

@@ -9,6 +9,7 @@ use strongbox_protocol::frame::DEFAULT_MAX_FRAME_SIZE;
 use zeroize::Zeroizing;
 
 use crate::error::ClientError;
+use crate::tls::KeyExchange;
 
 /// Where a PEM document (CA bundle, certificate chain or private key) comes
 /// from.
@@ -140,6 +141,8 @@ pub struct ClientConfig {
     pub reconnect: ReconnectPolicy,
     /// Largest frame this client accepts from the broker.
     pub max_frame_size: u32,
+    /// Key exchange groups offered in the TLS handshake.
+    pub key_exchange: KeyExchange,
 }
 
 impl ClientConfig {
@@ -162,6 +165,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(30),
             reconnect: ReconnectPolicy::default(),
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            key_exchange: KeyExchange::default(),
         }
     }
 
@@ -239,6 +243,7 @@ struct Profile {
     cert: PathBuf,
     key: PathBuf,
     client_name: Option<String>,
+    key_exchange: Option<KeyExchange>,
 }
 
 impl Profile {
@@ -286,6 +291,9 @@ impl Profile {
         if let Some(name) = self.client_name {
             config.client_name = name;
         }
+        if let Some(kx) = self.key_exchange {
+            config.key_exchange = kx;
+        }
         config
     }
 }
@@ -331,6 +339,27 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("alice.toml"), "{text}");
         assert!(text.contains("missing field `key`"), "{text}");
+    }
+
+    #[test]
+    fn key_exchange_is_read_from_the_profile() {
+        let (_dir, path) = write_profile(
+            "broker = \"h:1\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n\
+             key_exchange = \"require-hybrid\"\n",
+        );
+        let config = ClientConfig::from_profile(&path).expect("valid profile");
+        assert_eq!(config.key_exchange, KeyExchange::RequireHybrid);
+        let (_dir, path) =
+            write_profile("broker = \"h:1\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n");
+        let config = ClientConfig::from_profile(&path).expect("valid profile");
+        assert_eq!(config.key_exchange, KeyExchange::PreferHybrid);
+        let (_dir, path) = write_profile(
+            "broker = \"h:1\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\nkey_exchange = \"pq\"\n",
+        );
+        let text = ClientConfig::from_profile(&path)
+            .expect_err("unknown policy")
+            .to_string();
+        assert!(text.contains("unknown variant `pq`"), "{text}");
     }
 
     #[test]

@@ -178,6 +178,13 @@ impl Client {
         self.current().welcome.broker_id.clone()
     }
 
+    /// The TLS key exchange group of the current connection
+    /// (`X25519MLKEM768` when the hybrid post-quantum exchange was
+    /// negotiated, `X25519` or a NIST curve otherwise).
+    pub fn key_exchange_group(&self) -> Option<String> {
+        crate::tls::negotiated_group(&self.current().conn)
+    }
+
     /// The limits negotiated with the broker.
     pub fn limits(&self) -> BrokerLimits {
         let w = &self.current().welcome;

@@ -287,6 +287,12 @@ fn tls_alert_error(alert: u8, reason: &str) -> ClientError {
         (false, false) => format!("{name} (TLS alert {alert}): {reason}"),
     };
     match alert {
+        40 if reason.contains("NoKxGroupsInCommon") => ClientError::Tls(format!(
+            "the broker and this client have no TLS key exchange group in common: the broker \
+             may require the hybrid post-quantum exchange (tls.key_exchange = \"require-hybrid\") \
+             while this client offers only classical groups, or the other way round; check the \
+             client's key_exchange setting ({detail})"
+        )),
         42..=46 | 48 | 49 | 116 => ClientError::Authentication(detail),
         120 => ClientError::Tls(format!(
             "the broker does not speak {}: {detail}",
@@ -299,6 +305,22 @@ fn tls_alert_error(alert: u8, reason: &str) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_common_key_exchange_group_names_the_setting() {
+        let e = tls_alert_error(40, "peer is incompatible: NoKxGroupsInCommon");
+        let text = e.to_string();
+        assert!(matches!(e, ClientError::Tls(_)), "{e:?}");
+        assert!(
+            text.contains("no TLS key exchange group in common")
+                && text.contains("require-hybrid")
+                && text.contains("key_exchange"),
+            "{text}"
+        );
+        // Another handshake failure keeps its generic wording.
+        let other = tls_alert_error(40, "peer is incompatible: NoCipherSuitesInCommon").to_string();
+        assert!(other.contains("the broker ended the handshake"), "{other}");
+    }
 
     #[test]
     fn not_authorized_displays_the_broker_message_as_is() {

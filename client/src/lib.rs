@@ -20,7 +20,8 @@
 //!   memory bounded however slow the application is;
 //! - [`Admin`] sends one request per stream: topics, ACLs, producer ids,
 //!   keys, audit, access requests, end-to-end recipients; [`audit`] reads
-//!   and verifies the hash-chained audit trail.
+//!   and verifies the hash-chained audit trail, and [`checkpoint`] checks
+//!   the broker's state against a checkpoint it signed.
 //!
 //! Producers and consumers reconnect with exponential backoff and jitter
 //! when the connection drops ([`ReconnectPolicy`]). A layer that rewrites
@@ -88,6 +89,8 @@
 //! cert = "alice.pem"             # this client's certificate chain, leaf first
 //! key = "alice.key"              # this client's private key (PKCS#8, PKCS#1 or SEC1 PEM)
 //! client_name = "billing/1.4"    # optional: shown in the broker's logs
+//! key_exchange = "prefer-hybrid" # optional: "prefer-hybrid" (default), "require-hybrid"
+//!                                # or "classical" (see KeyExchange)
 //! ```
 //!
 //! Relative paths are relative to the folder holding the profile. Unknown
@@ -141,6 +144,7 @@
 mod admin;
 pub mod audit;
 mod backoff;
+pub mod checkpoint;
 mod config;
 mod connection;
 mod consumer;
@@ -158,6 +162,7 @@ pub use connection::{BrokerLimits, Client};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, Subscription, Target};
 pub use error::ClientError;
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use tls::KeyExchange;
 pub use transform::{Opened, ValueTransformer};
 
 /// The wire protocol crate, for the types requests and responses use

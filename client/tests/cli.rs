@@ -183,7 +183,8 @@ async fn publish_then_subscribe() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
         run.stdout,
-        "principal  spiffe://strongbox.dev/alice\nbroker     test-peer\nsuperuser  no\n"
+        "principal     spiffe://strongbox.dev/alice\nbroker        test-peer\nsuperuser     no\n\
+         key exchange  X25519MLKEM768\n"
     );
 
     let run = strongbox(
@@ -438,7 +439,7 @@ async fn explicit_connection_flags_work_without_a_profile() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
         run.stdout,
-        "{\"broker_id\":\"test-peer\",\"principal\":\"spiffe://strongbox.dev/alice\",\"superuser\":false}\n"
+        "{\"broker_id\":\"test-peer\",\"key_exchange\":\"X25519MLKEM768\",\"principal\":\"spiffe://strongbox.dev/alice\",\"superuser\":false}\n"
     );
 }
 

@@ -1,5 +1,6 @@
-//! The AEAD interface against NIST AES-256-GCM vectors, and `ring` against
-//! RustCrypto's `aes-gcm`: each opens what the other sealed.
+//! The AEAD interface against NIST AES-256-GCM vectors, and the storage
+//! AEAD (`aws-lc-rs`) against RustCrypto's `aes-gcm`: each opens what the
+//! other sealed.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm as RustCryptoGcm, Nonce};
@@ -92,7 +93,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn ring_and_rustcrypto_open_each_other(
+    fn storage_aead_and_rustcrypto_open_each_other(
         key in any::<[u8; 32]>(),
         nonce in any::<[u8; 12]>(),
         aad in prop::collection::vec(any::<u8>(), 0..80),
@@ -103,21 +104,21 @@ proptest! {
         let theirs = RustCryptoGcm::new_from_slice(&key).expect("key");
         let n = Nonce::try_from(&nonce[..]).expect("nonce");
 
-        // ring seals, aes-gcm opens.
+        // The storage AEAD seals, aes-gcm opens.
         let mut sealed = pt.clone();
         let tag = ours.seal_in_place(&nonce, &aad, &mut sealed).expect("seal");
         sealed.extend_from_slice(&tag);
         let opened = theirs
             .decrypt(&n, Payload { msg: &sealed, aad: &aad })
-            .expect("aes-gcm opens ring's output");
+            .expect("aes-gcm opens the storage AEAD's output");
         prop_assert_eq!(&opened, &pt);
 
-        // aes-gcm seals, ring opens; both produce the same bytes.
+        // aes-gcm seals, the storage AEAD opens; both produce the same bytes.
         let mut theirs_sealed = theirs
             .encrypt(&n, Payload { msg: &pt, aad: &aad })
             .expect("encrypt");
         prop_assert_eq!(&theirs_sealed, &sealed);
-        let plain = ours.open_in_place(&nonce, &aad, &mut theirs_sealed).expect("ring opens aes-gcm's output");
+        let plain = ours.open_in_place(&nonce, &aad, &mut theirs_sealed).expect("the storage AEAD opens aes-gcm's output");
         prop_assert_eq!(&plain[..], &pt[..]);
 
         // A flipped bit is rejected by both.

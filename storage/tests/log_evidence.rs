@@ -283,12 +283,25 @@ fn skip_to_continues_after_lost_offsets_and_reads_across_the_gap() {
         }
     )));
 
-    // A gap marker that does not decode does not excuse a gap.
+    // A gap marker that does not decode does not excuse a gap: the offsets
+    // are missing, not accepted; reads into them name the range and the
+    // log does not verify.
     let marker = dir.join("00000000000000000100.gap");
     let mut m = std::fs::read(&marker).expect("marker");
     m[30] ^= 1;
     std::fs::write(&marker, &m).expect("write");
-    assert!(matches!(open(&dir, &keys), Err(LogError::Gap { .. })));
+    let log = open(&dir, &keys).expect("opens with the offsets missing");
+    assert!(log.gaps().is_empty());
+    assert_eq!(log.missing_ranges(), vec![(5, 100)]);
+    match log.read(50, 1 << 20) {
+        Err(e) => assert_eq!(e.damaged_range(), Some((50, Some(100))), "{e}"),
+        Ok(b) => panic!("read {} batches across missing offsets", b.len()),
+    }
+    assert!(matches!(log.verify(), Err(LogError::Gap { .. })));
+    assert_eq!(
+        read_from(&log, 100).keys().copied().collect::<Vec<_>>(),
+        vec![100, 101, 102]
+    );
 }
 
 #[test]

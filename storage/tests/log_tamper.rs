@@ -381,9 +381,38 @@ fn segment_removed_from_the_middle() {
     let (path, _) = fx.victim();
     std::fs::remove_file(&path).expect("remove");
     std::fs::remove_file(key_path(&path)).expect("remove key");
-    let e = fx.open(0).expect_err("a gap is detected");
+    let segments = fx.segments(0);
+    let base_of = |p: &Path| -> u64 {
+        file_name(p)
+            .trim_end_matches(".log")
+            .parse()
+            .expect("a segment name")
+    };
+    let (lost, next) = (base_of(&path), base_of(&segments[1]));
+    // The log opens, so what is left stays readable; the lost offsets are
+    // recorded as missing, not accepted.
+    let log = fx.open(0).expect("the log opens around the gap");
+    assert_eq!(log.missing_ranges(), vec![(lost, next)]);
+    assert!(log.gaps().is_empty());
+    let e = log.verify().expect_err("a gap is detected");
     assert!(matches!(e, LogError::Gap { .. }), "{e}");
-    names(&e, &fx.segments(0)[0]);
+    names(&e, &segments[0]);
+    let all = &fx.expected[0];
+    let before = log.read(0, usize::MAX).expect("the records before");
+    assert_eq!(
+        before[..],
+        all.iter()
+            .filter(|(o, _)| *o < lost)
+            .cloned()
+            .collect::<Vec<_>>()[..]
+    );
+    let e = log
+        .read(lost, usize::MAX)
+        .expect_err("a read of the lost offsets");
+    assert_eq!(e.damaged_range(), Some((lost, Some(next))), "{e}");
+    let after = log.read(next, usize::MAX).expect("the records after");
+    assert_eq!(after.first(), all.iter().find(|(o, _)| *o == next));
+    drop(log);
     fx.other_partition_unaffected();
 }
 

@@ -641,7 +641,7 @@ pub mod raw {
         for cert in CertificateDer::pem_slice_iter(ca_pem) {
             roots.add(cert.context("CA PEM")?)?;
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(roots);

@@ -11,6 +11,9 @@
 //! - a partition directory that vanished opens read-only too, and is not
 //!   created again (not even by a second restart) until the loss is
 //!   accepted;
+//! - so does a partition missing a segment in the middle: readers get the
+//!   records before the lost offsets and a report naming them, and after
+//!   `topic recover --accept-loss` read across them;
 //! - a consumer group cannot commit past a partition's end (which would
 //!   make the next start take the log for one cut short);
 //! - a torn tail cut at recovery is kept in a quarantine file, audited
@@ -318,6 +321,125 @@ async fn a_vanished_partition_directory_opens_read_only() -> Result<()> {
         read(&broker, "gone", 5, 1)? == vec![(5, "after".to_owned())],
         "{info:#}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_segment_gone_from_the_middle_opens_read_only_and_readers_meet_the_range() -> Result<()> {
+    const RECORDS: u64 = 30;
+    let root = tempfile::tempdir()?;
+    let dev = root.path().join("dev");
+    let mut broker = start(&dev)?;
+    let admin = broker.profile("admin");
+    let client = strongbox_tests::client::connect(&admin).await?;
+    let mut config = strongbox_tests::client::topic(1);
+    config.segment_bytes = Some(1024);
+    client.admin().create_topic("middle", config).await?;
+    let producer = client
+        .producer(strongbox_client::ProducerConfig::default())
+        .await?;
+    // One batch per record: segments of a few records each.
+    for i in 0..RECORDS {
+        producer
+            .send_and_wait(
+                strongbox_client::ProducerRecord::new(
+                    "middle",
+                    format!("v{i}-{}", "x".repeat(100)),
+                )
+                .partition(0),
+            )
+            .await?;
+    }
+    producer.close().await?;
+    client.close().await;
+    let dir = partition_dir(&broker, "middle")?;
+    broker.terminate()?;
+
+    // The second segment goes, with its index and key envelope.
+    let mut segments: Vec<u64> = std::fs::read_dir(&dir)?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".log")?.parse().ok()
+        })
+        .collect();
+    segments.sort_unstable();
+    ensure!(segments.len() >= 4, "{segments:?}");
+    let (from, to) = (segments[1], segments[2]);
+    for ext in ["log", "index", "key"] {
+        std::fs::remove_file(dir.join(format!("{from:020}.{ext}")))?;
+    }
+
+    let broker = start(&dev)?;
+    let info = describe(&broker, "middle")?;
+    let p = &info["partition_state"][0];
+    ensure!(p["state"] == "read_only", "{info:#}");
+    let why = p["error"].as_str().unwrap_or_default();
+    ensure!(
+        why.contains(&format!("offsets {from}..{to} are missing"))
+            && why.contains("segment(s) the key registry knows are missing"),
+        "the reason names the lost offsets and segment: {why}"
+    );
+    cli_fails(
+        &admin,
+        1,
+        &["publish", "middle", "--partition", "0", "refused"],
+        "read-only",
+    )?;
+    // A reader gets the records before the lost offsets, a warning naming
+    // them, and exit status 1.
+    let out = strongbox_tests::cli(
+        &admin,
+        &[
+            "--json",
+            "subscribe",
+            "middle",
+            "--partition",
+            "0",
+            "--from",
+            "0",
+            "--count",
+            &RECORDS.to_string(),
+        ],
+    )?;
+    let err = text(&out.stderr);
+    ensure!(out.status.code() == Some(1), "exit {:?}: {err}", out.status);
+    ensure!(
+        json_values(&text(&out.stdout))?.len() == usize::try_from(from)?,
+        "the records before the lost offsets: {}",
+        text(&out.stdout)
+    );
+    ensure!(
+        err.contains(&format!("records {from}..{to} cannot be read")),
+        "{err}"
+    );
+
+    // The operator accepts the loss; the end did not move, writes go on
+    // there and readers read across the lost offsets.
+    let recovered = cli_json(
+        &admin,
+        &[
+            "topic",
+            "recover",
+            "middle",
+            "--partition",
+            "0",
+            "--accept-loss",
+        ],
+    )?;
+    ensure!(
+        recovered["partition_state"][0]["state"] == "ok",
+        "{recovered:#}"
+    );
+    let audit = wait_for_audit(&broker, "partition.recover").await?;
+    ensure!(audit["details"]["resume_offset"] == RECORDS, "{audit}");
+    publish(&broker, "middle", &["after".to_owned()])?;
+    let across = read(&broker, "middle", from, 1)?;
+    ensure!(
+        across.first().is_some_and(|(o, _)| *o == to),
+        "a reader at the lost offsets reads across them: {across:?}"
+    );
+    let last = read(&broker, "middle", RECORDS, 1)?;
+    ensure!(last == vec![(RECORDS, "after".to_owned())], "{last:?}");
     Ok(())
 }
 

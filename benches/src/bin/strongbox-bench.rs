@@ -9,10 +9,11 @@ use clap::Parser;
 use serde::Serialize;
 use strongbox_benches::cli::{AllArgs, Cli, Command, ConnectArgs};
 use strongbox_benches::connect::client_config;
+use strongbox_benches::handshake::HandshakeOptions;
 use strongbox_benches::raw_quic::RawQuicOptions;
 use strongbox_benches::report::{AllReport, Run};
 use strongbox_benches::spawn::DevBroker;
-use strongbox_benches::{consume, produce, raw_quic};
+use strongbox_benches::{consume, handshake, produce, raw_quic};
 use strongbox_client::ClientConfig;
 
 fn main() -> ExitCode {
@@ -43,10 +44,21 @@ async fn run(cli: Cli) -> Result<bool> {
             count: a.count,
             batch_bytes: a.batch_bytes,
             udp_payload: a.udp_payload,
+            key_exchange: a.key_exchange,
         })
         .await?;
         print(json, &report, || report.text())?;
         return Ok(report.acked == report.sent);
+    }
+    if let Command::Handshake(a) = &cli.command {
+        let report = handshake::run(HandshakeOptions {
+            count: a.count,
+            runs: a.runs,
+            key_exchange: a.key_exchange,
+        })
+        .await?;
+        print(json, &report, || report.text())?;
+        return Ok(true);
     }
     let mut broker = spawn(&cli.connect)?;
     let profile = broker.as_ref().map(DevBroker::admin_profile);
@@ -75,7 +87,9 @@ async fn measure(command: &Command, config: &ClientConfig, json: bool) -> Result
             print(json, &report, || report.text())?;
             Ok(report.runs.iter().all(|r| r.produce.failed == 0))
         }
-        Command::RawQuic(_) => unreachable!("handled before connecting"),
+        Command::RawQuic(_) | Command::Handshake(_) => {
+            unreachable!("handled before connecting")
+        }
     }
 }
 
@@ -110,6 +124,7 @@ async fn all(config: &ClientConfig, args: &AllArgs, json: bool) -> Result<AllRep
             count: p.count,
             batch_bytes: p.batch_bytes,
             udp_payload: None,
+            key_exchange: strongbox_broker::tls::KeyExchange::default(),
         })
         .await
         .context("raw-quic")?;

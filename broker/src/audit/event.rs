@@ -78,6 +78,8 @@ pub enum AuditAction {
     PartitionResume,
     /// Recovery cut a torn tail and kept the bytes in a quarantine file.
     PartitionQuarantine,
+    /// The broker signed a checkpoint of its state (or failed to).
+    CheckpointSigned,
 }
 
 impl AuditAction {
@@ -111,6 +113,7 @@ impl AuditAction {
             Self::PartitionFence => "partition.fence",
             Self::PartitionResume => "partition.resume",
             Self::PartitionQuarantine => "partition.quarantine",
+            Self::CheckpointSigned => "checkpoint.signed",
         }
     }
 }

@@ -22,7 +22,40 @@ pub(super) fn validate(cfg: &BrokerConfig) -> Result<(), ConfigError> {
     Acl::from_config(&cfg.acl)?;
     keys(cfg)?;
     topics(cfg)?;
+    checkpoints(cfg)?;
     log(cfg)
+}
+
+fn checkpoints(cfg: &BrokerConfig) -> Result<(), ConfigError> {
+    let c = &cfg.checkpoints;
+    duration_range(
+        "checkpoints.interval",
+        c.interval.0,
+        Duration::from_secs(10),
+        Duration::from_secs(24 * 3600),
+    )?;
+    if let Some(dir) = &c.export_dir {
+        // Lexically, and once both exist, as the file system sees them.
+        let data = &cfg.broker.data_dir;
+        let inside = dir.starts_with(data)
+            || matches!(
+                (dir.canonicalize(), data.canonicalize()),
+                (Ok(d), Ok(data)) if d.starts_with(&data)
+            );
+        if inside {
+            return Err(err(
+                "checkpoints.export_dir",
+                format!(
+                    "{} is inside broker.data_dir ({}): a copy of the data directory restored \
+                     from an old backup would bring its old checkpoints back with it; choose a \
+                     directory on another disk or mount",
+                    dir.display(),
+                    data.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn err(field: &str, message: impl Into<String>) -> ConfigError {

@@ -132,10 +132,12 @@ pub(crate) async fn request(
     state.topics.require(&topic)?;
     let reason = reason_text(&reason, "a reason")?;
     if let Some(key) = &public_key {
-        if key.len() != KEY_LEN {
+        if recipients::RecipientKeyKind::of_len(key.len()).is_none() {
             return Err(invalid(format!(
-                "the public key is {} bytes; an X25519 public key is {KEY_LEN}",
-                key.len()
+                "the public key is {} bytes; an X25519 public key is {KEY_LEN} and an X-Wing \
+                 one {}",
+                key.len(),
+                recipients::XWING_KEY_LEN
             )));
         }
         // Recipient ids are written with a one-byte length.

@@ -58,6 +58,8 @@ pub async fn serve(state: Arc<BrokerState>, accepted: AcceptedConnection) {
         principal,
         remote,
         shutdown,
+        // In the endpoint's span already.
+        key_exchange_group: _,
     } = accepted;
     // The endpoint runs this inside the connection's `connection` span
     // (id, remote, principal): a span of our own here would repeat it on

@@ -13,7 +13,8 @@
 //!
 //! An operator who accepts the loss runs `strongbox topic recover TOPIC
 //! --partition P --accept-loss` ([`recover`]): the registry forgets the
-//! missing segments, the log moves its next offset past every offset it
+//! missing segments, offsets missing from the middle of the log become
+//! accepted gaps (gap markers), the log moves its next offset past every offset it
 //! ever acknowledged (and every committed offset), the record is raised to
 //! match, and writes resume. The offsets in between are a gap that readers
 //! read across.
@@ -75,6 +76,14 @@ pub enum Loss {
         /// Their ids, hex.
         ids: Vec<String>,
     },
+    /// Offsets are missing from the middle of the log: the segment(s)
+    /// holding them are gone.
+    MissingOffsets {
+        /// The first missing offset.
+        from: u64,
+        /// The base offset of the segment after them.
+        to: u64,
+    },
     /// A consumer group committed an offset past the log's end.
     CommittedBeyondEnd {
         /// The group.
@@ -102,6 +111,9 @@ impl fmt::Display for Loss {
                 ids.len(),
                 ids.join(", ")
             ),
+            Self::MissingOffsets { from, to } => {
+                write!(f, "offsets {from}..{to} are missing (a segment is gone)")
+            }
             Self::CommittedBeyondEnd { group, offset, end } => write!(
                 f,
                 "consumer group {group} committed offset {offset}, past the log's end {end}"
@@ -159,6 +171,9 @@ pub fn check(
         losses.push(Loss::MissingSegments {
             ids: missing.iter().map(hex::encode).collect(),
         });
+    }
+    for (from, to) in log.missing_ranges() {
+        losses.push(Loss::MissingOffsets { from, to });
     }
     for (group, offset) in committed {
         if *offset > end {
@@ -271,6 +286,8 @@ pub fn accept_loss(
         keys.forget(&ctx)
             .map_err(|e| BrokerError::internal("forgetting a lost segment's key", e))?;
     }
+    log.accept_missing()
+        .map_err(|e| BrokerError::internal("accepting the offsets missing from the log", e))?;
     // A log whose directory vanished gets it back here, durably, even when
     // nothing moves (skip_to creates it).
     if resume_offset > end || log.directory_missing() {
@@ -483,6 +500,86 @@ mod tests {
             vec![],
             "and stays so after a restart"
         );
+    }
+
+    #[test]
+    fn a_segment_gone_from_the_middle_is_a_loss_readers_meet_until_it_is_accepted() {
+        let f = fixture();
+        let log = open(&f);
+        for _ in 0..3 {
+            append(&log, 4);
+            log.roll().expect("roll");
+        }
+        append(&log, 1);
+        let ids: Vec<[u8; 16]> = log.segments().iter().map(|s| s.segment_id).collect();
+        log.close().expect("close");
+        for ext in ["log", "key", "index"] {
+            std::fs::remove_file(f.dir.join(format!("00000000000000000004.{ext}")))
+                .expect("remove");
+        }
+
+        let log = open(&f);
+        assert_eq!(log.log_end_offset(), 13, "the log opens, its end intact");
+        assert_eq!(log.missing_ranges(), vec![(4, 8)]);
+        let losses = check(&f.meta, &f.entry, 0, &log, true, &[]).expect("check");
+        assert_eq!(
+            losses,
+            vec![
+                Loss::MissingSegments {
+                    ids: vec![hex::encode(ids[1])]
+                },
+                Loss::MissingOffsets { from: 4, to: 8 },
+            ]
+        );
+        // The records before the gap read; a read into it names the range;
+        // the records after it read.
+        let before = log.read(0, 1 << 20).expect("read before");
+        assert_eq!(
+            before.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3]
+        );
+        for from in [4, 6] {
+            match log.read(from, 1 << 20) {
+                Err(e) => assert_eq!(e.damaged_range(), Some((from, Some(8))), "{e}"),
+                Ok(b) => panic!(
+                    "read {} batches from {from} across the lost segment",
+                    b.len()
+                ),
+            }
+        }
+        assert_eq!(
+            log.read(8, 1 << 20)
+                .expect("read after")
+                .first()
+                .map(|(o, _)| *o),
+            Some(8)
+        );
+
+        let done = accept_loss(&f.meta, f.keys.as_ref(), &f.entry, 0, &log).expect("accept");
+        assert_eq!(
+            done.resume_offset, 13,
+            "the end did not move: nothing past it was lost"
+        );
+        assert_eq!(done.forgotten_segments, vec![hex::encode(ids[1])]);
+        assert_eq!(log.gaps(), vec![(4, 8)]);
+        assert!(log.missing_ranges().is_empty());
+        assert_eq!(
+            log.read(4, 1 << 20)
+                .expect("read across")
+                .first()
+                .map(|(o, _)| *o),
+            Some(8)
+        );
+        append(&log, 1);
+        assert_eq!(log.log_end_offset(), 14);
+        log.close().expect("close");
+        let log = open(&f);
+        assert_eq!(
+            check(&f.meta, &f.entry, 0, &log, true, &[]).expect("check"),
+            vec![],
+            "the accepted gap holds after a restart"
+        );
+        assert_eq!(log.gaps(), vec![(4, 8)]);
     }
 
     #[test]

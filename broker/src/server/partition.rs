@@ -41,7 +41,8 @@ pub struct AppendOutcome {
 pub enum Delivery {
     /// Whole batches (none when caught up).
     Batches(Vec<(u64, Bytes)>),
-    /// The read starts in damaged data.
+    /// The read starts in damaged data, or in a segment whose data key was
+    /// destroyed.
     Damaged(DamagedRange),
 }
 
@@ -52,8 +53,8 @@ pub struct DamagedRange {
     pub first: u64,
     /// The next offset that can be read again, when known.
     pub end: Option<u64>,
-    /// The `data_damaged` error, with the storage error's reason (not
-    /// prefixed with the topic and partition).
+    /// The `data_damaged` (or `key_destroyed`) error, with the storage
+    /// error's reason (not prefixed with the topic and partition).
     pub error: BrokerError,
 }
 
@@ -385,13 +386,15 @@ impl Partition {
     }
 
     /// As [`Partition::read`], for a subscriber: a read that starts in
-    /// damaged data returns the damaged range instead of failing, so the
-    /// subscription can report it for this partition and go on with the
-    /// others.
+    /// damaged data, or in a segment whose data key was destroyed
+    /// (crypto-shredded), returns the range that cannot be read instead of
+    /// failing, so the subscription can report it for this partition and go
+    /// on with the others. Both are permanent: retrying cannot read them.
     ///
     /// # Errors
     ///
-    /// As [`Partition::read`], for failures other than damaged data.
+    /// As [`Partition::read`], for failures other than damaged data and
+    /// destroyed keys.
     pub fn read_for_delivery(&self, from: u64, max_bytes: usize) -> Result<Delivery, BrokerError> {
         let end = self.high_watermark();
         if from >= end {
@@ -413,9 +416,30 @@ impl Partition {
                         error: BrokerError::redacted(code, &e.to_string()),
                     }))
                 }
+                None if is_key_destroyed(&e) => {
+                    let code = self.storage_error(&e).code;
+                    Ok(Delivery::Damaged(DamagedRange {
+                        first: from,
+                        end: self.shredded_end(from),
+                        error: BrokerError::redacted(code, &e.to_string()),
+                    }))
+                }
                 None => Err(self.storage_error(&e)),
             },
         }
+    }
+
+    /// Where the records of the segment holding `from` end, when that
+    /// segment is sealed: a read failing for a destroyed key fails in the
+    /// segment it starts in (reads stop before a failing segment once they
+    /// hold batches), and the next segment was written under another key.
+    fn shredded_end(&self, from: u64) -> Option<u64> {
+        self.log
+            .segments()
+            .into_iter()
+            .find(|s| s.base_offset <= from && from < s.next_offset)
+            .filter(|s| s.sealed)
+            .map(|s| s.next_offset)
     }
 
     /// The first offset whose record timestamp is at or after `timestamp`,
@@ -451,4 +475,15 @@ impl Partition {
         };
         BrokerError::redacted(code, &format!("{}/{}: {e}", self.topic, self.index))
     }
+}
+
+/// True when `e` says a segment's data key was destroyed.
+fn is_key_destroyed(e: &LogError) -> bool {
+    matches!(
+        e,
+        LogError::Key {
+            source: KeyError::Destroyed(_),
+            ..
+        }
+    )
 }

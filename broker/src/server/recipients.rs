@@ -1,6 +1,6 @@
-//! A topic's end-to-end recipient directory: the readers' X25519 public
-//! keys, each in an entry signed by the topic owner, stored and served as
-//! opaque bytes.
+//! A topic's end-to-end recipient directory: the readers' public keys
+//! (X25519, or X-Wing: X25519 + ML-KEM-768), each in an entry signed by the
+//! topic owner, stored and served as opaque bytes.
 //!
 //! The broker is not trusted with the directory's integrity: producers
 //! accept only entries that verify under the owner key they pinned, so a
@@ -45,10 +45,56 @@ use crate::server::error::BrokerError;
 const MAGIC: &[u8; 4] = b"SBRE";
 /// The entry format version the client writes.
 const VERSION: u8 = 1;
-/// RFC 9180 KEM id of DHKEM(X25519, HKDF-SHA256): the recipient key type.
-const KEM_X25519: u16 = 0x0020;
 /// Bytes of an X25519 public key, and of an Ed25519 one.
 pub const KEY_LEN: usize = 32;
+/// Bytes of an X-Wing public key.
+pub const XWING_KEY_LEN: usize = 1216;
+
+/// The kind of a recipient key, by its RFC 9180 KEM id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecipientKeyKind {
+    /// DHKEM(X25519, HKDF-SHA256), 0x0020.
+    X25519,
+    /// X-Wing (X25519 + ML-KEM-768), 0x647a.
+    XWing,
+}
+
+impl RecipientKeyKind {
+    /// The kind of KEM id `id`.
+    pub fn of_kem_id(id: u16) -> Option<Self> {
+        match id {
+            0x0020 => Some(Self::X25519),
+            0x647a => Some(Self::XWing),
+            _ => None,
+        }
+    }
+
+    /// The kind whose public keys are `len` bytes (access requests carry
+    /// the key alone).
+    pub fn of_len(len: usize) -> Option<Self> {
+        match len {
+            KEY_LEN => Some(Self::X25519),
+            XWING_KEY_LEN => Some(Self::XWing),
+            _ => None,
+        }
+    }
+
+    /// Bytes of its public keys.
+    pub fn key_len(self) -> usize {
+        match self {
+            Self::X25519 => KEY_LEN,
+            Self::XWing => XWING_KEY_LEN,
+        }
+    }
+
+    /// `x25519` or `x-wing`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::X25519 => "x25519",
+            Self::XWing => "x-wing",
+        }
+    }
+}
 /// Bytes of an Ed25519 signature.
 const SIGNATURE_LEN: usize = 64;
 
@@ -59,8 +105,10 @@ pub struct EntryFacts {
     pub topic: String,
     /// The recipient id it names.
     pub recipient: String,
-    /// The recipient's X25519 public key.
-    pub public_key: [u8; KEY_LEN],
+    /// The kind of the recipient's key.
+    pub kind: RecipientKeyKind,
+    /// The recipient's public key (32 bytes for X25519, 1216 for X-Wing).
+    pub public_key: Vec<u8>,
     /// When it was signed, in milliseconds since the Unix epoch.
     pub created_at: i64,
     /// When producers stop sealing to it.
@@ -87,14 +135,14 @@ impl EntryFacts {
             return Err(format!("entry format version {version} is not 1"));
         }
         let kem = u16::from_be_bytes(r.array()?);
-        if kem != KEM_X25519 {
-            return Err(format!("key type {kem:#06x} is not X25519 (0x0020)"));
-        }
+        let kind = RecipientKeyKind::of_kem_id(kem).ok_or_else(|| {
+            format!("key type {kem:#06x} is neither X25519 (0x0020) nor X-Wing (0x647a)")
+        })?;
         let topic_len = usize::from(u16::from_be_bytes(r.array()?));
         let topic = r.text(topic_len, "topic")?;
         let recipient_len = usize::from(r.u8()?);
         let recipient = r.text(recipient_len, "recipient id")?;
-        let public_key = r.array()?;
+        let public_key = r.take(kind.key_len())?.to_vec();
         let created_at = i64::from_be_bytes(r.array()?);
         let expires_at = match r.u8()? {
             0 => None,
@@ -109,6 +157,7 @@ impl EntryFacts {
         Ok(Self {
             topic,
             recipient,
+            kind,
             public_key,
             created_at,
             expires_at,
@@ -272,6 +321,7 @@ pub(crate) fn put_event(topic: &str, facts: &EntryFacts, request: Option<u64>) -
     let mut event = AuditEvent::success(AuditAction::RecipientPut, topic_resource(topic))
         .detail("recipient", facts.recipient.clone())
         .detail("key_fingerprint", key_fingerprint(&facts.public_key))
+        .detail("key_kind", facts.kind.name())
         .detail("signer_fingerprint", key_fingerprint(&facts.signer))
         .detail("expires_at", facts.expires_at);
     if let Some(id) = request {
@@ -307,7 +357,7 @@ async fn read(
 }
 
 /// The public key a stored entry names, when it parses (for expiry).
-pub(crate) fn stored_key(entry: &Bytes) -> Option<[u8; KEY_LEN]> {
+pub(crate) fn stored_key(entry: &Bytes) -> Option<Vec<u8>> {
     EntryFacts::parse(entry).ok().map(|f| f.public_key)
 }
 
@@ -318,15 +368,25 @@ mod tests {
     /// An entry laid out as the client's format documents it, with a dummy
     /// signature.
     fn entry(topic: &str, recipient: &str, expires: Option<i64>) -> Vec<u8> {
+        entry_of(0x0020, 32, topic, recipient, expires)
+    }
+
+    fn entry_of(
+        kem: u16,
+        key_len: usize,
+        topic: &str,
+        recipient: &str,
+        expires: Option<i64>,
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(b"SBRE");
         out.push(1);
-        out.extend_from_slice(&0x0020u16.to_be_bytes());
+        out.extend_from_slice(&kem.to_be_bytes());
         out.extend_from_slice(&u16::try_from(topic.len()).expect("short").to_be_bytes());
         out.extend_from_slice(topic.as_bytes());
         out.push(u8::try_from(recipient.len()).expect("short"));
         out.extend_from_slice(recipient.as_bytes());
-        out.extend_from_slice(&[9; 32]);
+        out.extend(std::iter::repeat_n(9u8, key_len));
         out.extend_from_slice(&1_769_850_000_000i64.to_be_bytes());
         match expires {
             Some(at) => {
@@ -345,6 +405,7 @@ mod tests {
         let bytes = entry("demo.x", "bob", Some(5));
         let facts = check_entry(&bytes, "demo.x", "bob").expect("accepted");
         assert_eq!(facts.public_key, [9; 32]);
+        assert_eq!(facts.kind, RecipientKeyKind::X25519);
         assert_eq!(facts.signer, [7; 32]);
         assert_eq!(facts.expires_at, Some(5));
         assert_eq!(facts.created_at, 1_769_850_000_000);
@@ -378,6 +439,23 @@ mod tests {
         bad_kem[6] = 0x21;
         assert!(EntryFacts::parse(&bad_kem).is_err());
         assert!(EntryFacts::parse(b"not an entry at all").is_err());
+    }
+
+    #[test]
+    fn x_wing_entries_are_read_with_their_whole_key() {
+        let bytes = entry_of(0x647a, XWING_KEY_LEN, "demo.x", "bob", None);
+        let facts = check_entry(&bytes, "demo.x", "bob").expect("accepted");
+        assert_eq!(facts.kind, RecipientKeyKind::XWing);
+        assert_eq!(facts.public_key, vec![9; XWING_KEY_LEN]);
+        assert_eq!(facts.signer, [7; 32]);
+        // An X-Wing id with an X25519-sized key does not parse, and back.
+        assert!(EntryFacts::parse(&entry_of(0x647a, 32, "t", "r", None)).is_err());
+        assert!(EntryFacts::parse(&entry_of(0x0020, XWING_KEY_LEN, "t", "r", None)).is_err());
+        assert_eq!(
+            RecipientKeyKind::of_len(XWING_KEY_LEN),
+            Some(RecipientKeyKind::XWing)
+        );
+        assert_eq!(RecipientKeyKind::of_len(33), None);
     }
 
     proptest::proptest! {

@@ -135,7 +135,7 @@ pub fn restart_only_changes(running: &BrokerConfig, fresh: &BrokerConfig) -> Vec
         format!("{a:?}") != format!("{b:?}")
     }
     let mut changed = Vec::new();
-    let sections: [(&'static str, bool); 8] = [
+    let sections: [(&'static str, bool); 9] = [
         ("broker", differ(&running.broker, &fresh.broker)),
         ("listener", differ(&running.listener, &fresh.listener)),
         ("tls", differ(&running.tls, &fresh.tls)),
@@ -144,6 +144,10 @@ pub fn restart_only_changes(running: &BrokerConfig, fresh: &BrokerConfig) -> Vec
         ("metrics", differ(&running.metrics, &fresh.metrics)),
         ("topics", differ(&running.topics, &fresh.topics)),
         ("log", differ(&running.log, &fresh.log)),
+        (
+            "checkpoints",
+            differ(&running.checkpoints, &fresh.checkpoints),
+        ),
     ];
     for (name, differs) in sections {
         if differs {

@@ -4,9 +4,9 @@
 //! [`run`] returns once everything is bound, so the caller can print the
 //! addresses; [`RunningBroker::shutdown`] stops in order: stop accepting,
 //! let connections finish and acknowledge what they accepted, stop the
-//! maintenance and metrics tasks, then close every partition log (which
-//! syncs whatever a `none` or `interval` topic still holds in memory) and
-//! record each partition's durable end.
+//! maintenance and metrics tasks, sign a last checkpoint, then close every
+//! partition log (which syncs whatever a `none` or `interval` topic still
+//! holds in memory) and record each partition's durable end.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::audit::{AuditAction, AuditEvent, BROKER_PRINCIPAL, topic_resource};
+use crate::checkpoint::{self, Checkpointer};
 use crate::config::BrokerConfig;
 use crate::endpoint::{AcceptSettings, Server};
 use crate::identity::IdentityMapper;
@@ -45,6 +46,8 @@ pub struct RunningBroker {
     serving: JoinHandle<crate::endpoint::ServeReport>,
     /// Wakes the maintenance task for a pass now (SIGHUP).
     maintain_now: Arc<tokio::sync::Notify>,
+    /// Signs checkpoints; `None` when `checkpoints.enabled` is false.
+    checkpoints: Option<Arc<Checkpointer>>,
 }
 
 /// Opens storage, binds the listener and the metrics endpoint, and starts
@@ -87,6 +90,13 @@ pub async fn run_with_io(
         .rewrap
         .resume(&state)
         .map_err(|e| StartError::Other(format!("rewrap job: {e}")))?;
+    let checkpoints = {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || Checkpointer::prepare(&state))
+            .await
+            .map_err(|e| StartError::Other(format!("checkpoints: {e}")))?
+            .map_err(StartError::Other)?
+    };
     let hook = metrics.auth_failure_hook(Some(state.audit.auth_failure_hook()));
     let tls = server_tls(&config.tls, Some(hook.clone()))
         .map_err(|e| StartError::Other(e.to_string()))?;
@@ -99,7 +109,8 @@ pub async fn run_with_io(
         identity,
         Some(hook),
         Some(metrics.clone()),
-    );
+    )
+    .with_key_exchange(config.tls.key_exchange);
     let server = Server::bind(&config.listener, &tls, settings)
         .map_err(|e| StartError::Other(e.to_string()))?;
     let addr = server
@@ -145,6 +156,13 @@ pub async fn run_with_io(
         state.clone(),
         shutdown.clone(),
     )));
+    if let Some(c) = &checkpoints {
+        tasks.push(tokio::spawn(checkpoint::run_periodic(
+            c.clone(),
+            state.clone(),
+            shutdown.clone(),
+        )));
+    }
 
     let handler_state = state.clone();
     let serving = tokio::spawn(server.serve(shutdown, move |accepted| {
@@ -161,6 +179,7 @@ pub async fn run_with_io(
         tasks,
         serving,
         maintain_now,
+        checkpoints,
     })
 }
 
@@ -281,6 +300,18 @@ impl RunningBroker {
         // on their own reaches the audit trail before it closes.
         let s = self.state.clone();
         let _ = tokio::task::spawn_blocking(move || s.partition_watch.pass(&s)).await;
+        // Nothing appends any more: the last checkpoint records the state
+        // this stop leaves, and goes to the trail before it closes.
+        if let Some(c) = self.checkpoints.clone() {
+            let state = self.state.clone();
+            let signed = tokio::task::spawn_blocking(move || {
+                c.checkpoint(&state, checkpoint::Reason::Shutdown)
+            })
+            .await;
+            if let Err(e) = signed {
+                tracing::error!(error = %e, "the shutdown checkpoint task failed");
+            }
+        }
         // Write what the trail still holds before its topic closes.
         self.state.audit.shutdown().await;
         let state = self.state;

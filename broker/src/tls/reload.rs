@@ -573,9 +573,12 @@ mod tests {
         let first = ca.issue(&CertSpec::server(&["localhost"])).expect("cert");
         let cert = write(dir.path(), "broker.pem", first.cert_pem.as_bytes());
         let key = write(dir.path(), "broker.key", first.key_pem().as_bytes());
-        let resolver =
-            ServerCertResolver::load(cert.clone(), key.clone(), super::super::crypto_provider())
-                .expect("load");
+        let resolver = ServerCertResolver::load(
+            cert.clone(),
+            key.clone(),
+            super::super::crypto_provider(Default::default()),
+        )
+        .expect("load");
         let before = resolver.summary();
 
         let second = ca.issue(&CertSpec::server(&["localhost"])).expect("cert");
@@ -610,9 +613,12 @@ mod tests {
         let good = ca.issue(&CertSpec::server(&["localhost"])).expect("cert");
         let cert = write(dir.path(), "broker.pem", good.cert_pem.as_bytes());
         let key = write(dir.path(), "broker.key", good.key_pem().as_bytes());
-        let resolver =
-            ServerCertResolver::load(cert.clone(), key.clone(), super::super::crypto_provider())
-                .expect("load");
+        let resolver = ServerCertResolver::load(
+            cert.clone(),
+            key.clone(),
+            super::super::crypto_provider(Default::default()),
+        )
+        .expect("load");
         let spec = CertSpec::server(&["localhost"]).expired();
         let old = ca.issue(&spec).expect("cert");
         std::fs::write(&cert, old.cert_pem.as_bytes()).expect("write");

@@ -21,6 +21,7 @@
 //! broker). docs/OPERATIONS.md, "Verifying a data directory", says what to
 //! do with each kind of problem.
 
+mod checkpoint;
 pub(crate) mod keys;
 mod progress;
 mod registry;
@@ -39,6 +40,7 @@ use strongbox_storage::meta::{MetaError, MetaStore, TopicEntry};
 use crate::config::{BrokerConfig, ConfigError, KeyProviderKind};
 use crate::server::topics::{log_config, topic_dir};
 
+pub use checkpoint::CheckpointArgs;
 pub use report::{
     Item, KeyVersionReport, PartitionReport, ProviderReport, Report, Severity, Summary,
 };
@@ -75,6 +77,19 @@ pub struct VerifyArgs {
     /// Print the report as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// Also compare the directory with every signed checkpoint in FILE,
+    /// one per line (the broker's checkpoints.export_dir files): a problem
+    /// when the directory is older (its audit trail ends before a
+    /// checkpoint's record, or holds another record there), a partition
+    /// ends before the checkpointed offset or lost a sealed segment, or a
+    /// key version went back; a line whose signature does not verify is a
+    /// problem too.
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
+    /// The checkpoint public key (PEM, from `strongbox-broker checkpoint
+    /// public-key`). Default: the key provider's own checkpoint key.
+    #[arg(long, value_name = "KEY.pem", requires = "checkpoint")]
+    pub checkpoint_key: Option<PathBuf>,
 }
 
 /// Why the check could not run (exit status 2).
@@ -121,6 +136,8 @@ pub struct Setup {
     pub config_path: PathBuf,
     /// That configuration.
     pub config: BrokerConfig,
+    /// The signed checkpoint to compare with, if any.
+    pub checkpoint: Option<CheckpointArgs>,
 }
 
 impl Setup {
@@ -198,6 +215,10 @@ impl Setup {
             data_dir,
             config_path,
             config,
+            checkpoint: args.checkpoint.clone().map(|file| CheckpointArgs {
+                file,
+                key: args.checkpoint_key.clone(),
+            }),
         })
     }
 }
@@ -370,6 +391,17 @@ pub fn verify(setup: &Setup, show_progress: bool) -> Result<Report, VerifyError>
         report.key_versions = rows;
         report.findings.extend(items);
     }
+    if let Some(args) = &setup.checkpoint {
+        let items = checkpoint::findings(
+            args,
+            &report,
+            &meta,
+            &md.topics,
+            keys.clone(),
+            provider.as_ref(),
+        );
+        report.findings.extend(items);
+    }
     report.finish();
     tracing::debug!(unwraps = keys.unwraps(), "verify finished");
     Ok(report)
@@ -481,6 +513,8 @@ fn check_partition(
         bytes: 0,
         end_offset: None,
         findings: Vec::new(),
+        log_start_offset: 0,
+        seal_macs: Vec::new(),
     };
     if !dir.is_dir() {
         let n = recorded.map_or(0, HashMap::len);
@@ -521,6 +555,12 @@ fn check_partition(
         part.seals += u64::from(s.sealed);
     }
     part.end_offset = check.end_offset;
+    part.log_start_offset = check.segments.first().map_or(0, |s| s.base_offset);
+    part.seal_macs = check
+        .segments
+        .iter()
+        .filter_map(|s| s.seal_mac.map(|mac| (s.base_offset, mac)))
+        .collect();
     part.findings = check.findings.iter().map(from_finding).collect();
     if let Some(recorded) = recorded {
         part.findings

@@ -100,6 +100,13 @@ pub struct PartitionReport {
     pub end_offset: Option<u64>,
     /// Problems and notices, in the order found.
     pub findings: Vec<Item>,
+    /// The base offset of its oldest segment (0 without one).
+    #[serde(skip)]
+    pub log_start_offset: u64,
+    /// The MAC of each verified seal, by segment base offset (what a
+    /// checkpoint compares).
+    #[serde(skip)]
+    pub seal_macs: Vec<(u64, [u8; 32])>,
 }
 
 impl PartitionReport {

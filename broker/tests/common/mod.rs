@@ -225,7 +225,7 @@ pub fn client_config(
     cert: Option<&IssuedCert>,
     alpn: &[&[u8]],
 ) -> quinn::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.cert_der()).unwrap();
     let builder = rustls::ClientConfig::builder_with_provider(provider)

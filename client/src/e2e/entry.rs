@@ -1,5 +1,5 @@
 //! Signed recipient entries: the topic owner's statement that a recipient
-//! (an X25519 public key) may read a topic's end-to-end encrypted records.
+//! (an X25519 or X-Wing public key) may read a topic's end-to-end encrypted records.
 //!
 //! The broker stores an entry as opaque bytes
 //! ([`RecipientEntry::entry`](crate::protocol::frames::admin_types::RecipientEntry))
@@ -10,12 +10,14 @@
 //! offset size field
 //!      0    4 magic          "SBRE" (0x53 0x42 0x52 0x45)
 //!      4    1 version        1
-//!      5    2 kem_id         0x0020: the recipient key is X25519 (RFC 9180 id)
+//!      5    2 kem_id         the kind of the recipient key (RFC 9180 id):
+//!                            0x0020 X25519, 0x647a X-Wing (X25519 + ML-KEM-768)
 //!      7    2 topic_length   1..=65535
 //!      9    n topic          UTF-8
 //!      .    1 recipient_len  1..=255
 //!      .    m recipient      UTF-8, the recipient id
-//!      .   32 public_key     the recipient's X25519 public key
+//!      .    k public_key     the recipient's public key: 32 bytes for 0x0020,
+//!                            1216 for 0x647a
 //!      .    8 created_at     i64, milliseconds since the Unix epoch
 //!      .    1 has_expiry     0 or 1
 //!      .    8 expires_at     i64 milliseconds; present only when has_expiry is 1
@@ -29,7 +31,8 @@
 use bytes::Bytes;
 
 use super::error::EntryProblem;
-use super::header::{KEM_X25519_HKDF_SHA256, check_short_name};
+use super::header::check_short_name;
+use super::identity::RecipientKem;
 use super::owner::{OWNER_KEY_LEN, OwnerKey, OwnerPublicKey, SIGNATURE_LEN};
 use super::{E2eError, RecipientKey};
 use crate::protocol::frames::admin_types::RecipientEntry;
@@ -48,7 +51,7 @@ pub struct RecipientGrant {
     pub topic: String,
     /// The recipient id (usually its principal).
     pub recipient: String,
-    /// The recipient's X25519 public key.
+    /// The recipient's public key (X25519 or X-Wing).
     pub public_key: RecipientKey,
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
@@ -76,10 +79,12 @@ impl RecipientGrant {
             .ok()
             .filter(|n| *n > 0)
             .ok_or_else(|| E2eError::invalid("a topic name must be 1 to 65535 bytes"))?;
-        let mut out = Vec::with_capacity(160 + self.topic.len() + self.recipient.len());
+        let mut out = Vec::with_capacity(
+            128 + self.public_key.as_bytes().len() + self.topic.len() + self.recipient.len(),
+        );
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
-        out.extend_from_slice(&KEM_X25519_HKDF_SHA256.to_be_bytes());
+        out.extend_from_slice(&self.public_key.kem().kem_id().to_be_bytes());
         out.extend_from_slice(&topic_len.to_be_bytes());
         out.extend_from_slice(self.topic.as_bytes());
         out.push(u8::try_from(self.recipient.len()).unwrap_or(u8::MAX));
@@ -148,15 +153,15 @@ impl SignedRecipientEntry {
         if version != VERSION {
             return Err(EntryProblem::Malformed(format!("entry version {version}")));
         }
-        let kem = u16::from_be_bytes(r.array()?);
-        if kem != KEM_X25519_HKDF_SHA256 {
-            return Err(EntryProblem::Malformed(format!("key type {kem:#06x}")));
-        }
+        let kem_id = u16::from_be_bytes(r.array()?);
+        let kem = RecipientKem::from_kem_id(kem_id)
+            .ok_or_else(|| EntryProblem::Malformed(format!("key type {kem_id:#06x}")))?;
         let topic_len = usize::from(u16::from_be_bytes(r.array()?));
         let topic = r.text(topic_len, "topic")?;
         let recipient_len = usize::from(r.u8()?);
         let recipient = r.text(recipient_len, "recipient")?;
-        let public_key = RecipientKey::from_bytes(r.array()?);
+        let public_key = RecipientKey::from_kem_bytes(kem, r.take(kem.public_key_len())?)
+            .map_err(|e| EntryProblem::Malformed(e.to_string()))?;
         let created_at = i64::from_be_bytes(r.array()?);
         let expires_at = match r.u8()? {
             0 => None,
@@ -363,6 +368,32 @@ mod tests {
                 .is_some_and(|e| e.verify(&owner.public_key(), "demo.x", 0).is_ok());
             assert!(!ok, "flipping byte {i} went unnoticed");
         }
+    }
+
+    #[test]
+    fn x_wing_entries_carry_their_kem_and_whole_key() {
+        let owner = owner();
+        let bob = crate::e2e::Identity::generate_kem(RecipientKem::XWing, Some("bob"))
+            .expect("generates");
+        let grant = RecipientGrant {
+            public_key: bob.public_key(),
+            ..grant()
+        };
+        let bytes = grant.sign(&owner).expect("signs");
+        // magic, version, then kem_id 0x647a.
+        assert_eq!(&bytes[..7], &[0x53, 0x42, 0x52, 0x45, 1, 0x64, 0x7a]);
+        assert_eq!(
+            bytes.len(),
+            4 + 1 + 2 + 2 + 6 + 1 + 3 + 1216 + 8 + 1 + 8 + 32 + 64
+        );
+        let decoded = SignedRecipientEntry::decode(bytes.clone()).expect("decodes");
+        assert_eq!(decoded.verify(&owner.public_key(), "demo.x", 0), Ok(&grant));
+        assert_eq!(decoded.grant.public_key.kem(), RecipientKem::XWing);
+        // The kem id decides the key's length: swapped to X25519, the
+        // rest no longer parses.
+        let mut b = bytes.to_vec();
+        b[5..7].copy_from_slice(&[0x00, 0x20]);
+        assert!(SignedRecipientEntry::decode(Bytes::from(b)).is_err());
     }
 
     proptest::proptest! {

@@ -25,7 +25,8 @@
 //!      48  wrapped_key       the data key sealed with AES-256-GCM under the
 //!                            keyring key (32 ciphertext, 16 tag)
 //!
-//! key_source 2, HPKE recipients (RFC 9180, mode base):
+//! key_source 2, HPKE recipients (RFC 9180, mode base), version 1: every
+//! recipient has an X25519 key
 //!      u16 kem_id            0x0020 DHKEM(X25519, HKDF-SHA256)
 //!      u16 kdf_id            0x0001 HKDF-SHA256
 //!      u16 aead_id           0x0002 AES-256-GCM
@@ -33,19 +34,40 @@
 //!      per recipient:
 //!        u8  recipient_length 1..=255
 //!        ..  recipient        UTF-8, no control characters, the recipient id
-//!        8   key_fingerprint  first 8 bytes of SHA-256 of its X25519 public key
+//!        8   key_fingerprint  first 8 bytes of SHA-256 of its public key
 //!        32  encapsulated_key HPKE `enc`
+//!        48  sealed_key       the data key sealed by HPKE (32 ciphertext, 16 tag)
+//!
+//! key_source 2, HPKE recipients, version 2: each recipient names its KEM
+//!      u16 kdf_id            0x0001 HKDF-SHA256
+//!      u16 aead_id           0x0002 AES-256-GCM
+//!      u16 recipient_count   1..=1024
+//!      per recipient:
+//!        u16 kem_id           0x0020 DHKEM(X25519, HKDF-SHA256), or
+//!                             0x647a X-Wing (X25519 + ML-KEM-768)
+//!        u8  recipient_length 1..=255
+//!        ..  recipient        UTF-8, the recipient id
+//!        8   key_fingerprint  first 8 bytes of SHA-256 of its public key
+//!        Nenc encapsulated_key HPKE `enc`: 32 bytes for 0x0020, 1120 for 0x647a
 //!        48  sealed_key       the data key sealed by HPKE (32 ciphertext, 16 tag)
 //! ```
 //!
-//! Nothing may follow the body. The record's value is the AES-256-GCM
-//! ciphertext of the plaintext followed by the 16-byte tag.
+//! Version 2 differs from version 1 only in the recipients body (a KEM id
+//! per recipient instead of one for all) and exists for key_source 2 only:
+//! a version 2 header with key_source 1 is refused. A writer uses version
+//! 1 whenever it can (a keyring, or recipients that all have X25519 keys),
+//! so readers that know only version 1 keep reading what they could read
+//! before, and version 2 as soon as one recipient has an X-Wing key. Nothing may follow the body. The record's value is the
+//! AES-256-GCM ciphertext of the plaintext followed by the 16-byte tag.
 
 use super::E2eError;
 use super::cipher::{NONCE_LEN, SEALED_KEY_LEN};
+use super::identity::RecipientKem;
 
-/// Header format version.
+/// Header format version 1: one KEM (X25519) for every recipient.
 pub(crate) const VERSION: u8 = 1;
+/// Header format version 2: a KEM id per recipient.
+pub(crate) const VERSION_2: u8 = 2;
 /// `value_aead`: AES-256-GCM.
 pub(crate) const VALUE_AES_256_GCM: u8 = 1;
 /// `key_source`: a keyring key.
@@ -64,8 +86,6 @@ pub(crate) const KDF_HKDF_SHA256: u16 = 0x0001;
 pub(crate) const AEAD_AES_256_GCM: u16 = 0x0002;
 /// Bytes of a key fingerprint.
 pub(crate) const FINGERPRINT_LEN: usize = 8;
-/// Bytes of an X25519 HPKE encapsulated key.
-pub(crate) const ENC_LEN: usize = 32;
 /// Most recipients one header may list.
 pub(crate) const MAX_RECIPIENTS: usize = 1024;
 
@@ -99,9 +119,11 @@ pub(crate) struct KeyringSlot {
 /// The data key sealed to one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RecipientSlot {
+    /// The KEM of the recipient's key; `enc` is as long as it says.
+    pub(crate) kem: RecipientKem,
     pub(crate) recipient: String,
     pub(crate) fingerprint: [u8; FINGERPRINT_LEN],
-    pub(crate) enc: [u8; ENC_LEN],
+    pub(crate) enc: Vec<u8>,
     pub(crate) sealed: [u8; SEALED_KEY_LEN],
 }
 
@@ -130,14 +152,13 @@ impl Envelope {
     /// bytes, a version 0, or no (or too many) recipients.
     pub(crate) fn encode(&self) -> Result<Vec<u8>, E2eError> {
         let mut out = Vec::with_capacity(128);
-        out.extend_from_slice(&[VERSION, VALUE_AES_256_GCM]);
         match &self.source {
             Source::Keyring(k) => {
                 check_short_name("key id", &k.key_id)?;
                 if k.version == 0 {
                     return Err(E2eError::invalid("key versions start at 1"));
                 }
-                out.extend_from_slice(&[SOURCE_KEYRING, 0]);
+                out.extend_from_slice(&[VERSION, VALUE_AES_256_GCM, SOURCE_KEYRING, 0]);
                 out.extend_from_slice(&self.nonce);
                 push_short(&mut out, &k.key_id);
                 out.extend_from_slice(&k.version.to_be_bytes());
@@ -151,15 +172,33 @@ impl Envelope {
                         slots.len()
                     )));
                 }
-                out.extend_from_slice(&[SOURCE_RECIPIENTS, 0]);
+                // Version 1 whenever it can say it, for readers that know
+                // only version 1.
+                let v1 = slots.iter().all(|s| s.kem == RecipientKem::X25519);
+                let version = if v1 { VERSION } else { VERSION_2 };
+                out.extend_from_slice(&[version, VALUE_AES_256_GCM, SOURCE_RECIPIENTS, 0]);
                 out.extend_from_slice(&self.nonce);
-                for id in [KEM_X25519_HKDF_SHA256, KDF_HKDF_SHA256, AEAD_AES_256_GCM] {
+                if v1 {
+                    out.extend_from_slice(&KEM_X25519_HKDF_SHA256.to_be_bytes());
+                }
+                for id in [KDF_HKDF_SHA256, AEAD_AES_256_GCM] {
                     out.extend_from_slice(&id.to_be_bytes());
                 }
                 let count = u16::try_from(slots.len()).unwrap_or(u16::MAX);
                 out.extend_from_slice(&count.to_be_bytes());
                 for s in slots {
                     check_short_name("recipient id", &s.recipient)?;
+                    if s.enc.len() != s.kem.enc_len() {
+                        return Err(E2eError::invalid(format!(
+                            "an {} encapsulated key is {} bytes, not {}",
+                            s.kem,
+                            s.kem.enc_len(),
+                            s.enc.len()
+                        )));
+                    }
+                    if !v1 {
+                        out.extend_from_slice(&s.kem.kem_id().to_be_bytes());
+                    }
                     push_short(&mut out, &s.recipient);
                     out.extend_from_slice(&s.fingerprint);
                     out.extend_from_slice(&s.enc);
@@ -180,9 +219,9 @@ impl Envelope {
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, E2eError> {
         let mut r = Reader { bytes, at: 0 };
         let version = r.u8("version")?;
-        if version != VERSION {
+        if version != VERSION && version != VERSION_2 {
             return Err(E2eError::UnsupportedHeader(format!(
-                "format version {version} (this client reads version {VERSION})"
+                "format version {version} (this client reads versions {VERSION} and {VERSION_2})"
             )));
         }
         let aead = r.u8("value_aead")?;
@@ -198,6 +237,11 @@ impl Envelope {
         }
         let nonce = r.array("value_nonce")?;
         let source = match source {
+            SOURCE_KEYRING if version != VERSION => {
+                return Err(E2eError::UnsupportedHeader(format!(
+                    "format version {version} with a keyring key source (only version 1 has one)"
+                )));
+            }
             SOURCE_KEYRING => {
                 let key_id = r.short_string("key_id")?;
                 let version = r.u32("key_version")?;
@@ -211,31 +255,7 @@ impl Envelope {
                     sealed: r.array("wrapped_key")?,
                 })
             }
-            SOURCE_RECIPIENTS => {
-                let suite = (r.u16("kem_id")?, r.u16("kdf_id")?, r.u16("aead_id")?);
-                if suite != (KEM_X25519_HKDF_SHA256, KDF_HKDF_SHA256, AEAD_AES_256_GCM) {
-                    return Err(E2eError::UnsupportedHeader(format!(
-                        "HPKE suite kem {:#06x}, kdf {:#06x}, aead {:#06x}",
-                        suite.0, suite.1, suite.2
-                    )));
-                }
-                let count = usize::from(r.u16("recipient_count")?);
-                if count == 0 || count > MAX_RECIPIENTS {
-                    return Err(E2eError::malformed(format!(
-                        "recipient_count {count} (1 to {MAX_RECIPIENTS})"
-                    )));
-                }
-                let mut slots = Vec::with_capacity(count.min(r.remaining() / 90 + 1));
-                for _ in 0..count {
-                    slots.push(RecipientSlot {
-                        recipient: r.short_string("recipient")?,
-                        fingerprint: r.array("key_fingerprint")?,
-                        enc: r.array("encapsulated_key")?,
-                        sealed: r.array("sealed_key")?,
-                    });
-                }
-                Source::Recipients(slots)
-            }
+            SOURCE_RECIPIENTS => Source::Recipients(recipients(&mut r, version)?),
             other => {
                 return Err(E2eError::UnsupportedHeader(format!("key source {other}")));
             }
@@ -249,6 +269,55 @@ impl Envelope {
         }
         Ok(Self { nonce, source })
     }
+}
+
+/// The recipients body of a header of format `version`.
+fn recipients(r: &mut Reader<'_>, version: u8) -> Result<Vec<RecipientSlot>, E2eError> {
+    // Version 1 names one KEM for all (always X25519); version 2 one per
+    // recipient.
+    let shared_kem = if version == VERSION {
+        let id = r.u16("kem_id")?;
+        if id != KEM_X25519_HKDF_SHA256 {
+            return Err(E2eError::UnsupportedHeader(format!(
+                "HPKE kem {id:#06x} in a version 1 header (version 1 is X25519 only)"
+            )));
+        }
+        Some(RecipientKem::X25519)
+    } else {
+        None
+    };
+    let suite = (r.u16("kdf_id")?, r.u16("aead_id")?);
+    if suite != (KDF_HKDF_SHA256, AEAD_AES_256_GCM) {
+        return Err(E2eError::UnsupportedHeader(format!(
+            "HPKE suite kdf {:#06x}, aead {:#06x}",
+            suite.0, suite.1
+        )));
+    }
+    let count = usize::from(r.u16("recipient_count")?);
+    if count == 0 || count > MAX_RECIPIENTS {
+        return Err(E2eError::malformed(format!(
+            "recipient_count {count} (1 to {MAX_RECIPIENTS})"
+        )));
+    }
+    let mut slots = Vec::with_capacity(count.min(r.remaining() / 90 + 1));
+    for _ in 0..count {
+        let kem = match shared_kem {
+            Some(k) => k,
+            None => {
+                let id = r.u16("kem_id")?;
+                RecipientKem::from_kem_id(id)
+                    .ok_or_else(|| E2eError::UnsupportedHeader(format!("HPKE kem {id:#06x}")))?
+            }
+        };
+        slots.push(RecipientSlot {
+            kem,
+            recipient: r.short_string("recipient")?,
+            fingerprint: r.array("key_fingerprint")?,
+            enc: r.take("encapsulated_key", kem.enc_len())?.to_vec(),
+            sealed: r.array("sealed_key")?,
+        });
+    }
+    Ok(slots)
 }
 
 fn push_short(out: &mut Vec<u8>, s: &str) {
@@ -345,11 +414,35 @@ mod tests {
         Envelope {
             nonce: [1; NONCE_LEN],
             source: Source::Recipients(vec![RecipientSlot {
+                kem: RecipientKem::X25519,
                 recipient: "bob".into(),
                 fingerprint: [0xf0; FINGERPRINT_LEN],
-                enc: [0xee; ENC_LEN],
+                enc: vec![0xee; 32],
                 sealed: [0xdd; SEALED_KEY_LEN],
             }]),
+        }
+    }
+
+    /// An X-Wing recipient and an X25519 one: a version 2 header.
+    fn mixed_envelope() -> Envelope {
+        Envelope {
+            nonce: [2; NONCE_LEN],
+            source: Source::Recipients(vec![
+                RecipientSlot {
+                    kem: RecipientKem::XWing,
+                    recipient: "al".into(),
+                    fingerprint: [0xa1; FINGERPRINT_LEN],
+                    enc: vec![0xe1; 1120],
+                    sealed: [0xd1; SEALED_KEY_LEN],
+                },
+                RecipientSlot {
+                    kem: RecipientKem::X25519,
+                    recipient: "bo".into(),
+                    fingerprint: [0xb2; FINGERPRINT_LEN],
+                    enc: vec![0xe2; 32],
+                    sealed: [0xd2; SEALED_KEY_LEN],
+                },
+            ]),
         }
     }
 
@@ -399,8 +492,89 @@ mod tests {
     }
 
     #[test]
+    fn version_2_header_golden_bytes() {
+        let bytes = mixed_envelope().encode().expect("encodes");
+        let expected = [
+            "02", // version 2: a KEM id per recipient
+            "01", // value_aead AES-256-GCM
+            "02", // key_source recipients
+            "00", // flags
+            &"02".repeat(12),
+            "0001", // kdf_id HKDF-SHA256
+            "0002", // aead_id AES-256-GCM
+            "0002", // recipient_count
+            "647a", // kem_id X-Wing
+            "02",
+            "616c", // "al"
+            &"a1".repeat(8),
+            &"e1".repeat(1120), // X-Wing encapsulated key
+            &"d1".repeat(48),
+            "0020", // kem_id DHKEM(X25519, HKDF-SHA256)
+            "02",
+            "626f", // "bo"
+            &"b2".repeat(8),
+            &"e2".repeat(32),
+            &"d2".repeat(48),
+        ]
+        .concat();
+        assert_eq!(hex::encode(&bytes), expected);
+        assert_eq!(
+            bytes.len(),
+            16 + 6 + (2 + 3 + 8 + 1120 + 48) + (2 + 3 + 8 + 32 + 48)
+        );
+        assert_eq!(Envelope::decode(&bytes), Ok(mixed_envelope()));
+    }
+
+    #[test]
+    fn x25519_only_recipients_keep_version_1() {
+        // Earlier readers know only version 1: a sealer keeps writing it
+        // for topics whose recipients all have X25519 keys.
+        let bytes = recipients_envelope().encode().expect("encodes");
+        assert_eq!(bytes[0], VERSION);
+        // The same recipients in a version 2 header read alike.
+        let mut v2 = vec![VERSION_2, 1, SOURCE_RECIPIENTS, 0];
+        v2.extend_from_slice(&[1; NONCE_LEN]);
+        v2.extend_from_slice(&[0, 1, 0, 2, 0, 1, 0, 0x20, 3]);
+        v2.extend_from_slice(b"bob");
+        v2.extend_from_slice(&[0xf0; 8]);
+        v2.extend_from_slice(&[0xee; 32]);
+        v2.extend_from_slice(&[0xdd; 48]);
+        assert_eq!(Envelope::decode(&v2), Ok(recipients_envelope()));
+        // A version 1 header cannot name X-Wing.
+        let mut b = bytes.clone();
+        b[16..18].copy_from_slice(&0x647au16.to_be_bytes());
+        assert!(matches!(
+            Envelope::decode(&b),
+            Err(E2eError::UnsupportedHeader(m)) if m.contains("version 1")
+        ));
+    }
+
+    #[test]
+    fn version_2_refuses_unknown_kems_and_wrong_enc_lengths() {
+        let bytes = mixed_envelope().encode().expect("encodes");
+        let mut b = bytes.clone();
+        b[22..24].copy_from_slice(&0x0021u16.to_be_bytes());
+        assert!(matches!(
+            Envelope::decode(&b),
+            Err(E2eError::UnsupportedHeader(m)) if m.contains("0x0021")
+        ));
+        // An X25519 slot claiming X-Wing runs past the end.
+        let e = Envelope {
+            nonce: [0; NONCE_LEN],
+            source: Source::Recipients(vec![RecipientSlot {
+                kem: RecipientKem::XWing,
+                recipient: "x".into(),
+                fingerprint: [0; FINGERPRINT_LEN],
+                enc: vec![0; 32],
+                sealed: [0; SEALED_KEY_LEN],
+            }]),
+        };
+        assert!(matches!(e.encode(), Err(E2eError::Invalid(_))));
+    }
+
+    #[test]
     fn every_truncation_and_trailing_byte_is_refused() {
-        for envelope in [keyring_envelope(), recipients_envelope()] {
+        for envelope in [keyring_envelope(), recipients_envelope(), mixed_envelope()] {
             let bytes = envelope.encode().expect("encodes");
             for cut in 0..bytes.len() {
                 assert!(
@@ -436,6 +610,12 @@ mod tests {
         assert!(matches!(
             Envelope::decode(&b),
             Err(E2eError::UnsupportedHeader(_))
+        ));
+        let mut b = recipients_envelope().encode().expect("encodes");
+        b[0] = 3; // a version after 2
+        assert!(matches!(
+            Envelope::decode(&b),
+            Err(E2eError::UnsupportedHeader(m)) if m.contains("format version 3")
         ));
     }
 
@@ -481,6 +661,33 @@ mod tests {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
             let _ = Envelope::decode(&bytes);
+        }
+
+        #[test]
+        fn recipient_headers_round_trip(
+            kems in proptest::collection::vec(proptest::bool::ANY, 1..6),
+            nonce in proptest::prelude::any::<[u8; 12]>(),
+            fill in proptest::prelude::any::<u8>(),
+        ) {
+            let slots: Vec<RecipientSlot> = kems
+                .iter()
+                .enumerate()
+                .map(|(i, x_wing)| {
+                    let kem = if *x_wing { RecipientKem::XWing } else { RecipientKem::X25519 };
+                    RecipientSlot {
+                        kem,
+                        recipient: format!("r{i}"),
+                        fingerprint: [fill; FINGERPRINT_LEN],
+                        enc: vec![fill.wrapping_add(1); kem.enc_len()],
+                        sealed: [fill.wrapping_add(2); SEALED_KEY_LEN],
+                    }
+                })
+                .collect();
+            let e = Envelope { nonce, source: Source::Recipients(slots) };
+            let bytes = e.encode().expect("encodes");
+            let want = if kems.iter().any(|x| *x) { VERSION_2 } else { VERSION };
+            proptest::prop_assert_eq!(bytes[0], want);
+            proptest::prop_assert_eq!(Envelope::decode(&bytes), Ok(e));
         }
 
         #[test]

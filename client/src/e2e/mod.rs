@@ -15,9 +15,11 @@
 //! - a [`Keyring`]: versioned AES-256 topic keys in a local file shared by
 //!   producers and readers; the header names the key id and version, so a
 //!   reader holding the old versions reads across every rotation;
-//! - recipients: HPKE (RFC 9180, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256,
-//!   AES-256-GCM) to each reader's X25519 public key, so a producer writes
-//!   for readers whose secret keys it never holds. The readers come from
+//! - recipients: HPKE (RFC 9180, HKDF-SHA256, AES-256-GCM) to each
+//!   reader's public key, so a producer writes for readers whose secret
+//!   keys it never holds. A reader's key is X25519 (DHKEM(X25519,
+//!   HKDF-SHA256)) or X-Wing (X25519 + ML-KEM-768, hybrid post-quantum;
+//!   [`RecipientKem`]), and one topic may have readers of both kinds. The readers come from
 //!   the topic's recipient directory on the broker, as entries signed by
 //!   the topic owner's Ed25519 key ([`RecipientGrant`],
 //!   [`SignedRecipientEntry`]); producers accept only entries that verify
@@ -65,7 +67,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use entry::{RecipientGrant, SignedRecipientEntry, verify_entry};
 pub use error::{E2eError, EntryProblem};
-pub use identity::{Identity, RecipientKey};
+pub use identity::{Identity, RecipientKem, RecipientKey};
 pub use keyring::{KeyInfo, Keyring};
 pub use opener::{E2eOpener, UnreadablePolicy};
 pub use owner::{OwnerKey, OwnerPublicKey};

@@ -219,7 +219,7 @@ impl E2eOpener {
                 let mut last = None;
                 for slot in slots {
                     for id in &self.identities {
-                        if id.public_key().fingerprint() == slot.fingerprint {
+                        if id.fingerprint() == slot.fingerprint {
                             match id.open(topic, slot) {
                                 Ok(k) => return Ok(k),
                                 Err(e) => last = Some(e),
@@ -238,7 +238,7 @@ impl E2eOpener {
                                 format!(
                                     "{} ({})",
                                     i.recipient().unwrap_or("unnamed"),
-                                    i.public_key().fingerprint_hex()
+                                    hex::encode(i.fingerprint())
                                 )
                             })
                             .collect::<Vec<_>>()

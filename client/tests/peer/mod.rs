@@ -180,7 +180,7 @@ impl Drop for Peer {
 
 impl Peer {
     pub async fn start(pki: Arc<TestPki>, limits: PeerLimits) -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(pki.ca.as_bytes()) {
             roots.add(c.expect("ca pem")).expect("add ca");

@@ -7,6 +7,10 @@
 //! and a key file that the group or others may read is refused. Data keys
 //! are wrapped with AES-256 key wrap with padding (RFC 5649).
 //!
+//! The checkpoint signing key ([`super::signing`]) is an ECDSA P-256 key
+//! pair in `<dir>/strongbox%2Fcheckpoint%2Fv1.p8` (PKCS#8, `0600`), created
+//! the same way.
+//!
 //! The KEK sits on the same machine as the data it protects, so this
 //! provider protects against nothing that can read the disk: it says so in
 //! the log when it starts.
@@ -20,6 +24,9 @@ use aes_kw::KwpAes256;
 use aes_kw::cipher::KeyInit;
 use zeroize::{Zeroize, Zeroizing};
 
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+
+use super::signing::{CHECKPOINT_KEY_LABEL, CheckpointPublicKey, SIGNATURE_LEN};
 use super::{DEK_LEN, Dek, KekId, KeyError, KeyProvider, ProviderInfo};
 
 /// Bytes in a KEK file (AES-256).
@@ -30,6 +37,12 @@ pub const WRAPPED_DEK_LEN: usize = DEK_LEN + 8;
 
 /// File name suffix of KEK files.
 const KEK_SUFFIX: &str = ".kek";
+
+/// File name suffix of the checkpoint key file (PKCS#8).
+const SIGNING_SUFFIX: &str = ".p8";
+
+/// Largest checkpoint key file read (a P-256 PKCS#8 document is 138 bytes).
+const MAX_SIGNING_FILE: u64 = 1024;
 
 /// KEKs in `0600` files in one directory. Development only.
 pub struct FileKeyProvider {
@@ -98,12 +111,29 @@ impl FileKeyProvider {
     /// Reads and checks a KEK file.
     fn load(&self, id: &KekId) -> Result<Zeroizing<[u8; KEK_LEN]>, KeyError> {
         let path = self.key_path(id);
-        let link = match fs::symlink_metadata(&path) {
+        let bytes = self
+            .read_private(&path, MAX_SIGNING_FILE)?
+            .ok_or_else(|| self.absent(id))?;
+        if bytes.len() != KEK_LEN {
+            return Err(KeyError::Config(format!(
+                "key file {} has {} bytes, expected {KEK_LEN}: it is truncated or not a key file",
+                path.display(),
+                bytes.len()
+            )));
+        }
+        let mut key = Zeroizing::new([0u8; KEK_LEN]);
+        key.copy_from_slice(&bytes);
+        Ok(key)
+    }
+
+    /// Reads a private key file of at most `max` bytes after checking that
+    /// it is a regular file only its owner may read; `None` when it does
+    /// not exist.
+    fn read_private(&self, path: &Path, max: u64) -> Result<Option<Zeroizing<Vec<u8>>>, KeyError> {
+        let link = match fs::symlink_metadata(path) {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(self.absent(id));
-            }
-            Err(e) => return Err(io_err(&path, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(path, e)),
         };
         if !link.file_type().is_file() {
             return Err(KeyError::Config(format!(
@@ -111,8 +141,8 @@ impl FileKeyProvider {
                 path.display()
             )));
         }
-        let mut file = File::open(&path).map_err(|e| io_err(&path, e))?;
-        let meta = file.metadata().map_err(|e| io_err(&path, e))?;
+        let mut file = File::open(path).map_err(|e| io_err(path, e))?;
+        let meta = file.metadata().map_err(|e| io_err(path, e))?;
         // The file we opened must be the one we checked (no swap in between).
         if meta.ino() != link.ino() || meta.dev() != link.dev() {
             return Err(KeyError::Config(format!(
@@ -129,17 +159,80 @@ impl FileKeyProvider {
                 mode & 0o777
             )));
         }
-        if meta.len() != KEK_LEN as u64 {
+        if meta.len() > max {
             return Err(KeyError::Config(format!(
-                "key file {} has {} bytes, expected {KEK_LEN}: it is truncated or not a key file",
+                "key file {} has {} bytes, more than a key file holds ({max})",
                 path.display(),
                 meta.len()
             )));
         }
-        let mut key = Zeroizing::new([0u8; KEK_LEN]);
-        file.read_exact(key.as_mut())
-            .map_err(|e| io_err(&path, e))?;
-        Ok(key)
+        let mut bytes = Zeroizing::new(Vec::with_capacity(usize::try_from(max).unwrap_or(0)));
+        file.read_to_end(&mut bytes).map_err(|e| io_err(path, e))?;
+        Ok(Some(bytes))
+    }
+
+    /// Writes `bytes` to `path` (mode 0600) unless it exists: a durable
+    /// temporary file, then a hard link to the name, which fails when the
+    /// name exists and never leaves a short file under it. Returns false
+    /// when `path` existed.
+    fn create_private(&self, path: &Path, bytes: &[u8]) -> Result<bool, KeyError> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = self.dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let written = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err(&tmp, e));
+        }
+        let linked = fs::hard_link(&tmp, path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(io_err(path, e)),
+        }
+        self.sync_dir()?;
+        Ok(true)
+    }
+
+    /// The checkpoint key file.
+    pub fn checkpoint_key_path(&self) -> PathBuf {
+        let mut name = file_name(CHECKPOINT_KEY_LABEL);
+        name.truncate(name.len().saturating_sub(KEK_SUFFIX.len()));
+        name.push_str(SIGNING_SUFFIX);
+        self.dir.join(name)
+    }
+
+    /// The checkpoint key pair, when its file exists.
+    fn checkpoint_pair(&self) -> Result<Option<EcdsaKeyPair>, KeyError> {
+        let path = self.checkpoint_key_path();
+        let Some(pkcs8) = self.read_private(&path, MAX_SIGNING_FILE)? else {
+            return Ok(None);
+        };
+        EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_FIXED_SIGNING,
+            &pkcs8,
+            &ring::rand::SystemRandom::new(),
+        )
+        .map(Some)
+        .map_err(|_| {
+            KeyError::Config(format!(
+                "{} is not an ECDSA P-256 PKCS#8 key (restore it from backup, or move it away \
+                 to have a new checkpoint key made: checkpoints signed by the old one then no \
+                 longer verify with the new public key)",
+                path.display()
+            ))
+        })
     }
 
     /// The error for a key file that is not there: [`KeyError::KekNotFound`]
@@ -188,38 +281,11 @@ impl KeyProvider for FileKeyProvider {
         ring::rand::SystemRandom::new()
             .fill(key.as_mut())
             .map_err(|_| KeyError::Random)?;
-
-        // Write a temporary file, make it durable, then link it to its name:
-        // linking fails when the name exists, and never leaves a short file
-        // under the real name.
-        let tmp = self.dir.join(format!(
-            ".{}.{}.tmp",
-            file_name(&id.label()),
-            std::process::id()
-        ));
-        let written = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(key.as_ref())?;
-            f.sync_all()
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err(&tmp, e));
+        if self.create_private(&path, key.as_ref())? {
+            Ok(())
+        } else {
+            Err(KeyError::KekExists(id.label()))
         }
-        let linked = fs::hard_link(&tmp, &path);
-        let _ = fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(KeyError::KekExists(id.label()));
-            }
-            Err(e) => return Err(io_err(&path, e)),
-        }
-        self.sync_dir()
     }
 
     fn has_kek(&self, id: &KekId) -> Result<bool, KeyError> {
@@ -286,6 +352,37 @@ impl KeyProvider for FileKeyProvider {
         drop(file);
         fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
         self.sync_dir()
+    }
+
+    fn checkpoint_key(&self, create: bool) -> Result<Option<CheckpointPublicKey>, KeyError> {
+        if let Some(pair) = self.checkpoint_pair()? {
+            return CheckpointPublicKey::from_point(pair.public_key().as_ref()).map(Some);
+        }
+        if !create {
+            return Ok(None);
+        }
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map_err(|_| KeyError::Random)?;
+        // Another process may have made it meanwhile: either way, the file
+        // now holds the key to use.
+        self.create_private(&self.checkpoint_key_path(), pkcs8.as_ref())?;
+        let pair = self
+            .checkpoint_pair()?
+            .ok_or_else(|| KeyError::KekNotFound(CHECKPOINT_KEY_LABEL.into()))?;
+        CheckpointPublicKey::from_point(pair.public_key().as_ref()).map(Some)
+    }
+
+    fn sign_checkpoint(&self, message: &[u8]) -> Result<[u8; SIGNATURE_LEN], KeyError> {
+        let pair = self
+            .checkpoint_pair()?
+            .ok_or_else(|| KeyError::KekNotFound(CHECKPOINT_KEY_LABEL.into()))?;
+        let sig = pair
+            .sign(&ring::rand::SystemRandom::new(), message)
+            .map_err(|_| KeyError::Random)?;
+        sig.as_ref().try_into().map_err(|_| {
+            KeyError::Config("ECDSA P-256 returned a signature of another size".into())
+        })
     }
 }
 

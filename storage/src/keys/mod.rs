@@ -47,12 +47,14 @@ pub mod file;
 mod manager;
 pub mod pkcs11;
 pub mod registry;
+pub mod signing;
 
 pub use cache::{CacheStats, DekCache};
 pub use file::FileKeyProvider;
 pub use manager::{DestroyOutcome, KeyManager, KeyManagerStats, UnwrapObserver};
 pub use pkcs11::{PinSource, Pkcs11Config, Pkcs11KeyProvider};
 pub use registry::{KekVersion, SegmentRef};
+pub use signing::{CHECKPOINT_KEY_LABEL, CheckpointPublicKey};
 
 /// Bytes in a data encryption key (AES-256).
 pub const DEK_LEN: usize = 32;
@@ -300,6 +302,30 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
     ///
     /// [`KeyError::KekNotFound`]; provider failures.
     fn destroy_kek(&self, id: &KekId) -> Result<(), KeyError>;
+
+    /// The public key of the checkpoint signing key pair
+    /// ([`signing`]), creating the pair first when `create` and it does not
+    /// exist; `None` when it does not exist and `create` is false.
+    ///
+    /// # Errors
+    ///
+    /// Provider failures; a provider that cannot hold a signing key.
+    fn checkpoint_key(&self, create: bool) -> Result<Option<CheckpointPublicKey>, KeyError> {
+        let _ = create;
+        Err(signing::cannot_sign(self.info().kind))
+    }
+
+    /// Signs `message` with the checkpoint key: ECDSA P-256 over its
+    /// SHA-256, as `r || s`.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::KekNotFound`] when the key pair does not exist (see
+    /// [`checkpoint_key`](Self::checkpoint_key)); provider failures.
+    fn sign_checkpoint(&self, message: &[u8]) -> Result<[u8; signing::SIGNATURE_LEN], KeyError> {
+        let _ = message;
+        Err(signing::cannot_sign(self.info().kind))
+    }
 }
 
 /// Where a segment's data key belongs. Bound into the envelope and into the

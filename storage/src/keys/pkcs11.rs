@@ -17,6 +17,22 @@
 //! and is extractable, its `CKA_VALUE` read into a zeroizing buffer, and the
 //! object destroyed.
 //!
+//! The checkpoint signing key ([`super::signing`]) is an EC key pair on
+//! P-256 generated in the token with `CKM_EC_KEY_PAIR_GEN`, both halves
+//! labelled [`CHECKPOINT_KEY_LABEL`]:
+//!
+//! | attribute | private key | public key |
+//! | --- | --- | --- |
+//! | `CKA_TOKEN` | true | true |
+//! | `CKA_PRIVATE` | true | false |
+//! | `CKA_SENSITIVE`, `CKA_EXTRACTABLE` | true, false | – |
+//! | `CKA_SIGN` / `CKA_VERIFY` | true | true |
+//! | `CKA_DECRYPT`, `CKA_DERIVE`, `CKA_UNWRAP` | false | – |
+//! | `CKA_EC_PARAMS` | – | prime256v1 |
+//!
+//! It signs with `CKM_ECDSA` over a SHA-256 digest computed outside the
+//! token (every token has `CKM_ECDSA`; fewer have `CKM_ECDSA_SHA256`).
+//!
 //! Tokens are found by label, never by slot id (slot ids change when tokens
 //! are added). The PIN comes from a file or an environment variable, never
 //! from the configuration itself, and appears in no message.
@@ -48,6 +64,9 @@ use cryptoki::types::AuthPin;
 use serde::Deserialize;
 use zeroize::{Zeroize, Zeroizing};
 
+use super::signing::{
+    CHECKPOINT_KEY_LABEL, CheckpointPublicKey, P256_EC_PARAMS, SIGNATURE_LEN, digest,
+};
 use super::{DEK_LEN, Dek, KekId, KeyError, KeyProvider, ProviderInfo};
 
 /// Bytes in a wrapped DEK (RFC 5649 adds one 64-bit block).
@@ -619,6 +638,51 @@ impl Pkcs11KeyProvider {
     }
 }
 
+impl Pkcs11KeyProvider {
+    /// The token objects of class `class` labelled [`CHECKPOINT_KEY_LABEL`].
+    fn checkpoint_objects(
+        &self,
+        session: &Session,
+        class: ObjectClass,
+    ) -> Result<Vec<ObjectHandle>, CkError> {
+        let found = session.find_objects(&[
+            Attribute::Class(class),
+            Attribute::Token(true),
+            Attribute::Label(CHECKPOINT_KEY_LABEL.as_bytes().to_vec()),
+        ])?;
+        if found.is_empty() {
+            self.confirm_absent(session)?;
+        }
+        Ok(found)
+    }
+
+    /// Reads the public key of the checkpoint pair, if the token has one.
+    fn read_checkpoint_key(
+        &self,
+        session: &Session,
+    ) -> Result<Option<Result<CheckpointPublicKey, KeyError>>, CkError> {
+        let Some(public) = self
+            .checkpoint_objects(session, ObjectClass::PUBLIC_KEY)?
+            .first()
+            .copied()
+        else {
+            return Ok(None);
+        };
+        let attrs = session.get_attributes(public, &[AttributeType::EcPoint])?;
+        let point = attrs.iter().find_map(|a| match a {
+            Attribute::EcPoint(p) => Some(p.clone()),
+            _ => None,
+        });
+        Ok(Some(match point {
+            Some(p) => CheckpointPublicKey::from_ec_point_attribute(&p),
+            None => Err(KeyError::Config(format!(
+                "the checkpoint public key on {} has no CKA_EC_POINT",
+                self.where_()
+            ))),
+        }))
+    }
+}
+
 /// A KEK lookup that may find nothing.
 enum Found<T> {
     Yes(T),
@@ -800,6 +864,104 @@ impl KeyProvider for Pkcs11KeyProvider {
         } else {
             Err(KeyError::KekNotFound(id.label()))
         }
+    }
+
+    fn checkpoint_key(&self, create: bool) -> Result<Option<CheckpointPublicKey>, KeyError> {
+        let found = {
+            let _shared = self.sharing_objects();
+            self.with_session(
+                "find the checkpoint key",
+                |s| self.read_checkpoint_key(s),
+                |e| self.unavailable("find the checkpoint key", &e),
+            )?
+        };
+        if let Some(key) = found {
+            return key.map(Some);
+        }
+        if !create {
+            return Ok(None);
+        }
+        let _alone = self.changing_objects();
+        let made = self.with_session(
+            "generate the checkpoint key",
+            |s| {
+                // Another broker process on the token may have made it.
+                if let Some(key) = self.read_checkpoint_key(s)? {
+                    return Ok(key);
+                }
+                let label = Attribute::Label(CHECKPOINT_KEY_LABEL.as_bytes().to_vec());
+                let public = [
+                    Attribute::Class(ObjectClass::PUBLIC_KEY),
+                    Attribute::KeyType(KeyType::EC),
+                    Attribute::Token(true),
+                    Attribute::Private(false),
+                    Attribute::Verify(true),
+                    Attribute::Encrypt(false),
+                    Attribute::Wrap(false),
+                    Attribute::EcParams(P256_EC_PARAMS.to_vec()),
+                    label.clone(),
+                ];
+                let private = [
+                    Attribute::Class(ObjectClass::PRIVATE_KEY),
+                    Attribute::KeyType(KeyType::EC),
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Sign(true),
+                    Attribute::Decrypt(false),
+                    Attribute::Derive(false),
+                    Attribute::Unwrap(false),
+                    label,
+                ];
+                s.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)?;
+                Ok(self.read_checkpoint_key(s)?.unwrap_or_else(|| {
+                    Err(KeyError::Unavailable(format!(
+                        "{} made the checkpoint key pair but does not find it",
+                        self.where_()
+                    )))
+                }))
+            },
+            |e| {
+                KeyError::Unavailable(format!(
+                    "cannot generate the checkpoint key (ECDSA P-256) on {}: {e}",
+                    self.where_()
+                ))
+            },
+        )?;
+        made.map(Some)
+    }
+
+    fn sign_checkpoint(&self, message: &[u8]) -> Result<[u8; SIGNATURE_LEN], KeyError> {
+        let hash = digest(message);
+        let _shared = self.sharing_objects();
+        let signed = self.with_session(
+            "sign a checkpoint",
+            |s| {
+                let Some(key) = self
+                    .checkpoint_objects(s, ObjectClass::PRIVATE_KEY)?
+                    .first()
+                    .copied()
+                else {
+                    return Ok(None);
+                };
+                s.sign(&Mechanism::Ecdsa, key, &hash).map(Some)
+            },
+            |e| {
+                KeyError::Unavailable(format!(
+                    "cannot sign a checkpoint on {}: {e}",
+                    self.where_()
+                ))
+            },
+        )?;
+        let sig = signed.ok_or_else(|| KeyError::KekNotFound(CHECKPOINT_KEY_LABEL.into()))?;
+        sig.as_slice().try_into().map_err(|_| {
+            KeyError::Unavailable(format!(
+                "{} returned a {}-byte ECDSA P-256 signature, not {SIGNATURE_LEN}",
+                self.where_(),
+                sig.len()
+            ))
+        })
     }
 }
 

@@ -86,6 +86,9 @@ pub struct SegmentCheck {
     pub kek: Option<KekId>,
     /// True when it ends with a seal whose MAC verified.
     pub sealed: bool,
+    /// That seal's MAC, when `sealed`: what a signed checkpoint records
+    /// of a partition's last rolled segment.
+    pub seal_mac: Option<[u8; 32]>,
     /// Frames authenticated.
     pub frames: u64,
     /// Records in those frames.
@@ -483,6 +486,7 @@ fn check_segment(
         segment_id: None,
         kek: None,
         sealed: false,
+        seal_mac: None,
         frames: 0,
         records: 0,
         batch_bytes: 0,
@@ -612,6 +616,7 @@ fn check_segment(
                     ),
                     None if mac_ok => {
                         seg.sealed = true;
+                        seg.seal_mac = Some(seal.mac);
                         checked.end = Some(seal.next_offset);
                     }
                     None => {}

@@ -228,6 +228,74 @@ impl PartitionLog {
                 == Some(&end)
     }
 
+    /// Offsets missing from the middle of the log, found at open and not
+    /// accepted yet, as `(from, to)` pairs, oldest first: a segment there
+    /// is gone. Readers get [`LogError::Damaged`] for them.
+    pub fn missing_ranges(&self) -> Vec<(u64, u64)> {
+        self.missing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(to, from)| (*from, *to))
+            .collect()
+    }
+
+    /// Accepts the loss of the offsets missing from the middle of the log:
+    /// each range gets a gap marker, durably, and becomes an accepted gap
+    /// that readers read across. Returns the ranges accepted.
+    ///
+    /// # Errors
+    ///
+    /// Writing a marker failed; the ranges not yet written stay missing.
+    pub fn accept_missing(&self) -> Result<Vec<(u64, u64)>, LogError> {
+        let mut missing = self.missing.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut accepted = Vec::new();
+        while let Some((to, from)) = missing.first_key_value().map(|(t, f)| (*t, *f)) {
+            GapMarker {
+                topic_id: self.ctx.config.topic_id,
+                partition: self.ctx.config.partition,
+                from_offset: from,
+                to_offset: to,
+                created_at_ms: self.ctx.clock.now_ms(),
+            }
+            .write(self.ctx.io.as_ref(), &self.ctx.dir)?;
+            missing.remove(&to);
+            self.gaps
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(to, from);
+            tracing::warn!(dir = %self.ctx.dir.display(), from, to, "missing offsets accepted as a gap");
+            accepted.push((from, to));
+        }
+        Ok(accepted)
+    }
+
+    /// The error for a read that reaches segment `segs[i]` across offsets
+    /// missing before it, when there are such offsets.
+    pub(super) fn missing_before(
+        &self,
+        segs: &[std::sync::Arc<super::segment::Segment>],
+        i: usize,
+        from_offset: u64,
+    ) -> Option<LogError> {
+        let seg = segs.get(i)?;
+        let from = *self
+            .missing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&seg.base)?;
+        Some(LogError::Damaged {
+            segment: seg.log_path.clone(),
+            position: 0,
+            first: from.max(from_offset),
+            end: Some(seg.base),
+            reason: format!(
+                "the segment(s) holding offsets {from}..{} are missing",
+                seg.base
+            ),
+        })
+    }
+
     /// The accepted gaps, as `(from, to)` pairs, oldest first.
     pub fn gaps(&self) -> Vec<(u64, u64)> {
         self.gaps

@@ -50,6 +50,10 @@ pub struct PartitionLog {
     /// Accepted gaps: base offset of the segment after a gap → the offset
     /// the log ended at before it (see `gap.rs`).
     pub(super) gaps: Mutex<BTreeMap<u64, u64>>,
+    /// Gaps no marker accepts, found at open (a segment gone from the
+    /// middle): base offset of the segment after it → the offset the log
+    /// ended at before it (see `gap.rs`).
+    pub(super) missing: Mutex<BTreeMap<u64, u64>>,
     /// What the log did on its own, until its owner takes it.
     events: Mutex<Vec<LogEvent>>,
     /// Whether appends go through (the writer's view; a failed sync the
@@ -116,6 +120,9 @@ pub struct SegmentInfo {
     pub size_bytes: u64,
     /// True once rolled.
     pub sealed: bool,
+    /// The MAC of its seal, once rolled (what a signed checkpoint records
+    /// of a partition's last rolled segment).
+    pub seal_mac: Option<[u8; 32]>,
     /// When it was created, ms since the Unix epoch.
     pub created_at_ms: i64,
     /// Its largest record timestamp (`i64::MIN` when empty).
@@ -320,6 +327,7 @@ impl PartitionLog {
             log_start: AtomicU64::new(log_start),
             end_offset: AtomicU64::new(next),
             gaps: Mutex::new(recovered.gaps),
+            missing: Mutex::new(recovered.missing),
             events: Mutex::new(recovered.events),
             health: Mutex::new(LogHealth::Ok),
             on_roll: env.on_roll,
@@ -407,6 +415,7 @@ impl PartitionLog {
                 next_offset: s.sealed_next_offset().unwrap_or(end),
                 size_bytes: s.size(),
                 sealed: s.is_sealed(),
+                seal_mac: s.seal.get().map(|seal| seal.mac),
                 created_at_ms: s.header.created_at_ms,
                 max_timestamp: s.max_timestamp.load(Ordering::Acquire),
                 segment_id: s.header.segment_id,

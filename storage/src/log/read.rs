@@ -107,6 +107,16 @@ impl PartitionLog {
             if seg.base >= hw {
                 break;
             }
+            if i > first
+                && let Some(lost) = self.missing_before(&segs, i, from_offset)
+            {
+                // What was read before the missing offsets is returned;
+                // the next read, which starts there, reports them.
+                if !out.is_empty() {
+                    break;
+                }
+                return Err(lost);
+            }
             let next_base = segs.get(i + 1).map(|s| s.base);
             let read = ReadRequest {
                 from: from_offset,

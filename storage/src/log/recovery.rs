@@ -64,6 +64,9 @@ pub(crate) struct Recovered {
     pub(crate) next_offset: u64,
     /// Accepted gaps: base of the segment after the gap → end before it.
     pub(crate) gaps: BTreeMap<u64, u64>,
+    /// Gaps no marker accepts (a segment in the middle is gone): base of
+    /// the segment after the gap → end before it.
+    pub(crate) missing: BTreeMap<u64, u64>,
     /// What recovery did that its owner should record.
     pub(crate) events: Vec<LogEvent>,
 }
@@ -76,6 +79,7 @@ impl Recovered {
             placeholder: None,
             next_offset: 0,
             gaps: BTreeMap::new(),
+            missing: BTreeMap::new(),
             events: Vec::new(),
         }
     }
@@ -156,13 +160,14 @@ pub(crate) fn recover(ctx: &LogCtx) -> Result<Recovered, LogError> {
     }
 
     let mut gaps = BTreeMap::new();
+    let mut missing = BTreeMap::new();
     for pair in segments.windows(2) {
         if let [a, b] = pair {
-            check_join(ctx, a, b.base, &mut gaps)?;
+            check_join(ctx, a, b.base, &mut gaps, &mut missing)?;
         }
     }
     if let (Some(p), Some(prev)) = (placeholder, segments.last()) {
-        check_join(ctx, prev, p, &mut gaps)?;
+        check_join(ctx, prev, p, &mut gaps, &mut missing)?;
     }
     let mut next_offset = match (placeholder, segments.last()) {
         (Some(p), _) => p,
@@ -181,6 +186,7 @@ pub(crate) fn recover(ctx: &LogCtx) -> Result<Recovered, LogError> {
         placeholder,
         next_offset,
         gaps,
+        missing,
         events,
     })
 }
@@ -294,12 +300,19 @@ fn honour_reservation(
 }
 
 /// Checks that `seg` is followed by the segment at `next_base`: they join,
-/// or a gap marker records exactly this gap.
+/// or a gap marker records exactly this gap (an accepted gap, in `gaps`).
+/// A forward gap without a marker is a segment gone from the middle of the
+/// log: the log still opens, so that the records on both sides stay
+/// readable and no offset is handed out twice (the gap lies below the
+/// log's end), and the gap goes to `missing`, which readers meet as a
+/// damaged range and the log's owner reports until the loss is accepted
+/// ([`PartitionLog::accept_missing`](super::PartitionLog::accept_missing)).
 fn check_join(
     ctx: &LogCtx,
     seg: &Segment,
     next_base: u64,
     gaps: &mut BTreeMap<u64, u64>,
+    missing: &mut BTreeMap<u64, u64>,
 ) -> Result<(), LogError> {
     let end = seg.sealed_next_offset().unwrap_or(seg.base);
     if end == next_base {
@@ -312,6 +325,17 @@ fn check_join(
         && marker.to_offset == next_base
     {
         gaps.insert(next_base, end);
+        return Ok(());
+    }
+    if end < next_base && seg.sealed_next_offset().is_some() {
+        tracing::warn!(
+            segment = %seg.log_path.display(),
+            next = %ctx.segment_path(next_base).display(),
+            from = end,
+            to = next_base,
+            "offsets are missing from the middle of the log (a segment is gone)"
+        );
+        missing.insert(next_base, end);
         return Ok(());
     }
     Err(LogError::Gap {

@@ -12,6 +12,8 @@ use strongbox_protocol::frames::admin_types::{
     AccessState, AclEffect, AclRule, Operations, RecipientEntry, TopicConfig,
 };
 
+use strongbox_client::e2e::{OwnerKey, RecipientGrant, RecipientKey};
+
 use crate::harness::*;
 
 fn rule(principal: &str, topic: &str, operations: Operations) -> AclRule {
@@ -778,6 +780,247 @@ async fn q12_removing_an_unknown_recipient_is_not_found() -> Result<()> {
             )
             .await
             .map(drop)
+    })
+    .await
+}
+
+/// The names `ListTopics` with `prefix` answers `session` with, each
+/// checked to carry no partitions.
+async fn listed(session: &Session, prefix: Option<&str>) -> Result<Vec<String>> {
+    match session
+        .ok(AdminRequest::ListTopics {
+            prefix: prefix.map(Into::into),
+        })
+        .await?
+    {
+        AdminResponse::Topics(topics) => {
+            ensure!(topics.iter().all(|t| t.partitions.is_empty()), "{topics:?}");
+            let mut names: Vec<String> = topics.into_iter().map(|t| t.name).collect();
+            names.sort();
+            Ok(names)
+        }
+        other => bail!("{other:?}"),
+    }
+}
+
+/// [V11] "ListTopics": the topics the caller may describe, only those
+/// whose names start with `prefix` when it is given, without partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v11_list_topics_shows_what_the_caller_may_describe() -> Result<()> {
+    let broker = Broker::start()?;
+    with_log(&broker, async {
+        let admin = broker.session(ADMIN).await?;
+        for name in ["demo.v11a", "demo.v11b", "other.v11"] {
+            admin.create_topic(name, 2).await?;
+        }
+        let alice = broker.session(ALICE).await?;
+        let all = listed(&alice, None).await?;
+        ensure!(
+            all == ["demo.greetings", "demo.v11a", "demo.v11b"],
+            "alice describes demo.* only: {all:?}"
+        );
+        let some = listed(&alice, Some("demo.v11")).await?;
+        ensure!(some == ["demo.v11a", "demo.v11b"], "{some:?}");
+        ensure!(listed(&alice, Some("other")).await?.is_empty());
+        let everything = listed(&admin, None).await?;
+        ensure!(
+            everything.contains(&"other.v11".to_owned())
+                && everything.contains(&"_audit".to_owned()),
+            "{everything:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// [V12] "TopicInfo": a topic id is never reused: a topic created again
+/// under the name of a deleted one gets a new id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v12_a_topic_id_is_never_reused() -> Result<()> {
+    let broker = Broker::start()?;
+    with_log(&broker, async {
+        let admin = broker.session(ADMIN).await?;
+        let first = admin.create_topic_with("demo.v12", topic_config(1)).await?;
+        ensure!(admin.describe("demo.v12").await?.topic_id == first.topic_id);
+        admin
+            .ok(AdminRequest::DeleteTopic {
+                name: "demo.v12".into(),
+            })
+            .await?;
+        let again = admin.create_topic_with("demo.v12", topic_config(1)).await?;
+        ensure!(again.topic_id != first.topic_id, "{first:?} then {again:?}");
+        ensure!(admin.describe("demo.v12").await?.topic_id == again.topic_id);
+        Ok(())
+    })
+    .await
+}
+
+/// The code a one-batch `Produce` of `session` to `topic` is answered
+/// with (0: acknowledged).
+async fn publish_code(session: &Session, topic: &str) -> Result<u16> {
+    match session.produce_one(topic, 0, batch(&["x"])).await? {
+        Frame::ProduceAck(_) => Ok(0),
+        Frame::Error(e) => Ok(e.code),
+        other => bail!("{other:?}"),
+    }
+}
+
+/// [V13] "AclRule": patterns are `*`, an exact name or a prefix ending in
+/// `*`; a matching deny wins over any allow; without a matching allow,
+/// access is denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v13_deny_wins_and_no_allow_is_no_access() -> Result<()> {
+    let broker = Broker::start()?;
+    with_log(&broker, async {
+        let admin = broker.session(ADMIN).await?;
+        for name in ["demo.v13", "shared.v13", "shared.v13x", "sharedv13"] {
+            admin.create_topic(name, 1).await?;
+        }
+        let alice = broker.session(ALICE).await?;
+        let bob = broker.session(BOB).await?;
+        let denied = ErrorCode::NotAuthorized.as_u16();
+        // No allow matches: denied.
+        ensure!(publish_code(&bob, "shared.v13").await? == denied);
+        // A prefix principal pattern and a prefix topic pattern.
+        let grant = |principal: &str, topic: &str, effect| AdminRequest::AclGrant {
+            rule: AclRule {
+                effect,
+                ..rule(principal, topic, Operations::PUBLISH)
+            },
+        };
+        admin
+            .ok(grant(
+                "spiffe://strongbox.dev/*",
+                "shared.*",
+                AclEffect::Allow,
+            ))
+            .await?;
+        for topic in ["shared.v13", "shared.v13x"] {
+            ensure!(publish_code(&bob, topic).await? == 0, "{topic}");
+        }
+        ensure!(
+            publish_code(&bob, "sharedv13").await? == denied,
+            "the prefix is `shared.`"
+        );
+        // An exact deny wins over the allow of demo.* and of shared.*.
+        for topic in ["demo.v13", "shared.v13"] {
+            admin
+                .ok(grant(ALICE_PRINCIPAL, topic, AclEffect::Deny))
+                .await?;
+            ensure!(publish_code(&alice, topic).await? == denied, "{topic}");
+        }
+        ensure!(publish_code(&alice, "demo.greetings").await? == 0);
+        ensure!(publish_code(&alice, "shared.v13x").await? == 0);
+        // A deny for every principal (`*`) wins too.
+        admin.ok(grant("*", "shared.v13x", AclEffect::Deny)).await?;
+        ensure!(publish_code(&bob, "shared.v13x").await? == denied);
+        Ok(())
+    })
+    .await
+}
+
+/// The ids of the requests `AccessList` shows `session`, in its order.
+async fn access_list(session: &Session) -> Result<Vec<u64>> {
+    match session
+        .ok(AdminRequest::AccessList {
+            pending_only: false,
+        })
+        .await?
+    {
+        AdminResponse::AccessList(list) => Ok(list.into_iter().map(|r| r.id).collect()),
+        other => bail!("{other:?}"),
+    }
+}
+
+/// [Q13] "AccessList": the caller's own requests and those on topics where
+/// it holds `grant`, oldest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q13_access_list_shows_own_requests_and_granted_topics() -> Result<()> {
+    let broker = Broker::start()?;
+    with_log(&broker, async {
+        let admin = broker.session(ADMIN).await?;
+        admin.create_topic("other.q13", 1).await?;
+        let bob = broker.session(BOB).await?;
+        let alice = broker.session(ALICE).await?;
+        let bobs = ask(&bob, "demo.greetings", Operations::PUBLISH).await?;
+        let alices = match alice
+            .ok(access_request(
+                "other.q13",
+                Operations::SUBSCRIBE,
+                "reports",
+            ))
+            .await?
+        {
+            AdminResponse::Access(info) => info.id,
+            other => bail!("{other:?}"),
+        };
+        ensure!(access_list(&bob).await? == vec![bobs]);
+        ensure!(access_list(&alice).await? == vec![alices]);
+        ensure!(access_list(&admin).await? == vec![bobs, alices]);
+        admin
+            .ok(AdminRequest::AclGrant {
+                rule: rule(ALICE_PRINCIPAL, "demo.*", Operations::GRANT),
+            })
+            .await?;
+        ensure!(access_list(&alice).await? == vec![bobs, alices]);
+        ensure!(access_list(&bob).await? == vec![bobs]);
+        Ok(())
+    })
+    .await
+}
+
+/// The recipients a recipient request answers `session` with.
+async fn recipients(session: &Session, request: AdminRequest) -> Result<Vec<RecipientEntry>> {
+    match session.ok(request).await? {
+        AdminResponse::Recipients(list) => Ok(list),
+        other => bail!("{other:?}"),
+    }
+}
+
+/// [Q14] "RecipientEntry": the broker stores `entry` and returns it
+/// unchanged: `RecipientPut` answers with the topic's recipients holding
+/// the exact bytes, `RecipientList` returns them to any reader of the
+/// topic, `RecipientRemove` answers without them. (The entry is signed with
+/// the reference client's end-to-end module: to the broker it is payload.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q14_recipient_entries_come_back_unchanged() -> Result<()> {
+    let broker = Broker::start()?;
+    with_log(&broker, async {
+        let owner = OwnerKey::create(broker.scratch("owner.key"))?;
+        let entry = RecipientGrant {
+            topic: "demo.greetings".into(),
+            recipient: "bob".into(),
+            public_key: RecipientKey::from_bytes([7; 32]),
+            created_at: 1_700_000_000_000,
+            expires_at: None,
+        }
+        .sign_entry(&owner)?;
+        let admin = broker.session(ADMIN).await?;
+        let put = recipients(
+            &admin,
+            AdminRequest::RecipientPut {
+                topic: "demo.greetings".into(),
+                entry: entry.clone(),
+            },
+        )
+        .await?;
+        ensure!(put == vec![entry.clone()], "{put:?}");
+        let bob = broker.session(BOB).await?;
+        let list = AdminRequest::RecipientList {
+            topic: "demo.greetings".into(),
+        };
+        ensure!(recipients(&bob, list.clone()).await? == vec![entry]);
+        let left = recipients(
+            &admin,
+            AdminRequest::RecipientRemove {
+                topic: "demo.greetings".into(),
+                recipient: "bob".into(),
+            },
+        )
+        .await?;
+        ensure!(left.is_empty(), "{left:?}");
+        ensure!(recipients(&bob, list).await?.is_empty());
+        Ok(())
     })
     .await
 }

@@ -2,16 +2,18 @@
 //! raw quinn connections, frames encoded with the protocol crate's codec,
 //! nothing from the client crate.
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytes::{Bytes, BytesMut};
 use strongbox_protocol::ErrorCode;
+use strongbox_protocol::batch::RecordBatch;
 use strongbox_protocol::batch::{BatchBuilder, ProducerStamp};
 use strongbox_protocol::frame::{DEFAULT_MAX_FRAME_SIZE, Frame, FrameDecoder};
 use strongbox_protocol::frames::admin::{AdminRequest, AdminResponse};
-use strongbox_protocol::frames::admin_types::{Durability, TopicConfig};
+use strongbox_protocol::frames::admin_types::{Durability, TopicConfig, TopicInfo};
 use strongbox_protocol::frames::control::{ErrorFrame, Hello, Welcome};
 use strongbox_protocol::frames::produce::Produce;
 use strongbox_protocol::frames::subscribe::{StartPosition, Subscribe, SubscriptionTarget};
@@ -72,11 +74,7 @@ impl Broker {
 
     /// A QUIC client config presenting `who`'s certificate.
     pub(crate) fn client_config(&self, who: &str) -> Result<quinn::ClientConfig> {
-        client_config(
-            &std::fs::read(self.dir().join("ca/ca.pem"))?,
-            Some(Identity::profile(self.dir(), who)?),
-            &[ALPN],
-        )
+        profile_client_config(self.dir(), who)
     }
 
     /// A QUIC connection as `who`, before any frame.
@@ -89,11 +87,7 @@ impl Broker {
         &self,
         config: quinn::ClientConfig,
     ) -> Result<quinn::Connection> {
-        let endpoint = quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
-        let connecting = endpoint.connect_with(config, self.process.addr, "localhost")?;
-        Ok(tokio::time::timeout(WAIT, connecting)
-            .await
-            .context("QUIC handshake hung")??)
+        connect_to(self.process.addr, config).await
     }
 
     /// A connection as `who` past Hello/Welcome.
@@ -102,10 +96,72 @@ impl Broker {
         Session::establish(conn, hello()).await
     }
 
+    /// The directory of partition `partition` of the topic whose id is
+    /// `topic_id` (docs/STORAGE.md, "Directory layout").
+    pub(crate) fn partition_dir(&self, topic_id: &[u8; 16], partition: u32) -> PathBuf {
+        let id: String = topic_id.iter().map(|b| format!("{b:02x}")).collect();
+        self.process
+            .data_dir()
+            .join("log")
+            .join(id)
+            .join(partition.to_string())
+    }
+
+    /// A path of the test's temporary directory, outside the broker's.
+    pub(crate) fn scratch(&self, name: &str) -> PathBuf {
+        self._tmp.path().join(name)
+    }
+
+    /// Stops the broker gracefully (SIGTERM), so that its files can be
+    /// changed while it is down.
+    pub(crate) fn stop(&mut self) -> Result<()> {
+        let status = self.process.terminate()?;
+        ensure!(status == Some(0), "graceful stop exited with {status:?}");
+        Ok(())
+    }
+
+    /// Starts the broker again on the same directory (a new port: open new
+    /// sessions).
+    pub(crate) fn start_again(&mut self) -> Result<()> {
+        self.process = BrokerProcess::start_dev(&self.process.dir)?;
+        Ok(())
+    }
+
+    /// Kills the broker (SIGKILL) and starts it again on the same directory
+    /// and the same address, as after a crash.
+    pub(crate) fn crash_and_restart_in_place(&mut self) -> Result<()> {
+        let addr = self.process.addr;
+        self.process.crash()?;
+        self.process = BrokerProcess::start_dev_on(&self.process.dir, addr)?;
+        Ok(())
+    }
+
     /// The broker's log so far (for failure messages).
     pub(crate) fn log(&self) -> String {
         self.process.log_text()
     }
+}
+
+/// A QUIC client config presenting the certificate of profile `who` of the
+/// development directory `dev_dir`.
+pub(crate) fn profile_client_config(dev_dir: &Path, who: &str) -> Result<quinn::ClientConfig> {
+    client_config(
+        &std::fs::read(dev_dir.join("ca/ca.pem"))?,
+        Some(Identity::profile(dev_dir, who)?),
+        &[ALPN],
+    )
+}
+
+/// A QUIC connection to `addr` with `config`, before any frame.
+pub(crate) async fn connect_to(
+    addr: SocketAddr,
+    config: quinn::ClientConfig,
+) -> Result<quinn::Connection> {
+    let endpoint = quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
+    let connecting = endpoint.connect_with(config, addr, "localhost")?;
+    Ok(tokio::time::timeout(WAIT, connecting)
+        .await
+        .context("QUIC handshake hung")??)
 }
 
 /// An established connection; its control stream is kept open (dropping
@@ -154,14 +210,15 @@ impl Session {
         }
     }
 
-    /// As [`Session::request`], expecting an `Error` with `code`.
+    /// As [`Session::request`], expecting an `Error` with `code` (and
+    /// correlation id 0, as on every stream but a producer's).
     pub(crate) async fn refused(
         &self,
         request: AdminRequest,
         code: ErrorCode,
     ) -> Result<ErrorFrame> {
         match self.request(request.clone()).await? {
-            Frame::Error(e) if e.code == code.as_u16() => Ok(e),
+            Frame::Error(e) if e.code == code.as_u16() && e.correlation_id == 0 => Ok(e),
             other => bail!("{request:?}: expected Error {code}, got {other:?}"),
         }
     }
@@ -169,12 +226,69 @@ impl Session {
     /// Creates `name` with `partitions` partitions (the session must be
     /// allowed to).
     pub(crate) async fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
-        self.ok(AdminRequest::CreateTopic {
-            name: name.into(),
-            config: topic_config(partitions),
-        })
-        .await
-        .map(drop)
+        self.create_topic_with(name, topic_config(partitions))
+            .await
+            .map(drop)
+    }
+
+    /// Creates `name` with `config`; the topic as the broker describes it.
+    pub(crate) async fn create_topic_with(
+        &self,
+        name: &str,
+        config: TopicConfig,
+    ) -> Result<TopicInfo> {
+        match self
+            .ok(AdminRequest::CreateTopic {
+                name: name.into(),
+                config,
+            })
+            .await?
+        {
+            AdminResponse::Topic(info) => Ok(info),
+            other => bail!("CreateTopic {name} answered {other:?}"),
+        }
+    }
+
+    /// The topic `name` as `DescribeTopic` reports it.
+    pub(crate) async fn describe(&self, name: &str) -> Result<TopicInfo> {
+        match self
+            .ok(AdminRequest::DescribeTopic { name: name.into() })
+            .await?
+        {
+            AdminResponse::Topic(info) => Ok(info),
+            other => bail!("DescribeTopic {name} answered {other:?}"),
+        }
+    }
+
+    /// Waits until the audit trail (read from `_audit` as this session,
+    /// which needs `audit`) holds a record containing every one of
+    /// `needles`.
+    pub(crate) async fn audited(&self, needles: &[&str]) -> Result<()> {
+        let mut sub = self
+            .subscribe(subscribe_partition(
+                "_audit",
+                0,
+                StartPosition::Earliest,
+                u64::MAX / 2,
+            ))
+            .await?;
+        loop {
+            match sub.next().await? {
+                Frame::Records(r) => {
+                    for b in r.batches {
+                        let batch = RecordBatch::parse(b.batch)?;
+                        for record in batch.records() {
+                            let text = String::from_utf8_lossy(&record.value);
+                            if needles.iter().all(|n| text.contains(n)) {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+                Frame::Assignment(_) => {}
+                other => bail!("reading the audit trail for {needles:?}: {other:?}"),
+            }
+        }
     }
 
     /// Appends `batch` on a producer stream of its own; the answer.

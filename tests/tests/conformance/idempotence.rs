@@ -2,7 +2,7 @@
 
 use anyhow::{Result, bail, ensure};
 use strongbox_protocol::ErrorCode;
-use strongbox_protocol::batch::{ProducerStamp, RecordBatch};
+use strongbox_protocol::batch::ProducerStamp;
 use strongbox_protocol::frame::Frame;
 use strongbox_protocol::frames::admin::{AdminRequest, AdminResponse};
 use strongbox_protocol::frames::produce::ProduceAck;
@@ -70,32 +70,9 @@ async fn end_offset(session: &Session) -> Result<u64> {
 /// Waits until the audit trail holds a `producer.deny` record with
 /// `reason`.
 async fn audited(admin: &Session, reason: &str) -> Result<()> {
-    let mut sub = admin
-        .subscribe(subscribe_partition(
-            "_audit",
-            0,
-            StartPosition::Earliest,
-            u64::MAX / 2,
-        ))
-        .await?;
-    let needle = format!("\"reason\":\"{reason}\"");
-    loop {
-        match sub.next().await? {
-            Frame::Records(r) => {
-                for b in r.batches {
-                    let batch = RecordBatch::parse(b.batch)?;
-                    for record in batch.records() {
-                        let text = String::from_utf8_lossy(&record.value);
-                        if text.contains("\"producer.deny\"") && text.contains(&needle) {
-                            return Ok(());
-                        }
-                    }
-                }
-            }
-            Frame::Assignment(_) => {}
-            other => bail!("reading the audit trail: {other:?}"),
-        }
-    }
+    admin
+        .audited(&["\"producer.deny\"", &format!("\"reason\":\"{reason}\"")])
+        .await
 }
 
 /// [I1] "Idempotent producers": `InitProducer` from a principal that may
@@ -311,6 +288,39 @@ async fn i10_resuming_bumps_the_epoch() -> Result<()> {
         ensure!(init(&alice, Some(id)).await? == (id, 2));
         let (other, _) = init(&alice, None).await?;
         ensure!(other != id, "a new id each time none is given");
+        Ok(())
+    })
+    .await
+}
+
+/// [I11] "Idempotent producers": the broker remembers at least the last
+/// `max_in_flight` batches of a producer: with `max_in_flight` 4, a retry
+/// of any of the last four is acknowledged as a duplicate with its
+/// original offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i11_the_last_max_in_flight_batches_are_remembered() -> Result<()> {
+    let broker = Broker::start_with(&[("max_in_flight", "4")])?;
+    with_log(&broker, async {
+        let alice = broker.session(ALICE).await?;
+        ensure!(alice.welcome.max_in_flight == 4, "{:?}", alice.welcome);
+        let (id, epoch) = init(&alice, None).await?;
+        let mut offsets = Vec::new();
+        for sequence in 0..8 {
+            offsets.push(
+                ack(&alice, stamp(id, epoch, sequence), 1)
+                    .await?
+                    .base_offset,
+            );
+        }
+        let end = end_offset(&alice).await?;
+        for sequence in (4..8).rev() {
+            let retry = ack(&alice, stamp(id, epoch, sequence), 1).await?;
+            ensure!(
+                retry.duplicate && retry.base_offset == offsets[sequence as usize],
+                "sequence {sequence}: {retry:?}"
+            );
+        }
+        ensure!(end_offset(&alice).await? == end, "nothing was appended");
         Ok(())
     })
     .await

@@ -1,7 +1,8 @@
 //! The conformance suite: docs/PROTOCOL.md checked rule by rule against a
 //! real `strongbox-broker` process, over real QUIC connections, with
 //! frames built and read by hand through the protocol crate's codec (never
-//! through the client crate).
+//! through the client crate, whose end-to-end module only signs the one
+//! recipient entry `Q14` stores: payload to the broker).
 //!
 //! Every rule of the specification carries a label (`[C3]`); each label has
 //! exactly one test here, named after it, whose doc comment quotes the
@@ -9,6 +10,14 @@
 //! (about a tenth of a second), so the tests run in parallel and one
 //! failure leaves the others meaningful. `every_rule_has_a_test` fails when
 //! the specification and this checklist disagree.
+//!
+//! Damaged, read-only and unavailable partitions are made for real: the
+//! broker is stopped, its files changed and the broker started again
+//! (`damage.rs`). A full disk, a failing fsync and a read that fails when
+//! a log is opened cannot be caused from outside a process on demand; those
+//! tests (`storage_faults.rs`, marked in-process below) run the broker in
+//! the test's process with its logs on the fault-injecting I/O backend,
+//! and speak to it over QUIC like the others.
 //!
 //! Labels ending in `c` are obligations of the client, which no broker test
 //! can check; the checklist names the tests of the reference client that do.
@@ -22,6 +31,7 @@
 //! | T3 | Transport: the principal comes from the certificate | `transport::t3_the_principal_comes_from_the_certificate` |
 //! | T4 | Transport: the broker opens no streams | `transport::t4_the_broker_opens_no_streams` |
 //! | T5 | Transport: QUIC application codes are error codes | `transport::t5_quic_codes_are_error_codes` |
+//! | T6 | Transport: a restarted broker resets the connections it lost | `transport::t6_a_restarted_broker_resets_the_connections_it_lost` |
 //! | F1 | Frames: never above the receiver's `max_frame_size` | `frames::f1_no_frame_exceeds_the_clients_maximum` |
 //! | F2 | Frames: negotiation cannot fail later (cut `Records`, `frame_too_large` answers) | `frames::f2_records_are_cut_to_fit_and_long_answers_are_refused` |
 //! | F3 | Frames: an oversize length, refused before the body | `frames::f3_an_oversize_length_is_refused_before_the_body` |
@@ -54,6 +64,7 @@
 //! | C16 | Control stream: silence is `timeout` | `control::c16_a_silent_client_is_closed_with_timeout` |
 //! | C17 | Control stream: the `Error` arrives before the close | `control::c17_the_error_arrives_before_the_close` |
 //! | C18c | Control stream: the client reports broker violations (the machine decides the code; the client crate sends it in `Goodbye`) | `protocol/tests/session_props.rs::client_control_follows_the_rules` |
+//! | C19c | Control stream: `keepalive_ms` 0 leaves the client's interval | `protocol/tests/session_props.rs::established_client_control_follows_the_rules` |
 //! | S1 | Stream kinds: one rule for first frames | `streams::s1_a_stream_must_start_with_an_opening_frame` |
 //! | S2 | Ending a stream with an error | `streams::s2_an_error_ends_the_stream_with_a_finish_not_a_reset` |
 //! | P1 | Producer stream: answers in order | `producer::p1_answers_come_in_request_order` |
@@ -65,6 +76,10 @@
 //! | P7 | Producer stream: finishing | `producer::p7_finishing_answers_what_is_in_flight` |
 //! | P8 | Producer stream: shutdown | `producer::p8_shutdown_answers_every_batch_read` |
 //! | P9c | Producer stream: the client checks answer order | `protocol/tests/session_props.rs::producer_session_follows_the_rules` |
+//! | P10 | Producer stream: `storage_full`, `storage_failed`, retriable (in-process: only a fault-injecting I/O backend fills a disk on demand) | `storage_faults::p10_a_failed_write_or_sync_is_storage_full_or_storage_failed` |
+//! | P11 | Producer stream: `partition_read_only`, `data_damaged` | `partition_states::p11_read_only_and_damaged_partitions_refuse_each_batch` |
+//! | P12 | Producer and subscription streams: `partition_unavailable` (in-process: a read that fails at start) | `storage_faults::p12_a_log_that_cannot_be_opened_is_partition_unavailable` |
+//! | P13 | Producer stream: `key_unavailable`, retriable | `producer::p13_a_segment_without_a_key_is_key_unavailable` |
 //! | U1 | Subscription stream: `Assignment` first | `subscription::u1_subscribe_is_answered_with_assignment` |
 //! | U2 | Subscription stream: `not_authorized` | `subscription::u2_not_authorized` |
 //! | U3 | Subscription stream: `unknown_topic` | `subscription::u3_unknown_topic` |
@@ -93,7 +108,19 @@
 //! | U26 | Subscription stream: a second `Subscribe` | `subscription::u26_a_second_subscribe_is_unexpected` |
 //! | U27 | Subscription stream: another stream's frame | `subscription::u27_another_kind_of_frame_is_a_violation` |
 //! | U28c | Subscription stream: frames before `Assignment` | `protocol/tests/session_props.rs::subscriber_session_follows_the_rules` |
+//! | U29 | Damaged partitions: the readable batches, then `PartitionError` with the range | `damaged_partitions::u29_the_readable_records_then_the_damaged_range` |
+//! | U30 | Damaged partitions: `SKIP_DAMAGED` goes on after a known end | `damaged_partitions::u30_skip_damaged_goes_on_after_a_known_end` |
+//! | U31 | Damaged partitions: `PartitionError` costs no credit | `damaged_partitions::u31_partition_error_costs_no_credit` |
+//! | U32c | Damaged partitions: the client checks `PartitionError` and what follows | `protocol/tests/session_props.rs::subscriber_session_follows_the_rules` |
+//! | U33 | Damaged partitions: the other partitions are not affected | `damaged_partitions::u33_the_other_partitions_are_not_affected` |
+//! | U34 | Damaged partitions: a reported partition stops; a single partition ends | `damaged_partitions::u34_a_reported_partition_stops` |
+//! | U38 | Damaged partitions: records of a destroyed key are reported with `key_destroyed` | `damaged_partitions::u38_records_of_a_destroyed_key_are_reported_per_partition` |
+//! | U35 | Subscription stream: frames after `Subscribe` wait for its answer | `subscription::u35_frames_after_subscribe_are_handled_after_the_answer` |
+//! | U36 | Subscription stream: a commit past the end is `offset_out_of_range` | `subscription::u36_a_commit_past_the_end_is_offset_out_of_range` |
+//! | U37c | Subscription stream: the client refuses frames after `SubscriptionEnd` | `protocol/tests/session_props.rs::subscriber_session_follows_the_rules` |
 //! | B1 | Subscribe: `start_value` 0 for earliest and latest | `subscription::b1_start_value_must_be_zero_for_earliest_and_latest` |
+//! | B2 | Subscribe: `flags` other than `SKIP_DAMAGED` | `subscription::b2_unknown_subscribe_flags_are_malformed` |
+//! | B3 | Error: no payload or key material in messages | `producer::b3_error_messages_hold_no_payload_or_key_material` |
 //! | A1 | Admin stream: the response the table names | `admin::a1_each_request_gets_its_response` |
 //! | A2 | Admin stream: the broker finishes after the client | `admin::a2_the_broker_finishes_after_the_client` |
 //! | A3 | Admin stream: a second request | `admin::a3_a_second_request_is_a_violation` |
@@ -104,6 +131,13 @@
 //! | V4 | Operations: bits 10–15 | `admin::v4_unknown_operation_bits_are_malformed` |
 //! | V5 | CreateTopic: topic names | `admin::v5_bad_topic_names_are_refused` |
 //! | V6 | CreateTopic: `topic_exists` | `admin::v6_an_existing_name_is_topic_exists` |
+//! | V7 | PartitionState: states and errors described, reads as the table says | `partition_states::v7_describe_reports_each_partition_state` |
+//! | V8 | PartitionState: `fenced` serves reads and resumes by itself (in-process, as P10) | `storage_faults::v8_a_fenced_partition_serves_reads_and_resumes_by_itself` |
+//! | V9 | TopicRecover: `admin`, `invalid_request`, `conflict` | `partition_states::v9_recover_needs_admin_and_a_read_only_partition` |
+//! | V10 | TopicRecover: the answer, writes after every acknowledged offset, audited | `partition_states::v10_recover_resumes_writes_after_every_acknowledged_offset` |
+//! | V11 | ListTopics: what the caller may describe, by prefix | `admin::v11_list_topics_shows_what_the_caller_may_describe` |
+//! | V12 | TopicInfo: a topic id is never reused | `admin::v12_a_topic_id_is_never_reused` |
+//! | V13 | AclRule: patterns, deny wins, no allow is no access | `admin::v13_deny_wins_and_no_allow_is_no_access` |
 //! | Q1 | KeyDestroy: `key_in_use` | `admin::q1_destroying_a_key_in_use_is_key_in_use` |
 //! | Q2 | AccessRequest: `invalid_request` | `admin::q2_invalid_access_requests` |
 //! | Q3 | AccessRequest: `unknown_topic` | `admin::q3_access_to_an_unknown_topic` |
@@ -116,6 +150,8 @@
 //! | Q10 | RecipientList: `not_authorized` | `admin::q10_listing_recipients_needs_describe_or_subscribe` |
 //! | Q11 | RecipientPut: `invalid_request` | `admin::q11_a_bad_recipient_entry_is_invalid` |
 //! | Q12 | RecipientRemove: `not_found` | `admin::q12_removing_an_unknown_recipient_is_not_found` |
+//! | Q13 | AccessList: own requests and granted topics, oldest first | `admin::q13_access_list_shows_own_requests_and_granted_topics` |
+//! | Q14 | RecipientEntry: stored and returned unchanged | `admin::q14_recipient_entries_come_back_unchanged` |
 //! | R0 | The record batch: delivered unchanged | `batch::r0_batches_are_delivered_unchanged` |
 //! | R1 | Validation 1: header | `batch::r1_header_magic_version_and_reserved_flags` |
 //! | R2 | Validation 2: `unsupported_codec` | `batch::r2_a_codec_is_unsupported_codec` |
@@ -134,17 +170,22 @@
 //! | I8 | Idempotent producers: duplicates | `idempotence::i8_a_retry_is_a_duplicate_not_a_second_copy` |
 //! | I9 | Idempotent producers: `out_of_order_sequence` | `idempotence::i9_a_gap_is_out_of_order` |
 //! | I10 | Idempotent producers: resuming bumps the epoch | `idempotence::i10_resuming_bumps_the_epoch` |
+//! | I11 | Idempotent producers: the last `max_in_flight` batches are remembered | `idempotence::i11_the_last_max_in_flight_batches_are_remembered` |
 //! | K1c | Error codes: receivers keep unknown codes | `client/src/error.rs::unknown_codes_keep_the_number` |
 //! | N1 | Versioning: unknown feature bits | `versioning::n1_unknown_feature_bits_are_ignored` |
 
 mod admin;
 mod batch;
 mod control;
+mod damage;
+mod damaged_partitions;
 mod encodings;
 mod frames;
 mod harness;
 mod idempotence;
+mod partition_states;
 mod producer;
+mod storage_faults;
 mod streams;
 mod subscription;
 mod transport;

@@ -2,12 +2,15 @@
 
 use std::sync::Arc;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use strongbox_protocol::ErrorCode;
+use strongbox_protocol::batch::{BatchBuilder, ProducerStamp};
 use strongbox_protocol::frame::Frame;
+use strongbox_protocol::frames::admin_types::TopicConfig;
 use strongbox_protocol::frames::subscribe::{Credit, StartPosition};
 use strongbox_tests::Signal;
 
+use crate::damage::{Damage, damaged_topic, record};
 use crate::harness::*;
 
 /// Reads answers until `count` have arrived; (correlation id, error code
@@ -293,4 +296,153 @@ async fn p8_shutdown_answers_every_batch_read() -> Result<()> {
     .await;
     broker.process.terminate()?;
     outcome
+}
+
+/// [P13] "Producer stream", per-request failures: a batch that needs a new
+/// segment while the key provider cannot wrap its data key (here the file
+/// provider's key directory moved away) is answered with
+/// `key_unavailable`, and the stream goes on; once the provider is back
+/// the same batch is appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p13_a_segment_without_a_key_is_key_unavailable() -> Result<()> {
+    let broker = Broker::start()?;
+    with_log(&broker, async {
+        let admin = broker.session(ADMIN).await?;
+        let config = TopicConfig {
+            segment_bytes: Some(1024),
+            ..topic_config(1)
+        };
+        admin.create_topic_with("demo.p13", config).await?;
+        let alice = broker.session(ALICE).await?;
+        let mut s = alice.open().await?;
+        s.send(&produce(1, "demo.p13", 0, record(0, 0))).await?;
+        ensure!(answers(&mut s, 1).await? == vec![(1, 0)]);
+
+        let keys = broker.dir().join("keys");
+        let away = broker.dir().join("keys-away");
+        std::fs::rename(&keys, &away)?;
+        // The active segment's key is in memory; a few records in, the
+        // segment is full and the next one needs a key.
+        let mut refused = None;
+        for id in 2..12 {
+            s.send(&produce(id, "demo.p13", 0, record(0, id - 1)))
+                .await?;
+            match answers(&mut s, 1).await?[..] {
+                [(_, 0)] => {}
+                [(at, code)] => {
+                    refused = Some(at);
+                    ensure!(code == ErrorCode::KeyUnavailable.as_u16(), "{code}");
+                    break;
+                }
+                ref other => bail!("{other:?}"),
+            }
+        }
+        let refused = refused.context("no batch needed a new segment")?;
+        std::fs::rename(&away, &keys)?;
+        s.send(&produce(100, "demo.p13", 0, record(0, refused - 1)))
+            .await?;
+        ensure!(answers(&mut s, 1).await? == vec![(100, 0)]);
+        Ok(())
+    })
+    .await
+}
+
+/// [B3] "Error": an `Error`'s message never contains payload bytes or key
+/// material: refusals of batches whose key and value carry a marker (bad
+/// CRC, bad framing, not authorized, unknown topic and partition, unknown
+/// producer, too large) and the reports of a partition whose key envelope
+/// is gone hold neither the marker nor the key-encryption key (raw or in
+/// hex).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b3_error_messages_hold_no_payload_or_key_material() -> Result<()> {
+    const MARKER: &str = "PAYLOAD-MARKER-0b3";
+    let d = damaged_topic("demo.b3", &[Damage::NoEnvelope]).await?;
+    with_log(&d.broker, async {
+        let marked = |stamp: Option<ProducerStamp>| -> Result<Vec<u8>> {
+            let mut b = BatchBuilder::new(1_700_000_000_000);
+            if let Some(stamp) = stamp {
+                b.producer(stamp);
+            }
+            b.push(
+                1_700_000_000_000,
+                Some(MARKER.as_bytes()),
+                &[(MARKER, MARKER.as_bytes())],
+                MARKER.repeat(4).as_bytes(),
+            )?;
+            Ok(b.finish()?.to_vec())
+        };
+        let plain = marked(None)?;
+        let mut bad_crc = plain.clone();
+        let last = bad_crc.len() - 1;
+        bad_crc[last] ^= 1;
+        let mut bad_count = plain.clone();
+        bad_count[29] = 2;
+        reseal(&mut bad_count);
+        let unknown_producer = marked(Some(ProducerStamp {
+            producer_id: 0xdead,
+            epoch: 0,
+            base_sequence: 0,
+        }))?;
+        let mut too_large = plain.clone();
+        too_large.extend(std::iter::repeat_n(b'x', 2 << 20));
+        let alice = d.broker.session(ALICE).await?;
+        let bob = d.broker.session(BOB).await?;
+        let mut messages = Vec::new();
+        use ErrorCode::*;
+        for (session, topic, partition, batch, code) in [
+            (&alice, "demo.greetings", 0, bad_crc, CorruptBatch),
+            (&alice, "demo.greetings", 0, bad_count, InvalidBatch),
+            (&bob, "demo.greetings", 0, plain.clone(), NotAuthorized),
+            (&alice, "demo.none", 0, plain.clone(), UnknownTopic),
+            (&alice, "demo.greetings", 9, plain.clone(), UnknownPartition),
+            (
+                &alice,
+                "demo.greetings",
+                0,
+                unknown_producer,
+                UnknownProducer,
+            ),
+            (&alice, "demo.greetings", 0, too_large, FrameTooLarge),
+            (&alice, "demo.b3", 0, plain.clone(), DataDamaged),
+        ] {
+            match session.produce_one(topic, partition, batch.into()).await? {
+                Frame::Error(e) if e.code == code.as_u16() => messages.push(e.message),
+                other => bail!("{topic}/{partition}: expected {code}, got {other:?}"),
+            }
+        }
+        let mut s = alice
+            .subscribe(subscribe_partition(
+                "demo.b3",
+                0,
+                StartPosition::Earliest,
+                1,
+            ))
+            .await?;
+        ensure!(matches!(s.next().await?, Frame::Assignment(_)));
+        match s.next().await? {
+            Frame::PartitionError(e) => messages.push(e.message),
+            other => bail!("expected PartitionError, got {other:?}"),
+        }
+        let mut secrets: Vec<Vec<u8>> = vec![MARKER.as_bytes().to_vec()];
+        for kek in std::fs::read_dir(d.broker.dir().join("keys"))? {
+            let kek = std::fs::read(kek?.path())?;
+            let hex: String = kek.iter().map(|b| format!("{b:02x}")).collect();
+            secrets.push(hex.into_bytes());
+            secrets.push(kek);
+        }
+        for message in &messages {
+            ensure!(!message.is_empty());
+            for secret in &secrets {
+                ensure!(
+                    !message
+                        .as_bytes()
+                        .windows(secret.len())
+                        .any(|w| w == secret.as_slice()),
+                    "a message holds a secret: {message}"
+                );
+            }
+        }
+        Ok(())
+    })
+    .await
 }

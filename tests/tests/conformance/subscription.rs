@@ -395,8 +395,9 @@ async fn u11_a_start_inside_a_batch_sends_the_whole_batch() -> Result<()> {
 }
 
 /// [U13] "Subscription stream": `Records` only while the credit is above
-/// zero, each frame's whole encoded size subtracted; more after `Credit`.
-/// The client's own session machine checks every frame against its count.
+/// zero, each frame's whole encoded size subtracted; more after `Credit`,
+/// whose sum saturates at 2^63 − 1. The client's own session machine
+/// checks every frame against its count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn u13_records_only_within_credit() -> Result<()> {
     let broker = Broker::start()?;
@@ -432,7 +433,19 @@ async fn u13_records_only_within_credit() -> Result<()> {
         }
         ensure!(batches == 8);
         s.send(&Frame::Credit(Credit { bytes: 1 << 20 })).await?;
-        s.expect_quiet(Duration::from_millis(200)).await
+        s.expect_quiet(Duration::from_millis(200)).await?;
+        // Credit saturates at 2^63 − 1: two grants of 2^64 − 1 leave it
+        // positive (a sum that wrapped would stop the records).
+        s.send_all(&[
+            Frame::Credit(Credit { bytes: u64::MAX }),
+            Frame::Credit(Credit { bytes: u64::MAX }),
+        ])
+        .await?;
+        for i in 0..3 {
+            admin.append("demo.u13", 0, batch_of_size(500 + i)).await?;
+            ensure!(matches!(s.next().await?, Frame::Records(_)));
+        }
+        Ok(())
     })
     .await
 }
@@ -489,6 +502,95 @@ async fn commit_ack(s: &mut Stream) -> Result<CommitAck> {
             other => bail!("expected CommitAck, got {other:?}"),
         }
     }
+}
+
+/// [U35] "Subscription stream": the broker reads no further frame of the
+/// stream before its answer to `Subscribe`: a `Commit` sent in the same
+/// write as a group's `Subscribe` is handled after the `Assignment` (so the
+/// partition is assigned), and `Unsubscribe` with the finish right behind
+/// `Subscribe` still gets the `Assignment` first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn u35_frames_after_subscribe_are_handled_after_the_answer() -> Result<()> {
+    let broker = Broker::start()?;
+    with_log(&broker, async {
+        let admin = topic(&broker, "demo.u35", 1).await?;
+        admin.append("demo.u35", 0, batch(&["a", "b"])).await?;
+        let alice = broker.session(ALICE).await?;
+        let mut s = alice.open().await?;
+        s.send_all(&[
+            Frame::Subscribe(subscribe_group(
+                "demo.u35",
+                "eager",
+                StartPosition::Earliest,
+                1,
+            )),
+            Frame::Commit(Commit {
+                partition: 0,
+                offset: 1,
+            }),
+        ])
+        .await?;
+        ensure!(assignment(&mut s).await?.partitions.len() == 1);
+        let ack = commit_ack(&mut s).await?;
+        ensure!(
+            ack.code == 0,
+            "the commit came after the assignment: {ack:?}"
+        );
+
+        let mut s = alice.open().await?;
+        s.send_all(&[
+            Frame::Subscribe(subscribe_partition("demo.u35", 0, StartPosition::Latest, 1)),
+            Frame::Unsubscribe(Unsubscribe),
+        ])
+        .await?;
+        s.finish()?;
+        assignment(&mut s).await?;
+        ensure!(end(&mut s).await?.code == 0);
+        s.expect_finished().await
+    })
+    .await
+}
+
+/// [U36] "Subscription stream": a `Commit` of an offset past the
+/// partition's high watermark is answered with `offset_out_of_range`, and
+/// the stream goes on; the high watermark itself is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn u36_a_commit_past_the_end_is_offset_out_of_range() -> Result<()> {
+    let broker = Broker::start()?;
+    with_log(&broker, async {
+        let admin = topic(&broker, "demo.u36", 1).await?;
+        admin.append("demo.u36", 0, batch(&["a", "b", "c"])).await?;
+        let alice = broker.session(ALICE).await?;
+        let mut s = alice
+            .subscribe(subscribe_group("demo.u36", "c", StartPosition::Earliest, 1))
+            .await?;
+        assignment(&mut s).await?;
+        s.send_all(&[
+            Frame::Commit(Commit {
+                partition: 0,
+                offset: 4,
+            }),
+            Frame::Commit(Commit {
+                partition: 0,
+                offset: u64::MAX,
+            }),
+            Frame::Commit(Commit {
+                partition: 0,
+                offset: 3,
+            }),
+        ])
+        .await?;
+        for (offset, code) in [
+            (4, ErrorCode::OffsetOutOfRange.as_u16()),
+            (u64::MAX, ErrorCode::OffsetOutOfRange.as_u16()),
+            (3, 0),
+        ] {
+            let ack = commit_ack(&mut s).await?;
+            ensure!(ack.offset == offset && ack.code == code, "{ack:?}");
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// [U17] "Subscription stream": each `Commit` is answered in order with a
@@ -817,6 +919,38 @@ async fn b1_start_value_must_be_zero_for_earliest_and_latest() -> Result<()> {
             s.expect_ended_with(ErrorCode::MalformedFrame).await?;
         }
         Ok(())
+    })
+    .await
+}
+
+/// [B2] "Subscribe": `flags` bits other than bit 0 (`SKIP_DAMAGED`) MUST
+/// be zero; a set bit is `malformed_frame`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b2_unknown_subscribe_flags_are_malformed() -> Result<()> {
+    let broker = Broker::start()?;
+    with_log(&broker, async {
+        let alice = broker.session(ALICE).await?;
+        let body = body_of(&Frame::Subscribe(subscribe_partition(
+            "demo.greetings",
+            0,
+            StartPosition::Latest,
+            1,
+        )));
+        // The flags byte is the last one of the body.
+        let flags_at = body.len() - 1;
+        for flags in [0x02u8, 0x03, 0x80] {
+            let mut bad = body.clone();
+            bad[flags_at] = flags;
+            let mut s = alice.open().await?;
+            s.send_raw(&raw_frame(0x0020, &bad)).await?;
+            s.expect_ended_with(ErrorCode::MalformedFrame).await?;
+        }
+        // `SKIP_DAMAGED` alone is accepted.
+        let mut good = body;
+        good[flags_at] = 0x01;
+        let mut s = alice.open().await?;
+        s.send_raw(&raw_frame(0x0020, &good)).await?;
+        assignment(&mut s).await.map(drop)
     })
     .await
 }

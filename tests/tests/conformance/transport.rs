@@ -162,3 +162,42 @@ async fn t5_quic_codes_are_error_codes() -> Result<()> {
     })
     .await
 }
+
+/// [T6] "Transport": a broker that restarted (here after SIGKILL, on the
+/// same directory and address) answers the next packet of a connection it
+/// lost with a QUIC stateless reset under a key that survived the restart:
+/// the client's connection fails with a reset at once, not after its idle
+/// timeout (two minutes here), and a new connection is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t6_a_restarted_broker_resets_the_connections_it_lost() -> Result<()> {
+    let mut broker = Broker::start()?;
+    let mut config = broker.client_config(ALICE)?;
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(Duration::from_secs(120).try_into()?));
+    transport.keep_alive_interval(None);
+    config.transport_config(std::sync::Arc::new(transport));
+    let conn = broker.connect_with(config).await?;
+    let mut session = Session::establish(conn, hello()).await?;
+    ensure!(matches!(
+        session.ok(AdminRequest::WhoAmI).await?,
+        AdminResponse::WhoAmI { .. }
+    ));
+
+    broker.crash_and_restart_in_place()?;
+    with_log(&broker, async {
+        // The client's next packet: a Ping on its control stream (unless
+        // a packet it still had to send, an acknowledgement say, already
+        // drew the reset: then the write fails with it).
+        let ping = Frame::Ping(strongbox_protocol::frames::control::Ping { nonce: 6 });
+        let _ = session.control.send(&ping).await;
+        let lost = tokio::time::timeout(WAIT, session.conn.closed())
+            .await
+            .map_err(|_| anyhow::anyhow!("no reset within {WAIT:?}"))?;
+        ensure!(
+            matches!(lost, quinn::ConnectionError::Reset),
+            "expected a stateless reset, got {lost}"
+        );
+        broker.session(ALICE).await.map(drop)
+    })
+    .await
+}

@@ -17,6 +17,13 @@ pub(crate) fn header(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `prefer-hybrid`, `require-hybrid` or `classical` for `--key-exchange`.
+pub(crate) fn key_exchange(s: &str) -> Result<strongbox_client::KeyExchange, String> {
+    strongbox_client::KeyExchange::parse(s).ok_or_else(|| {
+        format!("{s:?} is not a key exchange policy (prefer-hybrid, require-hybrid, classical)")
+    })
+}
+
 /// `earliest`, `latest`, an offset, or `@` and an RFC 3339 time.
 pub(crate) fn start_position(s: &str) -> Result<StartPosition, String> {
     match s {

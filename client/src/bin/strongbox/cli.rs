@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use strongbox_client::StartPosition;
 use strongbox_client::protocol::frames::admin_types::{Durability, Operations};
+use strongbox_client::{KeyExchange, StartPosition};
 
 use crate::args;
 
@@ -74,6 +74,11 @@ pub(crate) struct GlobalArgs {
     /// Name expected in the broker's certificate (default: the broker host).
     #[arg(long, global = true, value_name = "NAME", help_heading = CONNECTION)]
     pub(crate) server_name: Option<String>,
+    /// TLS key exchange groups to offer: prefer-hybrid (post-quantum
+    /// X25519MLKEM768 first, the default), require-hybrid (refuse a broker
+    /// without it) or classical (overrides the profile's key_exchange).
+    #[arg(long, global = true, value_name = "POLICY", value_parser = args::key_exchange, help_heading = CONNECTION)]
+    pub(crate) key_exchange: Option<KeyExchange>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub(crate) json: bool,
@@ -100,8 +105,17 @@ impl GlobalArgs {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Show the principal the broker maps your certificate to.
-    #[command(after_help = "Example:\n  strongbox --profile alice.toml whoami")]
+    /// Show the principal the broker maps your certificate to, and the TLS
+    /// key exchange group of the connection.
+    #[command(after_help = "\
+Prints the principal, the broker's id, whether the principal is a superuser, and
+the key exchange group this connection negotiated in its TLS handshake
+(X25519MLKEM768 for the hybrid post-quantum exchange; X25519 or a NIST curve for
+a classical one). With --json: {\"principal\", \"broker_id\", \"superuser\",
+\"key_exchange\"}.
+
+Example:
+  strongbox --profile alice.toml whoami")]
     Whoami,
     /// Publish records to a topic.
     #[command(after_help = "\

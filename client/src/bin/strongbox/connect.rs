@@ -59,6 +59,9 @@ pub(crate) fn config(global: &GlobalArgs) -> anyhow::Result<ClientConfig> {
     if let Some(name) = &global.server_name {
         config.server_name = Some(name.clone());
     }
+    if let Some(kx) = global.key_exchange {
+        config.key_exchange = kx;
+    }
     // The profile's `client_name` is what the broker logs for this
     // connection; only a profile without one gets the CLI's own.
     let named = global

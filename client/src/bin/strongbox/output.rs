@@ -179,7 +179,9 @@ pub(crate) fn published_json(m: &RecordMetadata) -> Value {
     json!({"topic": m.topic, "partition": m.partition, "offset": m.offset})
 }
 
-pub(crate) fn whoami_text(w: &WhoAmI) -> String {
+/// `key_exchange` is the TLS key exchange group of the connection the
+/// answer came on, as this client negotiated it.
+pub(crate) fn whoami_text(w: &WhoAmI, key_exchange: Option<&str>) -> String {
     key_values(&[
         ("principal", w.principal.clone()),
         ("broker", w.broker_id.clone()),
@@ -187,11 +189,17 @@ pub(crate) fn whoami_text(w: &WhoAmI) -> String {
             "superuser",
             if w.superuser { "yes" } else { "no" }.to_owned(),
         ),
+        ("key exchange", key_exchange.unwrap_or("unknown").to_owned()),
     ])
 }
 
-pub(crate) fn whoami_json(w: &WhoAmI) -> Value {
-    json!({"principal": w.principal, "broker_id": w.broker_id, "superuser": w.superuser})
+pub(crate) fn whoami_json(w: &WhoAmI, key_exchange: Option<&str>) -> Value {
+    json!({
+        "principal": w.principal,
+        "broker_id": w.broker_id,
+        "superuser": w.superuser,
+        "key_exchange": key_exchange,
+    })
 }
 
 fn durability_text(d: Durability) -> String {
@@ -501,12 +509,14 @@ mod tests {
             superuser: false,
         };
         assert_eq!(
-            whoami_text(&w),
-            "principal  spiffe://strongbox.dev/alice\nbroker     dev-1\nsuperuser  no\n"
+            whoami_text(&w, Some("X25519MLKEM768")),
+            "principal     spiffe://strongbox.dev/alice\nbroker        dev-1\nsuperuser     no\n\
+             key exchange  X25519MLKEM768\n"
         );
         assert_eq!(
-            whoami_json(&w).to_string(),
-            r#"{"broker_id":"dev-1","principal":"spiffe://strongbox.dev/alice","superuser":false}"#
+            whoami_json(&w, Some("X25519MLKEM768")).to_string(),
+            r#"{"broker_id":"dev-1","key_exchange":"X25519MLKEM768","principal":"spiffe://strongbox.dev/alice","superuser":false}"#
         );
+        assert_eq!(whoami_json(&w, None)["key_exchange"], Value::Null);
     }
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use clap::Subcommand;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use strongbox_client::e2e::{OwnerKey, RecipientGrant, RecipientKey};
+use strongbox_client::e2e::{OwnerKey, RecipientGrant, RecipientKem, RecipientKey};
 use strongbox_client::protocol::frames::admin_types::{AccessRequestInfo, AccessState, Operations};
 
 use crate::args::{self, millis};
@@ -43,10 +43,11 @@ Examples:
         /// Why, for the approvers (required).
         #[arg(long, value_name = "TEXT")]
         reason: String,
-        /// Your X25519 public key: an identity file from `strongbox e2e
+        /// Your end-to-end public key: an identity file from `strongbox e2e
         /// identity new` (only its public key is read), a file holding the
-        /// key as 64 hex digits, or the 64 hex digits themselves.
-        #[arg(long, value_name = "FILE|HEX")]
+        /// key, or the key itself (64 hex digits for X25519, x-wing: and
+        /// 2432 hex digits for X-Wing).
+        #[arg(long, value_name = "FILE|KEY")]
         public_key: Option<String>,
     },
     /// List your requests and those you may decide (on topics where you
@@ -175,18 +176,13 @@ fn sign_entry(
         );
         return Ok(None);
     };
-    let key: [u8; 32] = key.as_ref().try_into().map_err(|_| {
-        anyhow::anyhow!(
-            "request {} carries a {}-byte public key, not an X25519 key",
-            req.id,
-            key.len()
-        )
-    })?;
+    let key =
+        RecipientKey::from_raw(key).map_err(|e| anyhow::anyhow!("request {}: {e}", req.id))?;
     let created_at = now_ms();
     let grant = RecipientGrant {
         topic: req.topic.clone(),
         recipient: req.requester.clone(),
-        public_key: RecipientKey::from_bytes(key),
+        public_key: key,
         created_at,
         expires_at: ttl
             .map(|d| created_at.saturating_add(i64::try_from(millis(d)).unwrap_or(i64::MAX))),
@@ -200,14 +196,16 @@ struct IdentityPublic {
     public_key: String,
 }
 
-/// `--public-key`: an identity file, a file with 64 hex digits, or the
-/// digits themselves.
-fn read_public_key(arg: &str) -> anyhow::Result<RecipientKey> {
+/// `--public-key`: an identity file, a file holding a public key's text
+/// form, or that text itself (64 hex digits for X25519, `x-wing:` and 2432
+/// hex digits for X-Wing).
+pub(crate) fn read_public_key(arg: &str) -> anyhow::Result<RecipientKey> {
     let path = Path::new(arg);
     if !path.exists() {
-        return RecipientKey::from_hex(arg).map_err(|_| {
+        return RecipientKey::from_hex(arg).map_err(|e| {
             anyhow::anyhow!(
-                "--public-key {arg}: no such file, and not 64 hex digits (an X25519 public key)"
+                "--public-key: no such file, and not a public key ({e}); give an identity file, \
+                 64 hex digits (X25519) or x-wing: and 2432 hex digits"
             )
         });
     }
@@ -224,7 +222,8 @@ fn read_public_key(arg: &str) -> anyhow::Result<RecipientKey> {
     };
     RecipientKey::from_hex(&hex).map_err(|_| {
         anyhow::anyhow!(
-            "{}: expected an identity file from `strongbox e2e identity new` or 64 hex digits",
+            "{}: expected an identity file from `strongbox e2e identity new` or a public key \
+             (64 hex digits, or x-wing: and 2432 hex digits)",
             path.display()
         )
     })
@@ -233,8 +232,9 @@ fn read_public_key(arg: &str) -> anyhow::Result<RecipientKey> {
 fn key_text(r: &AccessRequestInfo) -> String {
     r.public_key.as_deref().map_or_else(
         || "-".into(),
-        |k| match <[u8; 32]>::try_from(k) {
-            Ok(k) => RecipientKey::from_bytes(k).fingerprint_hex(),
+        |k| match RecipientKey::from_raw(k) {
+            Ok(k) if k.kem() == RecipientKem::X25519 => k.fingerprint_hex(),
+            Ok(k) => format!("{} ({})", k.fingerprint_hex(), k.kem()),
             Err(_) => format!("{} bytes", k.len()),
         },
     )

@@ -1,6 +1,7 @@
 //! `strongbox audit tail` and `strongbox audit verify`.
 
 use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
 use clap::Subcommand;
@@ -9,6 +10,7 @@ use strongbox_client::Client;
 use strongbox_client::audit::{
     AuditRecord, ChainSummary, StoredRecord, TrailReader, VerifyError, verify_trail,
 };
+use strongbox_client::checkpoint::{self, CheckpointError, CheckpointKey};
 
 use crate::cli::GlobalArgs;
 use crate::commands::Out;
@@ -35,25 +37,53 @@ Examples:
         #[arg(long, value_name = "SEQ", value_parser = clap::value_parser!(u64).range(1..))]
         from: Option<u64>,
     },
-    /// Check the hash chain of the whole trail against the broker's anchor.
+    /// Check the hash chain of the whole trail against the broker's anchor,
+    /// and optionally the broker's state against a signed checkpoint.
     #[command(after_help = "\
 Reads every record of _audit and checks its format, that sequence numbers run
 from 1 without gap, that each record carries the previous record's hash and
 that its own hash matches its bytes; then that the trail reaches the head the
 broker anchored in its metadata store (a shorter topic was truncated).
 
-Exit status 0 when the trail is intact; 1 naming the first bad record.
+With --checkpoint FILE (checkpoints the broker signed and wrote outside its
+data directory, one per line: its export directory's .latest.json or
+.checkpoints.jsonl) and --checkpoint-key KEY.pem (from `strongbox-broker
+checkpoint public-key`), it also checks each checkpoint's signature, and that
+the broker is at least as new as every checkpoint: its trail holds the
+checkpoint's audit record with the same hash (else its data directory was
+rolled back to an older copy), every partition ends at or after the
+checkpointed offset, and every key version is in the same or a later state.
+The findings shown are against the newest checkpoint the broker fails. Partition ends need `describe` on the topics and the
+registry `keys`; without them those checks are reported as not done. Segment
+seals are checked offline only (strongbox-broker verify --checkpoint).
 
-Example:
-  strongbox audit verify")]
-    Verify,
+Exit status 0 when the trail is intact (and the broker matches the
+checkpoint); 1 naming the first bad record, a checkpoint that does not
+verify, or each way the broker is older than the checkpoint.
+
+Examples:
+  strongbox audit verify
+  strongbox audit verify --checkpoint /srv/checkpoints/b1.latest.json \\
+      --checkpoint-key checkpoint-key.pem")]
+    Verify {
+        /// A file of signed checkpoints, one per line.
+        #[arg(long, value_name = "FILE", requires = "checkpoint_key")]
+        checkpoint: Option<PathBuf>,
+        /// The broker's checkpoint public key (PEM).
+        #[arg(long, value_name = "KEY.pem", requires = "checkpoint")]
+        checkpoint_key: Option<PathBuf>,
+    },
 }
 
 pub(crate) async fn run(global: &GlobalArgs, command: AuditCommand) -> anyhow::Result<()> {
     let client = connect::connect(global).await?;
     let result = match command {
         AuditCommand::Tail { follow, from } => tail(&client, global.json, follow, from).await,
-        AuditCommand::Verify => verify(&client, global.json).await,
+        AuditCommand::Verify {
+            checkpoint: Some(file),
+            checkpoint_key: Some(key),
+        } => verify_checkpoint(&client, global.json, &file, &key).await,
+        AuditCommand::Verify { .. } => verify(&client, global.json).await,
     };
     client.close().await;
     result
@@ -176,6 +206,118 @@ async fn verify(client: &Client, json: bool) -> anyhow::Result<()> {
     }
 }
 
+async fn verify_checkpoint(
+    client: &Client,
+    json: bool,
+    file: &Path,
+    key_file: &Path,
+) -> anyhow::Result<()> {
+    let key_pem = std::fs::read_to_string(key_file)
+        .with_context(|| format!("cannot read --checkpoint-key {}", key_file.display()))?;
+    let key = CheckpointKey::from_pem(&key_pem)
+        .with_context(|| format!("--checkpoint-key {}", key_file.display()))?;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read --checkpoint {}", file.display()))?;
+    let show_progress = !json && std::io::stderr().is_terminal();
+    let progress = |done: u64, end: u64| {
+        if show_progress && done.is_multiple_of(1000) {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\rverifying: {done}/{end} records");
+            let _ = err.flush();
+        }
+    };
+    let outcome = checkpoint::check(client, &text, &key, progress).await;
+    if show_progress {
+        eprint!("\r\x1b[K");
+    }
+    let mut out = Out::new();
+    let checked = match outcome {
+        Ok(c) => c,
+        Err(CheckpointError::Trail(VerifyError::Chain(e))) => {
+            if json {
+                out.json(&json!({"intact": false, "error": e.to_string(), "offset": e.offset()}))?;
+            }
+            return Err(anyhow!(e));
+        }
+        Err(e) => {
+            if json {
+                out.json(
+                    &json!({"intact": false, "checkpoint_ok": false, "error": e.to_string()}),
+                )?;
+            }
+            return Err(anyhow!("{}: {e}", file.display()));
+        }
+    };
+    let ok = checked.is_ok();
+    if json {
+        let mut v = summary_json(&checked.trail);
+        v["checkpoint_ok"] = json!(ok);
+        v["checkpoints"] = json!(checked.checkpoints.len());
+        v["checkpoints_failed"] = json!(checked.failed);
+        v["checkpoint"] = json!({
+            "broker_id": checked.against.broker_id,
+            "time": checked.against.time,
+            "audit_sequence": checked.against.audit.sequence,
+            "key_id": checked.against.key_id,
+        });
+        v["findings"] = Value::Array(
+            checked
+                .findings
+                .iter()
+                .map(|f| {
+                    json!({
+                        "kind": f.kind,
+                        "severity": if f.problem { "problem" } else { "notice" },
+                        "message": f.message,
+                    })
+                })
+                .collect(),
+        );
+        out.json(&v)?;
+    } else {
+        out.line(&checked.trail.to_string())?;
+        for f in &checked.findings {
+            let tag = if f.problem { "problem" } else { "notice" };
+            out.line(&format!("{tag} [{}]: {}", f.kind, f.message))?;
+        }
+        if ok {
+            out.line(&format!(
+                "{} checkpoint(s), the newest of {} at {} (audit record {}, key {}): the broker \
+                 is at least as new as each",
+                checked.checkpoints.len(),
+                checked.against.broker_id,
+                checked.against.time,
+                checked.against.audit.sequence,
+                checked.against.key_id
+            ))?;
+        } else {
+            out.line(&format!(
+                "the broker fails {} of {} checkpoint(s); the findings are against the newest \
+                 it fails ({} at {}, audit record {})",
+                checked.failed,
+                checked.checkpoints.len(),
+                checked.against.broker_id,
+                checked.against.time,
+                checked.against.audit.sequence
+            ))?;
+        }
+    }
+    if ok {
+        Ok(())
+    } else {
+        let problems: Vec<&str> = checked
+            .findings
+            .iter()
+            .filter(|f| f.problem)
+            .map(|f| f.kind)
+            .collect();
+        Err(anyhow!(
+            "the broker's state is older than the checkpoint or lost what it saw ({})",
+            problems.join(", ")
+        ))
+    }
+}
+
 fn summary_json(s: &ChainSummary) -> Value {
     json!({
         "intact": true,
@@ -209,8 +351,32 @@ mod tests {
         assert_eq!(from, Some(17));
         assert!(matches!(
             parse(&["audit", "verify"]).expect("parses").command,
-            Command::Audit(AuditCommand::Verify)
+            Command::Audit(AuditCommand::Verify {
+                checkpoint: None,
+                checkpoint_key: None
+            })
         ));
+        let cli = parse(&[
+            "audit",
+            "verify",
+            "--checkpoint",
+            "b1.latest.json",
+            "--checkpoint-key",
+            "k.pem",
+        ])
+        .expect("parses");
+        let Command::Audit(AuditCommand::Verify {
+            checkpoint,
+            checkpoint_key,
+        }) = cli.command
+        else {
+            panic!("audit verify")
+        };
+        assert_eq!(checkpoint, Some(PathBuf::from("b1.latest.json")));
+        assert_eq!(checkpoint_key, Some(PathBuf::from("k.pem")));
+        // Each needs the other.
+        assert!(parse(&["audit", "verify", "--checkpoint", "f"]).is_err());
+        assert!(parse(&["audit", "verify", "--checkpoint-key", "k"]).is_err());
         assert_eq!(
             parse(&["audit", "tail", "--from", "0"])
                 .expect_err("sequences start at 1")

@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use strongbox_client::e2e::{
     E2eOpener, E2eSealer, Identity, Keyring, OwnerKey, OwnerPublicKey, RecipientGrant,
-    RecipientKey, RecipientSet, SignedRecipientEntry, UnreadablePolicy,
+    RecipientKem, RecipientSet, SignedRecipientEntry, UnreadablePolicy,
 };
 use strongbox_client::{Client, ClientError, ValueTransformer};
 
@@ -25,7 +25,8 @@ use crate::output::{key_values, time_ms};
 /// `e2e ...`.
 #[derive(Debug, Subcommand)]
 pub(crate) enum E2eCommand {
-    /// Reader identities: X25519 key pairs that recipients decrypt with.
+    /// Reader identities: the key pairs (X25519 or X-Wing) that recipients
+    /// decrypt with.
     #[command(subcommand)]
     Identity(IdentityCommand),
     /// Topic owner keys: Ed25519 keys that sign recipient entries.
@@ -39,17 +40,28 @@ pub(crate) enum E2eCommand {
 /// `e2e identity ...`.
 #[derive(Debug, Subcommand)]
 pub(crate) enum IdentityCommand {
-    /// Create an identity file (X25519 secret key, mode 0600) and print its
+    /// Create an identity file (a secret key, mode 0600) and print its
     /// public key for the topic owner.
-    #[command(
-        after_help = "Example:\n  strongbox e2e identity new bob.identity --recipient spiffe://strongbox.dev/bob"
-    )]
+    #[command(after_help = "\
+--kem x25519 (the default) makes an X25519 key pair, which every client version
+reads. --kem x-wing makes an X-Wing key pair (X25519 + ML-KEM-768): records
+sealed to it stay confidential even against an adversary who records them now
+and breaks X25519 later with a quantum computer. An X-Wing public key is 1216
+bytes (printed as x-wing: and hex) and adds about 1.2 KB per record to each
+record's header; producers need a client that knows X-Wing to seal to it.
+
+Examples:
+  strongbox e2e identity new bob.identity --recipient spiffe://strongbox.dev/bob
+  strongbox e2e identity new bob-pq.identity --kem x-wing --recipient spiffe://strongbox.dev/bob")]
     New {
         /// The identity file to create (refuses to overwrite).
         file: PathBuf,
         /// The recipient id this identity reads as (usually its principal).
         #[arg(long, value_name = "ID")]
         recipient: Option<String>,
+        /// The kind of key pair: x25519 or x-wing (hybrid post-quantum).
+        #[arg(long, value_name = "KEM", default_value = "x25519", value_parser = kem)]
+        kem: RecipientKem,
     },
     /// Print an identity's recipient id, public key and fingerprint.
     Show {
@@ -109,8 +121,10 @@ pub(crate) struct SignArgs {
     /// The recipient id (usually its principal).
     #[arg(long, value_name = "ID")]
     pub(crate) recipient: String,
-    /// The recipient's X25519 public key, 64 hex digits.
-    #[arg(long, value_name = "HEX")]
+    /// The recipient's public key: an identity file, a file holding the
+    /// key, or the key itself (64 hex digits for X25519, x-wing: and 2432
+    /// hex digits for X-Wing).
+    #[arg(long, value_name = "KEY|FILE")]
     pub(crate) public_key: String,
     /// Producers stop sealing to the recipient after this long (such as 30d).
     #[arg(long, value_name = "DURATION", value_parser = args::duration)]
@@ -154,6 +168,10 @@ pub(crate) struct SubscribeE2eArgs {
 
 fn policy(s: &str) -> Result<UnreadablePolicy, String> {
     s.parse()
+}
+
+fn kem(s: &str) -> Result<RecipientKem, String> {
+    RecipientKem::parse(s).ok_or_else(|| format!("{s:?} is not a key kind (x25519 or x-wing)"))
 }
 
 /// The sealer the publish flags ask for, if any.
@@ -247,8 +265,12 @@ fn pub_path(file: &std::path::Path) -> PathBuf {
 pub(crate) fn run(global: &GlobalArgs, command: E2eCommand) -> anyhow::Result<()> {
     let mut out = Out::new();
     match command {
-        E2eCommand::Identity(IdentityCommand::New { file, recipient }) => {
-            let identity = Identity::generate(recipient.as_deref())?;
+        E2eCommand::Identity(IdentityCommand::New {
+            file,
+            recipient,
+            kem,
+        }) => {
+            let identity = Identity::generate_kem(kem, recipient.as_deref())?;
             identity.create(&file)?;
             show_identity(&mut out, global.json, &identity)?;
         }
@@ -286,7 +308,7 @@ pub(crate) fn run(global: &GlobalArgs, command: E2eCommand) -> anyhow::Result<()
             let grant = RecipientGrant {
                 topic: args.topic,
                 recipient: args.recipient,
-                public_key: RecipientKey::from_hex(&args.public_key)?,
+                public_key: super::access::read_public_key(&args.public_key)?,
                 created_at,
                 expires_at: args.expires.map(|d| {
                     created_at.saturating_add(i64::try_from(millis(d)).unwrap_or(i64::MAX))
@@ -330,6 +352,7 @@ pub(crate) fn run(global: &GlobalArgs, command: E2eCommand) -> anyhow::Result<()
                 out.write(&key_values(&[
                     ("topic", g.topic.clone()),
                     ("recipient", g.recipient.clone()),
+                    ("kem", g.public_key.kem().name().to_owned()),
                     ("public key", g.public_key.to_string()),
                     ("fingerprint", g.public_key.fingerprint_hex()),
                     ("created", time_ms(g.created_at)),
@@ -351,12 +374,14 @@ fn show_identity(out: &mut Out, json: bool, identity: &Identity) -> anyhow::Resu
     if json {
         out.json(&json!({
             "recipient": identity.recipient(),
+            "kem": pk.kem().name(),
             "public_key": pk.to_string(),
             "fingerprint": pk.fingerprint_hex(),
         }))?;
     } else {
         out.write(&key_values(&[
             ("recipient", identity.recipient().unwrap_or("-").to_owned()),
+            ("kem", pk.kem().name().to_owned()),
             ("public key", pk.to_string()),
             ("fingerprint", pk.fingerprint_hex()),
         ]))?;
@@ -393,6 +418,7 @@ pub(crate) fn grant_json(g: &RecipientGrant) -> Value {
     json!({
         "topic": g.topic,
         "recipient": g.recipient,
+        "kem": g.public_key.kem().name(),
         "public_key": g.public_key.to_string(),
         "fingerprint": g.public_key.fingerprint_hex(),
         "created_at": g.created_at,
