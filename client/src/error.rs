@@ -110,7 +110,7 @@ pub enum ClientError {
     /// A record cannot be sent as given.
     #[error("invalid record: {0}")]
     InvalidRecord(String),
-    /// A value transformer (for example end-to-end encryption) failed on
+    /// A value sealer or opener (for example end-to-end encryption) failed on
     /// one record.
     #[error("record transform failed: {0}")]
     Transform(String),

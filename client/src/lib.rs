@@ -25,8 +25,8 @@
 //!
 //! Producers and consumers reconnect with exponential backoff and jitter
 //! when the connection drops ([`ReconnectPolicy`]). A layer that rewrites
-//! values, such as end-to-end encryption ([`e2e`]), plugs into both through
-//! [`ValueTransformer`].
+//! values, such as end-to-end encryption ([`e2e`]), plugs into producers as
+//! a [`ValueSealer`] and into consumers as a [`ValueOpener`].
 //!
 //! # Failures and time limits
 //!
@@ -163,7 +163,7 @@ pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, Subscription, Targe
 pub use error::ClientError;
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
 pub use tls::KeyExchange;
-pub use transform::{Opened, ValueTransformer};
+pub use transform::{Opened, ValueOpener, ValueSealer};
 
 /// The wire protocol crate, for the types requests and responses use
 /// ([`TopicConfig`](protocol::frames::admin_types::TopicConfig),

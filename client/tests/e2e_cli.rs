@@ -586,7 +586,7 @@ async fn publish_to_recipients_refuses_an_unsigned_directory() {
         .expect("connects");
     let producer = client
         .producer(strongbox_client::ProducerConfig {
-            transformer: Some(Arc::new(
+            sealer: Some(Arc::new(
                 strongbox_client::e2e::E2eSealer::recipients([set]).expect("sealer"),
             )),
             ..strongbox_client::ProducerConfig::default()

@@ -1,4 +1,4 @@
-//! The end-to-end envelope through the `ValueTransformer` seam: round trips
+//! The end-to-end envelope through the `ValueSealer` and `ValueOpener` seams: round trips
 //! for both key sources, and authentication failures for every kind of
 //! tampering.
 
@@ -8,7 +8,9 @@ use strongbox_client::e2e::{
     E2eOpener, E2eSealer, ERROR_HEADER, HEADER, Identity, Keyring, Recipient, RecipientSet,
     UnreadablePolicy,
 };
-use strongbox_client::{ClientError, ConsumedRecord, Opened, ProducerRecord, ValueTransformer};
+use strongbox_client::{
+    ClientError, ConsumedRecord, Opened, ProducerRecord, ValueOpener, ValueSealer,
+};
 
 /// The record a consumer would read back for a produced one.
 fn delivered(r: &ProducerRecord, offset: u64) -> ConsumedRecord {
@@ -295,15 +297,13 @@ fn an_error_header_that_arrives_with_a_record_is_removed() {
 }
 
 #[test]
-fn reserved_header_names_and_wrong_directions_are_refused() {
-    let (sealer, opener) = keyring_pair(UnreadablePolicy::Fail);
+fn reserved_header_names_are_refused() {
+    // (An opener cannot be handed to a producer, nor a sealer to a
+    // consumer: they implement one seam each.)
+    let (sealer, _) = keyring_pair(UnreadablePolicy::Fail);
     for name in [HEADER, ERROR_HEADER, "strongbox-e2e-anything"] {
         let mut r = sample("demo.orders").header(name, "x");
         let err = sealer.seal(&mut r).expect_err("reserved");
         assert!(err.to_string().contains("reserved"), "{err}");
     }
-    let mut r = sample("demo.orders");
-    assert!(opener.seal(&mut r).is_err(), "an opener does not seal");
-    let mut c = delivered(&r, 0);
-    assert!(sealer.open(&mut c).is_err(), "a sealer does not open");
 }

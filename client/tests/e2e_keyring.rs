@@ -9,7 +9,9 @@ use strongbox_client::e2e::{
     E2eError, E2eOpener, E2eSealer, ERROR_HEADER, HEADER, Keyring, SealedWith, UnreadablePolicy,
     sealed_with,
 };
-use strongbox_client::{ClientError, ConsumedRecord, Opened, ProducerRecord, ValueTransformer};
+use strongbox_client::{
+    ClientError, ConsumedRecord, Opened, ProducerRecord, ValueOpener, ValueSealer,
+};
 
 const TOPIC: &str = "demo.orders";
 const KEY: &str = "orders-key";

@@ -34,7 +34,7 @@ async fn publish(client: &Client, sealer: Arc<E2eSealer>, topic: &str, values: &
     let producer = client
         .producer(ProducerConfig {
             linger: Duration::from_millis(1),
-            transformer: Some(sealer),
+            sealer: Some(sealer),
             ..ProducerConfig::default()
         })
         .await
@@ -64,7 +64,7 @@ async fn read(
         client,
         Subscription::partition(topic, 0),
         ConsumerConfig {
-            transformer: Some(Arc::new(opener)),
+            opener: Some(Arc::new(opener)),
             ..ConsumerConfig::default()
         },
     )

@@ -11,7 +11,9 @@ use strongbox_client::e2e::{
     sealed_with, verify_entry,
 };
 use strongbox_client::protocol::frames::admin_types::RecipientEntry;
-use strongbox_client::{ClientError, ConsumedRecord, Opened, ProducerRecord, ValueTransformer};
+use strongbox_client::{
+    ClientError, ConsumedRecord, Opened, ProducerRecord, ValueOpener, ValueSealer,
+};
 
 const TOPIC: &str = "demo.health";
 const NOW: i64 = 1_769_850_000_000;

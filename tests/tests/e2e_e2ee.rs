@@ -19,9 +19,7 @@ use strongbox_client::e2e::{
     E2eOpener, E2eSealer, Keyring, OwnerKey, RecipientGrant, RecipientKey, SignedRecipientEntry,
     UnreadablePolicy,
 };
-use strongbox_client::{
-    ConsumerConfig, ProducerConfig, ProducerRecord, Subscription, ValueTransformer,
-};
+use strongbox_client::{ConsumerConfig, ProducerConfig, ProducerRecord, Subscription, ValueOpener};
 use strongbox_tests::cli_checks::{cli_fails, cli_ok, json_values, path_arg, text};
 use strongbox_tests::client::{READ_TIMEOUT, connect, read_n};
 use strongbox_tests::{BrokerProcess, binary, contains, files_under};
@@ -267,14 +265,14 @@ fn the_brokers_entry_check_reads_client_entries_alike() -> Result<()> {
     Ok(())
 }
 
-/// A consumer of `topic` from offset 0 with `transformer`.
+/// A consumer of `topic` from offset 0 with `opener`.
 async fn reader(
     client: &strongbox_client::Client,
     topic: &str,
-    transformer: Option<Arc<dyn ValueTransformer>>,
+    opener: Option<Arc<dyn ValueOpener>>,
 ) -> Result<strongbox_client::Consumer> {
     let config = ConsumerConfig {
-        transformer,
+        opener,
         ..ConsumerConfig::default()
     };
     Ok(client
@@ -305,13 +303,13 @@ async fn a_sealed_record_moved_to_another_topic_fails_authentication() -> Result
     }
     let alice = connect(&broker.profile("alice")).await?;
     let keys = Keyring::generate("move-key")?;
-    let opener: Arc<dyn ValueTransformer> = Arc::new(
+    let opener: Arc<dyn ValueOpener> = Arc::new(
         E2eOpener::new(UnreadablePolicy::Fail).with_keyring(keys.export("move-key", None)?),
     );
 
     // Sealed by a producer with the keyring.
     let sealing = ProducerConfig {
-        transformer: Some(Arc::new(E2eSealer::keyring(keys, None)?)),
+        sealer: Some(Arc::new(E2eSealer::keyring(keys, None)?)),
         ..ProducerConfig::default()
     };
     let producer = alice.producer(sealing).await?;

@@ -25,7 +25,7 @@ use crate::connection::{Client, Session};
 use crate::consumer::credit::CreditWindow;
 use crate::consumer::{ConsumedRecord, ConsumerConfig, Event, Item};
 use crate::error::ClientError;
-use crate::transform::{Opened, ValueTransformer};
+use crate::transform::{Opened, ValueOpener};
 use crate::wire::{Inbound, StreamIo};
 
 /// How long `close` waits for the broker's `SubscriptionEnd`.
@@ -62,7 +62,7 @@ pub(crate) struct SubDriver {
     target: SubscriptionTarget,
     start: StartPosition,
     window: CreditWindow,
-    transformer: Option<Arc<dyn ValueTransformer>>,
+    opener: Option<Arc<dyn ValueOpener>>,
     events: mpsc::UnboundedSender<Event>,
     commands: mpsc::UnboundedReceiver<SubCommand>,
     /// Next offset to hand out, per partition: records below it were
@@ -123,7 +123,7 @@ impl SubDriver {
             target,
             start,
             window: CreditWindow::new(config.credit_window),
-            transformer: config.transformer.clone(),
+            opener: config.opener.clone(),
             events,
             commands,
             positions: BTreeMap::new(),
@@ -574,7 +574,7 @@ impl SubDriver {
                     headers: record.headers.iter().collect(),
                     value: record.value,
                 };
-                match &self.transformer {
+                match &self.opener {
                     None => items.push_back(Ok(consumed)),
                     Some(t) => match t.open(&mut consumed) {
                         Ok(Opened::Deliver) => items.push_back(Ok(consumed)),

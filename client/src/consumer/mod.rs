@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::connection::Client;
 use crate::error::ClientError;
-use crate::transform::ValueTransformer;
+use crate::transform::ValueOpener;
 
 use driver::{SubCommand, SubDriver};
 
@@ -116,7 +116,7 @@ pub struct ConsumerConfig {
     /// subscription stream. Memory stays within this plus one frame.
     pub credit_window: u64,
     /// Rewrites records before they are yielded (end-to-end decryption).
-    pub transformer: Option<Arc<dyn ValueTransformer>>,
+    pub opener: Option<Arc<dyn ValueOpener>>,
     /// Longest time a subscription may take to be established: connecting,
     /// subscribing, and resubscribing after a lost connection or a
     /// retriable refusal (`shutting_down`, `partition_unavailable`, ...),
@@ -136,7 +136,7 @@ impl Default for ConsumerConfig {
     fn default() -> Self {
         Self {
             credit_window: 2 * 1024 * 1024,
-            transformer: None,
+            opener: None,
             subscribe_timeout: Duration::from_secs(30),
             skip_damaged: false,
         }
@@ -193,7 +193,7 @@ struct SubHandle {
 ///   unless [`ConsumerConfig::skip_damaged`] is set, in which case it goes
 ///   on after the range. A single-partition subscription whose partition
 ///   stopped then ends (`None`).
-/// - a record a transformer could not open (the stream goes on);
+/// - a record its opener could not open (the stream goes on);
 /// - the end of a subscription: the broker refused it, the topic was
 ///   deleted, or it could not be re-established within
 ///   [`ConsumerConfig::subscribe_timeout`] ([`ClientError::Timeout`]).

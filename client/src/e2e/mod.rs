@@ -26,8 +26,9 @@
 //!   under the owner key they pinned ([`RecipientSet::fetch`]), so the
 //!   broker cannot add a reader.
 //!
-//! [`E2eSealer`] and [`E2eOpener`] plug into producers and consumers as
-//! their [`ValueTransformer`](crate::ValueTransformer). A record the opener
+//! [`E2eSealer`] plugs into producers as their
+//! [`ValueSealer`](crate::ValueSealer), [`E2eOpener`] into consumers as their
+//! [`ValueOpener`](crate::ValueOpener). A record the opener
 //! cannot read is handled by its [`UnreadablePolicy`]: an error naming the
 //! key (`record demo.x/0@17: e2e key orders-key v3 is not in the keyring`),
 //! a counted skip, or the ciphertext marked with a `strongbox-e2e-error`

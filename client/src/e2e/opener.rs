@@ -13,8 +13,7 @@ use super::sealer::nonce_of;
 use super::{E2eError, ERROR_HEADER, HEADER, Identity, Keyring, value_aad};
 use crate::consumer::ConsumedRecord;
 use crate::error::ClientError;
-use crate::producer::ProducerRecord;
-use crate::transform::{Opened, ValueTransformer};
+use crate::transform::{Opened, ValueOpener};
 
 /// Data keys kept unwrapped, so a record does not cost an HPKE
 /// decapsulation (or a keyring unwrap) when its data key was seen before.
@@ -86,7 +85,7 @@ impl KeyCache {
 }
 
 /// Opens end-to-end encrypted records; set it as
-/// [`ConsumerConfig::transformer`](crate::ConsumerConfig::transformer).
+/// [`ConsumerConfig::opener`](crate::ConsumerConfig::opener).
 ///
 /// Each record's key is resolved from its own header: a keyring key by id
 /// and version (so one keyring with every version reads across
@@ -102,7 +101,7 @@ impl KeyCache {
 ///
 /// let opener = E2eOpener::new(UnreadablePolicy::Fail).with_keyring(Keyring::load("orders.keyring")?);
 /// let config = ConsumerConfig {
-///     transformer: Some(Arc::new(opener)),
+///     opener: Some(Arc::new(opener)),
 ///     ..ConsumerConfig::default()
 /// };
 /// # Ok::<(), strongbox_client::e2e::E2eError>(())
@@ -288,14 +287,7 @@ impl E2eOpener {
     }
 }
 
-impl ValueTransformer for E2eOpener {
-    fn seal(&self, record: &mut ProducerRecord) -> Result<(), ClientError> {
-        Err(ClientError::Transform(format!(
-            "cannot seal a record for {}: an E2eOpener only opens; give the producer an E2eSealer",
-            record.topic
-        )))
-    }
-
+impl ValueOpener for E2eOpener {
     fn open(&self, record: &mut ConsumedRecord) -> Result<Opened, ClientError> {
         // Only this opener writes the error header: one that arrives with
         // the record is not ours and must not mislead the application.

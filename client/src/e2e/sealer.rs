@@ -27,10 +27,9 @@ use bytes::Bytes;
 use super::cipher::{Aead, NONCE_LEN, SecretKey};
 use super::header::{Envelope, NONCE_AT, Source};
 use super::{E2eError, HEADER, Keyring, RESERVED_PREFIX, RecipientSet, now_ms, value_aad};
-use crate::consumer::ConsumedRecord;
 use crate::error::ClientError;
 use crate::producer::ProducerRecord;
-use crate::transform::{Opened, ValueTransformer};
+use crate::transform::ValueSealer;
 
 /// When a sealer replaces a topic's data key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +77,7 @@ struct Epoch {
 }
 
 /// Seals record values for end-to-end encryption; set it as
-/// [`ProducerConfig::transformer`](crate::ProducerConfig::transformer).
+/// [`ProducerConfig::sealer`](crate::ProducerConfig::sealer).
 ///
 /// Each sealed record gets a `strongbox-e2e` header naming the key it was
 /// sealed under, and its value becomes AES-256-GCM ciphertext whose AAD
@@ -91,7 +90,7 @@ struct Epoch {
 ///
 /// let keyring = Keyring::load("orders.keyring")?;
 /// let config = ProducerConfig {
-///     transformer: Some(Arc::new(E2eSealer::keyring(keyring, Some("orders-key"))?)),
+///     sealer: Some(Arc::new(E2eSealer::keyring(keyring, Some("orders-key"))?)),
 ///     ..ProducerConfig::default()
 /// };
 /// # Ok::<(), strongbox_client::e2e::E2eError>(())
@@ -358,7 +357,7 @@ pub(crate) fn nonce_of(header: &[u8]) -> Result<[u8; NONCE_LEN], E2eError> {
         .ok_or_else(|| E2eError::malformed("too short for a nonce"))
 }
 
-impl ValueTransformer for E2eSealer {
+impl ValueSealer for E2eSealer {
     fn seal(&self, record: &mut ProducerRecord) -> Result<(), ClientError> {
         if let Some((name, _)) = record
             .headers
@@ -381,13 +380,6 @@ impl ValueTransformer for E2eSealer {
             .push((HEADER.to_owned(), Bytes::from(header)));
         record.value = Bytes::from(value);
         Ok(())
-    }
-
-    fn open(&self, record: &mut ConsumedRecord) -> Result<Opened, ClientError> {
-        Err(ClientError::Transform(format!(
-            "record {}/{}@{}: an E2eSealer only seals; give the consumer an E2eOpener",
-            record.topic, record.partition, record.offset
-        )))
     }
 }
 

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use crate::admin::ProducerIdentity;
 use crate::connection::Client;
 use crate::error::ClientError;
-use crate::transform::ValueTransformer;
+use crate::transform::ValueSealer;
 
 pub(crate) use accumulator::PendingRecord;
 
@@ -48,7 +48,7 @@ pub struct ProducerConfig {
     /// resending and retrying all happen within this budget. Default 30 s.
     pub delivery_timeout: Duration,
     /// Rewrites records before they are batched (end-to-end encryption).
-    pub transformer: Option<Arc<dyn ValueTransformer>>,
+    pub sealer: Option<Arc<dyn ValueSealer>>,
 }
 
 impl Default for ProducerConfig {
@@ -60,7 +60,7 @@ impl Default for ProducerConfig {
             buffer_bytes: 64 * 1024 * 1024,
             idempotent: true,
             delivery_timeout: Duration::from_secs(30),
-            transformer: None,
+            sealer: None,
         }
     }
 }
@@ -204,7 +204,7 @@ pub struct Producer {
     memory: Arc<Semaphore>,
     buffer_bytes: usize,
     partition_counts: Mutex<HashMap<String, u32>>,
-    transformer: Option<Arc<dyn ValueTransformer>>,
+    sealer: Option<Arc<dyn ValueSealer>>,
     identity: Arc<Mutex<Option<ProducerIdentity>>>,
     task: Mutex<Option<JoinHandle<()>>>,
     delivery_timeout: Duration,
@@ -226,7 +226,7 @@ impl Producer {
         let (tx, rx) = mpsc::channel(1024);
         let buffer_bytes = config.buffer_bytes.clamp(1, Semaphore::MAX_PERMITS);
         let memory = Arc::new(Semaphore::new(buffer_bytes));
-        let transformer = config.transformer.clone();
+        let sealer = config.sealer.clone();
         let delivery_timeout = config.delivery_timeout;
         let identity = Arc::new(Mutex::new(identity));
         let driver = driver::Driver::new(client.clone(), config, identity.clone(), rx);
@@ -237,7 +237,7 @@ impl Producer {
             memory,
             buffer_bytes,
             partition_counts: Mutex::new(HashMap::new()),
-            transformer,
+            sealer,
             identity,
             task: Mutex::new(Some(task)),
             delivery_timeout,
@@ -257,13 +257,13 @@ impl Producer {
     /// # Errors
     ///
     /// [`ClientError::InvalidRecord`] for a record that can never be sent
-    /// (larger than the buffer), a transformer error, the partition count
+    /// (larger than the buffer), a sealer error, the partition count
     /// lookup failing or not answered within the delivery timeout (records
     /// without a partition need the topic's partition count, fetched once
     /// with `DescribeTopic`), or [`ClientError::Closed`]. Errors of the
     /// delivery itself arrive through the future.
     pub async fn send(&self, mut record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
-        if let Some(t) = &self.transformer {
+        if let Some(t) = &self.sealer {
             t.seal(&mut record)?;
         }
         let partitions = match record.partition {

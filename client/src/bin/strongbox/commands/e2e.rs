@@ -14,7 +14,7 @@ use strongbox_client::e2e::{
     E2eOpener, E2eSealer, Identity, Keyring, OwnerKey, OwnerPublicKey, RecipientGrant,
     RecipientKem, RecipientSet, SignedRecipientEntry, UnreadablePolicy,
 };
-use strongbox_client::{Client, ClientError, ValueTransformer};
+use strongbox_client::{Client, ClientError, ValueSealer};
 
 use crate::UsageError;
 use crate::args::{self, millis};
@@ -179,7 +179,7 @@ pub(crate) async fn sealer(
     client: &Client,
     topic: &str,
     args: &PublishE2eArgs,
-) -> anyhow::Result<Option<Arc<dyn ValueTransformer>>> {
+) -> anyhow::Result<Option<Arc<dyn ValueSealer>>> {
     if let Some(file) = &args.e2e_keyring {
         let keyring = Keyring::load(file)?;
         let sealer = E2eSealer::keyring(keyring, args.e2e_key_id.as_deref())?;

@@ -33,12 +33,12 @@ pub(crate) async fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Resul
 }
 
 async fn publish(global: &GlobalArgs, client: &Client, args: PublishArgs) -> anyhow::Result<()> {
-    let transformer = crate::commands::e2e::sealer(client, &args.topic, &args.e2e).await?;
+    let sealer = crate::commands::e2e::sealer(client, &args.topic, &args.e2e).await?;
     let producer = client
         .producer(ProducerConfig {
             linger: Duration::from_millis(2),
             delivery_timeout: args.timeout,
-            transformer,
+            sealer,
             ..ProducerConfig::default()
         })
         .await?;

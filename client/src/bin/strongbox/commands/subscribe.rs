@@ -16,9 +16,9 @@ const COMMIT_IDLE: Duration = Duration::from_secs(1);
 pub(crate) async fn run(global: &GlobalArgs, args: SubscribeArgs) -> anyhow::Result<()> {
     let opener = e2e::opener(&args.e2e)?;
     let config = ConsumerConfig {
-        transformer: opener
+        opener: opener
             .clone()
-            .map(|o| o as std::sync::Arc<dyn strongbox_client::ValueTransformer>),
+            .map(|o| o as std::sync::Arc<dyn strongbox_client::ValueOpener>),
         subscribe_timeout: args.timeout,
         skip_damaged: args.skip_damaged,
         ..ConsumerConfig::default()
