@@ -23,7 +23,7 @@
 //!
 //! ```
 //! use strongbox_broker::acl::Acl;
-//! use strongbox_protocol::frames::admin_types::{AclEffect, AclRule, Operations};
+//! use strongbox_protocol::model::{AclEffect, AclRule, Operations};
 //!
 //! let acl = Acl::new(
 //!     ["root".to_string()],
@@ -49,7 +49,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use strongbox_protocol::frames::admin_types::{AclEffect, AclRule, Operations};
+use strongbox_protocol::model::{AclEffect, AclRule, Operations};
 
 use crate::config::{AclConfig, ConfigError, Effect};
 

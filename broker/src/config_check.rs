@@ -18,7 +18,7 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use strongbox_protocol::frames::admin_types::Durability;
+use strongbox_protocol::model::Durability;
 
 use crate::config::{BrokerConfig, KeyProviderKind, LogFormat};
 use crate::tls::reload::{CertSummary, rfc3339};

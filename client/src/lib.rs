@@ -161,8 +161,8 @@ pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, Rec
 pub use transform::{Opened, ValueTransformer};
 
 /// The wire protocol crate, for the types requests and responses use
-/// ([`TopicConfig`](protocol::frames::admin_types::TopicConfig),
-/// [`AclRule`](protocol::frames::admin_types::AclRule), ...).
+/// ([`TopicConfig`](protocol::model::TopicConfig),
+/// [`AclRule`](protocol::model::AclRule), ...).
 pub use strongbox_protocol as protocol;
 pub use strongbox_protocol::ErrorCode;
 pub use strongbox_protocol::frames::subscribe::StartPosition;

@@ -10,7 +10,7 @@ use strongbox_client::e2e::{
     RecipientGrant, RecipientKey, RecipientSet, SealedWith, SignedRecipientEntry, UnreadablePolicy,
     sealed_with, verify_entry,
 };
-use strongbox_client::protocol::frames::admin_types::RecipientEntry;
+use strongbox_client::protocol::model::RecipientEntry;
 use strongbox_client::{ClientError, ConsumedRecord, Opened, ProducerRecord, ValueTransformer};
 
 const TOPIC: &str = "demo.health";

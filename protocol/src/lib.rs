@@ -7,7 +7,11 @@
 //!   [`FrameType`](frame::FrameType) codes and a streaming
 //!   [`FrameDecoder`](frame::FrameDecoder) that refuses oversized frames
 //!   before allocating;
-//! - [`frames`]: every frame body, by stream kind;
+//! - [`frames`]: every frame body, by stream kind, and the wire encoding of
+//!   the model values they carry;
+//! - [`model`]: the domain model that frames carry and storage keeps (topic
+//!   configs, ACL rules and operations, key states and versions, durability,
+//!   access requests, recipients), defined once and without an encoding;
 //! - [`batch`]: the record batch, the unit of append, encryption at rest and
 //!   delivery, with a builder and a zero-copy reader;
 //! - [`session`]: sans-IO state machines for both ends of the control stream,
@@ -49,6 +53,7 @@ pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod frames;
+pub mod model;
 pub mod session;
 
 /// The ALPN protocol id of this protocol on QUIC.

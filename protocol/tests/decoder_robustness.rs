@@ -16,7 +16,7 @@ use strongbox_protocol::frame::{
     DEFAULT_MAX_FRAME_SIZE, Decoded, FRAME_HEADER_LEN, Frame, FrameDecoder, FrameType, decode_frame,
 };
 use strongbox_protocol::frames::admin::AdminRequest;
-use strongbox_protocol::frames::admin_types::{Durability, Operations, TopicConfig};
+use strongbox_protocol::model::{Durability, Operations, TopicConfig};
 
 use common::{
     arb_batch_spec, arb_frame, build_batch, crc32c_reference, encode, fix_body_length, fix_crc,

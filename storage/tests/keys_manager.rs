@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use strongbox_protocol::frames::admin_types::KeyState;
+use strongbox_protocol::model::KeyState;
 use strongbox_storage::keys::{
     FileKeyProvider, KekId, KekScope, KeyError, KeyManager, KeyProvider, SegmentKeyContext,
     SegmentKeys, SegmentRef,

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use strongbox_protocol::frames::admin_types::{
+use strongbox_protocol::model::{
     AccessRequestInfo, AccessState, AclEffect, AclRule, Durability, KeyState, Operations,
     TopicConfig,
 };

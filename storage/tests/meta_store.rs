@@ -2,8 +2,8 @@
 //! survives reopening, and corrupt values are errors.
 
 use bytes::Bytes;
-use strongbox_protocol::frames::admin_types::KeyState;
-use strongbox_protocol::frames::admin_types::{
+use strongbox_protocol::model::KeyState;
+use strongbox_protocol::model::{
     AccessRequestInfo, AccessState, AclEffect, AclRule, Durability, Operations, TopicConfig,
 };
 use strongbox_storage::keys::{KekId, KekScope, KekVersion, SegmentRef};

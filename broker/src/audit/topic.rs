@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use strongbox_protocol::frames::admin_types::{Durability, Operations, TopicConfig};
+use strongbox_protocol::model::{Durability, Operations, TopicConfig};
 use strongbox_storage::keys::SegmentKeys;
 use strongbox_storage::meta::{MetaError, MetaStore, TopicEntry};
 

@@ -34,9 +34,7 @@
 use bytes::Bytes;
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::frames::admin::AdminResponse;
-use strongbox_protocol::frames::admin_types::{
-    AccessRequestInfo, AccessState, AclEffect, AclRule, Operations,
-};
+use strongbox_protocol::model::{AccessRequestInfo, AccessState, AclEffect, AclRule, Operations};
 use strongbox_storage::meta::{AclEntry, MetaError};
 
 use crate::audit::{AuditAction, AuditEvent, BROKER_PRINCIPAL, topic_resource};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::frames::admin::{AdminRequest, AdminResponse};
-use strongbox_protocol::frames::admin_types::{
+use strongbox_protocol::model::{
     AclRule, Durability, KeyVersionInfo, Operations, TopicConfig, TopicInfo,
 };
 use strongbox_protocol::session::admin::BrokerAdminStream;
@@ -819,7 +819,7 @@ fn rules_for(state: &BrokerState, principal: &str) -> Vec<AclRule> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strongbox_protocol::frames::admin_types::AclEffect;
+    use strongbox_protocol::model::AclEffect;
 
     fn stored(principal: &str, topic: &str, ops: Operations, expires_at: Option<i64>) -> AclEntry {
         AclEntry {

@@ -347,7 +347,7 @@ pub fn committed_offsets(
 mod tests {
     use super::*;
     use strongbox_protocol::batch::{BatchBuilder, RecordBatch};
-    use strongbox_protocol::frames::admin_types::{Durability, TopicConfig};
+    use strongbox_protocol::model::{Durability, TopicConfig};
     use strongbox_storage::keys::{FileKeyProvider, KeyManager};
 
     struct Fixture {

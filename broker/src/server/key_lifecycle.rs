@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, IntCounter, IntGauge};
-use strongbox_protocol::frames::admin_types::KeyState;
+use strongbox_protocol::model::KeyState;
 use strongbox_storage::keys::{DestroyOutcome, KekId, KekScope, KekVersion, KeyError, SegmentRef};
 use strongbox_storage::observe::{AeadOp, KeyOp, StorageObserver};
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use strongbox_protocol::frames::admin_types::AclRule;
+use strongbox_protocol::model::AclRule;
 use strongbox_storage::io::{StorageIo, default_io};
 use strongbox_storage::keys::{
     FileKeyProvider, KeyManager, KeyProvider, PinSource, Pkcs11KeyProvider,

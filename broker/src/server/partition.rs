@@ -18,7 +18,7 @@ use std::sync::atomic::AtomicU64;
 use bytes::Bytes;
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::batch::RecordBatch;
-use strongbox_protocol::frames::admin_types::PartitionState;
+use strongbox_protocol::model::PartitionState;
 use strongbox_storage::io::is_storage_full;
 use strongbox_storage::keys::KeyError;
 use strongbox_storage::log::{Durable, LogError, LogHealth, PartitionLog};

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus::{IntGaugeVec, Opts, Registry};
-use strongbox_protocol::frames::admin_types::PartitionState;
+use strongbox_protocol::model::PartitionState;
 use strongbox_storage::log::{LogEvent, LogHealth, RollHook};
 use strongbox_storage::meta::MetaError;
 use tokio::sync::{Notify, watch};

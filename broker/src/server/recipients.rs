@@ -31,7 +31,7 @@
 use bytes::Bytes;
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::frames::admin::AdminResponse;
-use strongbox_protocol::frames::admin_types::{Operations, RecipientEntry};
+use strongbox_protocol::model::{Operations, RecipientEntry};
 use strongbox_storage::meta::MetaError;
 
 use crate::audit::{AuditAction, AuditEvent, topic_resource};

@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use strongbox_protocol::ErrorCode;
-use strongbox_protocol::frames::admin_types::{KeyState, RewrapProgress};
+use strongbox_protocol::model::{KeyState, RewrapProgress};
 use strongbox_storage::keys::{KekId, KekScope, KekVersion, KeyError, KeyManager, SegmentRef};
 use strongbox_storage::log::envelope::KeyEnvelope;
 use strongbox_storage::log::format::key_file_name;

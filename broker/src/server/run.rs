@@ -498,7 +498,7 @@ fn expire_grants(state: &BrokerState, since: i64, now: i64) {
 }
 
 /// The `acl.expire` event of `rule`.
-fn expire_event(rule: &strongbox_protocol::frames::admin_types::AclRule) -> AuditEvent {
+fn expire_event(rule: &strongbox_protocol::model::AclRule) -> AuditEvent {
     AuditEvent::success(AuditAction::AclExpire, topic_resource(&rule.topic))
         .principal(BROKER_PRINCIPAL)
         .detail("rule_principal", rule.principal.clone())

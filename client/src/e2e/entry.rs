@@ -2,7 +2,7 @@
 //! (an X25519 public key) may read a topic's end-to-end encrypted records.
 //!
 //! The broker stores an entry as opaque bytes
-//! ([`RecipientEntry::entry`](crate::protocol::frames::admin_types::RecipientEntry))
+//! ([`RecipientEntry::entry`](crate::protocol::model::RecipientEntry))
 //! and cannot forge one: producers accept only entries that verify under the
 //! owner public key they pinned.
 //!
@@ -32,7 +32,7 @@ use super::error::EntryProblem;
 use super::header::{KEM_X25519_HKDF_SHA256, check_short_name};
 use super::owner::{OWNER_KEY_LEN, OwnerKey, OwnerPublicKey, SIGNATURE_LEN};
 use super::{E2eError, RecipientKey};
-use crate::protocol::frames::admin_types::RecipientEntry;
+use crate::protocol::model::RecipientEntry;
 
 /// The first four bytes of a signed recipient entry.
 const MAGIC: &[u8; 4] = b"SBRE";

@@ -5,7 +5,7 @@ use super::error::EntryProblem;
 use super::{E2eError, OwnerPublicKey, RecipientKey, now_ms, verify_entry};
 use crate::admin::Admin;
 use crate::error::ClientError;
-use crate::protocol::frames::admin_types::RecipientEntry;
+use crate::protocol::model::RecipientEntry;
 
 /// One recipient a producer seals data keys to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use strongbox_protocol::frames::admin_types::KeyState;
+use strongbox_protocol::model::KeyState;
 
 use super::cache::{CacheStats, DekCache};
 use super::registry::{self, KekVersion, SegmentRef};

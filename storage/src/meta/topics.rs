@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use redb::TableHandle;
 use serde::{Deserialize, Serialize};
-use strongbox_protocol::frames::admin_types::{Durability, RecipientEntry, TopicConfig, TopicInfo};
+use strongbox_protocol::model::{Durability, RecipientEntry, TopicConfig, TopicInfo};
 
 use super::codec::{corrupt, decode, encode, hex_array};
 use super::tables::{GROUP_OFFSETS, PRODUCER_PARTITIONS, PRODUCERS, RECIPIENTS, TOPICS};

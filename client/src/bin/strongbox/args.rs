@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use strongbox_client::StartPosition;
-use strongbox_client::protocol::frames::admin_types::{Durability, Operations};
+use strongbox_client::protocol::model::{Durability, Operations};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use strongbox_client::StartPosition;
-use strongbox_client::protocol::frames::admin_types::{Durability, Operations};
+use strongbox_client::protocol::model::{Durability, Operations};
 
 use crate::args;
 

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use strongbox_client::protocol::frames::admin_types::{AclEffect, AclRule, Durability, TopicInfo};
+use strongbox_client::protocol::model::{AclEffect, AclRule, Durability, TopicInfo};
 use strongbox_client::{ConsumedRecord, RecordMetadata, WhoAmI};
 use time::OffsetDateTime;
 
@@ -336,7 +336,7 @@ pub(crate) fn acl_json(r: &AclRule) -> Value {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use strongbox_client::protocol::frames::admin_types::{
+    use strongbox_client::protocol::model::{
         Operations, PartitionInfo, PartitionState, TopicConfig,
     };
 

@@ -10,7 +10,7 @@ use clap::Subcommand;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use strongbox_client::e2e::{OwnerKey, RecipientGrant, RecipientKey};
-use strongbox_client::protocol::frames::admin_types::{AccessRequestInfo, AccessState, Operations};
+use strongbox_client::protocol::model::{AccessRequestInfo, AccessState, Operations};
 
 use crate::args::{self, millis};
 use crate::cli::GlobalArgs;

@@ -1,7 +1,7 @@
 //! `strongbox acl ...`.
 
 use serde_json::Value;
-use strongbox_client::protocol::frames::admin_types::{AclEffect, AclRule};
+use strongbox_client::protocol::model::{AclEffect, AclRule};
 
 use crate::args::millis;
 use crate::cli::{AclCommand, AclRevokeArgs, AclRuleArgs, GlobalArgs};

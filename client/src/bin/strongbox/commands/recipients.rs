@@ -8,7 +8,7 @@ use bytes::Bytes;
 use clap::Subcommand;
 use serde_json::{Value, json};
 use strongbox_client::e2e::{OwnerPublicKey, SignedRecipientEntry, verify_entry};
-use strongbox_client::protocol::frames::admin_types::RecipientEntry;
+use strongbox_client::protocol::model::RecipientEntry;
 
 use crate::cli::GlobalArgs;
 use crate::commands::Out;
