@@ -65,6 +65,14 @@ const CRC_OFFSET: usize = 34;
 pub const MIN_RECORD_LEN: usize = 4 + 4 + 4 + 2 + 4;
 /// `key_length` value that marks a record without a key.
 pub const NO_KEY: u32 = u32::MAX;
+/// The largest record batch the wire can carry: a `Records` frame holding
+/// one batch of this length is a frame of
+/// [`ABSOLUTE_MAX_FRAME_SIZE`](crate::frame::ABSOLUTE_MAX_FRAME_SIZE). A
+/// batch is never split, so a broker whose `max_batch_size` is larger could
+/// not deliver its batches to any client, and the handshake refuses every
+/// client of such a broker (`frame_size_too_small`).
+pub const MAX_WIRE_BATCH_LEN: usize =
+    (crate::frame::ABSOLUTE_MAX_FRAME_SIZE - crate::frames::subscribe::RECORDS_FRAMING) as usize;
 
 const FLAG_CODEC_MASK: u8 = 0b0000_0111;
 const FLAG_IDEMPOTENT: u8 = 0b0000_1000;

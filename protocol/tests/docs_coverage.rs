@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use strongbox_protocol::batch::{BATCH_HEADER_LEN, BATCH_MAGIC};
+use strongbox_protocol::batch::{BATCH_HEADER_LEN, BATCH_MAGIC, MAX_WIRE_BATCH_LEN};
 use strongbox_protocol::frame::{
     ABSOLUTE_MAX_FRAME_SIZE, DEFAULT_MAX_FRAME_SIZE, FrameType, MIN_MAX_FRAME_SIZE,
 };
@@ -156,6 +156,7 @@ fn the_spec_states_the_codes_constants() {
         ("MIN_MAX_FRAME_SIZE", MIN_MAX_FRAME_SIZE),
         ("ABSOLUTE_MAX_FRAME_SIZE", ABSOLUTE_MAX_FRAME_SIZE),
         ("RECORDS_FRAMING", RECORDS_FRAMING),
+        ("MAX_WIRE_BATCH_LEN", MAX_WIRE_BATCH_LEN as u32),
     ] {
         let row = rows
             .iter()

@@ -88,8 +88,18 @@ pub const SEAL_SIGNED_LEN: usize = 48;
 pub const INDEX_ENTRY_LEN: usize = 24;
 /// Bytes in a frame's AAD.
 pub const AAD_LEN: usize = 50;
-/// The largest record batch a frame may hold: the protocol's largest frame.
-pub const MAX_BATCH_LEN: usize = strongbox_protocol::frame::ABSOLUTE_MAX_FRAME_SIZE as usize;
+/// The largest record batch a frame may hold: 64 MiB.
+///
+/// This is the disk format's own limit, not the wire's: a protocol change
+/// does not change what segments accept. It covers the largest batch the
+/// wire can carry (asserted below), so every batch a broker accepts can be
+/// stored; a protocol that carried larger batches fails this crate's build
+/// until the disk format is changed on purpose.
+pub const MAX_BATCH_LEN: usize = 64 * 1024 * 1024;
+const _: () = assert!(
+    MAX_BATCH_LEN >= strongbox_protocol::batch::MAX_WIRE_BATCH_LEN,
+    "a frame on disk must hold the largest record batch the wire carries"
+);
 /// The smallest batch: a header and one minimal record.
 pub const MIN_BATCH_LEN: usize =
     strongbox_protocol::batch::BATCH_HEADER_LEN + strongbox_protocol::batch::MIN_RECORD_LEN;
@@ -739,6 +749,17 @@ mod tests {
             SegmentHeader::decode(&bad),
             Err(FormatError::Checksum { .. })
         ));
+    }
+
+    /// The disk limit is storage's own, and it holds whatever the wire can
+    /// carry: the largest batch a broker could accept gets a frame that
+    /// encodes and decodes.
+    #[test]
+    fn the_largest_wire_batch_fits_a_frame_on_disk() {
+        let largest = strongbox_protocol::batch::MAX_WIRE_BATCH_LEN;
+        let header = FrameHeader::for_batch(largest, 7, 1).expect("largest wire batch");
+        assert_eq!(FrameHeader::decode(&header.encode()), Ok(header));
+        assert_eq!(MAX_BATCH_LEN, 64 * 1024 * 1024, "a disk format change");
     }
 
     #[test]
