@@ -51,7 +51,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::codec::{Reader, WriteExt};
-use crate::error::{DecodeError, EncodeError};
+use crate::error::{DecodeError, EncodeError, ReadError};
 
 /// `"SB"`: the first two bytes of every record batch.
 pub const BATCH_MAGIC: u16 = 0x5342;
@@ -241,7 +241,7 @@ impl RecordBatch {
 ///
 /// [`DecodeError`] for a short or inconsistent header.
 pub fn parse_header(bytes: &[u8]) -> Result<BatchHeader, DecodeError> {
-    let mut r = Reader::new(Bytes::copy_from_slice(
+    let mut r = Reader::new(
         bytes
             .get(..BATCH_HEADER_LEN)
             .ok_or(DecodeError::Truncated {
@@ -249,7 +249,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<BatchHeader, DecodeError> {
                 need: BATCH_HEADER_LEN,
                 have: bytes.len(),
             })?,
-    ));
+    );
     if r.u16()? != BATCH_MAGIC {
         return Err(DecodeError::InvalidValue {
             field: "magic",
@@ -472,7 +472,7 @@ impl RecordReader {
         for _ in 0..count {
             let offset = at(&r);
             r.string().map_err(|e| match e {
-                DecodeError::InvalidUtf8 { .. } => DecodeError::InvalidUtf8 { offset },
+                ReadError::InvalidUtf8 { .. } => DecodeError::InvalidUtf8 { offset },
                 e => shift(e, start + 4),
             })?;
             r.bytes().map_err(|e| shift(e, start + 4))?;
@@ -501,14 +501,14 @@ impl RecordReader {
     }
 }
 
-fn shift(e: DecodeError, by: usize) -> DecodeError {
+fn shift(e: ReadError, by: usize) -> DecodeError {
     match e {
-        DecodeError::Truncated { offset, need, have } => DecodeError::Truncated {
+        ReadError::Truncated { offset, need, have } => DecodeError::Truncated {
             offset: offset + by,
             need,
             have,
         },
-        other => other,
+        other => other.into(),
     }
 }
 

@@ -65,5 +65,5 @@ pub const SUPPORTED_VERSIONS: &[u16] = &[1];
 /// The newest protocol version this crate implements.
 pub const CURRENT_VERSION: u16 = 1;
 
-pub use error::{DecodeError, EncodeError, ErrorCode};
+pub use error::{DecodeError, EncodeError, ErrorCode, ReadError};
 pub use frame::{Frame, FrameDecoder, FrameType};

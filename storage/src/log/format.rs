@@ -64,6 +64,10 @@
 
 use std::fmt;
 
+/// The decoders of every on-disk layout read with the protocol's reader.
+pub(crate) use strongbox_protocol::codec::Reader;
+use strongbox_protocol::error::ReadError;
+
 use crate::aead::{MAC_LEN, NONCE_LEN, TAG_LEN};
 
 /// The log format version written in segment headers, AADs and envelopes.
@@ -109,11 +113,13 @@ pub const MIN_BATCH_LEN: usize =
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
     /// Fewer bytes than the structure needs.
-    #[error("truncated: need {need} bytes, have {have}")]
+    #[error("truncated at byte {offset}: need {need} bytes, have {have}")]
     Truncated {
-        /// Bytes needed.
+        /// Where the short read started.
+        offset: usize,
+        /// Bytes the field needs.
         need: usize,
-        /// Bytes present.
+        /// Bytes that were left.
         have: usize,
     },
     /// The magic number is wrong: this is not that kind of structure.
@@ -149,59 +155,18 @@ pub enum FormatError {
     SealMarker,
 }
 
-/// A bounds-checked big-endian reader over untrusted bytes.
-#[derive(Debug)]
-pub(crate) struct ByteReader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> ByteReader<'a> {
-    pub(crate) fn new(buf: &'a [u8]) -> Self {
-        Self { buf, pos: 0 }
-    }
-
-    pub(crate) fn remaining(&self) -> usize {
-        self.buf.len().saturating_sub(self.pos)
-    }
-
-    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
-        let end = self.pos.checked_add(n).ok_or(FormatError::Truncated {
-            need: usize::MAX,
-            have: self.buf.len(),
-        })?;
-        let out = self.buf.get(self.pos..end).ok_or(FormatError::Truncated {
-            need: end,
-            have: self.buf.len(),
-        })?;
-        self.pos = end;
-        Ok(out)
-    }
-
-    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], FormatError> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
-    }
-
-    pub(crate) fn u8(&mut self) -> Result<u8, FormatError> {
-        Ok(u8::from_be_bytes(self.array()?))
-    }
-
-    pub(crate) fn u16(&mut self) -> Result<u16, FormatError> {
-        Ok(u16::from_be_bytes(self.array()?))
-    }
-
-    pub(crate) fn u32(&mut self) -> Result<u32, FormatError> {
-        Ok(u32::from_be_bytes(self.array()?))
-    }
-
-    pub(crate) fn u64(&mut self) -> Result<u64, FormatError> {
-        Ok(u64::from_be_bytes(self.array()?))
-    }
-
-    pub(crate) fn i64(&mut self) -> Result<i64, FormatError> {
-        Ok(i64::from_be_bytes(self.array()?))
+impl From<ReadError> for FormatError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Truncated { offset, need, have } => Self::Truncated { offset, need, have },
+            // The decoders here read fixed layouts and check their own
+            // lengths; these only arise from layouts that hold text or
+            // flags, reported as invalid like any other bad field.
+            other => Self::Invalid {
+                field: "layout",
+                detail: other.to_string(),
+            },
+        }
     }
 }
 
@@ -264,7 +229,7 @@ impl SegmentHeader {
     ///
     /// [`FormatError`] naming the first problem.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let mut r = ByteReader::new(bytes);
+        let mut r = Reader::new(bytes);
         let magic = r.array::<4>()?;
         if magic != SEGMENT_MAGIC {
             return Err(FormatError::BadMagic { found: magic });
@@ -362,7 +327,7 @@ impl FrameHeader {
     /// [`FormatError::SealMarker`] when the bytes start a seal;
     /// [`FormatError::Invalid`] for an impossible length or a zero count.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let mut r = ByteReader::new(bytes);
+        let mut r = Reader::new(bytes);
         let len = r.u32()?;
         if len == SEAL_MARKER {
             return Err(FormatError::SealMarker);
@@ -490,7 +455,7 @@ impl Seal {
     /// [`FormatError`] for a short input, a wrong marker or magic, or
     /// facts that contradict each other.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let mut r = ByteReader::new(bytes);
+        let mut r = Reader::new(bytes);
         let marker = r.u32()?;
         let magic = r.array::<4>()?;
         if marker != SEAL_MARKER || magic != SEAL_MAGIC {
@@ -555,7 +520,7 @@ impl IndexEntry {
     ///
     /// [`FormatError::Truncated`] for fewer than 24 bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let mut r = ByteReader::new(bytes);
+        let mut r = Reader::new(bytes);
         Ok(Self {
             offset: r.u64()?,
             position: r.u64()?,
@@ -731,6 +696,16 @@ mod tests {
             SegmentHeader::decode(&bytes[..63]),
             Err(FormatError::Truncated { .. })
         ));
+        // The error says where the short field starts and what is missing:
+        // the segment id at byte 28 needs 16 bytes, 2 are left.
+        assert_eq!(
+            SegmentHeader::decode(&bytes[..30]),
+            Err(FormatError::Truncated {
+                offset: 28,
+                need: 16,
+                have: 2
+            })
+        );
         let mut bad = bytes;
         bad[0] = b'X';
         assert!(matches!(
