@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use strongbox_protocol::model::Durability;
 
 use crate::config::{BrokerConfig, KeyProviderKind, LogFormat};
-use crate::tls::reload::{CertSummary, rfc3339};
+use crate::tls::reload::{CertSummary, cert_time};
 
 /// Warn when the broker's certificate expires sooner than this.
 const EXPIRY_WARNING_DAYS: i64 = 30;
@@ -221,7 +221,7 @@ fn cert_items(c: &CertSummary, path: &Path, r: &mut Report) {
         path.display(),
         c.subject,
         c.serial,
-        rfc3339(c.not_after)
+        cert_time(c.not_after)
     );
     if let Some(why) = c.invalid_at(now) {
         r.push(Level::Error, "tls.cert", format!("{text}: {why}"));

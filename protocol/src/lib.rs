@@ -19,7 +19,10 @@
 //!   frames and the current time and hand back frames to send and events;
 //!   the caller owns the sockets and the clock, so the machines are
 //!   deterministic and are tested without a network;
-//! - [`error`]: the stable wire [`ErrorCode`](error::ErrorCode)s.
+//! - [`error`]: the stable wire [`ErrorCode`](error::ErrorCode)s;
+//! - [`rfc3339`]: the one text form of an instant (RFC 3339, UTC,
+//!   milliseconds) that audit records carry and that the broker and the CLI
+//!   show and read.
 //!
 //! docs/PROTOCOL.md specifies the same format byte by byte for
 //! implementations in other languages.
@@ -54,6 +57,7 @@ pub mod error;
 pub mod frame;
 pub mod frames;
 pub mod model;
+pub mod rfc3339;
 pub mod session;
 
 /// The ALPN protocol id of this protocol on QUIC.

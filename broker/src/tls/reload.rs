@@ -79,25 +79,21 @@ impl CertSummary {
         if now < self.not_before {
             Some(format!(
                 "it is not valid yet (from {})",
-                rfc3339(self.not_before)
+                cert_time(self.not_before)
             ))
         } else if now > self.not_after {
-            Some(format!("it expired on {}", rfc3339(self.not_after)))
+            Some(format!("it expired on {}", cert_time(self.not_after)))
         } else {
             None
         }
     }
 }
 
-/// `secs` since the epoch as an RFC 3339 UTC time.
-pub fn rfc3339(secs: i64) -> String {
-    let t = u64::try_from(secs)
-        .ok()
-        .and_then(|s| std::time::UNIX_EPOCH.checked_add(Duration::from_secs(s)));
-    match t {
-        Some(t) => humantime::format_rfc3339_seconds(t).to_string(),
-        None => format!("{secs} (seconds since the epoch)"),
-    }
+/// `secs` since the epoch as an RFC 3339 UTC time (certificate validity is
+/// in whole seconds).
+pub fn cert_time(secs: i64) -> String {
+    strongbox_protocol::rfc3339::format_ms(secs.saturating_mul(1000))
+        .unwrap_or_else(|| format!("{secs} (seconds since the epoch)"))
 }
 
 fn unix_now() -> i64 {
@@ -474,7 +470,7 @@ impl TlsReloader {
                     file = %self.cert.cert_path().display(),
                     subject = %c.subject,
                     serial = %c.serial,
-                    not_after = %rfc3339(c.not_after),
+                    not_after = %cert_time(c.not_after),
                     "TLS certificate loaded; new connections use it"
                 );
             }
@@ -484,7 +480,7 @@ impl TlsReloader {
                 tracing::error!(
                     error = %e,
                     kept_serial = %kept.serial,
-                    kept_not_after = %rfc3339(kept.not_after),
+                    kept_not_after = %cert_time(kept.not_after),
                     "TLS certificate reload refused; the certificate in force stays"
                 );
             }
