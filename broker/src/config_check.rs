@@ -215,7 +215,7 @@ fn check_tls(config: &BrokerConfig, r: &mut Report) {
 }
 
 fn cert_items(c: &CertSummary, path: &Path, r: &mut Report) {
-    let now = unix_now();
+    let now = strongbox_protocol::clock::now_secs();
     let text = format!(
         "{}: subject {}, serial {}, valid until {}",
         path.display(),
@@ -618,12 +618,6 @@ fn plan(config: &BrokerConfig) -> Vec<String> {
 
 fn writable(dir: &Path) -> bool {
     nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn human_bytes(b: u64) -> String {

@@ -20,6 +20,8 @@
 //!   the caller owns the sockets and the clock, so the machines are
 //!   deterministic and are tested without a network;
 //! - [`error`]: the stable wire [`ErrorCode`](error::ErrorCode)s;
+//! - [`clock`]: the one wall clock every other crate reads (this crate's
+//!   codecs and machines never do);
 //! - [`rfc3339`]: the one text form of an instant (RFC 3339, UTC,
 //!   milliseconds) that audit records carry and that the broker and the CLI
 //!   show and read.
@@ -52,6 +54,7 @@
 )]
 
 pub mod batch;
+pub mod clock;
 pub mod codec;
 pub mod error;
 pub mod frame;

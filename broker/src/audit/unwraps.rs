@@ -15,12 +15,12 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use strongbox_protocol::clock::now_ms;
 use strongbox_storage::keys::{KekId, SegmentKeyContext};
 use tokio::sync::Notify;
 
 use super::event::{AuditAction, AuditEvent, BROKER_PRINCIPAL, kek_resource};
 use super::record::record_time;
-use crate::server::now_ms;
 
 tokio::task_local! {
     static CURRENT_PRINCIPAL: Arc<str>;

@@ -62,7 +62,7 @@ pub fn pin(state: &BrokerState, staging: &Path) -> Result<Manifest, BackupError>
         }
     }
 
-    let created_at_ms = crate::server::now_ms();
+    let created_at_ms = strongbox_protocol::clock::now_ms();
     let (snapshot, pinned) = {
         let freezes: Vec<LogFreeze<'_>> = ready.iter().map(|(_, _, p)| p.log().freeze()).collect();
         let snapshot = state.meta.snapshot()?;

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use strongbox_protocol::ErrorCode;
+use strongbox_protocol::clock::now_ms;
 use strongbox_protocol::frames::admin::{AdminRequest, AdminResponse};
 use strongbox_protocol::model::{
     AclRule, Durability, KeyVersionInfo, Operations, TopicConfig, TopicInfo,
@@ -18,6 +19,7 @@ use strongbox_storage::keys::{
 use strongbox_storage::meta::{AclEntry, MetaError, TopicEntry};
 
 use crate::audit::{self, AUDIT_TOPIC, AuditAction, AuditEvent, Outcome, topic_resource};
+use crate::server::BrokerState;
 use crate::server::authz::Authorizer;
 use crate::server::connection::ConnCtx;
 use crate::server::error::BrokerError;
@@ -28,7 +30,6 @@ use crate::server::stream_io::{FrameReader, FrameWriter, StreamError, end_with_e
 use crate::server::topics::{
     self, PartitionSlot, Topic, kek_scope, resolve_config, validate_topic_name,
 };
-use crate::server::{BrokerState, now_ms};
 use crate::server::{access, recipients};
 
 /// The topic name checked for broker-wide permissions (keys, ACL listing):

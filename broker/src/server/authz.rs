@@ -2,13 +2,13 @@
 //! logged and recorded in the audit trail.
 
 use strongbox_protocol::ErrorCode;
+use strongbox_protocol::clock::now_ms;
 use strongbox_protocol::model::{AclEffect, Operations};
 
 use crate::acl::{AclCache, DecisionReason};
 use crate::audit::{AuditAction, AuditEvent, topic_resource};
 use crate::server::connection::ConnCtx;
 use crate::server::error::BrokerError;
-use crate::server::now_ms;
 
 /// Checks a principal's requests against the live ACL.
 #[derive(Debug)]

@@ -46,6 +46,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use strongbox_protocol::ErrorCode;
+use strongbox_protocol::clock::now_ms;
 use strongbox_protocol::model::{KeyState, RewrapProgress};
 use strongbox_storage::keys::{KekId, KekScope, KekVersion, KeyError, KeyManager, SegmentRef};
 use strongbox_storage::log::envelope::KeyEnvelope;
@@ -55,11 +56,11 @@ use strongbox_storage::meta::{MetaError, RewrapJobState};
 use tokio::task::JoinHandle;
 
 use crate::audit::{AuditAction, AuditEvent};
+use crate::server::BrokerState;
 use crate::server::error::BrokerError;
 use crate::server::key_lifecycle::{provider_down, scope_name};
 use crate::server::partition::Partition;
 use crate::server::topics::PartitionSlot;
-use crate::server::{BrokerState, now_ms};
 
 /// Envelopes per second when `keys.rewrap_rate` is not set.
 pub const DEFAULT_RATE: u32 = 200;

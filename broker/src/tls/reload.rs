@@ -96,12 +96,6 @@ pub fn cert_time(secs: i64) -> String {
         .unwrap_or_else(|| format!("{secs} (seconds since the epoch)"))
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 /// Reads a CA bundle (PEM) into a root store.
 ///
 /// # Errors
@@ -160,7 +154,7 @@ impl ServerCertResolver {
     ) -> Result<Self, TlsError> {
         let stamps = (stamp(&cert), stamp(&key));
         let (certified, summary) = read_certified(&cert, &key, &provider)?;
-        if let Some(why) = summary.invalid_at(unix_now()) {
+        if let Some(why) = summary.invalid_at(strongbox_protocol::clock::now_secs()) {
             tracing::warn!(file = %cert.display(), subject = %summary.subject, "tls.cert: {why}; clients will refuse it: replace it and send SIGHUP");
         }
         Ok(Self {
@@ -197,7 +191,7 @@ impl ServerCertResolver {
         *self.stamps.lock().unwrap_or_else(PoisonError::into_inner) =
             (stamp(&self.cert_path), stamp(&self.key_path));
         let (certified, summary) = read_certified(&self.cert_path, &self.key_path, &self.provider)?;
-        if let Some(why) = summary.invalid_at(unix_now()) {
+        if let Some(why) = summary.invalid_at(strongbox_protocol::clock::now_secs()) {
             return Err(content("tls.cert", &self.cert_path, why));
         }
         self.not_after.store(summary.not_after, Ordering::Release);

@@ -61,8 +61,6 @@ mod recipients;
 mod sealer;
 mod secret_file;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 pub use entry::{RecipientGrant, SignedRecipientEntry, verify_entry};
 pub use error::{E2eError, EntryProblem};
 pub use identity::{Identity, RecipientKey};
@@ -166,13 +164,6 @@ pub(crate) fn value_aad(
     aad.extend_from_slice(&len32(header.len())?.to_be_bytes());
     aad.extend_from_slice(header);
     Ok(aad)
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]
