@@ -13,9 +13,7 @@ use strongbox_protocol::model::{
     AclRule, Durability, KeyVersionInfo, Operations, TopicConfig, TopicInfo,
 };
 use strongbox_protocol::session::admin::BrokerAdminStream;
-use strongbox_storage::keys::{
-    KekId, KekScope, KekVersion, KeyError, SegmentKeyContext, SegmentKeys,
-};
+use strongbox_storage::keys::{KekId, KekScope, KekVersion, SegmentKeyContext, SegmentKeys};
 use strongbox_storage::meta::{AclEntry, MetaError, TopicEntry};
 
 use crate::audit::{self, AUDIT_TOPIC, AuditAction, AuditEvent, Outcome, topic_resource};
@@ -224,9 +222,7 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
             let scope = key_scope(state, &mut authz, topic.as_deref())?;
             let keys = state.keys.clone();
             let scope2 = scope.clone();
-            let versions = blocking(move || keys.versions(scope2.as_ref()))
-                .await?
-                .map_err(key_error)?;
+            let versions = blocking(move || keys.versions(scope2.as_ref())).await??;
             Ok(AdminResponse::KeyStatus {
                 versions: versions.iter().map(|v| version_info(state, v)).collect(),
                 rewrap: state.rewrap.progress(scope.as_ref()),
@@ -235,9 +231,7 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
         AdminRequest::KeyRotate { topic } => {
             let scope = key_scope(state, &mut authz, topic.as_deref())?.unwrap_or(KekScope::Broker);
             let keys = state.keys.clone();
-            let version = blocking(move || keys.rotate(&scope))
-                .await?
-                .map_err(key_error)?;
+            let version = blocking(move || keys.rotate(&scope)).await??;
             key_lifecycle::record_rotation(state, &version, &ctx.principal, None);
             Ok(AdminResponse::KeyChanged {
                 message: format!("{} is now active for new segments", version.id),
@@ -249,9 +243,7 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
             let scope = key_scope(state, &mut authz, topic.as_deref())?.unwrap_or(KekScope::Broker);
             let keys = state.keys.clone();
             let id = KekId { scope, version };
-            let v = blocking(move || keys.retire(&id))
-                .await?
-                .map_err(key_error)?;
+            let v = blocking(move || keys.retire(&id)).await??;
             tracing::info!(target: "strongbox::audit", principal = %ctx.principal, kek = %v.id, "key retired");
             state.audit.record(
                 key_event(state, AuditAction::KeyRetire, Outcome::Success, &v)
@@ -267,9 +259,7 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
             let scope = key_scope(state, &mut authz, topic.as_deref())?.unwrap_or(KekScope::Broker);
             let keys = state.keys.clone();
             let id = KekId { scope, version };
-            let v = blocking(move || keys.mark_compromised(&id))
-                .await?
-                .map_err(key_error)?;
+            let v = blocking(move || keys.mark_compromised(&id)).await??;
             tracing::warn!(target: "strongbox::audit", principal = %ctx.principal, kek = %v.id, segments = v.segments, "key marked compromised");
             state.audit.record(
                 key_event(state, AuditAction::KeyCompromised, Outcome::Alert, &v)
@@ -298,8 +288,7 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
             let key_lifecycle::Destroyed { outcome, lost } = blocking(move || {
                 key_lifecycle::destroy_version(&state2, &id, force, LISTED_SEGMENTS)
             })
-            .await?
-            .map_err(key_error)?;
+            .await??;
             key_lifecycle::refresh_compromised(state);
             tracing::warn!(target: "strongbox::audit", principal = %ctx.principal, kek = %outcome.version.id, segments_lost = outcome.segments_lost, "key destroyed");
             state.audit.record(
@@ -423,21 +412,6 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| BrokerError::internal("a background task", e))
-}
-
-fn key_error(e: KeyError) -> BrokerError {
-    let code = match &e {
-        KeyError::KekNotFound(_) => ErrorCode::NotFound,
-        KeyError::InvalidTransition(_) => ErrorCode::Conflict,
-        KeyError::Destroyed(_) => ErrorCode::KeyDestroyed,
-        KeyError::Unavailable(_) | KeyError::Login(_) => ErrorCode::KeyUnavailable,
-        KeyError::InUse { .. } => ErrorCode::KeyInUse,
-        _ => ErrorCode::Internal,
-    };
-    if code == ErrorCode::Internal {
-        return BrokerError::internal("a key operation", e);
-    }
-    BrokerError::new(code, e.to_string())
 }
 
 /// The KEK scope a key request is about, after checking the `keys`
@@ -648,7 +622,7 @@ fn shred_topic(state: &BrokerState, topic: &Topic) -> Result<usize, BrokerError>
         return Err(BrokerError::internal("removing the topic directory", e));
     }
     if topic.entry.config.dedicated_kek {
-        let destroyed = state.keys.destroy_scope(&scope).map_err(key_error)?;
+        let destroyed = state.keys.destroy_scope(&scope)?;
         return Ok(destroyed.len());
     }
     Ok(0)

@@ -40,6 +40,7 @@ pub mod recipients;
 pub mod reload;
 pub mod rewrap;
 pub mod run;
+pub mod storage_errors;
 pub mod stream_io;
 pub mod subscribe;
 pub mod topics;
