@@ -74,6 +74,26 @@ pub const NO_KEY: u32 = u32::MAX;
 pub const MAX_WIRE_BATCH_LEN: usize =
     (crate::frame::ABSOLUTE_MAX_FRAME_SIZE - crate::frames::subscribe::RECORDS_FRAMING) as usize;
 
+/// Bytes one record adds to a batch, its length prefix included, given the
+/// length of its key (0 for none), the `(name, value)` lengths of its
+/// headers and the length of its value: [`MIN_RECORD_LEN`] plus the key, and
+/// per header `u16` name length, name, `u32` value length, value, plus the
+/// value.
+///
+/// The one size formula of the record layout above: the builder reserves
+/// with it and producers size their batches and buffers with it.
+pub fn record_len(
+    key_len: usize,
+    headers: impl IntoIterator<Item = (usize, usize)>,
+    value_len: usize,
+) -> usize {
+    let headers: usize = headers
+        .into_iter()
+        .map(|(name, value)| 2 + name + 4 + value)
+        .sum();
+    MIN_RECORD_LEN + key_len + headers + value_len
+}
+
 const FLAG_CODEC_MASK: u8 = 0b0000_0111;
 const FLAG_IDEMPOTENT: u8 = 0b0000_1000;
 const FLAG_RESERVED: u8 = 0b1111_0000;
@@ -564,18 +584,14 @@ impl BatchBuilder {
         self.buf.len()
     }
 
-    /// Bytes that pushing this record would add.
+    /// Bytes that pushing this record would add: [`record_len`] of its
+    /// parts' lengths.
     pub fn record_len(key: Option<&[u8]>, headers: &[(&str, &[u8])], value: &[u8]) -> usize {
-        4 + 4
-            + 4
-            + key.map_or(0, <[u8]>::len)
-            + 2
-            + headers
-                .iter()
-                .map(|(n, v)| 2 + n.len() + 4 + v.len())
-                .sum::<usize>()
-            + 4
-            + value.len()
+        record_len(
+            key.map_or(0, <[u8]>::len),
+            headers.iter().map(|(n, v)| (n.len(), v.len())),
+            value.len(),
+        )
     }
 
     /// Appends a record.

@@ -383,12 +383,12 @@ impl Producer {
     }
 }
 
-/// Bytes a record holds in the producer's buffer.
+/// Bytes a record holds in the producer's buffer: what it will add to a
+/// batch.
 fn record_size(record: &ProducerRecord) -> usize {
-    let headers: usize = record
-        .headers
-        .iter()
-        .map(|(n, v)| 2 + n.len() + 4 + v.len())
-        .sum();
-    18 + record.key.as_ref().map_or(0, Bytes::len) + headers + record.value.len()
+    strongbox_protocol::batch::record_len(
+        record.key.as_ref().map_or(0, Bytes::len),
+        record.headers.iter().map(|(n, v)| (n.len(), v.len())),
+        record.value.len(),
+    )
 }
