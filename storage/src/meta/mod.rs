@@ -45,7 +45,7 @@ pub use access::{AclEntry, AuditHead};
 pub use ends::PartitionEnd;
 pub use jobs::RewrapJobState;
 pub use snapshot::{MetaSnapshot, SnapshotStats};
-pub use topics::{ProducerPartitionState, ProducerRecord, TopicEntry};
+pub use topics::{ProducerRecord, TopicEntry};
 
 /// Errors of the metadata store.
 #[non_exhaustive]
