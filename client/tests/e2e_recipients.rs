@@ -244,7 +244,7 @@ fn the_producer_accepts_only_entries_signed_by_the_pinned_owner_for_this_topic()
     );
     assert_eq!(
         verified.refused[5].to_string(),
-        "recipient entry carol refused: it expired at 2026-01-31T08:59:59Z"
+        "recipient entry carol refused: it expired at 2026-01-31T08:59:59.999Z"
     );
 
     // Strict: a forged entry stops the producer, naming the entry.
