@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use strongbox_client::protocol::frames::admin_types::{Durability, TopicConfig};
+use strongbox_client::protocol::model::{Durability, TopicConfig};
 use strongbox_client::{Client, ClientConfig, DeliveryFuture, ErrorCode, Producer, ProducerConfig};
 use strongbox_client::{ClientError, ProducerRecord};
 use tokio::sync::{Barrier, mpsc};

@@ -23,7 +23,7 @@
 //!
 //! ```
 //! use strongbox_broker::acl::Acl;
-//! use strongbox_protocol::frames::admin_types::{AclEffect, AclRule, Operations};
+//! use strongbox_protocol::model::{AclEffect, AclRule, Operations};
 //!
 //! let acl = Acl::new(
 //!     ["root".to_string()],
@@ -49,7 +49,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use strongbox_protocol::frames::admin_types::{AclEffect, AclRule, Operations};
+use strongbox_protocol::model::{AclEffect, AclRule, Operations};
 
 use crate::config::{AclConfig, ConfigError, Effect};
 
@@ -614,14 +614,11 @@ pub fn seed_rules(cfg: &AclConfig) -> Result<Vec<AclRule>, ConfigError> {
 
 /// Milliseconds since the Unix epoch of an RFC 3339 time.
 fn parse_expiry(text: &str) -> Result<i64, String> {
-    let t = humantime::parse_rfc3339(text.trim()).map_err(|e| {
-        format!("invalid time {text:?} ({e}); write RFC 3339 UTC, like \"2030-01-31T00:00:00Z\"")
-    })?;
-    let ms = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| format!("{text:?} is before 1970"))?
-        .as_millis();
-    i64::try_from(ms).map_err(|_| format!("{text:?} is too far in the future"))
+    let ms = strongbox_protocol::rfc3339::parse_ms(text.trim()).map_err(|e| e.to_string())?;
+    if ms < 0 {
+        return Err(format!("{text:?} is before 1970"));
+    }
+    Ok(ms)
 }
 
 #[cfg(test)]

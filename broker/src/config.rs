@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use strongbox_protocol::frames::admin_types::{Durability, TopicConfig};
+use strongbox_protocol::model::{Durability, TopicConfig};
 
 pub use values::{
     CrlCheck, DurabilityMode, Effect, HumanDuration, KeyProviderKind, LogFormat, Retention,

@@ -18,10 +18,10 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use strongbox_protocol::frames::admin_types::Durability;
+use strongbox_protocol::model::Durability;
 
 use crate::config::{BrokerConfig, KeyProviderKind, LogFormat};
-use crate::tls::reload::{CertSummary, rfc3339};
+use crate::tls::reload::{CertSummary, cert_time};
 
 /// Warn when the broker's certificate expires sooner than this.
 const EXPIRY_WARNING_DAYS: i64 = 30;
@@ -215,13 +215,13 @@ fn check_tls(config: &BrokerConfig, r: &mut Report) {
 }
 
 fn cert_items(c: &CertSummary, path: &Path, r: &mut Report) {
-    let now = unix_now();
+    let now = strongbox_protocol::clock::now_secs();
     let text = format!(
         "{}: subject {}, serial {}, valid until {}",
         path.display(),
         c.subject,
         c.serial,
-        rfc3339(c.not_after)
+        cert_time(c.not_after)
     );
     if let Some(why) = c.invalid_at(now) {
         r.push(Level::Error, "tls.cert", format!("{text}: {why}"));
@@ -618,12 +618,6 @@ fn plan(config: &BrokerConfig) -> Vec<String> {
 
 fn writable(dir: &Path) -> bool {
     nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn human_bytes(b: u64) -> String {

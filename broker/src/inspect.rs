@@ -31,7 +31,6 @@ use strongbox_protocol::batch::RecordBatch;
 use strongbox_storage::log::{LogError, scan_dir};
 use strongbox_storage::meta::{MetaError, MetaStore};
 
-use crate::audit::record::checked_rfc3339_millis;
 use crate::server::topics::{log_config, topic_dir};
 use crate::verify::keys::ReadOnlyKeys;
 use crate::verify::{Setup, VerifyArgs, VerifyError};
@@ -398,7 +397,7 @@ pub fn record_json(topic: &str, partition: u32, r: &StoredRecord) -> Value {
 
 /// Milliseconds since the Unix epoch as RFC 3339 UTC with milliseconds.
 fn time_text(ms: i64) -> String {
-    checked_rfc3339_millis(ms).unwrap_or_else(|| format!("{ms}ms"))
+    strongbox_protocol::rfc3339::format_ms(ms).unwrap_or_else(|| format!("{ms}ms"))
 }
 
 #[cfg(test)]

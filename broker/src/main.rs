@@ -22,7 +22,7 @@ use strongbox_broker::config::BrokerConfig;
 use strongbox_broker::dev;
 use strongbox_broker::notify::Notifier;
 use strongbox_broker::server::{self, RunningBroker};
-use strongbox_protocol::frames::admin_types::{Durability, TopicConfig};
+use strongbox_protocol::model::{Durability, TopicConfig};
 
 /// The Strongbox broker: encrypted pub/sub over QUIC with mutual TLS.
 #[derive(Debug, Parser)]

@@ -32,7 +32,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use strongbox_protocol::frames::admin_types::Operations;
+use strongbox_protocol::model::Operations;
 
 use crate::tls::{AuthFailure, AuthFailureHook, AuthStage};
 

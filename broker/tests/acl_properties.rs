@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use strongbox_broker::acl::{Acl, AclSnapshot, DecisionReason};
-use strongbox_protocol::frames::admin_types::{AclEffect, AclRule, Operations};
+use strongbox_protocol::model::{AclEffect, AclRule, Operations};
 
 const PRINCIPALS: &[&str] = &["alice", "bob", "svc-a", "svc-b", "spiffe://corp/x", "root"];
 const TOPICS: &[&str] = &["demo.x", "demo.y", "orders", "orders.1", "audit", "d"];

@@ -387,7 +387,7 @@ fn a_minimal_config_gets_the_documented_defaults() {
     assert_eq!(topic.partitions, 1);
     assert_eq!(
         topic.durability,
-        strongbox_protocol::frames::admin_types::Durability::Fsync
+        strongbox_protocol::model::Durability::Fsync
     );
     assert_eq!(topic.retention_ms, Some(7 * 24 * 3600 * 1000));
 }
@@ -411,7 +411,7 @@ fn pkcs11_with_a_pin_file_validates() {
     assert_eq!(topic.partitions, 3);
     assert_eq!(
         topic.durability,
-        strongbox_protocol::frames::admin_types::Durability::Interval { interval_ms: 250 }
+        strongbox_protocol::model::Durability::Interval { interval_ms: 250 }
     );
     assert_eq!(topic.retention_ms, None);
 }

@@ -14,7 +14,7 @@ use strongbox_broker::dev::{DevError, Profile, ensure_dev_dir};
 use strongbox_broker::endpoint::{AcceptSettings, Server};
 use strongbox_broker::identity::IdentityMapper;
 use strongbox_broker::tls::{load_certs, load_key, server_tls};
-use strongbox_protocol::frames::admin_types::Operations;
+use strongbox_protocol::model::Operations;
 use tokio::sync::{mpsc, watch};
 
 fn listen() -> std::net::SocketAddr {

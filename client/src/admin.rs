@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strongbox_protocol::frames::admin::{AdminRequest, AdminResponse};
-use strongbox_protocol::frames::admin_types::{
+use strongbox_protocol::model::{
     AccessRequestInfo, AclRule, KeyVersionInfo, Operations, RecipientEntry, RewrapProgress,
     TopicConfig, TopicInfo,
 };
@@ -72,7 +72,7 @@ pub struct AuditHead {
 ///
 /// ```no_run
 /// use strongbox_client::{Client, ClientConfig};
-/// use strongbox_client::protocol::frames::admin_types::{Durability, TopicConfig};
+/// use strongbox_client::protocol::model::{Durability, TopicConfig};
 ///
 /// # async fn run() -> Result<(), strongbox_client::ClientError> {
 /// let client = Client::connect(ClientConfig::from_profile("strongbox-dev/profiles/admin.toml")?).await?;

@@ -46,6 +46,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Map, Value};
 use strongbox_protocol::frames::subscribe::StartPosition;
+use strongbox_protocol::rfc3339;
 
 use crate::admin::AuditHead;
 use crate::connection::Client;
@@ -273,14 +274,13 @@ fn hash_field(v: Value, name: &str) -> Result<[u8; 32], String> {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`, a real instant, exactly as the broker
+/// writes it ([`rfc3339::format_ms`]).
 fn is_rfc3339_millis(s: &str) -> bool {
-    const SHAPE: &[u8; 24] = b"0000-00-00T00:00:00.000Z";
-    s.len() == SHAPE.len()
-        && s.bytes().zip(SHAPE.iter()).all(|(b, shape)| match shape {
-            b'0' => b.is_ascii_digit(),
-            other => b == *other,
-        })
+    rfc3339::parse_ms(s)
+        .ok()
+        .and_then(rfc3339::format_ms)
+        .is_some_and(|canonical| canonical == s)
 }
 
 /// Why a trail is not intact. Each variant names the first bad record.

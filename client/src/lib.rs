@@ -166,8 +166,8 @@ pub use tls::KeyExchange;
 pub use transform::{Opened, ValueOpener, ValueSealer};
 
 /// The wire protocol crate, for the types requests and responses use
-/// ([`TopicConfig`](protocol::frames::admin_types::TopicConfig),
-/// [`AclRule`](protocol::frames::admin_types::AclRule), ...).
+/// ([`TopicConfig`](protocol::model::TopicConfig),
+/// [`AclRule`](protocol::model::AclRule), ...).
 pub use strongbox_protocol as protocol;
 pub use strongbox_protocol::ErrorCode;
 pub use strongbox_protocol::frames::subscribe::StartPosition;

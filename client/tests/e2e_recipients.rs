@@ -10,7 +10,7 @@ use strongbox_client::e2e::{
     RecipientGrant, RecipientKey, RecipientSet, SealedWith, SignedRecipientEntry, UnreadablePolicy,
     sealed_with, verify_entry,
 };
-use strongbox_client::protocol::frames::admin_types::RecipientEntry;
+use strongbox_client::protocol::model::RecipientEntry;
 use strongbox_client::{
     ClientError, ConsumedRecord, Opened, ProducerRecord, ValueOpener, ValueSealer,
 };
@@ -246,7 +246,7 @@ fn the_producer_accepts_only_entries_signed_by_the_pinned_owner_for_this_topic()
     );
     assert_eq!(
         verified.refused[5].to_string(),
-        "recipient entry carol refused: it expired at 2026-01-31T08:59:59Z"
+        "recipient entry carol refused: it expired at 2026-01-31T08:59:59.999Z"
     );
 
     // Strict: a forged entry stops the producer, naming the entry.

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use peer::{Peer, PeerLimits, TestPki};
 use strongbox_client::partitioner::partition_for_key;
-use strongbox_client::protocol::frames::admin_types::{
+use strongbox_client::protocol::model::{
     AccessState, AclEffect, AclRule, Durability, KeyState, Operations, RecipientEntry, TopicConfig,
 };
 use strongbox_client::{

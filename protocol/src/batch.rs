@@ -51,7 +51,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::codec::{Reader, WriteExt};
-use crate::error::{DecodeError, EncodeError};
+use crate::error::{DecodeError, EncodeError, ReadError};
 
 /// `"SB"`: the first two bytes of every record batch.
 pub const BATCH_MAGIC: u16 = 0x5342;
@@ -65,6 +65,34 @@ const CRC_OFFSET: usize = 34;
 pub const MIN_RECORD_LEN: usize = 4 + 4 + 4 + 2 + 4;
 /// `key_length` value that marks a record without a key.
 pub const NO_KEY: u32 = u32::MAX;
+/// The largest record batch the wire can carry: a `Records` frame holding
+/// one batch of this length is a frame of
+/// [`ABSOLUTE_MAX_FRAME_SIZE`](crate::frame::ABSOLUTE_MAX_FRAME_SIZE). A
+/// batch is never split, so a broker whose `max_batch_size` is larger could
+/// not deliver its batches to any client, and the handshake refuses every
+/// client of such a broker (`frame_size_too_small`).
+pub const MAX_WIRE_BATCH_LEN: usize =
+    (crate::frame::ABSOLUTE_MAX_FRAME_SIZE - crate::frames::subscribe::RECORDS_FRAMING) as usize;
+
+/// Bytes one record adds to a batch, its length prefix included, given the
+/// length of its key (0 for none), the `(name, value)` lengths of its
+/// headers and the length of its value: [`MIN_RECORD_LEN`] plus the key, and
+/// per header `u16` name length, name, `u32` value length, value, plus the
+/// value.
+///
+/// The one size formula of the record layout above: the builder reserves
+/// with it and producers size their batches and buffers with it.
+pub fn record_len(
+    key_len: usize,
+    headers: impl IntoIterator<Item = (usize, usize)>,
+    value_len: usize,
+) -> usize {
+    let headers: usize = headers
+        .into_iter()
+        .map(|(name, value)| 2 + name + 4 + value)
+        .sum();
+    MIN_RECORD_LEN + key_len + headers + value_len
+}
 
 const FLAG_CODEC_MASK: u8 = 0b0000_0111;
 const FLAG_IDEMPOTENT: u8 = 0b0000_1000;
@@ -233,7 +261,7 @@ impl RecordBatch {
 ///
 /// [`DecodeError`] for a short or inconsistent header.
 pub fn parse_header(bytes: &[u8]) -> Result<BatchHeader, DecodeError> {
-    let mut r = Reader::new(Bytes::copy_from_slice(
+    let mut r = Reader::new(
         bytes
             .get(..BATCH_HEADER_LEN)
             .ok_or(DecodeError::Truncated {
@@ -241,7 +269,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<BatchHeader, DecodeError> {
                 need: BATCH_HEADER_LEN,
                 have: bytes.len(),
             })?,
-    ));
+    );
     if r.u16()? != BATCH_MAGIC {
         return Err(DecodeError::InvalidValue {
             field: "magic",
@@ -464,7 +492,7 @@ impl RecordReader {
         for _ in 0..count {
             let offset = at(&r);
             r.string().map_err(|e| match e {
-                DecodeError::InvalidUtf8 { .. } => DecodeError::InvalidUtf8 { offset },
+                ReadError::InvalidUtf8 { .. } => DecodeError::InvalidUtf8 { offset },
                 e => shift(e, start + 4),
             })?;
             r.bytes().map_err(|e| shift(e, start + 4))?;
@@ -493,14 +521,14 @@ impl RecordReader {
     }
 }
 
-fn shift(e: DecodeError, by: usize) -> DecodeError {
+fn shift(e: ReadError, by: usize) -> DecodeError {
     match e {
-        DecodeError::Truncated { offset, need, have } => DecodeError::Truncated {
+        ReadError::Truncated { offset, need, have } => DecodeError::Truncated {
             offset: offset + by,
             need,
             have,
         },
-        other => other,
+        other => other.into(),
     }
 }
 
@@ -556,18 +584,14 @@ impl BatchBuilder {
         self.buf.len()
     }
 
-    /// Bytes that pushing this record would add.
+    /// Bytes that pushing this record would add: [`record_len`] of its
+    /// parts' lengths.
     pub fn record_len(key: Option<&[u8]>, headers: &[(&str, &[u8])], value: &[u8]) -> usize {
-        4 + 4
-            + 4
-            + key.map_or(0, <[u8]>::len)
-            + 2
-            + headers
-                .iter()
-                .map(|(n, v)| 2 + n.len() + 4 + v.len())
-                .sum::<usize>()
-            + 4
-            + value.len()
+        record_len(
+            key.map_or(0, <[u8]>::len),
+            headers.iter().map(|(n, v)| (n.len(), v.len())),
+            value.len(),
+        )
     }
 
     /// Appends a record.

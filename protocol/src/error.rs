@@ -248,6 +248,49 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
+/// Why a [`Reader`](crate::codec::Reader) could not read: the input ended,
+/// was left over, or held bytes outside a primitive's domain.
+///
+/// Offsets count from the start of the reader's input. Callers map it into
+/// their own error: [`DecodeError`] here, the storage and client crates'
+/// format errors there.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ReadError {
+    /// The input ended before the value did.
+    #[error("truncated at byte {offset}: need {need} bytes, have {have}")]
+    Truncated {
+        /// Where the short read started.
+        offset: usize,
+        /// Bytes the value needs.
+        need: usize,
+        /// Bytes that were left.
+        have: usize,
+    },
+    /// Bytes were left after a complete value.
+    #[error("{remaining} trailing bytes at byte {offset}")]
+    TrailingBytes {
+        /// Where the unread bytes start.
+        offset: usize,
+        /// How many bytes were not read.
+        remaining: usize,
+    },
+    /// A string was not UTF-8.
+    #[error("invalid UTF-8 in string at byte {offset}")]
+    InvalidUtf8 {
+        /// Where the string starts.
+        offset: usize,
+    },
+    /// A field held a value outside its domain (a `bool` other than 0 or 1).
+    #[error("invalid value for {field} at byte {offset}")]
+    InvalidValue {
+        /// The field's name.
+        field: &'static str,
+        /// Where the field starts.
+        offset: usize,
+    },
+}
+
 /// Why bytes could not be decoded.
 ///
 /// Offsets count from the start of the value being decoded (the frame body
@@ -324,6 +367,19 @@ impl DecodeError {
             Self::CrcMismatch { .. } => ErrorCode::CorruptBatch,
             Self::UnsupportedCodec(_) => ErrorCode::UnsupportedCodec,
             _ => ErrorCode::MalformedFrame,
+        }
+    }
+}
+
+impl From<ReadError> for DecodeError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Truncated { offset, need, have } => Self::Truncated { offset, need, have },
+            ReadError::TrailingBytes { offset, remaining } => {
+                Self::TrailingBytes { offset, remaining }
+            }
+            ReadError::InvalidUtf8 { offset } => Self::InvalidUtf8 { offset },
+            ReadError::InvalidValue { field, offset } => Self::InvalidValue { field, offset },
         }
     }
 }

@@ -7,7 +7,11 @@
 //!   [`FrameType`](frame::FrameType) codes and a streaming
 //!   [`FrameDecoder`](frame::FrameDecoder) that refuses oversized frames
 //!   before allocating;
-//! - [`frames`]: every frame body, by stream kind;
+//! - [`frames`]: every frame body, by stream kind, and the wire encoding of
+//!   the model values they carry;
+//! - [`model`]: the domain model that frames carry and storage keeps (topic
+//!   configs, ACL rules and operations, key states and versions, durability,
+//!   access requests, recipients), defined once and without an encoding;
 //! - [`batch`]: the record batch, the unit of append, encryption at rest and
 //!   delivery, with a builder and a zero-copy reader;
 //! - [`session`]: sans-IO state machines for both ends of the control stream,
@@ -15,7 +19,12 @@
 //!   frames and the current time and hand back frames to send and events;
 //!   the caller owns the sockets and the clock, so the machines are
 //!   deterministic and are tested without a network;
-//! - [`error`]: the stable wire [`ErrorCode`](error::ErrorCode)s.
+//! - [`error`]: the stable wire [`ErrorCode`](error::ErrorCode)s;
+//! - [`clock`]: the one wall clock every other crate reads (this crate's
+//!   codecs and machines never do);
+//! - [`rfc3339`]: the one text form of an instant (RFC 3339, UTC,
+//!   milliseconds) that audit records carry and that the broker and the CLI
+//!   show and read.
 //!
 //! docs/PROTOCOL.md specifies the same format byte by byte for
 //! implementations in other languages.
@@ -45,10 +54,13 @@
 )]
 
 pub mod batch;
+pub mod clock;
 pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod frames;
+pub mod model;
+pub mod rfc3339;
 pub mod session;
 
 /// The ALPN protocol id of this protocol on QUIC.
@@ -60,5 +72,5 @@ pub const SUPPORTED_VERSIONS: &[u16] = &[1];
 /// The newest protocol version this crate implements.
 pub const CURRENT_VERSION: u16 = 1;
 
-pub use error::{DecodeError, EncodeError, ErrorCode};
+pub use error::{DecodeError, EncodeError, ErrorCode, ReadError};
 pub use frame::{Frame, FrameDecoder, FrameType};

@@ -11,12 +11,13 @@ use strongbox_protocol::batch::{
     BATCH_HEADER_LEN, BatchBuilder, ProducerStamp, RecordBatch, parse_header,
 };
 use strongbox_protocol::codec::Reader;
+use strongbox_protocol::error::ReadError;
 use strongbox_protocol::error::{DecodeError, EncodeError};
 use strongbox_protocol::frame::{
     DEFAULT_MAX_FRAME_SIZE, Decoded, FRAME_HEADER_LEN, Frame, FrameDecoder, FrameType, decode_frame,
 };
 use strongbox_protocol::frames::admin::AdminRequest;
-use strongbox_protocol::frames::admin_types::{Durability, Operations, TopicConfig};
+use strongbox_protocol::model::{Durability, Operations, TopicConfig};
 
 use common::{
     arb_batch_spec, arb_frame, build_batch, crc32c_reference, encode, fix_body_length, fix_crc,
@@ -546,7 +547,7 @@ fn reader_count_refuses_counts_the_input_cannot_back() {
     let mut r = Reader::new(Bytes::from(body.clone()));
     assert_eq!(
         r.count(4),
-        Err(DecodeError::Truncated {
+        Err(ReadError::Truncated {
             offset: 0,
             need: 12,
             have: 11
@@ -560,13 +561,13 @@ fn reader_count_refuses_counts_the_input_cannot_back() {
     let mut r = Reader::new(Bytes::from(u32::MAX.to_be_bytes().to_vec()));
     assert!(matches!(
         r.count(usize::MAX),
-        Err(DecodeError::Truncated { .. })
+        Err(ReadError::Truncated { .. })
     ));
     // A minimum size of 0 still requires a byte per element.
     let mut r = Reader::new(Bytes::from(vec![0, 0, 0, 2, 9]));
     assert!(matches!(
         r.count(0),
-        Err(DecodeError::Truncated {
+        Err(ReadError::Truncated {
             need: 2,
             have: 1,
             ..

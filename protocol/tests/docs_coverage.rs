@@ -6,10 +6,11 @@ mod common;
 
 use std::path::Path;
 
-use strongbox_protocol::batch::{BATCH_HEADER_LEN, BATCH_MAGIC};
+use strongbox_protocol::batch::{BATCH_HEADER_LEN, BATCH_MAGIC, MAX_WIRE_BATCH_LEN};
 use strongbox_protocol::frame::{
     ABSOLUTE_MAX_FRAME_SIZE, DEFAULT_MAX_FRAME_SIZE, FrameType, MIN_MAX_FRAME_SIZE,
 };
+use strongbox_protocol::frames::produce::PRODUCE_FRAMING;
 use strongbox_protocol::frames::subscribe::RECORDS_FRAMING;
 use strongbox_protocol::{ALPN, ErrorCode};
 
@@ -156,6 +157,8 @@ fn the_spec_states_the_codes_constants() {
         ("MIN_MAX_FRAME_SIZE", MIN_MAX_FRAME_SIZE),
         ("ABSOLUTE_MAX_FRAME_SIZE", ABSOLUTE_MAX_FRAME_SIZE),
         ("RECORDS_FRAMING", RECORDS_FRAMING),
+        ("PRODUCE_FRAMING", PRODUCE_FRAMING),
+        ("MAX_WIRE_BATCH_LEN", MAX_WIRE_BATCH_LEN as u32),
     ] {
         let row = rows
             .iter()

@@ -31,7 +31,7 @@ use proptest::option;
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use strongbox_protocol::batch::{BATCH_HEADER_LEN, BatchBuilder, NO_KEY, RecordBatch};
+use strongbox_protocol::batch::{self, BATCH_HEADER_LEN, BatchBuilder, NO_KEY, RecordBatch};
 use strongbox_protocol::error::DecodeError;
 
 use common::{BatchSpec, RecordSpec, arb_producer_stamp, build_batch, fix_crc};
@@ -386,6 +386,31 @@ proptest! {
             prop_assert_eq!(&headers, &want.headers);
         }
         prop_assert!(check(&bytes)?);
+    }
+
+    /// `batch::record_len`, the formula producers size their batches and
+    /// buffers with, is exactly what each record adds to a batch.
+    #[test]
+    fn record_len_is_what_a_record_adds(spec in arb_batch_spec()) {
+        let mut builder = BatchBuilder::new(spec.base_timestamp);
+        for (i, r) in spec.records.iter().enumerate() {
+            let before = builder.encoded_len();
+            let headers: Vec<(&str, &[u8])> =
+                r.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+            builder
+                .push(spec.timestamp(i), r.key.as_deref(), &headers, &r.value)
+                .map_err(|e| TestCaseError::fail(format!("push refused: {e}")))?;
+            let want = batch::record_len(
+                r.key.as_ref().map_or(0, Vec::len),
+                r.headers.iter().map(|(n, v)| (n.len(), v.len())),
+                r.value.len(),
+            );
+            prop_assert_eq!(builder.encoded_len() - before, want);
+            prop_assert_eq!(
+                BatchBuilder::record_len(r.key.as_deref(), &headers, &r.value),
+                want
+            );
+        }
     }
 
     /// Bytes after the body are refused: as trailing bytes when the header

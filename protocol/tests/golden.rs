@@ -13,16 +13,16 @@ use strongbox_protocol::frame::{
     DEFAULT_MAX_FRAME_SIZE, Decoded, Frame, FrameDecoder, FrameType, decode_frame,
 };
 use strongbox_protocol::frames::admin::{AdminRequest, AdminResponse};
-use strongbox_protocol::frames::admin_types::{
-    AccessRequestInfo, AccessState, AclEffect, AclRule, Durability, KeyState, KeyVersionInfo,
-    Operations, PartitionInfo, PartitionState, RecipientEntry, RewrapProgress, TopicConfig,
-    TopicInfo,
-};
 use strongbox_protocol::frames::control::{ErrorFrame, Goodbye, Hello, Ping, Pong, Welcome};
 use strongbox_protocol::frames::produce::{Produce, ProduceAck};
 use strongbox_protocol::frames::subscribe::{
     AssignedPartition, Assignment, Commit, CommitAck, Credit, OffsetBatch, PartitionError, Records,
     StartPosition, Subscribe, SubscriptionEnd, SubscriptionTarget, Unsubscribe,
+};
+use strongbox_protocol::model::{
+    AccessRequestInfo, AccessState, AclEffect, AclRule, Durability, KeyState, KeyVersionInfo,
+    Operations, PartitionInfo, PartitionState, RecipientEntry, RewrapProgress, TopicConfig,
+    TopicInfo,
 };
 
 use common::unhex;
@@ -843,4 +843,43 @@ fn records_framing_is_the_overhead_of_a_one_batch_frame() {
         two.frame_length(),
         u64::from(RECORDS_FRAMING + RECORDS_PER_BATCH_FRAMING) + 30
     );
+}
+
+/// `Produce::frame_length` and `Produce::max_batch_len`, which producers
+/// size their batches with, match the frame the codec writes: a batch of
+/// `max_batch_len` fills the frame limit exactly, one byte more is refused.
+#[test]
+fn produce_framing_is_the_overhead_of_a_produce_frame() {
+    use strongbox_protocol::EncodeError;
+    use strongbox_protocol::frames::produce::PRODUCE_FRAMING;
+    let produce = |topic: &str, len: usize| {
+        Frame::Produce(Produce {
+            correlation_id: 7,
+            topic: topic.into(),
+            partition: 3,
+            batch: Bytes::from(vec![0u8; len]),
+        })
+    };
+    for (topic, len) in [
+        ("", 0usize),
+        ("orders", 1),
+        ("orders", 85),
+        (&"t".repeat(249), 4096),
+    ] {
+        let wire = produce(topic, len)
+            .to_bytes(DEFAULT_MAX_FRAME_SIZE)
+            .unwrap();
+        let length = wire.len() - 4;
+        assert_eq!(length, PRODUCE_FRAMING as usize + topic.len() + len);
+        assert_eq!(Produce::frame_length(topic.len(), len), length as u64);
+    }
+    let max_frame_size = 65_536;
+    let room = Produce::max_batch_len(max_frame_size, "orders".len());
+    let full = produce("orders", room).to_bytes(max_frame_size).unwrap();
+    assert_eq!(full.len() - 4, max_frame_size as usize);
+    assert!(matches!(
+        produce("orders", room + 1).to_bytes(max_frame_size),
+        Err(EncodeError::FrameTooLarge { .. })
+    ));
+    assert_eq!(Produce::max_batch_len(10, "orders".len()), 0);
 }

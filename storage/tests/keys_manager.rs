@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use strongbox_protocol::frames::admin_types::KeyState;
+use strongbox_protocol::model::KeyState;
 use strongbox_storage::keys::{
     FileKeyProvider, KekId, KekScope, KeyError, KeyManager, KeyProvider, SegmentKeyContext,
     SegmentKeys, SegmentRef,
@@ -240,4 +240,49 @@ fn concurrent_creates_and_rotations_stay_consistent() {
         let n = recorded.iter().filter(|(_, k)| *k == v.id).count() as u64;
         assert_eq!(n, v.segments, "{}", v.id);
     }
+}
+
+/// A clock the test sets by hand.
+#[derive(Debug)]
+struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl strongbox_storage::log::Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The registry's times come from the manager's clock, not the system's:
+/// a version created at one instant and retired, compromised and destroyed
+/// at others records exactly those instants.
+#[test]
+fn registry_times_come_from_the_injected_clock() {
+    let f = fixture();
+    let clock = Arc::new(ManualClock(std::sync::atomic::AtomicI64::new(1_000)));
+    let km = KeyManager::new(f.provider.clone(), MetaStore::in_memory().unwrap(), 16)
+        .with_clock(clock.clone());
+    let set = |ms| clock.0.store(ms, std::sync::atomic::Ordering::SeqCst);
+
+    let created = km.rotate(&KekScope::Broker).unwrap();
+    assert_eq!(
+        (created.created_at, created.state_changed_at),
+        (1_000, 1_000)
+    );
+    set(2_000);
+    let retired = km.retire(&created.id).unwrap();
+    assert_eq!(
+        (retired.created_at, retired.state_changed_at),
+        (1_000, 2_000)
+    );
+    set(3_000);
+    let compromised = km.mark_compromised(&created.id).unwrap();
+    assert_eq!(compromised.state_changed_at, 3_000);
+    set(4_000);
+    km.destroy_version(&created.id, false).unwrap();
+    let destroyed = km.version(&created.id).unwrap().unwrap();
+    assert_eq!(destroyed.state, KeyState::Destroyed);
+    assert_eq!(
+        (destroyed.created_at, destroyed.state_changed_at),
+        (1_000, 4_000)
+    );
 }

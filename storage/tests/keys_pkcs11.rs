@@ -10,7 +10,7 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use keys_support::{Token, USER_PIN, in_softhsm_process, module_path, write_private};
-use strongbox_protocol::frames::admin_types::KeyState;
+use strongbox_protocol::model::KeyState;
 use strongbox_storage::keys::{
     Dek, KekId, KekScope, KeyError, KeyManager, KeyProvider, PinSource, Pkcs11Config,
     Pkcs11KeyProvider, SegmentKeyContext, SegmentKeys,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use strongbox_protocol::frames::admin_types::KeyState;
+use strongbox_protocol::model::KeyState;
 use strongbox_storage::keys::{
     FileKeyProvider, KekId, KekScope, KeyError, KeyManager, SegmentKeyContext, SegmentKeys,
     WrappedDek,

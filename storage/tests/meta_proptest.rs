@@ -3,12 +3,12 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use strongbox_protocol::frames::admin_types::{
+use strongbox_protocol::model::{
     AccessRequestInfo, AccessState, AclEffect, AclRule, Durability, KeyState, Operations,
     TopicConfig,
 };
 use strongbox_storage::keys::{KekId, KekScope, KekVersion};
-use strongbox_storage::meta::{AclEntry, MetaStore, ProducerPartitionState, TopicEntry};
+use strongbox_storage::meta::{AclEntry, MetaStore, TopicEntry};
 
 fn durability() -> impl Strategy<Value = Durability> {
     prop_oneof![
@@ -153,20 +153,12 @@ proptest! {
         a in acl(),
         mut r in access(),
         v in kek_version(),
-        p in any::<(u16, u32, u64, u64)>(),
     ) {
         let meta = MetaStore::in_memory().unwrap();
-        let state = ProducerPartitionState {
-            epoch: p.0,
-            last_sequence: p.1,
-            base_offset: p.2,
-            last_offset: p.3,
-        };
         let id = meta.write(|tx| {
             tx.create_topic(&t)?;
             tx.put_acl(&a)?;
             tx.put_kek_version(&v)?;
-            tx.put_producer_partition(1, &t.name, 0, &state)?;
             tx.create_access_request(&r)
         }).unwrap();
         r.id = id;
@@ -174,7 +166,6 @@ proptest! {
             prop_assert_eq!(rd.topic(&t.name)?, Some(t.clone()));
             prop_assert_eq!(rd.acls()?, vec![a.clone()]);
             prop_assert_eq!(rd.kek_version(&v.id)?, Some(v.clone()));
-            prop_assert_eq!(rd.producer_partition(1, &t.name, 0)?, Some(state));
             prop_assert_eq!(rd.access_request(id)?, Some(r.clone()));
             Ok(())
         })?;

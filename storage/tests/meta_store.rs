@@ -2,14 +2,13 @@
 //! survives reopening, and corrupt values are errors.
 
 use bytes::Bytes;
-use strongbox_protocol::frames::admin_types::KeyState;
-use strongbox_protocol::frames::admin_types::{
+use strongbox_protocol::model::KeyState;
+use strongbox_protocol::model::{
     AccessRequestInfo, AccessState, AclEffect, AclRule, Durability, Operations, TopicConfig,
 };
 use strongbox_storage::keys::{KekId, KekScope, KekVersion, SegmentRef};
 use strongbox_storage::meta::{
-    AclEntry, AuditHead, MetaError, MetaStore, ProducerPartitionState, ProducerRecord, TopicEntry,
-    tables,
+    AclEntry, AuditHead, MetaError, MetaStore, ProducerRecord, TopicEntry, tables,
 };
 
 fn topic(name: &str, id: u8, durability: Durability) -> TopicEntry {
@@ -94,17 +93,6 @@ fn topics_round_trip_and_delete_cascades() {
         }
         tx.commit_offset("g", "orders", 0, 10)?;
         tx.commit_offset("g", "orders.eu", 0, 20)?;
-        tx.put_producer_partition(
-            7,
-            "orders",
-            0,
-            &ProducerPartitionState {
-                epoch: 1,
-                last_sequence: 5,
-                base_offset: 0,
-                last_offset: 5,
-            },
-        )?;
         tx.put_recipient("orders", "alice", b"signed-a")?;
         tx.put_recipient("orders.eu", "bob", b"signed-b")?;
         Ok::<_, MetaError>(())
@@ -134,7 +122,6 @@ fn topics_round_trip_and_delete_cascades() {
     meta.read(|r| {
         assert_eq!(r.topic("orders")?, None);
         assert_eq!(r.offset("g", "orders", 0)?, None);
-        assert_eq!(r.producer_partition(7, "orders", 0)?, None);
         assert!(r.recipients("orders")?.is_empty());
         // The topic whose name starts the same way is untouched.
         assert_eq!(r.offset("g", "orders.eu", 0)?, Some(20));
@@ -184,12 +171,6 @@ fn producer_state_round_trips_and_ids_are_never_reused() {
         .map(|_| meta.write(|tx| tx.allocate_producer_id()).unwrap())
         .collect();
     assert_eq!(ids, vec![1, 2, 3]);
-    let state = ProducerPartitionState {
-        epoch: 3,
-        last_sequence: u32::MAX,
-        base_offset: 100,
-        last_offset: 120,
-    };
     meta.write(|tx| {
         tx.put_producer(
             2,
@@ -199,9 +180,6 @@ fn producer_state_round_trips_and_ids_are_never_reused() {
                 principal: Some("spiffe://test/alice".into()),
             },
         )?;
-        tx.put_producer_partition(2, "orders", 4, &state)?;
-        tx.put_producer_partition(2, "orders", 5, &state)?;
-        tx.put_producer_partition(3, "orders", 4, &state)?;
         Ok::<_, MetaError>(())
     })
     .unwrap();
@@ -213,23 +191,12 @@ fn producer_state_round_trips_and_ids_are_never_reused() {
             Some("spiffe://test/alice")
         );
         assert_eq!(r.producer(1)?, None);
-        assert_eq!(r.producer_partition(2, "orders", 4)?, Some(state));
-        assert_eq!(
-            r.producer_states("orders", 4)?,
-            vec![(2, state), (3, state)]
-        );
         Ok::<_, MetaError>(())
     })
     .unwrap();
     assert!(meta.write(|tx| tx.remove_producer(2)).unwrap());
-    assert_eq!(
-        meta.read(|r| r.producer_states("orders", 4)).unwrap(),
-        vec![(3, state)]
-    );
-    assert_eq!(
-        meta.read(|r| r.producer_partition(2, "orders", 5)).unwrap(),
-        None
-    );
+    assert_eq!(meta.read(|r| r.producer(2)).unwrap(), None);
+    assert!(!meta.write(|tx| tx.remove_producer(2)).unwrap());
 
     // A failed batch does not consume an id; a reopened store continues.
     let failed: Result<(), MetaError> = meta.write(|tx| {
@@ -585,6 +552,58 @@ fn a_second_open_of_the_same_file_is_refused_clearly() {
     std::fs::write(&garbage, vec![0x5a; 8192]).unwrap();
     let err = MetaStore::open(&garbage).unwrap_err();
     assert!(matches!(err, MetaError::Open { .. }), "{err}");
+}
+
+/// A store written by an earlier version still holds the retired
+/// `producer_partitions.v1` table (with a row, in case one was ever
+/// written). It opens, keeps everything else, drops that table, and can
+/// still be snapshotted (a snapshot refuses tables it does not know).
+#[test]
+fn a_store_with_the_retired_producer_partitions_table_opens_and_backs_up() {
+    use redb::{ReadableDatabase, TableHandle};
+    const OLD: redb::TableDefinition<'static, (u64, &str, u32), &[u8]> =
+        redb::TableDefinition::new("producer_partitions.v1");
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("meta.redb");
+    let orders = topic("orders", 1, Durability::Fsync);
+    let meta = MetaStore::open(&path).unwrap();
+    meta.write(|tx| tx.create_topic(&orders)).unwrap();
+    drop(meta);
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(OLD)
+            .unwrap()
+            .insert(
+                (7, "orders", 0),
+                br#"{"epoch":1,"last_sequence":5,"base_offset":0,"last_offset":5}"#.as_slice(),
+            )
+            .unwrap();
+        tx.commit().unwrap();
+    }
+
+    let meta = MetaStore::open(&path).unwrap();
+    assert_eq!(meta.read(|r| r.topic("orders")).unwrap(), Some(orders));
+    let copy = tmp.path().join("copy.redb");
+    meta.snapshot().unwrap().write_to(&copy).unwrap();
+    drop(meta);
+
+    for file in [&path, &copy] {
+        let db = redb::Database::open(file).unwrap();
+        let names: Vec<String> = db
+            .begin_read()
+            .unwrap()
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_owned())
+            .collect();
+        assert!(names.iter().any(|n| n == "topics.v1"), "{names:?}");
+        assert!(
+            !names.iter().any(|n| n == "producer_partitions.v1"),
+            "{}: {names:?}",
+            file.display()
+        );
+    }
 }
 
 /// Writes `bytes` as the raw value of `key` in `table`, behind the store's

@@ -1,10 +1,11 @@
 //! Access requests as the `strongbox` CLI shows them.
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
+use strongbox_client::protocol::clock::now_ms;
 
 use crate::cli_checks::cli_json;
 use crate::{BrokerProcess, START_TIMEOUT, Signal};
@@ -49,11 +50,4 @@ pub async fn expire_request(
         }
         ensure!(Instant::now() < deadline, "request {id} never expired");
     }
-}
-
-/// Milliseconds since the Unix epoch, as the broker stamps times.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -507,7 +507,7 @@ pub mod client {
     use anyhow::{Context, Result, bail};
     use futures::StreamExt;
     use strongbox_client::{Client, ClientConfig, ConsumedRecord, Consumer};
-    use strongbox_protocol::frames::admin_types::{Durability, TopicConfig};
+    use strongbox_protocol::model::{Durability, TopicConfig};
 
     /// How long a test waits for records before failing.
     pub const READ_TIMEOUT: Duration = Duration::from_secs(60);

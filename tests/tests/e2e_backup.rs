@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use strongbox_client::{ConsumerConfig, ProducerConfig, ProducerRecord, Subscription};
-use strongbox_protocol::frames::admin_types::TopicConfig;
+use strongbox_protocol::model::TopicConfig;
 use strongbox_tests::client::{connect, read_n, topic};
 use strongbox_tests::{BrokerProcess, binary, cli, copy_dir, files_under};
 

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use serde_json::Value;
 use strongbox_client::ErrorCode;
-use strongbox_client::protocol::frames::admin_types::RecipientEntry;
+use strongbox_client::protocol::model::RecipientEntry;
 use strongbox_tests::access::expire_request;
 use strongbox_tests::cli_checks::{cli_fails, cli_json, cli_ok, json_values, path_arg, text};
 use strongbox_tests::client::connect;

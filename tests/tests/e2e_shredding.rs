@@ -43,7 +43,7 @@ use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use strongbox_broker::server::topics::{log_config, topic_dir};
 use strongbox_client::{ProducerConfig, ProducerRecord};
-use strongbox_protocol::frames::admin_types::KeyState;
+use strongbox_protocol::model::KeyState;
 use strongbox_storage::aead::Aes256Gcm;
 use strongbox_storage::keys::registry::SegmentRef;
 use strongbox_storage::keys::{

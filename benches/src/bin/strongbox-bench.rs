@@ -2,7 +2,6 @@
 //! docs/BENCHMARKS.md.
 
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -113,9 +112,7 @@ fn spawn(args: &ConnectArgs) -> Result<Option<DevBroker>> {
 /// raw-quic, produce to a fresh topic, and replay of that topic, `runs`
 /// times.
 async fn all(config: &ClientConfig, args: &AllArgs, json: bool) -> Result<AllReport> {
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let stamp = strongbox_protocol::clock::now_secs();
     let mut runs = Vec::new();
     for run in 1..=args.runs {
         let p = &args.produce;

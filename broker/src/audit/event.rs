@@ -169,7 +169,7 @@ impl AuditEvent {
     /// An event happening now, with no principal and no details.
     pub fn new(action: AuditAction, outcome: Outcome, resource: impl Into<String>) -> Self {
         Self {
-            time_ms: crate::server::now_ms(),
+            time_ms: strongbox_protocol::clock::now_ms(),
             principal: None,
             action,
             resource: resource.into(),

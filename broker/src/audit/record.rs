@@ -19,6 +19,7 @@
 //! both sides pin it with the same golden record.
 
 use serde_json::Value;
+use strongbox_protocol::rfc3339;
 use strongbox_storage::meta::AuditHead;
 
 use super::event::AuditEvent;
@@ -63,7 +64,7 @@ pub fn encode(seq: u64, prev: &[u8; 32], event: &AuditEvent) -> EncodedRecord {
     out.push_str("{\"seq\":");
     out.push_str(&seq.to_string());
     out.push_str(",\"time\":");
-    push_str(&mut out, &rfc3339_millis(event.time_ms));
+    push_str(&mut out, &record_time(event.time_ms));
     out.push_str(",\"principal\":");
     match &event.principal {
         Some(p) => push_str(&mut out, p),
@@ -136,31 +137,13 @@ fn push_value(out: &mut String, value: &Value) {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the Unix epoch (the
-/// epoch itself for a time out of range).
-pub fn rfc3339_millis(time_ms: i64) -> String {
-    checked_rfc3339_millis(time_ms).unwrap_or_else(|| rfc3339(time::OffsetDateTime::UNIX_EPOCH))
-}
-
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the Unix epoch, or
-/// `None` for a time out of range.
-pub fn checked_rfc3339_millis(time_ms: i64) -> Option<String> {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_ms) * 1_000_000)
-        .ok()
-        .map(rfc3339)
-}
-
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
+/// The `time` of a record: `time_ms` in RFC 3339 UTC with milliseconds
+/// ([`rfc3339::format_ms`]); the epoch itself for a time RFC 3339 cannot
+/// write, so every record's time is one `strongbox audit verify` accepts.
+pub fn record_time(time_ms: i64) -> String {
+    rfc3339::format_ms(time_ms)
+        .or_else(|| rfc3339::format_ms(0))
+        .unwrap_or_default()
 }
 
 /// What the chain needs of a stored record.
@@ -301,12 +284,8 @@ mod tests {
 
     #[test]
     fn times() {
-        assert_eq!(
-            rfc3339_millis(1_769_850_000_123),
-            "2026-01-31T09:00:00.123Z"
-        );
-        assert_eq!(rfc3339_millis(-1), "1969-12-31T23:59:59.999Z");
-        assert_eq!(rfc3339_millis(i64::MAX), "1970-01-01T00:00:00.000Z");
-        assert_eq!(checked_rfc3339_millis(i64::MAX), None);
+        assert_eq!(record_time(1_769_850_000_123), "2026-01-31T09:00:00.123Z");
+        assert_eq!(record_time(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(record_time(i64::MAX), "1970-01-01T00:00:00.000Z");
     }
 }

@@ -9,14 +9,14 @@
 
 use std::sync::Arc;
 
-use strongbox_protocol::frames::admin_types::{Durability, Operations, TopicConfig};
+use strongbox_protocol::clock::now_ms;
+use strongbox_protocol::model::{Durability, Operations, TopicConfig};
 use strongbox_storage::keys::SegmentKeys;
 use strongbox_storage::meta::{MetaError, MetaStore, TopicEntry};
 
 use super::event::{AuditAction, AuditEvent, BROKER_PRINCIPAL, topic_resource};
 use crate::config::TopicDefaults;
 use crate::server::error::BrokerError;
-use crate::server::now_ms;
 use crate::server::topics::{self, TopicTable, resolve_config, validate_topic_name};
 
 /// The audit trail's topic.

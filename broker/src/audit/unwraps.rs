@@ -15,12 +15,12 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use strongbox_protocol::clock::now_ms;
 use strongbox_storage::keys::{KekId, SegmentKeyContext};
 use tokio::sync::Notify;
 
 use super::event::{AuditAction, AuditEvent, BROKER_PRINCIPAL, kek_resource};
-use super::record::rfc3339_millis;
-use crate::server::now_ms;
+use super::record::record_time;
 
 tokio::task_local! {
     static CURRENT_PRINCIPAL: Arc<str>;
@@ -146,8 +146,8 @@ pub fn events(counts: BTreeMap<UnwrapKey, UnwrapCount>, names: &dyn Names) -> Ve
                 .detail("partition", key.partition)
                 .detail("segment", hex::encode(key.segment_id))
                 .detail("kek", kek_resource(&scope, key.kek.version))
-                .detail("first", rfc3339_millis(count.first_ms))
-                .detail("last", rfc3339_millis(count.last_ms))
+                .detail("first", record_time(count.first_ms))
+                .detail("last", record_time(count.last_ms))
         })
         .collect()
 }

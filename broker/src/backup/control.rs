@@ -288,7 +288,7 @@ impl Connection {
         }
         let _busy = ClearOnDrop(self.busy.clone());
         let staging = staging_root(&self.state.config.broker.data_dir)
-            .join(crate::server::now_ms().to_string());
+            .join(strongbox_protocol::clock::now_ms().to_string());
         let pinned = {
             let _admin = self.state.admin_lock.lock().await;
             let state = self.state.clone();
@@ -356,7 +356,7 @@ impl Connection {
         if copied {
             self.metrics
                 .last_success
-                .set(crate::server::now_ms() / 1000);
+                .set(strongbox_protocol::clock::now_ms() / 1000);
             tracing::info!("backup copied and released");
         } else {
             tracing::warn!("backup abandoned before the copy finished; nothing kept");

@@ -62,7 +62,7 @@ pub fn pin(state: &BrokerState, staging: &Path) -> Result<Manifest, BackupError>
         }
     }
 
-    let created_at_ms = crate::server::now_ms();
+    let created_at_ms = strongbox_protocol::clock::now_ms();
     let (snapshot, pinned) = {
         let freezes: Vec<LogFreeze<'_>> = ready.iter().map(|(_, _, p)| p.log().freeze()).collect();
         let snapshot = state.meta.snapshot()?;
@@ -130,7 +130,7 @@ pub fn pin(state: &BrokerState, staging: &Path) -> Result<Manifest, BackupError>
         format: FORMAT,
         strongbox_version: env!("CARGO_PKG_VERSION").to_owned(),
         broker_id: state.config.broker.id.clone(),
-        created_at: crate::tls::reload::rfc3339(created_at_ms / 1000),
+        created_at: strongbox_protocol::rfc3339::format_ms(created_at_ms).unwrap_or_default(),
         created_at_ms,
         key_provider: KeyProviderNote {
             kind: info.kind.to_owned(),

@@ -39,7 +39,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use strongbox_storage::keys::CheckpointPublicKey;
 
-use crate::audit::record::rfc3339_millis;
+use crate::audit::record::record_time;
 
 /// The `format` field.
 pub const FORMAT: &str = "strongbox-checkpoint";
@@ -234,7 +234,7 @@ impl Unsigned {
         o.push_str(&format!(",\"version\":{VERSION},\"broker_id\":"));
         push_str(&mut o, &self.broker_id);
         o.push_str(",\"time\":");
-        push_str(&mut o, &rfc3339_millis(self.time_ms));
+        push_str(&mut o, &record_time(self.time_ms));
         o.push_str(&format!(
             ",\"time_ms\":{},\"audit\":{{\"sequence\":{},\"hash\":\"{}\"}},\"partitions\":[",
             self.time_ms,

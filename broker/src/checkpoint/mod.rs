@@ -30,7 +30,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{IntCounter, IntGauge, Registry};
-use strongbox_protocol::frames::admin_types::Durability;
+use strongbox_protocol::clock::now_ms;
+use strongbox_protocol::model::Durability;
 use strongbox_storage::keys::{CheckpointPublicKey, KeyError, KeyProvider};
 use strongbox_storage::meta::MetaError;
 use tokio::sync::watch;
@@ -38,8 +39,8 @@ use tokio::sync::watch;
 use crate::audit::record::GENESIS_HASH;
 use crate::audit::{AuditAction, AuditEvent, BROKER_PRINCIPAL};
 use crate::config::CheckpointsConfig;
+use crate::server::BrokerState;
 use crate::server::topics::PartitionSlot;
-use crate::server::{BrokerState, now_ms};
 use format::{AuditMark, PartitionMark, RegistryEntry, SealMark, Unsigned};
 
 /// Why a checkpoint was signed.

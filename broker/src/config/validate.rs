@@ -5,14 +5,24 @@ use std::path::Path;
 use std::time::Duration;
 
 use strongbox_protocol::frame::{ABSOLUTE_MAX_FRAME_SIZE, MIN_MAX_FRAME_SIZE};
+use strongbox_protocol::frames::produce::Produce;
 
 use super::{BrokerConfig, ConfigError, DurabilityMode, KeyProviderKind, Retention};
 use crate::acl::Acl;
 use crate::identity::IdentityMapper;
 
-/// Room a `Produce` frame needs besides its batch (topic name, partition,
-/// correlation id, lengths).
-const PRODUCE_OVERHEAD: u32 = 4096;
+/// Room `listener.max_frame_size` keeps above `listener.max_batch_size`, so
+/// that a batch of the largest size fits in a `Produce` frame for any topic:
+/// the frame's own fields
+/// ([`PRODUCE_FRAMING`](strongbox_protocol::frames::produce::PRODUCE_FRAMING)) and the longest topic name,
+/// rounded up to a figure operators can remember. The wire's size formulas
+/// are the protocol crate's; this is only the broker's configuration rule.
+const PRODUCE_FRAME_HEADROOM: u32 = 4096;
+
+const _: () = assert!(
+    Produce::frame_length(crate::server::topics::MAX_TOPIC_NAME, 0)
+        <= PRODUCE_FRAME_HEADROOM as u64
+);
 
 pub(super) fn validate(cfg: &BrokerConfig) -> Result<(), ConfigError> {
     broker(cfg)?;
@@ -139,12 +149,12 @@ fn listener(cfg: &BrokerConfig) -> Result<(), ConfigError> {
         MIN_MAX_FRAME_SIZE,
         ABSOLUTE_MAX_FRAME_SIZE,
     )?;
-    let batch_max = l.max_frame_size.saturating_sub(PRODUCE_OVERHEAD);
+    let batch_max = l.max_frame_size.saturating_sub(PRODUCE_FRAME_HEADROOM);
     if l.max_batch_size < 1024 || l.max_batch_size > batch_max {
         return Err(err(
             "listener.max_batch_size",
             format!(
-                "{} is out of range; use 1024 to {batch_max} (listener.max_frame_size less {PRODUCE_OVERHEAD} bytes for the rest of the Produce frame)",
+                "{} is out of range; use 1024 to {batch_max} (listener.max_frame_size less {PRODUCE_FRAME_HEADROOM} bytes for the rest of the Produce frame)",
                 l.max_batch_size
             ),
         ));

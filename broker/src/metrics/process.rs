@@ -258,10 +258,7 @@ mod read {
             nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?,
         )
         .as_secs_f64();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()?
-            .as_secs_f64();
+        let now = strongbox_protocol::clock::now_ms() as f64 / 1000.0;
         Some(now - booted_for + since_boot)
     }
 }

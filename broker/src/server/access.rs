@@ -33,19 +33,18 @@
 
 use bytes::Bytes;
 use strongbox_protocol::ErrorCode;
+use strongbox_protocol::clock::now_ms;
 use strongbox_protocol::frames::admin::AdminResponse;
-use strongbox_protocol::frames::admin_types::{
-    AccessRequestInfo, AccessState, AclEffect, AclRule, Operations,
-};
+use strongbox_protocol::model::{AccessRequestInfo, AccessState, AclEffect, AclRule, Operations};
 use strongbox_storage::meta::{AclEntry, MetaError};
 
 use crate::audit::{AuditAction, AuditEvent, BROKER_PRINCIPAL, topic_resource};
+use crate::server::BrokerState;
 use crate::server::admin::blocking;
 use crate::server::authz::Authorizer;
 use crate::server::connection::ConnCtx;
 use crate::server::error::BrokerError;
 use crate::server::recipients::{self, EntryFacts, KEY_LEN, key_fingerprint};
-use crate::server::{BrokerState, now_ms};
 
 /// The operations a request may ask for; anything else is granted by an
 /// administrator with `strongbox acl grant`.

@@ -7,15 +7,17 @@
 use std::sync::Arc;
 
 use strongbox_protocol::ErrorCode;
+use strongbox_protocol::clock::now_ms;
 use strongbox_protocol::frames::admin::{AdminRequest, AdminResponse};
-use strongbox_protocol::frames::admin_types::{
+use strongbox_protocol::model::{
     AclRule, Durability, KeyVersionInfo, Operations, TopicConfig, TopicInfo,
 };
 use strongbox_protocol::session::admin::BrokerAdminStream;
-use strongbox_storage::keys::{KekId, KekScope, KekVersion, KeyError, SegmentKeys};
+use strongbox_storage::keys::{KekId, KekScope, KekVersion, SegmentKeys};
 use strongbox_storage::meta::{AclEntry, MetaError, TopicEntry};
 
 use crate::audit::{self, AUDIT_TOPIC, AuditAction, AuditEvent, Outcome, topic_resource};
+use crate::server::BrokerState;
 use crate::server::authz::Authorizer;
 use crate::server::connection::ConnCtx;
 use crate::server::error::BrokerError;
@@ -24,7 +26,6 @@ use crate::server::producers::InitOutcome;
 use crate::server::rewrap::RewrapRequest;
 use crate::server::stream_io::{FrameReader, FrameWriter, StreamError, end_with_error};
 use crate::server::topics::{self, Topic, resolve_config, validate_topic_name};
-use crate::server::{BrokerState, now_ms};
 use crate::server::{access, recipients};
 
 /// The topic name checked for broker-wide permissions (keys, ACL listing):
@@ -219,9 +220,7 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
             let scope = key_scope(state, &mut authz, topic.as_deref())?;
             let keys = state.keys.clone();
             let scope2 = scope.clone();
-            let versions = blocking(move || keys.versions(scope2.as_ref()))
-                .await?
-                .map_err(key_error)?;
+            let versions = blocking(move || keys.versions(scope2.as_ref())).await??;
             Ok(AdminResponse::KeyStatus {
                 versions: versions.iter().map(|v| version_info(state, v)).collect(),
                 rewrap: state.rewrap.progress(scope.as_ref()),
@@ -230,9 +229,7 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
         AdminRequest::KeyRotate { topic } => {
             let scope = key_scope(state, &mut authz, topic.as_deref())?.unwrap_or(KekScope::Broker);
             let keys = state.keys.clone();
-            let version = blocking(move || keys.rotate(&scope))
-                .await?
-                .map_err(key_error)?;
+            let version = blocking(move || keys.rotate(&scope)).await??;
             key_lifecycle::record_rotation(state, &version, &ctx.principal, None);
             Ok(AdminResponse::KeyChanged {
                 message: format!("{} is now active for new segments", version.id),
@@ -244,9 +241,7 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
             let scope = key_scope(state, &mut authz, topic.as_deref())?.unwrap_or(KekScope::Broker);
             let keys = state.keys.clone();
             let id = KekId { scope, version };
-            let v = blocking(move || keys.retire(&id))
-                .await?
-                .map_err(key_error)?;
+            let v = blocking(move || keys.retire(&id)).await??;
             tracing::info!(target: "strongbox::audit", principal = %ctx.principal, kek = %v.id, "key retired");
             state.audit.record(
                 key_event(state, AuditAction::KeyRetire, Outcome::Success, &v)
@@ -262,9 +257,7 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
             let scope = key_scope(state, &mut authz, topic.as_deref())?.unwrap_or(KekScope::Broker);
             let keys = state.keys.clone();
             let id = KekId { scope, version };
-            let v = blocking(move || keys.mark_compromised(&id))
-                .await?
-                .map_err(key_error)?;
+            let v = blocking(move || keys.mark_compromised(&id)).await??;
             tracing::warn!(target: "strongbox::audit", principal = %ctx.principal, kek = %v.id, segments = v.segments, "key marked compromised");
             state.audit.record(
                 key_event(state, AuditAction::KeyCompromised, Outcome::Alert, &v)
@@ -293,8 +286,7 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
             let key_lifecycle::Destroyed { outcome, lost } = blocking(move || {
                 key_lifecycle::destroy_version(&state2, &id, force, LISTED_SEGMENTS)
             })
-            .await?
-            .map_err(key_error)?;
+            .await??;
             key_lifecycle::refresh_compromised(state);
             tracing::warn!(target: "strongbox::audit", principal = %ctx.principal, kek = %outcome.version.id, segments_lost = outcome.segments_lost, "key destroyed");
             state.audit.record(
@@ -418,21 +410,6 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| BrokerError::internal("a background task", e))
-}
-
-fn key_error(e: KeyError) -> BrokerError {
-    let code = match &e {
-        KeyError::KekNotFound(_) => ErrorCode::NotFound,
-        KeyError::InvalidTransition(_) => ErrorCode::Conflict,
-        KeyError::Destroyed(_) => ErrorCode::KeyDestroyed,
-        KeyError::Unavailable(_) | KeyError::Login(_) => ErrorCode::KeyUnavailable,
-        KeyError::InUse { .. } => ErrorCode::KeyInUse,
-        _ => ErrorCode::Internal,
-    };
-    if code == ErrorCode::Internal {
-        return BrokerError::internal("a key operation", e);
-    }
-    BrokerError::new(code, e.to_string())
 }
 
 /// The KEK scope a key request is about, after checking the `keys`
@@ -780,7 +757,7 @@ fn rules_for(state: &BrokerState, principal: &str) -> Vec<AclRule> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strongbox_protocol::frames::admin_types::AclEffect;
+    use strongbox_protocol::model::AclEffect;
 
     fn stored(principal: &str, topic: &str, ops: Operations, expires_at: Option<i64>) -> AclEntry {
         AclEntry {

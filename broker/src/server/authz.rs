@@ -2,13 +2,13 @@
 //! logged and recorded in the audit trail.
 
 use strongbox_protocol::ErrorCode;
-use strongbox_protocol::frames::admin_types::{AclEffect, Operations};
+use strongbox_protocol::clock::now_ms;
+use strongbox_protocol::model::{AclEffect, Operations};
 
 use crate::acl::{AclCache, DecisionReason};
 use crate::audit::{AuditAction, AuditEvent, topic_resource};
 use crate::server::connection::ConnCtx;
 use crate::server::error::BrokerError;
-use crate::server::now_ms;
 
 /// Checks a principal's requests against the live ACL.
 #[derive(Debug)]
@@ -181,7 +181,7 @@ fn resource_of(topic: &str) -> String {
 mod tests {
     use super::*;
     use crate::acl::Acl;
-    use strongbox_protocol::frames::admin_types::AclRule;
+    use strongbox_protocol::model::AclRule;
 
     fn rule(principal: &str, topic: &str, ops: Operations, effect: AclEffect) -> AclRule {
         AclRule {

@@ -29,17 +29,18 @@ use std::fmt;
 use std::sync::Arc;
 
 use strongbox_protocol::ErrorCode;
+use strongbox_protocol::clock::now_ms;
 use strongbox_protocol::frames::admin::AdminResponse;
 use strongbox_storage::keys::{SegmentKeyContext, SegmentKeys};
 use strongbox_storage::log::PartitionLog;
 use strongbox_storage::meta::{MetaError, MetaStore, TopicEntry};
 
 use crate::audit::{AuditAction, AuditEvent, topic_resource};
+use crate::server::BrokerState;
 use crate::server::connection::ConnCtx;
 use crate::server::error::BrokerError;
 use crate::server::partition::Partition;
 use crate::server::topics::{Topic, kek_scope};
-use crate::server::{BrokerState, now_ms};
 
 /// The audit event of a loss accepted for partition `index` of `topic`.
 pub fn recovered_event(topic: &str, index: u32, done: &Recovered) -> AuditEvent {
@@ -370,7 +371,7 @@ pub fn committed_offsets(
 mod tests {
     use super::*;
     use strongbox_protocol::batch::{BatchBuilder, RecordBatch};
-    use strongbox_protocol::frames::admin_types::{Durability, TopicConfig};
+    use strongbox_protocol::model::{Durability, TopicConfig};
     use strongbox_storage::keys::{FileKeyProvider, KeyManager};
 
     struct Fixture {

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, IntCounter, IntGauge};
-use strongbox_protocol::frames::admin_types::KeyState;
+use strongbox_protocol::model::KeyState;
 use strongbox_storage::keys::{DestroyOutcome, KekId, KekScope, KekVersion, KeyError, SegmentRef};
 use strongbox_storage::observe::{AeadOp, KeyOp, StorageObserver};
 
@@ -463,7 +463,7 @@ mod tests {
         let state = BrokerState::open(config, metrics, shutdown).expect("state");
         let v1 = state.keys.rotate(&KekScope::Broker).expect("v1");
         assert_eq!(v1.id.version, 1);
-        let now = crate::server::now_ms();
+        let now = strongbox_protocol::clock::now_ms();
         let hour = 3_600_000;
 
         assert!(rotate_due(&state, now + hour / 2).is_empty(), "not due yet");

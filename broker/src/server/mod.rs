@@ -9,9 +9,9 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use strongbox_protocol::frames::admin_types::AclRule;
+use strongbox_protocol::model::AclRule;
 use strongbox_storage::data_dir::{self, DataDirError};
 use strongbox_storage::io::{FileIo, StorageIo, default_io, durable};
 use strongbox_storage::keys::{
@@ -41,6 +41,7 @@ pub mod recipients;
 pub mod reload;
 pub mod rewrap;
 pub mod run;
+pub mod storage_errors;
 pub mod stream_io;
 pub mod subscribe;
 pub mod topics;
@@ -53,15 +54,6 @@ use topics::TopicTable;
 
 /// Unwrapped data keys kept in memory.
 const DEK_CACHE_CAPACITY: usize = 4096;
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i64::try_from(d.as_millis()).ok())
-        .unwrap_or(0)
-}
 
 /// Resolves once `shutdown` turns true (or its sender is gone). Returns
 /// nothing, so no borrow of the watch value is held across an await.

@@ -18,8 +18,7 @@ use std::sync::atomic::AtomicU64;
 use bytes::Bytes;
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::batch::RecordBatch;
-use strongbox_protocol::frames::admin_types::PartitionState;
-use strongbox_storage::io::is_storage_full;
+use strongbox_protocol::model::PartitionState;
 use strongbox_storage::keys::KeyError;
 use strongbox_storage::log::{Durable, LogError, LogHealth, PartitionLog};
 use tokio::sync::{Mutex, watch};
@@ -460,20 +459,11 @@ impl Partition {
 
     fn storage_error(&self, e: &LogError) -> BrokerError {
         tracing::error!(topic = %self.topic, partition = self.index, error = %e, "partition storage error");
-        let code = match e {
-            LogError::StorageFull { .. } => ErrorCode::StorageFull,
-            LogError::Failed { .. } => ErrorCode::StorageFailed,
-            LogError::Io { source, .. } if is_storage_full(source) => ErrorCode::StorageFull,
-            e if e.is_damage() => ErrorCode::DataDamaged,
-            LogError::KeyCreate { .. } => ErrorCode::KeyUnavailable,
-            LogError::Key {
-                source: KeyError::Destroyed(_),
-                ..
-            } => ErrorCode::KeyDestroyed,
-            LogError::Key { .. } => ErrorCode::KeyUnavailable,
-            _ => ErrorCode::PartitionUnavailable,
-        };
-        BrokerError::redacted(code, &format!("{}/{}: {e}", self.topic, self.index))
+        let mapped = BrokerError::from(e);
+        BrokerError::new(
+            mapped.code,
+            format!("{}/{}: {}", self.topic, self.index, mapped.message),
+        )
     }
 }
 

@@ -15,15 +15,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus::{IntGaugeVec, Opts, Registry};
-use strongbox_protocol::frames::admin_types::PartitionState;
+use strongbox_protocol::clock::now_ms;
+use strongbox_protocol::model::PartitionState;
 use strongbox_storage::log::{LogEvent, LogHealth, RollHook};
 use strongbox_storage::meta::MetaError;
 use tokio::sync::{Notify, watch};
 
 use crate::audit::{AuditAction, AuditEvent, BROKER_PRINCIPAL, topic_resource};
+use crate::server::BrokerState;
 use crate::server::partition::Partition;
 use crate::server::topics::PartitionSlot;
-use crate::server::{BrokerState, now_ms};
 
 /// How often the watch runs when no segment rolls.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);

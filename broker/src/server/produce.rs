@@ -19,8 +19,8 @@ use strongbox_protocol::DecodeError;
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::batch::{ProducerStamp, RecordBatch};
 use strongbox_protocol::frame::Frame;
-use strongbox_protocol::frames::admin_types::Operations;
 use strongbox_protocol::frames::produce::{Produce, ProduceAck};
+use strongbox_protocol::model::Operations;
 use strongbox_protocol::session::produce::{BrokerProducerStream, ProduceOutcome, ProduceRequest};
 
 use crate::audit::{AuditAction, AuditEvent, topic_resource};

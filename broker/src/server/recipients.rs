@@ -30,8 +30,10 @@
 
 use bytes::Bytes;
 use strongbox_protocol::ErrorCode;
+use strongbox_protocol::codec::Reader;
+use strongbox_protocol::error::ReadError;
 use strongbox_protocol::frames::admin::AdminResponse;
-use strongbox_protocol::frames::admin_types::{Operations, RecipientEntry};
+use strongbox_protocol::model::{Operations, RecipientEntry};
 use strongbox_storage::meta::MetaError;
 
 use crate::audit::{AuditAction, AuditEvent, topic_resource};
@@ -125,35 +127,34 @@ impl EntryFacts {
     /// # Errors
     ///
     /// What is malformed, for the client.
-    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        let mut r = Cursor { b: bytes, at: 0 };
+    pub fn parse(bytes: &[u8]) -> Result<Self, MalformedEntry> {
+        let mut r = Reader::new(bytes);
         if r.take(4)? != MAGIC {
             return Err("it does not start with the SBRE magic".into());
         }
         let version = r.u8()?;
         if version != VERSION {
-            return Err(format!("entry format version {version} is not 1"));
+            return Err(format!("entry format version {version} is not 1").into());
         }
-        let kem = u16::from_be_bytes(r.array()?);
+        let kem = r.u16()?;
         let kind = RecipientKeyKind::of_kem_id(kem).ok_or_else(|| {
             format!("key type {kem:#06x} is neither X25519 (0x0020) nor X-Wing (0x647a)")
         })?;
-        let topic_len = usize::from(u16::from_be_bytes(r.array()?));
-        let topic = r.text(topic_len, "topic")?;
+        let topic_len = usize::from(r.u16()?);
+        let topic = text(&mut r, topic_len, "topic")?;
         let recipient_len = usize::from(r.u8()?);
-        let recipient = r.text(recipient_len, "recipient id")?;
+        let recipient = text(&mut r, recipient_len, "recipient id")?;
         let public_key = r.take(kind.key_len())?.to_vec();
-        let created_at = i64::from_be_bytes(r.array()?);
+        let created_at = r.i64()?;
         let expires_at = match r.u8()? {
             0 => None,
-            1 => Some(i64::from_be_bytes(r.array()?)),
-            other => return Err(format!("has_expiry is {other}, not 0 or 1")),
+            1 => Some(r.i64()?),
+            other => return Err(format!("has_expiry is {other}, not 0 or 1").into()),
         };
         let signer = r.array()?;
         r.take(SIGNATURE_LEN)?;
-        if r.at != bytes.len() {
-            return Err(format!("{} bytes follow the signature", bytes.len() - r.at));
-        }
+        r.finish()
+            .map_err(|e| MalformedEntry(format!("bytes follow the signature ({e})")))?;
         Ok(Self {
             topic,
             recipient,
@@ -166,46 +167,38 @@ impl EntryFacts {
     }
 }
 
-struct Cursor<'a> {
-    b: &'a [u8],
-    at: usize,
+/// Why bytes are not a recipient entry, in words for the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct MalformedEntry(pub String);
+
+impl From<String> for MalformedEntry {
+    fn from(why: String) -> Self {
+        Self(why)
+    }
 }
 
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.at.checked_add(n).filter(|e| *e <= self.b.len());
-        match end.and_then(|e| self.b.get(self.at..e)) {
-            Some(s) => {
-                self.at += n;
-                Ok(s)
-            }
-            None => Err(format!(
-                "it is cut short at byte {} ({} bytes long)",
-                self.at,
-                self.b.len()
-            )),
-        }
+impl From<&str> for MalformedEntry {
+    fn from(why: &str) -> Self {
+        Self(why.to_owned())
     }
+}
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
+impl From<ReadError> for MalformedEntry {
+    fn from(e: ReadError) -> Self {
+        Self(format!("it is cut short ({e})"))
     }
+}
 
-    fn u8(&mut self) -> Result<u8, String> {
-        let [b] = self.array::<1>()?;
-        Ok(b)
+/// `n` bytes of UTF-8 naming `what`, not empty.
+fn text(r: &mut Reader<&[u8]>, n: usize, what: &str) -> Result<String, MalformedEntry> {
+    if n == 0 {
+        return Err(format!("its {what} is empty").into());
     }
-
-    fn text(&mut self, n: usize, what: &str) -> Result<String, String> {
-        if n == 0 {
-            return Err(format!("its {what} is empty"));
-        }
-        std::str::from_utf8(self.take(n)?)
-            .map(str::to_owned)
-            .map_err(|_| format!("its {what} is not UTF-8"))
-    }
+    r.utf8(n).map_err(|e| match e {
+        ReadError::InvalidUtf8 { .. } => format!("its {what} is not UTF-8").into(),
+        e => e.into(),
+    })
 }
 
 /// Checks that `entry` is a recipient entry for `topic` naming `recipient`.

@@ -13,7 +13,7 @@
 
 use std::path::PathBuf;
 
-use strongbox_protocol::frames::admin_types::AclRule;
+use strongbox_protocol::model::AclRule;
 
 use crate::acl::seed_rules;
 use crate::config::{AclConfig, BrokerConfig, ConfigError};

@@ -46,7 +46,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use strongbox_protocol::ErrorCode;
-use strongbox_protocol::frames::admin_types::{KeyState, RewrapProgress};
+use strongbox_protocol::clock::now_ms;
+use strongbox_protocol::model::{KeyState, RewrapProgress};
 use strongbox_storage::keys::{KekId, KekScope, KekVersion, KeyError, KeyManager, SegmentRef};
 use strongbox_storage::log::envelope::KeyEnvelope;
 use strongbox_storage::log::format::key_file_name;
@@ -55,11 +56,11 @@ use strongbox_storage::meta::{MetaError, RewrapJobState};
 use tokio::task::JoinHandle;
 
 use crate::audit::{AuditAction, AuditEvent};
+use crate::server::BrokerState;
 use crate::server::error::BrokerError;
 use crate::server::key_lifecycle::{provider_down, scope_name};
 use crate::server::partition::Partition;
 use crate::server::topics::PartitionSlot;
-use crate::server::{BrokerState, now_ms};
 
 /// Envelopes per second when `keys.rewrap_rate` is not set.
 pub const DEFAULT_RATE: u32 = 200;
@@ -323,7 +324,7 @@ impl RewrapJobs {
 /// envelopes are queued.
 fn prepare(state: &BrokerState, request: &RewrapRequest) -> Result<(KekVersion, u64), BrokerError> {
     let keys = &state.keys;
-    let versions = keys.versions(Some(&request.scope)).map_err(key_error)?;
+    let versions = keys.versions(Some(&request.scope))?;
     if let Some(n) = request.from_version {
         let name = || format!("v{n} of {}", scope_name(state, &request.scope));
         match versions.iter().find(|v| v.id.version == n) {
@@ -358,7 +359,7 @@ fn prepare(state: &BrokerState, request: &RewrapRequest) -> Result<(KekVersion, 
     let target = match versions.iter().find(|v| v.state == KeyState::Active) {
         Some(v) => v.clone(),
         None => {
-            let v = keys.rotate(&request.scope).map_err(key_error)?;
+            let v = keys.rotate(&request.scope)?;
             crate::server::key_lifecycle::record_rotation(state, &v, &request.principal, None);
             v
         }
@@ -961,17 +962,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| BrokerError::internal("the rewrap job", e))
-}
-
-fn key_error(e: KeyError) -> BrokerError {
-    let code = match &e {
-        KeyError::Unavailable(_) | KeyError::Login(_) => ErrorCode::KeyUnavailable,
-        KeyError::Destroyed(_) => ErrorCode::KeyDestroyed,
-        KeyError::KekNotFound(_) => ErrorCode::NotFound,
-        KeyError::InvalidTransition(_) => ErrorCode::Conflict,
-        _ => return BrokerError::internal("preparing the rewrap job", e),
-    };
-    BrokerError::new(code, e.to_string())
 }
 
 #[cfg(test)]

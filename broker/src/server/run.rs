@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use strongbox_protocol::clock::now_ms;
 use strongbox_storage::io::{StorageIo, default_io};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -24,9 +25,7 @@ use crate::identity::IdentityMapper;
 use crate::metrics::BrokerMetrics;
 use crate::metrics::http::{self, HttpState};
 use crate::server::topics::{PartitionSlot, retention};
-use crate::server::{
-    BrokerState, MAINTENANCE_INTERVAL, StartError, connection, key_lifecycle, now_ms,
-};
+use crate::server::{BrokerState, MAINTENANCE_INTERVAL, StartError, connection, key_lifecycle};
 use crate::tls::reload::TlsMetrics;
 use crate::tls::{TlsReloader, server_tls};
 
@@ -529,7 +528,7 @@ fn expire_grants(state: &BrokerState, since: i64, now: i64) {
 }
 
 /// The `acl.expire` event of `rule`.
-fn expire_event(rule: &strongbox_protocol::frames::admin_types::AclRule) -> AuditEvent {
+fn expire_event(rule: &strongbox_protocol::model::AclRule) -> AuditEvent {
     AuditEvent::success(AuditAction::AclExpire, topic_resource(&rule.topic))
         .principal(BROKER_PRINCIPAL)
         .detail("rule_principal", rule.principal.clone())

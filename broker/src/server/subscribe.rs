@@ -22,11 +22,11 @@ use std::time::Instant;
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::batch::parse_header;
 use strongbox_protocol::frame::Frame;
-use strongbox_protocol::frames::admin_types::Operations;
 use strongbox_protocol::frames::subscribe::{
     AssignedPartition, Assignment, Commit, OffsetBatch, PartitionError, RECORDS_FRAMING,
     RECORDS_PER_BATCH_FRAMING, Records, StartPosition, Subscribe, SubscriptionTarget,
 };
+use strongbox_protocol::model::Operations;
 use strongbox_protocol::session::subscribe::{BrokerSubscription, SubscriptionRequest};
 use tokio::sync::watch;
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::batch::parse_header;
-use strongbox_protocol::frames::admin_types::{
+use strongbox_protocol::model::{
     Durability, PartitionInfo, PartitionState, TopicConfig, TopicInfo,
 };
 use strongbox_storage::io::StorageIo;

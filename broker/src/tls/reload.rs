@@ -79,31 +79,21 @@ impl CertSummary {
         if now < self.not_before {
             Some(format!(
                 "it is not valid yet (from {})",
-                rfc3339(self.not_before)
+                cert_time(self.not_before)
             ))
         } else if now > self.not_after {
-            Some(format!("it expired on {}", rfc3339(self.not_after)))
+            Some(format!("it expired on {}", cert_time(self.not_after)))
         } else {
             None
         }
     }
 }
 
-/// `secs` since the epoch as an RFC 3339 UTC time.
-pub fn rfc3339(secs: i64) -> String {
-    let t = u64::try_from(secs)
-        .ok()
-        .and_then(|s| std::time::UNIX_EPOCH.checked_add(Duration::from_secs(s)));
-    match t {
-        Some(t) => humantime::format_rfc3339_seconds(t).to_string(),
-        None => format!("{secs} (seconds since the epoch)"),
-    }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+/// `secs` since the epoch as an RFC 3339 UTC time (certificate validity is
+/// in whole seconds).
+pub fn cert_time(secs: i64) -> String {
+    strongbox_protocol::rfc3339::format_ms(secs.saturating_mul(1000))
+        .unwrap_or_else(|| format!("{secs} (seconds since the epoch)"))
 }
 
 /// Reads a CA bundle (PEM) into a root store.
@@ -164,7 +154,7 @@ impl ServerCertResolver {
     ) -> Result<Self, TlsError> {
         let stamps = (stamp(&cert), stamp(&key));
         let (certified, summary) = read_certified(&cert, &key, &provider)?;
-        if let Some(why) = summary.invalid_at(unix_now()) {
+        if let Some(why) = summary.invalid_at(strongbox_protocol::clock::now_secs()) {
             tracing::warn!(file = %cert.display(), subject = %summary.subject, "tls.cert: {why}; clients will refuse it: replace it and send SIGHUP");
         }
         Ok(Self {
@@ -201,7 +191,7 @@ impl ServerCertResolver {
         *self.stamps.lock().unwrap_or_else(PoisonError::into_inner) =
             (stamp(&self.cert_path), stamp(&self.key_path));
         let (certified, summary) = read_certified(&self.cert_path, &self.key_path, &self.provider)?;
-        if let Some(why) = summary.invalid_at(unix_now()) {
+        if let Some(why) = summary.invalid_at(strongbox_protocol::clock::now_secs()) {
             return Err(content("tls.cert", &self.cert_path, why));
         }
         self.not_after.store(summary.not_after, Ordering::Release);
@@ -474,7 +464,7 @@ impl TlsReloader {
                     file = %self.cert.cert_path().display(),
                     subject = %c.subject,
                     serial = %c.serial,
-                    not_after = %rfc3339(c.not_after),
+                    not_after = %cert_time(c.not_after),
                     "TLS certificate loaded; new connections use it"
                 );
             }
@@ -484,7 +474,7 @@ impl TlsReloader {
                 tracing::error!(
                     error = %e,
                     kept_serial = %kept.serial,
-                    kept_not_after = %rfc3339(kept.not_after),
+                    kept_not_after = %cert_time(kept.not_after),
                     "TLS certificate reload refused; the certificate in force stays"
                 );
             }

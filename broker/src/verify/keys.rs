@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use strongbox_protocol::frames::admin_types::KeyState;
+use strongbox_protocol::model::KeyState;
 use strongbox_storage::keys::registry::can_unwrap;
 use strongbox_storage::keys::{
     Dek, KekId, KeyError, KeyProvider, SegmentKeyContext, SegmentKeys, WrappedDek,

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
-use strongbox_protocol::frames::admin_types::KeyState;
+use strongbox_protocol::model::KeyState;
 use strongbox_storage::keys::{KekId, KekScope, KekVersion, KeyProvider};
 use strongbox_storage::log::DirCheck;
 use strongbox_storage::meta::TopicEntry;

@@ -2,7 +2,7 @@
 //! (an X25519 or X-Wing public key) may read a topic's end-to-end encrypted records.
 //!
 //! The broker stores an entry as opaque bytes
-//! ([`RecipientEntry::entry`](crate::protocol::frames::admin_types::RecipientEntry))
+//! ([`RecipientEntry::entry`](crate::protocol::model::RecipientEntry))
 //! and cannot forge one: producers accept only entries that verify under the
 //! owner public key they pinned.
 //!
@@ -29,13 +29,15 @@
 //! Nothing may follow the signature.
 
 use bytes::Bytes;
+use strongbox_protocol::codec::Reader;
+use strongbox_protocol::error::ReadError;
 
 use super::error::EntryProblem;
 use super::header::check_short_name;
 use super::identity::RecipientKem;
 use super::owner::{OWNER_KEY_LEN, OwnerKey, OwnerPublicKey, SIGNATURE_LEN};
 use super::{E2eError, RecipientKey};
-use crate::protocol::frames::admin_types::RecipientEntry;
+use crate::protocol::model::RecipientEntry;
 
 /// The first four bytes of a signed recipient entry.
 const MAGIC: &[u8; 4] = b"SBRE";
@@ -145,7 +147,7 @@ impl SignedRecipientEntry {
     ///
     /// [`EntryProblem::Malformed`] for bytes that are not an entry.
     pub fn decode(bytes: Bytes) -> Result<Self, EntryProblem> {
-        let mut r = Cursor { b: &bytes, at: 0 };
+        let mut r = Reader::new(bytes.as_ref());
         if r.take(4)? != MAGIC {
             return Err(EntryProblem::Malformed("no SBRE magic".into()));
         }
@@ -153,30 +155,25 @@ impl SignedRecipientEntry {
         if version != VERSION {
             return Err(EntryProblem::Malformed(format!("entry version {version}")));
         }
-        let kem_id = u16::from_be_bytes(r.array()?);
+        let kem_id = r.u16()?;
         let kem = RecipientKem::from_kem_id(kem_id)
             .ok_or_else(|| EntryProblem::Malformed(format!("key type {kem_id:#06x}")))?;
-        let topic_len = usize::from(u16::from_be_bytes(r.array()?));
-        let topic = r.text(topic_len, "topic")?;
+        let topic_len = usize::from(r.u16()?);
+        let topic = text(&mut r, topic_len, "topic")?;
         let recipient_len = usize::from(r.u8()?);
-        let recipient = r.text(recipient_len, "recipient")?;
+        let recipient = text(&mut r, recipient_len, "recipient")?;
         let public_key = RecipientKey::from_kem_bytes(kem, r.take(kem.public_key_len())?)
             .map_err(|e| EntryProblem::Malformed(e.to_string()))?;
-        let created_at = i64::from_be_bytes(r.array()?);
+        let created_at = r.i64()?;
         let expires_at = match r.u8()? {
             0 => None,
-            1 => Some(i64::from_be_bytes(r.array()?)),
+            1 => Some(r.i64()?),
             other => return Err(EntryProblem::Malformed(format!("has_expiry {other}"))),
         };
         let signer = OwnerPublicKey::from_bytes(r.array::<OWNER_KEY_LEN>()?);
-        let signed_len = r.at;
+        let signed_len = r.position();
         r.take(SIGNATURE_LEN)?;
-        if r.at != bytes.len() {
-            return Err(EntryProblem::Malformed(format!(
-                "{} trailing bytes",
-                bytes.len() - r.at
-            )));
-        }
+        r.finish()?;
         Ok(Self {
             grant: RecipientGrant {
                 topic,
@@ -260,45 +257,22 @@ pub fn verify_entry(
     Ok(grant.clone())
 }
 
-struct Cursor<'a> {
-    b: &'a [u8],
-    at: usize,
+/// A short entry, or bytes left after its signature.
+impl From<ReadError> for EntryProblem {
+    fn from(e: ReadError) -> Self {
+        Self::Malformed(e.to_string())
+    }
 }
 
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], EntryProblem> {
-        let end = self.at.checked_add(n).filter(|e| *e <= self.b.len());
-        match end.and_then(|e| self.b.get(self.at..e)) {
-            Some(s) => {
-                self.at += n;
-                Ok(s)
-            }
-            None => Err(EntryProblem::Malformed(format!(
-                "truncated at byte {} ({} bytes long)",
-                self.at,
-                self.b.len()
-            ))),
-        }
+/// `n` bytes of UTF-8 naming `what`, not empty.
+fn text(r: &mut Reader<&[u8]>, n: usize, what: &str) -> Result<String, EntryProblem> {
+    if n == 0 {
+        return Err(EntryProblem::Malformed(format!("empty {what}")));
     }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], EntryProblem> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
-    }
-
-    fn u8(&mut self) -> Result<u8, EntryProblem> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    fn text(&mut self, n: usize, what: &str) -> Result<String, EntryProblem> {
-        if n == 0 {
-            return Err(EntryProblem::Malformed(format!("empty {what}")));
-        }
-        std::str::from_utf8(self.take(n)?)
-            .map(str::to_owned)
-            .map_err(|_| EntryProblem::Malformed(format!("{what} is not UTF-8")))
-    }
+    r.utf8(n).map_err(|e| match e {
+        ReadError::InvalidUtf8 { .. } => EntryProblem::Malformed(format!("{what} is not UTF-8")),
+        e => e.into(),
+    })
 }
 
 #[cfg(test)]

@@ -247,7 +247,10 @@ impl fmt::Display for EntryProblem {
                 write!(f, "it names recipient {named} instead")
             }
             Self::Expired { expires_at } => {
-                write!(f, "it expired at {}", super::utc_text(*expires_at))
+                match crate::protocol::rfc3339::format_ms(*expires_at) {
+                    Some(at) => write!(f, "it expired at {at}"),
+                    None => write!(f, "it expired at {expires_at} ms since the epoch"),
+                }
             }
         }
     }

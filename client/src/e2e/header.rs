@@ -60,6 +60,9 @@
 //! before, and version 2 as soon as one recipient has an X-Wing key. Nothing may follow the body. The record's value is the
 //! AES-256-GCM ciphertext of the plaintext followed by the 16-byte tag.
 
+use strongbox_protocol::codec::Reader;
+use strongbox_protocol::error::ReadError;
+
 use super::E2eError;
 use super::cipher::{NONCE_LEN, SEALED_KEY_LEN};
 use super::identity::RecipientKem;
@@ -217,25 +220,25 @@ impl Envelope {
     /// format, [`E2eError::UnsupportedHeader`] for a version or algorithm
     /// this client does not know.
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, E2eError> {
-        let mut r = Reader { bytes, at: 0 };
-        let version = r.u8("version")?;
+        let mut r = Reader::new(bytes);
+        let version = field("version", r.u8())?;
         if version != VERSION && version != VERSION_2 {
             return Err(E2eError::UnsupportedHeader(format!(
                 "format version {version} (this client reads versions {VERSION} and {VERSION_2})"
             )));
         }
-        let aead = r.u8("value_aead")?;
+        let aead = field("value_aead", r.u8())?;
         if aead != VALUE_AES_256_GCM {
             return Err(E2eError::UnsupportedHeader(format!(
                 "value algorithm {aead}"
             )));
         }
-        let source = r.u8("key_source")?;
-        let flags = r.u8("flags")?;
+        let source = field("key_source", r.u8())?;
+        let flags = field("flags", r.u8())?;
         if flags != 0 {
             return Err(E2eError::UnsupportedHeader(format!("flags {flags:#04x}")));
         }
-        let nonce = r.array("value_nonce")?;
+        let nonce = field("value_nonce", r.array())?;
         let source = match source {
             SOURCE_KEYRING if version != VERSION => {
                 return Err(E2eError::UnsupportedHeader(format!(
@@ -243,16 +246,16 @@ impl Envelope {
                 )));
             }
             SOURCE_KEYRING => {
-                let key_id = r.short_string("key_id")?;
-                let version = r.u32("key_version")?;
+                let key_id = short_string(&mut r, "key_id")?;
+                let version = field("key_version", r.u32())?;
                 if version == 0 {
                     return Err(E2eError::malformed("key_version 0 (versions start at 1)"));
                 }
                 Source::Keyring(KeyringSlot {
                     key_id,
                     version,
-                    wrap_nonce: r.array("wrap_nonce")?,
-                    sealed: r.array("wrapped_key")?,
+                    wrap_nonce: field("wrap_nonce", r.array())?,
+                    sealed: field("wrapped_key", r.array())?,
                 })
             }
             SOURCE_RECIPIENTS => Source::Recipients(recipients(&mut r, version)?),
@@ -260,23 +263,18 @@ impl Envelope {
                 return Err(E2eError::UnsupportedHeader(format!("key source {other}")));
             }
         };
-        if r.remaining() != 0 {
-            return Err(E2eError::malformed(format!(
-                "{} trailing bytes at offset {}",
-                r.remaining(),
-                r.at
-            )));
-        }
+        r.finish()
+            .map_err(|e| E2eError::malformed(format!("after the header: {e}")))?;
         Ok(Self { nonce, source })
     }
 }
 
 /// The recipients body of a header of format `version`.
-fn recipients(r: &mut Reader<'_>, version: u8) -> Result<Vec<RecipientSlot>, E2eError> {
+fn recipients(r: &mut Reader<&[u8]>, version: u8) -> Result<Vec<RecipientSlot>, E2eError> {
     // Version 1 names one KEM for all (always X25519); version 2 one per
     // recipient.
     let shared_kem = if version == VERSION {
-        let id = r.u16("kem_id")?;
+        let id = field("kem_id", r.u16())?;
         if id != KEM_X25519_HKDF_SHA256 {
             return Err(E2eError::UnsupportedHeader(format!(
                 "HPKE kem {id:#06x} in a version 1 header (version 1 is X25519 only)"
@@ -286,14 +284,14 @@ fn recipients(r: &mut Reader<'_>, version: u8) -> Result<Vec<RecipientSlot>, E2e
     } else {
         None
     };
-    let suite = (r.u16("kdf_id")?, r.u16("aead_id")?);
+    let suite = (field("kdf_id", r.u16())?, field("aead_id", r.u16())?);
     if suite != (KDF_HKDF_SHA256, AEAD_AES_256_GCM) {
         return Err(E2eError::UnsupportedHeader(format!(
             "HPKE suite kdf {:#06x}, aead {:#06x}",
             suite.0, suite.1
         )));
     }
-    let count = usize::from(r.u16("recipient_count")?);
+    let count = usize::from(field("recipient_count", r.u16())?);
     if count == 0 || count > MAX_RECIPIENTS {
         return Err(E2eError::malformed(format!(
             "recipient_count {count} (1 to {MAX_RECIPIENTS})"
@@ -304,17 +302,17 @@ fn recipients(r: &mut Reader<'_>, version: u8) -> Result<Vec<RecipientSlot>, E2e
         let kem = match shared_kem {
             Some(k) => k,
             None => {
-                let id = r.u16("kem_id")?;
+                let id = field("kem_id", r.u16())?;
                 RecipientKem::from_kem_id(id)
                     .ok_or_else(|| E2eError::UnsupportedHeader(format!("HPKE kem {id:#06x}")))?
             }
         };
         slots.push(RecipientSlot {
             kem,
-            recipient: r.short_string("recipient")?,
-            fingerprint: r.array("key_fingerprint")?,
-            enc: r.take("encapsulated_key", kem.enc_len())?.to_vec(),
-            sealed: r.array("sealed_key")?,
+            recipient: short_string(r, "recipient")?,
+            fingerprint: field("key_fingerprint", r.array())?,
+            enc: field("encapsulated_key", r.take(kem.enc_len()))?.to_vec(),
+            sealed: field("sealed_key", r.array())?,
         });
     }
     Ok(slots)
@@ -326,72 +324,34 @@ fn push_short(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// A cursor over header bytes that never reads past the end.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
+/// A header field read with the protocol's reader: a short read names the
+/// field, where it starts and what is missing.
+fn field<T>(name: &str, read: Result<T, ReadError>) -> Result<T, E2eError> {
+    read.map_err(|e| E2eError::malformed(format!("{name}: {e}")))
 }
 
-impl<'a> Reader<'a> {
-    fn remaining(&self) -> usize {
-        self.bytes.len().saturating_sub(self.at)
+/// A name with a one-byte length: 1 to 255 bytes of UTF-8 without control
+/// characters.
+fn short_string(r: &mut Reader<&[u8]>, name: &str) -> Result<String, E2eError> {
+    let at = r.position();
+    let len = usize::from(field(name, r.u8())?);
+    if len == 0 {
+        return Err(E2eError::malformed(format!("empty {name} at offset {at}")));
     }
-
-    fn take(&mut self, field: &str, n: usize) -> Result<&'a [u8], E2eError> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|end| *end <= self.bytes.len());
-        match end.and_then(|end| self.bytes.get(self.at..end)) {
-            Some(s) => {
-                self.at += n;
-                Ok(s)
-            }
-            None => Err(E2eError::malformed(format!(
-                "{field} at offset {} needs {n} bytes, {} left",
-                self.at,
-                self.remaining()
-            ))),
+    let s = r.utf8(len).map_err(|e| match e {
+        ReadError::InvalidUtf8 { .. } => {
+            E2eError::malformed(format!("{name} at offset {at} is not UTF-8"))
         }
+        e => E2eError::malformed(format!("{name}: {e}")),
+    })?;
+    // The writer refuses these (`check_short_name`): a newline or an
+    // escape sequence in a name would reach error messages and logs.
+    if s.chars().any(char::is_control) {
+        return Err(E2eError::malformed(format!(
+            "{name} at offset {at} contains control characters"
+        )));
     }
-
-    fn array<const N: usize>(&mut self, field: &str) -> Result<[u8; N], E2eError> {
-        let s = self.take(field, N)?;
-        let mut out = [0u8; N];
-        out.copy_from_slice(s);
-        Ok(out)
-    }
-
-    fn u8(&mut self, field: &str) -> Result<u8, E2eError> {
-        Ok(u8::from_be_bytes(self.array(field)?))
-    }
-
-    fn u16(&mut self, field: &str) -> Result<u16, E2eError> {
-        Ok(u16::from_be_bytes(self.array(field)?))
-    }
-
-    fn u32(&mut self, field: &str) -> Result<u32, E2eError> {
-        Ok(u32::from_be_bytes(self.array(field)?))
-    }
-
-    fn short_string(&mut self, field: &str) -> Result<String, E2eError> {
-        let at = self.at;
-        let len = usize::from(self.u8(field)?);
-        if len == 0 {
-            return Err(E2eError::malformed(format!("empty {field} at offset {at}")));
-        }
-        let s = self.take(field, len)?;
-        let s = std::str::from_utf8(s)
-            .map_err(|_| E2eError::malformed(format!("{field} at offset {at} is not UTF-8")))?;
-        // The writer refuses these (`check_short_name`): a newline or an
-        // escape sequence in a name would reach error messages and logs.
-        if s.chars().any(char::is_control) {
-            return Err(E2eError::malformed(format!(
-                "{field} at offset {at} contains control characters"
-            )));
-        }
-        Ok(s.to_owned())
-    }
+    Ok(s)
 }
 
 #[cfg(test)]

@@ -19,12 +19,13 @@ use std::fmt::{self, Write as _};
 use std::path::Path;
 
 use serde::Deserialize;
+use strongbox_protocol::clock::now_ms;
 use zeroize::Zeroizing;
 
 use super::E2eError;
 use super::cipher::{KEY_LEN, NONCE_LEN, SEALED_KEY_LEN, SecretKey, random};
 use super::header::{KeyringSlot, check_short_name};
-use super::{now_ms, secret_file};
+use super::secret_file;
 
 /// The `format` field of a keyring file.
 const FORMAT: &str = "strongbox-keyring";

@@ -64,8 +64,6 @@ mod recipients;
 mod sealer;
 mod secret_file;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 pub use entry::{RecipientGrant, SignedRecipientEntry, verify_entry};
 pub use error::{E2eError, EntryProblem};
 pub use identity::{Identity, RecipientKem, RecipientKey};
@@ -171,48 +169,9 @@ pub(crate) fn value_aad(
     Ok(aad)
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// Milliseconds since the Unix epoch as `2026-01-31T09:00:00Z` (UTC).
-pub(crate) fn utc_text(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (proleptic Gregorian), by
-    // 400-year eras of 146097 days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utc_text_known_instants() {
-        assert_eq!(utc_text(0), "1970-01-01T00:00:00Z");
-        assert_eq!(utc_text(1_769_850_000_000), "2026-01-31T09:00:00Z");
-        assert_eq!(utc_text(951_782_400_000), "2000-02-29T00:00:00Z");
-        assert_eq!(utc_text(-1000), "1969-12-31T23:59:59Z");
-    }
 
     #[test]
     fn aad_separates_no_key_from_an_empty_key() {

@@ -1,11 +1,13 @@
 //! The recipients a producer seals to: verified from a topic's recipient
 //! directory on the broker, or given directly.
 
+use strongbox_protocol::clock::now_ms;
+
 use super::error::EntryProblem;
-use super::{E2eError, OwnerPublicKey, RecipientKey, now_ms, verify_entry};
+use super::{E2eError, OwnerPublicKey, RecipientKey, verify_entry};
 use crate::admin::Admin;
 use crate::error::ClientError;
-use crate::protocol::frames::admin_types::RecipientEntry;
+use crate::protocol::model::RecipientEntry;
 
 /// One recipient a producer seals data keys to.
 #[derive(Debug, Clone, PartialEq, Eq)]

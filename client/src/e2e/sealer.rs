@@ -23,10 +23,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use strongbox_protocol::clock::now_ms;
 
 use super::cipher::{Aead, NONCE_LEN, SecretKey};
 use super::header::{Envelope, NONCE_AT, Source};
-use super::{E2eError, HEADER, Keyring, RESERVED_PREFIX, RecipientSet, now_ms, value_aad};
+use super::{E2eError, HEADER, Keyring, RESERVED_PREFIX, RecipientSet, value_aad};
 use crate::error::ClientError;
 use crate::producer::ProducerRecord;
 use crate::transform::ValueSealer;

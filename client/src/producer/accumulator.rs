@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use strongbox_protocol::batch::{BATCH_HEADER_LEN, BatchBuilder};
+use strongbox_protocol::batch::{self, BATCH_HEADER_LEN, BatchBuilder};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
@@ -26,12 +26,11 @@ pub(crate) struct PendingRecord {
 impl PendingRecord {
     /// Bytes the record adds to a batch.
     pub(crate) fn encoded_len(&self) -> usize {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(n, v)| 2 + n.len() + 4 + v.len())
-            .sum();
-        4 + 4 + 4 + self.key.as_ref().map_or(0, Bytes::len) + 2 + headers + 4 + self.value.len()
+        batch::record_len(
+            self.key.as_ref().map_or(0, Bytes::len),
+            self.headers.iter().map(|(n, v)| (n.len(), v.len())),
+            self.value.len(),
+        )
     }
 }
 

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use strongbox_protocol::frames::produce::ProduceAck;
+use strongbox_protocol::frames::produce::{Produce, ProduceAck};
 use strongbox_protocol::session::produce::{ProduceOutcome, ProducerSession};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -27,10 +27,6 @@ use crate::producer::batch::ReadyBatch;
 use crate::producer::ledger::{Ledger, Refusal};
 use crate::producer::{Command, ProducerConfig};
 use crate::wire::{Inbound, StreamIo, encode_chunks};
-
-/// Bytes of a `Produce` frame around its batch, besides the topic name:
-/// length, type, correlation id, topic length, partition, batch length.
-const PRODUCE_OVERHEAD: usize = 4 + 2 + 8 + 2 + 4 + 4;
 
 /// Most commands taken from the handles in one turn of the driver loop:
 /// records arrive in bursts, and one pass over timers, the window and
@@ -527,8 +523,7 @@ impl Driver {
 /// The largest batch that fits both the broker's batch limit and, inside a
 /// `Produce` frame for a topic of `topic_len` bytes, its frame limit.
 fn max_batch(max_batch_size: u32, max_frame_size: u32, topic_len: usize) -> usize {
-    let frame_room = (max_frame_size as usize).saturating_sub(PRODUCE_OVERHEAD + topic_len);
-    (max_batch_size as usize).min(frame_room)
+    (max_batch_size as usize).min(Produce::max_batch_len(max_frame_size, topic_len))
 }
 
 /// The next event of the stream, or never when there is none.

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -20,6 +20,7 @@ use crate::admin::ProducerIdentity;
 use crate::connection::Client;
 use crate::error::ClientError;
 use crate::transform::ValueSealer;
+use strongbox_protocol::clock::now_ms;
 
 pub(crate) use accumulator::PendingRecord;
 
@@ -382,19 +383,12 @@ impl Producer {
     }
 }
 
-/// Bytes a record holds in the producer's buffer.
+/// Bytes a record holds in the producer's buffer: what it will add to a
+/// batch.
 fn record_size(record: &ProducerRecord) -> usize {
-    let headers: usize = record
-        .headers
-        .iter()
-        .map(|(n, v)| 2 + n.len() + 4 + v.len())
-        .sum();
-    18 + record.key.as_ref().map_or(0, Bytes::len) + headers + record.value.len()
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    strongbox_protocol::batch::record_len(
+        record.key.as_ref().map_or(0, Bytes::len),
+        record.headers.iter().map(|(n, v)| (n.len(), v.len())),
+        record.value.len(),
+    )
 }

@@ -30,7 +30,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use strongbox_protocol::batch::RecordBatch;
 use strongbox_protocol::frame::{DEFAULT_MAX_FRAME_SIZE, Frame, FrameDecoder};
-use strongbox_protocol::frames::admin_types::AclRule;
+use strongbox_protocol::model::AclRule;
 use strongbox_protocol::session::control::{BrokerControl, BrokerControlConfig};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;

@@ -9,15 +9,15 @@ use strongbox_protocol::ErrorCode;
 use strongbox_protocol::batch::RecordBatch;
 use strongbox_protocol::frame::Frame;
 use strongbox_protocol::frames::admin::{AdminRequest, AdminResponse};
-use strongbox_protocol::frames::admin_types::{
-    AccessRequestInfo, AccessState, AclRule, KeyState, KeyVersionInfo, PartitionInfo,
-    RecipientEntry, RewrapProgress, TopicConfig, TopicInfo,
-};
 use strongbox_protocol::frames::control::ErrorFrame;
 use strongbox_protocol::frames::produce::{Produce, ProduceAck};
 use strongbox_protocol::frames::subscribe::{
     AssignedPartition, Assignment, OffsetBatch, PartitionError, Records, StartPosition,
     SubscriptionTarget,
+};
+use strongbox_protocol::model::{
+    AccessRequestInfo, AccessState, AclRule, KeyState, KeyVersionInfo, PartitionInfo,
+    RecipientEntry, RewrapProgress, TopicConfig, TopicInfo,
 };
 use strongbox_protocol::session::admin::BrokerAdminStream;
 use strongbox_protocol::session::control::ControlEvent;
@@ -489,7 +489,7 @@ fn topic_info(state: &State, name: &str, partitions: u32) -> TopicInfo {
         created_at: 1_769_850_000_000,
         config: TopicConfig {
             partitions,
-            durability: strongbox_protocol::frames::admin_types::Durability::Fsync,
+            durability: strongbox_protocol::model::Durability::Fsync,
             retention_ms: None,
             retention_bytes: None,
             segment_bytes: None,
@@ -527,7 +527,7 @@ fn access_info(id: u64, state: AccessState, principal: &str) -> AccessRequestInf
         id,
         requester: principal.to_owned(),
         topic: "demo.x".into(),
-        operations: strongbox_protocol::frames::admin_types::Operations::SUBSCRIBE,
+        operations: strongbox_protocol::model::Operations::SUBSCRIBE,
         reason: "testing".into(),
         public_key: None,
         state,

@@ -9,10 +9,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::codec::{Reader, WriteExt};
 use crate::error::{DecodeError, EncodeError};
 use crate::frame::FrameType;
-use crate::frames::admin_types::{
-    AccessRequestInfo, AclRule, Field, KeyVersionInfo, Operations, RecipientEntry, RewrapProgress,
-    TopicConfig, TopicInfo, get_list, get_opt_bytes, get_opt_string, get_opt_u32, get_opt_u64,
-    put_list, put_opt_bytes, put_opt_string, put_opt_u32, put_opt_u64,
+use crate::frames::fields::{
+    Field, get_list, get_opt_bytes, get_opt_string, get_opt_u32, get_opt_u64, put_list,
+    put_opt_bytes, put_opt_string, put_opt_u32, put_opt_u64,
+};
+use crate::model::{
+    AccessRequestInfo, AclRule, KeyVersionInfo, Operations, RecipientEntry, RewrapProgress,
+    TopicConfig, TopicInfo,
 };
 
 /// A request on an admin stream.

@@ -1,4 +1,5 @@
-//! Frame bodies, one module per stream kind.
+//! Frame bodies, one module per stream kind, and the wire encoding of the
+//! [`model`](crate::model) values they carry.
 
 use bytes::BytesMut;
 
@@ -6,8 +7,8 @@ use crate::codec::Reader;
 use crate::error::{DecodeError, EncodeError};
 
 pub mod admin;
-pub mod admin_types;
 pub mod control;
+pub(crate) mod fields;
 pub mod produce;
 pub mod subscribe;
 

@@ -23,6 +23,30 @@ pub struct Produce {
     pub batch: Bytes,
 }
 
+/// The frame `length` (type and body, as compared with a `max_frame_size`)
+/// of a `Produce` frame less its topic name's and its batch's bytes: type 2,
+/// `correlation_id` 8, topic length 2, `partition` 4, batch length 4.
+pub const PRODUCE_FRAMING: u32 = 2 + 8 + 2 + 4 + 4;
+
+impl Produce {
+    /// The frame `length` of a `Produce` for a topic of `topic_len` bytes
+    /// carrying a batch of `batch_len` bytes.
+    pub const fn frame_length(topic_len: usize, batch_len: usize) -> u64 {
+        (PRODUCE_FRAMING as u64)
+            .saturating_add(topic_len as u64)
+            .saturating_add(batch_len as u64)
+    }
+
+    /// The largest batch a `Produce` for a topic of `topic_len` bytes can
+    /// carry to a receiver that accepts frames of `max_frame_size`; 0 when
+    /// not even an empty batch fits.
+    pub fn max_batch_len(max_frame_size: u32, topic_len: usize) -> usize {
+        (max_frame_size as usize)
+            .saturating_sub(PRODUCE_FRAMING as usize)
+            .saturating_sub(topic_len)
+    }
+}
+
 impl Body for Produce {
     fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
         dst.put_u64(self.correlation_id);

@@ -13,16 +13,16 @@ use proptest::prelude::*;
 use strongbox_protocol::batch::{BatchBuilder, ProducerStamp};
 use strongbox_protocol::frame::{DEFAULT_MAX_FRAME_SIZE, Frame};
 use strongbox_protocol::frames::admin::{AdminRequest, AdminResponse};
-use strongbox_protocol::frames::admin_types::{
-    AccessRequestInfo, AccessState, AclEffect, AclRule, Durability, KeyState, KeyVersionInfo,
-    Operations, PartitionInfo, PartitionState, RecipientEntry, RewrapProgress, TopicConfig,
-    TopicInfo,
-};
 use strongbox_protocol::frames::control::{ErrorFrame, Goodbye, Hello, Ping, Pong, Welcome};
 use strongbox_protocol::frames::produce::{Produce, ProduceAck};
 use strongbox_protocol::frames::subscribe::{
     AssignedPartition, Assignment, Commit, CommitAck, Credit, OffsetBatch, PartitionError, Records,
     StartPosition, Subscribe, SubscriptionEnd, SubscriptionTarget, Unsubscribe,
+};
+use strongbox_protocol::model::{
+    AccessRequestInfo, AccessState, AclEffect, AclRule, Durability, KeyState, KeyVersionInfo,
+    Operations, PartitionInfo, PartitionState, RecipientEntry, RewrapProgress, TopicConfig,
+    TopicInfo,
 };
 
 /// Encodes `frame` under the default maximum; panics (failing the test) when

@@ -4,9 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use strongbox_protocol::frames::admin_types::KeyState;
+use strongbox_protocol::model::KeyState;
 
 use super::cache::{CacheStats, DekCache};
 use super::registry::{self, KekVersion, SegmentRef};
@@ -15,6 +14,7 @@ use super::{
 };
 use crate::meta::MetaStore;
 use crate::observe::{self, KeyOp};
+use strongbox_protocol::clock::{Clock, SystemClock};
 
 /// How many version numbers [`KeyManager::rotate`] skips at most when the
 /// provider already holds keys the registry does not know (left by a
@@ -76,6 +76,8 @@ pub struct KeyManager {
     unwraps: AtomicU64,
     provider_errors: AtomicU64,
     unwrap_observer: RwLock<Option<UnwrapObserver>>,
+    /// Stamps the registry's `created_at` and `state_changed_at`.
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for KeyManager {
@@ -85,13 +87,6 @@ impl std::fmt::Debug for KeyManager {
             .field("meta", &self.meta)
             .finish()
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -115,7 +110,17 @@ impl KeyManager {
             unwraps: AtomicU64::new(0),
             provider_errors: AtomicU64::new(0),
             unwrap_observer: RwLock::new(None),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The same manager reading the time from `clock` instead of the
+    /// system clock (for the registry's `created_at` and
+    /// `state_changed_at`).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Installs (or replaces) the observer told about every unwrap that
@@ -245,7 +250,7 @@ impl KeyManager {
         let kind = self.provider.info().kind;
         let v = self
             .meta
-            .write(|tx| registry::add_active_version(tx, &id, kind, now_ms()))?;
+            .write(|tx| registry::add_active_version(tx, &id, kind, self.clock.now_ms()))?;
         tracing::info!(key = %id, "new active key-encryption key version");
         Ok(v)
     }
@@ -273,7 +278,7 @@ impl KeyManager {
     pub fn retire(&self, id: &KekId) -> Result<KekVersion, KeyError> {
         let _guard = lock(&self.lifecycle);
         self.meta
-            .write(|tx| registry::set_state(tx, id, KeyState::DecryptOnly, now_ms()))
+            .write(|tx| registry::set_state(tx, id, KeyState::DecryptOnly, self.clock.now_ms()))
     }
 
     /// Marks `id` compromised: it never wraps again, still unwraps (so its
@@ -286,7 +291,7 @@ impl KeyManager {
     pub fn mark_compromised(&self, id: &KekId) -> Result<KekVersion, KeyError> {
         let _guard = lock(&self.lifecycle);
         self.meta
-            .write(|tx| registry::set_state(tx, id, KeyState::Compromised, now_ms()))
+            .write(|tx| registry::set_state(tx, id, KeyState::Compromised, self.clock.now_ms()))
     }
 
     /// Destroys `id` in the provider and marks it destroyed. Refused while
@@ -319,7 +324,7 @@ impl KeyManager {
         lock(&self.cache).remove_kek(id);
         let version = self
             .meta
-            .write(|tx| registry::set_state(tx, id, KeyState::Destroyed, now_ms()))?;
+            .write(|tx| registry::set_state(tx, id, KeyState::Destroyed, self.clock.now_ms()))?;
         tracing::warn!(key = %id, segments = version.segments, "key-encryption key destroyed");
         Ok(DestroyOutcome {
             segments_lost: version.segments,
@@ -352,9 +357,9 @@ impl KeyManager {
             }
             self.destroy_in_provider(&v.id)?;
             lock(&self.cache).remove_kek(&v.id);
-            let v = self
-                .meta
-                .write(|tx| registry::set_state(tx, &v.id, KeyState::Destroyed, now_ms()))?;
+            let v = self.meta.write(|tx| {
+                registry::set_state(tx, &v.id, KeyState::Destroyed, self.clock.now_ms())
+            })?;
             done.push(v);
         }
         lock(&self.cache).remove_scope(scope);

@@ -21,7 +21,7 @@
 //!   never wraps.
 //! - `destroyed` is terminal: the provider no longer holds the key.
 
-use strongbox_protocol::frames::admin_types::{KeyState, KeyVersionInfo};
+use strongbox_protocol::model::{KeyState, KeyVersionInfo};
 
 use super::{KekId, KekScope, KeyError, SegmentKeyContext};
 use crate::meta::{Batch, MetaError};

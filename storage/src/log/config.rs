@@ -1,7 +1,6 @@
 //! Configuration of one partition log, and the clock it reads.
 
-use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::keys::KekScope;
 
@@ -102,25 +101,9 @@ pub struct RetentionPolicy {
     pub max_bytes: Option<u64>,
 }
 
-/// Where the log reads the time (segment ages, headers, retention).
-pub trait Clock: Send + Sync + fmt::Debug {
-    /// Milliseconds since the Unix epoch.
-    fn now_ms(&self) -> i64;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .ok()
-            .and_then(|d| i64::try_from(d.as_millis()).ok())
-            .unwrap_or(0)
-    }
-}
+/// Where the log reads the time (segment ages, headers, retention): the
+/// crate's one clock.
+pub use strongbox_protocol::clock::{Clock, SystemClock};
 
 /// Milliseconds of a duration, saturating.
 pub(crate) fn millis(d: Duration) -> i64 {

@@ -31,7 +31,7 @@ use crate::keys::{KekId, KekScope, SegmentKeyContext, WrappedDek};
 
 use super::error::LogError;
 use super::files;
-use super::format::{ByteReader, FORMAT_VERSION, FormatError, key_file_name};
+use super::format::{FORMAT_VERSION, FormatError, Reader, key_file_name};
 
 /// First four bytes of every key envelope.
 pub const ENVELOPE_MAGIC: [u8; 4] = *b"SBKE";
@@ -126,7 +126,7 @@ impl KeyEnvelope {
     ///
     /// [`FormatError`] naming the first problem.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let mut r = ByteReader::new(bytes);
+        let mut r = Reader::new(bytes);
         let magic = r.array::<4>()?;
         if magic != ENVELOPE_MAGIC {
             return Err(FormatError::BadMagic { found: magic });
@@ -145,9 +145,9 @@ impl KeyEnvelope {
         let base_offset = r.u64()?;
         let kek_version = r.u32()?;
         let scope_len = usize::from(r.u8()?);
-        let scope_bytes = r.take(scope_len)?;
+        let scope_bytes = r.raw(scope_len)?;
         let wrapped_len = usize::from(r.u16()?);
-        let wrapped = r.take(wrapped_len)?.to_vec();
+        let wrapped = r.raw(wrapped_len)?.to_vec();
         let body_len = bytes.len().saturating_sub(r.remaining());
         let stored = r.u32()?;
         if r.remaining() != 0 {

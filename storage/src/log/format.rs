@@ -64,6 +64,10 @@
 
 use std::fmt;
 
+/// The decoders of every on-disk layout read with the protocol's reader.
+pub(crate) use strongbox_protocol::codec::Reader;
+use strongbox_protocol::error::ReadError;
+
 use crate::aead::{MAC_LEN, NONCE_LEN, TAG_LEN};
 
 /// The log format version written in segment headers, AADs and envelopes.
@@ -88,8 +92,18 @@ pub const SEAL_SIGNED_LEN: usize = 48;
 pub const INDEX_ENTRY_LEN: usize = 24;
 /// Bytes in a frame's AAD.
 pub const AAD_LEN: usize = 50;
-/// The largest record batch a frame may hold: the protocol's largest frame.
-pub const MAX_BATCH_LEN: usize = strongbox_protocol::frame::ABSOLUTE_MAX_FRAME_SIZE as usize;
+/// The largest record batch a frame may hold: 64 MiB.
+///
+/// This is the disk format's own limit, not the wire's: a protocol change
+/// does not change what segments accept. It covers the largest batch the
+/// wire can carry (asserted below), so every batch a broker accepts can be
+/// stored; a protocol that carried larger batches fails this crate's build
+/// until the disk format is changed on purpose.
+pub const MAX_BATCH_LEN: usize = 64 * 1024 * 1024;
+const _: () = assert!(
+    MAX_BATCH_LEN >= strongbox_protocol::batch::MAX_WIRE_BATCH_LEN,
+    "a frame on disk must hold the largest record batch the wire carries"
+);
 /// The smallest batch: a header and one minimal record.
 pub const MIN_BATCH_LEN: usize =
     strongbox_protocol::batch::BATCH_HEADER_LEN + strongbox_protocol::batch::MIN_RECORD_LEN;
@@ -99,11 +113,13 @@ pub const MIN_BATCH_LEN: usize =
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
     /// Fewer bytes than the structure needs.
-    #[error("truncated: need {need} bytes, have {have}")]
+    #[error("truncated at byte {offset}: need {need} bytes, have {have}")]
     Truncated {
-        /// Bytes needed.
+        /// Where the short read started.
+        offset: usize,
+        /// Bytes the field needs.
         need: usize,
-        /// Bytes present.
+        /// Bytes that were left.
         have: usize,
     },
     /// The magic number is wrong: this is not that kind of structure.
@@ -139,59 +155,18 @@ pub enum FormatError {
     SealMarker,
 }
 
-/// A bounds-checked big-endian reader over untrusted bytes.
-#[derive(Debug)]
-pub(crate) struct ByteReader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> ByteReader<'a> {
-    pub(crate) fn new(buf: &'a [u8]) -> Self {
-        Self { buf, pos: 0 }
-    }
-
-    pub(crate) fn remaining(&self) -> usize {
-        self.buf.len().saturating_sub(self.pos)
-    }
-
-    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
-        let end = self.pos.checked_add(n).ok_or(FormatError::Truncated {
-            need: usize::MAX,
-            have: self.buf.len(),
-        })?;
-        let out = self.buf.get(self.pos..end).ok_or(FormatError::Truncated {
-            need: end,
-            have: self.buf.len(),
-        })?;
-        self.pos = end;
-        Ok(out)
-    }
-
-    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], FormatError> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
-    }
-
-    pub(crate) fn u8(&mut self) -> Result<u8, FormatError> {
-        Ok(u8::from_be_bytes(self.array()?))
-    }
-
-    pub(crate) fn u16(&mut self) -> Result<u16, FormatError> {
-        Ok(u16::from_be_bytes(self.array()?))
-    }
-
-    pub(crate) fn u32(&mut self) -> Result<u32, FormatError> {
-        Ok(u32::from_be_bytes(self.array()?))
-    }
-
-    pub(crate) fn u64(&mut self) -> Result<u64, FormatError> {
-        Ok(u64::from_be_bytes(self.array()?))
-    }
-
-    pub(crate) fn i64(&mut self) -> Result<i64, FormatError> {
-        Ok(i64::from_be_bytes(self.array()?))
+impl From<ReadError> for FormatError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Truncated { offset, need, have } => Self::Truncated { offset, need, have },
+            // The decoders here read fixed layouts and check their own
+            // lengths; these only arise from layouts that hold text or
+            // flags, reported as invalid like any other bad field.
+            other => Self::Invalid {
+                field: "layout",
+                detail: other.to_string(),
+            },
+        }
     }
 }
 
@@ -254,7 +229,7 @@ impl SegmentHeader {
     ///
     /// [`FormatError`] naming the first problem.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let mut r = ByteReader::new(bytes);
+        let mut r = Reader::new(bytes);
         let magic = r.array::<4>()?;
         if magic != SEGMENT_MAGIC {
             return Err(FormatError::BadMagic { found: magic });
@@ -352,7 +327,7 @@ impl FrameHeader {
     /// [`FormatError::SealMarker`] when the bytes start a seal;
     /// [`FormatError::Invalid`] for an impossible length or a zero count.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let mut r = ByteReader::new(bytes);
+        let mut r = Reader::new(bytes);
         let len = r.u32()?;
         if len == SEAL_MARKER {
             return Err(FormatError::SealMarker);
@@ -480,7 +455,7 @@ impl Seal {
     /// [`FormatError`] for a short input, a wrong marker or magic, or
     /// facts that contradict each other.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let mut r = ByteReader::new(bytes);
+        let mut r = Reader::new(bytes);
         let marker = r.u32()?;
         let magic = r.array::<4>()?;
         if marker != SEAL_MARKER || magic != SEAL_MAGIC {
@@ -545,7 +520,7 @@ impl IndexEntry {
     ///
     /// [`FormatError::Truncated`] for fewer than 24 bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let mut r = ByteReader::new(bytes);
+        let mut r = Reader::new(bytes);
         Ok(Self {
             offset: r.u64()?,
             position: r.u64()?,
@@ -721,6 +696,16 @@ mod tests {
             SegmentHeader::decode(&bytes[..63]),
             Err(FormatError::Truncated { .. })
         ));
+        // The error says where the short field starts and what is missing:
+        // the segment id at byte 28 needs 16 bytes, 2 are left.
+        assert_eq!(
+            SegmentHeader::decode(&bytes[..30]),
+            Err(FormatError::Truncated {
+                offset: 28,
+                need: 16,
+                have: 2
+            })
+        );
         let mut bad = bytes;
         bad[0] = b'X';
         assert!(matches!(
@@ -739,6 +724,17 @@ mod tests {
             SegmentHeader::decode(&bad),
             Err(FormatError::Checksum { .. })
         ));
+    }
+
+    /// The disk limit is storage's own, and it holds whatever the wire can
+    /// carry: the largest batch a broker could accept gets a frame that
+    /// encodes and decodes.
+    #[test]
+    fn the_largest_wire_batch_fits_a_frame_on_disk() {
+        let largest = strongbox_protocol::batch::MAX_WIRE_BATCH_LEN;
+        let header = FrameHeader::for_batch(largest, 7, 1).expect("largest wire batch");
+        assert_eq!(FrameHeader::decode(&header.encode()), Ok(header));
+        assert_eq!(MAX_BATCH_LEN, 64 * 1024 * 1024, "a disk format change");
     }
 
     #[test]

@@ -36,7 +36,7 @@ use crate::io::StorageIo;
 
 use super::error::LogError;
 use super::files;
-use super::format::{ByteReader, FORMAT_VERSION, FormatError, gap_file_name};
+use super::format::{FORMAT_VERSION, FormatError, Reader, gap_file_name};
 use super::partition::PartitionLog;
 
 /// First four bytes of a gap marker.
@@ -93,7 +93,7 @@ impl GapMarker {
                 detail: format!("{} bytes, a gap marker has {GAP_LEN}", bytes.len()),
             });
         }
-        let mut r = ByteReader::new(bytes);
+        let mut r = Reader::new(bytes);
         let magic = r.array::<4>()?;
         if magic != GAP_MAGIC {
             return Err(FormatError::BadMagic { found: magic });

@@ -36,7 +36,7 @@ use crate::io::{IoFile, OpenMode, StorageIo};
 
 use super::error::LogError;
 use super::files;
-use super::format::{ByteReader, FORMAT_VERSION, FormatError, quarantine_file_name};
+use super::format::{FORMAT_VERSION, FormatError, Reader, quarantine_file_name};
 
 /// First four bytes of a quarantine file.
 pub const QUARANTINE_MAGIC: [u8; 4] = *b"SBQT";
@@ -97,7 +97,7 @@ impl QuarantineHeader {
     ///
     /// [`FormatError`] naming the first problem.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let mut r = ByteReader::new(bytes);
+        let mut r = Reader::new(bytes);
         let magic = r.array::<4>()?;
         if magic != QUARANTINE_MAGIC {
             return Err(FormatError::BadMagic { found: magic });

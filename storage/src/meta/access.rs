@@ -3,9 +3,7 @@
 use bytes::Bytes;
 use redb::TableHandle;
 use serde::{Deserialize, Serialize};
-use strongbox_protocol::frames::admin_types::{
-    AccessRequestInfo, AccessState, AclEffect, AclRule, Operations,
-};
+use strongbox_protocol::model::{AccessRequestInfo, AccessState, AclEffect, AclRule, Operations};
 
 use super::codec::{corrupt, decode, encode, hex_array, opt_hex_bytes};
 use super::tables::{ACCESS_REQUESTS, ACLS, SINGLETONS};

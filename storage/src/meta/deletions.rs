@@ -89,7 +89,7 @@ impl Batch<'_> {
 mod tests {
     use super::*;
     use crate::meta::MetaStore;
-    use strongbox_protocol::frames::admin_types::{Durability, TopicConfig};
+    use strongbox_protocol::model::{Durability, TopicConfig};
 
     #[test]
     fn deleting_a_topic_records_it_until_finished() {

@@ -6,7 +6,7 @@
 
 use redb::TableHandle;
 use serde::{Deserialize, Serialize};
-use strongbox_protocol::frames::admin_types::KeyState;
+use strongbox_protocol::model::KeyState;
 
 use super::codec::{corrupt, decode, encode};
 use super::tables::{KEK_VERSIONS, SEGMENT_KEYS, SEGMENTS_BY_KEK};

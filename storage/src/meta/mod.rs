@@ -49,7 +49,7 @@ pub use deletions::TopicDeletion;
 pub use ends::PartitionEnd;
 pub use jobs::RewrapJobState;
 pub use snapshot::{MetaSnapshot, SnapshotStats};
-pub use topics::{ProducerPartitionState, ProducerRecord, TopicEntry};
+pub use topics::{ProducerRecord, TopicEntry};
 
 /// Errors of the metadata store.
 #[non_exhaustive]

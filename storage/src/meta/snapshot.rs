@@ -88,7 +88,6 @@ impl MetaSnapshot {
         copy.table(tables::TOPICS)?;
         copy.table(tables::GROUP_OFFSETS)?;
         copy.table(tables::PRODUCERS)?;
-        copy.table(tables::PRODUCER_PARTITIONS)?;
         copy.table(tables::KEK_VERSIONS)?;
         copy.table(tables::SEGMENT_KEYS)?;
         copy.table(tables::SEGMENTS_BY_KEK)?;
@@ -171,7 +170,6 @@ mod tests {
         rows(&txn, tables::TOPICS, &mut out);
         rows(&txn, tables::GROUP_OFFSETS, &mut out);
         rows(&txn, tables::PRODUCERS, &mut out);
-        rows(&txn, tables::PRODUCER_PARTITIONS, &mut out);
         rows(&txn, tables::KEK_VERSIONS, &mut out);
         rows(&txn, tables::SEGMENT_KEYS, &mut out);
         rows(&txn, tables::SEGMENTS_BY_KEK, &mut out);
@@ -207,7 +205,7 @@ mod tests {
             .expect("later commit");
         let copy = dir.path().join("copy.redb");
         let stats = snapshot.write_to(&copy).expect("write");
-        assert_eq!(stats.tables, 14);
+        assert_eq!(stats.tables, 13);
         drop(snapshot);
 
         let copied = dump(&copy);

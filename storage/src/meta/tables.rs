@@ -8,7 +8,7 @@
 //! that a newer broker may add fields, and a missing or ill-typed field is a
 //! [`super::MetaError::Corrupt`] error.
 
-use redb::{TableDefinition, WriteTransaction};
+use redb::{TableDefinition, TableHandle, WriteTransaction};
 
 use super::MetaError;
 
@@ -30,11 +30,6 @@ pub const GROUP_OFFSETS: TableDefinition<'static, (&str, &str, u32), u64> =
 
 /// Producer id → JSON `{epoch, updated_at}`.
 pub const PRODUCERS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("producers.v1");
-
-/// (producer id, topic, partition) → JSON `{epoch, last_sequence,
-/// base_offset, last_offset}`: the newest batch the producer wrote there.
-pub const PRODUCER_PARTITIONS: TableDefinition<'static, (u64, &str, u32), &[u8]> =
-    TableDefinition::new("producer_partitions.v1");
 
 /// (KEK scope label, version) → JSON `{state, provider, created_at,
 /// state_changed_at, segments}`; `state` is `active`, `decrypt-only`,
@@ -90,12 +85,28 @@ pub const PARTITION_ENDS: TableDefinition<'static, ([u8; 16], u32), &[u8]> =
 pub const TOPIC_DELETIONS: TableDefinition<'static, [u8; 16], &[u8]> =
     TableDefinition::new("topic_deletions.v1");
 
-/// Creates every table (a no-op for those that exist).
+/// Tables earlier versions created and this one no longer has, dropped at
+/// open so that a store reads the same whichever version created it (and
+/// its snapshots, which refuse tables they do not know, keep working).
+///
+/// - `producer_partitions.v1`, (producer id, topic, partition) → JSON:
+///   created empty by every store, never written. Producer state is rebuilt
+///   from the log at open (docs/STORAGE.md, "Metadata store").
+const RETIRED: &[&str] = &["producer_partitions.v1"];
+
+/// Creates every table (a no-op for those that exist) and drops the
+/// [`RETIRED`] ones.
 pub(super) fn create_all(txn: &WriteTransaction) -> Result<(), MetaError> {
+    let retired: Vec<_> = txn
+        .list_tables()?
+        .filter(|t| RETIRED.contains(&t.name()))
+        .collect();
+    for table in retired {
+        txn.delete_table(table)?;
+    }
     txn.open_table(TOPICS)?;
     txn.open_table(GROUP_OFFSETS)?;
     txn.open_table(PRODUCERS)?;
-    txn.open_table(PRODUCER_PARTITIONS)?;
     txn.open_table(KEK_VERSIONS)?;
     txn.open_table(SEGMENT_KEYS)?;
     txn.open_table(SEGMENTS_BY_KEK)?;

@@ -1,13 +1,13 @@
-//! Topics, consumer-group offsets, producer idempotence state and the
-//! recipient directory.
+//! Topics, consumer-group offsets, producer ids and the recipient
+//! directory.
 
 use bytes::Bytes;
 use redb::TableHandle;
 use serde::{Deserialize, Serialize};
-use strongbox_protocol::frames::admin_types::{Durability, RecipientEntry, TopicConfig, TopicInfo};
+use strongbox_protocol::model::{Durability, RecipientEntry, TopicConfig, TopicInfo};
 
 use super::codec::{corrupt, decode, encode, hex_array};
-use super::tables::{GROUP_OFFSETS, PRODUCER_PARTITIONS, PRODUCERS, RECIPIENTS, TOPICS};
+use super::tables::{GROUP_OFFSETS, PRODUCERS, RECIPIENTS, TOPICS};
 use super::{Batch, MetaError, MetaView};
 
 /// A topic as stored.
@@ -49,20 +49,6 @@ pub struct ProducerRecord {
     /// holder asks for a new one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal: Option<String>,
-}
-
-/// The newest batch a producer wrote to one partition, to drop retried
-/// duplicates and reject gaps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProducerPartitionState {
-    /// Epoch of that batch.
-    pub epoch: u16,
-    /// Sequence number of its last record.
-    pub last_sequence: u32,
-    /// Offset of its first record.
-    pub base_offset: u64,
-    /// Offset of its last record.
-    pub last_offset: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -242,54 +228,6 @@ impl MetaView<'_> {
             .transpose()
     }
 
-    /// A producer's state in one partition.
-    ///
-    /// # Errors
-    ///
-    /// [`MetaError::Corrupt`]; [`MetaError::Db`].
-    pub fn producer_partition(
-        &self,
-        producer_id: u64,
-        topic: &str,
-        partition: u32,
-    ) -> Result<Option<ProducerPartitionState>, MetaError> {
-        self.get_with(
-            PRODUCER_PARTITIONS,
-            (producer_id, topic, partition),
-            <[u8]>::to_vec,
-        )?
-        .map(|b| {
-            decode(
-                PRODUCER_PARTITIONS.name(),
-                format_args!("({producer_id}, {topic}, {partition})"),
-                &b,
-            )
-        })
-        .transpose()
-    }
-
-    /// Every producer's state in `topic`/`partition`, by producer id (what a
-    /// partition loads when it opens).
-    ///
-    /// # Errors
-    ///
-    /// [`MetaError::Corrupt`]; [`MetaError::Db`].
-    pub fn producer_states(
-        &self,
-        topic: &str,
-        partition: u32,
-    ) -> Result<Vec<(u64, ProducerPartitionState)>, MetaError> {
-        let mut out = Vec::new();
-        self.scan(PRODUCER_PARTITIONS, None, |(id, t, p), bytes| {
-            if t == topic && p == partition {
-                let key = format_args!("({id}, {t}, {p})");
-                out.push((id, decode(PRODUCER_PARTITIONS.name(), key, bytes)?));
-            }
-            Ok(true)
-        })?;
-        Ok(out)
-    }
-
     /// The recipient directory of `topic`, by recipient.
     ///
     /// # Errors
@@ -338,8 +276,8 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// Removes a topic with its group offsets, producer states and
-    /// recipients, and records its deletion as started
+    /// Removes a topic with its group offsets, recipients and recorded
+    /// durable ends, and records its deletion as started
     /// ([`super::TopicDeletion`]) until its files are gone; returns it when
     /// it existed. (ACL rules are patterns and stay; a dedicated KEK is
     /// destroyed through the key manager.)
@@ -364,17 +302,6 @@ impl Batch<'_> {
         })?;
         for (g, p) in offsets {
             self.delete(GROUP_OFFSETS, (g.as_str(), name, p))?;
-        }
-
-        let mut producers = Vec::new();
-        self.scan(PRODUCER_PARTITIONS, None, |(id, t, p), _| {
-            if t == name {
-                producers.push((id, p));
-            }
-            Ok(true)
-        })?;
-        for (id, p) in producers {
-            self.delete(PRODUCER_PARTITIONS, (id, name, p))?;
         }
 
         for r in self.recipients(name)? {
@@ -436,48 +363,12 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// Stores a producer's state in one partition.
-    ///
-    /// # Errors
-    ///
-    /// [`MetaError::Db`].
-    pub fn put_producer_partition(
-        &mut self,
-        producer_id: u64,
-        topic: &str,
-        partition: u32,
-        state: &ProducerPartitionState,
-    ) -> Result<(), MetaError> {
-        let value = encode("producer partition state", state)?;
-        self.put(
-            PRODUCER_PARTITIONS,
-            (producer_id, topic, partition),
-            value.as_slice(),
-        )?;
-        Ok(())
-    }
-
-    /// Forgets a producer and its state in every partition.
+    /// Forgets a producer id's record.
     ///
     /// # Errors
     ///
     /// [`MetaError::Db`].
     pub fn remove_producer(&mut self, producer_id: u64) -> Result<bool, MetaError> {
-        let mut keys = Vec::new();
-        self.scan(
-            PRODUCER_PARTITIONS,
-            Some((producer_id, "", 0)),
-            |(id, t, p), _| {
-                if id != producer_id {
-                    return Ok(false);
-                }
-                keys.push((t.to_owned(), p));
-                Ok(true)
-            },
-        )?;
-        for (t, p) in keys {
-            self.delete(PRODUCER_PARTITIONS, (producer_id, t.as_str(), p))?;
-        }
         self.delete(PRODUCERS, producer_id)
     }
 

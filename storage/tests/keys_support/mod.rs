@@ -272,7 +272,7 @@ pub fn provider_conformance(p: &dyn KeyProvider) {
 /// What the key manager must do over any provider. `provider` must hold no
 /// keys yet.
 pub fn manager_conformance(provider: std::sync::Arc<dyn KeyProvider>) {
-    use strongbox_protocol::frames::admin_types::KeyState;
+    use strongbox_protocol::model::KeyState;
     use strongbox_storage::keys::{KeyManager, SegmentKeyContext, SegmentKeys};
     use strongbox_storage::meta::MetaStore;
 

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strongbox_protocol::batch::{BatchBuilder, RecordBatch};
-use strongbox_protocol::frames::admin_types::KeyState;
-use strongbox_protocol::frames::admin_types::{Durability as TopicDurability, TopicConfig};
+use strongbox_protocol::model::KeyState;
+use strongbox_protocol::model::{Durability as TopicDurability, TopicConfig};
 use strongbox_storage::data_dir;
 use strongbox_storage::io::{PowerLossIo, StorageIo, durable};
 use strongbox_storage::keys::{

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::frame::{Frame, FrameType};
 use strongbox_protocol::frames::admin::{AdminRequest, AdminResponse};
-use strongbox_protocol::frames::admin_types::{
+use strongbox_protocol::model::{
     AccessState, AclEffect, AclRule, Operations, RecipientEntry, TopicConfig,
 };
 

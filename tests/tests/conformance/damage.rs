@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use strongbox_protocol::batch::BatchBuilder;
 use strongbox_protocol::frame::Frame;
-use strongbox_protocol::frames::admin_types::TopicConfig;
+use strongbox_protocol::model::TopicConfig;
 use strongbox_tests::copy_dir;
 
 use crate::harness::*;

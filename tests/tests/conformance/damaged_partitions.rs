@@ -10,10 +10,10 @@ use strongbox_protocol::ErrorCode;
 use strongbox_protocol::batch::RecordBatch;
 use strongbox_protocol::frame::Frame;
 use strongbox_protocol::frames::admin::AdminRequest;
-use strongbox_protocol::frames::admin_types::TopicConfig;
 use strongbox_protocol::frames::subscribe::{
     Assignment, PartitionError, Records, StartPosition, Subscribe,
 };
+use strongbox_protocol::model::TopicConfig;
 use strongbox_protocol::session::subscribe::SubscriberSession;
 
 use crate::damage::{Damage, RECORDS, damaged_topic, record, value};

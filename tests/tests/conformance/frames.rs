@@ -4,9 +4,9 @@ use anyhow::{Result, bail, ensure};
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::frame::{DEFAULT_MAX_FRAME_SIZE, Frame};
 use strongbox_protocol::frames::admin::AdminRequest;
-use strongbox_protocol::frames::admin_types::{AclEffect, AclRule, Operations};
 use strongbox_protocol::frames::produce::ProduceAck;
 use strongbox_protocol::frames::subscribe::{StartPosition, Unsubscribe};
+use strongbox_protocol::model::{AclEffect, AclRule, Operations};
 use strongbox_protocol::session::control::min_client_frame_size;
 
 use crate::harness::*;

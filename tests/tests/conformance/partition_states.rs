@@ -6,8 +6,8 @@ use anyhow::{Result, bail, ensure};
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::frame::Frame;
 use strongbox_protocol::frames::admin::{AdminRequest, AdminResponse};
-use strongbox_protocol::frames::admin_types::{AclEffect, AclRule, Operations, PartitionState};
 use strongbox_protocol::frames::subscribe::StartPosition;
+use strongbox_protocol::model::{AclEffect, AclRule, Operations, PartitionState};
 
 use crate::damage::{Damage, Damaged, OLDER_COPY_END, RECORDS, damaged_topic, record};
 use crate::harness::*;

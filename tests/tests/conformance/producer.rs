@@ -6,8 +6,8 @@ use anyhow::{Context, Result, bail, ensure};
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::batch::{BatchBuilder, ProducerStamp};
 use strongbox_protocol::frame::Frame;
-use strongbox_protocol::frames::admin_types::TopicConfig;
 use strongbox_protocol::frames::subscribe::{Credit, StartPosition};
+use strongbox_protocol::model::TopicConfig;
 use strongbox_tests::Signal;
 
 use crate::damage::{Damage, damaged_topic, record};

@@ -16,8 +16,8 @@ use strongbox_broker::dev::ensure_dev_dir;
 use strongbox_broker::server::{RunningBroker, run_with_io};
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::frame::Frame;
-use strongbox_protocol::frames::admin_types::{PartitionState, TopicInfo};
 use strongbox_protocol::frames::subscribe::StartPosition;
+use strongbox_protocol::model::{PartitionState, TopicInfo};
 use strongbox_storage::io::{Fault, FaultRule, FaultyIo, IoOp, PathMatch, StorageIo};
 
 use crate::damage::record;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::Value;
-use strongbox_client::protocol::frames::admin_types::{Durability, TopicConfig};
+use strongbox_client::protocol::model::{Durability, TopicConfig};
 use strongbox_client::{
     Client, ConsumedRecord, ConsumerConfig, ProducerConfig, ProducerRecord, Subscription,
 };

@@ -4,9 +4,8 @@
 use std::time::Duration;
 
 use strongbox_client::StartPosition;
-use strongbox_client::protocol::frames::admin_types::{Durability, Operations};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
+use strongbox_client::protocol::model::{Durability, Operations};
+use strongbox_client::protocol::rfc3339;
 
 /// `NAME=VALUE` for `--header`.
 pub(crate) fn header(s: &str) -> Result<(String, String), String> {
@@ -31,7 +30,9 @@ pub(crate) fn start_position(s: &str) -> Result<StartPosition, String> {
         "latest" => Ok(StartPosition::Latest),
         _ => {
             if let Some(when) = s.strip_prefix('@') {
-                return rfc3339_ms(when).map(StartPosition::Timestamp);
+                return rfc3339::parse_ms(when)
+                    .map(StartPosition::Timestamp)
+                    .map_err(|e| e.to_string());
             }
             s.parse::<u64>().map(StartPosition::Offset).map_err(|_| {
                 format!(
@@ -41,14 +42,6 @@ pub(crate) fn start_position(s: &str) -> Result<StartPosition, String> {
             })
         }
     }
-}
-
-/// Milliseconds since the Unix epoch of an RFC 3339 time.
-pub(crate) fn rfc3339_ms(s: &str) -> Result<i64, String> {
-    let t = OffsetDateTime::parse(s, &Rfc3339)
-        .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2026-01-31T09:00:00Z ({e})"))?;
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
-        .map_err(|_| format!("{s:?} is out of range"))
 }
 
 /// `fsync`, `interval:MS` or `none`.

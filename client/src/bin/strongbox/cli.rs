@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use strongbox_client::protocol::frames::admin_types::{Durability, Operations};
+use strongbox_client::protocol::model::{Durability, Operations};
 use strongbox_client::{KeyExchange, StartPosition};
 
 use crate::args;

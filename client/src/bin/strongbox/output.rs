@@ -4,9 +4,9 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use strongbox_client::protocol::frames::admin_types::{AclEffect, AclRule, Durability, TopicInfo};
+use strongbox_client::protocol::model::{AclEffect, AclRule, Durability, TopicInfo};
+use strongbox_client::protocol::rfc3339;
 use strongbox_client::{ConsumedRecord, RecordMetadata, WhoAmI};
-use time::OffsetDateTime;
 
 /// A table with a header row and columns padded to their widest cell.
 #[derive(Debug)]
@@ -65,19 +65,7 @@ pub(crate) fn key_values(pairs: &[(&str, String)]) -> String {
 
 /// Milliseconds since the Unix epoch as `2026-01-31T09:00:00.000Z`.
 pub(crate) fn time_ms(ms: i64) -> String {
-    match OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.millisecond()
-        ),
-        Err(_) => format!("{ms}ms"),
-    }
+    rfc3339::format_ms(ms).unwrap_or_else(|| format!("{ms}ms"))
 }
 
 /// Bytes as text: UTF-8 as is, with control characters and invalid bytes
@@ -344,7 +332,7 @@ pub(crate) fn acl_json(r: &AclRule) -> Value {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use strongbox_client::protocol::frames::admin_types::{
+    use strongbox_client::protocol::model::{
         Operations, PartitionInfo, PartitionState, TopicConfig,
     };
 

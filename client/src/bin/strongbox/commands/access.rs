@@ -10,12 +10,12 @@ use clap::Subcommand;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use strongbox_client::e2e::{OwnerKey, RecipientGrant, RecipientKem, RecipientKey};
-use strongbox_client::protocol::frames::admin_types::{AccessRequestInfo, AccessState, Operations};
+use strongbox_client::protocol::clock::now_ms;
+use strongbox_client::protocol::model::{AccessRequestInfo, AccessState, Operations};
 
 use crate::args::{self, millis};
 use crate::cli::GlobalArgs;
 use crate::commands::Out;
-use crate::commands::e2e::now_ms;
 use crate::connect;
 use crate::output::{Table, key_values, time_ms};
 

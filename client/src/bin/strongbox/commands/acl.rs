@@ -1,7 +1,8 @@
 //! `strongbox acl ...`.
 
 use serde_json::Value;
-use strongbox_client::protocol::frames::admin_types::{AclEffect, AclRule};
+use strongbox_client::protocol::clock::now_ms;
+use strongbox_client::protocol::model::{AclEffect, AclRule};
 
 use crate::args::millis;
 use crate::cli::{AclCommand, AclRevokeArgs, AclRuleArgs, GlobalArgs};
@@ -9,15 +10,9 @@ use crate::commands::Out;
 use crate::{connect, output};
 
 fn rule(args: AclRuleArgs) -> AclRule {
-    let expires_at = args.expires.map(|d| {
-        let now = i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis()),
-        )
-        .unwrap_or(i64::MAX);
-        now.saturating_add(i64::try_from(millis(d)).unwrap_or(i64::MAX))
-    });
+    let expires_at = args
+        .expires
+        .map(|d| now_ms().saturating_add(i64::try_from(millis(d)).unwrap_or(i64::MAX)));
     AclRule {
         principal: args.principal,
         topic: args.topic,

@@ -14,6 +14,7 @@ use strongbox_client::e2e::{
     E2eOpener, E2eSealer, Identity, Keyring, OwnerKey, OwnerPublicKey, RecipientGrant,
     RecipientKem, RecipientSet, SignedRecipientEntry, UnreadablePolicy,
 };
+use strongbox_client::protocol::clock::now_ms;
 use strongbox_client::{Client, ClientError, ValueSealer};
 
 use crate::UsageError;
@@ -424,13 +425,4 @@ pub(crate) fn grant_json(g: &RecipientGrant) -> Value {
         "created_at": g.created_at,
         "expires_at": g.expires_at,
     })
-}
-
-pub(crate) fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis()),
-    )
-    .unwrap_or(i64::MAX)
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Subcommand;
 use serde_json::{Value, json};
-use strongbox_client::protocol::frames::admin_types::{KeyVersionInfo, RewrapProgress};
+use strongbox_client::protocol::model::{KeyVersionInfo, RewrapProgress};
 use strongbox_client::{Admin, KeyChange, KeyStatus};
 
 use crate::cli::GlobalArgs;
@@ -405,7 +405,7 @@ fn status_text(s: &KeyStatus) -> String {
 
 #[cfg(test)]
 mod tests {
-    use strongbox_client::protocol::frames::admin_types::KeyState;
+    use strongbox_client::protocol::model::KeyState;
 
     use super::*;
 

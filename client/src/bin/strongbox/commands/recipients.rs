@@ -8,11 +8,12 @@ use bytes::Bytes;
 use clap::Subcommand;
 use serde_json::{Value, json};
 use strongbox_client::e2e::{OwnerPublicKey, SignedRecipientEntry, verify_entry};
-use strongbox_client::protocol::frames::admin_types::RecipientEntry;
+use strongbox_client::protocol::clock::now_ms;
+use strongbox_client::protocol::model::RecipientEntry;
 
 use crate::cli::GlobalArgs;
 use crate::commands::Out;
-use crate::commands::e2e::{grant_json, now_ms};
+use crate::commands::e2e::grant_json;
 use crate::connect;
 use crate::output::{Table, time_ms};
 

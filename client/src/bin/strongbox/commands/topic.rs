@@ -1,7 +1,7 @@
 //! `strongbox topic ...`.
 
 use serde_json::Value;
-use strongbox_client::protocol::frames::admin_types::TopicConfig;
+use strongbox_client::protocol::model::TopicConfig;
 
 use crate::cli::{GlobalArgs, TopicCommand};
 use crate::commands::Out;

@@ -1,10 +1,19 @@
-//! Values carried by admin requests and responses: topic configs, ACL rules,
-//! key versions, access requests.
+//! The wire encoding of the model values that admin requests and responses
+//! carry (topic configs, ACL rules, key versions, access requests,
+//! recipients), and of the optional and list fields around them.
+//!
+//! The values themselves are defined in [`crate::model`]; this file is the
+//! only place that knows their bytes. docs/PROTOCOL.md has the same layouts.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::codec::{Reader, WriteExt};
 use crate::error::{DecodeError, EncodeError};
+use crate::model::{
+    AccessRequestInfo, AccessState, AclEffect, AclRule, Durability, KeyState, KeyVersionInfo,
+    Operations, PartitionInfo, PartitionState, RecipientEntry, RewrapProgress, TopicConfig,
+    TopicInfo,
+};
 
 /// Reads and writes one value inside a frame body.
 pub(crate) trait Field: Sized {
@@ -141,22 +150,6 @@ pub(crate) fn get_opt_bytes(
     })
 }
 
-/// How a topic makes appends durable before acknowledging them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Durability {
-    /// Acknowledge after `fdatasync`; concurrent appends share one sync
-    /// (group commit).
-    Fsync,
-    /// Acknowledge after the write; sync at most every `interval_ms`.
-    Interval {
-        /// Milliseconds between syncs.
-        interval_ms: u32,
-    },
-    /// Acknowledge after the write; the operating system decides when to
-    /// sync.
-    None,
-}
-
 impl Field for Durability {
     fn put(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
         let (tag, ms) = match *self {
@@ -192,26 +185,6 @@ impl Field for Durability {
     }
 }
 
-/// Settings of a topic, fixed at creation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicConfig {
-    /// Number of partitions, at least 1.
-    pub partitions: u32,
-    /// When appends are acknowledged.
-    pub durability: Durability,
-    /// Delete segments whose newest record is older than this.
-    pub retention_ms: Option<u64>,
-    /// Delete the oldest segments while a partition is larger than this.
-    pub retention_bytes: Option<u64>,
-    /// Roll the active segment at this size; broker default when absent.
-    pub segment_bytes: Option<u64>,
-    /// Roll the active segment at this age; broker default when absent.
-    pub segment_ms: Option<u64>,
-    /// Wrap this topic's data keys under a key-encryption key of its own,
-    /// destroyed with the topic (crypto-shredding).
-    pub dedicated_kek: bool,
-}
-
 impl Field for TopicConfig {
     fn put(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
         dst.put_u32(self.partitions);
@@ -237,26 +210,6 @@ impl Field for TopicConfig {
     }
 }
 
-/// The state of one partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionInfo {
-    /// Partition index.
-    pub partition: u32,
-    /// Oldest retained offset.
-    pub log_start_offset: u64,
-    /// Offset the next appended record will get.
-    pub high_watermark: u64,
-    /// Segments on disk.
-    pub segments: u32,
-    /// Bytes on disk.
-    pub size_bytes: u64,
-    /// Present when the partition is not `ok`: what is wrong and what to
-    /// do.
-    pub error: Option<String>,
-    /// Whether the partition serves reads and writes.
-    pub state: PartitionState,
-}
-
 impl Field for PartitionInfo {
     fn put(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
         dst.put_u32(self.partition);
@@ -278,39 +231,6 @@ impl Field for PartitionInfo {
             error: get_opt_string(r, "error")?,
             state: PartitionState::get(r)?,
         })
-    }
-}
-
-/// Whether a partition serves reads and writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum PartitionState {
-    /// Reads and writes.
-    #[default]
-    Ok,
-    /// Neither: its log cannot be opened (corruption, a missing key).
-    Unavailable,
-    /// Reads only: its log is shorter than the offsets it acknowledged, or
-    /// misses a segment the broker knows of. Writes resume when an
-    /// operator accepts the loss.
-    ReadOnly,
-    /// Reads only for now: a write or sync failed (a full disk, an I/O
-    /// error). Writes resume by themselves once the disk accepts them.
-    Fenced,
-}
-
-impl PartitionState {
-    /// Every state, in wire order.
-    pub const ALL: [Self; 4] = [Self::Ok, Self::Unavailable, Self::ReadOnly, Self::Fenced];
-
-    /// The state's name as shown by the CLI and in metrics (`ok`,
-    /// `unavailable`, `read_only`, `fenced`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Unavailable => "unavailable",
-            Self::ReadOnly => "read_only",
-            Self::Fenced => "fenced",
-        }
     }
 }
 
@@ -340,21 +260,6 @@ impl Field for PartitionState {
     }
 }
 
-/// A topic, its configuration and its partitions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicInfo {
-    /// Topic name.
-    pub name: String,
-    /// 128-bit identifier, stable for the topic's life and never reused.
-    pub topic_id: [u8; 16],
-    /// Milliseconds since the Unix epoch.
-    pub created_at: i64,
-    /// Its configuration.
-    pub config: TopicConfig,
-    /// One entry per partition (empty in `TopicList`).
-    pub partitions: Vec<PartitionInfo>,
-}
-
 impl Field for TopicInfo {
     fn put(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
         dst.put_string("name", &self.name)?;
@@ -375,87 +280,6 @@ impl Field for TopicInfo {
             config: TopicConfig::get(r)?,
             partitions: get_list(r, 34)?,
         })
-    }
-}
-
-/// A set of ACL operations, as a bit set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Operations(pub u16);
-
-impl Operations {
-    /// Append to a topic.
-    pub const PUBLISH: Self = Self(1 << 0);
-    /// Read a topic.
-    pub const SUBSCRIBE: Self = Self(1 << 1);
-    /// See a topic's configuration and state.
-    pub const DESCRIBE: Self = Self(1 << 2);
-    /// Create topics.
-    pub const CREATE: Self = Self(1 << 3);
-    /// Delete topics.
-    pub const DELETE: Self = Self(1 << 4);
-    /// Change a topic's settings, recipients and ACLs bound to it.
-    pub const ALTER: Self = Self(1 << 5);
-    /// Decide access requests for a topic and grant its permissions.
-    pub const GRANT: Self = Self(1 << 6);
-    /// Manage encryption keys.
-    pub const KEYS: Self = Self(1 << 7);
-    /// Read the audit trail.
-    pub const AUDIT: Self = Self(1 << 8);
-    /// Every operation, including broker-wide administration.
-    pub const ADMIN: Self = Self(1 << 9);
-    /// Bits that name an operation.
-    pub const VALID: u16 = (1 << 10) - 1;
-
-    /// Every operation with its name, in bit order.
-    pub const NAMED: &'static [(Self, &'static str)] = &[
-        (Self::PUBLISH, "publish"),
-        (Self::SUBSCRIBE, "subscribe"),
-        (Self::DESCRIBE, "describe"),
-        (Self::CREATE, "create"),
-        (Self::DELETE, "delete"),
-        (Self::ALTER, "alter"),
-        (Self::GRANT, "grant"),
-        (Self::KEYS, "keys"),
-        (Self::AUDIT, "audit"),
-        (Self::ADMIN, "admin"),
-    ];
-
-    /// True when every operation of `other` is in `self`.
-    pub fn contains(self, other: Self) -> bool {
-        self.0 & other.0 == other.0
-    }
-
-    /// True when no operation is set.
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
-    /// The union of both sets.
-    pub fn union(self, other: Self) -> Self {
-        Self(self.0 | other.0)
-    }
-
-    /// The operation named `name` (`publish`, `subscribe`, ...).
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::NAMED
-            .iter()
-            .find(|(_, n)| *n == name)
-            .map(|(op, _)| *op)
-    }
-
-    /// The names of the operations in the set.
-    pub fn names(self) -> Vec<&'static str> {
-        Self::NAMED
-            .iter()
-            .filter(|(op, _)| self.contains(*op))
-            .map(|(_, n)| *n)
-            .collect()
-    }
-}
-
-impl std::fmt::Display for Operations {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.names().join(","))
     }
 }
 
@@ -483,34 +307,6 @@ impl Field for Operations {
         }
         Ok(Self(bits))
     }
-}
-
-/// Whether an ACL rule allows or denies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AclEffect {
-    /// Grants the operations.
-    Allow,
-    /// Refuses the operations, whatever else allows them.
-    Deny,
-}
-
-/// One ACL rule: principal pattern × topic pattern × operations.
-///
-/// A pattern is `*` (anything), an exact name, or a prefix ending in `*`
-/// (`orders.*`, `spiffe://prod/*`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct AclRule {
-    /// Principal pattern.
-    pub principal: String,
-    /// Topic pattern.
-    pub topic: String,
-    /// Operations the rule covers.
-    pub operations: Operations,
-    /// Allow or deny.
-    pub effect: AclEffect,
-    /// When the rule stops applying (milliseconds since the Unix epoch), for
-    /// time-boxed grants.
-    pub expires_at: Option<i64>,
 }
 
 impl Field for AclRule {
@@ -551,31 +347,6 @@ impl Field for AclRule {
     }
 }
 
-/// NIST SP 800-57 state of a key-encryption key version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KeyState {
-    /// Wraps new data keys.
-    Active,
-    /// Unwraps existing data keys only.
-    DecryptOnly,
-    /// Gone from the provider; data under it cannot be read.
-    Destroyed,
-    /// Suspected exposed; still unwraps, first in the rewrap queue.
-    Compromised,
-}
-
-impl KeyState {
-    /// The state's name as shown by the CLI.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::DecryptOnly => "decrypt-only",
-            Self::Destroyed => "destroyed",
-            Self::Compromised => "compromised",
-        }
-    }
-}
-
 impl Field for KeyState {
     fn put(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
         dst.put_u8(match self {
@@ -600,25 +371,6 @@ impl Field for KeyState {
             }),
         }
     }
-}
-
-/// One version of a key-encryption key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyVersionInfo {
-    /// `broker`, or `topic:<name>` for a dedicated key.
-    pub scope: String,
-    /// Version number, from 1.
-    pub version: u32,
-    /// Its state.
-    pub state: KeyState,
-    /// Which provider holds it (`file`, `pkcs11`).
-    pub provider: String,
-    /// Milliseconds since the Unix epoch.
-    pub created_at: i64,
-    /// When the state last changed.
-    pub state_changed_at: i64,
-    /// Segment keys wrapped under this version.
-    pub segments: u64,
 }
 
 impl Field for KeyVersionInfo {
@@ -646,20 +398,6 @@ impl Field for KeyVersionInfo {
     }
 }
 
-/// Progress of the background rewrap job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RewrapProgress {
-    /// True while the job runs.
-    pub running: bool,
-    /// Envelopes the job must rewrap.
-    pub total: u64,
-    /// Envelopes rewrapped so far.
-    pub done: u64,
-    /// Envelopes it could not rewrap (their key version is destroyed, or
-    /// the envelope is corrupt).
-    pub failed: u64,
-}
-
 impl Field for RewrapProgress {
     fn put(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
         dst.put_bool(self.running);
@@ -676,31 +414,6 @@ impl Field for RewrapProgress {
             done: r.u64()?,
             failed: r.u64()?,
         })
-    }
-}
-
-/// Where an access request stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AccessState {
-    /// Waiting for a decision.
-    Pending,
-    /// Approved; the grant is in force until it expires.
-    Approved,
-    /// Denied.
-    Denied,
-    /// Approved once; the grant has expired and was removed.
-    Expired,
-}
-
-impl AccessState {
-    /// The state's name as shown by the CLI.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Approved => "approved",
-            Self::Denied => "denied",
-            Self::Expired => "expired",
-        }
     }
 }
 
@@ -728,35 +441,6 @@ impl Field for AccessState {
             }),
         }
     }
-}
-
-/// A principal's request for operations on a topic, and its decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccessRequestInfo {
-    /// Broker-assigned id.
-    pub id: u64,
-    /// Who asked.
-    pub requester: String,
-    /// The topic asked for.
-    pub topic: String,
-    /// The operations asked for.
-    pub operations: Operations,
-    /// Why, in the requester's words.
-    pub reason: String,
-    /// The requester's public key for end-to-end encryption, if given.
-    pub public_key: Option<Bytes>,
-    /// Where it stands.
-    pub state: AccessState,
-    /// Milliseconds since the Unix epoch.
-    pub created_at: i64,
-    /// Who decided.
-    pub decided_by: Option<String>,
-    /// The decider's reason (required for a denial).
-    pub decision_reason: Option<String>,
-    /// When it was decided.
-    pub decided_at: Option<i64>,
-    /// When an approved grant expires.
-    pub expires_at: Option<i64>,
 }
 
 impl Field for AccessRequestInfo {
@@ -792,21 +476,6 @@ impl Field for AccessRequestInfo {
             expires_at: get_opt_i64(r, "expires_at")?,
         })
     }
-}
-
-/// A reader of a topic's end-to-end encrypted records, as stored in the
-/// topic's recipient directory.
-///
-/// `entry` is the signed recipient record defined by the client's
-/// end-to-end layer; the broker stores and returns it unchanged and cannot
-/// forge one, because producers check it against the topic owner's pinned
-/// public key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecipientEntry {
-    /// The recipient's id (usually its principal).
-    pub recipient: String,
-    /// The signed entry.
-    pub entry: Bytes,
 }
 
 impl Field for RecipientEntry {
