@@ -11,6 +11,13 @@
 //! 00000000000000004096.<id>.quarantine   a torn tail recovery cut, kept
 //! ```
 //!
+//! Its owner needs no file name or layout: the log publishes its durable
+//! high watermark to subscriptions ([`PartitionLog::subscribe_watermark`]),
+//! scans the batches an idempotent-producer table is rebuilt from
+//! ([`PartitionLog::scan_recent_batches`]) and reconciles key envelopes with
+//! the key registry after an interrupted rewrap
+//! ([`PartitionLog::reconcile_envelopes`]).
+//!
 //! Every file-system operation goes through a [`StorageIo`](crate::io::StorageIo)
 //! ([`LogEnv`]); a failed write or sync fences the log until it resumes by
 //! itself from its last durable point (`heal.rs`).
