@@ -554,7 +554,9 @@ async fn create_topic(
         .await?
         .map_err(|e: MetaError| BrokerError::internal("storing the topic", e))?;
     let keys: Arc<dyn SegmentKeys> = state.keys.clone();
-    let topic = state.topics.add(entry, keys);
+    // Opening the partition logs creates files: off the async threads.
+    let state2 = state.clone();
+    let topic = blocking(move || state2.topics.add(entry, keys)).await?;
     state.metrics.touch_topic(name);
     tracing::info!(target: "strongbox::audit", topic = %name, partitions = topic.partition_count(), dedicated_kek = topic.entry.config.dedicated_kek, "topic created");
     Ok(AdminResponse::Topic(topic.describe()))

@@ -30,6 +30,7 @@ pub mod admin;
 pub mod authz;
 pub mod connection;
 pub mod error;
+mod gateway;
 pub mod groups;
 pub mod integrity;
 pub mod key_lifecycle;

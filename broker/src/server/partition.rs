@@ -1,29 +1,33 @@
 //! One partition of a topic: its encrypted log, its idempotent-producer
-//! table, and the high watermark that wakes live subscribers.
+//! table, and what subscribers wait on.
 //!
-//! Appends to a partition are serialized by an async mutex that covers the
-//! sequence check and the write (so a retry can never race its original),
-//! but not the wait for durability: while one batch waits for its fsync the
-//! next is already being written, and one fsync covers both (group commit
-//! in the log).
+//! Every storage call from async code goes through the gateway
+//! (`gateway.rs`): appends through the partition's writer queue, drained
+//! on the blocking pool, which checks sequences and writes under the
+//! producer table (so a retry can never race its original); reads and
+//! lookups on the blocking pool. The wait for durability is not part of
+//! the write: while one batch waits for its fsync the next is already
+//! being written, and one fsync covers both (group commit in the log).
 //!
-//! The high watermark published to subscribers only moves past a batch once
-//! that batch is durable under the topic's policy, so a subscriber never
-//! sees a record that a crash could take back.
+//! The high watermark is the log's own: subscribers read below
+//! [`PartitionLog::readable_end`] and wait on the log's watermark
+//! subscription, which only moves past a batch once that batch is durable
+//! under the topic's policy, so a subscriber never sees a record that a
+//! crash could take back.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, PoisonError};
 
 use bytes::Bytes;
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::batch::RecordBatch;
 use strongbox_protocol::model::PartitionState;
 use strongbox_storage::keys::KeyError;
-use strongbox_storage::log::{Durable, LogError, LogHealth, PartitionLog};
-use tokio::sync::{Mutex, watch};
+use strongbox_storage::log::{Durable, LogError, LogHealth, PartitionLog, WatermarkSubscription};
 
 use crate::server::error::BrokerError;
+use crate::server::gateway::{self, AppendDone, AppendJob, AppendQueue, QueuedAppend};
 use crate::server::producers::{ProducerTable, SequenceCheck};
 
 /// The result of an append.
@@ -67,9 +71,11 @@ pub struct Partition {
     /// The partition's directory.
     pub dir: PathBuf,
     log: PartitionLog,
-    producers: Mutex<ProducerTable>,
-    /// Offset after the last durable record.
-    durable_end: watch::Sender<u64>,
+    /// Only the writer (a drain task, or the partition watch's resync)
+    /// takes it, on the blocking pool.
+    producers: std::sync::Mutex<ProducerTable>,
+    /// Appends waiting for the writer.
+    appends: AppendQueue,
     closed: std::sync::atomic::AtomicBool,
     /// Why the partition refuses writes until an operator recovers it
     /// (see `integrity.rs`); `None` when it takes writes.
@@ -77,6 +83,14 @@ pub struct Partition {
     /// The log's truncation count the producer table was built for: a
     /// log that cut records after a failed sync needs the table rebuilt.
     producers_built_at: AtomicU64,
+}
+
+/// A batch the writer handled: written (durable later), or a retry of one
+/// already written.
+#[derive(Debug)]
+pub struct Written {
+    base_offset: u64,
+    state: PendingState,
 }
 
 /// A written batch waiting to become durable, or a retry of one.
@@ -89,8 +103,32 @@ pub struct PendingAppend {
 
 #[derive(Debug)]
 enum PendingState {
-    Written { end: u64, durable: Durable },
+    Written { durable: Durable },
     Duplicate,
+}
+
+/// An append queued for a partition's writer: resolves to the
+/// [`PendingAppend`] once the batch is written (or refused).
+#[derive(Debug)]
+pub struct QueuedWrite {
+    partition: Arc<Partition>,
+    rx: QueuedAppend,
+}
+
+impl QueuedWrite {
+    /// Waits for the writer.
+    ///
+    /// # Errors
+    ///
+    /// As [`Partition::begin_append`].
+    pub async fn written(self) -> Result<PendingAppend, BrokerError> {
+        let w = self.rx.await.map_err(|_| gateway::dropped())??;
+        Ok(PendingAppend {
+            partition: self.partition,
+            base_offset: w.base_offset,
+            state: w.state,
+        })
+    }
 }
 
 impl PendingAppend {
@@ -102,16 +140,10 @@ impl PendingAppend {
     pub async fn complete(self) -> Result<AppendOutcome, BrokerError> {
         let p = &self.partition;
         match self.state {
-            PendingState::Written { end, durable } => {
+            PendingState::Written { durable } => {
+                // The log publishes the high watermark itself, before it
+                // resolves the waiter.
                 durable.await.map_err(|e| p.storage_error(&e))?;
-                p.durable_end.send_if_modified(|current| {
-                    if end > *current {
-                        *current = end;
-                        true
-                    } else {
-                        false
-                    }
-                });
                 Ok(AppendOutcome {
                     base_offset: self.base_offset,
                     duplicate: false,
@@ -139,17 +171,15 @@ impl Partition {
         log: PartitionLog,
         producers: ProducerTable,
     ) -> Arc<Self> {
-        let end = log.high_watermark();
         let built_at = log.truncations();
-        let (durable_end, _) = watch::channel(end);
         Arc::new(Self {
             topic,
             index,
             dir,
             log,
             producers_built_at: AtomicU64::new(built_at),
-            producers: Mutex::new(producers),
-            durable_end,
+            producers: std::sync::Mutex::new(producers),
+            appends: AppendQueue::default(),
             closed: std::sync::atomic::AtomicBool::new(false),
             read_only: std::sync::RwLock::new(None),
         })
@@ -159,7 +189,7 @@ impl Partition {
     pub fn read_only_reason(&self) -> Option<String> {
         self.read_only
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
@@ -168,7 +198,7 @@ impl Partition {
         *self
             .read_only
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = reason;
+            .unwrap_or_else(PoisonError::into_inner) = reason;
     }
 
     /// The partition's state and, when it is not `ok`, why.
@@ -188,7 +218,8 @@ impl Partition {
         }
     }
 
-    /// The underlying log.
+    /// The underlying log. Its methods block: from async code, go through
+    /// the methods of this type (the gateway) instead.
     pub fn log(&self) -> &PartitionLog {
         &self.log
     }
@@ -198,9 +229,10 @@ impl Partition {
         self.log
     }
 
-    /// Offset after the last durable record: subscribers read below it.
+    /// Offset after the last durable record that can be read: subscribers
+    /// read below it.
     pub fn high_watermark(&self) -> u64 {
-        *self.durable_end.borrow()
+        self.log.readable_end()
     }
 
     /// Oldest retained offset.
@@ -208,31 +240,72 @@ impl Partition {
         self.log.log_start_offset()
     }
 
-    /// A receiver that changes whenever the high watermark moves.
-    pub fn watch_high_watermark(&self) -> watch::Receiver<u64> {
-        self.durable_end.subscribe()
+    /// A subscription that wakes whenever the log's high watermark moves,
+    /// and ends when the partition is closed.
+    pub fn watch_high_watermark(&self) -> WatermarkSubscription {
+        self.log.subscribe_watermark()
+    }
+
+    pub(crate) fn appends(&self) -> &AppendQueue {
+        &self.appends
     }
 
     /// Writes a validated batch, deduplicating idempotent retries, and
     /// returns what to wait on before acknowledging it.
     ///
     /// Callers issue `begin_append` in the order batches arrived on a
-    /// stream (it serializes on the partition, so sequences are checked in
-    /// that order) and may then wait on several [`PendingAppend`]s at once:
-    /// one fsync covers every batch written meanwhile.
+    /// stream (the partition's writer checks sequences in the order
+    /// appends were queued) and may then wait on several
+    /// [`PendingAppend`]s at once: one fsync covers every batch written
+    /// meanwhile.
     ///
     /// `min_epoch` is the producer's current epoch from the producer
     /// registry (0 for batches without a producer stamp).
     ///
     /// # Errors
     ///
-    /// `out_of_order_sequence`, `producer_fenced`, or a storage failure
-    /// (`partition_unavailable`, `key_unavailable`).
+    /// `partition_read_only`, `out_of_order_sequence`, `producer_fenced`,
+    /// or a storage failure (`partition_unavailable`, `key_unavailable`).
     pub async fn begin_append(
         self: &Arc<Self>,
         batch: &RecordBatch,
         min_epoch: u16,
     ) -> Result<PendingAppend, BrokerError> {
+        self.queue_append(batch.clone(), min_epoch).written().await
+    }
+
+    /// Queues `batch` for the partition's writer and returns at once: the
+    /// producer stream queues batch after batch in arrival order and waits
+    /// for each answer in that order. Must be called from within a tokio
+    /// runtime.
+    pub fn queue_append(self: &Arc<Self>, batch: RecordBatch, min_epoch: u16) -> QueuedWrite {
+        QueuedWrite {
+            partition: Arc::clone(self),
+            rx: gateway::submit_append(self, batch, min_epoch),
+        }
+    }
+
+    /// The writer's round: every queued append, in order, under the
+    /// producer table. Blocking; runs on the gateway's drain task.
+    pub(crate) fn write_appends(&self, jobs: Vec<AppendJob>) -> Vec<AppendDone> {
+        let mut producers = self
+            .producers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        jobs.into_iter()
+            .map(|job| {
+                let written = self.write_locked(&mut producers, &job.batch, job.min_epoch);
+                (job.reply, written)
+            })
+            .collect()
+    }
+
+    fn write_locked(
+        &self,
+        producers: &mut ProducerTable,
+        batch: &RecordBatch,
+        min_epoch: u16,
+    ) -> Result<Written, BrokerError> {
         let header = *batch.header();
         if let Some(reason) = self.read_only_reason() {
             return Err(BrokerError::new(
@@ -240,7 +313,6 @@ impl Partition {
                 format!("{}/{} is {reason}", self.topic, self.index),
             ));
         }
-        let mut producers = self.producers.lock().await;
         if !matches!(self.log.health(), LogHealth::Ok) {
             // A fenced log resumes first, so the sequence check below sees
             // what the log holds after it.
@@ -248,13 +320,12 @@ impl Partition {
                 .prepare_append()
                 .map_err(|e| self.storage_error(&e))?;
         }
-        self.resync_locked(&mut producers)?;
+        self.resync_locked(producers)?;
         if let Some(stamp) = header.producer {
             match producers.check(&stamp, header.record_count, min_epoch) {
                 SequenceCheck::Append => {}
                 SequenceCheck::Duplicate { base_offset } => {
-                    return Ok(PendingAppend {
-                        partition: self.clone(),
+                    return Ok(Written {
                         base_offset,
                         state: PendingState::Duplicate,
                     });
@@ -283,23 +354,20 @@ impl Partition {
         if let Some(stamp) = header.producer {
             producers.record(&stamp, header.record_count, appended.base_offset);
         }
-        Ok(PendingAppend {
-            partition: self.clone(),
+        Ok(Written {
             base_offset: appended.base_offset,
             state: PendingState::Written {
-                end: appended.last_offset.saturating_add(1),
                 durable: appended.durable,
             },
         })
     }
 
-    /// Brings what the partition derives from its newest records in step
-    /// when its log cut records (after a failed sync): the producer table
-    /// is rebuilt, so retries of the cut batches are appended again rather
-    /// than taken as duplicates of records that are gone, and the high
-    /// watermark readers wait on is brought back to the last stored record,
-    /// so a reader positioned in the cut range waits for new records rather
-    /// than reading an empty range. Blocking (the watch's pass).
+    /// Rebuilds the producer table when the log cut records (after a
+    /// failed sync), so retries of the cut batches are appended again
+    /// rather than taken as duplicates of records that are gone. (Readers
+    /// need nothing: the log lowered its high watermark itself, and
+    /// [`PartitionLog::readable_end`] stops at the last stored record.)
+    /// Blocking (the watch's pass).
     pub fn resync(&self) {
         if self
             .producers_built_at
@@ -308,7 +376,10 @@ impl Partition {
         {
             return;
         }
-        let mut producers = self.producers.blocking_lock();
+        let mut producers = self
+            .producers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Err(e) = self.resync_locked(&mut producers) {
             tracing::error!(topic = %self.topic, partition = self.index, error = %e.message, "cannot rebuild producer state after a cut");
         }
@@ -325,13 +396,6 @@ impl Partition {
         }
         *producers = crate::server::topics::rebuild_producers(&self.log)
             .map_err(|e| self.storage_error(&e))?;
-        let stored = self.log.records_end();
-        self.durable_end.send_if_modified(|hw| {
-            let lower = (*hw).min(stored);
-            let changed = lower != *hw;
-            *hw = lower;
-            changed
-        });
         self.producers_built_at
             .store(truncations, std::sync::atomic::Ordering::Release);
         Ok(())
@@ -342,7 +406,7 @@ impl Partition {
     pub fn close(&self) {
         self.closed
             .store(true, std::sync::atomic::Ordering::Release);
-        self.durable_end.send_modify(|_| {});
+        self.log.end_subscriptions();
     }
 
     /// True once the partition's topic was deleted.
@@ -351,20 +415,24 @@ impl Partition {
     }
 
     async fn wait_durable(&self, offset: u64) -> Result<(), BrokerError> {
-        let mut rx = self.durable_end.subscribe();
-        rx.wait_for(|end| *end > offset)
-            .await
-            .map(|_| ())
-            .map_err(|_| {
+        let mut sub = self.log.subscribe_watermark();
+        loop {
+            sub.mark_seen();
+            if self.log.high_watermark() > offset {
+                return Ok(());
+            }
+            sub.changed().await.map_err(|_| {
                 BrokerError::new(
                     ErrorCode::ShuttingDown,
                     "partition closed while waiting for durability",
                 )
-            })
+            })?;
+        }
     }
 
     /// Whole batches starting with the one that holds `from`, below the
-    /// high watermark, up to about `max_bytes`.
+    /// high watermark, up to about `max_bytes`. Blocking: call it from a
+    /// blocking context.
     ///
     /// # Errors
     ///
@@ -389,6 +457,7 @@ impl Partition {
     /// (crypto-shredded), returns the range that cannot be read instead of
     /// failing, so the subscription can report it for this partition and go
     /// on with the others. Both are permanent: retrying cannot read them.
+    /// Blocking: from async code use [`Partition::deliver`].
     ///
     /// # Errors
     ///
@@ -442,7 +511,8 @@ impl Partition {
     }
 
     /// The first offset whose record timestamp is at or after `timestamp`,
-    /// or the high watermark when there is none.
+    /// or the high watermark when there is none. Blocking: from async code
+    /// use [`Partition::find_timestamp`].
     ///
     /// # Errors
     ///
@@ -455,6 +525,43 @@ impl Partition {
         Ok(found
             .unwrap_or_else(|| self.high_watermark())
             .min(self.high_watermark()))
+    }
+
+    /// [`Partition::read_for_delivery`] on the blocking pool; data keys it
+    /// unwraps are audited as `principal`'s.
+    ///
+    /// # Errors
+    ///
+    /// As [`Partition::read_for_delivery`].
+    pub async fn deliver(
+        self: &Arc<Self>,
+        principal: &str,
+        from: u64,
+        max_bytes: usize,
+    ) -> Result<Delivery, BrokerError> {
+        let (p, principal) = (Arc::clone(self), principal.to_owned());
+        gateway::blocking(move || {
+            crate::audit::with_principal(&principal, || p.read_for_delivery(from, max_bytes))
+        })
+        .await?
+    }
+
+    /// [`Partition::offset_for_timestamp`] on the blocking pool; data keys
+    /// it unwraps are audited as `principal`'s.
+    ///
+    /// # Errors
+    ///
+    /// As [`Partition::read`].
+    pub async fn find_timestamp(
+        self: &Arc<Self>,
+        principal: &str,
+        timestamp: i64,
+    ) -> Result<u64, BrokerError> {
+        let (p, principal) = (Arc::clone(self), principal.to_owned());
+        gateway::blocking(move || {
+            crate::audit::with_principal(&principal, || p.offset_for_timestamp(timestamp))
+        })
+        .await?
     }
 
     fn storage_error(&self, e: &LogError) -> BrokerError {

@@ -1,10 +1,12 @@
 //! Producer streams: validate, authorize, append, acknowledge in order.
 //!
-//! Each `Produce` is checked and written as soon as it arrives, in arrival
-//! order (so idempotent sequences are checked in the order the producer
-//! sent them), and its acknowledgement waits for durability in a queue that
-//! answers in the same order. While batch *n* waits for its fsync, batch
-//! *n + 1* is already written, and one fsync covers both.
+//! Each `Produce` is checked and queued for its partition's writer as soon
+//! as it arrives, in arrival order (so idempotent sequences are checked in
+//! the order the producer sent them), and its acknowledgement waits for the
+//! write and then for durability in a queue that answers in the same order.
+//! The stream never waits for storage itself: the writer runs off the async
+//! threads (see `gateway.rs`), and while batch *n* waits for its fsync,
+//! batch *n + 1* is already written, and one fsync covers both.
 //!
 //! Per-request failures (not authorized, unknown topic, corrupt batch,
 //! sequence errors) answer that request and the stream goes on; a protocol
@@ -152,8 +154,12 @@ async fn start(
         Err(e) => {
             futures::future::ready(ProduceOutcome::Failed(e.to_frame(correlation_id))).boxed()
         }
-        Ok((pending, records, bytes)) => async move {
-            match pending.complete().await {
+        Ok((queued, records, bytes)) => async move {
+            let completed = match queued.written().await {
+                Ok(pending) => pending.complete().await,
+                Err(e) => Err(e),
+            };
+            match completed {
                 Ok(outcome) => {
                     if !outcome.duplicate {
                         metrics
@@ -186,7 +192,7 @@ async fn write(
     ctx: &ConnCtx,
     authz: &mut Authorizer,
     produce: Produce,
-) -> Result<(crate::server::partition::PendingAppend, u64, u64), BrokerError> {
+) -> Result<(crate::server::partition::QueuedWrite, u64, u64), BrokerError> {
     // Authorize before looking the topic up, so a denied principal learns
     // nothing about which topics exist.
     authz.check(Operations::PUBLISH, &produce.topic)?;
@@ -199,8 +205,8 @@ async fn write(
         None => 0,
     };
     let records = u64::from(batch.record_count());
-    let pending = partition.begin_append(&batch, min_epoch).await?;
-    Ok((pending, records, bytes))
+    let queued = partition.queue_append(batch, min_epoch);
+    Ok((queued, records, bytes))
 }
 
 /// The current epoch of the producer id a batch is stamped with, after

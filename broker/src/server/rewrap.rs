@@ -49,9 +49,7 @@ use strongbox_protocol::ErrorCode;
 use strongbox_protocol::clock::now_ms;
 use strongbox_protocol::model::{KeyState, RewrapProgress};
 use strongbox_storage::keys::{KekId, KekScope, KekVersion, KeyError, KeyManager, SegmentRef};
-use strongbox_storage::log::envelope::KeyEnvelope;
-use strongbox_storage::log::format::key_file_name;
-use strongbox_storage::log::{LogError, PartitionLog};
+use strongbox_storage::log::{LogError, PartitionLog, Reconciled};
 use strongbox_storage::meta::{MetaError, RewrapJobState};
 use tokio::task::JoinHandle;
 
@@ -900,9 +898,10 @@ fn next_batch(
 }
 
 /// For each of `segs` the registry still lists under `from` (and not
-/// skipped): when its envelope on disk names another version of the scope,
-/// records that (a rewrap interrupted between the envelope and the
-/// registry); otherwise it is lost to the job. Returns (corrected, lost).
+/// skipped): when the partition's log finds its envelope under another
+/// version of the scope, records that (a rewrap interrupted between the
+/// envelope and the registry); otherwise it is lost to the job. Returns
+/// (corrected, lost).
 fn reconcile(
     keys: &KeyManager,
     p: &Partition,
@@ -910,47 +909,35 @@ fn reconcile(
     segs: &[SegmentRef],
     skip: &HashSet<SegmentRef>,
 ) -> (u64, Vec<SegmentRef>) {
-    let bases: std::collections::HashMap<[u8; 16], u64> = p
-        .log()
-        .segments()
-        .into_iter()
-        .map(|s| (s.segment_id, s.base_offset))
-        .collect();
     let mut fixed = 0;
     let mut lost = Vec::new();
+    let mut listed = Vec::new();
     for seg in segs.iter().filter(|s| !skip.contains(s)) {
         match keys.meta().read(|r| r.segment_kek(seg)) {
-            Ok(Some(k)) if k == *from => {}
-            Ok(_) => continue,
+            Ok(Some(k)) if k == *from => listed.push(*seg),
+            Ok(_) => {}
             Err(e) => {
                 tracing::error!(segment = %seg, error = %e, "rewrap job: cannot read the key registry");
                 lost.push(*seg);
-                continue;
             }
         }
-        let envelope = bases.get(&seg.segment_id).and_then(|base| {
-            let bytes = std::fs::read(p.log().dir().join(key_file_name(*base))).ok()?;
-            KeyEnvelope::decode(&bytes).ok()
-        });
-        match envelope {
-            Some(env)
-                if env.segment_id == seg.segment_id
-                    && env.wrapped.kek.scope == from.scope
-                    && env.wrapped.kek != *from =>
-            {
-                let ctx = env.context();
-                match keys.commit_rewrap(&ctx, &env.wrapped) {
-                    Ok(()) => fixed += 1,
-                    Err(e) => {
-                        tracing::error!(segment = %seg, error = %e, "rewrap job: cannot correct the key registry");
-                        lost.push(*seg);
-                    }
-                }
-            }
-            _ => {
-                tracing::error!(segment = %seg, kek = %from, "rewrap job: the registry lists a segment under this version that the log does not hold under it");
+    }
+    let ids: Vec<[u8; 16]> = listed.iter().map(|s| s.segment_id).collect();
+    let results = p
+        .log()
+        .reconcile_envelopes(from, &ids, |ctx, wrapped| keys.commit_rewrap(ctx, wrapped));
+    for (seg, (_, result)) in listed.iter().zip(results) {
+        match result {
+            Reconciled::Corrected => fixed += 1,
+            Reconciled::CommitFailed(e) => {
+                tracing::error!(segment = %seg, error = %e, "rewrap job: cannot correct the key registry");
                 lost.push(*seg);
             }
+            Reconciled::NotCorrected(why) => {
+                tracing::error!(segment = %seg, kek = %from, reason = %why, "rewrap job: the registry lists a segment under this version that the log does not hold under it");
+                lost.push(*seg);
+            }
+            _ => lost.push(*seg),
         }
     }
     (fixed, lost)

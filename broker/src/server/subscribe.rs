@@ -28,7 +28,7 @@ use strongbox_protocol::frames::subscribe::{
 };
 use strongbox_protocol::model::Operations;
 use strongbox_protocol::session::subscribe::{BrokerSubscription, SubscriptionRequest};
-use tokio::sync::watch;
+use strongbox_storage::log::WatermarkSubscription;
 
 use crate::server::authz::Authorizer;
 use crate::server::connection::ConnCtx;
@@ -48,7 +48,8 @@ const MAX_GROUP_NAME: usize = 249;
 struct Cursor {
     partition: Arc<Partition>,
     next: u64,
-    hw: watch::Receiver<u64>,
+    /// Wakes when the partition's high watermark moves.
+    hw: WatermarkSubscription,
 }
 
 /// Serves a subscription stream whose first frame is `first`.
@@ -314,7 +315,11 @@ impl Subscription {
         Ok(())
     }
 
-    async fn start_offset(&self, topic: &Topic, partition: &Partition) -> Result<u64, BrokerError> {
+    async fn start_offset(
+        &self,
+        topic: &Topic,
+        partition: &Arc<Partition>,
+    ) -> Result<u64, BrokerError> {
         let start = partition.log_start_offset();
         let end = partition.high_watermark();
         if let Some(group) = &self.group {
@@ -346,11 +351,7 @@ impl Subscription {
                     partition.index
                 ),
             )),
-            StartPosition::Timestamp(t) => {
-                crate::audit::with_principal(&self.ctx.principal, || {
-                    partition.offset_for_timestamp(t)
-                })
-            }
+            StartPosition::Timestamp(t) => partition.find_timestamp(&self.ctx.principal, t).await,
         }
     }
 
@@ -536,9 +537,9 @@ impl Subscription {
             }
             let started = Instant::now();
             // Data keys this read unwraps are audited as this principal's.
-            let read = crate::audit::with_principal(&self.ctx.principal, || {
-                partition.read_for_delivery(cursor.next, budget)
-            })?;
+            let read = partition
+                .deliver(&self.ctx.principal, cursor.next, budget)
+                .await?;
             self.ctx
                 .state
                 .metrics
@@ -661,7 +662,10 @@ async fn wait_for_data(cursors: &mut BTreeMap<u32, Cursor>) {
         .values_mut()
         .map(|c| {
             let next = c.next;
-            let closed_or_moved = c.partition.is_closed() || *c.hw.borrow_and_update() > next;
+            // Seen before the value is read: a move in between wakes the
+            // wait below at once.
+            c.hw.mark_seen();
+            let closed_or_moved = c.partition.is_closed() || c.partition.high_watermark() > next;
             let rx = &mut c.hw;
             Box::pin(async move {
                 if closed_or_moved {

@@ -19,7 +19,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use strongbox_protocol::ErrorCode;
-use strongbox_protocol::batch::parse_header;
 use strongbox_protocol::model::{
     Durability, PartitionInfo, PartitionState, TopicConfig, TopicInfo,
 };
@@ -396,79 +395,18 @@ fn open_partition(
     }
 }
 
-/// Rebuilds the idempotent-producer table from the batch headers of the
-/// newest two segments: a producer retries only batches it sent moments
-/// ago, which are always there.
+/// Rebuilds the idempotent-producer table from the batches the log's
+/// producer scan visits (the newest two segments: a producer retries only
+/// batches it sent moments ago, which are always there).
 pub(crate) fn rebuild_producers(
     log: &PartitionLog,
 ) -> Result<ProducerTable, storage_log::LogError> {
-    let segments = log.segments();
-    let start = segments
-        .len()
-        .checked_sub(2)
-        .and_then(|i| segments.get(i))
-        .or_else(|| segments.first())
-        .map_or(log.log_start_offset(), |s| s.base_offset);
     let mut table = ProducerTable::new();
-    let end = log.high_watermark();
-    let mut next = start;
-    while next < end {
-        let batches = match log.read(next, 4 * 1024 * 1024) {
-            Ok(batches) => batches,
-            // A segment whose key was destroyed (`keys destroy --force`)
-            // has no producer state to give: skip it, or the whole
-            // partition would be unavailable instead of that segment.
-            Err(storage_log::LogError::Key {
-                source: strongbox_storage::keys::KeyError::Destroyed(_),
-                ..
-            }) => match segments.iter().find(|s| s.base_offset > next) {
-                Some(s) => {
-                    next = s.base_offset;
-                    continue;
-                }
-                None => break,
-            },
-            // A damaged range is reported to whoever reads it; the batches
-            // after it still tell which sequences producers used.
-            Err(e) => match e.damaged_range() {
-                Some((_, Some(resume))) if resume > next => {
-                    tracing::warn!(error = %e, "producer state rebuild skips a damaged range");
-                    next = resume;
-                    continue;
-                }
-                Some(_) => {
-                    tracing::warn!(error = %e, "producer state rebuild stops at a damaged range");
-                    break;
-                }
-                None => return Err(e),
-            },
-        };
-        let Some((last_base, last_bytes)) = batches.last() else {
-            break;
-        };
-        let mut advanced = next;
-        for (base, bytes) in &batches {
-            // The log authenticated these bytes; a header that does not
-            // parse would be a bug, and is skipped rather than trusted.
-            if let Ok(header) = parse_header(bytes) {
-                if let Some(stamp) = header.producer {
-                    table.record(&stamp, header.record_count, *base);
-                }
-                advanced = base.saturating_add(u64::from(header.record_count));
-            }
+    log.scan_recent_batches(|base, header| {
+        if let Some(stamp) = header.producer {
+            table.record(&stamp, header.record_count, base);
         }
-        if advanced <= next {
-            // No progress: stop instead of looping on a batch we cannot read.
-            tracing::warn!(
-                offset = next,
-                base = last_base,
-                len = last_bytes.len(),
-                "producer state rebuild stalled"
-            );
-            break;
-        }
-        next = advanced;
-    }
+    })?;
     Ok(table)
 }
 

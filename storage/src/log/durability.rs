@@ -23,7 +23,6 @@ use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -34,6 +33,7 @@ use crate::io::IoFile;
 
 use super::error::LogError;
 use super::health::WriteFault;
+use super::watermark::Watermark;
 
 type Waiter = oneshot::Sender<Result<(), LogError>>;
 
@@ -102,8 +102,9 @@ impl Future for Durable {
 pub(crate) struct SyncShared {
     state: Mutex<SyncState>,
     cv: Condvar,
-    /// The offset after the last batch readers may see.
-    high_watermark: AtomicU64,
+    /// The offset after the last batch readers may see, and who waits for
+    /// it to move.
+    watermark: Arc<Watermark>,
     dir: Arc<PathBuf>,
 }
 
@@ -166,7 +167,7 @@ impl SyncShared {
                 ..SyncState::default()
             }),
             cv: Condvar::new(),
-            high_watermark: AtomicU64::new(high_watermark),
+            watermark: Arc::new(Watermark::new(high_watermark)),
             dir,
         }
     }
@@ -178,7 +179,12 @@ impl SyncShared {
     }
 
     pub(crate) fn high_watermark(&self) -> u64 {
-        self.high_watermark.load(Ordering::Acquire)
+        self.watermark.get()
+    }
+
+    /// The high watermark's publications.
+    pub(crate) fn watermark(&self) -> &Arc<Watermark> {
+        &self.watermark
     }
 
     /// Why the log stopped syncing, if it did.
@@ -273,7 +279,7 @@ impl SyncShared {
         st.written_end = end;
         st.written_pos = pos;
         drop(st);
-        self.high_watermark.store(end, Ordering::Release);
+        self.watermark.publish(end);
         Durable::ready()
     }
 
@@ -283,7 +289,7 @@ impl SyncShared {
         st.durable_seq = st.written_seq;
         st.durable_end = st.written_end;
         st.durable_pos = st.written_pos;
-        self.high_watermark.store(st.written_end, Ordering::Release);
+        self.watermark.publish(st.written_end);
         let upto = st.durable_seq;
         let ready = drain_up_to(&mut st, upto);
         drop(st);
@@ -300,7 +306,7 @@ impl SyncShared {
         st.durable_end = end;
         st.file = None;
         st.failed = None;
-        self.high_watermark.store(end, Ordering::Release);
+        self.watermark.publish(end);
         let upto = st.durable_seq;
         let ready = drain_up_to(&mut st, upto);
         drop(st);
@@ -408,7 +414,7 @@ pub(crate) fn run_flusher(shared: Arc<SyncShared>, interval: Option<Duration>) {
                     st.durable_end = end;
                     st.durable_pos = pos;
                     if interval.is_none() {
-                        shared.high_watermark.store(end, Ordering::Release);
+                        shared.watermark.publish(end);
                     }
                     let ready = drain_up_to(&mut st, seq);
                     drop(st);

@@ -11,6 +11,13 @@
 //! 00000000000000004096.<id>.quarantine   a torn tail recovery cut, kept
 //! ```
 //!
+//! Its owner needs no file name or layout: the log publishes its durable
+//! high watermark to subscriptions ([`PartitionLog::subscribe_watermark`]),
+//! scans the batches an idempotent-producer table is rebuilt from
+//! ([`PartitionLog::scan_recent_batches`]) and reconciles key envelopes with
+//! the key registry after an interrupted rewrap
+//! ([`PartitionLog::reconcile_envelopes`]).
+//!
 //! Every file-system operation goes through a [`StorageIo`](crate::io::StorageIo)
 //! ([`LogEnv`]); a failed write or sync fences the log until it resumes by
 //! itself from its last durable point (`heal.rs`).
@@ -71,13 +78,16 @@ mod index;
 mod maintain;
 mod offline;
 mod partition;
+mod producer_scan;
 mod quarantine;
 mod read;
+mod reconcile;
 mod recovery;
 mod scan;
 mod segment;
 mod shred;
 mod truncate;
+mod watermark;
 
 pub use backup::{LogFreeze, PinnedFile, PinnedPartition};
 pub use check::{CheckProgress, DirCheck, Finding, SegmentCheck, check_dir};
@@ -90,5 +100,7 @@ pub use health::{CutRange, LogEvent, LogHealth, WriteFault};
 pub use partition::{Appended, LogEnv, PartitionLog, RollHook, SegmentInfo};
 pub use quarantine::{QUARANTINE_HEADER_LEN, QUARANTINE_MAGIC, QuarantineHeader};
 pub use read::VerifyReport;
+pub use reconcile::Reconciled;
 pub use scan::{Scanned, scan_dir};
 pub use shred::remove_partition_dir;
+pub use watermark::{Changed, WatermarkEnded, WatermarkSubscription};

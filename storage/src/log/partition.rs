@@ -791,6 +791,8 @@ impl Drop for PartitionLog {
     /// active segment: the next open recovers it as after a crash.
     fn drop(&mut self) {
         self.stop_flusher();
+        // Nothing publishes the high watermark any more.
+        self.sync.watermark().end();
     }
 }
 
