@@ -1,17 +1,16 @@
 //! TLS and QUIC settings: TLS 1.3 only, the aws-lc-rs provider with the
-//! key exchange groups of [`KeyExchange`], ALPN `strongbox/1`, the client
+//! key exchange groups of [`KeyExchange`] (the policy the broker shares,
+//! from the `strongbox-tls` crate), ALPN `strongbox/1`, the client
 //! certificate.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use quinn::crypto::rustls::HandshakeData;
-use rustls::NamedGroup;
-use rustls::crypto::{CryptoProvider, SupportedKxGroup, aws_lc_rs};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use serde::Deserialize;
+pub use strongbox_tls::KeyExchange;
+use strongbox_tls::{crypto_provider, group_name};
 
 use crate::config::ClientConfig;
 use crate::error::ClientError;
@@ -20,90 +19,11 @@ use crate::error::ClientError;
 /// with the 208 KiB default.
 const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
-/// Which key exchange groups the TLS handshake may use; the broker has the
-/// same setting (`tls.key_exchange`).
-///
-/// | policy | groups offered, in order |
-/// | --- | --- |
-/// | `prefer-hybrid` (default) | X25519MLKEM768, SecP256r1MLKEM768, X25519, secp256r1, secp384r1 |
-/// | `require-hybrid` | X25519MLKEM768, SecP256r1MLKEM768 |
-/// | `classical` | X25519, secp256r1, secp384r1 |
-///
-/// X25519MLKEM768 combines X25519 with ML-KEM-768 (FIPS 203), so traffic
-/// recorded today stays secret even once X25519 falls to a quantum
-/// computer. The broker picks the first group of this list that it
-/// accepts: with `require-hybrid`, a broker without the hybrid groups is
-/// refused rather than silently used classically.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum KeyExchange {
-    /// Hybrid post-quantum groups first, classical ones for a broker
-    /// without them.
-    #[default]
-    PreferHybrid,
-    /// Hybrid post-quantum groups only.
-    RequireHybrid,
-    /// Classical groups only (X25519 and the NIST curves).
-    Classical,
-}
-
-impl KeyExchange {
-    /// The name used in profiles and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::PreferHybrid => "prefer-hybrid",
-            Self::RequireHybrid => "require-hybrid",
-            Self::Classical => "classical",
-        }
-    }
-
-    /// Parses a name made by [`name`](Self::name).
-    pub fn parse(name: &str) -> Option<Self> {
-        [Self::PreferHybrid, Self::RequireHybrid, Self::Classical]
-            .into_iter()
-            .find(|p| p.name() == name)
-    }
-
-    fn groups(self) -> Vec<&'static dyn SupportedKxGroup> {
-        use aws_lc_rs::kx_group::{
-            SECP256R1, SECP256R1MLKEM768, SECP384R1, X25519, X25519MLKEM768,
-        };
-        match self {
-            Self::PreferHybrid => vec![
-                X25519MLKEM768,
-                SECP256R1MLKEM768,
-                X25519,
-                SECP256R1,
-                SECP384R1,
-            ],
-            Self::RequireHybrid => vec![X25519MLKEM768, SECP256R1MLKEM768],
-            Self::Classical => vec![X25519, SECP256R1, SECP384R1],
-        }
-    }
-}
-
-impl fmt::Display for KeyExchange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// The IANA name of a key exchange group (`X25519MLKEM768`, `X25519`).
-pub(crate) fn group_name(group: NamedGroup) -> String {
-    match group {
-        NamedGroup::X25519MLKEM768 => "X25519MLKEM768".into(),
-        NamedGroup::secp256r1MLKEM768 => "SecP256r1MLKEM768".into(),
-        other => format!("{other:?}"),
-    }
-}
-
-/// The key exchange group of an established connection. Both ends see the
-/// same one: the broker's choice is in its `ServerHello`, which both
-/// `Finished` messages authenticate.
+/// The key exchange group of an established connection, by its IANA name.
+/// Both ends see the same one: the broker's choice is in its `ServerHello`,
+/// which both `Finished` messages authenticate.
 pub(crate) fn negotiated_group(conn: &quinn::Connection) -> Option<String> {
-    conn.handshake_data()
-        .and_then(|d| d.downcast::<HandshakeData>().ok())
-        .map(|d| group_name(d.negotiated_key_exchange_group))
+    strongbox_tls::negotiated_group(conn).map(group_name)
 }
 
 /// Reads the CA bundle, certificate chain and key, and builds the QUIC
@@ -145,11 +65,7 @@ pub(crate) fn quic_client_config(
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| credentials("private key", config.key.describe(), e))?;
 
-    let provider = Arc::new(CryptoProvider {
-        kx_groups: config.key_exchange.groups(),
-        ..aws_lc_rs::default_provider()
-    });
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let mut tls = rustls::ClientConfig::builder_with_provider(crypto_provider(config.key_exchange))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ClientError::Tls(e.to_string()))?
         .with_root_certificates(roots)
@@ -216,43 +132,4 @@ pub(crate) fn client_endpoint(broker: SocketAddr) -> Result<quinn::Endpoint, Cli
         runtime,
     )
     .map_err(io)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn policies_offer_the_documented_groups() {
-        let names = |p: KeyExchange| -> Vec<String> {
-            p.groups().iter().map(|g| group_name(g.name())).collect()
-        };
-        assert_eq!(
-            names(KeyExchange::PreferHybrid),
-            [
-                "X25519MLKEM768",
-                "SecP256r1MLKEM768",
-                "X25519",
-                "secp256r1",
-                "secp384r1"
-            ]
-        );
-        assert_eq!(
-            names(KeyExchange::RequireHybrid),
-            ["X25519MLKEM768", "SecP256r1MLKEM768"]
-        );
-        assert_eq!(
-            names(KeyExchange::Classical),
-            ["X25519", "secp256r1", "secp384r1"]
-        );
-        assert_eq!(KeyExchange::default(), KeyExchange::PreferHybrid);
-        for p in [
-            KeyExchange::PreferHybrid,
-            KeyExchange::RequireHybrid,
-            KeyExchange::Classical,
-        ] {
-            assert_eq!(KeyExchange::parse(p.name()), Some(p));
-        }
-        assert_eq!(KeyExchange::parse("hybrid"), None);
-    }
 }

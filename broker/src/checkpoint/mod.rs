@@ -13,18 +13,18 @@
 //! `strongbox-broker verify --checkpoint` and `strongbox audit verify
 //! --checkpoint` compare a data directory (or a running broker) with it.
 //!
-//! - [`format`]: the signed line and its verification.
+//! The format, its verification and the comparison with a data directory
+//! belong to the `strongbox-checkpoint` crate, which the client shares;
+//! this module takes and publishes the broker's checkpoints.
+//!
 //! - [`Checkpointer`]: takes, signs and publishes checkpoints: at start it
 //!   makes sure the provider holds a key ([`Checkpointer::prepare`]), then
 //!   [`run_periodic`] signs one every `checkpoints.interval`, and the
 //!   broker signs a last one at shutdown.
-//! - [`compare`]: the findings of a data directory against a checkpoint.
 //! - [`cli`]: `strongbox-broker checkpoint public-key`.
 
 pub mod cli;
-pub mod compare;
 mod export;
-pub mod format;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,16 +32,17 @@ use std::time::Duration;
 use prometheus::{IntCounter, IntGauge, Registry};
 use strongbox_protocol::clock::now_ms;
 use strongbox_protocol::model::Durability;
-use strongbox_storage::keys::{CheckpointPublicKey, KeyError, KeyProvider};
+use strongbox_storage::keys::{CheckpointPublicKey, KekVersion, KeyError, KeyProvider};
 use strongbox_storage::meta::MetaError;
 use tokio::sync::watch;
 
-use crate::audit::record::GENESIS_HASH;
+use strongbox_checkpoint::{AuditMark, PartitionMark, RegistryEntry, SealMark, Unsigned};
+
+use crate::audit::record::{GENESIS_HASH, record_time};
 use crate::audit::{AuditAction, AuditEvent, BROKER_PRINCIPAL};
 use crate::config::CheckpointsConfig;
 use crate::server::BrokerState;
 use crate::server::topics::PartitionSlot;
-use format::{AuditMark, PartitionMark, RegistryEntry, SealMark, Unsigned};
 
 /// Why a checkpoint was signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,7 +202,7 @@ impl Checkpointer {
             return Err(CheckpointFailure::BadSignature);
         }
         Ok(Signed {
-            line: format::signed_line(&body, &signature),
+            line: strongbox_checkpoint::signed_line(&body, &signature),
             time_ms: unsigned.time_ms,
             audit_sequence: unsigned.audit.sequence,
         })
@@ -298,9 +299,20 @@ fn snapshot(state: &BrokerState) -> Result<Unsigned, CheckpointFailure> {
             });
         }
     }
-    let registry = state
-        .keys
-        .versions(None)?
+    let registry = registry_entries(state.keys.versions(None)?);
+    Ok(Unsigned {
+        broker_id: state.config.broker.id.clone(),
+        time_ms,
+        time: record_time(time_ms),
+        audit,
+        partitions,
+        registry,
+    })
+}
+
+/// The key registry's versions as a checkpoint records them.
+pub(crate) fn registry_entries(versions: Vec<KekVersion>) -> Vec<RegistryEntry> {
+    versions
         .into_iter()
         .map(|v| RegistryEntry {
             scope: v.id.scope.label(),
@@ -308,14 +320,7 @@ fn snapshot(state: &BrokerState) -> Result<Unsigned, CheckpointFailure> {
             state: v.state.name().to_owned(),
             created_at: v.created_at,
         })
-        .collect();
-    Ok(Unsigned {
-        broker_id: state.config.broker.id.clone(),
-        time_ms,
-        audit,
-        partitions,
-        registry,
-    })
+        .collect()
 }
 
 /// The name of a durability, as the checkpoint records it.

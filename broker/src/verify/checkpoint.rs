@@ -9,7 +9,7 @@
 //! with `--checkpoint-key KEY.pem`, or else with the key provider's own
 //! checkpoint key; a line that does not verify is a problem and nothing is
 //! compared with it. The directory is read once, as
-//! [`crate::checkpoint::compare`] needs: the `_audit` records (through the
+//! [`strongbox_checkpoint::compare`] needs: the `_audit` records (through the
 //! same read-only reader as `inspect`), each partition's end and seals
 //! (from the check `verify` already made) and the key registry. The report
 //! gives the findings against the newest checkpoint the directory fails,
@@ -20,6 +20,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::Value;
+use strongbox_checkpoint::{
+    Checkpoint, Finding, Observed, ObservedPartition, ObservedTopic, compare, verify_line,
+};
 use strongbox_storage::keys::{CheckpointPublicKey, KeyProvider, SegmentKeys};
 use strongbox_storage::log::scan_dir;
 use strongbox_storage::meta::{MetaStore, TopicEntry};
@@ -27,8 +30,7 @@ use strongbox_storage::meta::{MetaStore, TopicEntry};
 use super::report::{Item, Report};
 use crate::audit::AUDIT_TOPIC;
 use crate::audit::record::parse_link;
-use crate::checkpoint::compare::{Finding, Observed, ObservedPartition, compare};
-use crate::checkpoint::format::{Checkpoint, RegistryEntry, verify_line};
+use crate::checkpoint::registry_entries;
 use crate::server::topics::{log_config, topic_dir};
 
 const REFUSED: &str = "do not trust this checkpoint: use the export directory's own copy, \
@@ -226,27 +228,28 @@ fn observe(
     items: &mut Vec<Item>,
 ) -> Base {
     let mut observed = Observed::default();
+    let mut by_name: HashMap<String, ObservedTopic> = HashMap::new();
     for p in &report.partitions {
-        observed.partitions.insert(
-            (p.topic_id.clone(), p.partition),
+        let topic = by_name
+            .entry(p.topic.clone())
+            .or_insert_with(|| ObservedTopic {
+                topic_id: p.topic_id.clone(),
+                partitions: HashMap::new(),
+            });
+        topic.partitions.insert(
+            p.partition,
             ObservedPartition {
                 log_start_offset: p.log_start_offset,
                 end_offset: p.end_offset,
-                seals: p.seal_macs.iter().copied().collect::<HashMap<_, _>>(),
+                seals: Some(p.seal_macs.iter().copied().collect()),
             },
         );
     }
-    observed.registry = meta.read(|r| r.kek_versions(None)).ok().map(|versions| {
-        versions
-            .into_iter()
-            .map(|v| RegistryEntry {
-                scope: v.id.scope.label(),
-                version: v.id.version,
-                state: v.state.name().to_owned(),
-                created_at: v.created_at,
-            })
-            .collect()
-    });
+    observed.topics = Ok(by_name);
+    observed.registry = meta
+        .read(|r| r.kek_versions(None))
+        .map(registry_entries)
+        .map_err(|e| format!("cannot read the key registry from the metadata store: {e}"));
     let anchored = meta
         .read(|r| r.audit_head())
         .ok()

@@ -356,7 +356,9 @@ impl KeyProvider for FileKeyProvider {
 
     fn checkpoint_key(&self, create: bool) -> Result<Option<CheckpointPublicKey>, KeyError> {
         if let Some(pair) = self.checkpoint_pair()? {
-            return CheckpointPublicKey::from_point(pair.public_key().as_ref()).map(Some);
+            return Ok(Some(CheckpointPublicKey::from_point(
+                pair.public_key().as_ref(),
+            )?));
         }
         if !create {
             return Ok(None);
@@ -370,7 +372,9 @@ impl KeyProvider for FileKeyProvider {
         let pair = self
             .checkpoint_pair()?
             .ok_or_else(|| KeyError::KekNotFound(CHECKPOINT_KEY_LABEL.into()))?;
-        CheckpointPublicKey::from_point(pair.public_key().as_ref()).map(Some)
+        Ok(Some(CheckpointPublicKey::from_point(
+            pair.public_key().as_ref(),
+        )?))
     }
 
     fn sign_checkpoint(&self, message: &[u8]) -> Result<[u8; SIGNATURE_LEN], KeyError> {

@@ -674,7 +674,7 @@ impl Pkcs11KeyProvider {
             _ => None,
         });
         Ok(Some(match point {
-            Some(p) => CheckpointPublicKey::from_ec_point_attribute(&p),
+            Some(p) => CheckpointPublicKey::from_ec_point_attribute(&p).map_err(KeyError::from),
             None => Err(KeyError::Config(format!(
                 "the checkpoint public key on {} has no CKA_EC_POINT",
                 self.where_()

@@ -1,4 +1,5 @@
 use super::*;
+use crate::{CheckpointError, CheckpointPublicKey, verify_line};
 
 /// A fixed test key (PKCS#8, ECDSA P-256): for these tests only.
 const GOLDEN_PKCS8: &str = "308187020100301306072a8648ce3d020106082a8648ce3d030107046d306b0201010420e146bfa9abe45fdbe62a5ac346e36bb28d04b797f0327f401ebcb2e8b24d4a86a144034200046772419443618008658157de909f148ac6e8882d37d809ab182a3749c17af02b5d61f342d9bbe7f98278f6a1d917e978472b2648b211b78a461293e0db4c9195";
@@ -10,11 +11,11 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEZ3JBlENhgAhlgVfekJ8UisboiC03
 -----END PUBLIC KEY-----
 ";
 
-/// [`example`] signed by the golden key. The client library pins the same
-/// line (client/src/checkpoint.rs).
+/// [`example`] signed by the golden key: the one golden checkpoint, which
+/// the broker writes and both the broker and the client read.
 pub(crate) const GOLDEN_LINE: &str = r#"{"format":"strongbox-checkpoint","version":1,"broker_id":"b1","time":"2026-01-31T09:00:00.000Z","time_ms":1769850000000,"audit":{"sequence":42,"hash":"abababababababababababababababababababababababababababababababab"},"partitions":[{"topic":"orders","topic_id":"0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f","partition":0,"durability":"fsync","log_start_offset":100,"end_offset":1500,"last_seal":{"base_offset":100,"next_offset":1200,"mac":"cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd"}},{"topic":"orders","topic_id":"0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f","partition":1,"durability":"none","log_start_offset":0,"end_offset":7,"last_seal":null}],"key_registry":{"digest":"208d9aab8a14cdce58a6190c74c482d26d43a3b01be4d9704cfd371a33fc0709","versions":[{"scope":"broker","version":1,"state":"decrypt-only","created_at":1},{"scope":"broker","version":2,"state":"active","created_at":3},{"scope":"topic-0f0f","version":1,"state":"active","created_at":5}]},"key_id":"2400d92be06bce65","signature":"ed5662a5d38e6fbbfb3ea99a3394e231844363b9ad3b5e05fd649a6e3a3ac5754e3a7bd09b8cfcaa0a6fad88466045a1fac31edb76af847a54fcd24ad21dec2a"}"#;
 
-fn golden_key() -> CheckpointPublicKey {
+pub(crate) fn golden_key() -> CheckpointPublicKey {
     CheckpointPublicKey::from_pem(GOLDEN_PEM).expect("golden PEM")
 }
 
@@ -22,6 +23,7 @@ pub(crate) fn example() -> Unsigned {
     Unsigned {
         broker_id: "b1".into(),
         time_ms: 1_769_850_000_000,
+        time: "2026-01-31T09:00:00.000Z".into(),
         audit: AuditMark {
             sequence: 42,
             hash: [0xab; 32],
@@ -83,6 +85,7 @@ fn body_of(line: &str) -> String {
 fn the_body_is_the_golden_line_without_its_signature() {
     let key = golden_key();
     assert_eq!(key.key_id(), "2400d92be06bce65");
+    assert_eq!(key.to_pem(), GOLDEN_PEM);
     assert_eq!(example().body(&key.key_id()), body_of(GOLDEN_LINE));
 }
 

@@ -32,14 +32,14 @@
 //!   checks the signature over those exact bytes, then reads the JSON:
 //!   nothing is re-encoded, so no canonical form has to be agreed on.
 //!
-//! The client library (`strongbox_client::checkpoint`) verifies this
-//! format too; both sides pin it with the same golden checkpoint.
+//! The broker writes the line with [`Unsigned::body`] and [`signed_line`]
+//! (its key provider signs the body in between); the broker's `verify
+//! --checkpoint` and the client's `strongbox audit verify --checkpoint`
+//! read it with [`verify_line`](crate::verify_line). One golden checkpoint
+//! pins the bytes (`format/tests.rs`).
 
 use serde::Deserialize;
 use serde_json::Value;
-use strongbox_storage::keys::CheckpointPublicKey;
-
-use crate::audit::record::record_time;
 
 /// The `format` field.
 pub const FORMAT: &str = "strongbox-checkpoint";
@@ -48,10 +48,11 @@ pub const VERSION: u32 = 1;
 /// The first line of the key registry digest's input.
 pub const REGISTRY_DIGEST_LABEL: &str = "strongbox-key-registry/v1\n";
 
-/// `,"signature":"`.
-const SIGNATURE_FIELD: &str = ",\"signature\":\"";
+/// `,"signature":"`: what [`signed_line`] appends to the body, and where a
+/// verifier splits the line.
+pub(crate) const SIGNATURE_FIELD: &str = ",\"signature\":\"";
 /// Hex digits of a signature.
-const SIGNATURE_HEX: usize = 128;
+pub(crate) const SIGNATURE_HEX: usize = 2 * crate::SIGNATURE_LEN;
 
 /// The audit head a checkpoint records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -146,43 +147,6 @@ pub struct Checkpoint {
     pub key_id: String,
 }
 
-/// Why a checkpoint line is refused.
-#[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CheckpointError {
-    /// The line is not a signed checkpoint at all.
-    #[error("not a signed checkpoint: {0}")]
-    Malformed(String),
-    /// It names another signing key than the one given.
-    #[error(
-        "the checkpoint was signed by key {named}, not by the key given ({given}): check the \
-         public key file, or the checkpoint is a forgery"
-    )]
-    OtherKey {
-        /// The `key_id` it names.
-        named: String,
-        /// The id of the key it was checked with.
-        given: String,
-    },
-    /// The signature does not verify.
-    #[error(
-        "the checkpoint's signature does not verify under key {key_id}: it was altered after \
-         signing, or forged"
-    )]
-    BadSignature {
-        /// The key it was checked with.
-        key_id: String,
-    },
-    /// A format or version this broker does not read.
-    #[error("checkpoint format {format:?} version {version} is not one this program reads")]
-    Unsupported {
-        /// Its `format`.
-        format: String,
-        /// Its `version`.
-        version: u32,
-    },
-}
-
 /// The digest of a key registry (see the module docs); `versions` in any
 /// order.
 pub fn registry_digest(versions: &[RegistryEntry]) -> [u8; 32] {
@@ -211,6 +175,10 @@ pub struct Unsigned {
     pub broker_id: String,
     /// When, ms since the Unix epoch.
     pub time_ms: i64,
+    /// `time_ms` as RFC 3339 UTC with milliseconds
+    /// (`2026-01-31T09:00:00.000Z`), as the broker's audit records write
+    /// times.
+    pub time: String,
     /// The audit head.
     pub audit: AuditMark,
     /// Every partition, in any order (sorted on encoding).
@@ -234,7 +202,7 @@ impl Unsigned {
         o.push_str(&format!(",\"version\":{VERSION},\"broker_id\":"));
         push_str(&mut o, &self.broker_id);
         o.push_str(",\"time\":");
-        push_str(&mut o, &record_time(self.time_ms));
+        push_str(&mut o, &self.time);
         o.push_str(&format!(
             ",\"time_ms\":{},\"audit\":{{\"sequence\":{},\"hash\":\"{}\"}},\"partitions\":[",
             self.time_ms,
@@ -295,56 +263,6 @@ pub fn signed_line(body: &str, signature: &[u8]) -> String {
     line
 }
 
-/// Checks a checkpoint line's signature under `key`, then reads it.
-///
-/// # Errors
-///
-/// [`CheckpointError`] naming what is wrong: not a checkpoint, another
-/// key, a signature that does not verify, an unknown format.
-pub fn verify_line(line: &str, key: &CheckpointPublicKey) -> Result<Checkpoint, CheckpointError> {
-    let line = line.trim();
-    let malformed = |why: &str| CheckpointError::Malformed(why.to_owned());
-    let at = line
-        .rfind(SIGNATURE_FIELD)
-        .ok_or_else(|| malformed("it has no signature field"))?;
-    let (head, tail) = line.split_at(at);
-    let sig_hex = tail
-        .strip_prefix(SIGNATURE_FIELD)
-        .and_then(|t| t.strip_suffix("\"}"))
-        .filter(|h| h.len() == SIGNATURE_HEX)
-        .ok_or_else(|| malformed("it does not end with a 128-digit signature field"))?;
-    let signature = hex::decode(sig_hex).map_err(|_| malformed("the signature is not hex"))?;
-    let body = format!("{head}}}");
-    // The key it names first, for a clearer message than a bad signature.
-    let named: Option<String> = serde_json::from_str::<Value>(&body)
-        .ok()
-        .and_then(|v| v.get("key_id").and_then(Value::as_str).map(str::to_owned));
-    let given = key.key_id();
-    if let Some(named) = named
-        && named != given
-    {
-        return Err(CheckpointError::OtherKey { named, given });
-    }
-    if !key.verifies(body.as_bytes(), &signature) {
-        return Err(CheckpointError::BadSignature { key_id: given });
-    }
-    let checkpoint: Checkpoint = serde_json::from_str(&body).map_err(|e| {
-        CheckpointError::Malformed(format!("signed, but its JSON is not a checkpoint: {e}"))
-    })?;
-    if checkpoint.format != FORMAT || checkpoint.version != VERSION {
-        return Err(CheckpointError::Unsupported {
-            format: checkpoint.format,
-            version: checkpoint.version,
-        });
-    }
-    if registry_digest(&checkpoint.key_registry.versions) != checkpoint.key_registry.digest {
-        return Err(malformed(
-            "signed, but its key registry digest does not match its versions",
-        ));
-    }
-    Ok(checkpoint)
-}
-
 /// A JSON string literal.
 fn push_str(out: &mut String, s: &str) {
     out.push_str(&Value::String(s.to_owned()).to_string());
@@ -364,4 +282,4 @@ mod hex32 {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,31 +1,36 @@
-//! A data directory (or what a running broker reports) against a signed
-//! checkpoint: is it at least as new, and does it hold what the checkpoint
-//! saw?
+//! An observed state against a signed checkpoint: is it at least as new,
+//! and does it hold what the checkpoint saw?
 //!
 //! Everything the broker does after a checkpoint only moves forward: the
 //! audit trail grows from the recorded head, partitions grow (retention
 //! removes from the start, never the end), a seal never changes, and key
 //! versions only move along their lifecycle (active, decrypt-only,
-//! compromised, destroyed). So against a checkpoint, a genuine directory
-//! holds the recorded audit record with the recorded hash, ends each
-//! partition at or after the recorded offset with the recorded seal in
-//! place (or deleted by retention), and has every recorded key version in
-//! the same or a later state. An older copy fails at least one of these:
-//! the checks below name which, precisely.
+//! compromised, destroyed). So against a checkpoint, a genuine state holds
+//! the recorded audit record with the recorded hash, ends each partition
+//! at or after the recorded offset with the recorded seal in place (or
+//! deleted by retention), and has every recorded key version in the same
+//! or a later state. An older copy fails at least one of these: the
+//! findings name which, precisely.
 //!
 //! A topic deleted after the checkpoint is gone legitimately when the
 //! audit trail after the checkpoint records its deletion.
+//!
+//! The observed state comes from a data directory (`strongbox-broker
+//! verify --checkpoint`, which sees segment seals) or from a running broker
+//! (`strongbox audit verify --checkpoint`, which does not): [`Observed`]
+//! says what was seen and what could not be.
 
 use std::collections::{HashMap, HashSet};
 
-use super::format::{Checkpoint, PartitionMark, RegistryEntry, registry_digest};
+use crate::format::{Checkpoint, PartitionMark, RegistryEntry, registry_digest};
 
 /// One thing found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
     /// A short kind: `rollback`, `audit_rewritten`, `partition_behind`,
-    /// `seal_differs`, `seal_missing`, `topic_missing`, `registry_differs`,
-    /// or, as notices, `ahead`, `topic_deleted`, `registry_changed`.
+    /// `seal_differs`, `seal_missing`, `topic_missing`, `topic_recreated`,
+    /// `registry_differs`; or, as notices, `ahead`, `topic_deleted`,
+    /// `registry_changed`, `not_checked`.
     pub kind: &'static str,
     /// True for a problem; false for a notice.
     pub problem: bool,
@@ -35,19 +40,30 @@ pub struct Finding {
     pub action: &'static str,
 }
 
-/// What the data directory holds of one partition.
+/// What was seen of one partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObservedPartition {
     /// The first offset it holds.
     pub log_start_offset: u64,
     /// Where it ends, when that could be determined.
     pub end_offset: Option<u64>,
-    /// The MAC of each sealed segment, by base offset.
-    pub seals: HashMap<u64, [u8; 32]>,
+    /// The MAC of each sealed segment, by base offset; `None` where seals
+    /// cannot be seen (a running broker does not serve them).
+    pub seals: Option<HashMap<u64, [u8; 32]>>,
 }
 
-/// What the data directory holds, as far as a checkpoint speaks of it.
+/// What was seen of one topic.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedTopic {
+    /// Its id (hex).
+    pub topic_id: String,
+    /// Its partitions, by index.
+    pub partitions: HashMap<u32, ObservedPartition>,
+}
+
+/// What a data directory or a broker holds, as far as a checkpoint speaks
+/// of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
     /// The newest audit record's sequence number (0 without one).
     pub audit_sequence: u64,
@@ -57,10 +73,23 @@ pub struct Observed {
     /// Topics whose deletion the trail records after the checkpoint's
     /// record.
     pub deleted_since: HashSet<String>,
-    /// Partitions by (topic id hex, partition).
-    pub partitions: HashMap<(String, u32), ObservedPartition>,
-    /// The key registry, when it could be read.
-    pub registry: Option<Vec<RegistryEntry>>,
+    /// The topics there are, by name (a topic absent from the map does not
+    /// exist); or why they could not be read.
+    pub topics: Result<HashMap<String, ObservedTopic>, String>,
+    /// The key registry, or why it could not be read.
+    pub registry: Result<Vec<RegistryEntry>, String>,
+}
+
+impl Default for Observed {
+    fn default() -> Self {
+        Self {
+            audit_sequence: 0,
+            audit_hash_at_checkpoint: None,
+            deleted_since: HashSet::new(),
+            topics: Ok(HashMap::new()),
+            registry: Err("not read".into()),
+        }
+    }
 }
 
 const ROLLBACK: &str = "the data directory is older than the checkpoint: it was rolled back or \
@@ -76,6 +105,8 @@ const REGISTRY: &str = "the key registry in the metadata store is not the one th
      saw: a key version was brought back or removed. Restore the metadata store from a copy at \
      least as new as the checkpoint, and check the HSM for the key versions it still holds";
 const NOTHING: &str = "nothing: this is expected after the checkpoint";
+const NOT_CHECKED: &str = "remove the cause named (a missing permission, an unreadable \
+     metadata store) and check again to have this part compared";
 
 /// The findings of `observed` against `checkpoint`.
 pub fn compare(checkpoint: &Checkpoint, observed: &Observed) -> Vec<Finding> {
@@ -86,10 +117,22 @@ pub fn compare(checkpoint: &Checkpoint, observed: &Observed) -> Vec<Finding> {
     );
     let s = checkpoint.audit.sequence;
     let quiet = audit(checkpoint, observed, &name, &mut out);
-    for mark in &checkpoint.partitions {
-        partition(mark, observed, quiet, &name, &mut out);
+    match &observed.topics {
+        Ok(topics) => {
+            for mark in &checkpoint.partitions {
+                partition(mark, topics, observed, quiet, &name, &mut out);
+            }
+        }
+        Err(why) => out.push(not_checked(format!(
+            "partition ends were not checked: {why}"
+        ))),
     }
-    registry(checkpoint, observed, quiet, &name, &mut out);
+    match &observed.registry {
+        Ok(now) => registry(checkpoint, now, quiet, &name, &mut out),
+        Err(why) => out.push(not_checked(format!(
+            "the key registry was not checked: {why}"
+        ))),
+    }
     if !out.iter().any(|f| f.problem) && observed.audit_sequence > s {
         out.push(Finding {
             kind: "ahead",
@@ -115,7 +158,8 @@ fn audit(checkpoint: &Checkpoint, observed: &Observed, name: &str, out: &mut Vec
             problem: true,
             message: format!(
                 "the audit trail ends at record {h}, but the {name} recorded record {s}: the \
-                 data directory is {} audit record(s) older than the checkpoint",
+                 data directory is {} audit record(s) older than the checkpoint (rolled back \
+                 or restored from an older copy)",
                 s - h
             ),
             action: ROLLBACK,
@@ -151,21 +195,55 @@ fn audit(checkpoint: &Checkpoint, observed: &Observed, name: &str, out: &mut Vec
     h == s
 }
 
+fn not_checked(message: String) -> Finding {
+    Finding {
+        kind: "not_checked",
+        problem: false,
+        message,
+        action: NOT_CHECKED,
+    }
+}
+
 fn partition(
     mark: &PartitionMark,
+    topics: &HashMap<String, ObservedTopic>,
     observed: &Observed,
     quiet: bool,
     name: &str,
     out: &mut Vec<Finding>,
 ) {
     let label = format!("{}/{}", mark.topic, mark.partition);
-    let Some(p) = observed
-        .partitions
-        .get(&(mark.topic_id.clone(), mark.partition))
-    else {
-        let deleted = observed.deleted_since.contains(&mark.topic);
-        out.push(if deleted && !quiet {
-            Finding {
+    let deleted = observed.deleted_since.contains(&mark.topic) && !quiet;
+    let topic = match topics.get(&mark.topic) {
+        Some(t) if t.topic_id == mark.topic_id => t,
+        Some(_) if deleted => {
+            out.push(Finding {
+                kind: "topic_deleted",
+                problem: false,
+                message: format!(
+                    "{label} (topic id {}) was in the {name}; the topic was deleted and \
+                     created again since",
+                    mark.topic_id
+                ),
+                action: NOTHING,
+            });
+            return;
+        }
+        Some(t) => {
+            out.push(Finding {
+                kind: "topic_recreated",
+                problem: true,
+                message: format!(
+                    "{} has topic id {} now but had {} in the {name}, and the audit trail \
+                     records no deletion of it since",
+                    mark.topic, t.topic_id, mark.topic_id
+                ),
+                action: PARTITION_BEHIND,
+            });
+            return;
+        }
+        None if deleted => {
+            out.push(Finding {
                 kind: "topic_deleted",
                 problem: false,
                 message: format!(
@@ -174,20 +252,25 @@ fn partition(
                     mark.topic_id
                 ),
                 action: NOTHING,
-            }
-        } else {
-            Finding {
+            });
+            return;
+        }
+        None => {
+            out.push(Finding {
                 kind: "topic_missing",
                 problem: true,
                 message: format!(
-                    "{label} (topic id {}) was in the {name} at offset {}, but the data \
-                     directory has no such partition and the audit trail records no deletion \
-                     of {} after the checkpoint",
+                    "{label} (topic id {}) was in the {name} at offset {}, but the topic is \
+                     gone and the audit trail records no deletion of {} after the checkpoint",
                     mark.topic_id, mark.end_offset, mark.topic
                 ),
                 action: PARTITION_BEHIND,
-            }
-        });
+            });
+            return;
+        }
+    };
+    // A partition that was not seen (its end unknown) cannot be checked.
+    let Some(p) = topic.partitions.get(&mark.partition) else {
         return;
     };
     if let Some(end) = p.end_offset
@@ -214,10 +297,10 @@ fn partition(
             action: PARTITION_BEHIND,
         });
     }
-    let Some(seal) = &mark.last_seal else {
+    let (Some(seal), Some(seals)) = (&mark.last_seal, &p.seals) else {
         return;
     };
-    match p.seals.get(&seal.base_offset) {
+    match seals.get(&seal.base_offset) {
         Some(mac) if *mac == seal.mac => {}
         Some(mac) => out.push(Finding {
             kind: "seal_differs",
@@ -262,14 +345,11 @@ fn rank(state: &str) -> u8 {
 
 fn registry(
     checkpoint: &Checkpoint,
-    observed: &Observed,
+    now: &[RegistryEntry],
     quiet: bool,
     name: &str,
     out: &mut Vec<Finding>,
 ) {
-    let Some(now) = &observed.registry else {
-        return;
-    };
     if registry_digest(now) == checkpoint.key_registry.digest {
         return;
     }
