@@ -37,7 +37,8 @@ use crate::error::{EncodeError, ReadError};
 /// after a well-formed value is rejected.
 ///
 /// ```
-/// use strongbox_protocol::codec::{ReadError, Reader};
+/// use strongbox_protocol::codec::Reader;
+/// use strongbox_protocol::error::ReadError;
 ///
 /// let mut r = Reader::new(&[0x00, 0x2a, 0x01][..]);
 /// assert_eq!(r.u16()?, 42);
