@@ -4,13 +4,18 @@
 //! In `checkpoints.export_dir`, each checkpoint is appended as one line to
 //! `<broker id>.checkpoints.jsonl` (fdatasync'd: the history) and replaces
 //! `<broker id>.latest.json` (temporary file, fsync, rename, directory
-//! fsync: never a torn file under the name). Either file is what
+//! fsync: never a torn file under the name). The directory is created with
+//! storage's durable helper (each new level's parent fsynced), and the
+//! directory fsync after the rename also makes a new history file's name
+//! durable. Either file is what
 //! `verify --checkpoint` takes; it checks the last line.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use strongbox_storage::io::{FileIo, durable};
 
 /// The history file of `broker_id` in `dir`.
 pub(crate) fn history_path(dir: &Path, broker_id: &str) -> PathBuf {
@@ -28,12 +33,7 @@ pub(crate) fn latest_path(dir: &Path, broker_id: &str) -> PathBuf {
 ///
 /// The directory cannot be created, or a write or sync fails.
 pub(crate) fn write(dir: &Path, broker_id: &str, line: &str) -> io::Result<()> {
-    if !dir.exists() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-    }
+    durable::create_private_dir_all(&FileIo, dir)?;
     let mut history = OpenOptions::new()
         .create(true)
         .append(true)
