@@ -329,7 +329,7 @@ pub struct KeysConfig {
 }
 
 fn default_rewrap_rate() -> u32 {
-    crate::server::rewrap::DEFAULT_RATE
+    crate::services::keys::rewrap::DEFAULT_RATE
 }
 
 impl Default for KeysConfig {

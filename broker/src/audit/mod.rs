@@ -17,7 +17,7 @@
 //! wait for the trail.
 //!
 //! ```no_run
-//! # fn example(state: &strongbox_broker::server::BrokerState) {
+//! # fn example(state: &strongbox_broker::services::BrokerState) {
 //! use strongbox_broker::audit::{AuditAction, AuditEvent, kek_resource};
 //!
 //! state.audit.record(
@@ -49,7 +49,7 @@ pub use event::{AuditAction, AuditEvent, BROKER_PRINCIPAL, Outcome, kek_resource
 pub use topic::{AUDIT_TOPIC, ensure_audit_topic, read_operation};
 pub use unwraps::with_principal;
 
-use crate::server::BrokerState;
+use crate::services::BrokerState;
 use crate::tls::{AuthFailure, AuthFailureHook};
 use unwraps::{Names, UnwrapTally};
 use writer::ChainWriter;
@@ -331,7 +331,7 @@ impl Task {
                     },
                     _ = flush.tick() => batch.extend(self.unwrap_events()),
                     () = self.unwraps.filled() => batch.extend(self.unwrap_events()),
-                    () = crate::server::stopped(&mut self.stop) => stopping = true,
+                    () = crate::services::stopped(&mut self.stop) => stopping = true,
                 }
             }
             while batch.len() < MAX_BATCH_EVENTS {

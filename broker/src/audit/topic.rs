@@ -5,7 +5,7 @@
 //! record the head anchors is on disk; no retention, so `audit verify` can
 //! always start from record 1 (operators archive and rotate the trail by
 //! policy, not by a timer). Clients never publish to it, delete it or
-//! create `_` topics (see `server::authz`); reading it needs `audit`.
+//! create `_` topics (see `services::authz`); reading it needs `audit`.
 
 use std::sync::Arc;
 
@@ -16,8 +16,8 @@ use strongbox_storage::meta::{MetaError, MetaStore, TopicEntry};
 
 use super::event::{AuditAction, AuditEvent, BROKER_PRINCIPAL, topic_resource};
 use crate::config::TopicDefaults;
-use crate::server::error::BrokerError;
-use crate::server::topics::{self, TopicTable, resolve_config, validate_topic_name};
+use crate::error::BrokerError;
+use crate::services::partitions::topics::{self, TopicTable, resolve_config, validate_topic_name};
 
 /// The audit trail's topic.
 pub const AUDIT_TOPIC: &str = "_audit";

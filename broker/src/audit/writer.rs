@@ -27,8 +27,8 @@ use super::AuditMetrics;
 use super::event::{AuditAction, AuditEvent, BROKER_PRINCIPAL, topic_resource};
 use super::record::{GENESIS_HASH, SEQ_HEADER, StoredLink, encode, parse_link};
 use super::topic::AUDIT_TOPIC;
-use crate::server::error::BrokerError;
-use crate::server::partition::Partition;
+use crate::error::BrokerError;
+use crate::services::partitions::partition::Partition;
 
 /// Bytes read per step when scanning the topic at start.
 const SCAN_BYTES: usize = 256 * 1024;

@@ -20,7 +20,7 @@ use crate::identity::IdentityMapper;
 const PRODUCE_FRAME_HEADROOM: u32 = 4096;
 
 const _: () = assert!(
-    Produce::frame_length(crate::server::topics::MAX_TOPIC_NAME, 0)
+    Produce::frame_length(crate::services::partitions::topics::MAX_TOPIC_NAME, 0)
         <= PRODUCE_FRAME_HEADROOM as u64
 );
 

@@ -8,7 +8,7 @@ use strongbox_storage::keys::{FileKeyProvider, KekScope, KeyManager};
 use strongbox_storage::log::{Durability, LogConfig, PartitionLog};
 
 use super::*;
-use crate::server::producers::ProducerTable;
+use crate::services::partitions::producers::ProducerTable;
 
 struct Fixture {
     dir: tempfile::TempDir,

@@ -17,16 +17,16 @@ use strongbox_storage::keys::{KekId, KekScope, KekVersion, SegmentKeys};
 use strongbox_storage::meta::{AclEntry, MetaError, TopicEntry};
 
 use crate::audit::{self, AUDIT_TOPIC, AuditAction, AuditEvent, Outcome, topic_resource};
-use crate::server::BrokerState;
-use crate::server::authz::Authorizer;
-use crate::server::connection::ConnCtx;
-use crate::server::error::BrokerError;
-use crate::server::key_lifecycle::{self, scope_name};
-use crate::server::producers::InitOutcome;
-use crate::server::rewrap::RewrapRequest;
-use crate::server::stream_io::{FrameReader, FrameWriter, StreamError, end_with_error};
-use crate::server::topics::{self, Topic, resolve_config, validate_topic_name};
-use crate::server::{access, recipients};
+use crate::error::BrokerError;
+use crate::services::BrokerState;
+use crate::services::access::{access, recipients};
+use crate::services::authz::Authorizer;
+use crate::services::keys::key_lifecycle::{self, scope_name};
+use crate::services::keys::rewrap::RewrapRequest;
+use crate::services::partitions::producers::InitOutcome;
+use crate::services::partitions::topics::{self, Topic, resolve_config, validate_topic_name};
+use crate::transport::connection::ConnCtx;
+use crate::transport::stream_io::{FrameReader, FrameWriter, StreamError, end_with_error};
 
 /// The topic name checked for broker-wide permissions (keys, ACL listing):
 /// a rule must name `*` to grant them.
@@ -88,7 +88,7 @@ pub async fn serve(
                 return;
             }
         },
-        () = crate::server::stopped(&mut shutdown) => {}
+        () = crate::services::stopped(&mut shutdown) => {}
     }
     writer
         .finish_delivered(ctx.state.config.listener.shutdown_grace.0)
@@ -373,7 +373,13 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
             accept_loss,
         } => {
             authz.check(Operations::ADMIN, &topic)?;
-            crate::server::integrity::handle_recover(ctx, &topic, partition, accept_loss).await
+            crate::services::partitions::integrity::handle_recover(
+                ctx,
+                &topic,
+                partition,
+                accept_loss,
+            )
+            .await
         }
         other => Err(BrokerError::new(
             ErrorCode::InvalidRequest,
