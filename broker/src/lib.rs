@@ -20,6 +20,7 @@
 //! - [`services`]: what the broker serves, each part owning its state:
 //!   partitions and producers, keys, access requests and recipients;
 //! - [`server`]: running a broker (services, listener, background tasks);
+//! - [`shutdown`]: the shutdown signal every task watches;
 //! - [`error`]: the error handlers answer with, and its mapping from
 //!   storage and key errors;
 //! - [`logging`]: log output (text or JSON lines, colour only on a
@@ -60,6 +61,7 @@ pub mod notify;
 pub mod pki;
 pub mod server;
 pub mod services;
+pub mod shutdown;
 pub mod tls;
 pub mod transport;
 pub mod verify;

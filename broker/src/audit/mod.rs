@@ -331,7 +331,7 @@ impl Task {
                     },
                     _ = flush.tick() => batch.extend(self.unwrap_events()),
                     () = self.unwraps.filled() => batch.extend(self.unwrap_events()),
-                    () = crate::services::stopped(&mut self.stop) => stopping = true,
+                    () = crate::shutdown::stopped(&mut self.stop) => stopping = true,
                 }
             }
             while batch.len() < MAX_BATCH_EVENTS {

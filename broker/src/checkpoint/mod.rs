@@ -346,7 +346,7 @@ pub async fn run_periodic(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            () = crate::services::stopped(&mut shutdown) => return,
+            () = crate::shutdown::stopped(&mut shutdown) => return,
         }
         let (c, s) = (checkpointer.clone(), state.clone());
         let _ = tokio::task::spawn_blocking(move || c.checkpoint(&s, Reason::Interval)).await;

@@ -406,7 +406,7 @@ async fn maintenance(
                     .unwrap_or(None);
                 continue;
             }
-            () = crate::services::stopped(&mut shutdown) => return,
+            () = crate::shutdown::stopped(&mut shutdown) => return,
         };
         let s = state.clone();
         let since = expired_up_to;

@@ -30,6 +30,7 @@ use crate::metrics::BrokerMetrics;
 
 pub mod access;
 pub mod authz;
+pub mod caller;
 pub mod keys;
 pub mod partitions;
 pub mod reload;
@@ -42,12 +43,6 @@ use partitions::{partition_watch, producers};
 
 /// Unwrapped data keys kept in memory.
 const DEK_CACHE_CAPACITY: usize = 4096;
-
-/// Resolves once `shutdown` turns true (or its sender is gone). Returns
-/// nothing, so no borrow of the watch value is held across an await.
-pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
-}
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]

@@ -21,11 +21,11 @@ use crate::error::BrokerError;
 use crate::services::BrokerState;
 use crate::services::access::{access, recipients};
 use crate::services::authz::Authorizer;
+use crate::services::caller::{ConnCtx, blocking};
 use crate::services::keys::key_lifecycle::{self, scope_name};
 use crate::services::keys::rewrap::RewrapRequest;
 use crate::services::partitions::producers::InitOutcome;
 use crate::services::partitions::topics::{self, Topic, resolve_config, validate_topic_name};
-use crate::transport::connection::ConnCtx;
 use crate::transport::stream_io::{FrameReader, FrameWriter, StreamError, end_with_error};
 
 /// The topic name checked for broker-wide permissions (keys, ACL listing):
@@ -88,7 +88,7 @@ pub async fn serve(
                 return;
             }
         },
-        () = crate::services::stopped(&mut shutdown) => {}
+        () = crate::shutdown::stopped(&mut shutdown) => {}
     }
     writer
         .finish_delivered(ctx.state.config.listener.shutdown_grace.0)
@@ -406,16 +406,6 @@ fn destroyed_message(id: &KekId, lost: u64, names: &[String]) -> String {
         listed.push_str(&format!(" and {more} more"));
     }
     format!("{id} destroyed; {lost} segments are now unreadable: {listed}")
-}
-
-/// Runs a blocking closure (a metadata commit, a key provider call) off the
-/// async threads.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, BrokerError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| BrokerError::internal("a background task", e))
 }
 
 /// The KEK scope a key request is about, after checking the `keys`

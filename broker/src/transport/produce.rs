@@ -28,7 +28,7 @@ use strongbox_protocol::session::produce::{BrokerProducerStream, ProduceOutcome,
 use crate::audit::{AuditAction, AuditEvent, topic_resource};
 use crate::error::BrokerError;
 use crate::services::authz::Authorizer;
-use crate::transport::connection::ConnCtx;
+use crate::services::caller::ConnCtx;
 use crate::transport::stream_io::{FrameReader, FrameWriter, end_with_error};
 
 /// Serves a producer stream whose first frame is `first`.
@@ -108,7 +108,7 @@ pub async fn serve(ctx: ConnCtx, first: Frame, mut reader: FrameReader, mut writ
                 }
                 writing = Some(outcome);
             }
-            () = crate::services::stopped(&mut shutdown), if reading => {
+            () = crate::shutdown::stopped(&mut shutdown), if reading => {
                 reading = false;
                 reader.stop(ErrorCode::ShuttingDown);
             }

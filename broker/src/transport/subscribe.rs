@@ -33,10 +33,10 @@ use strongbox_storage::log::WatermarkSubscription;
 use crate::error::BrokerError;
 use crate::error::redact_paths;
 use crate::services::authz::Authorizer;
+use crate::services::caller::ConnCtx;
 use crate::services::partitions::groups::{MemberAssignment, Membership};
 use crate::services::partitions::partition::{DamagedRange, Delivery, Partition};
 use crate::services::partitions::topics::{PartitionSlot, Topic};
-use crate::transport::connection::ConnCtx;
 use crate::transport::stream_io::{FrameReader, FrameWriter, end_with_error};
 
 /// Most bytes of batches read for one `Records` frame.
@@ -406,7 +406,7 @@ impl Subscription {
                         self.assign(assignment).await?;
                     }
                 }
-                () = crate::services::stopped(&mut shutdown) => {
+                () = crate::shutdown::stopped(&mut shutdown) => {
                     break if self.session.is_unsubscribed() {
                         Ended::Unsubscribed
                     } else {

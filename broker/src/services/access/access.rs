@@ -43,8 +43,8 @@ use crate::error::BrokerError;
 use crate::services::BrokerState;
 use crate::services::access::recipients::{self, EntryFacts, KEY_LEN, key_fingerprint};
 use crate::services::authz::Authorizer;
-use crate::transport::admin::blocking;
-use crate::transport::connection::ConnCtx;
+use crate::services::caller::ConnCtx;
+use crate::services::caller::blocking;
 
 /// The operations a request may ask for; anything else is granted by an
 /// administrator with `strongbox acl grant`.

@@ -40,8 +40,8 @@ use crate::audit::{AuditAction, AuditEvent, topic_resource};
 use crate::error::BrokerError;
 use crate::services::BrokerState;
 use crate::services::authz::Authorizer;
-use crate::transport::admin::blocking;
-use crate::transport::connection::ConnCtx;
+use crate::services::caller::ConnCtx;
+use crate::services::caller::blocking;
 
 /// The first bytes of a signed recipient entry.
 const MAGIC: &[u8; 4] = b"SBRE";

@@ -589,7 +589,7 @@ impl Runner {
         let mut shutdown = self.state.shutdown.clone();
         tokio::select! {
             () = tokio::time::sleep(d) => !self.stopping(),
-            () = crate::services::stopped(&mut shutdown) => false,
+            () = crate::shutdown::stopped(&mut shutdown) => false,
         }
     }
 

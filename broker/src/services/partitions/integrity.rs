@@ -38,9 +38,9 @@ use strongbox_storage::meta::{MetaError, MetaStore, TopicEntry};
 use crate::audit::{AuditAction, AuditEvent, topic_resource};
 use crate::error::BrokerError;
 use crate::services::BrokerState;
+use crate::services::caller::ConnCtx;
 use crate::services::partitions::partition::Partition;
 use crate::services::partitions::topics::{Topic, kek_scope};
-use crate::transport::connection::ConnCtx;
 
 /// The audit event of a loss accepted for partition `index` of `topic`.
 pub fn recovered_event(topic: &str, index: u32, done: &Recovered) -> AuditEvent {

@@ -228,7 +228,7 @@ pub async fn run(state: Arc<BrokerState>, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = tick.tick() => {}
             () = rolled.notified() => {}
-            () = crate::services::stopped(&mut shutdown) => return,
+            () = crate::shutdown::stopped(&mut shutdown) => return,
         }
         let s = state.clone();
         let _ = tokio::task::spawn_blocking(move || s.partition_watch.pass(&s)).await;
