@@ -86,7 +86,7 @@ pub async fn run_with_io(
         .map_err(|e| StartError::Other(format!("opening storage: {e}")))??
     };
     register_process_metrics(&metrics, &config)?;
-    state.audit.start(&state);
+    crate::services::partitions::audit_topic::start_audit(&state);
     state
         .rewrap
         .resume(&state)

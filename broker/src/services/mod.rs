@@ -196,9 +196,13 @@ impl BrokerState {
                 }
             }
         }
-        if let Some(created) =
-            crate::audit::ensure_audit_topic(&config.topics, &meta, &topics, keys.clone())
-                .map_err(|e| StartError::Other(format!("audit topic: {}", e.message)))?
+        if let Some(created) = partitions::audit_topic::ensure_audit_topic(
+            &config.topics,
+            &meta,
+            &topics,
+            keys.clone(),
+        )
+        .map_err(|e| StartError::Other(format!("audit topic: {}", e.message)))?
         {
             audit.record(created);
         }

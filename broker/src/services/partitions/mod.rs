@@ -2,6 +2,7 @@
 //! gateway to storage, idempotent producers, consumer groups and the
 //! integrity of each partition's log.
 
+pub mod audit_topic;
 mod gateway;
 pub mod groups;
 pub mod integrity;
