@@ -5,7 +5,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use strongbox_protocol::frame::{ABSOLUTE_MAX_FRAME_SIZE, MIN_MAX_FRAME_SIZE};
-use strongbox_protocol::frames::produce::Produce;
 
 use super::{BrokerConfig, ConfigError, DurabilityMode, KeyProviderKind, Retention};
 use crate::acl::Acl;
@@ -17,12 +16,7 @@ use crate::identity::IdentityMapper;
 /// ([`PRODUCE_FRAMING`](strongbox_protocol::frames::produce::PRODUCE_FRAMING)) and the longest topic name,
 /// rounded up to a figure operators can remember. The wire's size formulas
 /// are the protocol crate's; this is only the broker's configuration rule.
-const PRODUCE_FRAME_HEADROOM: u32 = 4096;
-
-const _: () = assert!(
-    Produce::frame_length(crate::services::partitions::topics::MAX_TOPIC_NAME, 0)
-        <= PRODUCE_FRAME_HEADROOM as u64
-);
+pub(crate) const PRODUCE_FRAME_HEADROOM: u32 = 4096;
 
 pub(super) fn validate(cfg: &BrokerConfig) -> Result<(), ConfigError> {
     broker(cfg)?;

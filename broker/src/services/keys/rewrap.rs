@@ -60,9 +60,6 @@ use crate::services::keys::key_lifecycle::{provider_down, scope_name};
 use crate::services::partitions::partition::Partition;
 use crate::services::partitions::topics::PartitionSlot;
 
-/// Envelopes per second when `keys.rewrap_rate` is not set.
-pub const DEFAULT_RATE: u32 = 200;
-
 /// Registry segments read per page.
 const PAGE: usize = 4096;
 

@@ -38,6 +38,13 @@ use crate::services::partitions::producers::ProducerTable;
 /// Longest topic name.
 pub const MAX_TOPIC_NAME: usize = 249;
 
+// A `Produce` frame for the longest topic name fits the headroom the
+// configuration leaves between `max_batch_bytes` and `max_frame_size`.
+const _: () = assert!(
+    strongbox_protocol::frames::produce::Produce::frame_length(MAX_TOPIC_NAME, 0)
+        <= crate::config::PRODUCE_FRAME_HEADROOM as u64
+);
+
 /// Checks a topic name: 1 to 249 characters from `[A-Za-z0-9._-]`, not
 /// `.` or `..`. Names starting with `_` are reserved for the broker's own
 /// topics unless `internal` is set.
