@@ -30,10 +30,14 @@
 //! # }
 //! ```
 
+mod acl_seed;
+mod identity_rules;
+pub mod log_filter;
 mod secrets;
 mod validate;
 mod values;
 
+pub use acl_seed::seed_rules;
 pub(crate) use validate::PRODUCE_FRAME_HEADROOM;
 
 use std::net::SocketAddr;

@@ -7,8 +7,6 @@ use std::time::Duration;
 use strongbox_protocol::frame::{ABSOLUTE_MAX_FRAME_SIZE, MIN_MAX_FRAME_SIZE};
 
 use super::{BrokerConfig, ConfigError, DurabilityMode, KeyProviderKind, Retention};
-use crate::acl::Acl;
-use crate::identity::IdentityMapper;
 
 /// Room `listener.max_frame_size` keeps above `listener.max_batch_size`, so
 /// that a batch of the largest size fits in a `Produce` frame for any topic:
@@ -22,8 +20,8 @@ pub(super) fn validate(cfg: &BrokerConfig) -> Result<(), ConfigError> {
     broker(cfg)?;
     listener(cfg)?;
     tls(cfg)?;
-    IdentityMapper::from_config(&cfg.identity)?;
-    Acl::from_config(&cfg.acl)?;
+    crate::identity::IdentityMapper::from_config(&cfg.identity)?;
+    crate::acl::Acl::from_config(&cfg.acl)?;
     keys(cfg)?;
     topics(cfg)?;
     checkpoints(cfg)?;
@@ -350,6 +348,6 @@ fn log(cfg: &BrokerConfig) -> Result<(), ConfigError> {
         }
     }
     // What the log set-up will parse must parse.
-    crate::logging::parse_configured_filter(level).map_err(|e| err("log.level", e))?;
+    super::log_filter::parse_configured_filter(level).map_err(|e| err("log.level", e))?;
     Ok(())
 }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use strongbox_protocol::model::AclRule;
 
-use crate::acl::seed_rules;
+use crate::config::seed_rules;
 use crate::config::{AclConfig, BrokerConfig, ConfigError};
 use crate::services::BrokerState;
 
