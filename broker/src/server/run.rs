@@ -432,7 +432,7 @@ async fn maintenance(
 const ACL_CHANGE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn next_expiry_of(state: &BrokerState, after: i64) -> Option<i64> {
-    crate::services::access::access::next_expiry(state, after)
+    crate::services::access::requests::next_expiry(state, after)
         .inspect_err(|e| tracing::error!(error = %e, "cannot read the grants' expiry times"))
         .ok()
         .flatten()
@@ -505,7 +505,7 @@ fn expire_grants(state: &BrokerState, since: i64, now: i64) {
     // change: a reload here must not publish rules read before a
     // concurrent grant's commit after that grant's own reload.
     let _admin = state.admin_lock.blocking_lock();
-    match crate::services::access::access::remove_expired(state, now) {
+    match crate::services::access::requests::remove_expired(state, now) {
         Ok(expired) if !expired.is_empty() => {
             tracing::info!(target: "strongbox::audit", rules = expired.len(), "expired ACL rules removed");
             for entry in &expired {

@@ -1,7 +1,7 @@
 //! Admin streams: one request, authorized, acted on, answered.
 //!
 //! [`serve`] reads the request and dispatches it to the handler of its
-//! area: [`topics`], [`acls`], [`keys`], [`producers`], [`audit`], and the
+//! area: `topics.rs`, `acls.rs`, `keys.rs`, `producers.rs`, `audit.rs`, and the
 //! access service for access requests and recipients. Each handler checks
 //! the caller's permission and records its own audit event.
 //!
@@ -14,7 +14,7 @@ use strongbox_protocol::frames::admin::{AdminRequest, AdminResponse};
 use strongbox_protocol::session::admin::BrokerAdminStream;
 
 use crate::error::BrokerError;
-use crate::services::access::{access, recipients};
+use crate::services::access::{recipients, requests};
 use crate::services::authz::Authorizer;
 use crate::services::caller::ConnCtx;
 use crate::transport::stream_io::{FrameReader, FrameWriter, StreamError, end_with_error};
@@ -133,17 +133,17 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
             operations,
             reason,
             public_key,
-        } => access::request(ctx, topic, operations, reason, public_key).await,
+        } => requests::request(ctx, topic, operations, reason, public_key).await,
         AdminRequest::AccessList { pending_only } => {
-            access::list(ctx, &mut Authorizer::new(ctx), pending_only).await
+            requests::list(ctx, &mut Authorizer::new(ctx), pending_only).await
         }
         AdminRequest::AccessApprove {
             id,
             ttl_ms,
             recipient_entry,
-        } => access::approve(ctx, &mut Authorizer::new(ctx), id, ttl_ms, recipient_entry).await,
+        } => requests::approve(ctx, &mut Authorizer::new(ctx), id, ttl_ms, recipient_entry).await,
         AdminRequest::AccessDeny { id, reason } => {
-            access::deny(ctx, &mut Authorizer::new(ctx), id, reason).await
+            requests::deny(ctx, &mut Authorizer::new(ctx), id, reason).await
         }
         AdminRequest::RecipientList { topic } => {
             recipients::list(ctx, &mut Authorizer::new(ctx), topic).await
