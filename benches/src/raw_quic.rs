@@ -28,9 +28,9 @@ use quinn::crypto::rustls::QuicClientConfig;
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use strongbox_broker::config::ListenerConfig;
-use strongbox_broker::endpoint::{bind_udp, quic_server_config, transport_config};
 use strongbox_broker::pki::{CertSpec, IssuedCert, TestCa};
 use strongbox_broker::tls::{KeyExchange, crypto_provider, group_name, negotiated_group};
+use strongbox_broker::transport::endpoint::{bind_udp, quic_server_config, transport_config};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::histogram::Histogram;

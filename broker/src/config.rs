@@ -30,9 +30,15 @@
 //! # }
 //! ```
 
+mod acl_seed;
+mod identity_rules;
+pub mod log_filter;
 mod secrets;
 mod validate;
 mod values;
+
+pub use acl_seed::seed_rules;
+pub(crate) use validate::PRODUCE_FRAME_HEADROOM;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -247,7 +253,7 @@ pub struct TlsConfig {
     /// clients without it), `require-hybrid` (refuse classical-only
     /// clients) or `classical`.
     #[serde(default)]
-    pub key_exchange: crate::tls::KeyExchange,
+    pub key_exchange: strongbox_tls::KeyExchange,
 }
 
 fn default_crl_reload() -> HumanDuration {
@@ -328,8 +334,11 @@ pub struct KeysConfig {
     pub pkcs11: Option<Pkcs11Config>,
 }
 
+/// Envelopes per second when `keys.rewrap_rate` is not set.
+const DEFAULT_REWRAP_RATE: u32 = 200;
+
 fn default_rewrap_rate() -> u32 {
-    crate::server::rewrap::DEFAULT_RATE
+    DEFAULT_REWRAP_RATE
 }
 
 impl Default for KeysConfig {

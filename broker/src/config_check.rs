@@ -404,7 +404,7 @@ fn check_keys(config: &BrokerConfig, r: &mut Report) {
                 );
                 return;
             }
-            match crate::server::open_provider(config) {
+            match crate::services::open_provider(config) {
                 Ok(p) => r.push(
                     Level::Ok,
                     "keys.file.dir",
@@ -413,7 +413,7 @@ fn check_keys(config: &BrokerConfig, r: &mut Report) {
                 Err(e) => r.push(Level::Error, "keys.file.dir", e.to_string()),
             }
         }
-        KeyProviderKind::Pkcs11 => match crate::server::open_provider(config) {
+        KeyProviderKind::Pkcs11 => match crate::services::open_provider(config) {
             Ok(p) => r.push(
                 Level::Ok,
                 "keys.pkcs11",

@@ -29,8 +29,6 @@ use std::fmt;
 use rustls::pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 
-use crate::config::{ConfigError, IdentityConfig};
-
 /// Longest principal accepted, in bytes.
 pub const MAX_PRINCIPAL_LEN: usize = 1024;
 
@@ -380,29 +378,6 @@ impl IdentityMapper {
             rules,
             require_match,
         }
-    }
-
-    /// The mapper described by `[identity]`.
-    ///
-    /// # Errors
-    ///
-    /// A rule that does not parse, naming its field.
-    pub fn from_config(cfg: &IdentityConfig) -> Result<Self, ConfigError> {
-        let rules = cfg
-            .rules
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                MappingRule::parse(&r.pattern, &r.principal).map_err(|e| {
-                    let field = match e {
-                        RuleError::EmptyPattern | RuleError::AdjacentWildcards => "match",
-                        _ => "principal",
-                    };
-                    ConfigError::invalid(format!("identity.rules[{i}].{field}"), e.to_string())
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Self::new(rules, cfg.require_match))
     }
 
     /// The principal for `identity`: the first matching rule's rewrite, or

@@ -31,7 +31,7 @@ use strongbox_protocol::batch::RecordBatch;
 use strongbox_storage::log::{LogError, scan_dir};
 use strongbox_storage::meta::{MetaError, MetaStore};
 
-use crate::server::topics::{log_config, topic_dir};
+use crate::services::partitions::topics::{log_config, topic_dir};
 use crate::verify::keys::ReadOnlyKeys;
 use crate::verify::{Setup, VerifyArgs, VerifyError};
 
@@ -243,7 +243,7 @@ pub fn inspect(
         .into_iter()
         .map(|v| (v.id, v.state))
         .collect();
-    let provider = crate::server::open_provider(&setup.config)
+    let provider = crate::services::open_provider(&setup.config)
         .map_err(|e| InspectError::Provider(e.to_string()))?;
     let keys = Arc::new(ReadOnlyKeys::new("inspect", provider, states));
     let dir = topic_dir(&setup.data_dir, &entry.topic_id).join(args.partition.to_string());

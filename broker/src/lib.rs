@@ -15,7 +15,14 @@
 //!   broker through its local control socket;
 //! - [`health`]: `strongbox-broker health`, the readiness probe for
 //!   container health checks;
-//! - [`endpoint`]: the QUIC endpoint, its accept loop and graceful shutdown;
+//! - [`transport`]: the QUIC endpoint, connections, frame I/O on streams and
+//!   the dispatch of each stream to its handler;
+//! - [`services`]: what the broker serves, each part owning its state:
+//!   partitions and producers, keys, access requests and recipients;
+//! - [`server`]: running a broker (services, listener, background tasks);
+//! - [`shutdown`]: the shutdown signal every task watches;
+//! - [`error`]: the error handlers answer with, and its mapping from
+//!   storage and key errors;
 //! - [`logging`]: log output (text or JSON lines, colour only on a
 //!   terminal, `RUST_LOG`-style filters);
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`,
@@ -44,7 +51,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod config_check;
 pub mod dev;
-pub mod endpoint;
+pub mod error;
 pub mod health;
 pub mod identity;
 pub mod inspect;
@@ -53,5 +60,8 @@ pub mod metrics;
 pub mod notify;
 pub mod pki;
 pub mod server;
+pub mod services;
+pub mod shutdown;
 pub mod tls;
+pub mod transport;
 pub mod verify;

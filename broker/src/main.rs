@@ -22,6 +22,7 @@ use strongbox_broker::config::BrokerConfig;
 use strongbox_broker::dev;
 use strongbox_broker::notify::Notifier;
 use strongbox_broker::server::{self, RunningBroker};
+use strongbox_broker::transport;
 use strongbox_protocol::model::{Durability, TopicConfig};
 
 /// The Strongbox broker: encrypted pub/sub over QUIC with mutual TLS.
@@ -417,7 +418,7 @@ async fn ensure_demo_topic(broker: &RunningBroker) {
         segment_ms: None,
         dedicated_kek: false,
     };
-    if let Err(e) = server::admin::ensure_topic(&broker.state, "demo.greetings", config).await {
+    if let Err(e) = transport::admin::ensure_topic(&broker.state, "demo.greetings", config).await {
         tracing::warn!(error = %e.message, "cannot create demo.greetings");
     }
 }

@@ -45,6 +45,7 @@ use crate::identity::{Principal, extract_identity};
 mod crl;
 pub mod key_exchange;
 pub mod reload;
+pub mod reset;
 
 pub use crl::{CrlsInForce, LoadedCrl, Refused, read_crl_files};
 pub use key_exchange::{
@@ -547,7 +548,7 @@ pub struct ServerTls {
     pub verifier: Arc<ReloadingClientVerifier>,
     /// Keys the QUIC endpoint's stateless resets, derived from the private
     /// key at start so that it stays the same across restarts.
-    pub endpoint: Arc<crate::endpoint::EndpointSecret>,
+    pub endpoint: Arc<reset::EndpointSecret>,
     /// The broker's own certificate and key.
     pub cert: Arc<ServerCertResolver>,
 }
@@ -582,9 +583,9 @@ pub fn server_tls(cfg: &TlsConfig, hook: Option<AuthFailureHook>) -> Result<Serv
     )?);
     // The stateless-reset key comes from the key file as it is at start;
     // a certificate renewed later does not change it until a restart.
-    let endpoint = Arc::new(crate::endpoint::EndpointSecret::from_private_key(
-        &load_key("tls.key", &cfg.key)?,
-    ));
+    let endpoint = Arc::new(reset::EndpointSecret::from_private_key(&load_key(
+        "tls.key", &cfg.key,
+    )?));
     let config = server_config_with_resolver(provider, verifier.clone(), cert.clone())?;
     Ok(ServerTls {
         config,

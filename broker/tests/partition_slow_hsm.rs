@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use strongbox_broker::server::partition::{Delivery, Partition};
-use strongbox_broker::server::producers::ProducerTable;
+use strongbox_broker::services::partitions::partition::{Delivery, Partition};
+use strongbox_broker::services::partitions::producers::ProducerTable;
 use strongbox_protocol::batch::{BatchBuilder, RecordBatch, parse_header};
 use strongbox_storage::keys::{
     Dek, FileKeyProvider, KekId, KekScope, KeyError, KeyManager, KeyProvider, ProviderInfo,

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use strongbox_broker::acl::Acl;
 use strongbox_broker::config::BrokerConfig;
 use strongbox_broker::dev::{DevError, Profile, ensure_dev_dir};
-use strongbox_broker::endpoint::{AcceptSettings, Server};
 use strongbox_broker::identity::IdentityMapper;
 use strongbox_broker::tls::{load_certs, load_key, server_tls};
+use strongbox_broker::transport::endpoint::{AcceptSettings, Server};
 use strongbox_protocol::model::Operations;
 use tokio::sync::{mpsc, watch};
 

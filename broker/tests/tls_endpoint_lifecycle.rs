@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{GUARD, Options, client_endpoint, good_client, request, start, start_with_ca};
-use strongbox_broker::endpoint::AcceptedConnection;
 use strongbox_broker::pki::{CertSpec, TestCa};
+use strongbox_broker::transport::endpoint::AcceptedConnection;
 use strongbox_protocol::ErrorCode;
 use tokio::sync::mpsc;
 

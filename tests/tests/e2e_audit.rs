@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use serde_json::Value;
 use strongbox_broker::pki::{CertSpec, TestCa};
-use strongbox_broker::server::topics::topic_dir;
+use strongbox_broker::services::partitions::topics::topic_dir;
 use strongbox_client::{
     Client, ClientConfig, ClientError, ConsumerConfig, ErrorCode, PemSource, ProducerConfig,
     ProducerRecord, Subscription,

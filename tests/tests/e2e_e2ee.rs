@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::Value;
-use strongbox_broker::server::recipients::EntryFacts;
+use strongbox_broker::services::access::recipients::EntryFacts;
 use strongbox_client::e2e::{
     E2eOpener, E2eSealer, Keyring, OwnerKey, RecipientGrant, RecipientKey, SignedRecipientEntry,
     UnreadablePolicy,

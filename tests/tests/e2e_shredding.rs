@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
-use strongbox_broker::server::topics::{log_config, topic_dir};
+use strongbox_broker::services::partitions::topics::{log_config, topic_dir};
 use strongbox_client::{ProducerConfig, ProducerRecord};
 use strongbox_protocol::model::KeyState;
 use strongbox_storage::aead::Aes256Gcm;

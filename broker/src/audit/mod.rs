@@ -17,7 +17,7 @@
 //! wait for the trail.
 //!
 //! ```no_run
-//! # fn example(state: &strongbox_broker::server::BrokerState) {
+//! # fn example(state: &strongbox_broker::services::BrokerState) {
 //! use strongbox_broker::audit::{AuditAction, AuditEvent, kek_resource};
 //!
 //! state.audit.record(
@@ -37,7 +37,7 @@ pub mod writer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{IntCounter, IntGauge, Registry};
@@ -46,13 +46,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use event::{AuditAction, AuditEvent, BROKER_PRINCIPAL, Outcome, kek_resource, topic_resource};
-pub use topic::{AUDIT_TOPIC, ensure_audit_topic, read_operation};
+pub use topic::{AUDIT_TOPIC, read_operation};
 pub use unwraps::with_principal;
 
-use crate::server::BrokerState;
+use strongbox_storage::meta::MetaStore;
+
+use crate::error::BrokerError;
 use crate::tls::{AuthFailure, AuthFailureHook};
 use unwraps::{Names, UnwrapTally};
-use writer::ChainWriter;
+use writer::{ChainWriter, TrailLog};
 
 /// Events waiting for the writer; more are dropped (and counted).
 pub const QUEUE_CAPACITY: usize = 8192;
@@ -200,18 +202,21 @@ impl AuditLog {
         Arc::new(move |f: &AuthFailure| log.record(auth_failure_event(f)))
     }
 
-    /// Starts the writer on the `_audit` topic of `state`. Must run inside
-    /// the tokio runtime; a second call does nothing.
-    pub fn start(&self, state: &Arc<BrokerState>) {
+    /// Starts the writer on `partition`, the `_audit` topic's (see
+    /// `services::partitions::audit_topic::start_audit`), with the head
+    /// anchored in `meta`; `names` gives topic names by id for unwrap
+    /// counts. Must run inside the tokio runtime; a second call does
+    /// nothing.
+    pub fn start(
+        &self,
+        partition: Result<Arc<dyn TrailLog>, BrokerError>,
+        meta: MetaStore,
+        names: TopicNameSource,
+    ) {
         let Some(inbox) = lock(&self.inner.inbox).take() else {
             return;
         };
-        let partition = state
-            .topics
-            .require(AUDIT_TOPIC)
-            .and_then(|t| t.partition(0).cloned());
-        let names = topic_names(Arc::downgrade(state));
-        let meta = state.meta.clone();
+        let names: NameSource = Arc::new(move || TopicNames(names()));
         let task = Task {
             inbox,
             unwraps: self.inner.unwraps.clone(),
@@ -278,6 +283,9 @@ fn auth_failure_event(f: &AuthFailure) -> AuditEvent {
 }
 
 /// Topic names by id, read when unwrap counts are flushed.
+pub type TopicNameSource = Arc<dyn Fn() -> HashMap<[u8; 16], String> + Send + Sync>;
+
+/// [`TopicNameSource`] as the unwrap counts read it.
 type NameSource = Arc<dyn Fn() -> TopicNames + Send + Sync>;
 
 #[derive(Debug, Default)]
@@ -287,23 +295,6 @@ impl Names for TopicNames {
     fn topic(&self, topic_id: &[u8; 16]) -> Option<String> {
         self.0.get(topic_id).map(|n| topic_resource(n))
     }
-}
-
-fn topic_names(state: Weak<BrokerState>) -> NameSource {
-    Arc::new(move || {
-        TopicNames(
-            state
-                .upgrade()
-                .map(|s| {
-                    s.topics
-                        .all()
-                        .into_iter()
-                        .map(|t| (t.entry.topic_id, t.entry.name.clone()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        )
-    })
 }
 
 /// The writer task's inputs.
@@ -331,7 +322,7 @@ impl Task {
                     },
                     _ = flush.tick() => batch.extend(self.unwrap_events()),
                     () = self.unwraps.filled() => batch.extend(self.unwrap_events()),
-                    () = crate::server::stopped(&mut self.stop) => stopping = true,
+                    () = crate::shutdown::stopped(&mut self.stop) => stopping = true,
                 }
             }
             while batch.len() < MAX_BATCH_EVENTS {

@@ -27,16 +27,38 @@ use super::AuditMetrics;
 use super::event::{AuditAction, AuditEvent, BROKER_PRINCIPAL, topic_resource};
 use super::record::{GENESIS_HASH, SEQ_HEADER, StoredLink, encode, parse_link};
 use super::topic::AUDIT_TOPIC;
-use crate::server::error::BrokerError;
-use crate::server::partition::Partition;
+use crate::error::BrokerError;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 
 /// Bytes read per step when scanning the topic at start.
 const SCAN_BYTES: usize = 256 * 1024;
 
+/// A boxed append: resolves once the batch is durable.
+pub type AppendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + 'a>>;
+
+/// The log the trail is written to: `_audit`'s one partition. The
+/// partition service implements it, so the trail depends on no service.
+pub trait TrailLog: fmt::Debug + Send + Sync {
+    /// End of the durable records.
+    fn high_watermark(&self) -> u64;
+    /// Oldest retained offset.
+    fn log_start_offset(&self) -> u64;
+    /// Whole batches from `from`, at most about `max_bytes`.
+    ///
+    /// # Errors
+    ///
+    /// The log cannot be read.
+    fn read(&self, from: u64, max_bytes: usize) -> Result<Vec<(u64, Bytes)>, BrokerError>;
+    /// Appends `batch` and waits until it is durable.
+    fn append<'a>(&'a self, batch: &'a RecordBatch) -> AppendFuture<'a>;
+}
+
 /// Appends audit records.
 #[derive(Debug)]
 pub struct ChainWriter {
-    partition: Arc<Partition>,
+    partition: Arc<dyn TrailLog>,
     meta: MetaStore,
     last: AuditHead,
     metrics: AuditMetrics,
@@ -73,7 +95,7 @@ impl ChainWriter {
     ///
     /// The metadata store or the topic cannot be read.
     pub fn recover(
-        partition: Arc<Partition>,
+        partition: Arc<dyn TrailLog>,
         meta: MetaStore,
         metrics: AuditMetrics,
     ) -> Result<Recovered, BrokerError> {
@@ -83,7 +105,7 @@ impl ChainWriter {
         let end = partition.high_watermark();
         let start = partition.log_start_offset();
         let tail = if end > start {
-            last_record(&partition, end)?
+            last_record(partition.as_ref(), end)?
         } else {
             None
         };
@@ -176,10 +198,11 @@ impl ChainWriter {
             });
         };
         let end = offset.saturating_add(1);
-        let records = read_records(&self.partition, from, end).map_err(|e| Broken::Unlinked {
-            why: format!("cannot read records {from}..{end}: {}", e.message),
-            last: tail.clone(),
-        })?;
+        let records =
+            read_records(self.partition.as_ref(), from, end).map_err(|e| Broken::Unlinked {
+                why: format!("cannot read records {from}..{end}: {}", e.message),
+                last: tail.clone(),
+            })?;
         let mut prev: Option<StoredLink> = None;
         for (at, value) in records {
             let link = parse_link(&value).map_err(|why| Broken::Unlinked {
@@ -320,8 +343,7 @@ impl ChainWriter {
             .map_err(|e| BrokerError::internal("encoding an audit batch", e))?;
         let batch = RecordBatch::parse(bytes)
             .map_err(|e| BrokerError::internal("encoding an audit batch", e))?;
-        let pending = self.partition.begin_append(&batch, 0).await?;
-        pending.complete().await?;
+        self.partition.append(&batch).await?;
         self.last = head;
         self.metrics.records.inc_by(events.len() as u64);
         let meta = self.meta.clone();
@@ -344,7 +366,7 @@ impl ChainWriter {
 }
 
 /// The offset and value of the topic's last record.
-fn last_record(partition: &Partition, end: u64) -> Result<Option<(u64, Bytes)>, BrokerError> {
+fn last_record(partition: &dyn TrailLog, end: u64) -> Result<Option<(u64, Bytes)>, BrokerError> {
     let Some(last) = end.checked_sub(1) else {
         return Ok(None);
     };
@@ -353,7 +375,7 @@ fn last_record(partition: &Partition, end: u64) -> Result<Option<(u64, Bytes)>, 
 
 /// Every record with an offset in `from..to`, in order.
 fn read_records(
-    partition: &Partition,
+    partition: &dyn TrailLog,
     from: u64,
     to: u64,
 ) -> Result<Vec<(u64, Bytes)>, BrokerError> {

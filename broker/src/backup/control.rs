@@ -32,7 +32,7 @@ use tokio::sync::watch;
 
 use super::manifest::Manifest;
 use super::{BackupError, socket_path, staging_root};
-use crate::server::BrokerState;
+use crate::services::BrokerState;
 
 /// Largest request line accepted.
 pub const MAX_REQUEST: usize = 4096;
@@ -206,7 +206,7 @@ impl ControlSocket {
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             let accepted = tokio::select! {
-                () = crate::server::stopped(&mut shutdown) => break,
+                () = crate::shutdown::stopped(&mut shutdown) => break,
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
                 a = self.listener.accept() => a,
             };
@@ -331,7 +331,7 @@ impl Connection {
         // until the client says it is done or goes away.
         let released = tokio::select! {
             r = read_request(read) => r,
-            () = crate::server::stopped(&mut self.shutdown) => Ok(None),
+            () = crate::shutdown::stopped(&mut self.shutdown) => Ok(None),
         };
         let copied = matches!(released, Ok(Some(Request::Release { copied: true })));
         self.finish(&staging, copied).await;

@@ -34,9 +34,9 @@ use super::BackupError;
 use super::manifest::{
     FORMAT, FileEntry, KekNote, KeyProviderNote, META_FILE, Manifest, MetadataFile, PartitionEntry,
 };
-use crate::server::BrokerState;
-use crate::server::partition::Partition;
-use crate::server::topics::{PartitionSlot, Topic, topic_dir};
+use crate::services::BrokerState;
+use crate::services::partitions::partition::Partition;
+use crate::services::partitions::topics::{PartitionSlot, Topic, topic_dir};
 
 /// Pins the broker's state into `staging` (which must not exist) and
 /// describes it. Blocking: run it on a blocking thread, holding the admin

@@ -39,7 +39,7 @@ pub fn run_public_key(args: &PublicKeyArgs) -> ExitCode {
 fn public_key(args: &PublicKeyArgs) -> Result<(), String> {
     let config = BrokerConfig::load(&args.config)
         .map_err(|e| format!("config {}: {e}", args.config.display()))?;
-    let provider = crate::server::open_provider(&config)
+    let provider = crate::services::open_provider(&config)
         .map_err(|e| format!("cannot open the key provider: {e}"))?;
     let key = provider
         .checkpoint_key(args.create)

@@ -41,8 +41,8 @@ use strongbox_checkpoint::{AuditMark, PartitionMark, RegistryEntry, SealMark, Un
 use crate::audit::record::{GENESIS_HASH, record_time};
 use crate::audit::{AuditAction, AuditEvent, BROKER_PRINCIPAL};
 use crate::config::CheckpointsConfig;
-use crate::server::BrokerState;
-use crate::server::topics::PartitionSlot;
+use crate::services::BrokerState;
+use crate::services::partitions::topics::PartitionSlot;
 
 /// Why a checkpoint was signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,7 +346,7 @@ pub async fn run_periodic(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            () = crate::server::stopped(&mut shutdown) => return,
+            () = crate::shutdown::stopped(&mut shutdown) => return,
         }
         let (c, s) = (checkpointer.clone(), state.clone());
         let _ = tokio::task::spawn_blocking(move || c.checkpoint(&s, Reason::Interval)).await;

@@ -5,11 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use strongbox_protocol::frame::{ABSOLUTE_MAX_FRAME_SIZE, MIN_MAX_FRAME_SIZE};
-use strongbox_protocol::frames::produce::Produce;
 
 use super::{BrokerConfig, ConfigError, DurabilityMode, KeyProviderKind, Retention};
-use crate::acl::Acl;
-use crate::identity::IdentityMapper;
 
 /// Room `listener.max_frame_size` keeps above `listener.max_batch_size`, so
 /// that a batch of the largest size fits in a `Produce` frame for any topic:
@@ -17,19 +14,14 @@ use crate::identity::IdentityMapper;
 /// ([`PRODUCE_FRAMING`](strongbox_protocol::frames::produce::PRODUCE_FRAMING)) and the longest topic name,
 /// rounded up to a figure operators can remember. The wire's size formulas
 /// are the protocol crate's; this is only the broker's configuration rule.
-const PRODUCE_FRAME_HEADROOM: u32 = 4096;
-
-const _: () = assert!(
-    Produce::frame_length(crate::server::topics::MAX_TOPIC_NAME, 0)
-        <= PRODUCE_FRAME_HEADROOM as u64
-);
+pub(crate) const PRODUCE_FRAME_HEADROOM: u32 = 4096;
 
 pub(super) fn validate(cfg: &BrokerConfig) -> Result<(), ConfigError> {
     broker(cfg)?;
     listener(cfg)?;
     tls(cfg)?;
-    IdentityMapper::from_config(&cfg.identity)?;
-    Acl::from_config(&cfg.acl)?;
+    crate::identity::IdentityMapper::from_config(&cfg.identity)?;
+    crate::acl::Acl::from_config(&cfg.acl)?;
     keys(cfg)?;
     topics(cfg)?;
     checkpoints(cfg)?;
@@ -356,6 +348,6 @@ fn log(cfg: &BrokerConfig) -> Result<(), ConfigError> {
         }
     }
     // What the log set-up will parse must parse.
-    crate::logging::parse_configured_filter(level).map_err(|e| err("log.level", e))?;
+    super::log_filter::parse_configured_filter(level).map_err(|e| err("log.level", e))?;
     Ok(())
 }

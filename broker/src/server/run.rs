@@ -20,14 +20,16 @@ use tokio::task::JoinHandle;
 use crate::audit::{AuditAction, AuditEvent, BROKER_PRINCIPAL, topic_resource};
 use crate::checkpoint::{self, Checkpointer};
 use crate::config::BrokerConfig;
-use crate::endpoint::{AcceptSettings, Server};
 use crate::identity::IdentityMapper;
 use crate::metrics::BrokerMetrics;
 use crate::metrics::http::{self, HttpState};
-use crate::server::topics::{PartitionSlot, retention};
-use crate::server::{BrokerState, MAINTENANCE_INTERVAL, StartError, connection, key_lifecycle};
+use crate::services::keys::key_lifecycle;
+use crate::services::partitions::topics::{PartitionSlot, retention};
+use crate::services::{BrokerState, MAINTENANCE_INTERVAL, StartError};
 use crate::tls::reload::TlsMetrics;
 use crate::tls::{TlsReloader, server_tls};
+use crate::transport::connection;
+use crate::transport::endpoint::{AcceptSettings, Server};
 
 /// A broker that is serving.
 #[derive(Debug)]
@@ -42,7 +44,7 @@ pub struct RunningBroker {
     tls: TlsReloader,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    serving: JoinHandle<crate::endpoint::ServeReport>,
+    serving: JoinHandle<crate::transport::endpoint::ServeReport>,
     /// Wakes the maintenance task for a pass now (SIGHUP).
     maintain_now: Arc<tokio::sync::Notify>,
     /// Signs checkpoints; `None` when `checkpoints.enabled` is false.
@@ -84,7 +86,7 @@ pub async fn run_with_io(
         .map_err(|e| StartError::Other(format!("opening storage: {e}")))??
     };
     register_process_metrics(&metrics, &config)?;
-    state.audit.start(&state);
+    crate::services::partitions::audit_topic::start_audit(&state);
     state
         .rewrap
         .resume(&state)
@@ -151,10 +153,9 @@ pub async fn run_with_io(
         shutdown.clone(),
         maintain_now.clone(),
     )));
-    tasks.push(tokio::spawn(crate::server::partition_watch::run(
-        state.clone(),
-        shutdown.clone(),
-    )));
+    tasks.push(tokio::spawn(
+        crate::services::partitions::partition_watch::run(state.clone(), shutdown.clone()),
+    ));
     if let Some(c) = &checkpoints {
         tasks.push(tokio::spawn(checkpoint::run_periodic(
             c.clone(),
@@ -405,7 +406,7 @@ async fn maintenance(
                     .unwrap_or(None);
                 continue;
             }
-            () = crate::server::stopped(&mut shutdown) => return,
+            () = crate::shutdown::stopped(&mut shutdown) => return,
         };
         let s = state.clone();
         let since = expired_up_to;
@@ -431,7 +432,7 @@ async fn maintenance(
 const ACL_CHANGE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn next_expiry_of(state: &BrokerState, after: i64) -> Option<i64> {
-    crate::server::access::next_expiry(state, after)
+    crate::services::access::requests::next_expiry(state, after)
         .inspect_err(|e| tracing::error!(error = %e, "cannot read the grants' expiry times"))
         .ok()
         .flatten()
@@ -504,7 +505,7 @@ fn expire_grants(state: &BrokerState, since: i64, now: i64) {
     // change: a reload here must not publish rules read before a
     // concurrent grant's commit after that grant's own reload.
     let _admin = state.admin_lock.blocking_lock();
-    match crate::server::access::remove_expired(state, now) {
+    match crate::services::access::requests::remove_expired(state, now) {
         Ok(expired) if !expired.is_empty() => {
             tracing::info!(target: "strongbox::audit", rules = expired.len(), "expired ACL rules removed");
             for entry in &expired {

@@ -31,7 +31,7 @@ use super::report::{Item, Report};
 use crate::audit::AUDIT_TOPIC;
 use crate::audit::record::parse_link;
 use crate::checkpoint::registry_entries;
-use crate::server::topics::{log_config, topic_dir};
+use crate::services::partitions::topics::{log_config, topic_dir};
 
 const REFUSED: &str = "do not trust this checkpoint: use the export directory's own copy, \
      check that --checkpoint-key is the broker's public key (strongbox-broker checkpoint \

@@ -38,7 +38,7 @@ use strongbox_storage::log::check_dir;
 use strongbox_storage::meta::{MetaError, MetaStore, TopicEntry};
 
 use crate::config::{BrokerConfig, ConfigError, KeyProviderKind};
-use crate::server::topics::{log_config, topic_dir};
+use crate::services::partitions::topics::{log_config, topic_dir};
 
 pub use checkpoint::CheckpointArgs;
 pub use report::{
@@ -313,7 +313,7 @@ pub fn verify(setup: &Setup, show_progress: bool) -> Result<Report, VerifyError>
         },
         other => VerifyError::Meta(other),
     })?;
-    let provider = crate::server::open_provider(&setup.config)
+    let provider = crate::services::open_provider(&setup.config)
         .map_err(|e| VerifyError::Provider(e.to_string()))?;
     let info = provider.info();
     let mut report = Report {

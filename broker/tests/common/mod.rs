@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::QuicClientConfig;
 use strongbox_broker::config::BrokerConfig;
-use strongbox_broker::endpoint::{AcceptSettings, AcceptedConnection, ServeReport, Server};
 use strongbox_broker::identity::IdentityMapper;
 use strongbox_broker::metrics::BrokerMetrics;
 use strongbox_broker::pki::{CertSpec, IssuedCert, TestCa};
 use strongbox_broker::tls::{AuthFailure, ReloadingClientVerifier, server_tls};
+use strongbox_broker::transport::endpoint::{
+    AcceptSettings, AcceptedConnection, ServeReport, Server,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 

@@ -8,7 +8,9 @@ use strongbox_storage::keys::{FileKeyProvider, KekScope, KeyManager};
 use strongbox_storage::log::{Durability, LogConfig, PartitionLog};
 
 use super::*;
-use crate::server::producers::ProducerTable;
+use crate::services::partitions::audit_topic::AuditPartition;
+use crate::services::partitions::partition::Partition;
+use crate::services::partitions::producers::ProducerTable;
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -16,6 +18,9 @@ struct Fixture {
     keys: Arc<KeyManager>,
     registry: Registry,
     metrics: AuditMetrics,
+    /// The partition the last recovered writer appends to, closed by
+    /// [`Fixture::finish`].
+    open: std::sync::Mutex<Option<Arc<Partition>>>,
 }
 
 impl Fixture {
@@ -32,6 +37,7 @@ impl Fixture {
             keys,
             registry,
             metrics,
+            open: std::sync::Mutex::new(None),
         }
     }
 
@@ -56,7 +62,26 @@ impl Fixture {
     }
 
     fn recover(&self) -> Recovered {
-        ChainWriter::recover(self.partition(), self.meta.clone(), self.metrics.clone()).unwrap()
+        let p = self.partition();
+        *self.open.lock().unwrap() = Some(p.clone());
+        ChainWriter::recover(
+            Arc::new(AuditPartition(p)),
+            self.meta.clone(),
+            self.metrics.clone(),
+        )
+        .unwrap()
+    }
+
+    /// Drops `w` and closes its partition's log.
+    fn finish(&self, w: ChainWriter) {
+        drop(w);
+        close(
+            self.open
+                .lock()
+                .unwrap()
+                .take()
+                .expect("a recovered writer"),
+        );
     }
 
     fn head(&self) -> Option<AuditHead> {
@@ -93,10 +118,6 @@ fn close(p: Arc<Partition>) {
         .unwrap();
 }
 
-fn finish(w: ChainWriter) {
-    close(w.partition);
-}
-
 fn event(n: u64) -> AuditEvent {
     AuditEvent::success(AuditAction::TopicCreate, topic_resource(&format!("t{n}")))
         .principal("spiffe://strongbox.dev/admin")
@@ -127,7 +148,7 @@ async fn sequences_links_and_hashes() {
     let head = w.append(&[event(4), event(5)]).await.unwrap();
     assert_eq!(head.sequence, 5);
     assert_eq!(f.head(), Some(head), "anchored after the append");
-    finish(w);
+    f.finish(w);
 
     let records = f.records();
     assert_eq!(records.len(), 5);
@@ -172,14 +193,14 @@ async fn continues_from_the_anchored_head_after_a_restart() {
     let f = Fixture::new();
     let mut w = f.recover().writer;
     let head = w.append(&[event(1), event(2)]).await.unwrap();
-    finish(w);
+    f.finish(w);
 
     let r = f.recover();
     assert!(r.alert.is_none());
     assert_eq!(r.writer.last(), head);
     let mut w = r.writer;
     w.append(&[event(3)]).await.unwrap();
-    finish(w);
+    f.finish(w);
     let records = f.records();
     let third = parse_link(&records[2].3).unwrap();
     assert_eq!((third.seq, third.prev_hash), (3, head.hash));
@@ -207,14 +228,8 @@ async fn continues_from_a_tail_ahead_of_the_head() {
         prev = e.hash;
     }
     let batch = RecordBatch::parse(b.finish().unwrap()).unwrap();
-    w.partition
-        .begin_append(&batch, 0)
-        .await
-        .unwrap()
-        .complete()
-        .await
-        .unwrap();
-    finish(w);
+    w.partition.append(&batch).await.unwrap();
+    f.finish(w);
     assert_eq!(f.head(), Some(head2));
 
     let r = f.recover();
@@ -227,7 +242,7 @@ async fn continues_from_a_tail_ahead_of_the_head() {
     assert_eq!(f.head(), Some(tail), "the tail is anchored at start");
     let mut w = r.writer;
     assert_eq!(w.append(&[event(5)]).await.unwrap().sequence, 5);
-    finish(w);
+    f.finish(w);
 }
 
 #[tokio::test]
@@ -241,20 +256,14 @@ async fn a_tail_that_does_not_link_to_the_head_is_an_alert() {
     b.push(0, Some(b"topic.create"), &[(SEQ_HEADER, b"3")], &e.value)
         .unwrap();
     let batch = RecordBatch::parse(b.finish().unwrap()).unwrap();
-    w.partition
-        .begin_append(&batch, 0)
-        .await
-        .unwrap()
-        .complete()
-        .await
-        .unwrap();
-    finish(w);
+    w.partition.append(&batch).await.unwrap();
+    f.finish(w);
 
     let r = f.recover();
     let alert = r.alert.expect("alert");
     assert_eq!(alert.detail_value("reason"), Some(&"unlinked".into()));
     assert_eq!(r.writer.last(), head, "goes on from the anchored head");
-    finish(r.writer);
+    f.finish(r.writer);
 }
 
 #[tokio::test]
@@ -263,7 +272,7 @@ async fn a_truncated_topic_raises_an_alert_naming_the_gap() {
     let mut w = f.recover().writer;
     w.append(&[event(1), event(2), event(3)]).await.unwrap();
     let head = w.append(&[event(4), event(5)]).await.unwrap();
-    finish(w);
+    f.finish(w);
     truncate(&f, 3);
 
     let r = f.recover();
@@ -285,7 +294,7 @@ async fn a_truncated_topic_raises_an_alert_naming_the_gap() {
 
     let mut w = r.writer;
     w.append(&[alert]).await.unwrap();
-    finish(w);
+    f.finish(w);
     let records = f.records();
     assert_eq!(records.len(), 4);
     let link = parse_link(&records[3].3).unwrap();
@@ -296,7 +305,7 @@ async fn a_truncated_topic_raises_an_alert_naming_the_gap() {
     // The next start finds the chain consistent with its head again.
     let r = f.recover();
     assert!(r.alert.is_none());
-    finish(r.writer);
+    f.finish(r.writer);
 }
 
 #[tokio::test]
@@ -305,7 +314,7 @@ async fn an_emptied_topic_and_a_rewritten_tail_are_alerts() {
     let mut w = f.recover().writer;
     w.append(&[event(1)]).await.unwrap();
     let head = w.append(&[event(2)]).await.unwrap();
-    finish(w);
+    f.finish(w);
 
     // Record 2 replaced by another, correctly linked, record 2.
     truncate(&f, 1);
@@ -333,7 +342,7 @@ async fn an_emptied_topic_and_a_rewritten_tail_are_alerts() {
     let alert = r.alert.expect("alert");
     assert_eq!(alert.detail_value("reason"), Some(&"rewritten".into()));
     assert_eq!(r.writer.last(), head);
-    finish(r.writer);
+    f.finish(r.writer);
 
     // Nothing left at all.
     let log = f.open_log();
@@ -344,7 +353,7 @@ async fn an_emptied_topic_and_a_rewritten_tail_are_alerts() {
     let alert = r.alert.expect("alert");
     assert_eq!(alert.detail_value("reason"), Some(&"truncated".into()));
     assert_eq!(alert.detail_value("topic_last_sequence"), Some(&0.into()));
-    finish(r.writer);
+    f.finish(r.writer);
 }
 
 #[tokio::test]
@@ -356,20 +365,14 @@ async fn an_unreadable_last_record_is_an_alert() {
     b.push(0, Some(b"x"), &[(SEQ_HEADER, b"2")], b"not a record")
         .unwrap();
     let batch = RecordBatch::parse(b.finish().unwrap()).unwrap();
-    w.partition
-        .begin_append(&batch, 0)
-        .await
-        .unwrap()
-        .complete()
-        .await
-        .unwrap();
-    finish(w);
+    w.partition.append(&batch).await.unwrap();
+    f.finish(w);
     let r = f.recover();
     let alert = r.alert.expect("alert");
     assert_eq!(alert.detail_value("reason"), Some(&"unreadable".into()));
     assert_eq!(alert.detail_value("topic_last_offset"), Some(&1.into()));
     assert_eq!(r.writer.last(), head);
-    finish(r.writer);
+    f.finish(r.writer);
 }
 
 #[tokio::test]

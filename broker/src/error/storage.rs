@@ -24,7 +24,7 @@ use strongbox_storage::io::is_storage_full;
 use strongbox_storage::keys::KeyError;
 use strongbox_storage::log::LogError;
 
-use crate::server::error::BrokerError;
+use crate::error::BrokerError;
 
 /// A key request failed.
 impl From<KeyError> for BrokerError {

@@ -54,14 +54,11 @@ use strongbox_storage::meta::{MetaError, RewrapJobState};
 use tokio::task::JoinHandle;
 
 use crate::audit::{AuditAction, AuditEvent};
-use crate::server::BrokerState;
-use crate::server::error::BrokerError;
-use crate::server::key_lifecycle::{provider_down, scope_name};
-use crate::server::partition::Partition;
-use crate::server::topics::PartitionSlot;
-
-/// Envelopes per second when `keys.rewrap_rate` is not set.
-pub const DEFAULT_RATE: u32 = 200;
+use crate::error::BrokerError;
+use crate::services::BrokerState;
+use crate::services::keys::key_lifecycle::{provider_down, scope_name};
+use crate::services::partitions::partition::Partition;
+use crate::services::partitions::topics::PartitionSlot;
 
 /// Registry segments read per page.
 const PAGE: usize = 4096;
@@ -358,7 +355,12 @@ fn prepare(state: &BrokerState, request: &RewrapRequest) -> Result<(KekVersion, 
         Some(v) => v.clone(),
         None => {
             let v = keys.rotate(&request.scope)?;
-            crate::server::key_lifecycle::record_rotation(state, &v, &request.principal, None);
+            crate::services::keys::key_lifecycle::record_rotation(
+                state,
+                &v,
+                &request.principal,
+                None,
+            );
             v
         }
     };
@@ -584,7 +586,7 @@ impl Runner {
         let mut shutdown = self.state.shutdown.clone();
         tokio::select! {
             () = tokio::time::sleep(d) => !self.stopping(),
-            () = crate::server::stopped(&mut shutdown) => false,
+            () = crate::shutdown::stopped(&mut shutdown) => false,
         }
     }
 

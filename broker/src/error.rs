@@ -1,6 +1,8 @@
 //! The error every request handler returns: a wire code and a message for
 //! the client.
 
+pub mod storage;
+
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::frames::control::ErrorFrame;
 

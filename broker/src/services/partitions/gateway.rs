@@ -44,8 +44,8 @@ use strongbox_protocol::ErrorCode;
 use strongbox_protocol::batch::RecordBatch;
 use tokio::sync::oneshot;
 
-use crate::server::error::BrokerError;
-use crate::server::partition::{Partition, Written};
+use crate::error::BrokerError;
+use crate::services::partitions::partition::{Partition, Written};
 
 /// Runs blocking storage work (a read, a lookup, opening logs) on the
 /// blocking pool and waits for it.

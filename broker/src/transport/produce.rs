@@ -26,10 +26,10 @@ use strongbox_protocol::model::Operations;
 use strongbox_protocol::session::produce::{BrokerProducerStream, ProduceOutcome, ProduceRequest};
 
 use crate::audit::{AuditAction, AuditEvent, topic_resource};
-use crate::server::authz::Authorizer;
-use crate::server::connection::ConnCtx;
-use crate::server::error::BrokerError;
-use crate::server::stream_io::{FrameReader, FrameWriter, end_with_error};
+use crate::error::BrokerError;
+use crate::services::authz::Authorizer;
+use crate::services::caller::ConnCtx;
+use crate::transport::stream_io::{FrameReader, FrameWriter, end_with_error};
 
 /// Serves a producer stream whose first frame is `first`.
 ///
@@ -108,7 +108,7 @@ pub async fn serve(ctx: ConnCtx, first: Frame, mut reader: FrameReader, mut writ
                 }
                 writing = Some(outcome);
             }
-            () = crate::server::stopped(&mut shutdown), if reading => {
+            () = crate::shutdown::stopped(&mut shutdown), if reading => {
                 reading = false;
                 reader.stop(ErrorCode::ShuttingDown);
             }
@@ -192,7 +192,14 @@ async fn write(
     ctx: &ConnCtx,
     authz: &mut Authorizer,
     produce: Produce,
-) -> Result<(crate::server::partition::QueuedWrite, u64, u64), BrokerError> {
+) -> Result<
+    (
+        crate::services::partitions::partition::QueuedWrite,
+        u64,
+        u64,
+    ),
+    BrokerError,
+> {
     // Authorize before looking the topic up, so a denied principal learns
     // nothing about which topics exist.
     authz.check(Operations::PUBLISH, &produce.topic)?;

@@ -30,13 +30,20 @@ use strongbox_storage::log::{
 use strongbox_storage::meta::{MetaError, MetaStore, TopicEntry};
 
 use crate::config::TopicDefaults;
-use crate::server::error::BrokerError;
-use crate::server::integrity;
-use crate::server::partition::Partition;
-use crate::server::producers::ProducerTable;
+use crate::error::BrokerError;
+use crate::services::partitions::integrity;
+use crate::services::partitions::partition::Partition;
+use crate::services::partitions::producers::ProducerTable;
 
 /// Longest topic name.
 pub const MAX_TOPIC_NAME: usize = 249;
+
+// A `Produce` frame for the longest topic name fits the headroom the
+// configuration leaves between `max_batch_bytes` and `max_frame_size`.
+const _: () = assert!(
+    strongbox_protocol::frames::produce::Produce::frame_length(MAX_TOPIC_NAME, 0)
+        <= crate::config::PRODUCE_FRAME_HEADROOM as u64
+);
 
 /// Checks a topic name: 1 to 249 characters from `[A-Za-z0-9._-]`, not
 /// `.` or `..`. Names starting with `_` are reserved for the broker's own
@@ -175,7 +182,7 @@ impl Topic {
                             high_watermark: p.high_watermark(),
                             segments: u32::try_from(segments.len()).unwrap_or(u32::MAX),
                             size_bytes: segments.iter().map(|s| s.size_bytes).sum(),
-                            error: reason.map(|r| crate::server::error::redact_paths(&r)),
+                            error: reason.map(|r| crate::error::redact_paths(&r)),
                             state,
                         }
                     }
@@ -185,7 +192,7 @@ impl Topic {
                         high_watermark: 0,
                         segments: 0,
                         size_bytes: 0,
-                        error: Some(crate::server::error::redact_paths(reason)),
+                        error: Some(crate::error::redact_paths(reason)),
                         state: PartitionState::Unavailable,
                     },
                 }

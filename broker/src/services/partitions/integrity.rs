@@ -36,11 +36,11 @@ use strongbox_storage::log::PartitionLog;
 use strongbox_storage::meta::{MetaError, MetaStore, TopicEntry};
 
 use crate::audit::{AuditAction, AuditEvent, topic_resource};
-use crate::server::BrokerState;
-use crate::server::connection::ConnCtx;
-use crate::server::error::BrokerError;
-use crate::server::partition::Partition;
-use crate::server::topics::{Topic, kek_scope};
+use crate::error::BrokerError;
+use crate::services::BrokerState;
+use crate::services::caller::ConnCtx;
+use crate::services::partitions::partition::Partition;
+use crate::services::partitions::topics::{Topic, kek_scope};
 
 /// The audit event of a loss accepted for partition `index` of `topic`.
 pub fn recovered_event(topic: &str, index: u32, done: &Recovered) -> AuditEvent {
@@ -412,7 +412,7 @@ mod tests {
     }
 
     fn open(f: &Fixture) -> PartitionLog {
-        let config = crate::server::topics::log_config(&f.entry, 0);
+        let config = crate::services::partitions::topics::log_config(&f.entry, 0);
         PartitionLog::open(&f.dir, config, f.keys.clone()).expect("open")
     }
 

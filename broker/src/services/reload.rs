@@ -15,9 +15,9 @@ use std::path::PathBuf;
 
 use strongbox_protocol::model::AclRule;
 
-use crate::acl::seed_rules;
+use crate::config::seed_rules;
 use crate::config::{AclConfig, BrokerConfig, ConfigError};
-use crate::server::BrokerState;
+use crate::services::BrokerState;
 
 /// The `[acl]` section in force: its superusers and its rules.
 #[derive(Debug, Clone, Default)]

@@ -37,11 +37,11 @@ use strongbox_protocol::model::{Operations, RecipientEntry};
 use strongbox_storage::meta::MetaError;
 
 use crate::audit::{AuditAction, AuditEvent, topic_resource};
-use crate::server::BrokerState;
-use crate::server::admin::blocking;
-use crate::server::authz::Authorizer;
-use crate::server::connection::ConnCtx;
-use crate::server::error::BrokerError;
+use crate::error::BrokerError;
+use crate::services::BrokerState;
+use crate::services::authz::Authorizer;
+use crate::services::caller::ConnCtx;
+use crate::services::caller::blocking;
 
 /// The first bytes of a signed recipient entry.
 const MAGIC: &[u8; 4] = b"SBRE";

@@ -26,9 +26,11 @@ use strongbox_protocol::model::PartitionState;
 use strongbox_storage::keys::KeyError;
 use strongbox_storage::log::{Durable, LogError, LogHealth, PartitionLog, WatermarkSubscription};
 
-use crate::server::error::BrokerError;
-use crate::server::gateway::{self, AppendDone, AppendJob, AppendQueue, QueuedAppend};
-use crate::server::producers::{ProducerTable, SequenceCheck};
+use crate::error::BrokerError;
+use crate::services::partitions::gateway::{
+    self, AppendDone, AppendJob, AppendQueue, QueuedAppend,
+};
+use crate::services::partitions::producers::{ProducerTable, SequenceCheck};
 
 /// The result of an append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -394,7 +396,7 @@ impl Partition {
         {
             return Ok(());
         }
-        *producers = crate::server::topics::rebuild_producers(&self.log)
+        *producers = crate::services::partitions::topics::rebuild_producers(&self.log)
             .map_err(|e| self.storage_error(&e))?;
         self.producers_built_at
             .store(truncations, std::sync::atomic::Ordering::Release);

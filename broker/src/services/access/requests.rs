@@ -39,12 +39,12 @@ use strongbox_protocol::model::{AccessRequestInfo, AccessState, AclEffect, AclRu
 use strongbox_storage::meta::{AclEntry, MetaError};
 
 use crate::audit::{AuditAction, AuditEvent, BROKER_PRINCIPAL, topic_resource};
-use crate::server::BrokerState;
-use crate::server::admin::blocking;
-use crate::server::authz::Authorizer;
-use crate::server::connection::ConnCtx;
-use crate::server::error::BrokerError;
-use crate::server::recipients::{self, EntryFacts, KEY_LEN, key_fingerprint};
+use crate::error::BrokerError;
+use crate::services::BrokerState;
+use crate::services::access::recipients::{self, EntryFacts, KEY_LEN, key_fingerprint};
+use crate::services::authz::Authorizer;
+use crate::services::caller::ConnCtx;
+use crate::services::caller::blocking;
 
 /// The operations a request may ask for; anything else is granted by an
 /// administrator with `strongbox acl grant`.

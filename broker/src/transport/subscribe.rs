@@ -30,14 +30,14 @@ use strongbox_protocol::model::Operations;
 use strongbox_protocol::session::subscribe::{BrokerSubscription, SubscriptionRequest};
 use strongbox_storage::log::WatermarkSubscription;
 
-use crate::server::authz::Authorizer;
-use crate::server::connection::ConnCtx;
-use crate::server::error::BrokerError;
-use crate::server::error::redact_paths;
-use crate::server::groups::{MemberAssignment, Membership};
-use crate::server::partition::{DamagedRange, Delivery, Partition};
-use crate::server::stream_io::{FrameReader, FrameWriter, end_with_error};
-use crate::server::topics::{PartitionSlot, Topic};
+use crate::error::BrokerError;
+use crate::error::redact_paths;
+use crate::services::authz::Authorizer;
+use crate::services::caller::ConnCtx;
+use crate::services::partitions::groups::{MemberAssignment, Membership};
+use crate::services::partitions::partition::{DamagedRange, Delivery, Partition};
+use crate::services::partitions::topics::{PartitionSlot, Topic};
+use crate::transport::stream_io::{FrameReader, FrameWriter, end_with_error};
 
 /// Most bytes of batches read for one `Records` frame.
 const MAX_RECORDS_FRAME: usize = 1024 * 1024;
@@ -406,7 +406,7 @@ impl Subscription {
                         self.assign(assignment).await?;
                     }
                 }
-                () = crate::server::stopped(&mut shutdown) => {
+                () = crate::shutdown::stopped(&mut shutdown) => {
                     break if self.session.is_unsubscribed() {
                         Ended::Unsubscribed
                     } else {

@@ -21,30 +21,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::acl::Acl;
-use crate::endpoint::AcceptedConnection;
-use crate::server::BrokerState;
-use crate::server::stream_io::{FrameReader, FrameWriter, end_with_error};
-
-/// What every stream handler of a connection knows.
-#[derive(Debug, Clone)]
-pub struct ConnCtx {
-    /// Shared broker state.
-    pub state: Arc<BrokerState>,
-    /// The client's principal.
-    pub principal: String,
-    /// The largest frame the client accepts.
-    pub peer_max_frame_size: u32,
-    /// Turns true on shutdown.
-    pub shutdown: watch::Receiver<bool>,
-}
-
-impl ConnCtx {
-    /// The live ACL.
-    pub fn acl(&self) -> &Arc<Acl> {
-        &self.state.acl
-    }
-}
+use crate::services::BrokerState;
+use crate::services::caller::ConnCtx;
+use crate::transport::endpoint::AcceptedConnection;
+use crate::transport::stream_io::{FrameReader, FrameWriter, end_with_error};
 
 /// The QUIC application error code for closing with `code`.
 pub fn close_code(code: ErrorCode) -> VarInt {
@@ -156,7 +136,7 @@ async fn serve_inner(
     loop {
         let deadline = control.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
-            () = crate::server::stopped(&mut shutdown) => break,
+            () = crate::shutdown::stopped(&mut shutdown) => break,
             frame = reader.next() => {
                 let result = match frame {
                     Ok(Some(frame)) => control.handle_frame(frame, Instant::now()),
@@ -328,9 +308,11 @@ async fn serve_stream(ctx: ConnCtx, send: quinn::SendStream, recv: quinn::RecvSt
         }
     };
     match first {
-        Frame::Produce(_) => crate::server::produce::serve(ctx, first, reader, writer).await,
-        Frame::Subscribe(_) => crate::server::subscribe::serve(ctx, first, reader, writer).await,
-        Frame::Request(request) => crate::server::admin::serve(ctx, request, reader, writer).await,
+        Frame::Produce(_) => crate::transport::produce::serve(ctx, first, reader, writer).await,
+        Frame::Subscribe(_) => crate::transport::subscribe::serve(ctx, first, reader, writer).await,
+        Frame::Request(request) => {
+            crate::transport::admin::serve(ctx, request, reader, writer).await
+        }
         other => {
             let message = format!(
                 "a stream must start with Produce, Subscribe or an admin request, not {}",

@@ -22,9 +22,9 @@ use strongbox_storage::meta::MetaError;
 use tokio::sync::{Notify, watch};
 
 use crate::audit::{AuditAction, AuditEvent, BROKER_PRINCIPAL, topic_resource};
-use crate::server::BrokerState;
-use crate::server::partition::Partition;
-use crate::server::topics::PartitionSlot;
+use crate::services::BrokerState;
+use crate::services::partitions::partition::Partition;
+use crate::services::partitions::topics::PartitionSlot;
 
 /// How often the watch runs when no segment rolls.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -190,7 +190,7 @@ pub fn audit_events(state: &BrokerState, p: &Partition) {
                 tracing::warn!(target: "strongbox::audit", topic = %p.topic, partition = p.index, fault = fault.name(), "partition fenced by a storage fault");
                 base(AuditAction::PartitionFence, true)
                     .detail("fault", fault.name())
-                    .detail("reason", crate::server::error::redact_paths(&reason))
+                    .detail("reason", crate::error::redact_paths(&reason))
             }
             LogEvent::Resumed { cut, next_offset } => {
                 tracing::info!(target: "strongbox::audit", topic = %p.topic, partition = p.index, next_offset, "partition resumed after a storage fault");
@@ -228,7 +228,7 @@ pub async fn run(state: Arc<BrokerState>, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = tick.tick() => {}
             () = rolled.notified() => {}
-            () = crate::server::stopped(&mut shutdown) => return,
+            () = crate::shutdown::stopped(&mut shutdown) => return,
         }
         let s = state.clone();
         let _ = tokio::task::spawn_blocking(move || s.partition_watch.pass(&s)).await;

@@ -25,8 +25,8 @@ use strongbox_storage::observe::{AeadOp, KeyOp, StorageObserver};
 
 use crate::audit::{self, AuditAction, AuditEvent, BROKER_PRINCIPAL};
 use crate::metrics::BrokerMetrics;
-use crate::server::BrokerState;
-use crate::server::topics::PartitionSlot;
+use crate::services::BrokerState;
+use crate::services::partitions::topics::PartitionSlot;
 
 /// The handles of one key operation's series.
 #[derive(Debug, Clone)]

@@ -7,8 +7,8 @@ use strongbox_protocol::model::{AclEffect, Operations};
 
 use crate::acl::{AclCache, DecisionReason};
 use crate::audit::{AuditAction, AuditEvent, topic_resource};
-use crate::server::connection::ConnCtx;
-use crate::server::error::BrokerError;
+use crate::error::BrokerError;
+use crate::services::caller::ConnCtx;
 
 /// Checks a principal's requests against the live ACL.
 #[derive(Debug)]
