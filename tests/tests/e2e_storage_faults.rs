@@ -123,7 +123,8 @@ async fn a_producer_gets_the_coded_error_and_later_succeeds_without_a_restart() 
     let info = client.admin().create_topic("faulty", topic(1)).await?;
     let dir = broker
         .state
-        .topics
+        .partitions
+        .topics()
         .data_dir()
         .join("log")
         .join(hex(&info.topic_id))

@@ -50,7 +50,7 @@ use crate::services::partitions::topics::{PartitionSlot, Topic, topic_dir};
 pub fn pin(state: &BrokerState, staging: &Path) -> Result<Manifest, BackupError> {
     let data_dir = state.config.broker.data_dir.clone();
     create_private_dir(staging)?;
-    let topics: Vec<Arc<Topic>> = state.topics.all();
+    let topics: Vec<Arc<Topic>> = state.partitions.topics().all();
     let mut ready: Vec<(&Topic, u32, &Arc<Partition>)> = Vec::new();
     let mut unavailable: Vec<(&Topic, u32)> = Vec::new();
     for topic in &topics {
@@ -125,7 +125,7 @@ pub fn pin(state: &BrokerState, staging: &Path) -> Result<Manifest, BackupError>
         .map_err(|e| BackupError::io("reading the size of", &meta_path, e))?
         .len();
     sync_dir(staging)?;
-    let info = state.keys.provider().info();
+    let info = state.keys.manager().provider().info();
     Ok(Manifest {
         format: FORMAT,
         strongbox_version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -148,7 +148,7 @@ impl Checkpointer {
             );
             return Ok(None);
         }
-        let provider = state.keys.provider().clone();
+        let provider = state.keys.manager().provider().clone();
         let public = provider
             .checkpoint_key(true)
             .map_err(|e| {
@@ -274,7 +274,7 @@ fn snapshot(state: &BrokerState) -> Result<Unsigned, CheckpointFailure> {
         },
     );
     let mut partitions = Vec::new();
-    for topic in state.topics.all() {
+    for topic in state.partitions.topics().all() {
         let durability = durability_name(topic.entry.config.durability);
         for slot in &topic.partitions {
             let PartitionSlot::Ready(p) = slot else {
@@ -299,7 +299,7 @@ fn snapshot(state: &BrokerState) -> Result<Unsigned, CheckpointFailure> {
             });
         }
     }
-    let registry = registry_entries(state.keys.versions(None)?);
+    let registry = registry_entries(state.keys.manager().versions(None)?);
     Ok(Unsigned {
         broker_id: state.config.broker.id.clone(),
         time_ms,

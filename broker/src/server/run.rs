@@ -88,7 +88,8 @@ pub async fn run_with_io(
     register_process_metrics(&metrics, &config)?;
     crate::services::partitions::audit_topic::start_audit(&state);
     state
-        .rewrap
+        .keys
+        .rewrap()
         .resume(&state)
         .map_err(|e| StartError::Other(format!("rewrap job: {e}")))?;
     let checkpoints = {
@@ -295,11 +296,11 @@ impl RunningBroker {
         }
         // An unfinished rewrap stops at its next step and resumes at the
         // next start; it must let go of the logs before they close.
-        self.state.rewrap.stopped().await;
+        self.state.keys.rewrap().stopped().await;
         // A last watch pass: fenced logs try to resume, what the logs did
         // on their own reaches the audit trail before it closes.
         let s = self.state.clone();
-        let _ = tokio::task::spawn_blocking(move || s.partition_watch.pass(&s)).await;
+        let _ = tokio::task::spawn_blocking(move || s.partitions.watch().pass(&s)).await;
         // Nothing appends any more: the last checkpoint records the state
         // this stop leaves, and goes to the trail before it closes.
         if let Some(c) = self.checkpoints.clone() {
@@ -330,14 +331,15 @@ fn close_all(state: &BrokerState) {
     // Names only: a listed `Arc<Topic>` kept alive here would make every
     // `try_unwrap` below fail, and no log would be sealed.
     let names: Vec<String> = state
-        .topics
+        .partitions
+        .topics()
         .all()
         .iter()
         .map(|t| t.name().to_owned())
         .collect();
     let mut ends = Vec::new();
     for name in names {
-        let Some(topic) = state.topics.remove(&name) else {
+        let Some(topic) = state.partitions.topics().remove(&name) else {
             continue;
         };
         let Ok(topic) = Arc::try_unwrap(topic) else {
@@ -368,7 +370,7 @@ fn close_all(state: &BrokerState) {
             }
         }
     }
-    state.partition_watch.record(state, ends);
+    state.partitions.watch().record(state, ends);
 }
 
 /// Checks that the key provider answers, rotates keys that are due
@@ -456,7 +458,7 @@ fn maintain(state: &BrokerState) {
         key_lifecycle::rotate_due(state, now_ms());
     }
     key_lifecycle::refresh_compromised(state);
-    for topic in state.topics.all() {
+    for topic in state.partitions.topics().all() {
         let policy = retention(&topic.entry);
         for slot in &topic.partitions {
             let PartitionSlot::Ready(p) = slot else {

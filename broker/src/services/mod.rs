@@ -6,9 +6,13 @@
 //! - [`access`]: access requests and end-to-end recipients;
 //! - [`authz`]: authorization of a caller's operation, audited.
 //!
-//! [`BrokerState`] holds them, with the configuration, the metadata store,
-//! the key manager, the live ACL and the audit trail, for the transport
-//! (`crate::transport`), which hands each stream to its handler.
+//! The partition and key services own their state ([`partitions::Partitions`],
+//! [`keys::Keys`]); the access service keeps its state in the metadata
+//! store. [`BrokerState`] holds the two service handles and only what the
+//! transport (`crate::transport`) and several services share: the
+//! configuration, the metadata store, the live ACL, the metrics, the audit
+//! trail, the admin lock, the client-certificate verifier and the shutdown
+//! signal.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -36,10 +40,9 @@ pub mod partitions;
 pub mod reload;
 
 use crate::error::BrokerError;
-use keys::{key_lifecycle, rewrap};
-use partitions::groups::Groups;
+use keys::key_lifecycle;
+use partitions::partition_watch;
 use partitions::topics::{self, TopicTable};
-use partitions::{partition_watch, producers};
 
 /// Unwrapped data keys kept in memory.
 const DEK_CACHE_CAPACITY: usize = 4096;
@@ -74,36 +77,28 @@ pub enum StartError {
     Other(String),
 }
 
-/// Everything the connections of a broker share.
+/// What the transport and several services share, and the handles of the
+/// services that own the rest.
 #[derive(Debug)]
 pub struct BrokerState {
     /// The validated configuration.
     pub config: BrokerConfig,
     /// Topics, groups offsets, producers, ACLs, keys registry.
     pub meta: MetaStore,
-    /// Data keys and the key registry.
-    pub keys: Arc<KeyManager>,
-    /// The topics being served.
-    pub topics: TopicTable,
+    /// The partition service: topics, consumer groups, idempotent
+    /// producers, partition states.
+    pub partitions: partitions::Partitions,
+    /// The key service: key manager, key metrics, rewrap.
+    pub keys: keys::Keys,
     /// The live ACL.
     pub acl: Arc<Acl>,
     /// The `[acl]` section in force (superusers and config rules): the
     /// start's, then each successful reload's (SIGHUP).
     acl_seed: std::sync::RwLock<reload::AclSeed>,
-    /// Consumer group memberships.
-    pub groups: Groups,
-    /// Idempotent producer ids and epochs.
-    pub producer_epochs: producers::ProducerEpochs,
     /// Metrics.
     pub metrics: Arc<BrokerMetrics>,
     /// The audit trail.
     pub audit: AuditLog,
-    /// Key provider, key operation, AEAD and fsync metrics fed by storage.
-    pub key_metrics: Arc<key_lifecycle::KeyMetrics>,
-    /// The background rewrap job.
-    pub rewrap: rewrap::RewrapJobs,
-    /// Durable ends, fenced logs, partition states and log events.
-    pub partition_watch: Arc<partition_watch::PartitionWatch>,
     /// Serializes admin changes to topics and ACLs.
     pub admin_lock: tokio::sync::Mutex<()>,
     /// The client-certificate verifier, set once the listener is built:
@@ -214,17 +209,12 @@ impl BrokerState {
         let state = Arc::new(Self {
             config,
             meta,
-            keys,
-            topics,
+            partitions: partitions::Partitions::new(topics, partition_watch),
+            keys: keys::Keys::new(keys, key_metrics, rewrap_rate),
             acl,
             acl_seed: std::sync::RwLock::new(acl_seed),
-            groups: Groups::new(),
-            producer_epochs: producers::ProducerEpochs::new(),
             metrics,
             audit,
-            key_metrics,
-            rewrap: rewrap::RewrapJobs::new(rewrap_rate),
-            partition_watch,
             admin_lock: tokio::sync::Mutex::new(()),
             client_verifier: std::sync::OnceLock::new(),
             shutdown,

@@ -203,7 +203,7 @@ async fn write(
     // Authorize before looking the topic up, so a denied principal learns
     // nothing about which topics exist.
     authz.check(Operations::PUBLISH, &produce.topic)?;
-    let topic = ctx.state.topics.require(&produce.topic)?;
+    let topic = ctx.state.partitions.topics().require(&produce.topic)?;
     let partition = topic.partition(produce.partition)?.clone();
     let bytes = produce.batch.len() as u64;
     let batch = RecordBatch::parse(produce.batch).map_err(batch_error)?;
@@ -222,7 +222,8 @@ async fn write(
 fn issued_epoch(ctx: &ConnCtx, topic: &str, stamp: &ProducerStamp) -> Result<u16, BrokerError> {
     let issued = ctx
         .state
-        .producer_epochs
+        .partitions
+        .producer_epochs()
         .current(&ctx.state.meta, stamp.producer_id)
         .map_err(|e| BrokerError::internal("reading producer state", e))?
         .ok_or_else(|| {

@@ -139,7 +139,12 @@ impl Subscription {
         // Reading the audit trail needs `audit`, not `subscribe`.
         let op = crate::audit::read_operation(&subscribe.topic, Operations::SUBSCRIBE);
         authz.check(op, &subscribe.topic)?;
-        let topic = self.ctx.state.topics.require(&subscribe.topic)?;
+        let topic = self
+            .ctx
+            .state
+            .partitions
+            .topics()
+            .require(&subscribe.topic)?;
         self.topic = Some(topic.clone());
         match &subscribe.target {
             SubscriptionTarget::Partition(p) => {
@@ -161,11 +166,11 @@ impl Subscription {
             SubscriptionTarget::Group(group) => {
                 validate_group(group)?;
                 self.group = Some(group.clone());
-                let mut membership =
-                    self.ctx
-                        .state
-                        .groups
-                        .join(group, topic.name(), topic.partition_count());
+                let mut membership = self.ctx.state.partitions.groups().join(
+                    group,
+                    topic.name(),
+                    topic.partition_count(),
+                );
                 let assignment = membership.assignment.borrow_and_update().clone();
                 self.membership = Some(membership);
                 self.assign(assignment).await

@@ -69,7 +69,8 @@ impl InProcess {
         Ok(self
             .running()?
             .state
-            .topics
+            .partitions
+            .topics()
             .data_dir()
             .join("log")
             .join(id)

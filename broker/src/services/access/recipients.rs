@@ -245,7 +245,7 @@ pub(crate) async fn list(
     if !authz.allows(Operations::SUBSCRIBE, &topic) {
         authz.check(Operations::DESCRIBE, &topic)?;
     }
-    ctx.state.topics.require(&topic)?;
+    ctx.state.partitions.topics().require(&topic)?;
     Ok(AdminResponse::Recipients(read(&ctx.state, topic).await?))
 }
 
@@ -258,7 +258,7 @@ pub(crate) async fn put(
     entry: RecipientEntry,
 ) -> Result<AdminResponse, BrokerError> {
     authz.check(Operations::GRANT, &topic)?;
-    ctx.state.topics.require(&topic)?;
+    ctx.state.partitions.topics().require(&topic)?;
     let facts = check_entry(&entry.entry, &topic, &entry.recipient)?;
     let state = &ctx.state;
     let replaced = {

@@ -128,7 +128,7 @@ pub(crate) async fn request(
             "{topic} is an internal topic of the broker; its access is not requested"
         )));
     }
-    state.topics.require(&topic)?;
+    state.partitions.topics().require(&topic)?;
     let reason = reason_text(&reason, "a reason")?;
     if let Some(key) = &public_key {
         if recipients::RecipientKeyKind::of_len(key.len()).is_none() {
@@ -289,7 +289,7 @@ pub(crate) async fn approve(
     if req.state != AccessState::Pending {
         return Err(already_decided(&req));
     }
-    state.topics.require(&req.topic)?;
+    state.partitions.topics().require(&req.topic)?;
     let now = now_ms();
     let expires_at = match ttl_ms {
         None => None,

@@ -174,6 +174,7 @@ pub fn observe_storage(metrics: &std::sync::Arc<KeyMetrics>) -> bool {
 pub fn probe_provider(state: &BrokerState) -> bool {
     let newest = state
         .keys
+        .manager()
         .versions(Some(&KekScope::Broker))
         .ok()
         .and_then(|v| v.into_iter().map(|v| v.id.version).max())
@@ -183,9 +184,10 @@ pub fn probe_provider(state: &BrokerState) -> bool {
         version: newest,
     };
     let started = Instant::now();
-    let result = state.keys.provider().has_kek(&id);
+    let result = state.keys.manager().provider().has_kek(&id);
     state
-        .key_metrics
+        .keys
+        .metrics()
         .record(KeyOp::Lookup, started.elapsed(), result.as_ref().err());
     match result {
         Ok(_) => true,
@@ -215,7 +217,7 @@ pub fn rotate_due(state: &BrokerState, now_ms: i64) -> Vec<KekVersion> {
     let Some(every) = state.config.keys.rotate_every else {
         return Vec::new();
     };
-    let versions = match state.keys.versions(None) {
+    let versions = match state.keys.manager().versions(None) {
         Ok(v) => v,
         Err(e) => {
             tracing::error!(error = %e, "cannot read the key registry for scheduled rotation");
@@ -224,7 +226,7 @@ pub fn rotate_due(state: &BrokerState, now_ms: i64) -> Vec<KekVersion> {
     };
     let mut rotated = Vec::new();
     for scope in scopes_due(&versions, every.0, now_ms) {
-        match state.keys.rotate(&scope) {
+        match state.keys.manager().rotate(&scope) {
             Ok(v) => {
                 record_rotation(state, &v, BROKER_PRINCIPAL, Some(every.0));
                 rotated.push(v);
@@ -301,12 +303,14 @@ pub fn destroy_version(
 ) -> Result<Destroyed, KeyError> {
     let v = state
         .keys
+        .manager()
         .version(id)?
         .ok_or_else(|| KeyError::KekNotFound(id.label()))?;
     if v.state == KeyState::Destroyed || (v.segments > 0 && !force) {
         // Refused: the key manager says why, and nothing has changed.
         return state
             .keys
+            .manager()
             .destroy_version(id, force)
             .map(|outcome| Destroyed {
                 outcome,
@@ -314,9 +318,9 @@ pub fn destroy_version(
             });
     }
     if v.state == KeyState::Active {
-        state.keys.retire(id)?;
+        state.keys.manager().retire(id)?;
     }
-    for topic in state.topics.all() {
+    for topic in state.partitions.topics().all() {
         if topic.kek_scope() != id.scope {
             continue;
         }
@@ -342,18 +346,19 @@ pub fn destroy_version(
     let lost = if force {
         state
             .keys
+            .manager()
             .segments_under(id, None, listed)
             .unwrap_or_default()
     } else {
         Vec::new()
     };
-    let outcome = state.keys.destroy_version(id, force)?;
+    let outcome = state.keys.manager().destroy_version(id, force)?;
     Ok(Destroyed { outcome, lost })
 }
 
 /// Sets `strongbox_key_compromised` to the number of compromised versions.
 pub fn refresh_compromised(state: &BrokerState) {
-    if let Ok(versions) = state.keys.versions(None) {
+    if let Ok(versions) = state.keys.manager().versions(None) {
         let n = versions
             .iter()
             .filter(|v| v.state == KeyState::Compromised)
@@ -370,7 +375,8 @@ pub fn scope_name(state: &BrokerState, scope: &KekScope) -> String {
     match scope {
         KekScope::Broker => "broker".into(),
         KekScope::Topic(id) => state
-            .topics
+            .partitions
+            .topics()
             .all()
             .into_iter()
             .find(|t| hex::encode(t.entry.topic_id) == *id)
@@ -381,7 +387,7 @@ pub fn scope_name(state: &BrokerState, scope: &KekScope) -> String {
 /// `topic/partition@base_offset` for each segment (`topic-<id>/p/<segment
 /// id>` when the broker does not serve it), in the order given.
 pub fn segment_names(state: &BrokerState, segments: &[SegmentRef]) -> Vec<String> {
-    let topics = state.topics.all();
+    let topics = state.partitions.topics().all();
     let mut bases: HashMap<([u8; 16], u32), HashMap<[u8; 16], u64>> = HashMap::new();
     segments
         .iter()
@@ -461,7 +467,7 @@ mod tests {
         let metrics = std::sync::Arc::new(BrokerMetrics::new().expect("metrics"));
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
         let state = BrokerState::open(config, metrics, shutdown).expect("state");
-        let v1 = state.keys.rotate(&KekScope::Broker).expect("v1");
+        let v1 = state.keys.manager().rotate(&KekScope::Broker).expect("v1");
         assert_eq!(v1.id.version, 1);
         let now = strongbox_protocol::clock::now_ms();
         let hour = 3_600_000;
@@ -472,6 +478,7 @@ mod tests {
         assert_eq!(rotated[0].id.version, 2);
         let versions = state
             .keys
+            .manager()
             .versions(Some(&KekScope::Broker))
             .expect("versions");
         let states: Vec<_> = versions.iter().map(|v| (v.id.version, v.state)).collect();

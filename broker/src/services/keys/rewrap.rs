@@ -268,6 +268,7 @@ impl RewrapJobs {
         self.progress.set(&job, true);
         let queued: u64 = state
             .keys
+            .manager()
             .versions(Some(&job.scope))
             .map(|v| queue(&v, job.from_version).iter().map(|v| v.segments).sum())
             .unwrap_or(0);
@@ -318,7 +319,7 @@ impl RewrapJobs {
 /// to (creating one when the scope has no active version) and how many
 /// envelopes are queued.
 fn prepare(state: &BrokerState, request: &RewrapRequest) -> Result<(KekVersion, u64), BrokerError> {
-    let keys = &state.keys;
+    let keys = state.keys.manager();
     let versions = keys.versions(Some(&request.scope))?;
     if let Some(n) = request.from_version {
         let name = || format!("v{n} of {}", scope_name(state, &request.scope));
@@ -599,7 +600,8 @@ impl Runner {
             let scope = self.job.scope.clone();
             let from = self.job.from_version;
             let skip = self.skip.clone();
-            let next = blocking(move || next_batch(&state.keys, &scope, from, &skip)).await;
+            let next =
+                blocking(move || next_batch(state.keys.manager(), &scope, from, &skip)).await;
             let (version, refs, remaining) = match next {
                 Ok(Ok(Some(next))) => next,
                 Ok(Ok(None)) => return End::Finished,
@@ -631,7 +633,7 @@ impl Runner {
             }
             let state = self.state.clone();
             let id = version.id.clone();
-            let drained = blocking(move || state.keys.version(&id))
+            let drained = blocking(move || state.keys.manager().version(&id))
                 .await
                 .ok()
                 .and_then(Result::ok)
@@ -650,7 +652,7 @@ impl Runner {
         let state = self.state.clone();
         let scope = self.job.scope.clone();
         let from = self.job.from_version;
-        blocking(move || state.keys.versions(Some(&scope)))
+        blocking(move || state.keys.manager().versions(Some(&scope)))
             .await
             .ok()
             .and_then(Result::ok)
@@ -689,7 +691,8 @@ impl Runner {
             let part = p.clone();
             let id = from.clone();
             let skip = self.skip.clone();
-            let Ok(s) = blocking(move || slice(&state.keys, part.log(), &id, budget, &skip)).await
+            let Ok(s) =
+                blocking(move || slice(state.keys.manager(), part.log(), &id, budget, &skip)).await
             else {
                 return Ok(false);
             };
@@ -743,7 +746,8 @@ impl Runner {
         let id = from.clone();
         let segs = segs.to_vec();
         let skip = self.skip.clone();
-        let reconciled = blocking(move || reconcile(&state.keys, &part, &id, &segs, &skip)).await;
+        let reconciled =
+            blocking(move || reconcile(state.keys.manager(), &part, &id, &segs, &skip)).await;
         if let Ok((fixed, lost)) = reconciled {
             if fixed > 0 {
                 self.refresh_done().await;
@@ -761,7 +765,8 @@ impl Runner {
     fn find(&self, topic_id: [u8; 16], index: u32) -> Option<Arc<Partition>> {
         let topic = self
             .state
-            .topics
+            .partitions
+            .topics()
             .all()
             .into_iter()
             .find(|t| t.entry.topic_id == topic_id)?;

@@ -81,7 +81,8 @@ pub fn ensure_audit_topic(
 /// from `state`'s topic table when the counts are flushed.
 pub fn start_audit(state: &Arc<BrokerState>) {
     let partition = state
-        .topics
+        .partitions
+        .topics()
         .require(AUDIT_TOPIC)
         .and_then(|t| t.partition(0).cloned())
         .map(|p| Arc::new(AuditPartition(p)) as Arc<dyn TrailLog>);
@@ -89,7 +90,8 @@ pub fn start_audit(state: &Arc<BrokerState>) {
     let names = Arc::new(move || {
         weak.upgrade()
             .map(|s| {
-                s.topics
+                s.partitions
+                    .topics()
                     .all()
                     .into_iter()
                     .map(|t| (t.entry.topic_id, t.entry.name.clone()))

@@ -232,7 +232,7 @@ pub fn recover(
     }
     let done = accept_loss(
         &state.meta,
-        state.keys.as_ref(),
+        state.keys.manager().as_ref(),
         &topic.entry,
         p.index,
         p.log(),
@@ -330,7 +330,7 @@ pub async fn handle_recover(
         ));
     }
     let _guard = state.admin_lock.lock().await;
-    let t = state.topics.require(topic)?;
+    let t = state.partitions.topics().require(topic)?;
     let p = t.partition(partition)?.clone();
     let (state2, t2, p2) = (state.clone(), t.clone(), p.clone());
     let done = tokio::task::spawn_blocking(move || recover(&state2, &t2, &p2))
@@ -341,7 +341,8 @@ pub async fn handle_recover(
         .audit
         .record(recovered_event(topic, partition, &done).principal(&ctx.principal));
     state
-        .partition_watch
+        .partitions
+        .watch()
         .set_state(topic, partition, p.state().0);
     Ok(AdminResponse::Topic(t.describe()))
 }

@@ -98,7 +98,7 @@ impl PartitionWatch {
     /// One pass over every partition. Blocking: run it on the blocking pool.
     pub fn pass(&self, state: &BrokerState) {
         let mut ends = Vec::new();
-        for topic in state.topics.all() {
+        for topic in state.partitions.topics().all() {
             for (i, slot) in topic.partitions.iter().enumerate() {
                 let index = u32::try_from(i).unwrap_or(u32::MAX);
                 let p = match slot {
@@ -221,7 +221,7 @@ fn file_name(path: &std::path::Path) -> String {
 
 /// Runs the watch until the broker shuts down.
 pub async fn run(state: Arc<BrokerState>, mut shutdown: watch::Receiver<bool>) {
-    let rolled = Arc::clone(&state.partition_watch.rolled);
+    let rolled = Arc::clone(&state.partitions.watch().rolled);
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -231,6 +231,6 @@ pub async fn run(state: Arc<BrokerState>, mut shutdown: watch::Receiver<bool>) {
             () = crate::shutdown::stopped(&mut shutdown) => return,
         }
         let s = state.clone();
-        let _ = tokio::task::spawn_blocking(move || s.partition_watch.pass(&s)).await;
+        let _ = tokio::task::spawn_blocking(move || s.partitions.watch().pass(&s)).await;
     }
 }

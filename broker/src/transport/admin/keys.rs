@@ -24,12 +24,12 @@ pub(super) async fn status(
     let state = &ctx.state;
     let mut authz = Authorizer::new(ctx);
     let scope = key_scope(state, &mut authz, topic.as_deref())?;
-    let keys = state.keys.clone();
+    let keys = state.keys.manager().clone();
     let scope2 = scope.clone();
     let versions = blocking(move || keys.versions(scope2.as_ref())).await??;
     Ok(AdminResponse::KeyStatus {
         versions: versions.iter().map(|v| version_info(state, v)).collect(),
-        rewrap: state.rewrap.progress(scope.as_ref()),
+        rewrap: state.keys.rewrap().progress(scope.as_ref()),
     })
 }
 
@@ -41,7 +41,7 @@ pub(super) async fn rotate(
     let state = &ctx.state;
     let mut authz = Authorizer::new(ctx);
     let scope = key_scope(state, &mut authz, topic.as_deref())?.unwrap_or(KekScope::Broker);
-    let keys = state.keys.clone();
+    let keys = state.keys.manager().clone();
     let version = blocking(move || keys.rotate(&scope)).await??;
     key_lifecycle::record_rotation(state, &version, &ctx.principal, None);
     Ok(AdminResponse::KeyChanged {
@@ -60,7 +60,7 @@ pub(super) async fn retire(
     let state = &ctx.state;
     let mut authz = Authorizer::new(ctx);
     let scope = key_scope(state, &mut authz, topic.as_deref())?.unwrap_or(KekScope::Broker);
-    let keys = state.keys.clone();
+    let keys = state.keys.manager().clone();
     let id = KekId { scope, version };
     let v = blocking(move || keys.retire(&id)).await??;
     tracing::info!(target: "strongbox::audit", principal = %ctx.principal, kek = %v.id, "key retired");
@@ -83,7 +83,7 @@ pub(super) async fn compromised(
     let state = &ctx.state;
     let mut authz = Authorizer::new(ctx);
     let scope = key_scope(state, &mut authz, topic.as_deref())?.unwrap_or(KekScope::Broker);
-    let keys = state.keys.clone();
+    let keys = state.keys.manager().clone();
     let id = KekId { scope, version };
     let v = blocking(move || keys.mark_compromised(&id)).await??;
     tracing::warn!(target: "strongbox::audit", principal = %ctx.principal, kek = %v.id, segments = v.segments, "key marked compromised");
@@ -156,7 +156,7 @@ pub(super) async fn rewrap(
         from_version,
         principal: ctx.principal.clone(),
     };
-    let started = state.rewrap.start(state, request).await?;
+    let started = state.keys.rewrap().start(state, request).await?;
     Ok(AdminResponse::KeyChanged {
         version: version_info(state, &started.target),
         segments: started.queued,
@@ -195,7 +195,7 @@ fn key_scope(
         }
         Some(name) => {
             authz.check(Operations::KEYS, name)?;
-            let topic = state.topics.require(name)?;
+            let topic = state.partitions.topics().require(name)?;
             if !topic.entry.config.dedicated_kek {
                 return Err(BrokerError::new(
                     ErrorCode::InvalidRequest,

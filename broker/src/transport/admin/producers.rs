@@ -18,13 +18,21 @@ pub(super) async fn init(
 ) -> Result<AdminResponse, BrokerError> {
     let state = &ctx.state;
     let mut authz = Authorizer::new(ctx);
-    authz.check_publish_anywhere(state.topics.all().iter().map(|t| t.name().to_owned()))?;
+    authz.check_publish_anywhere(
+        state
+            .partitions
+            .topics()
+            .all()
+            .iter()
+            .map(|t| t.name().to_owned()),
+    )?;
     let meta = state.meta.clone();
     let state2 = state.clone();
     let principal = ctx.principal.clone();
     let outcome = blocking(move || {
         state2
-            .producer_epochs
+            .partitions
+            .producer_epochs()
             .init(&meta, producer_id, &principal, now_ms())
     })
     .await?

@@ -40,7 +40,8 @@ pub(super) async fn delete(ctx: &ConnCtx, name: String) -> Result<AdminResponse,
     let mut authz = Authorizer::new(ctx);
     authz.check(Operations::DELETE, &name)?;
     let dedicated = state
-        .topics
+        .partitions
+        .topics()
         .get(&name)
         .is_some_and(|t| t.entry.config.dedicated_kek);
     let answer = delete_topic(state, &name).await?;
@@ -58,7 +59,7 @@ pub(super) async fn describe(ctx: &ConnCtx, name: String) -> Result<AdminRespons
     let mut authz = Authorizer::new(ctx);
     authz.check(audit::read_operation(&name, Operations::DESCRIBE), &name)?;
     Ok(AdminResponse::Topic(
-        state.topics.require(&name)?.describe(),
+        state.partitions.topics().require(&name)?.describe(),
     ))
 }
 
@@ -70,7 +71,8 @@ pub(super) async fn list(
     let state = &ctx.state;
     let mut authz = Authorizer::new(ctx);
     let topics = state
-        .topics
+        .partitions
+        .topics()
         .all()
         .into_iter()
         .filter(|t| prefix.as_deref().is_none_or(|p| t.name().starts_with(p)))
@@ -110,7 +112,7 @@ pub async fn ensure_topic(
     name: &str,
     config: TopicConfig,
 ) -> Result<(), BrokerError> {
-    if state.topics.get(name).is_some() {
+    if state.partitions.topics().get(name).is_some() {
         return Ok(());
     }
     let answer = create_topic(state, name, config).await?;
@@ -147,7 +149,7 @@ async fn create_topic(
     validate_topic_name(name, false)?;
     let config = resolve_config(config, &state.config.topics)?;
     let _guard = state.admin_lock.lock().await;
-    if state.topics.get(name).is_some() {
+    if state.partitions.topics().get(name).is_some() {
         return Err(BrokerError::new(
             ErrorCode::TopicExists,
             format!("topic {name} already exists"),
@@ -172,10 +174,10 @@ async fn create_topic(
     blocking(move || meta.write(|b| b.create_topic(&stored)))
         .await?
         .map_err(|e: MetaError| BrokerError::internal("storing the topic", e))?;
-    let keys: Arc<dyn SegmentKeys> = state.keys.clone();
+    let keys: Arc<dyn SegmentKeys> = state.keys.manager().clone();
     // Opening the partition logs creates files: off the async threads.
     let state2 = state.clone();
-    let topic = blocking(move || state2.topics.add(entry, keys)).await?;
+    let topic = blocking(move || state2.partitions.topics().add(entry, keys)).await?;
     state.metrics.touch_topic(name);
     tracing::info!(target: "strongbox::audit", topic = %name, partitions = topic.partition_count(), dedicated_kek = topic.entry.config.dedicated_kek, "topic created");
     Ok(AdminResponse::Topic(topic.describe()))
@@ -183,18 +185,19 @@ async fn create_topic(
 
 async fn delete_topic(state: &Arc<BrokerState>, name: &str) -> Result<AdminResponse, BrokerError> {
     let _guard = state.admin_lock.lock().await;
-    let topic = state.topics.require(name)?;
+    let topic = state.partitions.topics().require(name)?;
     let meta = state.meta.clone();
     let stored_name = name.to_owned();
     blocking(move || meta.write(|b| b.delete_topic(&stored_name)))
         .await?
         .map_err(|e: MetaError| BrokerError::internal("deleting the topic", e))?;
-    state.topics.remove(name);
+    state.partitions.topics().remove(name);
     for p in topic.ready_partitions() {
         p.close();
     }
     state
-        .partition_watch
+        .partitions
+        .watch()
         .forget_topic(name, topic.partition_count());
     let state2 = state.clone();
     let topic2 = topic.clone();
@@ -225,9 +228,9 @@ fn shred_topic(state: &BrokerState, topic: &Topic) -> Result<usize, BrokerError>
         dedicated_kek: topic.entry.config.dedicated_kek,
     };
     strongbox_storage::data_dir::finish_topic_deletion(
-        state.topics.io().as_ref(),
-        state.topics.data_dir(),
-        &state.keys,
+        state.partitions.topics().io().as_ref(),
+        state.partitions.topics().data_dir(),
+        state.keys.manager(),
         &deletion,
     )
     .map_err(|e| BrokerError::internal("deleting the topic's files and keys", e))
