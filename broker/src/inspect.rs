@@ -31,7 +31,9 @@ use strongbox_protocol::batch::RecordBatch;
 use strongbox_storage::log::{LogError, scan_dir};
 use strongbox_storage::meta::{MetaError, MetaStore};
 
-use crate::services::partitions::topics::{log_config, topic_dir};
+use strongbox_storage::data_dir::partition_dir;
+
+use crate::services::partitions::topics::log_config;
 use crate::verify::keys::ReadOnlyKeys;
 use crate::verify::{Setup, VerifyArgs, VerifyError};
 
@@ -246,7 +248,7 @@ pub fn inspect(
     let provider = crate::services::open_provider(&setup.config)
         .map_err(|e| InspectError::Provider(e.to_string()))?;
     let keys = Arc::new(ReadOnlyKeys::new("inspect", provider, states));
-    let dir = topic_dir(&setup.data_dir, &entry.topic_id).join(args.partition.to_string());
+    let dir = partition_dir(&setup.data_dir, &entry.topic_id, args.partition);
     let config = log_config(&entry, args.partition);
     let from = args.from;
     let mut left = args.count;

@@ -27,6 +27,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use strongbox_storage::data_dir::partition_dir;
 use strongbox_storage::log::{LogFreeze, PinnedPartition};
 use strongbox_storage::meta::MetaStore;
 
@@ -36,7 +37,7 @@ use super::manifest::{
 };
 use crate::services::BrokerState;
 use crate::services::partitions::partition::Partition;
-use crate::services::partitions::topics::{PartitionSlot, Topic, topic_dir};
+use crate::services::partitions::topics::{PartitionSlot, Topic};
 
 /// Pins the broker's state into `staging` (which must not exist) and
 /// describes it. Blocking: run it on a blocking thread, holding the admin
@@ -97,7 +98,7 @@ pub fn pin(state: &BrokerState, staging: &Path) -> Result<Manifest, BackupError>
     }
     for (topic, index) in unavailable {
         let rel = partition_rel(&topic.entry.topic_id, index);
-        let source = topic_dir(&data_dir, &topic.entry.topic_id).join(index.to_string());
+        let source = partition_dir(&data_dir, &topic.entry.topic_id, index);
         let files = link_as_found(&source, &staging.join(&rel))?;
         partitions.push(PartitionEntry {
             topic: topic.name().to_owned(),
@@ -148,9 +149,8 @@ pub fn pin(state: &BrokerState, staging: &Path) -> Result<Manifest, BackupError>
 
 /// `log/<topic id hex>/<partition>`, as in the data directory.
 fn partition_rel(topic_id: &[u8; 16], index: u32) -> PathBuf {
-    Path::new("log")
-        .join(hex::encode(topic_id))
-        .join(index.to_string())
+    // The data directory's layout, relative to it.
+    partition_dir(Path::new(""), topic_id, index)
 }
 
 fn rel_path(dir: &Path, name: &str) -> String {

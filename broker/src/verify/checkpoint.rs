@@ -31,7 +31,9 @@ use super::report::{Item, Report};
 use crate::audit::AUDIT_TOPIC;
 use crate::audit::record::parse_link;
 use crate::checkpoint::registry_entries;
-use crate::services::partitions::topics::{log_config, topic_dir};
+use strongbox_storage::data_dir::partition_dir;
+
+use crate::services::partitions::topics::log_config;
 
 const REFUSED: &str = "do not trust this checkpoint: use the export directory's own copy, \
      check that --checkpoint-key is the broker's public key (strongbox-broker checkpoint \
@@ -262,7 +264,7 @@ fn observe(
     };
     match topics.iter().find(|t| t.name == AUDIT_TOPIC) {
         Some(entry) => {
-            let dir = topic_dir(&report.data_dir, &entry.topic_id).join("0");
+            let dir = partition_dir(&report.data_dir, &entry.topic_id, 0);
             match read_trail(&dir, entry, keys, wanted) {
                 Ok(trail) => {
                     base.observed.audit_sequence = trail.last_sequence;

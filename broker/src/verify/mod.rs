@@ -38,7 +38,9 @@ use strongbox_storage::log::check_dir;
 use strongbox_storage::meta::{MetaError, MetaStore, TopicEntry};
 
 use crate::config::{BrokerConfig, ConfigError, KeyProviderKind};
-use crate::services::partitions::topics::{log_config, topic_dir};
+use strongbox_storage::data_dir::partition_dir;
+
+use crate::services::partitions::topics::log_config;
 
 pub use checkpoint::CheckpointArgs;
 pub use report::{
@@ -499,7 +501,7 @@ fn check_partition(
     recorded_end: Option<u64>,
     mut progress: Option<&mut Progress>,
 ) -> PartitionReport {
-    let dir = topic_dir(data_dir, &entry.topic_id).join(index.to_string());
+    let dir = partition_dir(data_dir, &entry.topic_id, index);
     let mut part = PartitionReport {
         topic: entry.name.clone(),
         topic_id: hex::encode(entry.topic_id),

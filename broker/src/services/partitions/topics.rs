@@ -284,11 +284,6 @@ pub fn retention(entry: &TopicEntry) -> RetentionPolicy {
     }
 }
 
-/// The directory of a topic's partitions.
-pub fn topic_dir(data_dir: &Path, topic_id: &[u8; 16]) -> PathBuf {
-    strongbox_storage::data_dir::topic_dir(data_dir, topic_id)
-}
-
 /// What opening a partition needs besides its topic.
 #[derive(Debug, Clone)]
 pub struct OpenEnv {
