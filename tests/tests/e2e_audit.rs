@@ -21,12 +21,12 @@ use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use serde_json::Value;
 use strongbox_broker::pki::{CertSpec, TestCa};
-use strongbox_broker::services::partitions::topics::topic_dir;
 use strongbox_client::{
     Client, ClientConfig, ClientError, ConsumerConfig, ErrorCode, PemSource, ProducerConfig,
     ProducerRecord, Subscription,
 };
 use strongbox_protocol::batch::{BatchBuilder, RecordBatch};
+use strongbox_storage::data_dir::topic_dir;
 use strongbox_storage::keys::{FileKeyProvider, KekId, KekScope, KeyManager, KeyProvider};
 use strongbox_storage::log::{Durability, LogConfig, PartitionLog};
 use strongbox_storage::meta::MetaStore;

@@ -41,10 +41,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
-use strongbox_broker::services::partitions::topics::{log_config, topic_dir};
+use strongbox_broker::services::partitions::topics::log_config;
 use strongbox_client::{ProducerConfig, ProducerRecord};
 use strongbox_protocol::model::KeyState;
 use strongbox_storage::aead::Aes256Gcm;
+use strongbox_storage::data_dir::topic_dir;
 use strongbox_storage::keys::registry::SegmentRef;
 use strongbox_storage::keys::{
     Dek, FileKeyProvider, KekId, KekScope, KeyError, KeyManager, KeyProvider, SegmentKeys,
