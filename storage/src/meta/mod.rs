@@ -34,6 +34,7 @@ mod ends;
 mod jobs;
 mod kek;
 mod open;
+mod replicated;
 mod snapshot;
 pub mod tables;
 mod topics;
@@ -48,6 +49,7 @@ pub use access::{AclEntry, AuditHead};
 pub use deletions::TopicDeletion;
 pub use ends::PartitionEnd;
 pub use jobs::RewrapJobState;
+pub use replicated::{KeyPolicy, ReplicatedTables, Row, is_node_local_topic};
 pub use snapshot::{MetaSnapshot, SnapshotStats};
 pub use topics::{ProducerRecord, TopicEntry};
 

@@ -98,6 +98,9 @@ impl MetaSnapshot {
         copy.table(tables::COUNTERS)?;
         copy.table(tables::PARTITION_ENDS)?;
         copy.table(tables::TOPIC_DELETIONS)?;
+        copy.table(tables::PARTITION_ASSIGNMENTS)?;
+        copy.table(tables::KEY_POLICIES)?;
+        copy.table(tables::RAFT_STATE)?;
         let Copier { names, entries, .. } = copy;
         for handle in self.txn.list_tables().map_err(MetaError::from)? {
             if !names.contains(handle.name()) {
@@ -179,6 +182,9 @@ mod tests {
         rows(&txn, tables::SINGLETONS, &mut out);
         rows(&txn, tables::COUNTERS, &mut out);
         rows(&txn, tables::PARTITION_ENDS, &mut out);
+        rows(&txn, tables::PARTITION_ASSIGNMENTS, &mut out);
+        rows(&txn, tables::KEY_POLICIES, &mut out);
+        rows(&txn, tables::RAFT_STATE, &mut out);
         out.sort();
         out
     }
@@ -205,7 +211,7 @@ mod tests {
             .expect("later commit");
         let copy = dir.path().join("copy.redb");
         let stats = snapshot.write_to(&copy).expect("write");
-        assert_eq!(stats.tables, 13);
+        assert_eq!(stats.tables, 16);
         drop(snapshot);
 
         let copied = dump(&copy);

@@ -85,6 +85,26 @@ pub const PARTITION_ENDS: TableDefinition<'static, ([u8; 16], u32), &[u8]> =
 pub const TOPIC_DELETIONS: TableDefinition<'static, [u8; 16], &[u8]> =
     TableDefinition::new("topic_deletions.v1");
 
+/// (topic id, partition) → JSON `{replicas}`: the node ids that hold the
+/// partition, the first being its preferred leader. Replicated through the
+/// cluster's metadata group; empty on a broker that is not in a cluster.
+pub const PARTITION_ASSIGNMENTS: TableDefinition<'static, ([u8; 16], u32), &[u8]> =
+    TableDefinition::new("partition_assignments.v1");
+
+/// KEK scope label (`*` for every scope without its own entry) → JSON
+/// `{rotate_every_ms}`: the key *policy* a cluster agrees on. The keys
+/// themselves, their versions and wrapped data keys stay per node.
+pub const KEY_POLICIES: TableDefinition<'static, &str, &[u8]> =
+    TableDefinition::new("key_policies.v1");
+
+/// Name → JSON written by the cluster's state machine (`strongbox-cluster`):
+/// `last_applied`, the log id `{leader_id: {term, node_id}, index}` of the
+/// newest entry of the metadata group applied to this store, and
+/// `membership`, the newest membership applied (`{log_id, membership:
+/// {configs, nodes}}`). Written in the same transaction as the changes of
+/// the entries, so the store and the point it reached never disagree.
+pub const RAFT_STATE: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("raft_state.v1");
+
 /// Tables earlier versions created and this one no longer has, dropped at
 /// open so that a store reads the same whichever version created it (and
 /// its snapshots, which refuse tables they do not know, keep working).
@@ -117,5 +137,8 @@ pub(super) fn create_all(txn: &WriteTransaction) -> Result<(), MetaError> {
     txn.open_table(COUNTERS)?;
     txn.open_table(PARTITION_ENDS)?;
     txn.open_table(TOPIC_DELETIONS)?;
+    txn.open_table(PARTITION_ASSIGNMENTS)?;
+    txn.open_table(KEY_POLICIES)?;
+    txn.open_table(RAFT_STATE)?;
     Ok(())
 }

@@ -276,8 +276,8 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// Removes a topic with its group offsets, recipients and recorded
-    /// durable ends, and records its deletion as started
+    /// Removes a topic with its group offsets, recipients, partition
+    /// assignments and recorded durable ends, and records its deletion as started
     /// ([`super::TopicDeletion`]) until its files are gone; returns it when
     /// it existed. (ACL rules are patterns and stay; a dedicated KEK is
     /// destroyed through the key manager.)
@@ -291,6 +291,7 @@ impl Batch<'_> {
         };
         self.delete(TOPICS, name)?;
         self.remove_partition_ends(&topic.topic_id)?;
+        self.remove_partition_assignments(&topic.topic_id)?;
         self.start_topic_deletion(&topic)?;
 
         let mut offsets = Vec::new();
