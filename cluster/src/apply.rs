@@ -83,7 +83,9 @@ fn check(cmd: &MetaCommand) -> Result<(), Refusal> {
             check_replicas(replicas)
         }
         MetaCommand::PutAcl { acl } => operations(acl.rule.operations),
-        MetaCommand::RevokeAcl { rule } => operations(rule.operations),
+        MetaCommand::RevokeAcl { rule } | MetaCommand::RemoveAcl { rule } => {
+            operations(rule.operations)
+        }
         MetaCommand::CommitOffsets { topic, .. } => replicated(topic),
         MetaCommand::CreateAccessRequest { request, .. } => {
             replicated(&request.topic)?;
@@ -159,6 +161,7 @@ fn apply_checked(b: &mut Batch<'_>, cmd: &MetaCommand) -> Result<MetaResponse, M
             Ok(MetaResponse::Done)
         }
         MetaCommand::PutAcl { acl } => existed(b.put_acl(&acl.to_entry())?),
+        MetaCommand::RemoveAcl { rule } => existed(b.remove_acl(&rule.to_rule())?),
         MetaCommand::RevokeAcl { rule } => revoke_acl(b, rule),
         MetaCommand::ExpireGrants { now_ms, recipients } => expire_grants(b, *now_ms, recipients),
         MetaCommand::CommitOffsets {

@@ -56,6 +56,12 @@ pub enum MetaCommand {
         /// The rule and where it came from.
         acl: AclSpec,
     },
+    /// Removes the stored rule with exactly `rule`'s principal, topic,
+    /// operations and effect (its expiry is not compared).
+    RemoveAcl {
+        /// The rule to remove.
+        rule: AclRuleSpec,
+    },
     /// `AclRevoke`: takes `rule.operations` out of every stored rule with
     /// the same principal, topic and effect; a rule left with none goes.
     RevokeAcl {
@@ -166,6 +172,7 @@ impl std::fmt::Display for MetaCommand {
                 topic, partition, ..
             } => write!(f, "assign-partition {topic}/{partition}"),
             Self::PutAcl { acl } => write!(f, "put-acl {} {}", acl.rule.principal, acl.rule.topic),
+            Self::RemoveAcl { rule } => write!(f, "remove-acl {} {}", rule.principal, rule.topic),
             Self::RevokeAcl { rule } => write!(f, "revoke-acl {} {}", rule.principal, rule.topic),
             Self::ExpireGrants { now_ms, .. } => write!(f, "expire-grants at {now_ms}"),
             Self::CommitOffsets { group, topic, .. } => {
@@ -828,6 +835,7 @@ pub(crate) mod strategies {
             }),
             acl().prop_map(|acl| MetaCommand::PutAcl { acl }),
             rule().prop_map(|rule| MetaCommand::RevokeAcl { rule }),
+            rule().prop_map(|rule| MetaCommand::RemoveAcl { rule }),
             (
                 0i64..12,
                 vec(

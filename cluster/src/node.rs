@@ -459,6 +459,15 @@ impl MetaRaft {
         Ok(())
     }
 
+    /// The leader this node knows of, with its addresses: the hint for a
+    /// client that must go to the leader.
+    pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let id = m.current_leader?;
+        let info = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, info))
+    }
+
     /// The group as this node sees it (from openraft's metrics; lag and
     /// last contact are known on the leader only).
     pub fn status(&self) -> ClusterStatus {

@@ -242,6 +242,17 @@ async fn a_learner_is_added_promoted_and_a_node_removed() {
         assert!(m.lag.is_some(), "{m:?}");
         assert_eq!(m.info, info(m.id));
     }
+    for n in c.running() {
+        n.wait_for(WAIT, "knowing the leader", |s| s.leader == Some(leader))
+            .await
+            .expect("leader known");
+        assert_eq!(
+            n.leader(),
+            Some((leader, info(leader))),
+            "node {}",
+            n.node_id()
+        );
+    }
     // Linearizable reads work on the leader and are refused elsewhere.
     c.node(leader)
         .ensure_linearizable()
