@@ -57,6 +57,10 @@
     clippy::panic
 )]
 
+/// The exact openraft this crate is built on, for the network glue (its
+/// RPC types: `openraft::raft::{AppendEntriesRequest, VoteRequest, ...}`).
+pub use openraft;
+
 mod apply;
 pub mod command;
 pub mod log_store;
