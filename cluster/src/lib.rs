@@ -63,6 +63,7 @@ pub use openraft;
 
 mod apply;
 pub mod command;
+mod local;
 pub mod log_store;
 mod node;
 pub mod snapshot_format;
@@ -70,6 +71,7 @@ pub mod state_machine;
 pub mod types;
 
 pub use command::{MetaCommand, MetaResponse, ProducerOutcome, Refusal};
+pub use local::apply_local;
 pub use log_store::MetaLogStore;
 pub use node::{
     ClusterError, ClusterStatus, MemberStatus, MetaRaft, MetaRaftConfig, ProposeError, RAFT_DIR,

@@ -518,7 +518,7 @@ fn expire_grants(state: &BrokerState, since: i64, now: i64) {
             }
         }
         Ok(_) => {}
-        Err(e) => tracing::error!(error = %e, "removing expired ACL rules failed"),
+        Err(e) => tracing::error!(error = %e.message, "removing expired ACL rules failed"),
     }
     for rule in state.config_acl_rules() {
         if rule.expires_at.is_some_and(|t| since < t && t <= now) {

@@ -36,6 +36,7 @@ pub mod access;
 pub mod authz;
 pub mod caller;
 pub mod keys;
+pub mod metadata;
 pub mod partitions;
 pub mod reload;
 
@@ -83,8 +84,12 @@ pub enum StartError {
 pub struct BrokerState {
     /// The validated configuration.
     pub config: BrokerConfig,
-    /// Topics, groups offsets, producers, ACLs, keys registry.
+    /// Topics, groups offsets, producers, ACLs, keys registry: read here;
+    /// the replicated parts are written only through [`Self::metadata`].
     pub meta: MetaStore,
+    /// Metadata writes (topics, ACL rules, offsets, access requests,
+    /// recipients, producer ids).
+    pub metadata: metadata::Metadata,
     /// The partition service: topics, consumer groups, idempotent
     /// producers, partition states.
     pub partitions: partitions::Partitions,
@@ -208,6 +213,7 @@ impl BrokerState {
         let rewrap_rate = config.keys.rewrap_rate;
         let state = Arc::new(Self {
             config,
+            metadata: metadata::Metadata::local(meta.clone()),
             meta,
             partitions: partitions::Partitions::new(topics, partition_watch),
             keys: keys::Keys::new(keys, key_metrics, rewrap_rate),

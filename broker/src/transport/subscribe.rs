@@ -474,14 +474,19 @@ impl Subscription {
         {
             return Err(ErrorCode::OffsetOutOfRange);
         }
-        let meta = self.ctx.state.meta.clone();
-        let name = topic.name().to_owned();
-        let stored = tokio::task::spawn_blocking(move || {
-            meta.write(|b| b.commit_offset(&group, &name, commit.partition, commit.offset))
-        })
-        .await;
+        let stored = self
+            .ctx
+            .state
+            .metadata
+            .commit_offset(
+                group,
+                topic.name().to_owned(),
+                commit.partition,
+                commit.offset,
+            )
+            .await;
         match stored {
-            Ok(Ok(())) => {
+            Ok(()) => {
                 if let Some(c) = self.cursors.get(&commit.partition) {
                     let lag = c.partition.high_watermark().saturating_sub(commit.offset);
                     self.ctx
@@ -497,13 +502,9 @@ impl Subscription {
                 }
                 Ok(())
             }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot store a committed offset");
-                Err(ErrorCode::Internal)
-            }
             Err(e) => {
-                tracing::error!(error = %e, "commit task failed");
-                Err(ErrorCode::Internal)
+                tracing::error!(error = %e.message, "cannot store a committed offset");
+                Err(e.code)
             }
         }
     }

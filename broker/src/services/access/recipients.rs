@@ -29,6 +29,7 @@
 //! read it); changing it needs `grant`.
 
 use bytes::Bytes;
+use strongbox_cluster::{MetaCommand, MetaResponse};
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::codec::Reader;
 use strongbox_protocol::error::ReadError;
@@ -263,11 +264,15 @@ pub(crate) async fn put(
     let state = &ctx.state;
     let replaced = {
         let _guard = state.admin_lock.lock().await;
-        let meta = state.meta.clone();
-        let (t, r, bytes) = (topic.clone(), entry.recipient.clone(), entry.entry.clone());
-        blocking(move || meta.write(|b| b.put_recipient(&t, &r, &bytes)))
-            .await?
-            .map_err(|e: MetaError| BrokerError::internal("storing the recipient entry", e))?
+        let answer = state
+            .metadata
+            .submit(MetaCommand::PutRecipient {
+                topic: topic.clone(),
+                recipient: entry.recipient.clone(),
+                entry: entry.entry.to_vec(),
+            })
+            .await?;
+        existed(answer, "storing the recipient entry")?
     };
     tracing::info!(target: "strongbox::audit", principal = %ctx.principal, topic = %topic, recipient = %entry.recipient, key = %key_fingerprint(&facts.public_key), replaced, "recipient entry stored");
     state.audit.record(
@@ -276,6 +281,17 @@ pub(crate) async fn put(
             .detail("replaced", replaced),
     );
     Ok(AdminResponse::Recipients(read(state, topic).await?))
+}
+
+/// The `existed` flag of a put or a remove.
+fn existed(answer: MetaResponse, what: &str) -> Result<bool, BrokerError> {
+    match answer {
+        MetaResponse::Existed { existed } => Ok(existed),
+        other => Err(BrokerError::internal(
+            what,
+            format!("unexpected answer {other:?}"),
+        )),
+    }
 }
 
 /// `RecipientRemove`: needs `grant`.
@@ -289,11 +305,14 @@ pub(crate) async fn remove(
     let state = &ctx.state;
     let removed = {
         let _guard = state.admin_lock.lock().await;
-        let meta = state.meta.clone();
-        let (t, r) = (topic.clone(), recipient.clone());
-        blocking(move || meta.write(|b| b.remove_recipient(&t, &r)))
-            .await?
-            .map_err(|e: MetaError| BrokerError::internal("removing the recipient entry", e))?
+        let answer = state
+            .metadata
+            .submit(MetaCommand::RemoveRecipient {
+                topic: topic.clone(),
+                recipient: recipient.clone(),
+            })
+            .await?;
+        existed(answer, "removing the recipient entry")?
     };
     if !removed {
         return Err(BrokerError::new(

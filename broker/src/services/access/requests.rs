@@ -32,6 +32,8 @@
 //! `denied`, next to the `acl.deny` of the failed `grant` check.
 
 use bytes::Bytes;
+use strongbox_cluster::command::{AccessRequestSpec, AclSpec, RecipientRemoval};
+use strongbox_cluster::{MetaCommand, MetaResponse, Refusal};
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::clock::now_ms;
 use strongbox_protocol::frames::admin::AdminResponse;
@@ -45,6 +47,7 @@ use crate::services::access::recipients::{self, EntryFacts, KEY_LEN, key_fingerp
 use crate::services::authz::Authorizer;
 use crate::services::caller::ConnCtx;
 use crate::services::caller::blocking;
+use crate::services::metadata::refusal_error;
 
 /// The operations a request may ask for; anything else is granted by an
 /// administrator with `strongbox acl grant`.
@@ -55,33 +58,12 @@ pub const REQUESTABLE: Operations =
 pub const MAX_REASON_LEN: usize = 1024;
 
 /// Most pending requests one principal may have at a time.
-pub const MAX_PENDING_PER_PRINCIPAL: usize = 64;
+pub const MAX_PENDING_PER_PRINCIPAL: u32 = 64;
 
 /// How far a recipient entry's expiry may lie after the grant's, for the
 /// clock difference between the approver's machine (which signs the entry)
 /// and the broker (which computes the grant's expiry).
 pub const ENTRY_EXPIRY_SLACK_MS: i64 = 5 * 60 * 1000;
-
-/// A metadata transaction that may refuse on what it finds.
-enum TxError {
-    Meta(MetaError),
-    Refused(BrokerError),
-}
-
-impl From<MetaError> for TxError {
-    fn from(e: MetaError) -> Self {
-        Self::Meta(e)
-    }
-}
-
-impl TxError {
-    fn into_broker(self, context: &str) -> BrokerError {
-        match self {
-            Self::Meta(e) => BrokerError::internal(context, e),
-            Self::Refused(e) => e,
-        }
-    }
-}
 
 fn invalid(message: impl Into<String>) -> BrokerError {
     BrokerError::new(ErrorCode::InvalidRequest, message)
@@ -162,41 +144,17 @@ pub(crate) async fn request(
     };
     let id = {
         let _guard = state.admin_lock.lock().await;
-        let meta = state.meta.clone();
-        let stored = info.clone();
-        blocking(move || {
-            meta.write(|b| {
-                let pending: Vec<AccessRequestInfo> = b
-                    .access_requests()?
-                    .into_iter()
-                    .filter(|r| r.state == AccessState::Pending && r.requester == stored.requester)
-                    .collect();
-                if let Some(same) = pending
-                    .iter()
-                    .find(|r| r.topic == stored.topic && r.operations == stored.operations)
-                {
-                    return Err(TxError::Refused(BrokerError::new(
-                        ErrorCode::Conflict,
-                        format!(
-                            "access request {} for {} on {} is already pending",
-                            same.id, same.operations, same.topic
-                        ),
-                    )));
-                }
-                if pending.len() >= MAX_PENDING_PER_PRINCIPAL {
-                    return Err(TxError::Refused(BrokerError::new(
-                        ErrorCode::LimitExceeded,
-                        format!(
-                            "{} already has {MAX_PENDING_PER_PRINCIPAL} pending access requests",
-                            stored.requester
-                        ),
-                    )));
-                }
-                Ok(b.create_access_request(&stored)?)
+        let answer = state
+            .metadata
+            .submit(MetaCommand::CreateAccessRequest {
+                request: AccessRequestSpec::from(&info),
+                max_pending: MAX_PENDING_PER_PRINCIPAL,
             })
-        })
-        .await?
-        .map_err(|e| e.into_broker("storing the access request"))?
+            .await?;
+        let MetaResponse::AccessRequestCreated { id } = answer else {
+            return Err(unexpected("storing the access request", &answer));
+        };
+        id
     };
     info.id = id;
     tracing::info!(target: "strongbox::audit", principal = %principal, request = id, topic = %topic, operations = %operations, "access requested");
@@ -318,47 +276,20 @@ pub(crate) async fn approve(
     decided.expires_at = expires_at;
     {
         let _guard = state.admin_lock.lock().await;
-        let meta = state.meta.clone();
-        let (stored, entry) = (decided.clone(), recipient_entry.clone());
         let acl = AclEntry {
             rule: rule.clone(),
             request_id: Some(id),
             created_at: now,
         };
-        blocking(move || {
-            meta.write(|b| {
-                let current = b.access_request(id)?.ok_or_else(|| {
-                    TxError::Refused(BrokerError::new(
-                        ErrorCode::NotFound,
-                        format!("access request {id} does not exist"),
-                    ))
-                })?;
-                if current.state != AccessState::Pending {
-                    return Err(TxError::Refused(already_decided(&current)));
-                }
-                // A stored rule with the same principal, topic, operations
-                // and effect would be replaced, and later removed with this
-                // grant's expiry: refuse rather than take it over.
-                if b.acls()?.iter().any(|e| same_key(&e.rule, &acl.rule)) {
-                    return Err(TxError::Refused(BrokerError::new(
-                        ErrorCode::Conflict,
-                        format!(
-                            "{} already holds a stored rule allowing {} on {}; revoke it \
-                             first, or deny this request",
-                            acl.rule.principal, acl.rule.operations, acl.rule.topic
-                        ),
-                    )));
-                }
-                b.put_acl(&acl)?;
-                if let Some(entry) = &entry {
-                    b.put_recipient(&stored.topic, &stored.requester, entry)?;
-                }
-                b.update_access_request(&stored)?;
-                Ok(())
+        let answer = state
+            .metadata
+            .submit_raw(MetaCommand::ApproveAccessRequest {
+                decided: AccessRequestSpec::from(&decided),
+                acl: AclSpec::from(&acl),
+                recipient_entry: recipient_entry.as_ref().map(|e| e.to_vec()),
             })
-        })
-        .await?
-        .map_err(|e: TxError| e.into_broker("storing the approval"))?;
+            .await?;
+        decision_outcome(state, answer, "storing the approval").await?;
         state.reload_acl()?;
     }
     tracing::info!(target: "strongbox::audit", principal = %ctx.principal, request = id, requester = %req.requester, topic = %req.topic, operations = %req.operations, expires_at = ?expires_at, "access approved");
@@ -426,11 +357,38 @@ fn check_recipient_entry(
     Ok(Some(facts))
 }
 
-fn same_key(a: &AclRule, b: &AclRule) -> bool {
-    a.principal == b.principal
-        && a.topic == b.topic
-        && a.operations == b.operations
-        && a.effect == b.effect
+/// The outcome of a decision: done, or refused. A request decided in the
+/// meantime is reported with who decided it.
+async fn decision_outcome(
+    state: &BrokerState,
+    answer: MetaResponse,
+    what: &str,
+) -> Result<(), BrokerError> {
+    match answer {
+        MetaResponse::Done => Ok(()),
+        MetaResponse::Refused(Refusal::AlreadyDecided { id, .. }) => {
+            let meta = state.meta.clone();
+            let current = blocking(move || meta.read(|r| r.access_request(id)))
+                .await?
+                .map_err(|e| BrokerError::internal(what, e))?;
+            Err(current.map_or_else(
+                || {
+                    BrokerError::new(
+                        ErrorCode::NotFound,
+                        format!("access request {id} does not exist"),
+                    )
+                },
+                |c| already_decided(&c),
+            ))
+        }
+        MetaResponse::Refused(refusal) => Err(refusal_error(&refusal)),
+        other => Err(unexpected(what, &other)),
+    }
+}
+
+/// A metadata answer of the wrong kind: a bug, reported as internal.
+fn unexpected(what: &str, answer: &MetaResponse) -> BrokerError {
+    BrokerError::internal(what, format!("unexpected answer {answer:?}"))
 }
 
 /// `AccessDeny`: needs `grant` on the request's topic and a reason.
@@ -454,22 +412,13 @@ pub(crate) async fn deny(
     decided.decided_at = Some(now_ms());
     {
         let _guard = state.admin_lock.lock().await;
-        let meta = state.meta.clone();
-        let stored = decided.clone();
-        blocking(move || {
-            meta.write(|b| {
-                match b.access_request(id)? {
-                    Some(current) if current.state != AccessState::Pending => {
-                        return Err(TxError::Refused(already_decided(&current)));
-                    }
-                    _ => {}
-                }
-                b.update_access_request(&stored)?;
-                Ok(())
+        let answer = state
+            .metadata
+            .submit_raw(MetaCommand::DenyAccessRequest {
+                decided: AccessRequestSpec::from(&decided),
             })
-        })
-        .await?
-        .map_err(|e: TxError| e.into_broker("storing the denial"))?;
+            .await?;
+        decision_outcome(state, answer, "storing the denial").await?;
     }
     tracing::info!(target: "strongbox::audit", principal = %ctx.principal, request = id, requester = %req.requester, topic = %req.topic, "access denied by decision");
     state
@@ -488,40 +437,46 @@ pub(crate) async fn deny(
 /// # Errors
 ///
 /// The metadata store cannot be read or written; nothing is changed.
-pub fn remove_expired(state: &BrokerState, now: i64) -> Result<Vec<AclEntry>, MetaError> {
-    let (rules, expired) = state.meta.write(|b| {
-        let mut rules = b.remove_expired_acls(now)?;
-        let mut expired = Vec::new();
-        for mut req in b.access_requests()? {
-            if req.state != AccessState::Approved || req.expires_at.is_none_or(|t| t > now) {
-                continue;
-            }
-            // Rules of the request not caught above (an expiry changed by
-            // hand) go with it.
-            for rule in b.remove_acls_of_request(req.id)? {
-                rules.push(AclEntry {
-                    rule,
-                    request_id: Some(req.id),
-                    created_at: now,
-                });
-            }
-            let mut recipient_removed = false;
-            if let Some(key) = &req.public_key {
-                let stored = b.recipient(&req.topic, &req.requester)?;
-                if stored
-                    .as_ref()
-                    .and_then(recipients::stored_key)
-                    .is_some_and(|k| k.as_slice() == key.as_ref())
-                {
-                    recipient_removed = b.remove_recipient(&req.topic, &req.requester)?;
+pub fn remove_expired(state: &BrokerState, now: i64) -> Result<Vec<AclEntry>, BrokerError> {
+    // The recipient entries to remove with their grants: those that still
+    // name the request's key. The command carries them as read, and one
+    // replaced in the meantime stays.
+    let recipients = state
+        .meta
+        .read(|v| {
+            let mut removals = Vec::new();
+            for req in v.access_requests()? {
+                if req.state != AccessState::Approved || req.expires_at.is_none_or(|t| t > now) {
+                    continue;
+                }
+                let Some(key) = &req.public_key else { continue };
+                let Some(stored) = v.recipient(&req.topic, &req.requester)? else {
+                    continue;
+                };
+                if recipients::stored_key(&stored).is_some_and(|k| k.as_slice() == key.as_ref()) {
+                    removals.push(RecipientRemoval {
+                        request_id: req.id,
+                        topic: req.topic.clone(),
+                        recipient: req.requester.clone(),
+                        entry: stored.to_vec(),
+                    });
                 }
             }
-            req.state = AccessState::Expired;
-            b.update_access_request(&req)?;
-            expired.push((req, recipient_removed));
-        }
-        Ok::<_, MetaError>((rules, expired))
+            Ok::<_, MetaError>(removals)
+        })
+        .map_err(|e| BrokerError::internal("reading expired grants", e))?;
+    let answer = state.metadata.submit_blocking(MetaCommand::ExpireGrants {
+        now_ms: now,
+        recipients,
     })?;
+    let MetaResponse::GrantsExpired { rules, requests } = answer else {
+        return Err(unexpected("removing expired grants", &answer));
+    };
+    let rules: Vec<AclEntry> = rules.iter().map(AclSpec::to_entry).collect();
+    let expired: Vec<(AccessRequestInfo, bool)> = requests
+        .iter()
+        .map(|(req, removed)| (req.to_info(), *removed))
+        .collect();
     for (req, recipient_removed) in &expired {
         tracing::info!(target: "strongbox::audit", request = req.id, requester = %req.requester, topic = %req.topic, recipient_removed, "access expired");
         state.audit.record(

@@ -16,7 +16,11 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use strongbox_cluster::{MetaCommand, MetaResponse, ProducerOutcome};
 use strongbox_protocol::batch::ProducerStamp;
+
+use crate::error::BrokerError;
+use crate::services::metadata::Metadata;
 
 /// Batches remembered per producer and partition for answering retries: at
 /// least the most a producer stream may have in flight
@@ -382,45 +386,38 @@ impl ProducerEpochs {
 
     /// Issues a new producer id with epoch 0 bound to `principal`, or bumps
     /// the epoch of `existing` (fencing older instances) when `principal`
-    /// owns it. Durable before it returns.
+    /// owns it: a [`MetaCommand::InitProducer`]. Durable before it returns.
+    /// Runs on a blocking thread.
     ///
     /// # Errors
     ///
     /// The metadata store cannot be written.
     pub fn init(
         &self,
-        meta: &strongbox_storage::meta::MetaStore,
+        metadata: &Metadata,
         existing: Option<u64>,
         principal: &str,
         now_ms: i64,
-    ) -> Result<InitOutcome, strongbox_storage::meta::MetaError> {
-        let outcome = meta.write(|batch| -> Result<_, strongbox_storage::meta::MetaError> {
-            let (id, epoch) = match existing {
-                None => (batch.allocate_producer_id()?, 0),
-                Some(id) => match batch.producer(id)? {
-                    None => return Ok(InitOutcome::Unknown),
-                    Some(record) if record.principal.as_deref() != Some(principal) => {
-                        return Ok(InitOutcome::NotOwned);
-                    }
-                    Some(record) => match record.epoch.checked_add(1) {
-                        Some(epoch) => (id, epoch),
-                        None => return Ok(InitOutcome::Exhausted),
-                    },
-                },
-            };
-            batch.put_producer(
-                id,
-                &strongbox_storage::meta::ProducerRecord {
-                    epoch,
-                    updated_at: now_ms,
-                    principal: Some(principal.to_owned()),
-                },
-            )?;
-            Ok(InitOutcome::Issued {
-                producer_id: id,
-                epoch,
-            })
+    ) -> Result<InitOutcome, BrokerError> {
+        let answer = metadata.submit_blocking(MetaCommand::InitProducer {
+            existing,
+            principal: principal.to_owned(),
+            now_ms,
         })?;
+        let outcome = match answer {
+            MetaResponse::Producer(ProducerOutcome::Issued { producer_id, epoch }) => {
+                InitOutcome::Issued { producer_id, epoch }
+            }
+            MetaResponse::Producer(ProducerOutcome::Unknown) => InitOutcome::Unknown,
+            MetaResponse::Producer(ProducerOutcome::NotOwned) => InitOutcome::NotOwned,
+            MetaResponse::Producer(ProducerOutcome::Exhausted) => InitOutcome::Exhausted,
+            other => {
+                return Err(BrokerError::internal(
+                    "issuing a producer id",
+                    format!("unexpected answer {other:?}"),
+                ));
+            }
+        };
         if let InitOutcome::Issued { producer_id, epoch } = outcome {
             self.cache().insert(
                 producer_id,
@@ -445,9 +442,10 @@ mod binding_tests {
         let path = dir.path().join("meta.redb");
         let (id, first) = {
             let meta = MetaStore::open(&path).expect("open");
+            let metadata = Metadata::local(meta.clone());
             let epochs = ProducerEpochs::new();
             let InitOutcome::Issued { producer_id, epoch } =
-                epochs.init(&meta, None, "alice", 1).expect("init")
+                epochs.init(&metadata, None, "alice", 1).expect("init")
             else {
                 panic!("no id issued");
             };
@@ -456,7 +454,7 @@ mod binding_tests {
             // fence its owner.
             assert_eq!(
                 epochs
-                    .init(&meta, Some(producer_id), "mallory", 2)
+                    .init(&metadata, Some(producer_id), "mallory", 2)
                     .expect("init"),
                 InitOutcome::NotOwned
             );
@@ -470,7 +468,7 @@ mod binding_tests {
             // Its owner may.
             assert_eq!(
                 epochs
-                    .init(&meta, Some(producer_id), "alice", 3)
+                    .init(&metadata, Some(producer_id), "alice", 3)
                     .expect("init"),
                 InitOutcome::Issued {
                     producer_id,
@@ -479,7 +477,7 @@ mod binding_tests {
             );
             assert_eq!(
                 epochs
-                    .init(&meta, Some(producer_id + 100), "alice", 4)
+                    .init(&metadata, Some(producer_id + 100), "alice", 4)
                     .expect("init"),
                 InitOutcome::Unknown
             );
@@ -492,7 +490,9 @@ mod binding_tests {
         assert_eq!(issued.epoch, first);
         assert_eq!(issued.principal.as_deref(), Some("alice"));
         assert_eq!(
-            epochs.init(&meta, Some(id), "mallory", 5).expect("init"),
+            epochs
+                .init(&Metadata::local(meta.clone()), Some(id), "mallory", 5)
+                .expect("init"),
             InitOutcome::NotOwned
         );
     }
@@ -519,7 +519,9 @@ mod binding_tests {
         let issued = epochs.current(&meta, id).expect("read").expect("known");
         assert!(!issued.is_owned_by("alice"));
         assert_eq!(
-            epochs.init(&meta, Some(id), "alice", 1).expect("init"),
+            epochs
+                .init(&Metadata::local(meta.clone()), Some(id), "alice", 1)
+                .expect("init"),
             InitOutcome::NotOwned
         );
     }

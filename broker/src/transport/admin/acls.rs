@@ -2,17 +2,19 @@
 
 use std::sync::Arc;
 
+use strongbox_cluster::command::{AclRuleSpec, AclSpec};
+use strongbox_cluster::{MetaCommand, MetaResponse};
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::clock::now_ms;
 use strongbox_protocol::frames::admin::AdminResponse;
 use strongbox_protocol::model::{AclRule, Operations};
-use strongbox_storage::meta::{AclEntry, MetaError};
+use strongbox_storage::meta::AclEntry;
 
 use crate::audit::{AuditAction, AuditEvent, topic_resource};
 use crate::error::BrokerError;
 use crate::services::BrokerState;
 use crate::services::authz::Authorizer;
-use crate::services::caller::{ConnCtx, blocking};
+use crate::services::caller::ConnCtx;
 
 use super::BROKER_WIDE;
 
@@ -85,15 +87,17 @@ async fn acl_grant(state: &Arc<BrokerState>, rule: AclRule) -> Result<AdminRespo
     crate::acl::AclSnapshot::compile(0, std::iter::empty::<String>(), vec![rule.clone()])
         .map_err(|e| BrokerError::new(ErrorCode::InvalidRequest, e.to_string()))?;
     let _guard = state.admin_lock.lock().await;
-    let meta = state.meta.clone();
     let entry = AclEntry {
         rule: rule.clone(),
         request_id: None,
         created_at: now_ms(),
     };
-    blocking(move || meta.write(|b| b.put_acl(&entry)))
-        .await?
-        .map_err(|e: MetaError| BrokerError::internal("storing the ACL rule", e))?;
+    state
+        .metadata
+        .submit(MetaCommand::PutAcl {
+            acl: AclSpec::from(&entry),
+        })
+        .await?;
     state.reload_acl()?;
     tracing::info!(target: "strongbox::audit", principal = %rule.principal, topic = %rule.topic, operations = %rule.operations, effect = ?rule.effect, "ACL rule granted");
     Ok(AdminResponse::Acls(rules_for(state, &rule.principal)))
@@ -105,11 +109,22 @@ async fn acl_grant(state: &Arc<BrokerState>, rule: AclRule) -> Result<AdminRespo
 /// edit the file when only they match.
 async fn acl_revoke(state: &Arc<BrokerState>, rule: AclRule) -> Result<AdminResponse, BrokerError> {
     let _guard = state.admin_lock.lock().await;
-    let meta = state.meta.clone();
-    let target = rule.clone();
-    let changed = blocking(move || meta.write(|b| revoke_operations(b, &target)))
-        .await?
-        .map_err(|e: MetaError| BrokerError::internal("removing the ACL rule", e))?;
+    let answer = state
+        .metadata
+        .submit(MetaCommand::RevokeAcl {
+            rule: AclRuleSpec::from(&rule),
+        })
+        .await?;
+    let MetaResponse::AclRevoked { changed } = answer else {
+        return Err(BrokerError::internal(
+            "revoking the ACL rule",
+            format!("unexpected answer {answer:?}"),
+        ));
+    };
+    let changed: Vec<(AclRule, Option<AclRule>)> = changed
+        .iter()
+        .map(|(before, after)| (before.to_rule(), after.as_ref().map(AclRuleSpec::to_rule)))
+        .collect();
     if changed.is_empty() {
         let from_config = state
             .config_acl_rules()
@@ -156,62 +171,6 @@ fn covers_part_of(candidate: &AclRule, rule: &AclRule) -> bool {
         && candidate.operations.0 & rule.operations.0 != 0
 }
 
-/// The stored side of `acl revoke`: each stored rule that `covers_part_of`
-/// `rule` loses those operations, keeping its expiry and origin; one left
-/// with none is deleted. Returns each changed rule and what is left of it.
-fn revoke_operations(
-    b: &mut strongbox_storage::meta::Batch<'_>,
-    rule: &AclRule,
-) -> Result<Vec<(AclRule, Option<AclRule>)>, MetaError> {
-    let mut changed = Vec::new();
-    let entries = b.acls()?;
-    for entry in entries.iter().cloned() {
-        if !covers_part_of(&entry.rule, rule) {
-            continue;
-        }
-        b.remove_acl(&entry.rule)?;
-        let left = Operations(entry.rule.operations.0 & !rule.operations.0);
-        let remainder = if left.is_empty() {
-            None
-        } else {
-            let kept = AclEntry {
-                rule: AclRule {
-                    operations: left,
-                    ..entry.rule.clone()
-                },
-                ..entry.clone()
-            };
-            // A rule with exactly the remaining operations may exist: it
-            // stays unless this one lasts longer.
-            let same = entries.iter().find(|e| acl_key_eq(&e.rule, &kept.rule));
-            if same.is_none_or(|e| outlasts(&kept.rule, &e.rule)) {
-                b.put_acl(&kept)?;
-            }
-            Some(kept.rule)
-        };
-        changed.push((entry.rule, remainder));
-    }
-    Ok(changed)
-}
-
-/// True when the store keys `a` and `b` alike (its expiry is not part of
-/// the key).
-fn acl_key_eq(a: &AclRule, b: &AclRule) -> bool {
-    a.principal == b.principal
-        && a.topic == b.topic
-        && a.operations == b.operations
-        && a.effect == b.effect
-}
-
-/// True when `a` expires later than `b` (never counts as latest).
-fn outlasts(a: &AclRule, b: &AclRule) -> bool {
-    match (a.expires_at, b.expires_at) {
-        (_, None) => false,
-        (None, Some(_)) => true,
-        (Some(x), Some(y)) => x > y,
-    }
-}
-
 fn rules_for(state: &BrokerState, principal: &str) -> Vec<AclRule> {
     state
         .acl
@@ -226,6 +185,7 @@ fn rules_for(state: &BrokerState, principal: &str) -> Vec<AclRule> {
 mod tests {
     use super::*;
     use strongbox_protocol::model::AclEffect;
+    use strongbox_storage::meta::MetaError;
 
     fn stored(principal: &str, topic: &str, ops: Operations, expires_at: Option<i64>) -> AclEntry {
         AclEntry {
@@ -254,7 +214,20 @@ mod tests {
             effect: AclEffect::Allow,
             expires_at: None,
         };
-        meta.write(|b| revoke_operations(b, &rule)).expect("revoke")
+        let answer = strongbox_cluster::apply_local(
+            meta,
+            &MetaCommand::RevokeAcl {
+                rule: AclRuleSpec::from(&rule),
+            },
+        )
+        .expect("revoke");
+        let MetaResponse::AclRevoked { changed } = answer else {
+            panic!("unexpected answer {answer:?}");
+        };
+        changed
+            .iter()
+            .map(|(before, after)| (before.to_rule(), after.as_ref().map(AclRuleSpec::to_rule)))
+            .collect()
     }
 
     #[test]

@@ -26,17 +26,17 @@ pub(super) async fn init(
             .iter()
             .map(|t| t.name().to_owned()),
     )?;
-    let meta = state.meta.clone();
     let state2 = state.clone();
     let principal = ctx.principal.clone();
     let outcome = blocking(move || {
-        state2
-            .partitions
-            .producer_epochs()
-            .init(&meta, producer_id, &principal, now_ms())
+        state2.partitions.producer_epochs().init(
+            &state2.metadata,
+            producer_id,
+            &principal,
+            now_ms(),
+        )
     })
-    .await?
-    .map_err(|e| BrokerError::internal("issuing a producer id", e))?;
+    .await??;
     let id = producer_id.unwrap_or_default();
     match outcome {
         InitOutcome::Issued { producer_id, epoch } => {

@@ -2,12 +2,14 @@
 
 use std::sync::Arc;
 
+use strongbox_cluster::MetaCommand;
+use strongbox_cluster::command::TopicSpec;
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::clock::now_ms;
 use strongbox_protocol::frames::admin::AdminResponse;
 use strongbox_protocol::model::{Durability, Operations, TopicConfig, TopicInfo};
 use strongbox_storage::keys::SegmentKeys;
-use strongbox_storage::meta::{MetaError, TopicEntry};
+use strongbox_storage::meta::TopicEntry;
 
 use crate::audit::{self, AuditAction, AuditEvent, topic_resource};
 use crate::error::BrokerError;
@@ -169,11 +171,14 @@ async fn create_topic(
     topics::log_config(&entry, 0)
         .validate()
         .map_err(|e| BrokerError::new(ErrorCode::InvalidConfig, e.to_string()))?;
-    let meta = state.meta.clone();
-    let stored = entry.clone();
-    blocking(move || meta.write(|b| b.create_topic(&stored)))
-        .await?
-        .map_err(|e: MetaError| BrokerError::internal("storing the topic", e))?;
+    let partitions = usize::try_from(entry.config.partitions).unwrap_or(usize::MAX);
+    state
+        .metadata
+        .submit(MetaCommand::CreateTopic {
+            topic: TopicSpec::from(&entry),
+            replicas: vec![vec![state.metadata.node_id()]; partitions],
+        })
+        .await?;
     let keys: Arc<dyn SegmentKeys> = state.keys.manager().clone();
     // Opening the partition logs creates files: off the async threads.
     let state2 = state.clone();
@@ -186,11 +191,12 @@ async fn create_topic(
 async fn delete_topic(state: &Arc<BrokerState>, name: &str) -> Result<AdminResponse, BrokerError> {
     let _guard = state.admin_lock.lock().await;
     let topic = state.partitions.topics().require(name)?;
-    let meta = state.meta.clone();
-    let stored_name = name.to_owned();
-    blocking(move || meta.write(|b| b.delete_topic(&stored_name)))
-        .await?
-        .map_err(|e: MetaError| BrokerError::internal("deleting the topic", e))?;
+    state
+        .metadata
+        .submit(MetaCommand::DeleteTopic {
+            name: name.to_owned(),
+        })
+        .await?;
     state.partitions.topics().remove(name);
     for p in topic.ready_partitions() {
         p.close();
