@@ -21,6 +21,10 @@ pub struct PeerConfig {
     /// Calls one connection may have in flight (QUIC bidirectional
     /// streams); more wait for a slot.
     pub max_concurrent_calls: u32,
+    /// Incoming connections (and handshakes in progress) served at once;
+    /// more are refused at once. A cluster has a handful of nodes: the
+    /// bound is against floods of handshakes, not a capacity setting.
+    pub max_connections: u32,
     /// Keep-alive interval of idle connections.
     pub keep_alive: Duration,
     /// A connection that hears nothing for this long is closed.
@@ -34,6 +38,7 @@ impl Default for PeerConfig {
             call_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             max_concurrent_calls: 256,
+            max_connections: 64,
             keep_alive: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
         }

@@ -130,9 +130,25 @@ impl PeerEndpoint {
     pub fn serve<H: PeerHandler>(&self, handler: Arc<H>) -> JoinHandle<()> {
         let endpoint = self.endpoint.clone();
         let shared = self.shared.clone();
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            usize::try_from(shared.config.max_connections).unwrap_or(usize::MAX),
+        ));
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
-                tokio::spawn(accept(incoming, shared.clone(), handler.clone()));
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(
+                        remote = %incoming.remote_address(),
+                        max = shared.config.max_connections,
+                        "peer connection refused: too many connections"
+                    );
+                    incoming.refuse();
+                    continue;
+                };
+                let (shared, handler) = (shared.clone(), handler.clone());
+                tokio::spawn(async move {
+                    accept(incoming, shared, handler).await;
+                    drop(slot);
+                });
             }
         })
     }

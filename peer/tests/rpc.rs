@@ -300,3 +300,41 @@ async fn unknown_and_silent_nodes_fail_clearly_and_in_time() {
     assert!(matches!(e, PeerError::Timeout { node: 2, .. }), "{e}");
     assert!(e.to_string().contains("outcome is unknown"), "{e}");
 }
+
+#[tokio::test]
+async fn connections_above_the_limit_are_refused_until_one_ends() {
+    let ca = Ca::new("cluster CA");
+    let members = Members::of(&[1, 2, 3]);
+    let config = PeerConfig {
+        max_connections: 1,
+        ..test_config()
+    };
+    let two = start(node_tls(&ca, &ca.node(2)), members.clone(), config);
+    let first = raw_connect(&ca.node(1), two.addr).await;
+    let who = Frame::request(WHO, 1, Bytes::new())
+        .expect("frame")
+        .encode();
+    raw_exchange(&first, &who)
+        .await
+        .expect("the first connection is served");
+
+    let three = start(node_tls(&ca, &ca.node(3)), members, test_config());
+    let book = Book::default();
+    book.set(2, two.addr);
+    let client = three.endpoint.client(Arc::new(book));
+    let e = client
+        .call_raw(2, WHO, Bytes::new())
+        .await
+        .expect_err("no slot left");
+    assert!(matches!(e, PeerError::Unreachable { node: 2, .. }), "{e}");
+
+    first.close(quinn::VarInt::from_u32(0), b"done");
+    for _ in 0..100 {
+        if let Ok(answer) = client.call_raw(2, WHO, Bytes::new()).await {
+            assert_eq!(&answer[..], b"3");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the slot of a closed connection was never given back");
+}
