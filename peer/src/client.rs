@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::{ConnectionError, ReadExactError, ReadToEndError, WriteError};
@@ -72,6 +73,23 @@ impl PeerClient {
         method: u16,
         payload: Bytes,
     ) -> Result<Bytes, PeerError> {
+        self.call_raw_within(to, method, payload, self.shared.config.call_timeout)
+            .await
+    }
+
+    /// As [`call_raw`](Self::call_raw), bounded by `timeout` instead of the
+    /// configured call timeout (a heartbeat wants less than a snapshot).
+    ///
+    /// # Errors
+    ///
+    /// As [`call_raw`](Self::call_raw).
+    pub async fn call_raw_within(
+        &self,
+        to: NodeId,
+        method: u16,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, PeerError> {
         let max = self.shared.config.max_payload;
         if payload.len() > usize::try_from(max).unwrap_or(usize::MAX) {
             return Err(PeerError::PayloadTooLarge {
@@ -79,10 +97,12 @@ impl PeerClient {
                 max,
             });
         }
-        let after = self.shared.config.call_timeout;
-        tokio::time::timeout(after, self.call_inner(to, method, payload))
+        tokio::time::timeout(timeout, self.call_inner(to, method, payload))
             .await
-            .map_err(|_| PeerError::Timeout { node: to, after })?
+            .map_err(|_| PeerError::Timeout {
+                node: to,
+                after: timeout,
+            })?
     }
 
     /// Calls `method` on node `to` with `request` encoded by
@@ -101,7 +121,29 @@ impl PeerClient {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let response = self.call_raw(to, method, codec::encode(request)?).await?;
+        self.call_within(to, method, request, self.shared.config.call_timeout)
+            .await
+    }
+
+    /// As [`call`](Self::call), bounded by `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call).
+    pub async fn call_within<Req, Resp>(
+        &self,
+        to: NodeId,
+        method: u16,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let response = self
+            .call_raw_within(to, method, codec::encode(request)?, timeout)
+            .await?;
         codec::decode(&response)
     }
 

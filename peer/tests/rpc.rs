@@ -293,6 +293,15 @@ async fn unknown_and_silent_nodes_fail_clearly_and_in_time() {
         .await
         .expect_err("unknown");
     assert!(matches!(e, PeerError::UnknownNode(3)), "{e}");
+    let short = Duration::from_millis(300);
+    let e = client
+        .call_raw_within(2, ECHO, Bytes::new(), short)
+        .await
+        .expect_err("silent");
+    assert!(
+        matches!(e, PeerError::Timeout { node: 2, after } if after == short),
+        "{e}"
+    );
     let e = client
         .call_raw(2, ECHO, Bytes::new())
         .await
@@ -337,4 +346,46 @@ async fn connections_above_the_limit_are_refused_until_one_ends() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the slot of a closed connection was never given back");
+}
+
+#[tokio::test]
+async fn a_snapshot_sized_payload_goes_through_under_the_default_limit() {
+    let ca = Ca::new("cluster CA");
+    let members = Members::of(&[1, 2]);
+    let one = start(
+        node_tls(&ca, &ca.node(1)),
+        members.clone(),
+        PeerConfig::default(),
+    );
+    let two = start(node_tls(&ca, &ca.node(2)), members, PeerConfig::default());
+    let book = Book::default();
+    book.set(2, two.addr);
+    let client = one.endpoint.client(Arc::new(book));
+    let chunk: Vec<u8> = (0..8 * 1024 * 1024u32)
+        .map(|i| u8::try_from(i % 251).expect("below 251"))
+        .collect();
+    let back = client
+        .call_raw_within(2, ECHO, Bytes::from(chunk.clone()), Duration::from_secs(30))
+        .await
+        .expect("an 8 MiB chunk");
+    assert!(back == chunk, "the chunk came back changed");
+    #[derive(Serialize, Deserialize)]
+    struct Chunk {
+        offset: u64,
+        data: Vec<u8>,
+    }
+    let typed: Chunk = client
+        .call_within(
+            2,
+            ECHO,
+            &Chunk {
+                offset: 7,
+                data: chunk[..1024 * 1024].to_vec(),
+            },
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("a typed chunk");
+    assert_eq!(typed.offset, 7);
+    assert!(typed.data[..] == chunk[..1024 * 1024]);
 }
