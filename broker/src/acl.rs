@@ -360,6 +360,23 @@ impl AclSnapshot {
             rules: self.rules_for(principal).cloned().collect(),
         }
     }
+
+    /// The rules that concern `principal` when it comes from a node
+    /// certificate on the client listener: only allow rules that name it
+    /// exactly (and the superuser list, which holds exact names), while
+    /// every deny rule that matches still applies. A node's certificate
+    /// must not pick up client permissions granted to `*` or a prefix.
+    pub fn for_node_principal(&self, principal: &str) -> PrincipalAcl {
+        PrincipalAcl {
+            generation: self.generation,
+            superuser: self.is_superuser(principal),
+            rules: self
+                .rules_for(principal)
+                .filter(|r| r.deny || matches!(r.principal, Pattern::Exact(_)))
+                .cloned()
+                .collect(),
+        }
+    }
 }
 
 /// Applies `one` to each operation in `op` and returns the first denial,
@@ -507,6 +524,20 @@ impl Acl {
             acl: self.clone(),
             principal,
             view,
+            node: false,
+        }
+    }
+
+    /// As [`cache_for`](Self::cache_for), for a connection that presented a
+    /// node certificate (see [`AclSnapshot::for_node_principal`]).
+    pub fn cache_for_node(self: &Arc<Self>, principal: impl Into<String>) -> AclCache {
+        let principal = principal.into();
+        let view = self.snapshot().for_node_principal(&principal);
+        AclCache {
+            acl: self.clone(),
+            principal,
+            view,
+            node: true,
         }
     }
 }
@@ -519,6 +550,8 @@ pub struct AclCache {
     acl: Arc<Acl>,
     principal: String,
     view: PrincipalAcl,
+    /// The connection presented a node certificate.
+    node: bool,
 }
 
 impl AclCache {
@@ -527,10 +560,20 @@ impl AclCache {
         &self.principal
     }
 
+    /// True when the connection presented a node certificate.
+    pub fn is_node(&self) -> bool {
+        self.node
+    }
+
     /// Decides `op` on `topic` with the current rules.
     pub fn check(&mut self, op: Operations, topic: &str, now_ms: i64) -> Decision {
         if self.acl.generation() != self.view.generation {
-            self.view = self.acl.snapshot().for_principal(&self.principal);
+            let snapshot = self.acl.snapshot();
+            self.view = if self.node {
+                snapshot.for_node_principal(&self.principal)
+            } else {
+                snapshot.for_principal(&self.principal)
+            };
         }
         self.view.check(op, topic, now_ms)
     }
@@ -658,5 +701,72 @@ mod tests {
     fn invalid_superuser_is_refused() {
         assert!(Acl::new(["admin*".to_string()], vec![]).is_err());
         assert!(Acl::new([String::new()], vec![]).is_err());
+    }
+
+    #[test]
+    fn a_node_principal_gets_only_rules_that_name_it() {
+        const NODE: &str = "spiffe://td/strongbox/node/3";
+        let acl = Arc::new(
+            Acl::new(
+                ["spiffe://td/strongbox/node/9".to_string()],
+                vec![
+                    rule("*", "all.*", Operations::PUBLISH, AclEffect::Allow),
+                    rule(
+                        "spiffe://td/*",
+                        "td.*",
+                        Operations::PUBLISH,
+                        AclEffect::Allow,
+                    ),
+                    rule(NODE, "named.*", Operations::PUBLISH, AclEffect::Allow),
+                    rule(
+                        "spiffe://td/*",
+                        "named.secret",
+                        Operations::PUBLISH,
+                        AclEffect::Deny,
+                    ),
+                ],
+            )
+            .expect("rules compile"),
+        );
+        let mut client = acl.cache_for(NODE);
+        let mut node = acl.cache_for_node(NODE);
+        assert!(!client.is_node() && node.is_node());
+        for topic in ["all.x", "td.x", "named.x"] {
+            assert!(
+                client.check(Operations::PUBLISH, topic, 0).allowed,
+                "{topic}"
+            );
+        }
+        assert!(
+            !node.check(Operations::PUBLISH, "all.x", 0).allowed,
+            "`*` grants a node nothing"
+        );
+        assert!(
+            !node.check(Operations::PUBLISH, "td.x", 0).allowed,
+            "nor does a prefix"
+        );
+        assert!(
+            node.check(Operations::PUBLISH, "named.x", 0).allowed,
+            "an exact rule does"
+        );
+        let d = node.check(Operations::PUBLISH, "named.secret", 0);
+        assert_eq!(
+            d.reason,
+            DecisionReason::DeniedByRule,
+            "a patterned deny still applies"
+        );
+        // A superuser entry names its principal exactly.
+        let mut root = acl.cache_for_node("spiffe://td/strongbox/node/9");
+        assert!(root.check(Operations::PUBLISH, "any.topic", 0).allowed);
+        // The view stays node-only across a rule change.
+        acl.replace_rules(vec![rule(
+            "*",
+            "later.*",
+            Operations::PUBLISH,
+            AclEffect::Allow,
+        )])
+        .expect("replace");
+        assert!(!node.check(Operations::PUBLISH, "later.x", 0).allowed);
+        assert!(client.check(Operations::PUBLISH, "later.x", 0).allowed);
     }
 }

@@ -7,6 +7,10 @@
 //! `[identity]` may rewrite it, for example to shorten
 //! `spiffe://corp/ns/payments/sa/api` into `payments/api`.
 //!
+//! A certificate that claims a cluster node's identity is marked as such
+//! ([`is_node_certificate`]): it maps to a principal like any other, but
+//! only ACL rules naming that principal exactly grant it anything.
+//!
 //! webpki does not check client names at all, so everything that decides
 //! *which* name counts is here, and the certificate bytes are treated as
 //! untrusted input: parsing never panics, and a name with control characters
@@ -181,6 +185,15 @@ pub fn extract_identity(der: &[u8]) -> Result<CertIdentity, IdentityError> {
         }),
         None => Err(IdentityError::NoIdentity),
     }
+}
+
+/// True when a certificate claims the identity of a cluster node (a URI SAN
+/// `spiffe://<trust domain>/strongbox/node/<id>`, valid or not). On the
+/// client listener such a certificate is authorized only by ACL rules that
+/// name its principal exactly (see `services::authz`); the rules of node
+/// identity are the `strongbox-peer` crate's, shared with the peer listener.
+pub fn is_node_certificate(der: &[u8]) -> bool {
+    strongbox_peer::claims_node_identity(der)
 }
 
 /// The leaf certificate out of quinn's `Connection::peer_identity()`, which

@@ -20,8 +20,13 @@ pub struct Authorizer {
 impl Authorizer {
     /// An authorizer for the connection's principal.
     pub fn new(ctx: &ConnCtx) -> Self {
+        let cache = if ctx.node_certificate {
+            ctx.acl().cache_for_node(ctx.principal.clone())
+        } else {
+            ctx.acl().cache_for(ctx.principal.clone())
+        };
         Self {
-            cache: ctx.acl().cache_for(ctx.principal.clone()),
+            cache,
             ctx: ctx.clone(),
         }
     }
@@ -48,11 +53,18 @@ impl Authorizer {
         match decision.denial(self.cache.principal(), op, topic) {
             None => Ok(()),
             Some(denial) => {
-                let reason = match decision.reason {
-                    DecisionReason::DeniedByRule => "denied_by_rule",
-                    _ => "no_matching_rule",
+                let (reason, message) = match decision.reason {
+                    DecisionReason::DeniedByRule => ("denied_by_rule", denial.to_string()),
+                    _ if self.cache.is_node() => (
+                        "node_certificate",
+                        format!(
+                            "{denial} (a node certificate: only ACL rules naming {} exactly apply to it)",
+                            self.cache.principal()
+                        ),
+                    ),
+                    _ => ("no_matching_rule", denial.to_string()),
                 };
-                Err(self.deny(op, topic, reason, denial.to_string()))
+                Err(self.deny(op, topic, reason, message))
             }
         }
     }
@@ -96,12 +108,22 @@ impl Authorizer {
             return Ok(());
         }
         let principal = self.cache.principal().to_owned();
+        let (reason, note) = if self.cache.is_node() {
+            (
+                "node_certificate",
+                format!(
+                    " (a node certificate: only ACL rules naming {principal} exactly apply to it)"
+                ),
+            )
+        } else {
+            ("no_publish_anywhere", String::new())
+        };
         Err(self.deny(
             Operations::PUBLISH,
             "*",
-            "no_publish_anywhere",
+            reason,
             format!(
-                "not authorized: {principal} may not publish to any topic, so it may not hold a producer id"
+                "not authorized: {principal} may not publish to any topic, so it may not hold a producer id{note}"
             ),
         ))
     }

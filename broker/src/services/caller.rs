@@ -16,6 +16,10 @@ pub struct ConnCtx {
     pub state: Arc<BrokerState>,
     /// The client's principal.
     pub principal: String,
+    /// The client presented a node certificate (a
+    /// `spiffe://…/strongbox/node/<id>` URI SAN): only ACL rules naming
+    /// its principal exactly grant it anything.
+    pub node_certificate: bool,
     /// The largest frame the client accepts.
     pub peer_max_frame_size: u32,
     /// Turns true on shutdown.

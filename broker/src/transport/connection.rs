@@ -38,6 +38,7 @@ pub async fn serve(state: Arc<BrokerState>, accepted: AcceptedConnection) {
         principal,
         remote,
         shutdown,
+        node_certificate,
         // In the endpoint's span already.
         key_exchange_group: _,
     } = accepted;
@@ -46,13 +47,21 @@ pub async fn serve(state: Arc<BrokerState>, accepted: AcceptedConnection) {
     // every line. `strongbox_connections_active` is counted by the endpoint
     // too, for the connection's whole life (aborted handlers included).
     let _ = remote;
-    serve_inner(state, connection, principal.into_string(), shutdown).await;
+    serve_inner(
+        state,
+        connection,
+        principal.into_string(),
+        node_certificate,
+        shutdown,
+    )
+    .await;
 }
 
 async fn serve_inner(
     state: Arc<BrokerState>,
     connection: quinn::Connection,
     principal: String,
+    node_certificate: bool,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let listener = &state.config.listener;
@@ -123,6 +132,7 @@ async fn serve_inner(
     let ctx = ConnCtx {
         state: state.clone(),
         principal,
+        node_certificate,
         peer_max_frame_size: peer_max,
         shutdown: shutdown.clone(),
     };

@@ -51,7 +51,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::config::ListenerConfig;
-use crate::identity::{IdentityMapper, Principal, leaf_certificate};
+use crate::identity::{IdentityMapper, Principal, is_node_certificate, leaf_certificate};
 use crate::metrics::BrokerMetrics;
 use crate::tls::key_exchange::no_common_group_reason;
 pub use crate::tls::reset::EndpointSecret;
@@ -324,6 +324,10 @@ pub struct AcceptedConnection {
     pub remote: SocketAddr,
     /// The key exchange group of the TLS handshake (`X25519MLKEM768`, ...).
     pub key_exchange_group: String,
+    /// The certificate claims a node identity (see
+    /// [`strongbox_peer::claims_node_identity`]): client operations need
+    /// ACL rules that name its principal exactly.
+    pub node_certificate: bool,
     /// Turns true when the broker is shutting down: finish in-flight work,
     /// answer it, and return.
     pub shutdown: watch::Receiver<bool>,
@@ -579,14 +583,17 @@ async fn establish(
         );
         return None;
     }
-    let principal = leaf_certificate(connection.peer_identity())
-        .and_then(|leaf| settings.identity.principal_of(&leaf));
+    let principal = leaf_certificate(connection.peer_identity()).and_then(|leaf| {
+        let node_certificate = is_node_certificate(&leaf);
+        Ok((settings.identity.principal_of(&leaf)?, node_certificate))
+    });
     match principal {
-        Ok(principal) => Some(AcceptedConnection {
+        Ok((principal, node_certificate)) => Some(AcceptedConnection {
             connection,
             principal,
             remote,
             key_exchange_group: group,
+            node_certificate,
             shutdown,
         }),
         Err(e) => {

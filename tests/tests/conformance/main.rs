@@ -19,6 +19,10 @@
 //! the test's process with its logs on the fault-injecting I/O backend,
 //! and speak to it over QUIC like the others.
 //!
+//! Labels beginning with `L` are rules of the peer protocol between cluster
+//! nodes; their tests run real peer endpoints of the `strongbox-peer` crate
+//! over QUIC on 127.0.0.1, in `peer/tests/`.
+//!
 //! Labels ending in `c` are obligations of the client, which no broker test
 //! can check; the checklist names the tests of the reference client that do.
 //!
@@ -173,6 +177,16 @@
 //! | I11 | Idempotent producers: the last `max_in_flight` batches are remembered | `idempotence::i11_the_last_max_in_flight_batches_are_remembered` |
 //! | K1c | Error codes: receivers keep unknown codes | `client/src/error.rs::unknown_codes_keep_the_number` |
 //! | N1 | Versioning: unknown feature bits | `versioning::n1_unknown_feature_bits_are_ignored` |
+//! | L1 | Peer protocol: a certificate of another CA is refused | `peer/tests/mtls.rs::a_certificate_from_a_foreign_ca_is_refused` |
+//! | L2 | Peer protocol: an expired certificate is refused | `peer/tests/mtls.rs::an_expired_node_certificate_is_refused` |
+//! | L3 | Peer protocol: a certificate that names no node is refused | `peer/tests/mtls.rs::a_client_certificate_is_refused_on_the_peer_port` |
+//! | L4 | Peer protocol: a node of another trust domain is refused | `peer/tests/mtls.rs::a_node_certificate_of_another_trust_domain_is_refused` |
+//! | L5 | Peer protocol: a node that is not a member is refused | `peer/tests/mtls.rs::a_node_that_is_not_a_member_is_refused_at_the_handshake` |
+//! | L6 | Peer protocol: the dialer checks the node id it dialed | `peer/tests/mtls.rs::dialing_a_node_that_answers_with_another_id_fails` |
+//! | L7 | Peer protocol: a length above the maximum is `payload_too_large` | `peer/tests/rpc.rs::oversized_frames_are_refused_from_the_header` |
+//! | L8 | Peer protocol: a malformed frame ends only its stream | `peer/tests/rpc.rs::malformed_frames_close_only_their_stream` |
+//! | L9 | Peer protocol: a claimed sender other than the certificate's node | `peer/tests/mtls.rs::a_request_claiming_another_node_id_is_refused_and_closes_the_connection` |
+//! | L10 | Peer protocol: membership checked on every request | `peer/tests/mtls.rs::a_node_removed_while_connected_is_refused_at_its_next_request` |
 
 mod admin;
 mod batch;
