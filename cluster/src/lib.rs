@@ -63,14 +63,17 @@ pub use openraft;
 
 mod apply;
 pub mod command;
+mod directory;
 mod local;
 pub mod log_store;
+pub mod net;
 mod node;
 pub mod snapshot_format;
 pub mod state_machine;
 pub mod types;
 
 pub use command::{MetaCommand, MetaResponse, ProducerOutcome, Refusal};
+pub use directory::Directory;
 pub use local::apply_local;
 pub use log_store::MetaLogStore;
 pub use node::{

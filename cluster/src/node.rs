@@ -468,6 +468,18 @@ impl MetaRaft {
         Some((id, info))
     }
 
+    /// Every member (voters and learners, both sides of a membership
+    /// change) with its addresses, as this node knows them; empty on a node
+    /// that has not joined a group yet.
+    pub fn members(&self) -> BTreeMap<NodeId, NodeInfo> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, info)| (*id, info.clone()))
+            .collect()
+    }
+
     /// The group as this node sees it (from openraft's metrics; lag and
     /// last contact are known on the leader only).
     pub fn status(&self) -> ClusterStatus {
