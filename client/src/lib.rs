@@ -156,7 +156,7 @@ mod tls;
 mod transform;
 mod wire;
 
-pub use admin::{Admin, AuditHead, KeyChange, KeyStatus, ProducerIdentity, WhoAmI};
+pub use admin::{Admin, AuditHead, KeyChange, KeyStatus, LEADER_HOPS, ProducerIdentity, WhoAmI};
 pub use config::{ClientConfig, PemSource, ReconnectPolicy};
 pub use connection::{BrokerLimits, Client};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, Subscription, Target};
