@@ -170,10 +170,9 @@ async fn futures_select_all<F: Future + Unpin>(mut futs: Vec<F>) -> F::Output {
 /// [`STOP_GRACE`].
 async fn stop_all(running: &mut [Running]) {
     for r in running.iter() {
-        if let Some(pid) = r.child.as_ref().and_then(Child::id) {
-            if let Ok(pid) = i32::try_from(pid) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            }
+        let pid = r.child.as_ref().and_then(Child::id);
+        if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
     }
     for r in running.iter_mut() {

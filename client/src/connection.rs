@@ -392,7 +392,7 @@ impl Client {
                     started.elapsed()
                 )));
             }
-            if attempt_no % brokers.len().max(1) != 0 {
+            if !attempt_no.is_multiple_of(brokers.len().max(1)) {
                 tracing::warn!(broker = %broker, error = %error, "reconnect failed; trying the next broker");
                 continue;
             }

@@ -38,7 +38,7 @@ pub(super) fn check_cluster(config: &BrokerConfig, r: &mut Report) {
         ),
     );
     let n = c.initial_members.len();
-    if n > 0 && n % 2 == 0 {
+    if n > 0 && n.is_multiple_of(2) {
         r.push(
             Level::Warning,
             "cluster",

@@ -298,13 +298,20 @@ fn node_toml(node: &DevNode, nodes: &[DevNode]) -> Result<String, DevError> {
         path: node.config.clone(),
         message: format!("{e}"),
     })?;
-    doc["broker"]["id"] = toml_edit::value(format!("strongbox-dev-node-{}", node.id));
-    doc["tls"]["cert"] = toml_edit::value("tls/node.pem");
-    doc["tls"]["key"] = toml_edit::value("tls/node.key");
-    doc["tls"]["client_ca"] = toml_edit::value("../ca/ca.pem");
+    let path = &node.config;
+    set(
+        &mut doc,
+        path,
+        "broker",
+        "id",
+        format!("strongbox-dev-node-{}", node.id),
+    )?;
+    set(&mut doc, path, "tls", "cert", "tls/node.pem")?;
+    set(&mut doc, path, "tls", "key", "tls/node.key")?;
+    set(&mut doc, path, "tls", "client_ca", "../ca/ca.pem")?;
     let mut crls = toml_edit::Array::new();
     crls.push("../ca/crl.pem");
-    doc["tls"]["crls"] = toml_edit::value(crls);
+    set(&mut doc, path, "tls", "crls", crls)?;
     let mut text = doc.to_string();
     let _ = write!(
         text,
@@ -340,8 +347,14 @@ fn set_node_addresses(node: &DevNode, nodes: &[DevNode]) -> Result<(), DevError>
         path: path.clone(),
         message: format!("`{what}` is missing or not a table"),
     };
-    doc["listener"]["addr"] = toml_edit::value(node.listen.to_string());
-    doc["metrics"]["listen"] = toml_edit::value(node.metrics.to_string());
+    set(&mut doc, path, "listener", "addr", node.listen.to_string())?;
+    set(
+        &mut doc,
+        path,
+        "metrics",
+        "listen",
+        node.metrics.to_string(),
+    )?;
     let cluster = doc
         .get_mut("cluster")
         .and_then(|c| c.as_table_like_mut())
@@ -359,6 +372,27 @@ fn set_node_addresses(node: &DevNode, nodes: &[DevNode]) -> Result<(), DevError>
         }
     }
     write_toml(path, &text, &doc)
+}
+
+/// Sets `section.key` in `doc` (the section made when missing), or says
+/// that `section` is not a table, which an edit by hand may have done.
+fn set(
+    doc: &mut toml_edit::DocumentMut,
+    path: &Path,
+    section: &str,
+    key: &str,
+    value: impl Into<toml_edit::Value>,
+) -> Result<(), DevError> {
+    let table = doc
+        .entry(section)
+        .or_insert_with(toml_edit::table)
+        .as_table_like_mut()
+        .ok_or_else(|| DevError::Config {
+            path: path.to_path_buf(),
+            message: format!("`{section}` is not a table"),
+        })?;
+    table.insert(key, toml_edit::value(value));
+    Ok(())
 }
 
 fn set_profile_brokers(path: &Path, brokers: &[String]) -> Result<(), DevError> {

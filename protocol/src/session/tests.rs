@@ -800,7 +800,7 @@ fn welcome_features_are_the_known_bits_both_sides_set() {
         (0, 0),
         (crate::features::LEADER_HINTS, crate::features::LEADER_HINTS),
         (u64::MAX, crate::features::SUPPORTED),
-        (u64::MAX & !crate::features::LEADER_HINTS, 0),
+        (!crate::features::LEADER_HINTS, 0),
     ] {
         let mut broker = BrokerControl::new(broker_config(), "p", now);
         broker
