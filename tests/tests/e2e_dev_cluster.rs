@@ -160,6 +160,41 @@ fn dev_cluster_runs_three_nodes_that_stay_down_when_killed() -> Result<()> {
     let admin = std::fs::read_to_string(dir.join("profiles/admin.toml"))?;
     ensure!(admin.contains(&format!("127.0.0.1:{}", p + 2)), "{admin}");
 
+    // A topic on node 1: each partition led by node 1, its only replica.
+    let node1 = profile_for(&dir, p)?;
+    let out = cli(
+        &node1,
+        &["topic", "create", "demo.placed", "--partitions", "2"],
+    )?;
+    ensure!(out.status.success(), "{out:?}");
+    let out = cli(&node1, &["--json", "topic", "describe", "demo.placed"])?;
+    ensure!(out.status.success(), "{out:?}");
+    let topic: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let parts = topic["partition_state"].as_array().context("partitions")?;
+    ensure!(parts.len() == 2, "{topic}");
+    for part in parts {
+        ensure!(part["leader"] == 1, "{topic}");
+        ensure!(part["replicas"] == serde_json::json!([1]), "{topic}");
+    }
+    // Membership changes are refused, saying why.
+    let out = cli(
+        &node1,
+        &["cluster", "add-node", "4", "127.0.0.1:1", "127.0.0.1:2"],
+    )?;
+    ensure!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(err.contains("runs it as a single node"), "{err}");
+    // `config check` reports the node's [cluster] section.
+    let check = Command::new(binary("strongbox-broker"))
+        .args(["config", "check"])
+        .arg(dir.join("node-2/broker.toml"))
+        .output()?;
+    let text = String::from_utf8_lossy(&check.stdout);
+    ensure!(
+        text.contains("cluster: node 2 (spiffe://strongbox.dev/strongbox/node/2)"),
+        "{text}"
+    );
+
     // SIGKILL node 2: it stays down, the others serve.
     kill(Pid::from_raw(pids[1]), Signal::SIGKILL)?;
     wait_until("node 2 to be gone", || !alive(pids[1]))?;

@@ -63,3 +63,56 @@ pub(super) fn plan_line(config: &BrokerConfig) -> String {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(cluster: &str) -> BrokerConfig {
+        let text = format!(
+            "[tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n\
+             [listener]\naddr = \"127.0.0.1:7443\"\n{cluster}"
+        );
+        BrokerConfig::from_toml_str(&text, std::path::Path::new("/")).expect("parses")
+    }
+
+    #[test]
+    fn the_report_names_the_node_its_addresses_and_members() {
+        let mut r = Report::default();
+        check_cluster(&config(""), &mut r);
+        assert_eq!(r.items.len(), 1);
+        assert!(r.items[0].message.contains("a cluster of one, node id 1"));
+
+        let two = "[cluster]\nnode_id = 2\npeer_listen = \"127.0.0.1:7543\"\n\
+                   trust_domain = \"t\"\n\
+                   initial_members = [{ id = 1, peer = \"h1:7543\", client = \"h1:7443\" }, \
+                   { id = 2, peer = \"127.0.0.1:7543\", client = \"127.0.0.1:7443\" }]\n";
+        let mut r = Report::default();
+        let c = config(two);
+        check_cluster(&c, &mut r);
+        let ok = &r.items[0];
+        assert_eq!(ok.level, Level::Ok);
+        for needle in [
+            "node 2 (spiffe://t/strongbox/node/2)",
+            "peer address 127.0.0.1:7543",
+            "client address 127.0.0.1:7443",
+            "1 (peer h1:7543, client h1:7443)",
+        ] {
+            assert!(ok.message.contains(needle), "{needle}: {}", ok.message);
+        }
+        assert_eq!(
+            r.items[1].level,
+            Level::Warning,
+            "two voters: {:?}",
+            r.items
+        );
+        assert!(plan_line(&c).contains("does not yet open the peer listener"));
+
+        let seeds = "[cluster]\nnode_id = 4\npeer_listen = \"127.0.0.1:7543\"\n\
+                     trust_domain = \"t\"\nseeds = [\"h1:7543\"]\n";
+        let mut r = Report::default();
+        check_cluster(&config(seeds), &mut r);
+        assert_eq!(r.items.len(), 1);
+        assert!(r.items[0].message.contains("joins through seeds h1:7543"));
+    }
+}
