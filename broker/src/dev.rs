@@ -40,6 +40,9 @@
 //! key_exchange = "prefer-hybrid" # optional: TLS key exchange groups to offer
 //! ```
 //!
+//! A profile of `dev --cluster N` has `brokers = ["127.0.0.1:7443", ...]`
+//! (every node's client address) instead of `broker`; see [`cluster`].
+//!
 //! Relative paths resolve against the profile file's directory. Unknown
 //! fields are errors. docs/PROFILES.md holds the same description for client
 //! implementers.
