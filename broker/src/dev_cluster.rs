@@ -39,8 +39,8 @@ pub(crate) async fn run(
     mut int: SignalStream,
 ) -> anyhow::Result<()> {
     strongbox_broker::logging::init_cli("info");
-    let nodes = dev::plan_nodes(dir, count, listen, metrics)
-        .with_context(|| format!("development cluster {}", dir.display()))?;
+    // The error names the directory already.
+    let nodes = dev::plan_nodes(dir, count, listen, metrics)?;
     let cluster = dev::ensure_cluster_dir(dir, &nodes)
         .with_context(|| format!("development cluster {}", dir.display()))?;
     let exe = std::env::current_exe().context("finding this program's path")?;
