@@ -31,6 +31,7 @@
 //! ```
 
 mod acl_seed;
+pub mod cluster;
 mod identity_rules;
 pub mod log_filter;
 mod secrets;
@@ -38,6 +39,7 @@ mod validate;
 mod values;
 
 pub use acl_seed::seed_rules;
+pub use cluster::{ClusterConfig, MemberConfig, SINGLE_NODE_ID};
 pub(crate) use validate::PRODUCE_FRAME_HEADROOM;
 
 use std::net::SocketAddr;
@@ -141,6 +143,10 @@ pub struct BrokerConfig {
     /// `[checkpoints]`: signed checkpoints of the broker's state.
     #[serde(default)]
     pub checkpoints: CheckpointsConfig,
+    /// `[cluster]`: this node's place in a cluster; absent for a cluster of
+    /// one.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
     /// The file this config was loaded from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -605,6 +611,11 @@ impl BrokerConfig {
                 resolve(pin);
             }
         }
+    }
+
+    /// This node's id: `cluster.node_id`, or 1 without `[cluster]`.
+    pub fn node_id(&self) -> u64 {
+        self.cluster.as_ref().map_or(SINGLE_NODE_ID, |c| c.node_id)
     }
 
     /// Checks values, their relations, and that the files named exist.

@@ -13,6 +13,8 @@
 //! broker would do. Exit status 0 without errors (warnings allowed), 1
 //! with any.
 
+mod cluster;
+
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -147,6 +149,7 @@ pub fn check(path: &Path) -> Report {
     check_keys(&config, &mut r);
     check_addresses(&config, &mut r);
     check_log(&config, &mut r);
+    cluster::check_cluster(&config, &mut r);
     r.plan = plan(&config);
     r
 }
@@ -609,6 +612,7 @@ fn plan(config: &BrokerConfig) -> Vec<String> {
             None => "forever".into(),
         }
     ));
+    p.push(cluster::plan_line(config));
     p.push(format!(
         "log to stderr as {}",
         format_name(config.log.format)

@@ -40,6 +40,9 @@
 //! key_exchange = "prefer-hybrid" # optional: TLS key exchange groups to offer
 //! ```
 //!
+//! A profile of `dev --cluster N` has `brokers = ["127.0.0.1:7443", ...]`
+//! (every node's client address) instead of `broker`; see [`cluster`].
+//!
 //! Relative paths resolve against the profile file's directory. Unknown
 //! fields are errors. docs/PROFILES.md holds the same description for client
 //! implementers.
@@ -54,8 +57,10 @@ use strongbox_storage::io::{FileIo, durable};
 
 use crate::pki::{CertSpec, PkiError, TestCa, write_file};
 
+pub mod cluster;
 mod revoke;
 
+pub use cluster::{DevCluster, DevNode, PEER_PORT_OFFSET, ensure_cluster_dir, plan_nodes};
 pub use revoke::{Revocation, revoke};
 
 /// Where `dev` puts its directory unless told otherwise.
@@ -335,6 +340,18 @@ impl DevLayout {
     }
 }
 
+/// Writes `doc` over `path` (through a temporary file and a durable
+/// rename) when it differs from `old`, the text it was parsed from.
+fn write_toml(path: &Path, old: &str, doc: &toml_edit::DocumentMut) -> Result<(), DevError> {
+    let new = doc.to_string();
+    if new == old {
+        return Ok(());
+    }
+    let tmp = path.with_extension("toml.tmp");
+    write_file(&tmp, new.as_bytes(), false)?;
+    durable::rename(&FileIo, &tmp, path).map_err(|e| io_err(path)(e.into()))
+}
+
 /// Maps an unspecified bind address to the loopback address clients use.
 fn connectable(bound: SocketAddr) -> SocketAddr {
     match bound.ip() {
@@ -560,8 +577,13 @@ fn broker_toml(listen: SocketAddr) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
-    /// The broker, `host:port`.
+    /// The broker, `host:port` (empty in a cluster profile, which has
+    /// `brokers`).
+    #[serde(default)]
     pub broker: String,
+    /// Every node's client address, in a development cluster's profiles.
+    #[serde(default)]
+    pub brokers: Vec<String>,
     /// Name checked against the broker certificate; the host part of
     /// `broker` when absent.
     #[serde(default)]

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! strongbox-broker serve --config /etc/strongbox/broker.toml
-//! strongbox-broker dev [--data-dir ./strongbox-dev] [--listen 127.0.0.1:7443]
+//! strongbox-broker dev [--data-dir ./strongbox-dev] [--listen 127.0.0.1:7443] [--cluster N]
 //! strongbox-broker verify --data-dir DIR [--config FILE] [--json]
 //! strongbox-broker inspect --data-dir DIR --topic T [--partition N] [--from OFFSET] [--count N] [--json]
 //! strongbox-broker pki revoke [--data-dir DIR] NAME|CERT.pem
@@ -24,6 +24,8 @@ use strongbox_broker::notify::Notifier;
 use strongbox_broker::server::{self, RunningBroker};
 use strongbox_broker::transport;
 use strongbox_protocol::model::{Durability, TopicConfig};
+
+mod dev_cluster;
 
 /// The Strongbox broker: encrypted pub/sub over QUIC with mutual TLS.
 #[derive(Debug, Parser)]
@@ -84,6 +86,26 @@ enum Command {
         /// 9644 on the listen IP, or a free port when --listen uses port 0.
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<SocketAddr>,
+        /// Run N nodes instead of one (1 to 9; 1 is the single broker
+        /// above).
+        ///
+        /// The first run creates DIR/node-1..N (each a broker.toml with a
+        /// [cluster] section listing every node, a node certificate, a key
+        /// store and data), one development CA and profiles in
+        /// DIR/profiles/ listing every node's client address. Each run
+        /// writes the current ports into those files, then starts every
+        /// node as a child process `strongbox-broker serve --config
+        /// DIR/node-I/broker.toml`, its PID in DIR/node-I/broker.pid and
+        /// its output in DIR/node-I/broker.log. Node I listens on port
+        /// P+I-1 of --listen HOST:P (metrics: M+I-1 of --metrics-listen,
+        /// peer: P+100+I-1). SIGTERM or SIGINT stops every node still
+        /// running and exits; a node that dies is not restarted (its serve
+        /// command is printed, to start it again by hand). In this
+        /// version the nodes check their [cluster] section but serve
+        /// independently: no peer listener, no replication.
+        #[arg(long, value_name = "N", default_value_t = 1,
+              value_parser = clap::value_parser!(u16).range(1..=9))]
+        cluster: u16,
     },
     /// The development CA: revoke a certificate it issued.
     #[command(subcommand)]
@@ -353,6 +375,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             listen,
             metrics_listen,
+            cluster,
+        } if cluster > 1 => {
+            let metrics = metrics_listen.unwrap_or_else(|| dev::default_metrics_listen(listen));
+            dev_cluster::run(
+                &data_dir,
+                cluster,
+                listen,
+                metrics,
+                signals.term,
+                signals.int,
+            )
+            .await
+        }
+        Command::Dev {
+            data_dir,
+            listen,
+            metrics_listen,
+            cluster: _,
         } => run_dev(&data_dir, listen, metrics_listen, signals).await,
         // Handled in `main`, before a runtime starts.
         Command::Verify(_)

@@ -65,6 +65,9 @@ pub enum Usage {
     Client,
     /// TLS server authentication.
     Server,
+    /// A cluster node: server and client authentication (it serves
+    /// clients and peers, and connects to peers).
+    Node,
 }
 
 /// What to put in a leaf certificate.
@@ -138,6 +141,20 @@ impl CertSpec {
             common_name: names.first().map(|s| s.to_string()),
             usage: Usage::Server,
             ..Self::client()
+        }
+    }
+
+    /// A node certificate: the node URI
+    /// `spiffe://<trust_domain>/strongbox/node/<id>` first, then the DNS
+    /// names and IP addresses clients verify (`localhost`, `127.0.0.1`);
+    /// usable as server and as client certificate.
+    pub fn node(trust_domain: &str, id: u64, names: &[&str]) -> Self {
+        let server = Self::server(names);
+        Self {
+            uris: vec![crate::config::cluster::node_uri(trust_domain, id)],
+            common_name: Some(format!("strongbox node {id}")),
+            usage: Usage::Node,
+            ..server
         }
     }
 
@@ -338,10 +355,14 @@ impl TestCa {
             .extend(spec.ips.iter().copied().map(SanType::IpAddress));
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![match spec.usage {
-            Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
-            Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
-        }];
+        params.extended_key_usages = match spec.usage {
+            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Usage::Node => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        };
         params.use_authority_key_identifier_extension = true;
         params.not_before = spec.not_before.into();
         params.not_after = spec.not_after.into();
@@ -533,6 +554,69 @@ mod tests {
 
         assert!(TestCa::load("not pem", ca.key_pem()).is_err());
         assert!(TestCa::load(&ca.cert_pem(), "not pem").is_err());
+    }
+
+    #[test]
+    fn node_certificates_carry_the_node_uri_and_serve_both_ways() {
+        use rustls::server::WebPkiClientVerifier;
+        use x509_parser::prelude::*;
+
+        let ca = TestCa::new("t").unwrap();
+        let node = ca
+            .issue(&CertSpec::node(
+                "strongbox.dev",
+                3,
+                &["localhost", "127.0.0.1"],
+            ))
+            .unwrap();
+        let (_, cert) = X509Certificate::from_der(&node.cert_der).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        let names: Vec<String> = san
+            .value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                GeneralName::URI(u) => format!("uri:{u}"),
+                GeneralName::DNSName(d) => format!("dns:{d}"),
+                GeneralName::IPAddress(ip) => format!("ip:{ip:?}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "uri:spiffe://strongbox.dev/strongbox/node/3",
+                "dns:localhost",
+                "ip:[127, 0, 0, 1]"
+            ]
+        );
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth, "{eku:?}");
+        // Its identity, as the client listener would map it, is the node URI.
+        assert_eq!(
+            extract_identity(&node.cert_der).unwrap().name,
+            "spiffe://strongbox.dev/strongbox/node/3"
+        );
+
+        // Accepted as a client certificate and as a server certificate.
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der()).unwrap();
+        let roots = Arc::new(roots);
+        let now = rustls::pki_types::UnixTime::now();
+        WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .unwrap()
+            .verify_client_cert(&node.cert_der, &[], now)
+            .unwrap();
+        use rustls::client::danger::ServerCertVerifier;
+        let server = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+            .build()
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        server
+            .verify_server_cert(&node.cert_der, &[], &name, &[], now)
+            .unwrap();
     }
 
     #[test]

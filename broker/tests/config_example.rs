@@ -90,6 +90,31 @@ fn the_defaults_shown_are_the_real_defaults() {
     assert_eq!(dbg(&a), dbg(&b));
     assert_eq!(shipped.identity.require_match, all.identity.require_match);
     assert_eq!(shipped.acl.superusers, all.acl.superusers);
+    // [cluster] is absent as shipped (a cluster of one); its timeouts shown
+    // are the defaults a section without them gets.
+    assert!(shipped.cluster.is_none());
+    let c = all.cluster.as_ref().expect("the example shows [cluster]");
+    let defaults = BrokerConfig::from_toml_str(
+        "[tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n[cluster]\nnode_id = 1\n\
+         peer_listen = \"127.0.0.1:2\"\ntrust_domain = \"t\"\n",
+        dir.path(),
+    )
+    .unwrap();
+    let d = defaults.cluster.as_ref().unwrap();
+    assert_eq!(
+        (
+            c.heartbeat_interval,
+            c.election_timeout_min,
+            c.election_timeout_max,
+            c.rpc_timeout
+        ),
+        (
+            d.heartbeat_interval,
+            d.election_timeout_min,
+            d.election_timeout_max,
+            d.rpc_timeout
+        )
+    );
     // retention_bytes has no default; the example shows a sample value.
     let (mut a, b) = (shipped.topics.clone(), all.topics.clone());
     a.retention_bytes = b.retention_bytes;
@@ -158,6 +183,22 @@ fn every_setting_is_documented() {
             ],
         ),
         ("[metrics]", &["enabled", "listen"]),
+        (
+            "[cluster]",
+            &[
+                "node_id",
+                "peer_listen",
+                "peer_advertise",
+                "client_advertise",
+                "trust_domain",
+                "initial_members",
+                "seeds",
+                "heartbeat_interval",
+                "election_timeout_min",
+                "election_timeout_max",
+                "rpc_timeout",
+            ],
+        ),
         (
             "[topics]",
             &[

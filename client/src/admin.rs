@@ -3,10 +3,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use strongbox_protocol::ErrorCode;
 use strongbox_protocol::frames::admin::{AdminRequest, AdminResponse};
+use strongbox_protocol::frames::control::ErrorFrame;
 use strongbox_protocol::model::{
-    AccessRequestInfo, AclRule, KeyVersionInfo, Operations, RecipientEntry, RewrapProgress,
-    TopicConfig, TopicInfo,
+    AccessRequestInfo, AclRule, ClusterMetadata, ClusterStatusInfo, KeyVersionInfo, Operations,
+    RecipientEntry, RewrapProgress, TopicConfig, TopicInfo,
 };
 use strongbox_protocol::session::admin::AdminCall;
 
@@ -131,15 +133,42 @@ impl Admin {
     /// example `NotAuthorized`), connection errors, or
     /// [`ClientError::Timeout`] after
     /// [`ClientConfig::request_timeout`](crate::ClientConfig::request_timeout).
+    ///
+    /// A `not_leader` refusal that names the leader is followed: the client
+    /// moves its connection to the leader's client address and sends the
+    /// request again, at most [`LEADER_HOPS`] times (a refused request was
+    /// not applied, so sending it again is safe). Without a hint, or after
+    /// that many hops, the `not_leader` error is returned (retriable).
     pub async fn request(&self, request: AdminRequest) -> Result<AdminResponse, ClientError> {
         let read_only = is_read_only(&request);
-        let session = self.client.session().await?;
-        match self.call_on(&session, request.clone()).await {
-            Err(e) if read_only && e.is_retriable() && !session.is_alive() => {
-                let session = self.client.reconnect(session.generation).await?;
-                self.call_on(&session, request).await
+        let mut session = self.client.session().await?;
+        let mut hops = 0;
+        loop {
+            let answer = match self.call_on(&session, request.clone()).await {
+                Err(Refusal::Other(e)) if read_only && e.is_retriable() && !session.is_alive() => {
+                    session = self.client.reconnect(session.generation).await?;
+                    self.call_on(&session, request.clone()).await
+                }
+                other => other,
+            };
+            match answer {
+                Ok(response) => return Ok(response),
+                Err(Refusal::Other(e)) => return Err(e),
+                Err(Refusal::NotLeader(error)) => {
+                    let leader = error.leader_hint.as_ref().and_then(|h| h.leader.as_ref());
+                    let Some(leader) = leader.filter(|_| hops < LEADER_HOPS) else {
+                        return Err(ClientError::from_error_frame(&error));
+                    };
+                    hops += 1;
+                    tracing::info!(
+                        leader = leader.id,
+                        addr = %leader.client_addr,
+                        request = request.frame_type().name(),
+                        "not the leader; following the hint"
+                    );
+                    session = self.client.connect_to(&leader.client_addr).await?;
+                }
             }
-            other => other,
         }
     }
 
@@ -147,7 +176,7 @@ impl Admin {
         &self,
         session: &Session,
         request: AdminRequest,
-    ) -> Result<AdminResponse, ClientError> {
+    ) -> Result<AdminResponse, Refusal> {
         let timeout = self.client.config().request_timeout;
         let name = request.frame_type().name();
         let call = async {
@@ -171,17 +200,76 @@ impl Admin {
                 })?;
             match call.handle_frame(frame) {
                 Ok(response) => Ok(response),
-                Err(Ok(error)) => Err(ClientError::from_error_frame(&error)),
-                Err(Err(violation)) => Err(ClientError::from_violation(violation)),
+                Err(Ok(error)) if error.error_code() == Some(ErrorCode::NotLeader) => {
+                    Err(Refusal::NotLeader(error))
+                }
+                Err(Ok(error)) => Err(ClientError::from_error_frame(&error).into()),
+                Err(Err(violation)) => Err(ClientError::from_violation(violation).into()),
             }
         };
         tokio::time::timeout(timeout, call)
             .await
             .unwrap_or_else(|_| {
-                Err(ClientError::Timeout(format!(
-                    "no answer to {name} within {timeout:.0?}"
-                )))
+                Err(
+                    ClientError::Timeout(format!("no answer to {name} within {timeout:.0?}"))
+                        .into(),
+                )
             })
+    }
+
+    /// The cluster's nodes and, for `topics` (every topic this client may
+    /// describe when `None`), each partition's leader and replicas.
+    ///
+    /// # Errors
+    ///
+    /// As [`Admin::request`].
+    pub async fn metadata(
+        &self,
+        topics: Option<Vec<String>>,
+    ) -> Result<ClusterMetadata, ClientError> {
+        expect_response!(self.request(AdminRequest::Metadata { topics }).await?,
+            AdminResponse::Metadata(m) => m)
+    }
+
+    /// The members of the cluster's metadata group: address, role, term,
+    /// last contact and lag of each.
+    ///
+    /// # Errors
+    ///
+    /// As [`Admin::request`].
+    pub async fn cluster_status(&self) -> Result<ClusterStatusInfo, ClientError> {
+        expect_response!(self.request(AdminRequest::ClusterStatus).await?,
+            AdminResponse::ClusterStatus(c) => c)
+    }
+
+    /// Adds node `id` with its peer and client addresses (`host:port`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Admin::request`]; `invalid_request` from a broker that runs as
+    /// a single node.
+    pub async fn cluster_add_node(
+        &self,
+        id: u64,
+        peer_addr: impl Into<String>,
+        client_addr: impl Into<String>,
+    ) -> Result<String, ClientError> {
+        let request = AdminRequest::ClusterAddNode {
+            id,
+            peer_addr: peer_addr.into(),
+            client_addr: client_addr.into(),
+        };
+        expect_response!(self.request(request).await?, AdminResponse::Ok { message } => message)
+    }
+
+    /// Removes node `id` from the cluster.
+    ///
+    /// # Errors
+    ///
+    /// As [`Admin::cluster_add_node`].
+    pub async fn cluster_remove_node(&self, id: u64) -> Result<String, ClientError> {
+        expect_response!(self.request(AdminRequest::ClusterRemoveNode { id }).await?,
+            AdminResponse::Ok { message } => message)
     }
 
     /// The principal the broker sees for this client.
@@ -553,6 +641,22 @@ impl Admin {
     }
 }
 
+/// Most `not_leader` hints one request follows.
+pub const LEADER_HOPS: usize = 2;
+
+/// Why an admin call did not answer: a `not_leader` refusal (with its
+/// hint) is told apart so that [`Admin::request`] can follow it.
+enum Refusal {
+    NotLeader(ErrorFrame),
+    Other(ClientError),
+}
+
+impl From<ClientError> for Refusal {
+    fn from(e: ClientError) -> Self {
+        Self::Other(e)
+    }
+}
+
 /// Requests that change nothing, and so may be retried after a drop.
 fn is_read_only(request: &AdminRequest) -> bool {
     matches!(
@@ -565,5 +669,7 @@ fn is_read_only(request: &AdminRequest) -> bool {
             | AdminRequest::AuditHead
             | AdminRequest::AccessList { .. }
             | AdminRequest::RecipientList { .. }
+            | AdminRequest::Metadata { .. }
+            | AdminRequest::ClusterStatus
     )
 }

@@ -117,8 +117,13 @@ impl Default for ReconnectPolicy {
 /// [`ClientConfig::from_profile`], then adjust the public fields.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// The broker's address: `host:port` or an IP socket address.
+    /// The broker's address: `host:port` or an IP socket address; with
+    /// several brokers, the first one tried.
     pub broker: String,
+    /// Further brokers of the same cluster, tried in order after `broker`
+    /// when it cannot be reached, and on reconnection (see
+    /// [`ClientConfig::brokers`]).
+    pub fallback_brokers: Vec<String>,
     /// The name the broker's certificate must carry; the host part of
     /// `broker` when `None`.
     pub server_name: Option<String>,
@@ -155,6 +160,7 @@ impl ClientConfig {
     ) -> Self {
         Self {
             broker: broker.into(),
+            fallback_brokers: Vec::new(),
             server_name: None,
             ca: ca.into(),
             cert: cert.into(),
@@ -201,12 +207,49 @@ impl ClientConfig {
             .map(|p| p.into_config(base))
     }
 
+    /// A configuration for several brokers of one cluster, tried in order.
+    ///
+    /// # Panics
+    ///
+    /// Never; an empty list gives an empty `broker`, which fails to
+    /// connect with a message saying so.
+    pub fn with_brokers(
+        brokers: impl IntoIterator<Item = impl Into<String>>,
+        ca: impl Into<PemSource>,
+        cert: impl Into<PemSource>,
+        key: impl Into<PemSource>,
+    ) -> Self {
+        let mut all = brokers.into_iter().map(Into::into);
+        let first = all.next().unwrap_or_default();
+        let mut config = Self::new(first, ca, cert, key);
+        config.fallback_brokers = all.collect();
+        config
+    }
+
+    /// Every broker address in the order tried: `broker`, then
+    /// `fallback_brokers` (repeats left out).
+    pub fn brokers(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = vec![self.broker.as_str()];
+        for b in &self.fallback_brokers {
+            if !out.contains(&b.as_str()) {
+                out.push(b);
+            }
+        }
+        out
+    }
+
     /// The TLS server name: `server_name`, or the host part of `broker`.
     pub fn effective_server_name(&self) -> String {
+        self.server_name_for(&self.broker)
+    }
+
+    /// The TLS server name for the broker at `addr`: `server_name`, or the
+    /// host part of `addr`.
+    pub fn server_name_for(&self, addr: &str) -> String {
         if let Some(name) = &self.server_name {
             return name.clone();
         }
-        host_of(&self.broker).to_owned()
+        host_of(addr).to_owned()
     }
 }
 
@@ -233,11 +276,36 @@ fn has_host_and_port(broker: &str) -> bool {
     })
 }
 
+/// Checks one broker address of a profile; `name` is how the message
+/// names the setting.
+fn check_address(name: &str, broker: &str) -> Result<(), String> {
+    if broker.trim().is_empty() {
+        return Err(format!(
+            "{name} is empty; expected host:port such as 127.0.0.1:7443"
+        ));
+    }
+    if !broker.contains(':') {
+        return Err(format!(
+            "{name} = {broker:?} has no port; expected host:port such as 127.0.0.1:7443"
+        ));
+    }
+    if !has_host_and_port(broker) {
+        return Err(format!(
+            "{name} = {broker:?} is not host:port (a host, an IPv6 one in brackets, and a port \
+             from 1 to 65535); expected host:port such as 127.0.0.1:7443 or [::1]:7443"
+        ));
+    }
+    Ok(())
+}
+
 /// The profile file as written by `strongbox-broker dev`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Profile {
-    broker: String,
+    #[serde(default)]
+    broker: Option<String>,
+    #[serde(default)]
+    brokers: Option<Vec<String>>,
     server_name: Option<String>,
     ca: PathBuf,
     cert: PathBuf,
@@ -260,29 +328,43 @@ impl Profile {
                 format!("`{path}`: {message}")
             }
         })?;
-        if profile.broker.trim().is_empty() {
-            return Err("`broker` is empty; expected host:port such as 127.0.0.1:7443".into());
+        match (&profile.broker, &profile.brokers) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "both `broker` and `brokers` are set; give one broker as `broker = \
+                     \"host:port\"` or several as `brokers = [\"host:port\", ...]`, not both"
+                        .into(),
+                );
+            }
+            (None, None) => return Err("missing field `broker` (or `brokers`)".into()),
+            (None, Some(list)) if list.is_empty() => {
+                return Err("`brokers` is empty; list at least one host:port".into());
+            }
+            _ => {}
         }
-        if !profile.broker.contains(':') {
-            return Err(format!(
-                "`broker` = {:?} has no port; expected host:port such as 127.0.0.1:7443",
-                profile.broker
-            ));
-        }
-        if !has_host_and_port(&profile.broker) {
-            return Err(format!(
-                "`broker` = {:?} is not host:port (a host, an IPv6 one in brackets, and a port \
-                 from 1 to 65535); expected host:port such as 127.0.0.1:7443 or [::1]:7443",
-                profile.broker
-            ));
+        for (i, b) in profile.addresses().iter().enumerate() {
+            let name = match &profile.broker {
+                Some(_) => "`broker`".to_owned(),
+                None => format!("`brokers[{i}]`"),
+            };
+            check_address(&name, b)?;
         }
         Ok(profile)
     }
 
+    /// The broker addresses, in order.
+    fn addresses(&self) -> Vec<String> {
+        match (&self.broker, &self.brokers) {
+            (Some(b), _) => vec![b.clone()],
+            (None, Some(list)) => list.clone(),
+            (None, None) => Vec::new(),
+        }
+    }
+
     fn into_config(self, base: &Path) -> ClientConfig {
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-        let mut config = ClientConfig::new(
-            self.broker,
+        let mut config = ClientConfig::with_brokers(
+            self.addresses(),
             resolve(self.ca),
             resolve(self.cert),
             resolve(self.key),
@@ -418,6 +500,57 @@ mod tests {
             let text = format!("broker = {broker:?}\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n");
             assert!(Profile::parse(&text).is_ok(), "{broker}");
         }
+    }
+
+    #[test]
+    fn several_brokers_are_tried_in_order() {
+        let (_dir, path) = write_profile(
+            "brokers = [\"127.0.0.1:7443\", \"127.0.0.1:7444\", \"[::1]:7445\"]\n\
+             server_name = \"localhost\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n",
+        );
+        let config = ClientConfig::from_profile(&path).expect("valid profile");
+        assert_eq!(config.broker, "127.0.0.1:7443");
+        assert_eq!(
+            config.brokers(),
+            ["127.0.0.1:7443", "127.0.0.1:7444", "[::1]:7445"]
+        );
+        // One `broker` is one address.
+        let config = Profile::parse("broker = \"h:1\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n")
+            .expect("single")
+            .into_config(Path::new("."));
+        assert_eq!(config.brokers(), ["h:1"]);
+        let c = ClientConfig::with_brokers(
+            ["a:1", "b:2", "a:1"],
+            PathBuf::new(),
+            PathBuf::new(),
+            PathBuf::new(),
+        );
+        assert_eq!(c.brokers(), ["a:1", "b:2"]);
+        assert_eq!(c.server_name_for("b:2"), "b");
+    }
+
+    #[test]
+    fn broker_and_brokers_together_or_neither_are_refused() {
+        let text = Profile::parse(
+            "broker = \"h:1\"\nbrokers = [\"h:2\"]\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n",
+        )
+        .expect_err("both");
+        assert!(
+            text.contains("both `broker` and `brokers` are set"),
+            "{text}"
+        );
+        let text = Profile::parse("ca = \"c\"\ncert = \"c\"\nkey = \"k\"\n").expect_err("neither");
+        assert!(
+            text.contains("missing field `broker` (or `brokers`)"),
+            "{text}"
+        );
+        let text = Profile::parse("brokers = []\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n")
+            .expect_err("empty");
+        assert!(text.contains("`brokers` is empty"), "{text}");
+        let text =
+            Profile::parse("brokers = [\"h:1\", \"h\"]\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n")
+                .expect_err("no port");
+        assert!(text.contains("`brokers[1]` = \"h\" has no port"), "{text}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! handshake, keep-alive, and reconnection with backoff.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ pub struct BrokerLimits {
 pub(crate) struct Session {
     /// Increases with every connection this client makes.
     pub(crate) generation: u64,
+    /// The broker address (`host:port`) this session reached.
+    pub(crate) broker: String,
     pub(crate) conn: quinn::Connection,
     pub(crate) welcome: Welcome,
     /// Largest frame we accept.
@@ -97,6 +99,8 @@ struct Inner {
     current: Mutex<Arc<Session>>,
     reconnecting: tokio::sync::Mutex<()>,
     generations: AtomicU64,
+    /// Index in [`ClientConfig::brokers`] of the broker last connected to.
+    broker_index: AtomicUsize,
     closed: AtomicBool,
     closed_notify: Notify,
     /// Why the last reconnection attempt failed, while reconnecting.
@@ -142,9 +146,42 @@ impl Client {
     /// [`ClientError::Authentication`] when TLS fails, and
     /// [`ClientError::Broker`] when the broker refuses the `Hello`.
     pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
-        let addr = resolve(&config.broker, None).await?;
-        let endpoint = crate::tls::client_endpoint(addr)?;
-        let session = connect_once(&config, &endpoint, addr, 1).await?;
+        // Each broker in turn, once: the first that answers wins. A broker
+        // that refuses this client (its certificate, its Hello) ends the
+        // search, since the others would refuse it too.
+        let brokers: Vec<String> = config.brokers().into_iter().map(str::to_owned).collect();
+        let mut endpoint: Option<quinn::Endpoint> = None;
+        let mut failures = Vec::new();
+        let mut connected = None;
+        for (index, broker) in brokers.iter().enumerate() {
+            let local = endpoint.as_ref().and_then(|e| e.local_addr().ok());
+            let attempt = async {
+                let addr = resolve(broker, local).await?;
+                let ep = match &endpoint {
+                    Some(ep) => ep.clone(),
+                    None => {
+                        let ep = crate::tls::client_endpoint(addr)?;
+                        endpoint = Some(ep.clone());
+                        ep
+                    }
+                };
+                connect_once(&config, &ep, broker, addr, 1).await
+            };
+            match attempt.await {
+                Ok(session) => {
+                    connected = Some((index, session));
+                    break;
+                }
+                Err(e) if !e.is_retriable() || brokers.len() == 1 => return Err(e),
+                Err(e) => {
+                    tracing::debug!(broker = %broker, error = %e, "broker unreachable; trying the next");
+                    failures.push(e);
+                }
+            }
+        }
+        let (Some((index, session)), Some(endpoint)) = (connected, endpoint) else {
+            return Err(all_failed(&brokers, failures));
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -152,6 +189,7 @@ impl Client {
                 current: Mutex::new(Arc::new(session)),
                 reconnecting: tokio::sync::Mutex::new(()),
                 generations: AtomicU64::new(1),
+                broker_index: AtomicUsize::new(index),
                 closed: AtomicBool::new(false),
                 closed_notify: Notify::new(),
                 last_error: Mutex::new(None),
@@ -171,6 +209,13 @@ impl Client {
     /// The principal the broker mapped this client's certificate to.
     pub fn principal(&self) -> String {
         self.current().welcome.principal.clone()
+    }
+
+    /// The address (`host:port`) of the broker this client is connected
+    /// to, one of [`ClientConfig::brokers`] (or a leader an admin request
+    /// was sent on to).
+    pub fn broker_addr(&self) -> String {
+        self.current().broker.clone()
     }
 
     /// The broker's identifier.
@@ -306,24 +351,32 @@ impl Client {
             return Ok(current);
         }
         current.conn.close(0u32.into(), b"reconnecting");
+        let brokers: Vec<String> = self
+            .inner
+            .config
+            .brokers()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        // Start with the broker after the one that was lost, and go round
+        // the list; the backoff delay comes after each round that failed.
+        let first = self
+            .inner
+            .broker_index
+            .load(Ordering::SeqCst)
+            .wrapping_add(1);
         let policy = self.inner.config.reconnect.clone();
         let started = Instant::now();
         let mut backoff = Backoff::new(policy.clone());
+        let mut attempt_no: usize = 0;
         loop {
-            let generation = self.inner.generations.fetch_add(1, Ordering::SeqCst) + 1;
-            let attempt = async {
-                let local = self.inner.endpoint.local_addr().ok();
-                let addr = resolve(&self.inner.config.broker, local).await?;
-                connect_once(&self.inner.config, &self.inner.endpoint, addr, generation).await
-            };
-            let error = match attempt.await {
+            let index = first.wrapping_add(attempt_no) % brokers.len().max(1);
+            attempt_no = attempt_no.wrapping_add(1);
+            let broker = brokers.get(index).cloned().unwrap_or_default();
+            let error = match self.connect_to(&broker).await {
                 Ok(session) => {
-                    let session = Arc::new(session);
-                    if let Ok(mut g) = self.inner.current.lock() {
-                        *g = session.clone();
-                    }
-                    self.set_last_error(None);
-                    tracing::info!(broker = %self.inner.config.broker, generation, "reconnected");
+                    self.inner.broker_index.store(index, Ordering::SeqCst);
+                    tracing::info!(broker = %broker, generation = session.generation, "reconnected");
                     return Ok(session);
                 }
                 Err(e) if !e.is_retriable() => return Err(e),
@@ -339,8 +392,12 @@ impl Client {
                     started.elapsed()
                 )));
             }
+            if !attempt_no.is_multiple_of(brokers.len().max(1)) {
+                tracing::warn!(broker = %broker, error = %error, "reconnect failed; trying the next broker");
+                continue;
+            }
             let delay = backoff.next_delay();
-            tracing::warn!(broker = %self.inner.config.broker, error = %error, ?delay, "reconnect failed; retrying");
+            tracing::warn!(broker = %broker, error = %error, ?delay, "reconnect failed; retrying");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = self.inner.closed_notify.notified() => {}
@@ -349,6 +406,61 @@ impl Client {
                 return Err(ClientError::Closed("the client"));
             }
         }
+    }
+
+    /// Connects to `broker` (`host:port`) and makes it the current
+    /// session, closing the one before. Used by reconnection and to follow
+    /// a leader hint.
+    pub(crate) async fn connect_to(&self, broker: &str) -> Result<Arc<Session>, ClientError> {
+        let generation = self.inner.generations.fetch_add(1, Ordering::SeqCst) + 1;
+        let local = self.inner.endpoint.local_addr().ok();
+        let addr = resolve(broker, local).await?;
+        let session = Arc::new(
+            connect_once(
+                &self.inner.config,
+                &self.inner.endpoint,
+                broker,
+                addr,
+                generation,
+            )
+            .await?,
+        );
+        let old = match self.inner.current.lock() {
+            Ok(mut g) => std::mem::replace(&mut *g, session.clone()),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), session.clone()),
+        };
+        if old.generation != session.generation {
+            old.conn.close(0u32.into(), b"moved to another broker");
+        }
+        if let Some(i) = self
+            .inner
+            .config
+            .brokers()
+            .iter()
+            .position(|b| *b == broker)
+        {
+            self.inner.broker_index.store(i, Ordering::SeqCst);
+        }
+        self.set_last_error(None);
+        Ok(session)
+    }
+}
+
+/// The error when no broker of the list answered: each one's reason.
+fn all_failed(brokers: &[String], failures: Vec<ClientError>) -> ClientError {
+    let reasons: Vec<String> = brokers
+        .iter()
+        .zip(&failures)
+        .map(|(b, e)| format!("{b}: {e}"))
+        .collect();
+    match failures.into_iter().last() {
+        Some(ClientError::Timeout(_)) => {
+            ClientError::Timeout(format!("no broker answered: {}", reasons.join("; ")))
+        }
+        _ => ClientError::Connect {
+            broker: brokers.join(", "),
+            message: format!("no broker answered: {}", reasons.join("; ")),
+        },
     }
 }
 
@@ -374,34 +486,35 @@ async fn resolve(broker: &str, local: Option<SocketAddr>) -> Result<SocketAddr, 
 async fn connect_once(
     config: &ClientConfig,
     endpoint: &quinn::Endpoint,
+    broker: &str,
     addr: SocketAddr,
     generation: u64,
 ) -> Result<Session, ClientError> {
     let quic = crate::tls::quic_client_config(config)?;
-    let server_name = config.effective_server_name();
+    let server_name = config.server_name_for(broker);
     let attempt = async {
         let connecting = endpoint
             .connect_with(quic, addr, &server_name)
             .map_err(|e| ClientError::Connect {
-                broker: config.broker.clone(),
+                broker: broker.to_owned(),
                 message: e.to_string(),
             })?;
-        let conn = connecting.await.map_err(|e| connect_error(config, &e))?;
-        handshake(config, conn, generation).await
+        let conn = connecting.await.map_err(|e| connect_error(broker, &e))?;
+        handshake(config, conn, broker, generation).await
     };
     match tokio::time::timeout(config.connect_timeout, attempt).await {
         Ok(result) => result,
         Err(_) => Err(ClientError::Timeout(format!(
-            "no connection to broker {} within {:.0?}",
-            config.broker, config.connect_timeout
+            "no connection to broker {broker} within {:.0?}",
+            config.connect_timeout
         ))),
     }
 }
 
-fn connect_error(config: &ClientConfig, e: &quinn::ConnectionError) -> ClientError {
+fn connect_error(broker: &str, e: &quinn::ConnectionError) -> ClientError {
     match ClientError::from_connection(e) {
         ClientError::Timeout(_) => ClientError::Connect {
-            broker: config.broker.clone(),
+            broker: broker.to_owned(),
             message: "no answer (is the broker running and reachable over UDP?)".into(),
         },
         other => other,
@@ -413,6 +526,7 @@ fn connect_error(config: &ClientConfig, e: &quinn::ConnectionError) -> ClientErr
 async fn handshake(
     config: &ClientConfig,
     conn: quinn::Connection,
+    broker: &str,
     generation: u64,
 ) -> Result<Session, ClientError> {
     let mut control = ClientControl::new(
@@ -489,6 +603,7 @@ async fn handshake(
     ));
     Ok(Session {
         generation,
+        broker: broker.to_owned(),
         conn,
         welcome,
         recv_max_frame: config.max_frame_size,

@@ -93,6 +93,11 @@
 //!                                # or "classical" (see KeyExchange)
 //! ```
 //!
+//! The nodes of a cluster are listed instead with `brokers = ["h1:7443",
+//! "h2:7443", "h3:7443"]` (`broker` or `brokers`, not both): the client
+//! connects to the first that answers and, when its connection is lost,
+//! goes on with the next one ([`ClientConfig::brokers`]).
+//!
 //! Relative paths are relative to the folder holding the profile. Unknown
 //! keys are refused, so a typo does not go unnoticed. The key file is read
 //! at every connection attempt and never logged.
@@ -156,7 +161,7 @@ mod tls;
 mod transform;
 mod wire;
 
-pub use admin::{Admin, AuditHead, KeyChange, KeyStatus, ProducerIdentity, WhoAmI};
+pub use admin::{Admin, AuditHead, KeyChange, KeyStatus, LEADER_HOPS, ProducerIdentity, WhoAmI};
 pub use config::{ClientConfig, PemSource, ReconnectPolicy};
 pub use connection::{BrokerLimits, Client};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, Subscription, Target};

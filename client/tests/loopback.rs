@@ -759,3 +759,86 @@ async fn keyless_records_are_spread_over_partitions() {
     })
     .await;
 }
+
+/// Rule L4c of docs/PROTOCOL.md: a `not_leader` refusal that names the
+/// leader moves the client there and the request is sent again; without
+/// a hint, or when hints go round in circles, the retriable `not_leader`
+/// reaches the caller after at most `LEADER_HOPS` moves. (The broker does
+/// not produce `not_leader` yet, so the test peer plays a follower.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_requests_follow_not_leader_hints() {
+    use strongbox_client::protocol::model::{LeaderHint, NodeAddress};
+    guarded(async {
+        let pki = Arc::new(TestPki::new());
+        let follower = Peer::start(pki.clone(), PeerLimits::default()).await;
+        let leader = Peer::start(pki.clone(), PeerLimits::default()).await;
+        *follower.shared.not_leader.lock().unwrap() = Some(LeaderHint {
+            leader: Some(NodeAddress {
+                id: 2,
+                client_addr: leader.addr.to_string(),
+            }),
+        });
+        let client = connect(&follower, &pki.alice).await;
+        let admin = client.admin();
+        let info = admin
+            .create_topic(
+                "demo.led",
+                TopicConfig {
+                    partitions: 2,
+                    durability: Durability::Fsync,
+                    retention_ms: None,
+                    retention_bytes: None,
+                    segment_bytes: None,
+                    segment_ms: None,
+                    dedicated_kek: false,
+                },
+            )
+            .await
+            .expect("created at the leader");
+        assert_eq!(info.partitions.len(), 2);
+        assert_eq!(client.broker_addr(), leader.addr.to_string());
+        assert!(
+            leader
+                .shared
+                .state
+                .lock()
+                .unwrap()
+                .topics
+                .contains_key("demo.led")
+        );
+        assert!(
+            !follower
+                .shared
+                .state
+                .lock()
+                .unwrap()
+                .topics
+                .contains_key("demo.led")
+        );
+
+        // No leader known: the retriable error, and the client stays.
+        *leader.shared.not_leader.lock().unwrap() = Some(LeaderHint { leader: None });
+        let err = admin.list_topics(None).await.expect_err("no leader");
+        assert_eq!(err.code(), Some(ErrorCode::NotLeader));
+        assert!(err.is_retriable());
+        assert_eq!(client.broker_addr(), leader.addr.to_string());
+
+        // Two nodes naming each other: bounded, then the error.
+        *leader.shared.not_leader.lock().unwrap() = Some(LeaderHint {
+            leader: Some(NodeAddress {
+                id: 1,
+                client_addr: follower.addr.to_string(),
+            }),
+        });
+        let err = admin.list_topics(None).await.expect_err("a cycle");
+        assert_eq!(err.code(), Some(ErrorCode::NotLeader));
+        let before = follower.shared.stats.connections.load(Ordering::SeqCst)
+            + leader.shared.stats.connections.load(Ordering::SeqCst);
+        assert!(
+            before <= 1 + 1 + strongbox_client::LEADER_HOPS * 2,
+            "{before}"
+        );
+        client.close().await;
+    })
+    .await;
+}

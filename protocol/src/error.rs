@@ -9,7 +9,7 @@ use thiserror::Error;
 /// grouped by range: `1..=15` protocol, `16..=31` identity and
 /// authorization, `32..=47` topics, `48..=63` produce, `64..=79`
 /// subscriptions, `80..=95` storage and keys, `96..=111` admin requests,
-/// `112..` broker state.
+/// `112..=127` broker state, `128..=135` clusters.
 #[repr(u16)]
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -116,6 +116,14 @@ pub enum ErrorCode {
     ShuttingDown = 112,
     /// An internal error; the broker log has the details.
     Internal = 113,
+
+    /// The node is not the leader of what the request needs (the metadata
+    /// group, or the partition); the `Error` frame may carry a leader hint.
+    /// Retry at the leader.
+    NotLeader = 128,
+    /// No leader is elected right now (an election is under way, or most
+    /// nodes are unreachable). Retry later.
+    NoLeader = 129,
 }
 
 impl ErrorCode {
@@ -162,6 +170,8 @@ impl ErrorCode {
         Self::Conflict,
         Self::ShuttingDown,
         Self::Internal,
+        Self::NotLeader,
+        Self::NoLeader,
     ];
 
     /// The numeric code.
@@ -218,6 +228,8 @@ impl ErrorCode {
             Self::Conflict => "conflict",
             Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal",
+            Self::NotLeader => "not_leader",
+            Self::NoLeader => "no_leader",
         }
     }
 
@@ -238,6 +250,8 @@ impl ErrorCode {
                 | Self::ShuttingDown
                 | Self::Timeout
                 | Self::LimitExceeded
+                | Self::NotLeader
+                | Self::NoLeader
         )
     }
 }

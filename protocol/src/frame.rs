@@ -150,6 +150,14 @@ frame_types! {
     RecipientPut = 0x0161,
     /// Admin request: remove a recipient.
     RecipientRemove = 0x0162,
+    /// Admin request: the cluster's nodes and partition leaders.
+    Metadata = 0x0170,
+    /// Admin request: the metadata group's members and their state.
+    ClusterStatus = 0x0171,
+    /// Admin request: add a node to the cluster.
+    ClusterAddNode = 0x0172,
+    /// Admin request: remove a node from the cluster.
+    ClusterRemoveNode = 0x0173,
     /// Admin response: success without data.
     AdminOk = 0x0200,
     /// Admin response to `WhoAmI`.
@@ -174,6 +182,10 @@ frame_types! {
     AccessListResult = 0x020A,
     /// Admin response: a topic's recipients.
     RecipientListResult = 0x020B,
+    /// Admin response: the cluster's nodes and partition leaders.
+    MetadataResult = 0x0210,
+    /// Admin response: the metadata group's members and their state.
+    ClusterStatusResult = 0x0211,
 }
 
 impl FrameType {

@@ -72,5 +72,17 @@ pub const SUPPORTED_VERSIONS: &[u16] = &[1];
 /// The newest protocol version this crate implements.
 pub const CURRENT_VERSION: u16 = 1;
 
+/// Optional features announced in `Hello.features` and `Welcome.features`.
+pub mod features {
+    /// Bit 0: the client reads a leader hint after the message of an
+    /// `Error` frame (see [`ErrorFrame`](crate::frames::control::ErrorFrame)).
+    /// Without it on a connection, the broker never appends one.
+    pub const LEADER_HINTS: u64 = 1;
+
+    /// Every feature this crate implements: what a client offers and what
+    /// a broker accepts.
+    pub const SUPPORTED: u64 = LEADER_HINTS;
+}
+
 pub use error::{DecodeError, EncodeError, ErrorCode, ReadError};
 pub use frame::{Frame, FrameDecoder, FrameType};

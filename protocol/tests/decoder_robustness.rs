@@ -340,6 +340,20 @@ proptest! {
         let body_len = body.len();
         body.extend_from_slice(&extra);
         let padded = raw_frame(frame.frame_type().as_u16(), &body);
+        if matches!(&frame, Frame::Error(e) if e.leader_hint.is_none()) {
+            // The one optional field: what follows an `Error`'s message is
+            // read as a leader hint. It decodes only when it is one,
+            // canonically; anything else is malformed.
+            match decode_frame(&padded, DEFAULT_MAX_FRAME_SIZE) {
+                Ok(Decoded::Frame(f, n)) => {
+                    prop_assert_eq!(n, padded.len());
+                    prop_assert_eq!(encode(&f), padded);
+                }
+                Ok(other) => prop_assert!(false, "{:?}", other),
+                Err(e) => prop_assert_eq!(e.code(), ErrorCode::MalformedFrame),
+            }
+            return Ok(());
+        }
         let expected = DecodeError::TrailingBytes { offset: body_len, remaining: extra.len() };
         prop_assert_eq!(decode_frame(&padded, DEFAULT_MAX_FRAME_SIZE), Err(expected.clone()));
         prop_assert_eq!(expected.code(), ErrorCode::MalformedFrame);

@@ -20,9 +20,10 @@ use strongbox_protocol::frames::subscribe::{
     StartPosition, Subscribe, SubscriptionEnd, SubscriptionTarget, Unsubscribe,
 };
 use strongbox_protocol::model::{
-    AccessRequestInfo, AccessState, AclEffect, AclRule, Durability, KeyState, KeyVersionInfo,
-    Operations, PartitionInfo, PartitionState, RecipientEntry, RewrapProgress, TopicConfig,
-    TopicInfo,
+    AccessRequestInfo, AccessState, AclEffect, AclRule, ClusterMetadata, ClusterStatusInfo,
+    Durability, KeyState, KeyVersionInfo, LeaderHint, NodeAddress, NodeRole, NodeStatus,
+    Operations, PartitionInfo, PartitionPlacement, PartitionState, RecipientEntry, RewrapProgress,
+    TopicConfig, TopicInfo, TopicPlacement,
 };
 
 use common::unhex;
@@ -156,7 +157,25 @@ golden_cases! {
         correlation_id: 7,
         code: 32,
         message: "no".into(),
+        leader_hint: None,
     }) => "00000010 | 0006 | 0000000000000007 | 0020 | 0002 6e6f";
+
+    error_not_leader: Frame::Error(ErrorFrame {
+        correlation_id: 0,
+        code: 128,
+        message: "no".into(),
+        leader_hint: Some(LeaderHint {
+            leader: Some(NodeAddress { id: 2, client_addr: "h:1".into() }),
+        }),
+    }) => "0000001e | 0006 | 0000000000000000 | 0080 | 0002 6e6f \
+           | 01 0000000000000002 0003 683a31";
+
+    error_not_leader_unknown: Frame::Error(ErrorFrame {
+        correlation_id: 0,
+        code: 128,
+        message: "no".into(),
+        leader_hint: Some(LeaderHint { leader: None }),
+    }) => "00000011 | 0006 | 0000000000000000 | 0080 | 0002 6e6f | 00";
 
     // ---- producer stream ---------------------------------------------------
     produce: Frame::Produce(Produce {
@@ -374,6 +393,23 @@ golden_cases! {
         recipient: "bob".into(),
     }) => "0000000a | 0162 | 0001 74 | 0003 626f62";
 
+    metadata: Frame::Request(AdminRequest::Metadata { topics: Some(vec!["t".into()]) })
+        => "0000000a | 0170 | 01 00000001 0001 74";
+
+    metadata_all_topics: Frame::Request(AdminRequest::Metadata { topics: None })
+        => "00000003 | 0170 | 00";
+
+    cluster_status: Frame::Request(AdminRequest::ClusterStatus) => "00000002 | 0171";
+
+    cluster_add_node: Frame::Request(AdminRequest::ClusterAddNode {
+        id: 4,
+        peer_addr: "h:2".into(),
+        client_addr: "h:1".into(),
+    }) => "00000014 | 0172 | 0000000000000004 | 0003 683a32 | 0003 683a31";
+
+    cluster_remove_node: Frame::Request(AdminRequest::ClusterRemoveNode { id: 4 })
+        => "0000000a | 0173 | 0000000000000004";
+
     // ---- admin responses ---------------------------------------------------
     admin_ok: Frame::Response(AdminResponse::Ok { message: "ok".into() })
         => "00000006 | 0200 | 0002 6f6b";
@@ -471,6 +507,33 @@ golden_cases! {
         RecipientEntry { recipient: "bob".into(), entry: Bytes::from_static(&[0xee]) },
         RecipientEntry { recipient: "carol".into(), entry: Bytes::new() },
     ])) => "0000001b | 020b | 00000002 | 0003 626f62 00000001 ee | 0005 6361726f6c 00000000";
+
+    metadata_result: Frame::Response(AdminResponse::Metadata(ClusterMetadata {
+        nodes: vec![NodeAddress { id: 1, client_addr: "h:1".into() }],
+        topics: vec![TopicPlacement {
+            name: "t".into(),
+            partitions: vec![PartitionPlacement { partition: 0, leader: Some(1), replicas: vec![1] }],
+        }],
+    })) => "00000037 | 0210 | 00000001 | 0000000000000001 0003 683a31 \
+            | 00000001 | 0001 74 | 00000001 \
+            | 00000000 01 0000000000000001 00000001 0000000000000001";
+
+    cluster_status_result: Frame::Response(AdminResponse::ClusterStatus(ClusterStatusInfo {
+        node_id: 1,
+        leader: Some(1),
+        term: 1,
+        nodes: vec![NodeStatus {
+            id: 1,
+            peer_addr: "p:2".into(),
+            client_addr: "h:1".into(),
+            role: NodeRole::Leader,
+            term: 1,
+            last_contact_ms: Some(0),
+            lag: None,
+        }],
+    })) => "00000044 | 0211 | 0000000000000001 | 01 0000000000000001 | 0000000000000001 \
+            | 00000001 | 0000000000000001 0003 703a32 0003 683a31 01 0000000000000001 \
+              01 0000000000000000 00";
 }
 
 /// `AccessResult`: length 0x36 = 2 + 52.
@@ -716,6 +779,7 @@ fn example_frame(name: &str) -> Frame {
             correlation_id: 0,
             code: strongbox_protocol::ErrorCode::UnexpectedFrame.as_u16(),
             message: "second Subscribe".into(),
+            leader_hint: None,
         }),
         other => panic!("docs/PROTOCOL.md has an example {other:?} that no test checks"),
     }

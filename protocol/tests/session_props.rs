@@ -731,6 +731,7 @@ proptest! {
                     correlation_id: id,
                     code,
                     message: "m".into(),
+                    leader_hint: None,
                 }),
                 ClientProduceOp::Receive(frame) => frame,
             };

@@ -80,6 +80,10 @@ pub enum AuditAction {
     PartitionQuarantine,
     /// The broker signed a checkpoint of its state (or failed to).
     CheckpointSigned,
+    /// An operator asked to add a node to the cluster.
+    ClusterAddNode,
+    /// An operator asked to remove a node from the cluster.
+    ClusterRemoveNode,
 }
 
 impl AuditAction {
@@ -114,6 +118,8 @@ impl AuditAction {
             Self::PartitionResume => "partition.resume",
             Self::PartitionQuarantine => "partition.quarantine",
             Self::CheckpointSigned => "checkpoint.signed",
+            Self::ClusterAddNode => "cluster.add_node",
+            Self::ClusterRemoveNode => "cluster.remove_node",
         }
     }
 }
@@ -248,6 +254,11 @@ impl AuditEvent {
 /// `topic:<name>`.
 pub fn topic_resource(name: &str) -> String {
     format!("topic:{name}")
+}
+
+/// `node:<id>`, a node of the cluster.
+pub fn node_resource(id: u64) -> String {
+    format!("node:{id}")
 }
 
 /// `kek:<scope>/v<version>`, the scope as people read it (`broker`,

@@ -45,7 +45,9 @@ use strongbox_storage::keys::{KekId, SegmentKeyContext, UnwrapObserver};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-pub use event::{AuditAction, AuditEvent, BROKER_PRINCIPAL, Outcome, kek_resource, topic_resource};
+pub use event::{
+    AuditAction, AuditEvent, BROKER_PRINCIPAL, Outcome, kek_resource, node_resource, topic_resource,
+};
 pub use topic::{AUDIT_TOPIC, read_operation};
 pub use unwraps::with_principal;
 

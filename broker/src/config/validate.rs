@@ -25,6 +25,9 @@ pub(super) fn validate(cfg: &BrokerConfig) -> Result<(), ConfigError> {
     keys(cfg)?;
     topics(cfg)?;
     checkpoints(cfg)?;
+    if let Some(c) = &cfg.cluster {
+        super::cluster::validate(c, &cfg.listener)?;
+    }
     log(cfg)
 }
 

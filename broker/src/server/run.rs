@@ -147,6 +147,8 @@ pub async fn run_with_io(
     // One watcher for every TLS file: certificate, key, CA bundle, CRLs.
     tasks.push(reloader.spawn_watcher(config.tls.crl_reload.0, shutdown.clone()));
     let _ = state.client_verifier.set(tls.verifier.clone());
+    let _ = state.client_addr.set(addr);
+    crate::transport::admin::log_cluster_role(&config);
     tasks.extend(start_control_socket(&state, &metrics, &shutdown)?);
     let maintain_now = Arc::new(tokio::sync::Notify::new());
     tasks.push(tokio::spawn(maintenance(

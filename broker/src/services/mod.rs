@@ -110,6 +110,9 @@ pub struct BrokerState {
     /// connections re-check their certificate against it after a CRL
     /// reload.
     pub client_verifier: std::sync::OnceLock<Arc<crate::tls::ReloadingClientVerifier>>,
+    /// The client listener's bound address, set once it is bound (what
+    /// `Metadata` reports without `cluster.client_advertise`).
+    pub client_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// Turns true when the broker shuts down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -223,6 +226,7 @@ impl BrokerState {
             audit,
             admin_lock: tokio::sync::Mutex::new(()),
             client_verifier: std::sync::OnceLock::new(),
+            client_addr: std::sync::OnceLock::new(),
             shutdown,
         });
         state.reload_acl().map_err(|e| StartError::Acl(e.message))?;

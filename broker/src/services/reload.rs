@@ -135,7 +135,7 @@ pub fn restart_only_changes(running: &BrokerConfig, fresh: &BrokerConfig) -> Vec
         format!("{a:?}") != format!("{b:?}")
     }
     let mut changed = Vec::new();
-    let sections: [(&'static str, bool); 9] = [
+    let sections: [(&'static str, bool); 10] = [
         ("broker", differ(&running.broker, &fresh.broker)),
         ("listener", differ(&running.listener, &fresh.listener)),
         ("tls", differ(&running.tls, &fresh.tls)),
@@ -148,6 +148,7 @@ pub fn restart_only_changes(running: &BrokerConfig, fresh: &BrokerConfig) -> Vec
             "checkpoints",
             differ(&running.checkpoints, &fresh.checkpoints),
         ),
+        ("cluster", differ(&running.cluster, &fresh.cluster)),
     ];
     for (name, differs) in sections {
         if differs {

@@ -159,6 +159,9 @@ pub struct Shared {
     /// peer reports with `PartitionError` (`data_damaged`) instead of
     /// sending them.
     pub damaged: Mutex<Vec<(String, u32, u64, u64)>>,
+    /// When set, every admin request but `WhoAmI` is refused with
+    /// `not_leader` carrying this hint.
+    pub not_leader: Mutex<Option<strongbox_protocol::model::LeaderHint>>,
     pub limits: PeerLimits,
 }
 
@@ -225,6 +228,7 @@ impl Peer {
             swallow_produce: AtomicBool::new(false),
             refuse_subscribe: AtomicUsize::new(0),
             damaged: Mutex::new(Vec::new()),
+            not_leader: Mutex::new(None),
             limits,
         });
         let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));

@@ -720,7 +720,12 @@ fn rules_for(state: &State, principal: &str) -> Vec<AclRule> {
 
 async fn admin(mut send: quinn::SendStream, first: Frame, principal: String, shared: Arc<Shared>) {
     let mut machine = BrokerAdminStream::new();
+    let hint = shared.not_leader.lock().expect("hint").clone();
     let frame = match machine.handle_frame(first) {
+        Ok(request) if hint.is_some() && request != AdminRequest::WhoAmI => {
+            let leader = hint.and_then(|h| h.leader);
+            machine.respond(Err(ErrorFrame::not_leader(0, "not the leader", leader)))
+        }
         Ok(request) => machine.respond(
             answer(&shared, &principal, request)
                 .map_err(|(code, message)| ErrorFrame::new(0, code, message)),

@@ -14,8 +14,8 @@ use crate::frames::fields::{
     put_opt_bytes, put_opt_string, put_opt_u32, put_opt_u64,
 };
 use crate::model::{
-    AccessRequestInfo, AclRule, KeyVersionInfo, Operations, RecipientEntry, RewrapProgress,
-    TopicConfig, TopicInfo,
+    AccessRequestInfo, AclRule, ClusterMetadata, ClusterStatusInfo, KeyVersionInfo, Operations,
+    RecipientEntry, RewrapProgress, TopicConfig, TopicInfo,
 };
 
 /// A request on an admin stream.
@@ -175,6 +175,28 @@ pub enum AdminRequest {
         /// The recipient id.
         recipient: String,
     },
+    /// The cluster's nodes and where the partitions are served.
+    Metadata {
+        /// Only these topics; every topic the caller may describe when
+        /// absent.
+        topics: Option<Vec<String>>,
+    },
+    /// The members of the metadata group and their state.
+    ClusterStatus,
+    /// Add a node to the cluster.
+    ClusterAddNode {
+        /// Its id: non-zero and never used before.
+        id: u64,
+        /// Its peer address, `host:port`.
+        peer_addr: String,
+        /// Its client address, `host:port`.
+        client_addr: String,
+    },
+    /// Remove a node from the cluster.
+    ClusterRemoveNode {
+        /// Its id.
+        id: u64,
+    },
 }
 
 impl AdminRequest {
@@ -205,12 +227,16 @@ impl AdminRequest {
             Self::RecipientList { .. } => FrameType::RecipientList,
             Self::RecipientPut { .. } => FrameType::RecipientPut,
             Self::RecipientRemove { .. } => FrameType::RecipientRemove,
+            Self::Metadata { .. } => FrameType::Metadata,
+            Self::ClusterStatus => FrameType::ClusterStatus,
+            Self::ClusterAddNode { .. } => FrameType::ClusterAddNode,
+            Self::ClusterRemoveNode { .. } => FrameType::ClusterRemoveNode,
         }
     }
 
     pub(crate) fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
         match self {
-            Self::WhoAmI | Self::AuditHead => Ok(()),
+            Self::WhoAmI | Self::AuditHead | Self::ClusterStatus => Ok(()),
             Self::CreateTopic { name, config } => {
                 dst.put_string("name", name)?;
                 config.put(dst)
@@ -301,6 +327,30 @@ impl AdminRequest {
                 dst.put_string("topic", topic)?;
                 dst.put_string("recipient", recipient)
             }
+            Self::Metadata { topics } => match topics {
+                Some(names) => {
+                    dst.put_u8(1);
+                    dst.put_count("topics", names.len())?;
+                    names.iter().try_for_each(|n| dst.put_string("topics", n))
+                }
+                None => {
+                    dst.put_u8(0);
+                    Ok(())
+                }
+            },
+            Self::ClusterAddNode {
+                id,
+                peer_addr,
+                client_addr,
+            } => {
+                dst.put_u64(*id);
+                dst.put_string("peer_addr", peer_addr)?;
+                dst.put_string("client_addr", client_addr)
+            }
+            Self::ClusterRemoveNode { id } => {
+                dst.put_u64(*id);
+                Ok(())
+            }
         }
     }
 
@@ -387,6 +437,25 @@ impl AdminRequest {
                 topic: r.string()?,
                 recipient: r.string()?,
             },
+            FrameType::Metadata => Self::Metadata {
+                topics: if r.present("topics")? {
+                    let n = r.count(2)?;
+                    let mut names = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        names.push(r.string()?);
+                    }
+                    Some(names)
+                } else {
+                    None
+                },
+            },
+            FrameType::ClusterStatus => Self::ClusterStatus,
+            FrameType::ClusterAddNode => Self::ClusterAddNode {
+                id: r.u64()?,
+                peer_addr: r.string()?,
+                client_addr: r.string()?,
+            },
+            FrameType::ClusterRemoveNode => Self::ClusterRemoveNode { id: r.u64()? },
             _ => return Ok(None),
         }))
     }
@@ -456,6 +525,10 @@ pub enum AdminResponse {
     /// Answer to `RecipientList`, `RecipientPut` and `RecipientRemove`: the
     /// topic's recipients now.
     Recipients(Vec<RecipientEntry>),
+    /// Answer to `Metadata`.
+    Metadata(ClusterMetadata),
+    /// Answer to `ClusterStatus`.
+    ClusterStatus(ClusterStatusInfo),
 }
 
 impl AdminResponse {
@@ -474,6 +547,8 @@ impl AdminResponse {
             Self::Access(_) => FrameType::AccessResult,
             Self::AccessList(_) => FrameType::AccessListResult,
             Self::Recipients(_) => FrameType::RecipientListResult,
+            Self::Metadata(_) => FrameType::MetadataResult,
+            Self::ClusterStatus(_) => FrameType::ClusterStatusResult,
         }
     }
 
@@ -519,6 +594,8 @@ impl AdminResponse {
             Self::Access(a) => a.put(dst),
             Self::AccessList(list) => put_list(dst, "requests", list),
             Self::Recipients(list) => put_list(dst, "recipients", list),
+            Self::Metadata(m) => m.put(dst),
+            Self::ClusterStatus(c) => c.put(dst),
         }
     }
 
@@ -559,6 +636,8 @@ impl AdminResponse {
             FrameType::AccessResult => Self::Access(AccessRequestInfo::get(r)?),
             FrameType::AccessListResult => Self::AccessList(get_list(r, 8 + 2 + 2 + 2 + 2)?),
             FrameType::RecipientListResult => Self::Recipients(get_list(r, 6)?),
+            FrameType::MetadataResult => Self::Metadata(ClusterMetadata::get(r)?),
+            FrameType::ClusterStatusResult => Self::ClusterStatus(ClusterStatusInfo::get(r)?),
             _ => return Ok(None),
         }))
     }

@@ -6,6 +6,8 @@ use bytes::{BufMut, BytesMut};
 use crate::codec::{Reader, WriteExt};
 use crate::error::{DecodeError, EncodeError, ErrorCode};
 use crate::frames::Body;
+use crate::frames::fields::Field;
+use crate::model::{LeaderHint, NodeAddress};
 
 /// First frame of a connection, sent by the client on the control stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +180,10 @@ pub struct ErrorFrame {
     /// Human-readable detail for the user; never contains key material or
     /// payload bytes.
     pub message: String,
+    /// With `not_leader`, where the leader is: encoded after `message`, and
+    /// only on connections that negotiated
+    /// [`LEADER_HINTS`](crate::features::LEADER_HINTS). Absent otherwise.
+    pub leader_hint: Option<LeaderHint>,
 }
 
 impl ErrorFrame {
@@ -187,6 +193,19 @@ impl ErrorFrame {
             correlation_id,
             code: code.as_u16(),
             message: message.into(),
+            leader_hint: None,
+        }
+    }
+
+    /// A `not_leader` error with a hint naming the leader, when known.
+    pub fn not_leader(
+        correlation_id: u64,
+        message: impl Into<String>,
+        leader: Option<NodeAddress>,
+    ) -> Self {
+        Self {
+            leader_hint: Some(LeaderHint { leader }),
+            ..Self::new(correlation_id, ErrorCode::NotLeader, message)
         }
     }
 
@@ -209,14 +228,29 @@ impl Body for ErrorFrame {
     fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
         dst.put_u64(self.correlation_id);
         dst.put_u16(self.code);
-        dst.put_string("message", &self.message)
+        dst.put_string("message", &self.message)?;
+        match &self.leader_hint {
+            Some(hint) => hint.put(dst),
+            None => Ok(()),
+        }
     }
 
     fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        let correlation_id = r.u64()?;
+        let code = r.u16()?;
+        let message = r.string()?;
+        // The hint is the only field that may follow `message`; without it
+        // the body ends there.
+        let leader_hint = if r.remaining() > 0 {
+            Some(LeaderHint::get(r)?)
+        } else {
+            None
+        };
         Ok(Self {
-            correlation_id: r.u64()?,
-            code: r.u16()?,
-            message: r.string()?,
+            correlation_id,
+            code,
+            message,
+            leader_hint,
         })
     }
 }

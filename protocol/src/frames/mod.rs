@@ -7,6 +7,7 @@ use crate::codec::Reader;
 use crate::error::{DecodeError, EncodeError};
 
 pub mod admin;
+pub(crate) mod cluster;
 pub mod control;
 pub(crate) mod fields;
 pub mod produce;

@@ -10,6 +10,7 @@
 //! | keys | [`KeyState`], [`KeyVersionInfo`], [`RewrapProgress`] |
 //! | access requests | [`AccessRequestInfo`], [`AccessState`] |
 //! | end-to-end recipients | [`RecipientEntry`] |
+//! | the cluster | [`ClusterMetadata`], [`NodeAddress`], [`TopicPlacement`], [`PartitionPlacement`], [`ClusterStatusInfo`], [`NodeStatus`], [`NodeRole`], [`LeaderHint`] |
 //!
 //! These types hold no encoding. The admin frames encode and decode them
 //! (`frames/fields.rs`, byte by byte in docs/PROTOCOL.md); the metadata
@@ -45,6 +46,7 @@
 
 mod access;
 mod acl;
+mod cluster;
 mod durability;
 mod key;
 mod operations;
@@ -54,6 +56,10 @@ mod topic;
 
 pub use access::{AccessRequestInfo, AccessState};
 pub use acl::{AclEffect, AclRule};
+pub use cluster::{
+    ClusterMetadata, ClusterStatusInfo, LeaderHint, NodeAddress, NodeRole, NodeStatus,
+    PartitionPlacement, TopicPlacement,
+};
 pub use durability::Durability;
 pub use key::{KeyState, KeyVersionInfo, RewrapProgress};
 pub use operations::Operations;

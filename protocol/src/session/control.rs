@@ -172,7 +172,7 @@ impl ClientControl {
             versions: config.versions.clone(),
             client_name: config.client_name.clone(),
             max_frame_size: config.max_frame_size,
-            features: 0,
+            features: crate::features::SUPPORTED,
         }));
         Self {
             keepalive: KeepAlive::new(config.keepalive, now),
@@ -513,7 +513,8 @@ impl BrokerControl {
             max_batch_size: self.config.max_batch_size,
             max_in_flight: self.config.max_in_flight,
             keepalive_ms: u32::try_from(self.config.keepalive.as_millis()).unwrap_or(u32::MAX),
-            features: 0,
+            // Bits this broker does not know are ignored (rule N1).
+            features: hello.features & crate::features::SUPPORTED,
         };
         self.out.push_back(Frame::Welcome(welcome.clone()));
         self.keepalive.last_send = now;

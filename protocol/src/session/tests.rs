@@ -792,3 +792,44 @@ fn admin_stream_carries_one_request_and_one_answer() {
         ErrorCode::ProtocolViolation
     );
 }
+
+#[test]
+fn welcome_features_are_the_known_bits_both_sides_set() {
+    let now = Instant::now();
+    for (offered, expected) in [
+        (0, 0),
+        (crate::features::LEADER_HINTS, crate::features::LEADER_HINTS),
+        (u64::MAX, crate::features::SUPPORTED),
+        (!crate::features::LEADER_HINTS, 0),
+    ] {
+        let mut broker = BrokerControl::new(broker_config(), "p", now);
+        broker
+            .handle_frame(
+                Frame::Hello(Hello {
+                    versions: vec![1],
+                    client_name: String::new(),
+                    max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+                    features: offered,
+                }),
+                now,
+            )
+            .expect("accepted");
+        let welcome = broker.poll_transmit();
+        assert!(
+            matches!(&welcome, Some(Frame::Welcome(w)) if w.features == expected),
+            "{offered:#x}: {welcome:?}"
+        );
+    }
+    // The client offers every feature it implements.
+    let config = ClientControlConfig {
+        versions: vec![1],
+        client_name: String::new(),
+        max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+        keepalive: Duration::from_secs(10),
+    };
+    let mut client = ClientControl::new(config, now);
+    assert!(matches!(
+        client.poll_transmit(),
+        Some(Frame::Hello(h)) if h.features == crate::features::SUPPORTED
+    ));
+}

@@ -20,9 +20,10 @@ use strongbox_protocol::frames::subscribe::{
     StartPosition, Subscribe, SubscriptionEnd, SubscriptionTarget, Unsubscribe,
 };
 use strongbox_protocol::model::{
-    AccessRequestInfo, AccessState, AclEffect, AclRule, Durability, KeyState, KeyVersionInfo,
-    Operations, PartitionInfo, PartitionState, RecipientEntry, RewrapProgress, TopicConfig,
-    TopicInfo,
+    AccessRequestInfo, AccessState, AclEffect, AclRule, ClusterMetadata, ClusterStatusInfo,
+    Durability, KeyState, KeyVersionInfo, LeaderHint, NodeAddress, NodeRole, NodeStatus,
+    Operations, PartitionInfo, PartitionPlacement, PartitionState, RecipientEntry, RewrapProgress,
+    TopicConfig, TopicInfo, TopicPlacement,
 };
 
 /// Encodes `frame` under the default maximum; panics (failing the test) when
@@ -137,11 +138,74 @@ pub(crate) fn arb_goodbye() -> impl Strategy<Value = Goodbye> {
 }
 
 pub(crate) fn arb_error_frame() -> impl Strategy<Value = ErrorFrame> {
-    (arb_u64(), any::<u16>(), arb_string()).prop_map(|(correlation_id, code, message)| ErrorFrame {
-        correlation_id,
-        code,
-        message,
-    })
+    (
+        arb_u64(),
+        any::<u16>(),
+        arb_string(),
+        option::of(option::of(arb_node_address())),
+    )
+        .prop_map(|(correlation_id, code, message, hint)| ErrorFrame {
+            correlation_id,
+            code,
+            message,
+            leader_hint: hint.map(|leader| LeaderHint { leader }),
+        })
+}
+
+// ---------------------------------------------------------------------------
+// cluster values
+
+pub(crate) fn arb_node_address() -> impl Strategy<Value = NodeAddress> {
+    (arb_u64(), arb_string()).prop_map(|(id, client_addr)| NodeAddress { id, client_addr })
+}
+
+pub(crate) fn arb_cluster_metadata() -> impl Strategy<Value = ClusterMetadata> {
+    let partition = (arb_u32(), option::of(arb_u64()), vec(arb_u64(), 0..4)).prop_map(
+        |(partition, leader, replicas)| PartitionPlacement {
+            partition,
+            leader,
+            replicas,
+        },
+    );
+    let topic = (arb_string(), vec(partition, 0..4))
+        .prop_map(|(name, partitions)| TopicPlacement { name, partitions });
+    (vec(arb_node_address(), 0..4), vec(topic, 0..3))
+        .prop_map(|(nodes, topics)| ClusterMetadata { nodes, topics })
+}
+
+pub(crate) fn arb_node_role() -> impl Strategy<Value = NodeRole> {
+    proptest::sample::select(NodeRole::ALL.to_vec())
+}
+
+pub(crate) fn arb_cluster_status() -> impl Strategy<Value = ClusterStatusInfo> {
+    let node = (
+        arb_u64(),
+        arb_string(),
+        arb_string(),
+        arb_node_role(),
+        arb_u64(),
+        option::of(arb_u64()),
+        option::of(arb_u64()),
+    )
+        .prop_map(
+            |(id, peer_addr, client_addr, role, term, last_contact_ms, lag)| NodeStatus {
+                id,
+                peer_addr,
+                client_addr,
+                role,
+                term,
+                last_contact_ms,
+                lag,
+            },
+        );
+    (arb_u64(), option::of(arb_u64()), arb_u64(), vec(node, 0..4)).prop_map(
+        |(node_id, leader, term, nodes)| ClusterStatusInfo {
+            node_id,
+            leader,
+            term,
+            nodes,
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -526,6 +590,16 @@ pub(crate) fn arb_admin_request() -> impl Strategy<Value = AdminRequest> {
             .prop_map(|(topic, entry)| AdminRequest::RecipientPut { topic, entry }),
         (arb_string(), arb_string())
             .prop_map(|(topic, recipient)| AdminRequest::RecipientRemove { topic, recipient }),
+        option::of(vec(arb_string(), 0..4)).prop_map(|topics| AdminRequest::Metadata { topics }),
+        Just(AdminRequest::ClusterStatus),
+        (arb_u64(), arb_string(), arb_string()).prop_map(|(id, peer_addr, client_addr)| {
+            AdminRequest::ClusterAddNode {
+                id,
+                peer_addr,
+                client_addr,
+            }
+        }),
+        arb_u64().prop_map(|id| AdminRequest::ClusterRemoveNode { id }),
     ]
 }
 
@@ -558,6 +632,8 @@ pub(crate) fn arb_admin_response() -> impl Strategy<Value = AdminResponse> {
         arb_access_info().prop_map(AdminResponse::Access),
         vec(arb_access_info(), 0..3).prop_map(AdminResponse::AccessList),
         vec(arb_recipient(), 0..4).prop_map(AdminResponse::Recipients),
+        arb_cluster_metadata().prop_map(AdminResponse::Metadata),
+        arb_cluster_status().prop_map(AdminResponse::ClusterStatus),
     ]
 }
 

@@ -1,7 +1,8 @@
 //! Admin streams: one request, authorized, acted on, answered.
 //!
 //! [`serve`] reads the request and dispatches it to the handler of its
-//! area: `topics.rs`, `acls.rs`, `keys.rs`, `producers.rs`, `audit.rs`, and the
+//! area: `topics.rs`, `acls.rs`, `keys.rs`, `producers.rs`, `audit.rs`,
+//! `cluster.rs`, and the
 //! access service for access requests and recipients. Each handler checks
 //! the caller's permission and records its own audit event.
 //!
@@ -21,10 +22,12 @@ use crate::transport::stream_io::{FrameReader, FrameWriter, StreamError, end_wit
 
 mod acls;
 mod audit;
+mod cluster;
 mod keys;
 mod producers;
 mod topics;
 
+pub use cluster::{SINGLE_NODE_TERM, log_cluster_role};
 pub use topics::ensure_topic;
 
 /// The topic name checked for broker-wide permissions (keys, ACL listing):
@@ -154,6 +157,14 @@ async fn handle(ctx: &ConnCtx, request: AdminRequest) -> Result<AdminResponse, B
         AdminRequest::RecipientRemove { topic, recipient } => {
             recipients::remove(ctx, &mut Authorizer::new(ctx), topic, recipient).await
         }
+        AdminRequest::Metadata { topics } => cluster::metadata(ctx, topics).await,
+        AdminRequest::ClusterStatus => cluster::status(ctx).await,
+        AdminRequest::ClusterAddNode {
+            id,
+            peer_addr,
+            client_addr,
+        } => cluster::add_node(ctx, id, peer_addr, client_addr).await,
+        AdminRequest::ClusterRemoveNode { id } => cluster::remove_node(ctx, id).await,
         other => Err(BrokerError::new(
             ErrorCode::InvalidRequest,
             format!(

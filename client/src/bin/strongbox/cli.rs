@@ -181,6 +181,9 @@ Examples:
     /// Ask for access to a topic; approve or deny what others asked.
     #[command(subcommand)]
     Access(crate::commands::access::AccessCommand),
+    /// The cluster's nodes and their state; add and remove nodes.
+    #[command(subcommand)]
+    Cluster(crate::commands::cluster::ClusterCommand),
 }
 
 /// `publish`.

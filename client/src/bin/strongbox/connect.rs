@@ -45,7 +45,9 @@ pub(crate) fn config(global: &GlobalArgs) -> anyhow::Result<ClientConfig> {
         }
     };
     if let Some(broker) = &global.broker {
+        // --broker names one broker: the profile's list no longer applies.
         config.broker.clone_from(broker);
+        config.fallback_brokers.clear();
     }
     if let Some(ca) = &global.ca {
         config.ca = PemSource::file(ca);

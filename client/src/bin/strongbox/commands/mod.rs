@@ -3,6 +3,7 @@
 pub(crate) mod access;
 mod acl;
 pub(crate) mod audit;
+pub(crate) mod cluster;
 pub(crate) mod e2e;
 pub(crate) mod keyring;
 pub(crate) mod keys;
@@ -31,6 +32,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::E2e(command) => e2e::run(global, command),
         Command::Recipients(command) => recipients::run(global, command).await,
         Command::Access(command) => access::run(global, command).await,
+        Command::Cluster(command) => cluster::run(global, command).await,
     }
 }
 

@@ -41,9 +41,39 @@ pub(crate) async fn run(global: &GlobalArgs, command: TopicCommand) -> anyhow::R
                 }
             }
             TopicCommand::Describe { name } => {
-                let topic = admin.describe_topic(name).await?;
+                let topic = admin.describe_topic(name.clone()).await?;
                 if global.json {
-                    out.json(&output::topic_json(&topic))?;
+                    // Where each partition is served, from Metadata (absent
+                    // from a broker that does not know the request).
+                    let placement = admin.metadata(Some(vec![name.clone()])).await.ok();
+                    let mut value = output::topic_json(&topic);
+                    let placed = placement.as_ref().and_then(|m| m.topic(&name));
+                    if let Some(parts) = value
+                        .get_mut("partition_state")
+                        .and_then(Value::as_array_mut)
+                    {
+                        for p in parts.iter_mut() {
+                            let index = p.get("partition").and_then(Value::as_u64);
+                            let found = placed.and_then(|t| {
+                                t.partitions
+                                    .iter()
+                                    .find(|x| Some(u64::from(x.partition)) == index)
+                            });
+                            if let Some(obj) = p.as_object_mut() {
+                                obj.insert(
+                                    "leader".into(),
+                                    serde_json::json!(found.and_then(|f| f.leader)),
+                                );
+                                obj.insert(
+                                    "replicas".into(),
+                                    serde_json::json!(
+                                        found.map(|f| f.replicas.clone()).unwrap_or_default()
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                    out.json(&value)?;
                 } else {
                     out.write(&output::topic_text(&topic))?;
                 }
