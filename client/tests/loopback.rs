@@ -760,7 +760,7 @@ async fn keyless_records_are_spread_over_partitions() {
     .await;
 }
 
-/// Rule L4c of docs/PROTOCOL.md: a `not_leader` refusal that names the
+/// Rule M4c of docs/PROTOCOL.md: a `not_leader` refusal that names the
 /// leader moves the client there and the request is sent again; without
 /// a hint, or when hints go round in circles, the retriable `not_leader`
 /// reaches the caller after at most `LEADER_HOPS` moves. (The broker does

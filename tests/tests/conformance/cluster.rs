@@ -9,11 +9,11 @@ use strongbox_protocol::model::NodeRole;
 
 use crate::harness::*;
 
-/// [L1] "Metadata": the broker is the only node, the leader and only
+/// [M1] "Metadata": the broker is the only node, the leader and only
 /// replica of every partition of the topics asked that the caller may
 /// describe; other topics are left out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn l1_metadata_of_a_single_node() -> Result<()> {
+async fn m1_metadata_of_a_single_node() -> Result<()> {
     let broker = Broker::start()?;
     with_log(&broker, async {
         let admin = broker.session(ADMIN).await?;
@@ -59,10 +59,10 @@ async fn l1_metadata_of_a_single_node() -> Result<()> {
     .await
 }
 
-/// [L2] "ClusterStatus": `describe` on `*`; a single node answers itself,
+/// [M2] "ClusterStatus": `describe` on `*`; a single node answers itself,
 /// leader of term 1, last contact 0, lag 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn l2_cluster_status_of_a_single_node() -> Result<()> {
+async fn m2_cluster_status_of_a_single_node() -> Result<()> {
     let broker = Broker::start()?;
     with_log(&broker, async {
         let bob = broker.session(BOB).await?;
@@ -89,11 +89,11 @@ async fn l2_cluster_status_of_a_single_node() -> Result<()> {
     .await
 }
 
-/// [L3] "ClusterAddNode", "ClusterRemoveNode": `admin` on `*`, else
+/// [M3] "ClusterAddNode", "ClusterRemoveNode": `admin` on `*`, else
 /// `not_authorized`; a single node refuses with `invalid_request` saying
 /// so; audited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn l3_membership_changes_on_a_single_node() -> Result<()> {
+async fn m3_membership_changes_on_a_single_node() -> Result<()> {
     let broker = Broker::start()?;
     with_log(&broker, async {
         let add = AdminRequest::ClusterAddNode {

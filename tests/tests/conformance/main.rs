@@ -176,10 +176,10 @@
 //! | I10 | Idempotent producers: resuming bumps the epoch | `idempotence::i10_resuming_bumps_the_epoch` |
 //! | I11 | Idempotent producers: the last `max_in_flight` batches are remembered | `idempotence::i11_the_last_max_in_flight_batches_are_remembered` |
 //! | K1c | Error codes: receivers keep unknown codes | `client/src/error.rs::unknown_codes_keep_the_number` |
-//! | L1 | Metadata: a single node leads every partition; topics the caller may not describe are left out | `cluster::l1_metadata_of_a_single_node` |
-//! | L2 | ClusterStatus: `describe` on `*`; a single node is the leader of term 1 | `cluster::l2_cluster_status_of_a_single_node` |
-//! | L3 | ClusterAddNode, ClusterRemoveNode: `admin` on `*`, `invalid_request` on a single node, audited | `cluster::l3_membership_changes_on_a_single_node` |
-//! | L4c | Leaders: the client follows a `not_leader` hint a bounded number of times | `client/tests/loopback.rs::admin_requests_follow_not_leader_hints` |
+//! | M1 | Metadata: a single node leads every partition; topics the caller may not describe are left out | `cluster::m1_metadata_of_a_single_node` |
+//! | M2 | ClusterStatus: `describe` on `*`; a single node is the leader of term 1 | `cluster::m2_cluster_status_of_a_single_node` |
+//! | M3 | ClusterAddNode, ClusterRemoveNode: `admin` on `*`, `invalid_request` on a single node, audited | `cluster::m3_membership_changes_on_a_single_node` |
+//! | M4c | Leaders: the client follows a `not_leader` hint a bounded number of times | `client/tests/loopback.rs::admin_requests_follow_not_leader_hints` |
 //! | N1 | Versioning: unknown feature bits | `versioning::n1_unknown_feature_bits_are_ignored` |
 //! | L1 | Peer protocol: a certificate of another CA is refused | `peer/tests/mtls.rs::a_certificate_from_a_foreign_ca_is_refused` |
 //! | L2 | Peer protocol: an expired certificate is refused | `peer/tests/mtls.rs::an_expired_node_certificate_is_refused` |
