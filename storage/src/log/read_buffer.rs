@@ -19,8 +19,9 @@ use bytes::{Bytes, BytesMut};
 /// them, so memory kept does not grow with the number of partitions.
 const POOLED: usize = 16;
 
-/// Smallest buffer allocated: a read of a small batch still gets a buffer
-/// later reads of their usual size can reuse.
+/// Smallest buffer allocated, and the step of buffer sizes: a read of a
+/// small batch still gets a buffer later reads can reuse, and reads of
+/// about the same budget fit each other's buffers.
 const MIN_BUFFER: usize = 16 * 1024;
 
 /// Buffers larger than this are not kept (a rare huge batch does not pin
@@ -55,7 +56,7 @@ pub(crate) fn take(len: usize) -> BytesMut {
     }
     // Fresh memory: zeroed by the allocator (pages straight from the
     // kernel are zero already), once per buffer, not once per read.
-    BytesMut::zeroed(len.max(MIN_BUFFER).next_power_of_two())
+    BytesMut::zeroed(len.max(MIN_BUFFER).next_multiple_of(MIN_BUFFER))
 }
 
 /// Keeps `buffer` (a whole buffer from [`take`], frozen) for reuse once the
