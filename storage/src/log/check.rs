@@ -322,6 +322,7 @@ pub fn check_dir(
         encrypted: true,
         clock: Arc::new(SystemClock),
         io: default_io(),
+        indexes: super::index::IndexCache::default(),
     };
     let listing = match list(ctx.io.as_ref(), dir) {
         Ok(l) => l,

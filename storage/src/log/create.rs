@@ -105,6 +105,7 @@ impl PartitionLog {
             i64::MIN,
         ));
         seg.set_active(Arc::clone(&file), Arc::clone(&crypto));
+        seg.set_live_index(index.live());
         {
             let mut segs = self.write_segments();
             if segs.is_empty() {

@@ -324,7 +324,7 @@ impl PartitionLog {
             // Readers stop at the cut from now on, even if sealing fails
             // and is tried again later.
             a.seg.frames_end.store(prefix.position, Ordering::Release);
-            index::rewrite(ctx.io.as_ref(), &a.seg.index_path, &prefix.entries)?;
+            index::rewrite(ctx, &a.seg, &prefix.entries)?;
             let seal = put_seal(
                 ctx,
                 &a.seg,

@@ -129,6 +129,7 @@ impl PartitionLog {
         shred_envelope(&self.ctx, seg.base, Some(seg.header.segment_id))?;
         files::remove_if_exists(io, &aside)?;
         files::remove_if_exists(io, &seg.index_path)?;
+        self.ctx.indexes.remove(&seg.header.segment_id);
         files::remove_if_exists(io, &dir.join(gap_file_name(seg.base)))?;
         files::sync_dir(io, dir)?;
         self.gaps

@@ -81,6 +81,7 @@ mod partition;
 mod producer_scan;
 mod quarantine;
 mod read;
+mod read_buffer;
 mod reconcile;
 mod recovery;
 mod scan;

@@ -286,6 +286,7 @@ impl PartitionLog {
             encrypted,
             clock: env.clock,
             io: env.io,
+            indexes: super::index::IndexCache::default(),
         });
         let recovered = if dir_missing {
             tracing::error!(dir = %dir.display(), "partition directory missing; not creating it again");
@@ -700,6 +701,7 @@ impl PartitionLog {
             tracing::warn!(segment = %a.seg.log_path.display(), error = %e, "the index of a sealed segment could not be synced; reads fall back to scanning where it is short");
         }
         a.seg.set_sealed(seal, true);
+        super::index::adopt_sealed(&self.ctx, &a.seg);
         // The seal's fdatasync covered every frame: all waiters of this
         // segment are durable.
         self.sync.stop_file();

@@ -8,20 +8,21 @@
 //! authenticated and found to have the entry's offset; otherwise it starts
 //! at the beginning of the segment.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use strongbox_protocol::batch::RecordBatch;
 
-use crate::io::{IoFile, StorageIo};
+use crate::io::IoFile;
 
 use super::error::LogError;
 use super::files;
 use super::format::{FRAME_HEADER_LEN, FrameHeader, SEGMENT_HEADER_LEN, Seal};
 use super::index::{self, Lookup};
 use super::partition::PartitionLog;
-use super::segment::{Frame, FrameFault, Segment, SegmentCrypto};
+use super::segment::{Frame, FrameFault, LogCtx, Segment, SegmentCrypto};
 
 /// What [`PartitionLog::verify`] checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -51,8 +52,9 @@ const RESYNC_ENTRIES: usize = 64;
 struct Anchor {
     position: u64,
     expected: u64,
-    /// The frame at `position`, already read while checking the anchor.
-    first: Option<Frame>,
+    /// Frames from `position` on, already read (while checking the anchor,
+    /// or ahead of where the read is).
+    pending: VecDeque<Frame>,
 }
 
 impl PartitionLog {
@@ -151,11 +153,12 @@ impl PartitionLog {
         let file = seg.file()?;
         let (seal, end) = seg.extent();
         let lookup = (req.from > seg.base).then_some(Lookup::Offset(req.from));
+        let want = req.max_bytes.saturating_sub(*total);
         let Anchor {
             mut position,
             mut expected,
-            mut first,
-        } = self.anchor(seg, file.as_ref(), &crypto, lookup, end)?;
+            mut pending,
+        } = self.anchor(seg, file.as_ref(), &crypto, lookup, end, want)?;
         loop {
             if position >= end {
                 if let Err(e) = check_end(seg, seal.as_ref(), expected) {
@@ -176,11 +179,20 @@ impl PartitionLog {
             if expected >= req.hw {
                 return Ok(true);
             }
-            let frame = match first.take() {
-                Some(f) => f,
-                None => match seg.read_frame(file.as_ref(), &crypto, position, end, Some(expected))
-                {
-                    Ok(f) => f,
+            if pending.is_empty() {
+                // Frames before `from` are read too (from the anchor on),
+                // but only what is returned counts against the budget.
+                let want = req.max_bytes.saturating_sub(*total);
+                match seg.read_frames(
+                    file.as_ref(),
+                    &crypto,
+                    position,
+                    end,
+                    Some(expected),
+                    want,
+                    &mut pending,
+                ) {
+                    Ok(()) => {}
                     Err(FrameFault::Io(e)) => return Err(e),
                     Err(FrameFault::Invalid { .. }) if !out.is_empty() => return Ok(true),
                     Err(FrameFault::Invalid {
@@ -188,7 +200,7 @@ impl PartitionLog {
                         reason,
                     }) => {
                         let resume = resume_after(
-                            self.ctx.io.as_ref(),
+                            &self.ctx,
                             seg,
                             file.as_ref(),
                             &crypto,
@@ -203,7 +215,7 @@ impl PartitionLog {
                                 Anchor {
                                     position,
                                     expected,
-                                    first,
+                                    pending,
                                 } = anchor;
                                 continue;
                             }
@@ -230,7 +242,11 @@ impl PartitionLog {
                             }
                         }
                     }
-                },
+                }
+            }
+            // `read_frames` returns at least one frame when it succeeds.
+            let Some(frame) = pending.pop_front() else {
+                return Ok(true);
             };
             let next = frame.header.next_offset().unwrap_or(u64::MAX);
             position = frame.end();
@@ -288,10 +304,10 @@ impl PartitionLog {
         let Anchor {
             mut position,
             mut expected,
-            mut first,
-        } = self.anchor(seg, file.as_ref(), &crypto, Some(Lookup::Time(ts)), end)?;
+            mut pending,
+        } = self.anchor(seg, file.as_ref(), &crypto, Some(Lookup::Time(ts)), end, 0)?;
         while position < end && expected < hw {
-            let frame = match first.take() {
+            let frame = match pending.pop_front() {
                 Some(f) => f,
                 None => seg
                     .read_frame(file.as_ref(), &crypto, position, end, Some(expected))
@@ -383,7 +399,9 @@ impl PartitionLog {
     }
 
     /// Picks where to start reading `seg`: an index entry whose frame
-    /// authenticates with the entry's offset, or the segment start.
+    /// authenticates with the entry's offset (read together with the
+    /// frames after it, up to about `want` bytes of batches), or the
+    /// segment start.
     fn anchor(
         &self,
         seg: &Segment,
@@ -391,15 +409,14 @@ impl PartitionLog {
         crypto: &SegmentCrypto,
         lookup: Option<Lookup>,
         end: u64,
+        want: usize,
     ) -> Result<Anchor, LogError> {
         let start = Anchor {
             position: SEGMENT_HEADER_LEN as u64,
             expected: seg.base,
-            first: None,
+            pending: VecDeque::new(),
         };
-        let Some(entry) =
-            lookup.and_then(|l| index::lookup(self.ctx.io.as_ref(), &seg.index_path, l))
-        else {
+        let Some(entry) = lookup.and_then(|l| index::lookup(&self.ctx, seg, l)) else {
             return Ok(start);
         };
         if entry.position <= SEGMENT_HEADER_LEN as u64
@@ -408,11 +425,21 @@ impl PartitionLog {
         {
             return Ok(start);
         }
-        match seg.read_frame(file, crypto, entry.position, end, Some(entry.offset)) {
-            Ok(frame) => Ok(Anchor {
+        let mut pending = VecDeque::new();
+        let read = seg.read_frames(
+            file,
+            crypto,
+            entry.position,
+            end,
+            Some(entry.offset),
+            want,
+            &mut pending,
+        );
+        match read {
+            Ok(()) => Ok(Anchor {
                 position: entry.position,
                 expected: entry.offset,
-                first: Some(frame),
+                pending,
             }),
             Err(FrameFault::Io(e)) => Err(e),
             Err(FrameFault::Invalid { reason, .. }) => {
@@ -468,7 +495,7 @@ fn whole_segment(seg: &Segment, req: &ReadRequest, e: LogError) -> LogError {
 /// was authenticated under the segment's key in its place, so the damaged
 /// header is trusted for nothing but a guess of where to look.
 fn resume_after(
-    io: &dyn StorageIo,
+    ctx: &LogCtx,
     seg: &Segment,
     file: &dyn IoFile,
     crypto: &SegmentCrypto,
@@ -484,7 +511,7 @@ fn resume_after(
         (frame.header.base_offset > expected).then(|| Anchor {
             position,
             expected: frame.header.base_offset,
-            first: Some(frame),
+            pending: VecDeque::from([frame]),
         })
     };
     let mut head = [0u8; FRAME_HEADER_LEN];
@@ -495,7 +522,7 @@ fn resume_after(
     if let Some(anchor) = claimed.and_then(found) {
         return Some(anchor);
     }
-    index::entries_after(io, &seg.index_path, expected, RESYNC_ENTRIES)
+    index::entries_after(ctx, seg, expected, RESYNC_ENTRIES)
         .into_iter()
         .find_map(|entry| found(entry.position))
 }

@@ -777,7 +777,7 @@ fn recover_tail(
     }
     file.set_len(pos)
         .map_err(files::io_err("truncating", &seg.log_path))?;
-    index::rewrite(ctx.io.as_ref(), &seg.index_path, &prefix.entries)?;
+    index::rewrite(ctx, &seg, &prefix.entries)?;
     let seal = write_seal(
         ctx,
         &seg,

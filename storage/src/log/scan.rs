@@ -74,6 +74,7 @@ pub fn scan_dir(
         encrypted: true,
         clock: Arc::new(SystemClock),
         io: default_io(),
+        indexes: super::index::IndexCache::default(),
     };
     let bases = segment_bases(&ctx)?;
     let mut out = Scanned {

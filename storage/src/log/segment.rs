@@ -1,6 +1,7 @@
 //! One segment in memory: where its files are, its header and seal, its
 //! key, and reading and authenticating its frames.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
@@ -19,6 +20,7 @@ use super::format::{
     FRAME_HEADER_LEN, FrameHeader, SEGMENT_HEADER_LEN, Seal, SegmentHeader, frame_aad, frame_nonce,
     index_file_name, segment_file_name,
 };
+use super::index::{IndexCache, LiveIndex};
 
 /// What every segment of one log shares.
 #[derive(Debug)]
@@ -31,6 +33,8 @@ pub(crate) struct LogCtx {
     pub(crate) clock: Arc<dyn Clock>,
     /// Every file-system operation of the log goes through it.
     pub(crate) io: Arc<dyn StorageIo>,
+    /// The indexes of sealed segments that readers looked up lately.
+    pub(crate) indexes: IndexCache,
 }
 
 impl LogCtx {
@@ -105,6 +109,11 @@ impl SegmentCrypto {
     }
 }
 
+/// Bytes read past the batches a read wants, for the frame headers and
+/// tags around them: without it the last frame that fits the budget would
+/// be cut and need a read of its own.
+const READ_AHEAD_SLACK: u64 = 4096;
+
 /// A frame read back and authenticated.
 #[derive(Debug)]
 pub(crate) struct Frame {
@@ -161,6 +170,9 @@ pub(crate) struct Segment {
     seal_verified: AtomicBool,
     /// The keys of the active segment, held while it takes appends.
     active_crypto: Mutex<Option<Arc<SegmentCrypto>>>,
+    /// The index entries of the active segment, which its writer appends
+    /// to; moved to the log's [`IndexCache`] when the segment is sealed.
+    live_index: Mutex<Option<Arc<LiveIndex>>>,
 }
 
 impl Segment {
@@ -187,7 +199,34 @@ impl Segment {
             seal: OnceLock::new(),
             seal_verified: AtomicBool::new(false),
             active_crypto: Mutex::new(None),
+            live_index: Mutex::new(None),
         }
+    }
+
+    /// Readers search `index`, which the active segment's writer fills,
+    /// until the segment is sealed.
+    pub(crate) fn set_live_index(&self, index: Arc<LiveIndex>) {
+        *self
+            .live_index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(index);
+    }
+
+    /// The active segment's index entries in memory, if this is it.
+    pub(crate) fn live_index(&self) -> Option<Arc<LiveIndex>> {
+        self.live_index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Stops readers from using the entries in memory (the segment was
+    /// sealed or its index rewritten) and returns them.
+    pub(crate) fn take_live_index(&self) -> Option<Arc<LiveIndex>> {
+        self.live_index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// Marks the segment active: it holds its keys and its open file.
@@ -329,12 +368,44 @@ impl Segment {
         end: u64,
         expected_base: Option<u64>,
     ) -> Result<Frame, FrameFault> {
+        let mut out = VecDeque::with_capacity(1);
+        self.read_frames(file, crypto, pos, end, expected_base, 0, &mut out)?;
+        out.pop_front().ok_or_else(|| FrameFault::Invalid {
+            position: pos,
+            reason: "no frame at this position".into(),
+        })
+    }
+
+    /// Reads the frame at `pos` (which must end by `end`) and, in the same
+    /// positional read, the frames after it up to about `want` bytes of
+    /// batches in all, authenticates them and appends them to `out` in
+    /// order. The frame at `pos` is always read (whatever `want`), so `out`
+    /// grows by at least one frame unless it is invalid; a later frame that
+    /// is invalid, or does not lie wholly within what was read, ends the
+    /// call quietly (the next call, starting there, reads or reports it).
+    /// `expected_base`, when given, is the base offset the frame at `pos`
+    /// must have to be in its place; each later frame must follow the one
+    /// before it.
+    ///
+    /// The frames are decrypted in place in one reused buffer (see
+    /// `read_buffer.rs`) and handed out as slices of it: no frame is
+    /// copied or zero-filled on its way from the file to the caller.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn read_frames(
+        &self,
+        file: &dyn IoFile,
+        crypto: &SegmentCrypto,
+        pos: u64,
+        end: u64,
+        expected_base: Option<u64>,
+        want: usize,
+        out: &mut VecDeque<Frame>,
+    ) -> Result<(), FrameFault> {
         let invalid = |reason: String| FrameFault::Invalid {
             position: pos,
             reason,
         };
-        let body_pos = pos
-            .checked_add(FRAME_HEADER_LEN as u64)
+        pos.checked_add(FRAME_HEADER_LEN as u64)
             .filter(|p| *p <= end)
             .ok_or_else(|| invalid("a frame header runs past the end of the data".into()))?;
         let mut head = [0u8; FRAME_HEADER_LEN];
@@ -343,8 +414,8 @@ impl Segment {
             FrameHeader::decode(&head).map_err(|e| invalid(format!("frame header: {e}")))?;
         // The whole frame must lie within the data before anything is
         // allocated for it.
-        body_pos
-            .checked_add(u64::from(header.len))
+        let first_end = pos
+            .checked_add(header.frame_len())
             .filter(|e| *e <= end)
             .ok_or_else(|| {
                 invalid(format!(
@@ -352,23 +423,100 @@ impl Segment {
                     header.len
                 ))
             })?;
+        let first_len = first_end.saturating_sub(pos);
+        // Room for the frame headers and tags of the frames that make up
+        // `want` bytes of batches, so that the last of them is not cut.
+        let span = first_len
+            .max((want as u64).saturating_add(READ_AHEAD_SLACK))
+            .min(end.saturating_sub(pos));
+        let span = usize::try_from(span).map_err(|_| invalid("frame too long".into()))?;
+        let mut buf = super::read_buffer::take(span);
+        let chunk = buf
+            .get_mut(..span)
+            .ok_or_else(|| invalid("read buffer too short".into()))?;
+        files::read_exact_at(file, chunk, pos, &self.log_path).map_err(FrameFault::Io)?;
+        let mut opened = Vec::new();
+        let mut at = 0usize;
+        let mut expected = expected_base;
+        let mut batches = 0usize;
+        while at < span {
+            let position = pos.saturating_add(at as u64);
+            let rest = chunk.get_mut(at..).unwrap_or_default();
+            match self.open_in_place(rest, crypto, position, end, expected) {
+                Ok(Some((header, plain_len))) => {
+                    let body = at.saturating_add(FRAME_HEADER_LEN);
+                    opened.push((position, header, body..body.saturating_add(plain_len)));
+                    at = at
+                        .saturating_add(usize::try_from(header.frame_len()).unwrap_or(usize::MAX));
+                    expected = header.next_offset();
+                    batches = batches.saturating_add(plain_len);
+                    if batches >= want {
+                        break;
+                    }
+                }
+                Err(reason) if opened.is_empty() => {
+                    return Err(FrameFault::Invalid { position, reason });
+                }
+                // Past what was read, or damaged: left to the next call.
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let buf = buf.freeze();
+        super::read_buffer::give_back(&buf);
+        out.extend(opened.into_iter().map(|(position, header, range)| Frame {
+            position,
+            header,
+            batch: buf.slice(range),
+        }));
+        Ok(())
+    }
+
+    /// Checks and decrypts in place the frame at the start of `bytes`
+    /// (found at file position `position`). `Ok(None)` when the frame does
+    /// not lie wholly within `bytes`; the error says why it is not an
+    /// authentic frame in its place.
+    fn open_in_place(
+        &self,
+        bytes: &mut [u8],
+        crypto: &SegmentCrypto,
+        position: u64,
+        end: u64,
+        expected_base: Option<u64>,
+    ) -> Result<Option<(FrameHeader, usize)>, String> {
+        let Some(head) = bytes.get(..FRAME_HEADER_LEN) else {
+            return Ok(None);
+        };
+        let header = FrameHeader::decode(head).map_err(|e| format!("frame header: {e}"))?;
+        position
+            .checked_add(header.frame_len())
+            .filter(|e| *e <= end)
+            .ok_or_else(|| {
+                format!(
+                    "a frame of {} bytes runs past the end of the data",
+                    header.len
+                )
+            })?;
         if let Some(expected) = expected_base
             && header.base_offset != expected
         {
-            return Err(invalid(format!(
+            return Err(format!(
                 "frame holds offset {} where offset {expected} belongs (frames moved or removed)",
                 header.base_offset
-            )));
+            ));
         }
         if header.base_offset < self.base || header.next_offset().is_none() {
-            return Err(invalid(format!(
+            return Err(format!(
                 "frame offset {} is outside this segment",
                 header.base_offset
-            )));
+            ));
         }
-        let len = usize::try_from(header.len).map_err(|_| invalid("frame too long".into()))?;
-        let mut buf = vec![0u8; len];
-        files::read_exact_at(file, &mut buf, body_pos, &self.log_path).map_err(FrameFault::Io)?;
+        let len = usize::try_from(header.len).map_err(|_| "frame too long".to_owned())?;
+        let Some(sealed) = FRAME_HEADER_LEN
+            .checked_add(len)
+            .and_then(|e| bytes.get_mut(FRAME_HEADER_LEN..e))
+        else {
+            return Ok(None);
+        };
         let aad = frame_aad(
             &self.header.topic_id,
             self.header.partition,
@@ -377,24 +525,20 @@ impl Segment {
             header.record_count,
         );
         let plain_len = crypto
-            .open_frame(&frame_nonce(header.base_offset), &aad, &mut buf)
+            .open_frame(&frame_nonce(header.base_offset), &aad, sealed)
             .map_err(|_| {
-                invalid(format!(
+                format!(
                     "frame at offset {} fails authentication (altered, or sealed under another key or place)",
                     header.base_offset
-                ))
+                )
             })?;
-        buf.truncate(plain_len);
-        let batch = strongbox_protocol::batch::parse_header(&buf)
-            .map_err(|e| invalid(format!("decrypted batch is malformed: {e}")))?;
+        let plain = sealed.get(..plain_len).unwrap_or_default();
+        let batch = strongbox_protocol::batch::parse_header(plain)
+            .map_err(|e| format!("decrypted batch is malformed: {e}"))?;
         if batch.record_count != header.record_count {
-            return Err(invalid("record counts of frame and batch differ".into()));
+            return Err("record counts of frame and batch differ".into());
         }
-        Ok(Frame {
-            position: pos,
-            header,
-            batch: Bytes::from(buf),
-        })
+        Ok(Some((header, plain_len)))
     }
 
     /// The position after the last complete frame readers may look at.

@@ -135,7 +135,7 @@ impl PartitionLog {
                 )?;
                 file.set_len(cut.position)
                     .map_err(files::io_err("truncating", &keep.log_path))?;
-                index::rewrite(self.ctx.io.as_ref(), &keep.index_path, &cut.entries)?;
+                index::rewrite(&self.ctx, &keep, &cut.entries)?;
                 let seal = write_seal(
                     &self.ctx,
                     &keep,
