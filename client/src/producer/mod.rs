@@ -70,7 +70,7 @@ pub struct ProducerConfig {
     /// Memory for records not yet acknowledged. When it is full, `send`
     /// waits for room and `try_send` returns
     /// [`TrySendError::WouldBlock`]. It bounds the time records queue in the
-    /// producer under overload: 8 MiB (the default) is about 25 ms of
+    /// producer under overload: 8 MiB (the default) is about 28 ms of
     /// queueing at 300 MB/s. A larger buffer absorbs longer bursts at the
     /// cost of that latency.
     pub buffer_bytes: usize,
@@ -248,6 +248,9 @@ pub struct Producer {
     partition_counts: Arc<Mutex<HashMap<String, u32>>>,
     /// Topics whose partition count is being fetched for `try_send`.
     fetching: Arc<Mutex<HashSet<String>>>,
+    /// The runtime the producer was made in: `try_send` is not async, and
+    /// may be called from a thread outside it.
+    runtime: tokio::runtime::Handle,
     sealer: Option<Arc<dyn ValueSealer>>,
     identity: Arc<Mutex<Option<ProducerIdentity>>>,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -282,6 +285,7 @@ impl Producer {
             buffer_bytes,
             partition_counts: Arc::new(Mutex::new(HashMap::new())),
             fetching: Arc::new(Mutex::new(HashSet::new())),
+            runtime: tokio::runtime::Handle::current(),
             sealer,
             identity,
             task: Mutex::new(Some(task)),
@@ -519,7 +523,7 @@ impl Producer {
             self.fetching.clone(),
         );
         let (topic, timeout) = (topic.to_owned(), self.delivery_timeout);
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             // A failure is not reported here: the next `try_send` starts
             // another fetch, and `send` reports the error.
             if let Ok(Ok(n)) =
