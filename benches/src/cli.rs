@@ -151,6 +151,11 @@ pub struct ProduceArgs {
     /// partition's pipeline has room and grows while it has none).
     #[arg(long, value_parser = parse_duration)]
     pub linger: Option<Duration>,
+    /// With adaptive batching: a batch that is not full goes out while
+    /// fewer than this many batches of its partition are queued or in
+    /// flight (default: the client's, 2).
+    #[arg(long, value_name = "BATCHES", value_parser = clap::value_parser!(u32).range(1..))]
+    pub partition_pipeline: Option<u32>,
     /// Close a batch at this size.
     #[arg(long, default_value = "256KiB", value_parser = parse_size)]
     pub batch_bytes: usize,
@@ -387,6 +392,7 @@ mod tests {
         assert_eq!(a.topic, "demo.bench");
         assert_eq!(a.rate, None);
         assert_eq!(a.buffer_bytes, None, "the client's default");
+        assert_eq!(a.partition_pipeline, None, "the client's default");
         assert_eq!(cli.connect.profile, Some(PathBuf::from("p.toml")));
         assert!(!cli.json);
     }

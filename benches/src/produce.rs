@@ -179,6 +179,9 @@ fn producer_config(args: &ProduceArgs) -> ProducerConfig {
         linger: args.linger.unwrap_or(defaults.linger),
         max_in_flight: Some(args.window),
         buffer_bytes: args.buffer_bytes.unwrap_or(defaults.buffer_bytes),
+        partition_pipeline: args
+            .partition_pipeline
+            .unwrap_or(defaults.partition_pipeline),
         ..defaults
     }
 }
