@@ -18,6 +18,9 @@ Units:
 
 Examples:
   strongbox-bench all --spawn-dev --runs 3
+  strongbox-bench all --spawn-dev --quick
+  strongbox-bench fanout --spawn-dev --subscribers 1,10,50
+  strongbox-bench produce --spawn-dev --rate 100000 --count 1000000
   strongbox-bench raw-quic --size 1KiB --count 1000000
   strongbox-bench handshake --count 1000 --runs 5
   strongbox-bench --profile strongbox-dev/profiles/admin.toml produce --topic demo.bench
@@ -54,8 +57,17 @@ pub enum Command {
     /// process on 127.0.0.1 (each followed by one byte each way). No
     /// broker.
     Handshake(HandshakeArgs),
+    /// Fan-out: one producer paced at --rate publishes to a fresh topic
+    /// while N subscribers (each on its own connection) tail it live, for
+    /// each N of --subscribers. Reports each subscriber's records/s and
+    /// the publish-to-delivery latency, from a timestamp the producer
+    /// writes into the first 8 bytes of each value.
+    Fanout(FanoutArgs),
     /// raw-quic, produce (to a fresh topic) and consume (of that topic),
-    /// repeated --runs times; reports each run and the median, min and max.
+    /// repeated --runs times; then the rows of issue-13 targets (paced ack
+    /// latency, large records, many partitions and producers, fan-out),
+    /// each also --runs times; reports each run and the median, min and
+    /// max. --quick runs everything once with short counts.
     All(AllArgs),
 }
 
@@ -120,7 +132,7 @@ pub struct ProduceArgs {
     #[arg(long, value_enum, default_value = "fsync")]
     pub durability: DurabilityArg,
     /// Bytes of each record value.
-    #[arg(long, default_value = "1KiB", value_parser = parse_size)]
+    #[arg(long, visible_alias = "value-size", default_value = "1KiB", value_parser = parse_size)]
     pub size: usize,
     /// Records to send, over all producers.
     #[arg(long, default_value_t = 1_000_000, conflicts_with = "duration")]
@@ -134,16 +146,24 @@ pub struct ProduceArgs {
     /// Unacknowledged batches per producer (the in-flight window).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub window: u32,
-    /// How long a batch may wait for more records.
-    #[arg(long, default_value = "5ms", value_parser = parse_duration)]
-    pub linger: Duration,
+    /// How long a batch that is not full waits for more records (default:
+    /// the client's, zero: adaptive batching, a batch goes as soon as the
+    /// partition's pipeline has room and grows while it has none).
+    #[arg(long, value_parser = parse_duration)]
+    pub linger: Option<Duration>,
+    /// With adaptive batching: a batch that is not full goes out while
+    /// fewer than this many batches of its partition are queued or in
+    /// flight (default: the client's, 2).
+    #[arg(long, value_name = "BATCHES", value_parser = clap::value_parser!(u32).range(1..))]
+    pub partition_pipeline: Option<u32>,
     /// Close a batch at this size.
     #[arg(long, default_value = "256KiB", value_parser = parse_size)]
     pub batch_bytes: usize,
     /// Producer memory for records not yet acknowledged; `send` waits
-    /// when it is full. Ack latency includes that wait.
-    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
-    pub buffer_bytes: usize,
+    /// when it is full. Ack latency includes that wait. Default: the
+    /// client's (8 MiB).
+    #[arg(long, value_parser = parse_size)]
+    pub buffer_bytes: Option<usize>,
     /// Send at this many records per second over all producers instead of
     /// as fast as the buffer allows; ack latency is then measured from each
     /// record's scheduled time, so falling behind shows as latency.
@@ -206,6 +226,34 @@ pub struct HandshakeArgs {
     pub key_exchange: KeyExchange,
 }
 
+/// What `fanout` measures.
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    /// Prefix of the fresh topic made for each subscriber count.
+    #[arg(long, default_value = "demo.fanout")]
+    pub topic: String,
+    /// Subscriber counts to measure, one after the other.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub subscribers: Vec<u32>,
+    /// Records per second the producer publishes.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate: u64,
+    /// Bytes of each record value (at least 8, for the timestamp).
+    #[arg(long, default_value = "1KiB", value_parser = parse_size)]
+    pub size: usize,
+    /// How long the producer publishes, per subscriber count.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Durability of the topics.
+    #[arg(long, value_enum, default_value = "fsync")]
+    pub durability: DurabilityArg,
+    /// The producer's linger (default: the client's, zero: adaptive
+    /// batching).
+    #[arg(long, value_parser = parse_duration)]
+    pub linger: Option<Duration>,
+}
+
 /// What `all` runs.
 #[derive(Debug, Clone, Args)]
 pub struct AllArgs {
@@ -216,9 +264,18 @@ pub struct AllArgs {
     /// Consumer credit window, per partition.
     #[arg(long, default_value = "8MiB", value_parser = parse_size)]
     pub credit_window: usize,
-    /// Times to repeat raw-quic, produce and consume.
+    /// Times to repeat raw-quic, produce and consume (and the extra rows).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,
+    /// Everything once, with short counts (200,000 records for the main
+    /// row, 2 s per paced row, 1 s per fan-out row; under two minutes on
+    /// two cores): for comparisons before and after a change. Overrides
+    /// --runs and --count.
+    #[arg(long)]
+    pub quick: bool,
+    /// Only raw-quic, produce and consume, without the extra rows.
+    #[arg(long, conflicts_with = "quick")]
+    pub no_extras: bool,
 }
 
 /// Parses a byte size: `1024`, `1KiB`, `64KiB`, `4MiB`, `1GiB`, `10kB`,
@@ -329,12 +386,13 @@ mod tests {
         assert_eq!(a.duration, None);
         assert_eq!(a.producers, 1);
         assert_eq!(a.window, 256);
-        assert_eq!(a.linger, Duration::from_millis(5));
+        assert_eq!(a.linger, None, "the client's default");
         assert_eq!(a.durability, DurabilityArg::Fsync);
         assert_eq!(a.partitions, 1);
         assert_eq!(a.topic, "demo.bench");
         assert_eq!(a.rate, None);
-        assert_eq!(a.buffer_bytes, 64 << 20);
+        assert_eq!(a.buffer_bytes, None, "the client's default");
+        assert_eq!(a.partition_pipeline, None, "the client's default");
         assert_eq!(cli.connect.profile, Some(PathBuf::from("p.toml")));
         assert!(!cli.json);
     }
@@ -384,7 +442,7 @@ mod tests {
             (a.size, a.count, a.producers, a.window, a.batch_bytes),
             (4096, 5000, 4, 32, 65_536)
         );
-        assert_eq!(a.linger, Duration::ZERO);
+        assert_eq!(a.linger, Some(Duration::ZERO));
         assert_eq!(a.topic, "demo.x");
         assert_eq!(a.partitions, 3);
         assert_eq!(a.durability, DurabilityArg::None);
@@ -443,6 +501,29 @@ mod tests {
             panic!("not all");
         };
         assert_eq!((a.runs, a.produce.count), (5, 1000));
+
+        assert!(!a.quick);
+        let cli = parse(&["all", "--quick"]).expect("parses");
+        let Command::All(a) = cli.command else {
+            panic!("not all");
+        };
+        assert!(a.quick);
+
+        let cli = parse(&["fanout"]).expect("parses");
+        let Command::Fanout(f) = cli.command else {
+            panic!("not fanout");
+        };
+        assert_eq!(f.subscribers, vec![1, 10, 50]);
+        assert_eq!(
+            (f.rate, f.size, f.duration),
+            (50_000, 1024, Duration::from_secs(10))
+        );
+        let cli = parse(&["fanout", "--subscribers", "2,5"]).expect("parses");
+        let Command::Fanout(f) = cli.command else {
+            panic!("not fanout");
+        };
+        assert_eq!(f.subscribers, vec![2, 5]);
+        assert!(parse(&["fanout", "--subscribers", "0"]).is_err());
 
         let cli = parse(&["handshake", "--count", "50"]).expect("parses");
         let Command::Handshake(h) = cli.command else {

@@ -27,9 +27,11 @@
 pub mod cli;
 pub mod connect;
 pub mod consume;
+pub mod fanout;
 pub mod handshake;
 pub mod histogram;
 pub mod produce;
 pub mod raw_quic;
 pub mod report;
+pub mod rows;
 pub mod spawn;

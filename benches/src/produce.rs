@@ -104,13 +104,7 @@ pub async fn run(config: &ClientConfig, args: &ProduceArgs) -> Result<ProduceRep
             .await
             .context("connecting a producer")?;
         let producer = client
-            .producer(ProducerConfig {
-                batch_bytes: args.batch_bytes,
-                linger: args.linger,
-                max_in_flight: Some(args.window),
-                buffer_bytes: args.buffer_bytes,
-                ..ProducerConfig::default()
-            })
+            .producer(producer_config(args))
             .await
             .context("creating a producer")?;
         let count = per_producer + u64::from(u64::from(index) < remainder);
@@ -163,7 +157,7 @@ pub async fn run(config: &ClientConfig, args: &ProduceArgs) -> Result<ProduceRep
         producers,
         window: args.window,
         batch_bytes: args.batch_bytes,
-        linger_ms: args.linger.as_secs_f64() * 1_000.0,
+        linger_ms: producer_config(args).linger.as_secs_f64() * 1_000.0,
         rate: args.rate,
         sent,
         failed,
@@ -177,7 +171,23 @@ pub async fn run(config: &ClientConfig, args: &ProduceArgs) -> Result<ProduceRep
     })
 }
 
-fn durability_name(d: &Durability) -> String {
+/// The producer settings of `args`: the client's defaults where not given.
+fn producer_config(args: &ProduceArgs) -> ProducerConfig {
+    let defaults = ProducerConfig::default();
+    ProducerConfig {
+        batch_bytes: args.batch_bytes,
+        linger: args.linger.unwrap_or(defaults.linger),
+        max_in_flight: Some(args.window),
+        buffer_bytes: args.buffer_bytes.unwrap_or(defaults.buffer_bytes),
+        partition_pipeline: args
+            .partition_pipeline
+            .unwrap_or(defaults.partition_pipeline),
+        ..defaults
+    }
+}
+
+/// The name of a durability in reports.
+pub fn durability_name(d: &Durability) -> String {
     match d {
         Durability::Fsync => "fsync".into(),
         Durability::Interval { interval_ms } => format!("interval {interval_ms} ms"),

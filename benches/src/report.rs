@@ -178,6 +178,20 @@ pub struct Run {
     pub consume: ConsumeReport,
     /// produce msgs/s ÷ raw-quic msgs/s.
     pub produce_to_raw_ratio: f64,
+    /// The extra rows (paced latency, large records, many partitions,
+    /// fan-out); empty with `--no-extras`.
+    pub extras: Vec<crate::rows::ExtraRow>,
+}
+
+/// One figure of an extra row over the runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExtraSpread {
+    /// The row.
+    pub row: String,
+    /// The figure.
+    pub figure: String,
+    /// Its spread over the runs.
+    pub spread: Spread,
 }
 
 /// `all`: every run and the spread of each figure.
@@ -203,6 +217,8 @@ pub struct AllReport {
     pub consume_records_per_sec: Spread,
     /// Replay MB/s.
     pub consume_mb_per_sec: Spread,
+    /// The extra rows' figures.
+    pub extras: Vec<ExtraSpread>,
 }
 
 impl AllReport {
@@ -219,12 +235,39 @@ impl AllReport {
             produce_to_raw_ratio: spread(&|r| r.produce_to_raw_ratio),
             consume_records_per_sec: spread(&|r| r.consume.throughput.msgs_per_sec),
             consume_mb_per_sec: spread(&|r| r.consume.throughput.mb_per_sec),
+            extras: extra_spreads(&runs),
             runs,
         }
     }
 }
 
-fn latency_line(l: &Latency) -> String {
+/// Each (row, figure) of the runs' extra rows, in the order of the first
+/// run, with its spread.
+fn extra_spreads(runs: &[Run]) -> Vec<ExtraSpread> {
+    let Some(first) = runs.first() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for row in &first.extras {
+        for f in &row.figures {
+            let values: Vec<f64> = runs
+                .iter()
+                .flat_map(|r| r.extras.iter().filter(|x| x.row == row.row))
+                .flat_map(|x| x.figures.iter().filter(|g| g.name == f.name))
+                .map(|g| g.value)
+                .collect();
+            out.push(ExtraSpread {
+                row: row.row.clone(),
+                figure: f.name.clone(),
+                spread: Spread::of(&values),
+            });
+        }
+    }
+    out
+}
+
+/// "p50 .. p99 .. p99.9 .. max .." of `l`, for text reports.
+pub fn latency_line(l: &Latency) -> String {
     format!(
         "p50 {} p99 {} p99.9 {} max {}",
         ms(l.p50_us),
@@ -314,6 +357,9 @@ impl AllReport {
             s.push_str(&run.raw_quic.text());
             s.push_str(&run.produce.text());
             s.push_str(&run.consume.text());
+            for extra in &run.extras {
+                s.push_str(&extra.text);
+            }
             let _ = writeln!(
                 s,
                 "          produce / raw-quic = {:.2}\n",
@@ -341,6 +387,17 @@ impl AllReport {
         row(&mut s, "ack latency p99.9 (µs)", &self.produce_p999_us, 0);
         row(&mut s, "replay records/s", &self.consume_records_per_sec, 0);
         row(&mut s, "replay MB/s", &self.consume_mb_per_sec, 1);
+        for e in &self.extras {
+            let digits = if e.figure.ends_with("ms") { 2 } else { 0 };
+            let _ = writeln!(
+                s,
+                "  {:<48} {:>12.digits$}  ({:.digits$} .. {:.digits$})",
+                format!("{}: {}", e.row, e.figure),
+                e.spread.median,
+                e.spread.min,
+                e.spread.max
+            );
+        }
         s
     }
 }

@@ -10,8 +10,12 @@
 //!
 //! - a [`Producer`] keeps one long-lived stream on which it pipelines
 //!   record batches (up to the broker's `max_in_flight`). Records are
-//!   batched per partition by size and linger; each `send` returns a future
-//!   that resolves to the record's offset. Producers are idempotent: the
+//!   batched per partition adaptively: a record goes out at once when its
+//!   partition's pipeline has room, and records collect into a growing
+//!   batch while it has none (see [`ProducerConfig`]); each `send` returns
+//!   a future that resolves to the record's offset, and waits while the
+//!   producer's buffer is full ([`Producer::try_send`] returns
+//!   [`TrySendError::WouldBlock`] instead). Producers are idempotent: the
 //!   broker drops a batch it already stored, so retries after a dropped
 //!   connection never write twice;
 //! - a [`Consumer`] opens one stream per subscription (a partition, or a
@@ -166,7 +170,10 @@ pub use config::{ClientConfig, PemSource, ReconnectPolicy};
 pub use connection::{BrokerLimits, Client};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, Subscription, Target};
 pub use error::ClientError;
-pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use producer::{
+    DEFAULT_BUFFER_BYTES, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
+    TrySendError,
+};
 pub use tls::KeyExchange;
 pub use transform::{Opened, ValueOpener, ValueSealer};
 

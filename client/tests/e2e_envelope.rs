@@ -15,7 +15,7 @@ use strongbox_client::{
 /// The record a consumer would read back for a produced one.
 fn delivered(r: &ProducerRecord, offset: u64) -> ConsumedRecord {
     ConsumedRecord {
-        topic: r.topic.clone(),
+        topic: r.topic.as_str().into(),
         partition: 0,
         offset,
         timestamp: 1_769_850_000_000,

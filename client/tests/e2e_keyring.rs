@@ -18,7 +18,7 @@ const KEY: &str = "orders-key";
 
 fn delivered(r: &ProducerRecord, offset: u64) -> ConsumedRecord {
     ConsumedRecord {
-        topic: r.topic.clone(),
+        topic: r.topic.as_str().into(),
         partition: 0,
         offset,
         timestamp: 0,

@@ -21,7 +21,7 @@ const DAY: i64 = 86_400_000;
 
 fn delivered(r: &ProducerRecord, offset: u64) -> ConsumedRecord {
     ConsumedRecord {
-        topic: r.topic.clone(),
+        topic: r.topic.as_str().into(),
         partition: 0,
         offset,
         timestamp: 0,

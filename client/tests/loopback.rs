@@ -160,7 +160,7 @@ async fn pipelined_produce_is_acked_in_order_and_reads_back() {
             assert_eq!(got, peer.values("demo.orders", p), "partition {p} in order");
         }
         let r = &records[0];
-        assert_eq!(r.topic, "demo.orders");
+        assert_eq!(&*r.topic, "demo.orders");
         assert_eq!(
             r.header("i")
                 .map(|v| String::from_utf8_lossy(v).into_owned()),

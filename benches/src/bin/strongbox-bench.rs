@@ -8,11 +8,13 @@ use clap::Parser;
 use serde::Serialize;
 use strongbox_benches::cli::{AllArgs, Cli, Command, ConnectArgs};
 use strongbox_benches::connect::client_config;
+use strongbox_benches::fanout::FanoutOptions;
 use strongbox_benches::handshake::HandshakeOptions;
 use strongbox_benches::raw_quic::RawQuicOptions;
 use strongbox_benches::report::{AllReport, Run};
+use strongbox_benches::rows::{self, Sizes};
 use strongbox_benches::spawn::DevBroker;
-use strongbox_benches::{consume, handshake, produce, raw_quic};
+use strongbox_benches::{consume, fanout, handshake, produce, raw_quic};
 use strongbox_client::ClientConfig;
 
 fn main() -> ExitCode {
@@ -81,6 +83,35 @@ async fn measure(command: &Command, config: &ClientConfig, json: bool) -> Result
             print(json, &report, || report.text())?;
             Ok(true)
         }
+        Command::Fanout(a) => {
+            let stamp = strongbox_protocol::clock::now_secs();
+            let mut ok = true;
+            let mut reports = Vec::new();
+            for &subscribers in &a.subscribers {
+                let report = fanout::run(
+                    config,
+                    &FanoutOptions {
+                        topic: format!("{}-{stamp}-{subscribers}", a.topic),
+                        subscribers,
+                        rate: a.rate,
+                        size: a.size,
+                        duration: a.duration,
+                        durability: a.durability,
+                        linger: a.linger,
+                    },
+                )
+                .await?;
+                ok &= report.subscribers_complete == report.subscribers;
+                if !json {
+                    print!("{}", report.text());
+                }
+                reports.push(report);
+            }
+            if json {
+                println!("{}", serde_json::to_string(&reports)?);
+            }
+            Ok(ok)
+        }
         Command::All(a) => {
             let report = all(config, a, json).await?;
             print(json, &report, || report.text())?;
@@ -109,13 +140,23 @@ fn spawn(args: &ConnectArgs) -> Result<Option<DevBroker>> {
     Ok(Some(broker))
 }
 
-/// raw-quic, produce to a fresh topic, and replay of that topic, `runs`
-/// times.
+/// Records of the main produce row with `--quick`.
+const QUICK_COUNT: u64 = 200_000;
+
+/// raw-quic, produce to a fresh topic, and replay of that topic, then the
+/// extra rows, `runs` times (once with `--quick`).
 async fn all(config: &ClientConfig, args: &AllArgs, json: bool) -> Result<AllReport> {
     let stamp = strongbox_protocol::clock::now_secs();
     let mut runs = Vec::new();
-    for run in 1..=args.runs {
-        let p = &args.produce;
+    let mut quick_produce = args.produce.clone();
+    let (total, sizes) = if args.quick {
+        quick_produce.count = QUICK_COUNT;
+        (1, Sizes::QUICK)
+    } else {
+        (args.runs, Sizes::FULL)
+    };
+    for run in 1..=total {
+        let p = &quick_produce;
         let raw = raw_quic::run(RawQuicOptions {
             size: p.size,
             count: p.count,
@@ -139,10 +180,17 @@ async fn all(config: &ClientConfig, args: &AllArgs, json: bool) -> Result<AllRep
         .await
         .context("consume")?;
         let ratio = produced.throughput.msgs_per_sec / raw.throughput.msgs_per_sec.max(1e-9);
+        let extras = if args.no_extras {
+            Vec::new()
+        } else {
+            rows::run(config, p, &format!("{}-{stamp}-{run}", p.topic), sizes)
+                .await
+                .context("extra rows")?
+        };
         if !json {
             eprintln!(
                 "run {run}/{}: raw-quic {:.0} msgs/s, produce {:.0} msgs/s ({ratio:.2}), replay {:.0} records/s",
-                args.runs,
+                total,
                 raw.throughput.msgs_per_sec,
                 produced.throughput.msgs_per_sec,
                 consumed.throughput.msgs_per_sec
@@ -153,6 +201,7 @@ async fn all(config: &ClientConfig, args: &AllArgs, json: bool) -> Result<AllRep
             produce: produced,
             consume: consumed,
             produce_to_raw_ratio: ratio,
+            extras,
         });
     }
     Ok(AllReport::new(runs))

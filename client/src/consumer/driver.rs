@@ -59,6 +59,8 @@ pub(crate) struct SubDriver {
     client: Client,
     index: usize,
     topic: String,
+    /// The topic of every record delivered, shared.
+    shared_topic: Arc<str>,
     target: SubscriptionTarget,
     start: StartPosition,
     window: CreditWindow,
@@ -119,6 +121,7 @@ impl SubDriver {
         Self {
             client,
             index,
+            shared_topic: Arc::from(topic.as_str()),
             topic,
             target,
             start,
@@ -566,7 +569,7 @@ impl SubDriver {
                 }
                 *position = offset.saturating_add(1);
                 let mut consumed = ConsumedRecord {
-                    topic: self.topic.clone(),
+                    topic: self.shared_topic.clone(),
                     partition,
                     offset,
                     timestamp: record.timestamp,

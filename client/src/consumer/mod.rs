@@ -25,8 +25,9 @@ use driver::{SubCommand, SubDriver};
 /// batch arrived in (no copy).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumedRecord {
-    /// The topic.
-    pub topic: String,
+    /// The topic, shared by every record of the subscription (one
+    /// allocation per subscription rather than one per record).
+    pub topic: Arc<str>,
     /// The partition.
     pub partition: u32,
     /// The record's offset.

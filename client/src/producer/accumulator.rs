@@ -1,7 +1,22 @@
-//! Collects records into one open batch per partition and closes batches
-//! when they are full or have lingered long enough.
+//! Collects records into one open batch per partition and decides when a
+//! batch closes.
+//!
+//! A full batch closes at once. A batch that is not full closes by one of
+//! two rules:
+//!
+//! - **Adaptive** (linger zero, the default): as soon as its partition's
+//!   pipeline has room, i.e. fewer than `pipeline` batches of the
+//!   partition are queued or in flight. While the pipeline is full, records
+//!   join the open batch, which grows until an earlier batch is answered
+//!   (or it is full). An idle producer sends a record at once; a busy one
+//!   sends bigger batches, without a timer. The driver asks for the
+//!   decision ([`Accumulator::close_with_room`]) after every burst of
+//!   records and every answer, since only those change it.
+//! - **Linger** (a nonzero linger, opt-in): `linger` after its first
+//!   record, whatever the pipeline holds.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -62,6 +77,11 @@ pub(crate) struct Accumulator {
     /// room, so a busy producer fills batches without growing (copying)
     /// them and an idle one does not hold full-size buffers.
     size_hint: usize,
+    /// Adaptive rule only: partitions whose open batch may be closable
+    /// (opened since the last decision, or whose pipeline just shrank).
+    /// Looking at these instead of every open batch keeps the decision
+    /// cheap with many partitions.
+    candidates: Vec<TopicPartition>,
 }
 
 impl Accumulator {
@@ -74,7 +94,54 @@ impl Accumulator {
             next_id: 1,
             key: (String::new(), 0),
             size_hint: 0,
+            candidates: Vec::new(),
         }
+    }
+
+    /// True when batches close by the adaptive rule (linger zero), false
+    /// when by linger.
+    pub(crate) fn adaptive(&self) -> bool {
+        self.linger.is_zero()
+    }
+
+    /// Notes that the pipeline of `tp` shrank (an answer came): its open
+    /// batch is looked at by the next [`Accumulator::close_with_room`].
+    pub(crate) fn pipeline_shrank(&mut self, topic: &str, partition: u32) {
+        if self.adaptive() {
+            self.key.0.clear();
+            self.key.0.push_str(topic);
+            self.key.1 = partition;
+            if self.open.contains_key(&self.key) {
+                self.candidates.push(self.key.clone());
+            }
+        }
+    }
+
+    /// Adaptive rule: closes the open batches (of the candidate partitions,
+    /// or of every partition when `all`) whose partition `has_room`, in the
+    /// order they were opened. Nothing under the linger rule.
+    pub(crate) fn close_with_room(
+        &mut self,
+        all: bool,
+        mut has_room: impl FnMut(&str, u32) -> bool,
+    ) -> Vec<ReadyBatch> {
+        if !self.adaptive() {
+            return Vec::new();
+        }
+        let look_at: Vec<TopicPartition> = if all {
+            self.candidates.clear();
+            self.open.keys().cloned().collect()
+        } else {
+            std::mem::take(&mut self.candidates)
+        };
+        let mut out: Vec<ReadyBatch> = look_at
+            .iter()
+            .filter(|tp| has_room(&tp.0, tp.1))
+            .filter_map(|tp| close(&mut self.open, tp))
+            .collect();
+        out.sort_by_key(|b| b.id);
+        self.note_closed(&out);
+        out
     }
 
     /// Lowers or raises the broker's limit (after a reconnect).
@@ -158,14 +225,21 @@ impl Accumulator {
         if batch.builder.encoded_len() >= self.batch_bytes {
             closed.push(ready(tp, batch));
         } else {
+            if self.linger.is_zero() {
+                self.candidates.push(tp.clone());
+            }
             self.open.insert(tp.clone(), batch);
         }
         self.note_closed(&closed);
         Ok(closed)
     }
 
-    /// Closes the batches that have lingered long enough.
+    /// Linger rule: closes the batches that have lingered long enough.
+    /// Nothing under the adaptive rule.
     pub(crate) fn expired(&mut self, now: Instant) -> Vec<ReadyBatch> {
+        if self.adaptive() {
+            return Vec::new();
+        }
         let due: Vec<TopicPartition> = self
             .open
             .iter()
@@ -191,14 +265,19 @@ impl Accumulator {
 
     /// Closes every open batch (flush, close).
     pub(crate) fn drain(&mut self) -> Vec<ReadyBatch> {
+        self.candidates.clear();
         let all: Vec<TopicPartition> = self.open.keys().cloned().collect();
         let mut out: Vec<ReadyBatch> = all.iter().filter_map(|tp| self.close(tp)).collect();
         out.sort_by_key(|b| b.id);
         out
     }
 
-    /// When the oldest open batch will have lingered long enough.
+    /// Linger rule: when the oldest open batch will have lingered long
+    /// enough. `None` under the adaptive rule, which needs no timer.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        if self.adaptive() {
+            return None;
+        }
         self.open.values().map(|b| b.opened_at + self.linger).min()
     }
 
@@ -254,7 +333,7 @@ fn close(open: &mut HashMap<TopicPartition, OpenBatch>, tp: &TopicPartition) -> 
 fn ready(tp: &TopicPartition, batch: OpenBatch) -> ReadyBatch {
     ReadyBatch {
         id: batch.id,
-        topic: tp.0.clone(),
+        topic: Arc::from(tp.0.as_str()),
         partition: tp.1,
         records: batch.builder.len(),
         payload: Payload::Open(batch.builder),
@@ -277,6 +356,7 @@ fn timestamp_fits(base: i64, timestamp: i64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::producer::ledger::Ledger;
     use strongbox_protocol::batch::RecordBatch;
     use tokio::sync::oneshot;
 
@@ -336,7 +416,7 @@ mod tests {
         let all = acc.drain();
         assert_eq!(
             all.iter()
-                .map(|b| (b.topic.as_str(), b.partition, b.id, b.records))
+                .map(|b| (&*b.topic, b.partition, b.id, b.records))
                 .collect::<Vec<_>>(),
             vec![("t", 1, 1, 2), ("t", 0, 2, 1), ("u", 0, 3, 1)]
         );
@@ -378,7 +458,7 @@ mod tests {
     fn new_batches_start_as_large_as_the_last_one_closed() {
         let now = Instant::now();
         let full = BATCH_HEADER_LEN + 3 * 118;
-        let mut acc = Accumulator::new(full, 1 << 20, Duration::ZERO);
+        let mut acc = Accumulator::new(full, 1 << 20, Duration::from_millis(1));
         assert_eq!(acc.size_hint, 0);
         for _ in 0..3 {
             acc.append("t", 0, record(100, 0), now).expect("fits");
@@ -386,7 +466,7 @@ mod tests {
         assert_eq!(acc.size_hint, full, "a full batch closed");
         // A batch closed by linger, smaller: the hint follows it down.
         acc.append("t", 0, record(100, 0), now).expect("fits");
-        assert_eq!(acc.expired(now).len(), 1);
+        assert_eq!(acc.expired(now + Duration::from_millis(1)).len(), 1);
         assert_eq!(acc.size_hint, BATCH_HEADER_LEN + 118);
     }
 
@@ -424,5 +504,144 @@ mod tests {
         tokio::time::sleep_until(acc.next_deadline().expect("one open")).await;
         assert_eq!(acc.expired(Instant::now()).len(), 1);
         assert!(acc.next_deadline().is_none());
+    }
+
+    /// The adaptive rule with the ledger's count as the pipeline, as the
+    /// driver asks it.
+    fn close_adaptive(acc: &mut Accumulator, ledger: &Ledger, all: bool) -> Vec<ReadyBatch> {
+        acc.close_with_room(all, |t, p| ledger.pipeline(t, p, 2) < 2)
+    }
+
+    fn ledger() -> Ledger {
+        Ledger::new(None, Duration::from_millis(10), Duration::from_secs(30))
+    }
+
+    /// Puts `batch` in flight under correlation id `corr`.
+    fn send(ledger: &mut Ledger, batch: ReadyBatch, corr: u64) {
+        ledger.push(batch);
+        let (b, _) = ledger
+            .next_to_send(Instant::now())
+            .expect("queued")
+            .expect("seals");
+        ledger.sent(corr, b);
+    }
+
+    #[test]
+    fn adaptive_a_record_with_an_empty_pipeline_goes_at_once() {
+        let now = Instant::now();
+        let mut acc = Accumulator::new(1 << 20, 1 << 20, Duration::ZERO);
+        let ledger = ledger();
+        assert!(acc.adaptive());
+        assert!(
+            acc.append("t", 0, record(10, 0), now)
+                .expect("fits")
+                .is_empty()
+        );
+        assert_eq!(
+            acc.next_deadline(),
+            None,
+            "no timer under the adaptive rule"
+        );
+        let closed = close_adaptive(&mut acc, &ledger, false);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].records, 1);
+        assert!(acc.is_empty());
+    }
+
+    #[test]
+    fn adaptive_records_coalesce_while_the_pipeline_is_full_and_go_when_it_frees() {
+        let now = Instant::now();
+        let mut acc = Accumulator::new(1 << 20, 1 << 20, Duration::ZERO);
+        let mut ledger = ledger();
+        // Two batches of partition 0 in flight: its pipeline is full.
+        for corr in 1..=2 {
+            acc.append("t", 0, record(10, 0), now).expect("fits");
+            let batch = close_adaptive(&mut acc, &ledger, false)
+                .pop()
+                .expect("room");
+            send(&mut ledger, batch, corr);
+        }
+        // Records arriving now stay in one growing batch, across decisions.
+        for _ in 0..3 {
+            acc.append("t", 0, record(10, 0), now).expect("fits");
+            assert!(close_adaptive(&mut acc, &ledger, false).is_empty());
+        }
+        // Another partition is not held up by partition 0.
+        acc.append("t", 1, record(10, 0), now).expect("fits");
+        let other = close_adaptive(&mut acc, &ledger, false);
+        assert_eq!(
+            other.iter().map(|b| b.partition).collect::<Vec<_>>(),
+            vec![1]
+        );
+        // Nothing changes until an answer: the decision is not retried.
+        acc.append("t", 0, record(10, 0), now).expect("fits");
+        assert!(close_adaptive(&mut acc, &ledger, false).is_empty());
+        // The oldest is acknowledged: the four waiting records go as one.
+        let acked = ledger.acked(1, 0).expect("in order");
+        acc.pipeline_shrank(&acked.topic, acked.partition);
+        let closed = close_adaptive(&mut acc, &ledger, false);
+        assert_eq!(closed.len(), 1);
+        assert_eq!((closed[0].partition, closed[0].records), (0, 4));
+        assert_eq!(records_in(closed.into_iter().next().expect("one")), 4);
+        assert!(acc.is_empty());
+    }
+
+    #[test]
+    fn adaptive_a_full_batch_goes_without_waiting_for_room() {
+        let now = Instant::now();
+        let full = BATCH_HEADER_LEN + 3 * 118;
+        let mut acc = Accumulator::new(full, 1 << 20, Duration::ZERO);
+        let mut ledger = ledger();
+        for corr in 1..=2 {
+            acc.append("t", 0, record(100, 0), now).expect("fits");
+            let batch = close_adaptive(&mut acc, &ledger, false)
+                .pop()
+                .expect("room");
+            send(&mut ledger, batch, corr);
+        }
+        acc.append("t", 0, record(100, 0), now).expect("fits");
+        acc.append("t", 0, record(100, 0), now).expect("fits");
+        assert!(close_adaptive(&mut acc, &ledger, false).is_empty());
+        // The third record fills the batch: it closes on append, with the
+        // pipeline still full.
+        let closed = acc.append("t", 0, record(100, 0), now).expect("fits");
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].records, 3);
+        assert!(acc.is_empty());
+    }
+
+    #[test]
+    fn adaptive_batches_waiting_after_a_failure_are_looked_at_again() {
+        let now = Instant::now();
+        let mut acc = Accumulator::new(1 << 20, 1 << 20, Duration::ZERO);
+        let mut ledger = ledger();
+        for corr in 1..=2 {
+            acc.append("t", 0, record(10, 0), now).expect("fits");
+            let batch = close_adaptive(&mut acc, &ledger, false)
+                .pop()
+                .expect("room");
+            send(&mut ledger, batch, corr);
+        }
+        acc.append("t", 0, record(10, 0), now).expect("fits");
+        assert!(close_adaptive(&mut acc, &ledger, false).is_empty());
+        // Everything in the ledger failed (no ack names the partition):
+        // the driver asks for every open batch.
+        drop(ledger.drain());
+        assert!(close_adaptive(&mut acc, &ledger, false).is_empty());
+        assert_eq!(close_adaptive(&mut acc, &ledger, true).len(), 1);
+    }
+
+    #[test]
+    fn with_a_linger_batches_wait_for_it_whatever_the_pipeline() {
+        let now = Instant::now();
+        let linger = Duration::from_millis(5);
+        let mut acc = Accumulator::new(1 << 20, 1 << 20, linger);
+        let ledger = ledger();
+        assert!(!acc.adaptive());
+        acc.append("t", 0, record(10, 0), now).expect("fits");
+        assert!(close_adaptive(&mut acc, &ledger, true).is_empty());
+        assert!(acc.expired(now).is_empty());
+        assert_eq!(acc.next_deadline(), Some(now + linger));
+        assert_eq!(acc.expired(now + linger).len(), 1);
     }
 }

@@ -1,5 +1,7 @@
 //! A closed batch on its way to the broker, and the records waiting on it.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use strongbox_protocol::batch::{BatchBuilder, ProducerStamp, RecordBatch};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
@@ -32,7 +34,9 @@ pub(crate) enum Payload {
 pub(crate) struct ReadyBatch {
     /// Creation order; per partition it is also the order of sequences.
     pub(crate) id: u64,
-    pub(crate) topic: String,
+    /// Shared with the records' [`RecordMetadata`]: one allocation per
+    /// batch, not per record.
+    pub(crate) topic: Arc<str>,
     pub(crate) partition: u32,
     pub(crate) records: u32,
     pub(crate) payload: Payload,
@@ -48,7 +52,7 @@ pub(crate) struct ReadyBatch {
 
 impl ReadyBatch {
     pub(crate) fn topic_partition(&self) -> TopicPartition {
-        (self.topic.clone(), self.partition)
+        (self.topic.to_string(), self.partition)
     }
 
     /// The sequence this batch was last stamped with.

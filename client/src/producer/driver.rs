@@ -62,6 +62,12 @@ pub(crate) struct Driver {
     /// Why the last attempt to reach the broker failed, for the message of
     /// records that time out.
     last_error: Option<ClientError>,
+    /// Adaptive batching: a partition's pipeline has room while fewer than
+    /// this many of its batches are queued or in flight.
+    pipeline: usize,
+    /// Adaptive batching: batches left the ledger other than by an ack
+    /// (failed, expired), so every open batch is looked at again.
+    recheck_all: bool,
 }
 
 impl Driver {
@@ -94,11 +100,14 @@ impl Driver {
             closing: Vec::new(),
             identity,
             last_error: None,
+            pipeline: config.partition_pipeline.max(1) as usize,
+            recheck_all: false,
         }
     }
 
     pub(crate) async fn run(mut self) {
         loop {
+            self.close_adaptive();
             self.pump().await;
             self.resolve_flushes();
             let idle = self.acc.is_empty() && self.ledger.is_empty();
@@ -208,6 +217,19 @@ impl Driver {
         }
     }
 
+    /// Adaptive batching: hands over the open batches whose partition's
+    /// pipeline has room.
+    fn close_adaptive(&mut self) {
+        let all = std::mem::take(&mut self.recheck_all);
+        let (ledger, cap) = (&self.ledger, self.pipeline);
+        let closed = self.acc.close_with_room(all, |topic, partition| {
+            ledger.pipeline(topic, partition, cap) < cap
+        });
+        for batch in closed {
+            self.enqueue(batch);
+        }
+    }
+
     fn close_all_batches(&mut self) {
         for batch in self.acc.drain() {
             self.enqueue(batch);
@@ -216,7 +238,7 @@ impl Driver {
 
     /// Hands a closed batch to the ledger.
     fn enqueue(&mut self, batch: ReadyBatch) {
-        if let Some(partitions) = self.partition_counts.get(&batch.topic) {
+        if let Some(partitions) = self.partition_counts.get(&*batch.topic) {
             self.partitioner
                 .batch_closed(&batch.topic, batch.partition, *partitions);
         }
@@ -301,6 +323,7 @@ impl Driver {
                 Err(error) => {
                     // Refused before it left: its sequences are free again.
                     self.ledger.unsent(&batch);
+                    self.recheck_all = true;
                     batch.fail(&error);
                     // The session counted it as in flight; start afresh.
                     self.stream_failed(ClientError::InvalidRecord(
@@ -337,6 +360,7 @@ impl Driver {
         if expired.is_empty() {
             return;
         }
+        self.recheck_all = true;
         let error = self.timeout_error();
         for batch in expired {
             batch.fail(&error);
@@ -456,7 +480,10 @@ impl Driver {
                     .refused(error.correlation_id, code, client_error, Instant::now())
                 {
                     Ok(Refusal::Retrying) => {}
-                    Ok(Refusal::Failed(batch, error)) => batch.fail(&error),
+                    Ok(Refusal::Failed(batch, error)) => {
+                        self.recheck_all = true;
+                        batch.fail(&error);
+                    }
                     Err(e) => self.stream_failed(e),
                 }
             }
@@ -480,6 +507,7 @@ impl Driver {
             Ok(batch) => {
                 self.backoff.reset();
                 self.last_error = None;
+                self.acc.pipeline_shrank(&batch.topic, batch.partition);
                 batch.complete(ack.base_offset);
             }
             Err(e) => self.stream_failed(e),
@@ -514,6 +542,7 @@ impl Driver {
 
     /// Fails every queued and unacknowledged batch.
     fn fail_everything(&mut self, error: &ClientError) {
+        self.recheck_all = true;
         for batch in self.ledger.drain() {
             batch.fail(error);
         }

@@ -131,6 +131,20 @@ impl Ledger {
         self.in_flight.len()
     }
 
+    /// Batches of one partition queued or in flight, counted up to `cap`
+    /// (the caller only compares with it, so the scan stops there).
+    pub(crate) fn pipeline(&self, topic: &str, partition: u32, cap: usize) -> usize {
+        let of_tp = |b: &ReadyBatch| b.partition == partition && &*b.topic == topic;
+        self.in_flight
+            .iter()
+            .rev()
+            .map(|f| &f.batch)
+            .chain(self.ready.iter())
+            .filter(|b| of_tp(b))
+            .take(cap)
+            .count()
+    }
+
     /// The smallest batch id not yet completed.
     pub(crate) fn oldest_id(&self) -> Option<u64> {
         let r = self.ready.iter().map(|b| b.id).min();
@@ -468,6 +482,25 @@ mod tests {
             *next_corr += 1;
         }
         sent
+    }
+
+    #[test]
+    fn the_pipeline_counts_a_partitions_queued_and_in_flight_batches() {
+        let now = Instant::now();
+        let mut l = ledger();
+        l.push(batch(1, 0, 1, now));
+        l.push(batch(2, 1, 1, now));
+        l.push(batch(3, 0, 1, now));
+        let mut corr = 1;
+        let sent = send_all(&mut l, &mut corr, now);
+        assert_eq!(sent.len(), 3);
+        l.push(batch(4, 0, 1, now));
+        assert_eq!(l.pipeline("t", 0, 10), 3, "two in flight, one queued");
+        assert_eq!(l.pipeline("t", 0, 2), 2, "counted up to the cap");
+        assert_eq!(l.pipeline("t", 1, 10), 1);
+        assert_eq!(l.pipeline("u", 0, 10), 0, "another topic");
+        l.acked(1, 0).expect("in order");
+        assert_eq!(l.pipeline("t", 0, 10), 2);
     }
 
     #[test]

@@ -5,7 +5,7 @@ mod batch;
 mod driver;
 mod ledger;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use thiserror::Error;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::admin::ProducerIdentity;
@@ -25,18 +26,53 @@ use strongbox_protocol::clock::now_ms;
 pub(crate) use accumulator::PendingRecord;
 
 /// How a [`Producer`] batches and sends.
+///
+/// The defaults are the fast ones; most applications change nothing.
+///
+/// **Batching.** With the default `linger` of zero, batching adapts to the
+/// load: a record sent while its partition's pipeline has room (fewer than
+/// [`partition_pipeline`](Self::partition_pipeline) batches of the partition
+/// queued or in flight) goes out at once, alone or with the records that
+/// arrived in the same instant; while the pipeline is full, records
+/// collect into one batch that grows until an earlier batch is
+/// acknowledged or it reaches [`batch_bytes`](Self::batch_bytes). A light
+/// load gets the latency of one round trip and one disk sync; a heavy one
+/// gets full batches. A nonzero `linger` is an opt-in for fewer, larger
+/// batches at light load: every batch that is not full then waits that
+/// long after its first record.
+///
+/// **Back-pressure.** [`buffer_bytes`](Self::buffer_bytes) bounds the
+/// records sent but not yet acknowledged, and so the time a record spends
+/// queued in the producer when the application sends faster than the
+/// broker acknowledges (about `buffer_bytes` divided by the acknowledged
+/// bytes per second). When it is full, [`Producer::send`] waits for room (at
+/// most the delivery timeout) and [`Producer::try_send`] returns
+/// [`TrySendError::WouldBlock`] with the record.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
     /// Close a partition's batch once it holds this many bytes (it never
-    /// exceeds the broker's `max_batch_size`).
+    /// exceeds the broker's `max_batch_size`). Default 256 KiB.
     pub batch_bytes: usize,
-    /// Close a batch this long after its first record, full or not. Zero
-    /// sends every record as soon as the window allows.
+    /// Zero (the default): adaptive batching, see above. Otherwise a batch
+    /// that is not full closes this long after its first record, whatever
+    /// the pipeline holds: larger batches at light load, for a latency of
+    /// up to `linger` more.
     pub linger: Duration,
+    /// Adaptive batching (linger zero): a batch that is not full goes out
+    /// while fewer than this many batches of its partition are queued or in
+    /// flight. Default 2: one batch being made durable by the broker, the
+    /// next written behind it. 1 gives fewer, larger batches; more gives
+    /// smaller ones at a higher cost per record. At least 1.
+    pub partition_pipeline: u32,
     /// Most unacknowledged batches on the producer stream; the broker's
     /// `max_in_flight` when `None` (or when smaller).
     pub max_in_flight: Option<u32>,
-    /// Memory for records not yet acknowledged; `send` waits for room.
+    /// Memory for records not yet acknowledged. When it is full, `send`
+    /// waits for room and `try_send` returns
+    /// [`TrySendError::WouldBlock`]. It bounds the time records queue in the
+    /// producer under overload: 8 MiB (the default) is about 28 ms of
+    /// queueing at 300 MB/s. A larger buffer absorbs longer bursts at the
+    /// cost of that latency.
     pub buffer_bytes: usize,
     /// Use an idempotent producer id so retries never write twice.
     /// Without it a batch in flight when the connection drops is sent
@@ -46,7 +82,8 @@ pub struct ProducerConfig {
     /// sent (while the broker is unreachable, does not answer, or keeps
     /// refusing it with a retriable error): its delivery future then fails
     /// with [`ClientError::Timeout`] naming the last cause. Reconnecting,
-    /// resending and retrying all happen within this budget. Default 30 s.
+    /// resending and retrying all happen within this budget. `send` also
+    /// waits at most this long for room in a full buffer. Default 30 s.
     pub delivery_timeout: Duration,
     /// Rewrites records before they are batched (end-to-end encryption).
     pub sealer: Option<Arc<dyn ValueSealer>>,
@@ -56,15 +93,19 @@ impl Default for ProducerConfig {
     fn default() -> Self {
         Self {
             batch_bytes: 256 * 1024,
-            linger: Duration::from_millis(5),
+            linger: Duration::ZERO,
+            partition_pipeline: 2,
             max_in_flight: None,
-            buffer_bytes: 64 * 1024 * 1024,
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
             idempotent: true,
             delivery_timeout: Duration::from_secs(30),
             sealer: None,
         }
     }
 }
+
+/// The default [`ProducerConfig::buffer_bytes`].
+pub const DEFAULT_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
 /// One record to publish.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -126,8 +167,8 @@ impl ProducerRecord {
 /// Where an acknowledged record was stored.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RecordMetadata {
-    /// The topic.
-    pub topic: String,
+    /// The topic, shared by the records of one batch.
+    pub topic: Arc<str>,
     /// The partition.
     pub partition: u32,
     /// The record's offset in the partition.
@@ -204,7 +245,12 @@ pub struct Producer {
     tx: mpsc::Sender<Command>,
     memory: Arc<Semaphore>,
     buffer_bytes: usize,
-    partition_counts: Mutex<HashMap<String, u32>>,
+    partition_counts: Arc<Mutex<HashMap<String, u32>>>,
+    /// Topics whose partition count is being fetched for `try_send`.
+    fetching: Arc<Mutex<HashSet<String>>>,
+    /// The runtime the producer was made in: `try_send` is not async, and
+    /// may be called from a thread outside it.
+    runtime: tokio::runtime::Handle,
     sealer: Option<Arc<dyn ValueSealer>>,
     identity: Arc<Mutex<Option<ProducerIdentity>>>,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -237,7 +283,9 @@ impl Producer {
             tx,
             memory,
             buffer_bytes,
-            partition_counts: Mutex::new(HashMap::new()),
+            partition_counts: Arc::new(Mutex::new(HashMap::new())),
+            fetching: Arc::new(Mutex::new(HashSet::new())),
+            runtime: tokio::runtime::Handle::current(),
             sealer,
             identity,
             task: Mutex::new(Some(task)),
@@ -252,8 +300,14 @@ impl Producer {
         self.identity.lock().ok().and_then(|i| *i)
     }
 
-    /// Queues a record. Waits while the buffer is full; returns a future
-    /// that resolves to the record's place once the broker acknowledged it.
+    /// Queues a record. Waits while the buffer is full (at most the
+    /// delivery timeout); returns a future that resolves to the record's
+    /// place once the broker acknowledged it.
+    ///
+    /// The wait for room is the producer's back-pressure: when the
+    /// application sends faster than the broker acknowledges, `send` takes
+    /// as long as it takes the broker to make room. Use
+    /// [`Producer::try_send`] to be told instead of waiting.
     ///
     /// # Errors
     ///
@@ -261,8 +315,9 @@ impl Producer {
     /// (larger than the buffer), a sealer error, the partition count
     /// lookup failing or not answered within the delivery timeout (records
     /// without a partition need the topic's partition count, fetched once
-    /// with `DescribeTopic`), or [`ClientError::Closed`]. Errors of the
-    /// delivery itself arrive through the future.
+    /// with `DescribeTopic`), [`ClientError::Timeout`] when the buffer stays
+    /// full for the whole delivery timeout, or [`ClientError::Closed`].
+    /// Errors of the delivery itself arrive through the future.
     pub async fn send(&self, mut record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
         if let Some(t) = &self.sealer {
             t.seal(&mut record)?;
@@ -281,40 +336,109 @@ impl Producer {
                     })??,
             ),
         };
-        let pending_len = record_size(&record);
-        if pending_len > self.buffer_bytes {
-            return Err(ClientError::InvalidRecord(format!(
-                "a record of {pending_len} bytes is larger than the producer's buffer of {} bytes",
-                self.buffer_bytes
-            )));
-        }
-        let permits = u32::try_from(pending_len).unwrap_or(u32::MAX);
-        let permit = self
-            .memory
-            .clone()
-            .acquire_many_owned(permits)
-            .await
-            .map_err(|_| ClientError::Closed("the producer"))?;
-        let (completion, rx) = oneshot::channel();
-        let timestamp = record.timestamp.unwrap_or_else(now_ms);
-        let command = Command::Send {
-            topic: record.topic,
-            partition: record.partition,
-            partitions,
-            record: PendingRecord {
-                timestamp,
-                key: record.key,
-                headers: record.headers,
-                value: record.value,
-                completion,
-                permit: Some(permit),
-            },
-        };
+        let permits = self.permits_for(&record)?;
+        let permit = tokio::time::timeout(
+            self.delivery_timeout,
+            self.memory.clone().acquire_many_owned(permits),
+        )
+        .await
+        .map_err(|_| {
+            ClientError::Timeout(format!(
+                "the producer's buffer of {} bytes stayed full for the delivery timeout of {:?}: \
+                 the broker acknowledges records more slowly than they are sent (or not at all)",
+                self.buffer_bytes, self.delivery_timeout
+            ))
+        })?
+        .map_err(|_| ClientError::Closed("the producer"))?;
+        let (command, delivery) = command(record, partitions, permit);
         self.tx
             .send(command)
             .await
             .map_err(|_| ClientError::Closed("the producer"))?;
-        Ok(DeliveryFuture { rx })
+        Ok(delivery)
+    }
+
+    /// Queues a record if that needs no waiting: the non-blocking
+    /// [`Producer::send`]. When the producer's buffer is full (the broker
+    /// acknowledges more slowly than records are sent), the record comes
+    /// back, unchanged, in [`TrySendError::WouldBlock`], so the caller can
+    /// slow down, drop or divert it, or wait with `send`.
+    ///
+    /// A record without a partition needs its topic's partition count: the
+    /// first `try_send` to a topic starts fetching it and returns
+    /// `WouldBlock`; later ones go through once it is known.
+    ///
+    /// ```no_run
+    /// use strongbox_client::{Producer, ProducerRecord, TrySendError};
+    ///
+    /// # async fn run(producer: &Producer) -> Result<(), strongbox_client::ClientError> {
+    /// let record = ProducerRecord::new("demo.metrics", "cpu=0.93").partition(0);
+    /// match producer.try_send(record) {
+    ///     Ok(delivery) => drop(delivery), // queued; await it to know it is stored
+    ///     Err(TrySendError::WouldBlock(record)) => {
+    ///         // Overloaded: this sample can wait for room (or be dropped).
+    ///         producer.send(*record).await?;
+    ///     }
+    ///     Err(e) => return Err(e.into()),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TrySendError::WouldBlock`] as above; [`TrySendError::Failed`] with
+    /// the errors of [`Producer::send`] that waiting cannot fix.
+    pub fn try_send(&self, record: ProducerRecord) -> Result<DeliveryFuture, TrySendError> {
+        let would_block = |record| Err(TrySendError::WouldBlock(Box::new(record)));
+        let partitions = match record.partition {
+            Some(_) => None,
+            None => match self.cached_partition_count(&record.topic) {
+                Some(n) => Some(n),
+                None => {
+                    self.fetch_partition_count(&record.topic);
+                    return would_block(record);
+                }
+            },
+        };
+        let slot = match self.tx.try_reserve() {
+            Ok(slot) => slot,
+            Err(mpsc::error::TrySendError::Full(())) => return would_block(record),
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                return Err(ClientError::Closed("the producer").into());
+            }
+        };
+        // Seal a copy, so the record handed back is the caller's own.
+        let (original, sealed) = match &self.sealer {
+            Some(t) => {
+                let mut sealed = record.clone();
+                t.seal(&mut sealed)?;
+                (Some(record), sealed)
+            }
+            None => (None, record),
+        };
+        let permits = self.permits_for(&sealed)?;
+        let permit = match self.memory.clone().try_acquire_many_owned(permits) {
+            Ok(permit) => permit,
+            Err(TryAcquireError::NoPermits) => return would_block(original.unwrap_or(sealed)),
+            Err(TryAcquireError::Closed) => return Err(ClientError::Closed("the producer").into()),
+        };
+        let (command, delivery) = command(sealed, partitions, permit);
+        slot.send(command);
+        Ok(delivery)
+    }
+
+    /// The buffer permits `record` needs.
+    fn permits_for(&self, record: &ProducerRecord) -> Result<u32, ClientError> {
+        let pending_len = record_size(record);
+        if pending_len > self.buffer_bytes {
+            return Err(ClientError::InvalidRecord(format!(
+                "a record of {pending_len} bytes is larger than the producer's buffer of {} bytes \
+                 (raise ProducerConfig::buffer_bytes)",
+                self.buffer_bytes
+            )));
+        }
+        Ok(u32::try_from(pending_len).unwrap_or(u32::MAX))
     }
 
     /// Sends a record and waits for its acknowledgement.
@@ -366,21 +490,124 @@ impl Producer {
 
     /// The partition count of `topic`, from the cache or `DescribeTopic`.
     async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
-        if let Some(n) = self
-            .partition_counts
-            .lock()
-            .ok()
-            .and_then(|m| m.get(topic).copied())
-        {
+        if let Some(n) = self.cached_partition_count(topic) {
             return Ok(n);
         }
-        let info = self.client.admin().describe_topic(topic).await?;
-        let n = info.config.partitions.max(1);
+        let n = describe_partitions(&self.client, topic).await?;
         if let Ok(mut m) = self.partition_counts.lock() {
             m.insert(topic.to_owned(), n);
         }
         Ok(n)
     }
+
+    fn cached_partition_count(&self, topic: &str) -> Option<u32> {
+        self.partition_counts
+            .lock()
+            .ok()
+            .and_then(|m| m.get(topic).copied())
+    }
+
+    /// Starts fetching the partition count of `topic` in the background
+    /// (for `try_send`, which cannot wait), unless a fetch is under way.
+    fn fetch_partition_count(&self, topic: &str) {
+        let started = self
+            .fetching
+            .lock()
+            .is_ok_and(|mut f| f.insert(topic.to_owned()));
+        if !started {
+            return;
+        }
+        let (client, counts, fetching) = (
+            self.client.clone(),
+            self.partition_counts.clone(),
+            self.fetching.clone(),
+        );
+        let (topic, timeout) = (topic.to_owned(), self.delivery_timeout);
+        self.runtime.spawn(async move {
+            // A failure is not reported here: the next `try_send` starts
+            // another fetch, and `send` reports the error.
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(timeout, describe_partitions(&client, &topic)).await
+                && let Ok(mut m) = counts.lock()
+            {
+                m.insert(topic.clone(), n);
+            }
+            if let Ok(mut f) = fetching.lock() {
+                f.remove(&topic);
+            }
+        });
+    }
+}
+
+/// Why [`Producer::try_send`] did not queue a record.
+#[non_exhaustive]
+#[derive(Debug, Error)]
+pub enum TrySendError {
+    /// Queuing the record would have to wait: the producer's buffer is full
+    /// because the broker acknowledges more slowly than records are sent
+    /// (or the topic's partition count is still being fetched). The record
+    /// is handed back unchanged.
+    #[error(
+        "the producer's buffer is full: the broker acknowledges more slowly than records are \
+         sent (try again later, or wait for room with send)"
+    )]
+    WouldBlock(Box<ProducerRecord>),
+    /// The record can never be sent, or the producer is closed: the errors
+    /// of [`Producer::send`] that waiting cannot fix.
+    #[error(transparent)]
+    Failed(#[from] ClientError),
+}
+
+impl TrySendError {
+    /// The record handed back by [`TrySendError::WouldBlock`].
+    pub fn into_record(self) -> Option<ProducerRecord> {
+        match self {
+            Self::WouldBlock(record) => Some(*record),
+            Self::Failed(_) => None,
+        }
+    }
+}
+
+impl From<TrySendError> for ClientError {
+    /// `WouldBlock` becomes [`ClientError::Timeout`] (the record could not be
+    /// queued in time: no time at all); `Failed` its error.
+    fn from(e: TrySendError) -> Self {
+        match e {
+            TrySendError::WouldBlock(_) => ClientError::Timeout(e.to_string()),
+            TrySendError::Failed(e) => e,
+        }
+    }
+}
+
+/// The topic's partition count, by `DescribeTopic`.
+async fn describe_partitions(client: &Client, topic: &str) -> Result<u32, ClientError> {
+    let info = client.admin().describe_topic(topic).await?;
+    Ok(info.config.partitions.max(1))
+}
+
+/// The driver's command for `record`, and the future its delivery
+/// resolves.
+fn command(
+    record: ProducerRecord,
+    partitions: Option<u32>,
+    permit: OwnedSemaphorePermit,
+) -> (Command, DeliveryFuture) {
+    let (completion, rx) = oneshot::channel();
+    let timestamp = record.timestamp.unwrap_or_else(now_ms);
+    let command = Command::Send {
+        topic: record.topic,
+        partition: record.partition,
+        partitions,
+        record: PendingRecord {
+            timestamp,
+            key: record.key,
+            headers: record.headers,
+            value: record.value,
+            completion,
+            permit: Some(permit),
+        },
+    };
+    (command, DeliveryFuture { rx })
 }
 
 /// Bytes a record holds in the producer's buffer: what it will add to a

@@ -136,7 +136,7 @@ pub(crate) fn record_line(r: &ConsumedRecord) -> String {
 /// One consumed record as a JSON object.
 pub(crate) fn record_json(r: &ConsumedRecord) -> Value {
     let mut o = serde_json::Map::new();
-    o.insert("topic".into(), json!(r.topic));
+    o.insert("topic".into(), json!(&*r.topic));
     o.insert("partition".into(), json!(r.partition));
     o.insert("offset".into(), json!(r.offset));
     o.insert("timestamp".into(), json!(r.timestamp));
@@ -164,7 +164,7 @@ pub(crate) fn published_line(m: &RecordMetadata) -> String {
 
 /// Where a published record went, as JSON.
 pub(crate) fn published_json(m: &RecordMetadata) -> Value {
-    json!({"topic": m.topic, "partition": m.partition, "offset": m.offset})
+    json!({"topic": &*m.topic, "partition": m.partition, "offset": m.offset})
 }
 
 /// `key_exchange` is the TLS key exchange group of the connection the
