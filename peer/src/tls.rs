@@ -144,9 +144,7 @@ impl NodeTls {
             inner: self.client_verifier.clone(),
             trust_domain: self.identity.trust_domain().to_owned(),
             membership,
-            observer,
-            remote,
-            outcome: Mutex::new(None),
+            verdict: Verdict::new(remote, observer, Direction::Inbound),
         });
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -184,9 +182,7 @@ impl NodeTls {
             provider: self.provider.clone(),
             trust_domain: self.identity.trust_domain().to_owned(),
             expected,
-            remote,
-            observer,
-            outcome: Mutex::new(None),
+            verdict: Verdict::new(remote, observer, Direction::Outbound),
         });
         let mut config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -262,34 +258,39 @@ pub enum VerifyOutcome {
     Refused(DenyReason, String),
 }
 
-/// Verifies the client certificate of one incoming peer connection.
-pub struct InboundVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    trust_domain: String,
-    membership: Arc<dyn Membership>,
-    observer: Arc<dyn PeerObserver>,
+/// What a verifier decided about one handshake, and who hears of a
+/// refusal: shared by both directions.
+struct Verdict {
     remote: SocketAddr,
+    observer: Arc<dyn PeerObserver>,
+    direction: Direction,
     outcome: Mutex<Option<VerifyOutcome>>,
 }
 
-impl fmt::Debug for InboundVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InboundVerifier")
-            .field("remote", &self.remote)
-            .field("outcome", &self.outcome())
-            .finish_non_exhaustive()
+impl Verdict {
+    fn new(remote: SocketAddr, observer: Arc<dyn PeerObserver>, direction: Direction) -> Self {
+        Self {
+            remote,
+            observer,
+            direction,
+            outcome: Mutex::new(None),
+        }
     }
-}
 
-impl InboundVerifier {
-    /// What the verifier decided, `None` when it was never asked.
-    pub fn outcome(&self) -> Option<VerifyOutcome> {
+    fn outcome(&self) -> Option<VerifyOutcome> {
         self.outcome
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
+    fn accept(&self, identity: NodeIdentity) {
+        *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(VerifyOutcome::Accepted(identity));
+    }
+
+    /// Reports the refusal to the observer, remembers it, and returns the
+    /// TLS error that fails the handshake.
     fn refuse(
         &self,
         identity: Option<NodeIdentity>,
@@ -300,12 +301,45 @@ impl InboundVerifier {
             remote: self.remote,
             identity,
             reason,
-            direction: Direction::Inbound,
+            direction: self.direction,
             detail: detail.clone(),
         });
         *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) =
             Some(VerifyOutcome::Refused(reason, detail));
         rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+    }
+}
+
+/// Verifies the client certificate of one incoming peer connection.
+pub struct InboundVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+    membership: Arc<dyn Membership>,
+    verdict: Verdict,
+}
+
+impl fmt::Debug for InboundVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboundVerifier")
+            .field("remote", &self.verdict.remote)
+            .field("outcome", &self.outcome())
+            .finish_non_exhaustive()
+    }
+}
+
+impl InboundVerifier {
+    /// What the verifier decided, `None` when it was never asked.
+    pub fn outcome(&self) -> Option<VerifyOutcome> {
+        self.verdict.outcome()
+    }
+
+    fn refuse(
+        &self,
+        identity: Option<NodeIdentity>,
+        reason: DenyReason,
+        detail: String,
+    ) -> rustls::Error {
+        self.verdict.refuse(identity, reason, detail)
     }
 }
 
@@ -349,8 +383,7 @@ impl ClientCertVerifier for InboundVerifier {
             let detail = format!("node {} is not a member of the cluster", identity.node_id());
             return Err(self.refuse(Some(identity), DenyReason::NotAMember, detail));
         }
-        *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(VerifyOutcome::Accepted(identity));
+        self.verdict.accept(identity);
         Ok(ClientCertVerified::assertion())
     }
 
@@ -384,16 +417,14 @@ pub struct OutboundVerifier {
     provider: Arc<CryptoProvider>,
     trust_domain: String,
     expected: NodeId,
-    remote: SocketAddr,
-    observer: Arc<dyn PeerObserver>,
-    outcome: Mutex<Option<VerifyOutcome>>,
+    verdict: Verdict,
 }
 
 impl fmt::Debug for OutboundVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OutboundVerifier")
             .field("expected", &self.expected)
-            .field("remote", &self.remote)
+            .field("remote", &self.verdict.remote)
             .finish_non_exhaustive()
     }
 }
@@ -401,10 +432,7 @@ impl fmt::Debug for OutboundVerifier {
 impl OutboundVerifier {
     /// What the verifier decided, `None` when it was never asked.
     pub fn outcome(&self) -> Option<VerifyOutcome> {
-        self.outcome
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.verdict.outcome()
     }
 
     fn refuse(
@@ -413,16 +441,7 @@ impl OutboundVerifier {
         reason: DenyReason,
         detail: String,
     ) -> rustls::Error {
-        self.observer.denied(&Denial {
-            remote: self.remote,
-            identity,
-            reason,
-            direction: Direction::Outbound,
-            detail: detail.clone(),
-        });
-        *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(VerifyOutcome::Refused(reason, detail));
-        rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+        self.verdict.refuse(identity, reason, detail)
     }
 }
 
@@ -458,13 +477,12 @@ impl ServerCertVerifier for OutboundVerifier {
             let detail = format!(
                 "dialed node {} but {} answered with the certificate of node {}",
                 self.expected,
-                self.remote,
+                self.verdict.remote,
                 identity.node_id()
             );
             return Err(self.refuse(Some(identity), DenyReason::WrongNode, detail));
         }
-        *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(VerifyOutcome::Accepted(identity));
+        self.verdict.accept(identity);
         Ok(ServerCertVerified::assertion())
     }
 

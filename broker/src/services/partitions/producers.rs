@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use strongbox_cluster::{MetaCommand, MetaResponse, ProducerOutcome};
+use strongbox_cluster::{MetaCommand, MetaResponse};
 use strongbox_protocol::batch::ProducerStamp;
 
 use crate::error::BrokerError;
@@ -320,24 +320,8 @@ impl IssuedProducer {
     }
 }
 
-/// What `InitProducer` did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InitOutcome {
-    /// A new id (epoch 0) or a resumed one with its epoch bumped.
-    Issued {
-        /// The producer id.
-        producer_id: u64,
-        /// Its epoch now.
-        epoch: u16,
-    },
-    /// The id to resume was never issued.
-    Unknown,
-    /// The id to resume belongs to another principal (or to nobody); it was
-    /// left alone, so its owner is not fenced.
-    NotOwned,
-    /// The id's epochs are used up; ask for a new id.
-    Exhausted,
-}
+/// What `InitProducer` did: the answer of a [`MetaCommand::InitProducer`].
+pub use strongbox_cluster::ProducerOutcome as InitOutcome;
 
 /// Producer ids, their current epochs and owners, from the metadata store
 /// with an in-memory cache (the check runs on every stamped batch).
@@ -404,19 +388,11 @@ impl ProducerEpochs {
             principal: principal.to_owned(),
             now_ms,
         })?;
-        let outcome = match answer {
-            MetaResponse::Producer(ProducerOutcome::Issued { producer_id, epoch }) => {
-                InitOutcome::Issued { producer_id, epoch }
-            }
-            MetaResponse::Producer(ProducerOutcome::Unknown) => InitOutcome::Unknown,
-            MetaResponse::Producer(ProducerOutcome::NotOwned) => InitOutcome::NotOwned,
-            MetaResponse::Producer(ProducerOutcome::Exhausted) => InitOutcome::Exhausted,
-            other => {
-                return Err(BrokerError::internal(
-                    "issuing a producer id",
-                    format!("unexpected answer {other:?}"),
-                ));
-            }
+        let MetaResponse::Producer(outcome) = answer else {
+            return Err(BrokerError::internal(
+                "issuing a producer id",
+                format!("unexpected answer {answer:?}"),
+            ));
         };
         if let InitOutcome::Issued { producer_id, epoch } = outcome {
             self.cache().insert(
