@@ -105,8 +105,29 @@ fn start(dir: &Path, p: u16, m: u16) -> Result<Dev> {
     Ok(Dev(child))
 }
 
+/// Waits until the node behind `profile` reports a leader among `nodes`
+/// members, other than `not`; returns the leader's id.
+fn wait_for_leader(profile: &Path, nodes: usize, not: Option<u64>) -> Result<u64> {
+    let mut leader = None;
+    let mut last = String::new();
+    wait_until("a metadata leader", || {
+        let Ok(out) = cli(profile, &["--json", "cluster", "status"]) else {
+            return false;
+        };
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        let Ok(status) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            return false;
+        };
+        let members = status["nodes"].as_array().map_or(0, Vec::len);
+        leader = status["leader"].as_u64();
+        members == nodes && leader.is_some() && leader != not
+    })
+    .with_context(|| last.clone())?;
+    leader.context("no leader")
+}
+
 #[test]
-fn dev_cluster_runs_three_nodes_that_stay_down_when_killed() -> Result<()> {
+fn dev_cluster_shares_its_metadata_and_outlives_its_leader() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("cluster");
     let (p, m) = free_ports()?;
@@ -143,10 +164,12 @@ fn dev_cluster_runs_three_nodes_that_stay_down_when_killed() -> Result<()> {
         .with_context(|| last.clone())?;
         let status: serde_json::Value = serde_json::from_str(&last)?;
         ensure!(status["node_id"] == i as u64 + 1, "{status}");
-        ensure!(
-            status["nodes"][0]["client_addr"] == format!("127.0.0.1:{port}"),
-            "{status}"
-        );
+        let me = status["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["id"] == i as u64 + 1))
+            .cloned()
+            .unwrap_or_default();
+        ensure!(me["client_addr"] == format!("127.0.0.1:{port}"), "{status}");
         let who = cli(&profile, &["whoami"])?;
         ensure!(who.status.success(), "{who:?}");
         ensure!(
@@ -160,8 +183,11 @@ fn dev_cluster_runs_three_nodes_that_stay_down_when_killed() -> Result<()> {
     let admin = std::fs::read_to_string(dir.join("profiles/admin.toml"))?;
     ensure!(admin.contains(&format!("127.0.0.1:{}", p + 2)), "{admin}");
 
-    // A topic on node 1: each partition led by node 1, its only replica.
+    // The three form one metadata group with a leader.
     let node1 = profile_for(&dir, p)?;
+    let leader = wait_for_leader(&node1, 3, None)?;
+
+    // A topic and an ACL rule made through node 1 reach the others.
     let out = cli(
         &node1,
         &["topic", "create", "demo.placed", "--partitions", "2"],
@@ -176,14 +202,31 @@ fn dev_cluster_runs_three_nodes_that_stay_down_when_killed() -> Result<()> {
         ensure!(part["leader"] == 1, "{topic}");
         ensure!(part["replicas"] == serde_json::json!([1]), "{topic}");
     }
-    // Membership changes are refused, saying why.
     let out = cli(
         &node1,
-        &["cluster", "add-node", "4", "127.0.0.1:1", "127.0.0.1:2"],
+        &[
+            "acl",
+            "grant",
+            "--principal",
+            "spiffe://strongbox.dev/reader",
+            "--topic",
+            "demo.placed",
+            "--op",
+            "subscribe",
+        ],
     )?;
-    ensure!(!out.status.success(), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
-    ensure!(err.contains("runs it as a single node"), "{err}");
+    ensure!(out.status.success(), "{out:?}");
+    for port in [p + 1, p + 2] {
+        let profile = profile_for(&dir, port)?;
+        wait_until(&format!("the topic on the node at {port}"), || {
+            cli(&profile, &["topic", "describe", "demo.placed"]).is_ok_and(|o| o.status.success())
+        })?;
+        wait_until(&format!("the ACL rule on the node at {port}"), || {
+            cli(&profile, &["acl", "list"]).is_ok_and(|o| {
+                String::from_utf8_lossy(&o.stdout).contains("spiffe://strongbox.dev/reader")
+            })
+        })?;
+    }
     // `config check` reports the node's [cluster] section.
     let check = Command::new(binary("strongbox-broker"))
         .args(["config", "check"])
@@ -195,15 +238,31 @@ fn dev_cluster_runs_three_nodes_that_stay_down_when_killed() -> Result<()> {
         "{text}"
     );
 
-    // SIGKILL node 2: it stays down, the others serve.
-    kill(Pid::from_raw(pids[1]), Signal::SIGKILL)?;
-    wait_until("node 2 to be gone", || !alive(pids[1]))?;
-    wait_until("dev to notice node 2 exited", || !pid_files[1].exists())?;
-    std::thread::sleep(Duration::from_secs(2));
-    ensure!(!pid_files[1].exists(), "node 2 was restarted");
-    ensure!(alive(pids[0]) && alive(pids[2]), "the others died");
-    let out = cli(&profile_for(&dir, p + 2)?, &["whoami"])?;
+    // SIGKILL the metadata leader: it stays down, the two others elect a
+    // new one and keep administering the cluster.
+    let gone = usize::try_from(leader - 1)?;
+    let victim = pids[gone];
+    kill(Pid::from_raw(victim), Signal::SIGKILL)?;
+    wait_until("the leader to be gone", || !alive(victim))?;
+    wait_until("dev to notice the leader exited", || {
+        !pid_files[gone].exists()
+    })?;
+    let survivors: Vec<u16> = (0..3u16)
+        .filter(|i| usize::from(*i) != gone)
+        .map(|i| p + i)
+        .collect();
+    let first = profile_for(&dir, survivors[0])?;
+    let second = profile_for(&dir, survivors[1])?;
+    wait_for_leader(&first, 3, Some(leader))?;
+    let out = cli(
+        &first,
+        &["topic", "create", "demo.after", "--partitions", "1"],
+    )?;
     ensure!(out.status.success(), "{out:?}");
+    wait_until("the new topic on the other survivor", || {
+        cli(&second, &["topic", "describe", "demo.after"]).is_ok_and(|o| o.status.success())
+    })?;
+    ensure!(!pid_files[gone].exists(), "the killed node was restarted");
     ensure!(dev.0.try_wait()?.is_none(), "dev exited");
 
     // SIGTERM to dev stops the rest and dev exits.
@@ -217,7 +276,7 @@ fn dev_cluster_runs_three_nodes_that_stay_down_when_killed() -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     };
     ensure!(status.success(), "{status}");
-    ensure!(!alive(pids[0]) && !alive(pids[2]), "nodes left running");
+    ensure!(pids.iter().all(|p| !alive(*p)), "nodes left running");
     ensure!(pid_files.iter().all(|f| !f.exists()), "PID files left");
 
     // A second run reuses the directory.

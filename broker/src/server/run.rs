@@ -49,6 +49,9 @@ pub struct RunningBroker {
     maintain_now: Arc<tokio::sync::Notify>,
     /// Signs checkpoints; `None` when `checkpoints.enabled` is false.
     checkpoints: Option<Arc<Checkpointer>>,
+    /// This node of the cluster's metadata group; `None` without
+    /// `[cluster]`.
+    cluster: Option<super::cluster::ClusterNode>,
 }
 
 /// Opens storage, binds the listener and the metrics endpoint, and starts
@@ -149,6 +152,15 @@ pub async fn run_with_io(
     let _ = state.client_verifier.set(tls.verifier.clone());
     let _ = state.client_addr.set(addr);
     crate::transport::admin::log_cluster_role(&config);
+    let cluster = match &config.cluster {
+        Some(c) => {
+            let (node, follow) =
+                super::cluster::start(&state, &config, c, shutdown.clone()).await?;
+            tasks.extend(follow);
+            Some(node)
+        }
+        None => None,
+    };
     tasks.extend(start_control_socket(&state, &metrics, &shutdown)?);
     let maintain_now = Arc::new(tokio::sync::Notify::new());
     tasks.push(tokio::spawn(maintenance(
@@ -183,6 +195,7 @@ pub async fn run_with_io(
         serving,
         maintain_now,
         checkpoints,
+        cluster,
     })
 }
 
@@ -295,6 +308,9 @@ impl RunningBroker {
         }
         for task in self.tasks {
             let _ = task.await;
+        }
+        if let Some(node) = self.cluster {
+            node.stop().await;
         }
         // An unfinished rewrap stops at its next step and resumes at the
         // next start; it must let go of the logs before they close.

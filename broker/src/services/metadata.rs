@@ -4,12 +4,19 @@
 //!
 //! A broker without `[cluster]` is a cluster of one: [`Metadata::submit`]
 //! applies the command to its own store, in one transaction, with the same
-//! rules a cluster's state machine uses. Services never write those tables
+//! rules a cluster's state machine uses. With `[cluster]`, once the node has
+//! joined its metadata group ([`Metadata::attach`]), a command is proposed
+//! to the group: directly on the leader, forwarded to it from a follower;
+//! every node applies it to its own store. Services never write those tables
 //! themselves, so the rules live in one place. Node-local state (the key
 //! registry, durable ends, the audit head, rewrap jobs) is still written
 //! directly through [`strongbox_storage::meta::MetaStore::write`].
 
-use strongbox_cluster::{MetaCommand, MetaResponse, NodeId, Refusal};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use strongbox_cluster::net::{Forwarded, PeerNetwork};
+use strongbox_cluster::{MetaCommand, MetaRaft, MetaResponse, NodeId, ProposeError, Refusal};
 use strongbox_protocol::ErrorCode;
 use strongbox_storage::meta::{MetaStore, is_node_local_topic};
 
@@ -19,20 +26,52 @@ use crate::services::caller::blocking;
 /// The node id of a broker without `[cluster]`.
 pub const SINGLE_NODE_ID: NodeId = 1;
 
+/// How long a proposal waits for a leader (an election, a follower that
+/// has not learned the leader's address yet) before it is refused
+/// `no_leader`.
+pub const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// A node's way into its metadata group.
+#[derive(Debug, Clone)]
+pub struct ClusterLink {
+    /// The node's handle on the group.
+    pub raft: MetaRaft,
+    /// Its network, for forwarding proposals to the leader.
+    pub network: PeerNetwork,
+}
+
 /// Where metadata commands go.
 #[derive(Debug, Clone)]
 pub struct Metadata {
     meta: MetaStore,
     node_id: NodeId,
+    cluster: Arc<OnceLock<ClusterLink>>,
 }
 
 impl Metadata {
     /// Commands applied to this node's own store (a cluster of one).
     pub fn local(meta: MetaStore) -> Self {
+        Self::new(meta, SINGLE_NODE_ID)
+    }
+
+    /// Commands applied to this node's own store until [`attach`](Self::attach).
+    pub fn new(meta: MetaStore, node_id: NodeId) -> Self {
         Self {
             meta,
-            node_id: SINGLE_NODE_ID,
+            node_id,
+            cluster: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// From now on, commands go to the metadata group. A second call is
+    /// ignored.
+    pub fn attach(&self, link: ClusterLink) {
+        let _ = self.cluster.set(link);
+    }
+
+    /// The metadata group, once attached.
+    pub fn cluster(&self) -> Option<&ClusterLink> {
+        self.cluster.get()
     }
 
     /// This node's id: where the partitions it creates live.
@@ -61,9 +100,13 @@ impl Metadata {
     /// The command was refused, or the store failed.
     pub fn submit_blocking(&self, command: MetaCommand) -> Result<MetaResponse, BrokerError> {
         let what = command.to_string();
-        match strongbox_cluster::apply_local(&self.meta, &command)
-            .map_err(|e| BrokerError::internal(&format!("storing {what}"), e))?
-        {
+        let answer = if self.cluster.get().is_some() {
+            tokio::runtime::Handle::current().block_on(self.submit_raw(command))?
+        } else {
+            strongbox_cluster::apply_local(&self.meta, &command)
+                .map_err(|e| BrokerError::internal(&format!("storing {what}"), e))?
+        };
+        match answer {
             MetaResponse::Refused(refusal) => Err(refusal_error(&refusal)),
             answer => Ok(answer),
         }
@@ -76,11 +119,61 @@ impl Metadata {
     ///
     /// The store failed.
     pub async fn submit_raw(&self, command: MetaCommand) -> Result<MetaResponse, BrokerError> {
+        if let Some(link) = self.cluster.get() {
+            return link.propose(command).await;
+        }
         let meta = self.meta.clone();
         let what = command.to_string();
         blocking(move || strongbox_cluster::apply_local(&meta, &command))
             .await?
             .map_err(|e| BrokerError::internal(&format!("storing {what}"), e))
+    }
+}
+
+impl ClusterLink {
+    /// Proposes `command` to the group through the leader, waiting up to
+    /// [`LEADER_WAIT`] for one.
+    ///
+    /// # Errors
+    ///
+    /// `no_leader` when none answered in time; `internal` when the
+    /// proposal failed otherwise (its outcome may be unknown).
+    pub async fn propose(&self, command: MetaCommand) -> Result<MetaResponse, BrokerError> {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let mut last = String::from("no leader is known");
+        loop {
+            match self.raft.propose(command.clone()).await {
+                Ok(answer) => return Ok(answer),
+                Err(ProposeError::NotLeader {
+                    leader: Some((leader, _)),
+                }) => match self.network.forward(leader, &command).await {
+                    Ok(Forwarded::Applied(answer)) => return Ok(answer),
+                    Ok(Forwarded::NotLeader { .. }) => {
+                        last = format!("node {leader} is no longer the leader");
+                    }
+                    Ok(Forwarded::Failed(message)) => {
+                        return Err(BrokerError::internal(
+                            &format!("the leader (node {leader}) proposing {command}"),
+                            message,
+                        ));
+                    }
+                    Err(e) => last = format!("cannot reach the leader, node {leader}: {e}"),
+                },
+                Err(ProposeError::NotLeader { leader: None }) => {}
+                Err(e @ ProposeError::NoQuorum(_)) => last = e.to_string(),
+                Err(e) => return Err(BrokerError::internal(&format!("proposing {command}"), e)),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BrokerError::new(
+                    ErrorCode::NoLeader,
+                    format!(
+                        "the cluster's metadata has no leader that answers ({last}); retry \
+                         once a majority of the nodes is up"
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

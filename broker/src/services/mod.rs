@@ -214,9 +214,10 @@ impl BrokerState {
         let acl_seed = reload::AclSeed::from_config(&config.acl)
             .map_err(|e| StartError::Acl(e.to_string()))?;
         let rewrap_rate = config.keys.rewrap_rate;
+        let node_id = config.node_id();
         let state = Arc::new(Self {
             config,
-            metadata: metadata::Metadata::local(meta.clone()),
+            metadata: metadata::Metadata::new(meta.clone(), node_id),
             meta,
             partitions: partitions::Partitions::new(topics, partition_watch),
             keys: keys::Keys::new(keys, key_metrics, rewrap_rate),

@@ -1,12 +1,16 @@
 //! Admin requests about the cluster: `Metadata`, `ClusterStatus`,
 //! `ClusterAddNode`, `ClusterRemoveNode`.
 //!
-//! Until the consensus layer is connected, every broker answers as a
-//! cluster of one: itself the only node, the leader of term 1 and the
-//! leader and only replica of every partition. A broker with `[cluster]`
-//! reports its configured id and advertised address; membership changes
-//! are refused with a message that says why.
+//! A broker without `[cluster]` answers as a cluster of one: itself the
+//! only node, the leader of term 1 and the leader and only replica of every
+//! partition; membership changes are refused with a message that says why.
+//! A broker with `[cluster]` answers from its node of the metadata group:
+//! the members, their roles and lag, and membership changes made by the
+//! group's leader. Partition data is not replicated yet: every partition
+//! is served by the node the client is connected to, which `Metadata`
+//! reports as its leader.
 
+use strongbox_cluster::{NodeInfo, ProposeError};
 use strongbox_protocol::ErrorCode;
 use strongbox_protocol::frames::admin::AdminResponse;
 use strongbox_protocol::model::{
@@ -40,8 +44,9 @@ pub fn log_cluster_role(config: &BrokerConfig) {
                 node_id = c.node_id,
                 members = %members.join(","),
                 seeds = %c.seeds.join(","),
-                "[cluster] is checked but not yet acted on: this node serves alone (no peer \
-                 listener, no replication) and reports itself as the only node"
+                "[cluster]: topics, ACL rules, offsets, access requests and recipients are \
+                 replicated through the metadata group; partition data is not replicated yet \
+                 (each node keeps its own log of every partition)"
             );
         }
     }
@@ -99,8 +104,21 @@ pub(super) async fn metadata(
                 .collect(),
         })
         .collect();
+    let mut nodes = vec![node.clone()];
+    if let Some(link) = ctx.state.metadata.cluster() {
+        nodes.extend(
+            link.raft
+                .members()
+                .into_iter()
+                .filter(|(id, _)| *id != node.id)
+                .map(|(id, info)| NodeAddress {
+                    id,
+                    client_addr: info.client_addr,
+                }),
+        );
+    }
     Ok(AdminResponse::Metadata(ClusterMetadata {
-        nodes: vec![node],
+        nodes,
         topics: placements,
     }))
 }
@@ -110,6 +128,41 @@ pub(super) async fn status(ctx: &ConnCtx) -> Result<AdminResponse, BrokerError> 
     Authorizer::new(ctx).check(Operations::DESCRIBE, BROKER_WIDE)?;
     let node = this_node(ctx);
     let config = &ctx.state.config;
+    if let Some(link) = ctx.state.metadata.cluster() {
+        let s = link.raft.status();
+        let own_role = role(s.role);
+        let nodes = s
+            .members
+            .iter()
+            .map(|m| NodeStatus {
+                id: m.id,
+                peer_addr: m.info.peer_addr.clone(),
+                client_addr: m.info.client_addr.clone(),
+                role: if m.id == s.node_id {
+                    own_role
+                } else if Some(m.id) == s.leader {
+                    NodeRole::Leader
+                } else if !m.voter {
+                    NodeRole::Learner
+                } else if s.leader.is_some() {
+                    NodeRole::Follower
+                } else {
+                    NodeRole::Unknown
+                },
+                term: s.term,
+                last_contact_ms: m
+                    .last_contact
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                lag: m.lag,
+            })
+            .collect();
+        return Ok(AdminResponse::ClusterStatus(ClusterStatusInfo {
+            node_id: s.node_id,
+            leader: s.leader,
+            term: s.term,
+            nodes,
+        }));
+    }
     let peer_addr = config
         .cluster
         .as_ref()
@@ -131,7 +184,51 @@ pub(super) async fn status(ctx: &ConnCtx) -> Result<AdminResponse, BrokerError> 
     }))
 }
 
-/// Adds a node (`admin` on `*`); audited, refused or not.
+/// The wire role of a group role.
+fn role(r: strongbox_cluster::Role) -> NodeRole {
+    match r {
+        strongbox_cluster::Role::Leader => NodeRole::Leader,
+        strongbox_cluster::Role::Follower => NodeRole::Follower,
+        strongbox_cluster::Role::Candidate => NodeRole::Candidate,
+        strongbox_cluster::Role::Learner => NodeRole::Learner,
+        strongbox_cluster::Role::Shutdown => NodeRole::Unknown,
+    }
+}
+
+/// A membership change made through the metadata group's leader.
+async fn change_membership(
+    ctx: &ConnCtx,
+    verb: &str,
+    id: u64,
+    info: Option<NodeInfo>,
+) -> Result<(), BrokerError> {
+    let Some(link) = ctx.state.metadata.cluster() else {
+        return Err(membership_refusal(ctx, verb, id));
+    };
+    let done = match info {
+        Some(info) => link.raft.add_node(id, info).await,
+        None => link.raft.remove_node(id).await,
+    };
+    done.map_err(|e| match e {
+        ProposeError::NotLeader { leader } => BrokerError::new(
+            ErrorCode::NotLeader,
+            match leader {
+                Some((l, info)) => format!(
+                    "membership changes are made by the metadata leader: node {l} at {}",
+                    info.client_addr
+                ),
+                None => "no metadata leader is known right now; retry shortly".to_owned(),
+            },
+        ),
+        other => BrokerError::new(
+            ErrorCode::InvalidRequest,
+            format!("cannot {verb} node {id}: {other}"),
+        ),
+    })
+}
+
+/// Adds a node (`admin` on `*`): as a learner that catches up, then a
+/// voter; audited, refused or not.
 pub(super) async fn add_node(
     ctx: &ConnCtx,
     id: u64,
@@ -139,35 +236,63 @@ pub(super) async fn add_node(
     client_addr: String,
 ) -> Result<AdminResponse, BrokerError> {
     Authorizer::new(ctx).check(Operations::ADMIN, BROKER_WIDE)?;
-    let refusal = membership_refusal(ctx, "add", id);
-    ctx.state.audit.record(
-        AuditEvent::new(
-            AuditAction::ClusterAddNode,
-            Outcome::Failure,
-            audit::node_resource(id),
-        )
-        .principal(&ctx.principal)
-        .detail("peer_addr", peer_addr)
-        .detail("client_addr", client_addr)
-        .detail("error", refusal.message.clone()),
-    );
-    Err(refusal)
+    let info = NodeInfo {
+        peer_addr: peer_addr.clone(),
+        client_addr: client_addr.clone(),
+    };
+    let outcome = change_membership(ctx, "add", id, Some(info)).await;
+    let event = AuditEvent::new(
+        AuditAction::ClusterAddNode,
+        if outcome.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        },
+        audit::node_resource(id),
+    )
+    .principal(&ctx.principal)
+    .detail("peer_addr", peer_addr)
+    .detail("client_addr", client_addr);
+    membership_outcome(ctx, event, outcome, format!("node {id} added"))
 }
 
 /// Removes a node (`admin` on `*`); audited, refused or not.
 pub(super) async fn remove_node(ctx: &ConnCtx, id: u64) -> Result<AdminResponse, BrokerError> {
     Authorizer::new(ctx).check(Operations::ADMIN, BROKER_WIDE)?;
-    let refusal = membership_refusal(ctx, "remove", id);
-    ctx.state.audit.record(
-        AuditEvent::new(
-            AuditAction::ClusterRemoveNode,
-            Outcome::Failure,
-            audit::node_resource(id),
-        )
-        .principal(&ctx.principal)
-        .detail("error", refusal.message.clone()),
-    );
-    Err(refusal)
+    let outcome = change_membership(ctx, "remove", id, None).await;
+    let event = AuditEvent::new(
+        AuditAction::ClusterRemoveNode,
+        if outcome.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        },
+        audit::node_resource(id),
+    )
+    .principal(&ctx.principal);
+    membership_outcome(ctx, event, outcome, format!("node {id} removed"))
+}
+
+/// Records a membership change's event and answers.
+fn membership_outcome(
+    ctx: &ConnCtx,
+    event: AuditEvent,
+    outcome: Result<(), BrokerError>,
+    done: String,
+) -> Result<AdminResponse, BrokerError> {
+    match outcome {
+        Ok(()) => {
+            ctx.state.audit.record(event);
+            tracing::info!(target: "strongbox::audit", principal = %ctx.principal, "{done}");
+            Ok(AdminResponse::Ok { message: done })
+        }
+        Err(e) => {
+            ctx.state
+                .audit
+                .record(event.detail("error", e.message.clone()));
+            Err(e)
+        }
+    }
 }
 
 /// Why a membership change cannot be made by this broker.
@@ -179,8 +304,7 @@ fn membership_refusal(ctx: &ConnCtx, verb: &str, id: u64) -> BrokerError {
              [cluster] section); configure [cluster] on every node to run a cluster"
         ),
         Some(c) => format!(
-            "cannot {verb} node {id}: node {} has [cluster] configured but this version runs it \
-             as a single node, without the consensus layer that changes membership",
+            "cannot {verb} node {id}: node {} has not joined its metadata group yet",
             c.node_id
         ),
     };

@@ -29,6 +29,7 @@ mod topics;
 
 pub use cluster::{SINGLE_NODE_TERM, log_cluster_role};
 pub use topics::ensure_topic;
+pub(crate) use topics::{close_topic, open_topic};
 
 /// The topic name checked for broker-wide permissions (keys, ACL listing):
 /// a rule must name `*` to grant them.

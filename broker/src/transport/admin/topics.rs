@@ -179,11 +179,7 @@ async fn create_topic(
             replicas: vec![vec![state.metadata.node_id()]; partitions],
         })
         .await?;
-    let keys: Arc<dyn SegmentKeys> = state.keys.manager().clone();
-    // Opening the partition logs creates files: off the async threads.
-    let state2 = state.clone();
-    let topic = blocking(move || state2.partitions.topics().add(entry, keys)).await?;
-    state.metrics.touch_topic(name);
+    let topic = open_topic(state, entry).await?;
     tracing::info!(target: "strongbox::audit", topic = %name, partitions = topic.partition_count(), dedicated_kek = topic.entry.config.dedicated_kek, "topic created");
     Ok(AdminResponse::Topic(topic.describe()))
 }
@@ -197,18 +193,7 @@ async fn delete_topic(state: &Arc<BrokerState>, name: &str) -> Result<AdminRespo
             name: name.to_owned(),
         })
         .await?;
-    state.partitions.topics().remove(name);
-    for p in topic.ready_partitions() {
-        p.close();
-    }
-    state
-        .partitions
-        .watch()
-        .forget_topic(name, topic.partition_count());
-    let state2 = state.clone();
-    let topic2 = topic.clone();
-    let shredded = blocking(move || shred_topic(&state2, &topic2)).await??;
-    state.metrics.forget_topic(name);
+    let shredded = close_topic(state, &topic).await?;
     tracing::info!(target: "strongbox::audit", topic = %name, keys_destroyed = shredded, "topic deleted");
     Ok(AdminResponse::Ok {
         message: if shredded > 0 {
@@ -217,6 +202,53 @@ async fn delete_topic(state: &Arc<BrokerState>, name: &str) -> Result<AdminRespo
             format!("topic {name} deleted")
         },
     })
+}
+
+/// Serves a topic the metadata now holds: opens its partition logs on this
+/// node. Callers hold `admin_lock` and have checked it is not served yet.
+///
+/// # Errors
+///
+/// The blocking task failed.
+pub(crate) async fn open_topic(
+    state: &Arc<BrokerState>,
+    entry: TopicEntry,
+) -> Result<Arc<Topic>, BrokerError> {
+    let keys: Arc<dyn SegmentKeys> = state.keys.manager().clone();
+    let name = entry.name.clone();
+    // Opening the partition logs creates files: off the async threads.
+    let state2 = state.clone();
+    let topic = blocking(move || state2.partitions.topics().add(entry, keys)).await?;
+    state.metrics.touch_topic(&name);
+    Ok(topic)
+}
+
+/// Stops serving a topic the metadata no longer holds and shreds its data
+/// on this node; returns the number of KEK versions destroyed. Callers
+/// hold `admin_lock`.
+///
+/// # Errors
+///
+/// Shredding failed (the deletion stays recorded and is finished at the
+/// next start).
+pub(crate) async fn close_topic(
+    state: &Arc<BrokerState>,
+    topic: &Arc<Topic>,
+) -> Result<usize, BrokerError> {
+    let name = topic.name().to_owned();
+    state.partitions.topics().remove(&name);
+    for p in topic.ready_partitions() {
+        p.close();
+    }
+    state
+        .partitions
+        .watch()
+        .forget_topic(&name, topic.partition_count());
+    let state2 = state.clone();
+    let topic2 = topic.clone();
+    let shredded = blocking(move || shred_topic(&state2, &topic2)).await??;
+    state.metrics.forget_topic(&name);
+    Ok(shredded)
 }
 
 /// Deletes a topic's data, key envelopes first (crypto-shredding: once the
