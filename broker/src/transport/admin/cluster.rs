@@ -26,6 +26,10 @@ use crate::services::caller::ConnCtx;
 
 use super::BROKER_WIDE;
 
+/// How long `ClusterAddNode` waits for the new node to catch up before it
+/// becomes a voter.
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The term a node reports while it runs alone: it leads the first term.
 pub const SINGLE_NODE_TERM: u64 = 1;
 
@@ -206,7 +210,22 @@ async fn change_membership(
         return Err(membership_refusal(ctx, verb, id));
     };
     let done = match info {
-        Some(info) => link.raft.add_node(id, info).await,
+        Some(info) => {
+            match tokio::time::timeout(CATCH_UP_WAIT, link.raft.add_node(id, info)).await {
+                Ok(done) => done,
+                Err(_) => {
+                    return Err(BrokerError::new(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "node {id} did not catch up within {} s: it stays a learner \
+                             (check that it runs and that the leader reaches its peer address), \
+                             then add it again or remove it",
+                            CATCH_UP_WAIT.as_secs()
+                        ),
+                    ));
+                }
+            }
+        }
         None => link.raft.remove_node(id).await,
     };
     done.map_err(|e| match e {
