@@ -235,6 +235,11 @@ fn drop_superseded_placeholders(
         files::remove_if_exists(io, &dir.join(index_file_name(base)))?;
         files::remove_if_exists(io, &dir.join(gap_file_name(base)))?;
     }
+    // Kept although no power-loss test fails without it: a cut before it
+    // only brings back empty files that the next open removes again. It
+    // makes the removals durable before a new segment could take one of
+    // these bases (a truncation back to it, then an append), which must not
+    // find the old name beside the new file (see `delete_segment_files`).
     files::sync_dir(io, dir)?;
     bases.retain(|b| !stale.contains(b));
     Ok(())
@@ -285,7 +290,11 @@ fn honour_reservation(
             OpenMode::Truncate,
             "creating",
         )?);
-        files::sync_dir(io, dir)?;
+        // No sync between the new file and the old one's removal: the
+        // sync below covers both before this returns, and a cut that keeps
+        // the removal without the new name finds the marker at `to`
+        // (durable: found at open, or rewritten atomically above) past the
+        // log's end, and finishes the move again.
         if let Some(old) = placeholder.filter(|p| *p != to) {
             files::remove_if_exists(io, &ctx.segment_path(old))?;
         }
@@ -293,6 +302,12 @@ fn honour_reservation(
     for base in reserved.iter().filter(|b| Some(**b) != floor) {
         files::remove_if_exists(io, &dir.join(gap_file_name(*base)))?;
     }
+    // Kept although no power-loss test fails without it: a cut before it
+    // finds the marker at `to` and finishes the move again, and markers or
+    // an old placeholder that come back are removed again. It makes the
+    // finished move durable when open returns, and the removals durable
+    // before a new segment could take one of their bases (see
+    // `delete_segment_files`).
     if floor.is_some() || !reserved.is_empty() {
         files::sync_dir(io, dir)?;
     }
@@ -627,7 +642,12 @@ pub(crate) fn read_seal(
 /// that nothing on disk names. Then the file is emptied, so a failure (or a
 /// crash) before the envelope goes leaves an empty file with its envelope,
 /// which the next attempt finishes, never bytes without the envelope that
-/// reads them.
+/// reads them. The index's removal, last, is not synced on its own (the
+/// sync that shreds the envelope comes before it): an index that a cut
+/// brings back is removed again by the next open (beside the empty file,
+/// which it empties again, or alone, as an index without a segment), and a
+/// new segment at `base` truncates it and syncs the directory before it is
+/// used.
 pub(crate) fn make_placeholder(
     ctx: &LogCtx,
     base: u64,
@@ -645,7 +665,7 @@ pub(crate) fn make_placeholder(
         shred_envelope(ctx, base, segment_id)?;
     }
     files::remove_if_exists(io, &ctx.dir.join(index_file_name(base)))?;
-    files::sync_dir(io, &ctx.dir)
+    Ok(())
 }
 
 /// The intact frames at the start of a segment, read up to a limit.
