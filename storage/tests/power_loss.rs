@@ -32,7 +32,8 @@
 //! removals (retention, a truncation, a move past lost offsets, a topic
 //! deletion) at every operation of each removal, its directories found out
 //! of order, with a second cut at every operation of the restart (and of an
-//! append after it) that a truncation and a move leave the most to finish.
+//! append after it) that a truncation and a move leave the most to finish,
+//! and that every cut of a move from an earlier move's empty file leaves.
 //!
 //! `STRONGBOX_POWER_LOSS_CASES` sets the number of random cases (default
 //! 256).
@@ -57,6 +58,8 @@ enum Found {
     Reordered(u64),
     /// Also with the newest unsynced entry change of each directory.
     NewestChange,
+    /// Also with the oldest unsynced entry change of each directory.
+    OldestChange,
 }
 
 impl Found {
@@ -66,6 +69,7 @@ impl Found {
             Self::Torn(seed) => io.restart(Some(seed)),
             Self::Reordered(seed) => io.restart_reordered(seed),
             Self::NewestChange => io.restart_newest_change_only(),
+            Self::OldestChange => io.restart_oldest_change_only(),
         }
     }
 }
@@ -377,7 +381,8 @@ fn a_power_cut_at_every_operation_of_a_fixed_scenario() {
 
 /// Every way the log removes something: retention (several segments at
 /// once), a truncation that deletes the newest segment (whose base the next
-/// append takes again), a move past lost offsets, emptying a segment
+/// append takes again), a move past lost offsets and a second one that
+/// removes the empty segment file the first made, emptying a segment
 /// without frames, and the deletion of a topic with two partitions.
 fn deletion_scenario() -> Vec<Op> {
     let append = |topic, partition, records, size| Op::Append {
@@ -423,6 +428,11 @@ fn deletion_scenario() -> Vec<Op> {
             partition: 0,
             by: 4,
         },
+        Op::Skip {
+            topic: 0,
+            partition: 0,
+            by: 3,
+        },
         Op::CreateTopic {
             partitions: 2,
             fsync: true,
@@ -439,6 +449,22 @@ fn deletion_scenario() -> Vec<Op> {
     ]
 }
 
+/// What a cut in a step that removes something is followed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Again {
+    /// Only the restart.
+    No,
+    /// The restart after the cut that leaves it the most to finish is cut in
+    /// turn at each of its operations.
+    Busiest,
+    /// The restart after every cut is cut in turn at each of its
+    /// operations, the disk found with only the newest or with only the
+    /// oldest unsynced change of each directory, alternately (a cut just
+    /// before a directory `fsync` and the cut just after it leave the same
+    /// disk, so each second cut after that disk is found both ways).
+    EveryCut,
+}
+
 /// What removes something, cut at each of its operations in turn and found
 /// with only the newest unsynced change of each directory (so a removal
 /// made durable in the wrong order shows, such as an envelope left without
@@ -451,23 +477,30 @@ fn deletion_scenario() -> Vec<Op> {
 /// append after that (which takes a truncated segment's base again), and
 /// by another restart: it must find every acknowledged record, no shredded
 /// envelope, deleted topic or removed segment back, and a log that takes
-/// appends.
+/// appends. A move that removes the empty segment file of the move before
+/// it is followed by a second cut after *every* one of its cuts: one leaves
+/// both empty files (the restart removes the older one), another the gap
+/// marker alone (the restart finishes the move and removes the older one),
+/// and the append after either writes the new file's header, synced, before
+/// it syncs the directory: the restart's removal must be durable by then.
 #[test]
 fn removals_survive_a_cut_at_every_operation_and_a_second_cut_in_the_restart() {
     let ops = deletion_scenario();
-    // The operations of each step that removes something, and whether the
-    // restart after its busiest cut is cut in turn: after a truncation (it
+    // The operations of each step that removes something, and how the
+    // restart after a cut in it is cut in turn: after a truncation (it
     // finishes a segment's deletion, as after retention, and the append
     // then takes the deleted segment's base again) and after a move past
-    // lost offsets (it finishes the move). The random cases cut restarts
-    // that finish a topic's deletion.
-    let mut removals: Vec<(std::ops::RangeInclusive<u64>, bool)> = Vec::new();
+    // lost offsets (it finishes the move), the busiest cut; after a move
+    // from the empty file an earlier move made, every cut. The random
+    // cases cut restarts that finish a topic's deletion.
+    let mut removals: Vec<(std::ops::RangeInclusive<u64>, Again)> = Vec::new();
     {
         let keys_dir = tempfile::tempdir().expect("key dir");
         let io = PowerLossIo::new();
         let mut world = World::boot(io.clone(), keys_dir.path()).expect("boot");
         let mut model = Model::default();
         let mut after_truncation = false;
+        let mut after_move = false;
         for op in &ops {
             let before = io.ops();
             step(&mut world, &mut model, op).expect("uncut run");
@@ -482,16 +515,25 @@ fn removals_survive_a_cut_at_every_operation_and_a_second_cut_in_the_restart() {
                         | Op::Delete { .. }
                 )
             {
-                let twice = matches!(op, Op::Truncate { .. } | Op::Skip { .. });
-                removals.push((before..=io.ops(), twice));
+                let again = match op {
+                    Op::Skip { .. } if after_move => Again::EveryCut,
+                    Op::Truncate { .. } | Op::Skip { .. } => Again::Busiest,
+                    _ => Again::No,
+                };
+                removals.push((before..=io.ops(), again));
             }
             after_truncation = matches!(op, Op::Truncate { .. });
+            after_move = matches!(op, Op::Skip { .. });
         }
         assert!(
             model.topics.iter().any(|t| t.deleted),
             "the scenario deletes a topic"
         );
     }
+    assert!(
+        removals.iter().any(|(_, a)| *a == Again::EveryCut),
+        "the scenario moves from the empty file of a move: {removals:?}"
+    );
     let cut_points: usize = removals.iter().map(|(r, _)| r.clone().count()).sum();
     assert!(cut_points > 50, "the removals do real work: {removals:?}");
     let first = |cut: u64, torn: Found| Epoch {
@@ -515,10 +557,32 @@ fn removals_survive_a_cut_at_every_operation_and_a_second_cut_in_the_restart() {
         boot_cut,
         torn,
     };
-    for (range, twice) in removals {
+    // Cuts `cut`, then the restart after it at each of its operations, the
+    // check after it and the append after that, each found in `torn` ways.
+    let cut_twice = |cut: u64, torn: &dyn Fn(u64) -> Vec<Found>| {
+        let restart_ops = match run(&[first(cut, Found::NewestChange), then(None, Found::Durable)])
+        {
+            Ok(ops) => ops.first().copied().unwrap_or(0),
+            Err(e) => {
+                panic!("power cut after {cut} operations (NewestChange), then an append: {e}")
+            }
+        };
+        for second in 0..=restart_ops {
+            for torn in torn(second) {
+                let again = then(Some(u16::try_from(second).expect("small")), torn);
+                if let Err(e) = run(&[first(cut, Found::NewestChange), again]) {
+                    panic!(
+                        "power cut after {cut} operations, then {second} operations into the \
+                         restart ({torn:?}): {e}"
+                    );
+                }
+            }
+        }
+    };
+    for (range, again) in removals {
         // The cut whose restart does the most, and how much.
         let mut busiest = (0, 0);
-        for cut in range {
+        for cut in range.clone() {
             match run(&[first(cut, Found::NewestChange)]) {
                 Ok(ops) if ops.last().is_some_and(|o| *o > busiest.1) => {
                     busiest = (cut, ops.last().copied().unwrap_or(0));
@@ -532,30 +596,25 @@ fn removals_survive_a_cut_at_every_operation_and_a_second_cut_in_the_restart() {
                 panic!("power cut after {cut} operations (Reordered({cut})): {e}");
             }
         }
-        if !twice {
-            continue;
-        }
-        let cut = busiest.0;
-        // The restart after that cut, the check and the append after it.
-        let restart_ops = match run(&[first(cut, Found::NewestChange), then(None, Found::Durable)])
-        {
-            Ok(ops) => ops.first().copied().unwrap_or(0),
-            Err(e) => {
-                panic!("power cut after {cut} operations (NewestChange), then an append: {e}")
-            }
-        };
-        for second in 0..=restart_ops {
-            let torn = if second % 2 == 0 {
-                Found::NewestChange
-            } else {
-                Found::Reordered(cut ^ second)
-            };
-            let again = then(Some(u16::try_from(second).expect("small")), torn);
-            if let Err(e) = run(&[first(cut, Found::NewestChange), again]) {
-                panic!(
-                    "power cut after {cut} operations, then {second} operations into the \
-                     restart ({torn:?}): {e}"
-                );
+        match again {
+            Again::No => {}
+            Again::Busiest => cut_twice(busiest.0, &|second| {
+                vec![if second % 2 == 0 {
+                    Found::NewestChange
+                } else {
+                    Found::Reordered(busiest.0 ^ second)
+                }]
+            }),
+            Again::EveryCut => {
+                for cut in range {
+                    cut_twice(cut, &|second| {
+                        vec![if (cut + second) % 2 == 0 {
+                            Found::NewestChange
+                        } else {
+                            Found::OldestChange
+                        }]
+                    });
+                }
             }
         }
     }

@@ -30,7 +30,8 @@
 //! `sync_dir` between two changes puts the first on the disk before the
 //! second), and two more restarts find them out of order:
 //! [`PowerLossIo::restart_reordered`] keeps any subset or a suffix of them,
-//! [`PowerLossIo::restart_newest_change_only`] the newest one alone.
+//! [`PowerLossIo::restart_newest_change_only`] the newest one alone, and
+//! [`PowerLossIo::restart_oldest_change_only`] the oldest one alone.
 //!
 //! Paths are absolute; `/` always exists and is durable.
 //!
@@ -242,6 +243,17 @@ impl PowerLossIo {
         self.rebuild(None, Entries::NewestOnly)
     }
 
+    /// The file system a reboot finds when, of each directory, only the
+    /// oldest entry change since its last sync reached the disk (and of
+    /// each file, only its synced data). POSIX allows it too, and it breaks
+    /// the converse rule most directly: "this new name must not be durable
+    /// before that later removal is", such as a file created and an older
+    /// one removed after it, with data made durable in the new file before
+    /// the directory is synced.
+    pub fn restart_oldest_change_only(&self) -> PowerLossIo {
+        self.rebuild(None, Entries::OldestOnly)
+    }
+
     fn rebuild(&self, rng: Option<SplitMix>, entries: Entries) -> PowerLossIo {
         let disks: Vec<Disk> = {
             let sim = self.lock();
@@ -296,6 +308,8 @@ enum Entries {
     AnyOrder,
     /// The newest one alone.
     NewestOnly,
+    /// The oldest one alone.
+    OldestOnly,
 }
 
 /// Builds the nodes of a restarted file system from a disk image.
@@ -341,6 +355,7 @@ impl Rebuild<'_> {
                 let mut entries = entries.clone();
                 let kept: Vec<&EntryOp> = match (self.entries, self.rng.as_mut()) {
                     (Entries::NewestOnly, _) => pending.last().into_iter().collect(),
+                    (Entries::OldestOnly, _) => pending.first().into_iter().collect(),
                     (Entries::Prefix, Some(rng)) => {
                         let keep = rng.below(pending.len() + 1);
                         pending.iter().take(keep).collect()
@@ -981,6 +996,12 @@ mod tests {
                 .list_dir(p("/d"))
                 .expect("list"),
             names(&["a"])
+        );
+        assert_eq!(
+            io.restart_oldest_change_only()
+                .list_dir(p("/d"))
+                .expect("list"),
+            names(&["b"])
         );
         io.sync_dir(p("/d")).expect("sync");
         assert!(
