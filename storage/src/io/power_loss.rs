@@ -26,6 +26,12 @@
 //! each file, and the entry changes of each directory, reach the disk in
 //! order and stop at a random point, the last write possibly torn
 //! halfway), as a disk that wrote back part of its cache would.
+//! POSIX orders none of a directory's unsynced entry changes (only a
+//! `sync_dir` between two changes puts the first on the disk before the
+//! second), and two more restarts find them out of order:
+//! [`PowerLossIo::restart_reordered`] keeps any subset or a suffix of them,
+//! [`PowerLossIo::restart_newest_change_only`] the newest one alone, and
+//! [`PowerLossIo::restart_oldest_change_only`] the oldest one alone.
 //!
 //! Paths are absolute; `/` always exists and is durable.
 //!
@@ -216,6 +222,39 @@ impl PowerLossIo {
     /// unsynced writes (the last one possibly torn) and each directory a
     /// random prefix of its unsynced entry changes, drawn from `seed`.
     pub fn restart(&self, torn: Option<u64>) -> PowerLossIo {
+        self.rebuild(torn.map(SplitMix::new), Entries::Prefix)
+    }
+
+    /// [`restart`](Self::restart) with a torn image whose directories keep
+    /// their unsynced entry changes out of order: each one any subset of
+    /// them, or a suffix (the newer changes without the older ones), drawn
+    /// from `seed`. The kept changes apply in the order they were made.
+    pub fn restart_reordered(&self, seed: u64) -> PowerLossIo {
+        self.rebuild(Some(SplitMix::new(seed)), Entries::AnyOrder)
+    }
+
+    /// The file system a reboot finds when, of each directory, only the
+    /// newest entry change since its last sync reached the disk (and of
+    /// each file, only its synced data). POSIX allows it, and it is the
+    /// order that most directly breaks a rule "this name goes before that
+    /// one" kept without a `sync_dir` in between: a test that cuts the
+    /// power at every operation finds each such rule with it.
+    pub fn restart_newest_change_only(&self) -> PowerLossIo {
+        self.rebuild(None, Entries::NewestOnly)
+    }
+
+    /// The file system a reboot finds when, of each directory, only the
+    /// oldest entry change since its last sync reached the disk (and of
+    /// each file, only its synced data). POSIX allows it too, and it breaks
+    /// the converse rule most directly: "this new name must not be durable
+    /// before that later removal is", such as a file created and an older
+    /// one removed after it, with data made durable in the new file before
+    /// the directory is synced.
+    pub fn restart_oldest_change_only(&self) -> PowerLossIo {
+        self.rebuild(None, Entries::OldestOnly)
+    }
+
+    fn rebuild(&self, rng: Option<SplitMix>, entries: Entries) -> PowerLossIo {
         let disks: Vec<Disk> = {
             let sim = self.lock();
             match &sim.frozen {
@@ -225,7 +264,8 @@ impl PowerLossIo {
         };
         let mut rebuild = Rebuild {
             disks: &disks,
-            rng: torn.map(SplitMix::new),
+            rng,
+            entries,
             map: HashMap::new(),
             nodes: Vec::new(),
         };
@@ -259,10 +299,24 @@ impl PowerLossIo {
     }
 }
 
+/// Which unsynced entry changes of a directory a restart keeps.
+#[derive(Debug, Clone, Copy)]
+enum Entries {
+    /// A random prefix (with a torn image; none without).
+    Prefix,
+    /// A random subset or suffix.
+    AnyOrder,
+    /// The newest one alone.
+    NewestOnly,
+    /// The oldest one alone.
+    OldestOnly,
+}
+
 /// Builds the nodes of a restarted file system from a disk image.
 struct Rebuild<'a> {
     disks: &'a [Disk],
     rng: Option<SplitMix>,
+    entries: Entries,
     /// Old inode → new inode.
     map: HashMap<Ino, Ino>,
     nodes: Vec<Node>,
@@ -299,11 +353,18 @@ impl Rebuild<'_> {
             Some(Disk::Dir { entries, pending }) => {
                 self.nodes.push(Node::dir(BTreeMap::new()));
                 let mut entries = entries.clone();
-                if let Some(rng) = self.rng.as_mut() {
-                    let keep = rng.below(pending.len() + 1);
-                    for op in pending.iter().take(keep) {
-                        apply_entry(&mut entries, op);
+                let kept: Vec<&EntryOp> = match (self.entries, self.rng.as_mut()) {
+                    (Entries::NewestOnly, _) => pending.last().into_iter().collect(),
+                    (Entries::OldestOnly, _) => pending.first().into_iter().collect(),
+                    (Entries::Prefix, Some(rng)) => {
+                        let keep = rng.below(pending.len() + 1);
+                        pending.iter().take(keep).collect()
                     }
+                    (Entries::AnyOrder, Some(rng)) => out_of_order(rng, pending),
+                    (_, None) => Vec::new(),
+                };
+                for op in kept {
+                    apply_entry(&mut entries, op);
                 }
                 let mapped: BTreeMap<OsString, Ino> = entries
                     .into_iter()
@@ -318,6 +379,19 @@ impl Rebuild<'_> {
             None => self.nodes.push(Node::dir(BTreeMap::new())),
         }
         new
+    }
+}
+
+/// Unsynced entry changes of one directory that reached the disk out of
+/// order, drawn from `rng`: any subset of them (no order at all), or a
+/// suffix (the newer ones without the older, the order that breaks a
+/// "remove this before that" rule most directly).
+fn out_of_order<'a>(rng: &mut SplitMix, pending: &'a [EntryOp]) -> Vec<&'a EntryOp> {
+    if rng.below(2) == 0 {
+        pending.iter().filter(|_| rng.below(2) == 0).collect()
+    } else {
+        let skip = rng.below(pending.len() + 1);
+        pending.iter().skip(skip).collect()
     }
 }
 
@@ -882,6 +956,60 @@ mod tests {
             seen.insert(data.len());
         }
         assert!(seen.len() > 4, "prefixes of many lengths: {seen:?}");
+    }
+
+    #[test]
+    fn unsynced_directory_changes_reach_the_disk_in_any_order() {
+        let io = PowerLossIo::new();
+        io.create_dir(p("/d")).expect("dir");
+        for name in ["a", "b"] {
+            drop(
+                io.open(&p("/d").join(name), OpenMode::CreateNew)
+                    .expect("create"),
+            );
+        }
+        io.sync_dir(p("/d")).expect("sync");
+        io.sync_dir(p("/")).expect("sync");
+        io.remove_file(p("/d/a")).expect("remove a");
+        io.remove_file(p("/d/b")).expect("remove b");
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..200 {
+            let prefix = io.restart(Some(seed)).list_dir(p("/d")).expect("list");
+            assert_ne!(
+                prefix,
+                vec![OsString::from("a")],
+                "a prefix keeps the order"
+            );
+            seen.insert(prefix);
+            seen.insert(io.restart_reordered(seed).list_dir(p("/d")).expect("list"));
+        }
+        let names = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(seen.contains(&names(&["a", "b"])), "neither: {seen:?}");
+        assert!(seen.contains(&names(&["b"])), "the first only: {seen:?}");
+        assert!(seen.contains(&names(&[])), "both: {seen:?}");
+        assert!(
+            seen.contains(&names(&["a"])),
+            "the second only, though it was made after the first: {seen:?}"
+        );
+        assert_eq!(
+            io.restart_newest_change_only()
+                .list_dir(p("/d"))
+                .expect("list"),
+            names(&["a"])
+        );
+        assert_eq!(
+            io.restart_oldest_change_only()
+                .list_dir(p("/d"))
+                .expect("list"),
+            names(&["b"])
+        );
+        io.sync_dir(p("/d")).expect("sync");
+        assert!(
+            io.restart_reordered(7)
+                .list_dir(p("/d"))
+                .expect("list")
+                .is_empty()
+        );
     }
 
     #[test]

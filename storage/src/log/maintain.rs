@@ -131,6 +131,11 @@ impl PartitionLog {
         files::remove_if_exists(io, &seg.index_path)?;
         self.ctx.indexes.remove(&seg.header.segment_id);
         files::remove_if_exists(io, &dir.join(gap_file_name(seg.base)))?;
+        // Made durable before the base can be taken again: after a
+        // truncation the next append creates a segment of the same name,
+        // and a cut that kept the new `{base}.log` but not the removal of
+        // `{base}.log.deleted` would leave a segment that recovery takes
+        // for the deleted one (and the name taken for the next append).
         files::sync_dir(io, dir)?;
         self.gaps
             .lock()

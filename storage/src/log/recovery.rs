@@ -175,8 +175,13 @@ pub(crate) fn recover(ctx: &LogCtx) -> Result<Recovered, LogError> {
         (None, None) => 0,
     };
     if let Some(to) = honour_reservation(ctx, &reserved, next_offset, placeholder, &segments)? {
-        if !segments.is_empty() {
-            gaps.insert(to, next_offset);
+        if let Some(old) = placeholder {
+            // The marker at `to` accepts everything after the last segment.
+            gaps.remove(&old);
+            missing.remove(&old);
+        }
+        if let Some(seg) = segments.last() {
+            gaps.insert(to, seg.sealed_next_offset().unwrap_or(seg.base));
         }
         placeholder = Some(to);
         next_offset = to;
@@ -235,6 +240,10 @@ fn drop_superseded_placeholders(
         files::remove_if_exists(io, &dir.join(index_file_name(base)))?;
         files::remove_if_exists(io, &dir.join(gap_file_name(base)))?;
     }
+    // Durable before the newest file is used: the next append writes its
+    // header and syncs it before it syncs the directory, and a cut in
+    // between that brought an older empty file back would find it before a
+    // newest segment that is no longer empty, and the log would not open.
     files::sync_dir(io, dir)?;
     bases.retain(|b| !stale.contains(b));
     Ok(())
@@ -244,10 +253,13 @@ fn drop_superseded_placeholders(
 /// are the first step of a move past lost offsets (`gap.rs`, `heal.rs`):
 /// the marker is written before anything is cut, so that offsets handed
 /// out are never handed out again even when the move stops halfway. When
-/// one reaches past the log's end (`next`), the move is finished here: the
-/// marker is rewritten from the actual end and an empty segment file made
-/// at its offset, which becomes the next offset (returned). Markers the log
-/// already reaches are removed.
+/// one reaches past the log's end (`next`), the move is finished here as
+/// `open_gap` makes it: the marker is rewritten from where the last segment
+/// ends (an empty newest file, `placeholder`, holds no records: the gap
+/// before it and this one become one), an empty segment file made at its
+/// offset, which becomes the next offset (returned), and the old
+/// placeholder with its own marker removed. Markers the log already
+/// reaches are removed.
 fn honour_reservation(
     ctx: &LogCtx,
     reserved: &[u64],
@@ -269,11 +281,11 @@ fn honour_reservation(
         .max();
     if let Some(to) = floor {
         tracing::warn!(dir = %dir.display(), from = next, to, "finishing a move past lost offsets that stopped halfway");
-        if !segments.is_empty() {
+        if let Some(seg) = segments.last() {
             GapMarker {
                 topic_id: ctx.config.topic_id,
                 partition: ctx.config.partition,
-                from_offset: next,
+                from_offset: seg.sealed_next_offset().unwrap_or(seg.base),
                 to_offset: to,
                 created_at_ms: ctx.clock.now_ms(),
             }
@@ -285,14 +297,29 @@ fn honour_reservation(
             OpenMode::Truncate,
             "creating",
         )?);
-        files::sync_dir(io, dir)?;
+        // No sync between the new file and the removal of the old one and
+        // its marker: the sync below covers them all before this returns.
+        // A cut before it keeps any part of them, and the next open
+        // finishes the move again: the marker at `to` is durable (found at
+        // open, or rewritten atomically above), so without the new name it
+        // is past the log's end; with it, an old file that came back is
+        // superseded and removed. The old file back without its marker
+        // only seems to follow a gap no marker records: the marker at `to`
+        // reaches back to the last segment's end and covers it (`recover`
+        // drops that gap from the missing ones).
         if let Some(old) = placeholder.filter(|p| *p != to) {
             files::remove_if_exists(io, &ctx.segment_path(old))?;
+            files::remove_if_exists(io, &dir.join(gap_file_name(old)))?;
         }
     }
     for base in reserved.iter().filter(|b| Some(**b) != floor) {
         files::remove_if_exists(io, &dir.join(gap_file_name(*base)))?;
     }
+    // Durable before the new file is used: the next append writes its
+    // header and syncs it before it syncs the directory, and a cut in
+    // between that kept the new name but brought the old placeholder back
+    // would find it before a newest segment that is no longer empty, and
+    // the log would not open.
     if floor.is_some() || !reserved.is_empty() {
         files::sync_dir(io, dir)?;
     }
@@ -627,7 +654,12 @@ pub(crate) fn read_seal(
 /// that nothing on disk names. Then the file is emptied, so a failure (or a
 /// crash) before the envelope goes leaves an empty file with its envelope,
 /// which the next attempt finishes, never bytes without the envelope that
-/// reads them.
+/// reads them. The index's removal, last, is not synced on its own (the
+/// sync that shreds the envelope comes before it): an index that a cut
+/// brings back is removed again by the next open (beside the empty file,
+/// which it empties again, or alone, as an index without a segment), and a
+/// new segment at `base` truncates it and syncs the directory before it is
+/// used.
 pub(crate) fn make_placeholder(
     ctx: &LogCtx,
     base: u64,
@@ -645,7 +677,7 @@ pub(crate) fn make_placeholder(
         shred_envelope(ctx, base, segment_id)?;
     }
     files::remove_if_exists(io, &ctx.dir.join(index_file_name(base)))?;
-    files::sync_dir(io, &ctx.dir)
+    Ok(())
 }
 
 /// The intact frames at the start of a segment, read up to a limit.

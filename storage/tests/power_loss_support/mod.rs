@@ -73,6 +73,10 @@ pub enum Op {
     Commit { topic: usize, partition: u32 },
     /// Hands out a producer id (a metadata-only commit).
     ProducerId,
+    /// Truncates a partition to the base of its newest segment (what a
+    /// follower does to match its leader): that segment is deleted, and the
+    /// next append makes a new one at the same base.
+    Truncate { topic: usize, partition: u32 },
     /// Moves a partition's next offset forward past "lost" offsets (the
     /// operator's accept-loss: a gap marker, an empty segment file).
     Skip {
@@ -100,6 +104,10 @@ pub struct PartModel {
     /// The log must end at or after this (a move past lost offsets was
     /// acknowledged): those offsets are never handed out again.
     pub min_end: u64,
+    /// The log must start at or after this: retention acknowledged
+    /// removing the records below it (or a restart found it there), and
+    /// they must not come back.
+    pub acked_start: u64,
 }
 
 /// What must hold of one topic.
@@ -116,7 +124,7 @@ pub struct TopicModel {
 }
 
 /// The model of a whole run.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Model {
     pub topics: Vec<TopicModel>,
     /// The largest producer id handed out while the power was on.
@@ -435,6 +443,28 @@ pub fn step(world: &mut World, model: &mut Model, op: &Op) -> Outcome<()> {
         Op::Roll { topic, partition } => with_log(world, model, *topic, *partition, |log, _| {
             log.roll().map(|_| ()).map_err(|e| format!("roll: {e}"))
         }),
+        Op::Truncate { topic, partition } => {
+            with_log(world, model, *topic, *partition, |log, pm| {
+                let Some(to) = log.segments().last().map(|s| s.base_offset) else {
+                    return Ok(());
+                };
+                // Only where the owner may: above the log start, and not
+                // below a committed offset or a move past lost offsets.
+                if to <= log.log_start_offset()
+                    || to >= log.log_end_offset()
+                    || pm.committed.is_some_and(|c| c > to)
+                    || pm.min_end > to
+                {
+                    return Ok(());
+                }
+                // The owner drops these records: none is required any
+                // more, and their offsets are handed out again.
+                drop(pm.known.split_off(&to));
+                drop(pm.written.split_off(&to));
+                pm.required_end = pm.required_end.min(to);
+                log.truncate(to).map_err(|e| format!("truncate({to}): {e}"))
+            })
+        }
         Op::Retention {
             topic,
             partition,
@@ -444,10 +474,15 @@ pub fn step(world: &mut World, model: &mut Model, op: &Op) -> Outcome<()> {
                 max_age: None,
                 max_bytes: Some(u64::from(*keep) * 4),
             };
+            let powered = world.io.is_powered();
             let r = log.apply_retention(&policy).map(|_| ());
             // Whatever happened on disk, nothing below the new start is
             // required any more.
             pm.start_bound = pm.start_bound.max(log.log_start_offset());
+            if powered && r.is_ok() && world.io.is_powered() {
+                // Acknowledged: what it removed stays removed.
+                pm.acked_start = pm.acked_start.max(log.log_start_offset());
+            }
             r.map_err(|e| format!("retention: {e}"))
         }),
         Op::Rotate { topic } => {
@@ -848,6 +883,14 @@ pub fn check_after_restart(world: &mut World, model: &mut Model) -> Outcome<()> 
                     pm.required_end
                 ));
             }
+            if log.log_start_offset() < pm.acked_start {
+                return fail(format!(
+                    "{what}: the log starts at {}, but retention acknowledged removing every \
+                     record below {}: they came back",
+                    log.log_start_offset(),
+                    pm.acked_start
+                ));
+            }
             let in_log: BTreeSet<[u8; 16]> = log.segments().iter().map(|s| s.segment_id).collect();
             let in_registry: BTreeSet<[u8; 16]> = registry
                 .iter()
@@ -894,6 +937,7 @@ pub fn check_after_restart(world: &mut World, model: &mut Model) -> Outcome<()> 
             pm.known = have;
             pm.required_end = log.log_end_offset();
             pm.start_bound = pm.start_bound.max(log.log_start_offset());
+            pm.acked_start = pm.acked_start.max(log.log_start_offset());
             pm.known = pm.known.split_off(&pm.start_bound);
             pm.written.clear();
         }
@@ -902,6 +946,7 @@ pub fn check_after_restart(world: &mut World, model: &mut Model) -> Outcome<()> 
     // Topics whose creation was committed but not acknowledged, and not in
     // the model as created: adopt them.
     model.topics = kept;
+    check_envelopes(&world.io, "after the restart")?;
     let id = world
         .meta
         .write(|b| b.allocate_producer_id())
@@ -914,6 +959,92 @@ pub fn check_after_restart(world: &mut World, model: &mut Model) -> Outcome<()> 
     }
     if world.io.is_powered() {
         model.producer_id = id;
+    }
+    Ok(())
+}
+
+/// What the disk holds right after a cut, before anything runs on it (a
+/// copy of the disk taken then would hold the same): no key envelope
+/// whose shredding has begun ([`check_envelopes`]), no segment beside an
+/// unfinished deletion of its name ([`check_reused_names`]), and nothing
+/// of a topic whose deletion was acknowledged.
+pub fn check_disk_after_cut(io: &PowerLossIo, model: &Model) -> Outcome<()> {
+    check_envelopes(io, "on the disk the cut left")?;
+    check_reused_names(io)?;
+    for tm in model.topics.iter().filter(|t| t.deleted) {
+        let dir = data_dir::topic_dir(data(), &tm.entry.topic_id);
+        if io.metadata(&dir).is_ok() {
+            return fail(format!(
+                "on the disk the cut left: {} of topic {} is back after its deletion was \
+                 acknowledged",
+                dir.display(),
+                tm.entry.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// No `{base}.log` beside a `{base}.log.deleted`: a segment's deletion is
+/// durable before a new segment can take its base (after a truncation), so
+/// both at once are a removal that a cut undid under a new segment, which
+/// recovery would then take for the deleted one.
+pub fn check_reused_names(io: &PowerLossIo) -> Outcome<()> {
+    for part in partition_dirs(io) {
+        let names = file_names(io, &part);
+        for stem in names.iter().filter_map(|n| n.strip_suffix(".log.deleted")) {
+            if names.contains(&format!("{stem}.log")) {
+                return fail(format!(
+                    "on the disk the cut left: {} is beside {stem}.log.deleted: a new segment \
+                     took the name of one whose deletion a cut undid",
+                    part.join(format!("{stem}.log")).display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn partition_dirs(io: &PowerLossIo) -> Vec<PathBuf> {
+    let log = data_dir::log_dir(data());
+    let mut out = Vec::new();
+    for topic in io.list_dir(&log).unwrap_or_default() {
+        let topic = log.join(topic);
+        for part in io.list_dir(&topic).unwrap_or_default() {
+            out.push(topic.join(part));
+        }
+    }
+    out
+}
+
+fn file_names(io: &PowerLossIo, dir: &Path) -> BTreeSet<String> {
+    io.list_dir(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|n| n.into_string().ok())
+        .collect()
+}
+
+/// Every key envelope (`{base}.key`) in a partition directory sits beside
+/// its segment (`{base}.log`, or `{base}.log.deleted` while retention
+/// removes it). Crypto-shredding removes the envelope before the data and
+/// makes that removal durable first (retention, topic deletion, recovery),
+/// so an envelope alone is one whose shredding was done, and came back: a
+/// shredded key readable again from the disk, or a copy of it.
+pub fn check_envelopes(io: &PowerLossIo, when: &str) -> Outcome<()> {
+    for part in partition_dirs(io) {
+        let names = file_names(io, &part);
+        for stem in names.iter().filter_map(|n| n.strip_suffix(".key")) {
+            if !names.contains(&format!("{stem}.log"))
+                && !names.contains(&format!("{stem}.log.deleted"))
+            {
+                return fail(format!(
+                    "{when}: key envelope {} is there without its segment: a shredded key came \
+                     back",
+                    part.join(format!("{stem}.key")).display()
+                ));
+            }
+        }
     }
     Ok(())
 }
