@@ -93,6 +93,8 @@ pub struct BrokerMetrics {
     pub tls_handshakes: IntCounterVec,
     /// Requests denied by ACLs, by `operation`.
     pub acl_denials: IntCounterVec,
+    /// Certificates and requests the peer links refused, by `reason`.
+    pub peer_denials: IntCounterVec,
     /// Records appended, by `topic`.
     pub messages_in: IntCounterVec,
     /// Records delivered to subscribers, by `topic`.
@@ -229,6 +231,12 @@ impl BrokerMetrics {
                 "Requests denied by ACLs.",
                 &["operation"],
             )?,
+            peer_denials: counter_vec(
+                &r,
+                "strongbox_peer_denials_total",
+                "Certificates and requests refused on the links between cluster nodes.",
+                &["reason"],
+            )?,
             messages_in: counter_vec(
                 &r,
                 "strongbox_messages_in_total",
@@ -313,6 +321,9 @@ impl BrokerMetrics {
         }
         for (_, name) in Operations::NAMED {
             self.acl_denials.with_label_values(&[name]);
+        }
+        for reason in strongbox_peer::DenyReason::ALL {
+            self.peer_denials.with_label_values(&[reason.name()]);
         }
     }
 
@@ -436,6 +447,7 @@ mod tests {
             "strongbox_auth_failures_total",
             "strongbox_tls_handshakes_total",
             "strongbox_acl_denials_total",
+            "strongbox_peer_denials_total",
             "strongbox_messages_in_total",
             "strongbox_messages_out_total",
             "strongbox_bytes_in_total",

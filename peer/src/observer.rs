@@ -74,6 +74,20 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
+    /// Every reason, for metric series created at zero.
+    pub const ALL: [Self; 10] = [
+        Self::ClientCertificate,
+        Self::BadIdentity,
+        Self::ForeignCa,
+        Self::Expired,
+        Self::NotYetValid,
+        Self::BadCertificate,
+        Self::Handshake,
+        Self::NotAMember,
+        Self::IdentityMismatch,
+        Self::WrongNode,
+    ];
+
     /// A short lowercase name, for metric labels and audit records.
     pub fn name(self) -> &'static str {
         match self {

@@ -84,6 +84,9 @@ pub enum AuditAction {
     ClusterAddNode,
     /// An operator asked to remove a node from the cluster.
     ClusterRemoveNode,
+    /// The peer listener, or a node dialing a peer, refused a certificate
+    /// or a request.
+    PeerDeny,
 }
 
 impl AuditAction {
@@ -120,6 +123,7 @@ impl AuditAction {
             Self::CheckpointSigned => "checkpoint.signed",
             Self::ClusterAddNode => "cluster.add_node",
             Self::ClusterRemoveNode => "cluster.remove_node",
+            Self::PeerDeny => "peer.deny",
         }
     }
 }

@@ -56,9 +56,9 @@ pub(super) fn plan_line(config: &BrokerConfig) -> String {
     match &config.cluster {
         None => "run as a cluster of one (node id 1): no peer listener".into(),
         Some(c) => format!(
-            "run as node {} of a cluster (trust domain {}); this version checks [cluster] and \
-             reports the node in Metadata and cluster status, and does not yet open the peer \
-             listener on {} or replicate",
+            "run as node {} of a cluster (trust domain {}): peer listener on {}, metadata \
+             replicated through the cluster; partition data stays on each node (not replicated \
+             in this version)",
             c.node_id, c.trust_domain, c.peer_listen
         ),
     }
@@ -106,7 +106,7 @@ mod tests {
             "two voters: {:?}",
             r.items
         );
-        assert!(plan_line(&c).contains("does not yet open the peer listener"));
+        assert!(plan_line(&c).contains("peer listener on"));
 
         let seeds = "[cluster]\nnode_id = 4\npeer_listen = \"127.0.0.1:7543\"\n\
                      trust_domain = \"t\"\nseeds = [\"h1:7543\"]\n";

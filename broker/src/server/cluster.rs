@@ -16,10 +16,11 @@ use strongbox_cluster::net::{PeerNetwork, RaftService};
 use strongbox_cluster::{
     Directory, MetaChange, MetaCommand, MetaRaft, MetaRaftConfig, NodeInfo, raft_dir,
 };
-use strongbox_peer::{LogObserver, NodeTls, PeerConfig, PeerEndpoint};
+use strongbox_peer::{Denial, Direction, NodeTls, PeerConfig, PeerEndpoint, PeerObserver};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
+use crate::audit::{AuditAction, AuditEvent};
 use crate::config::{BrokerConfig, ClusterConfig};
 use crate::services::metadata::ClusterLink;
 use crate::services::{BrokerState, StartError};
@@ -97,7 +98,9 @@ pub async fn start(
         tls,
         peer_config,
         directory.clone(),
-        Arc::new(LogObserver),
+        Arc::new(AuditedPeerDenials {
+            state: state.clone(),
+        }),
     )
     .map_err(|e| start_err("peer listener")(&e))?;
     let network = PeerNetwork::new(endpoint.client(directory.clone()));
@@ -218,5 +221,40 @@ async fn sync_topics(state: &Arc<BrokerState>) {
                 Err(e) => tracing::error!(topic = %name, error = %e.message, "deleting a topic"),
             }
         }
+    }
+}
+
+/// Reports the peer links' refusals: logged, counted in
+/// `strongbox_peer_denials_total{reason}` and recorded as `peer.deny`.
+struct AuditedPeerDenials {
+    state: Arc<BrokerState>,
+}
+
+impl PeerObserver for AuditedPeerDenials {
+    fn denied(&self, denial: &Denial) {
+        let reason = denial.reason.name();
+        self.state
+            .metrics
+            .peer_denials
+            .with_label_values(&[reason])
+            .inc();
+        let who = denial
+            .identity
+            .as_ref()
+            .map_or_else(|| "unknown".to_owned(), ToString::to_string);
+        tracing::warn!(target: "strongbox::audit", remote = %denial.remote, identity = %who, reason, detail = %denial.detail, "peer link refused");
+        self.state.audit.record(
+            AuditEvent::denied(AuditAction::PeerDeny, format!("peer:{}", denial.remote))
+                .principal(&who)
+                .detail("reason", reason)
+                .detail(
+                    "direction",
+                    match denial.direction {
+                        Direction::Inbound => "inbound",
+                        Direction::Outbound => "outbound",
+                    },
+                )
+                .detail("error", denial.detail.clone()),
+        );
     }
 }
