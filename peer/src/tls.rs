@@ -332,15 +332,6 @@ impl InboundVerifier {
     pub fn outcome(&self) -> Option<VerifyOutcome> {
         self.verdict.outcome()
     }
-
-    fn refuse(
-        &self,
-        identity: Option<NodeIdentity>,
-        reason: DenyReason,
-        detail: String,
-    ) -> rustls::Error {
-        self.verdict.refuse(identity, reason, detail)
-    }
 }
 
 impl ClientCertVerifier for InboundVerifier {
@@ -372,16 +363,24 @@ impl ClientCertVerifier for InboundVerifier {
             .verify_client_cert(end_entity, intermediates, now)
         {
             // The TLS error itself goes back, so the alert says what failed.
-            let _ = self.refuse(claimed, certificate_reason(&e), e.to_string());
+            let _ = self
+                .verdict
+                .refuse(claimed, certificate_reason(&e), e.to_string());
             return Err(e);
         }
         let identity = match NodeIdentity::from_certificate_in(end_entity, &self.trust_domain) {
             Ok(id) => id,
-            Err(e) => return Err(self.refuse(None, identity_reason(&e), e.to_string())),
+            Err(e) => {
+                return Err(self
+                    .verdict
+                    .refuse(None, identity_reason(&e), e.to_string()));
+            }
         };
         if !self.membership.is_member(identity.node_id()) {
             let detail = format!("node {} is not a member of the cluster", identity.node_id());
-            return Err(self.refuse(Some(identity), DenyReason::NotAMember, detail));
+            return Err(self
+                .verdict
+                .refuse(Some(identity), DenyReason::NotAMember, detail));
         }
         self.verdict.accept(identity);
         Ok(ClientCertVerified::assertion())
@@ -434,15 +433,6 @@ impl OutboundVerifier {
     pub fn outcome(&self) -> Option<VerifyOutcome> {
         self.verdict.outcome()
     }
-
-    fn refuse(
-        &self,
-        identity: Option<NodeIdentity>,
-        reason: DenyReason,
-        detail: String,
-    ) -> rustls::Error {
-        self.verdict.refuse(identity, reason, detail)
-    }
 }
 
 impl ServerCertVerifier for OutboundVerifier {
@@ -466,12 +456,18 @@ impl ServerCertVerifier for OutboundVerifier {
         });
         if let Err(e) = chain {
             // The TLS error itself goes back, so the alert says what failed.
-            let _ = self.refuse(claimed, certificate_reason(&e), e.to_string());
+            let _ = self
+                .verdict
+                .refuse(claimed, certificate_reason(&e), e.to_string());
             return Err(e);
         }
         let identity = match NodeIdentity::from_certificate_in(end_entity, &self.trust_domain) {
             Ok(id) => id,
-            Err(e) => return Err(self.refuse(None, identity_reason(&e), e.to_string())),
+            Err(e) => {
+                return Err(self
+                    .verdict
+                    .refuse(None, identity_reason(&e), e.to_string()));
+            }
         };
         if identity.node_id() != self.expected {
             let detail = format!(
@@ -480,7 +476,9 @@ impl ServerCertVerifier for OutboundVerifier {
                 self.verdict.remote,
                 identity.node_id()
             );
-            return Err(self.refuse(Some(identity), DenyReason::WrongNode, detail));
+            return Err(self
+                .verdict
+                .refuse(Some(identity), DenyReason::WrongNode, detail));
         }
         self.verdict.accept(identity);
         Ok(ServerCertVerified::assertion())

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use strongbox_cluster::net::{PeerNetwork, RaftService};
 use strongbox_cluster::{
-    Directory, MetaChange, MetaCommand, MetaRaft, MetaRaftConfig, NodeInfo, raft_dir,
+    Directory, MetaChange, MetaCommand, MetaRaft, MetaRaftConfig, MetaResponse, NodeInfo,
+    ProducerOutcome, raft_dir,
 };
 use strongbox_peer::{Denial, Direction, NodeTls, PeerConfig, PeerEndpoint, PeerObserver};
 use tokio::sync::{broadcast, watch};
@@ -119,6 +120,9 @@ pub async fn start(
     .await
     .map_err(|e| start_err("metadata group")(&e))?;
     directory.attach(raft.clone());
+    // Subscribed before the node takes messages: nothing applied from now
+    // on is missed, and the follower's first pass catches up on the rest.
+    let changes = raft.subscribe_changes();
     endpoint.serve(Arc::new(RaftService::new(raft.clone())));
 
     // A new cluster forms on the lowest id of its initial members, once:
@@ -134,11 +138,7 @@ pub async fn start(
         raft: raft.clone(),
         network,
     });
-    let follow = tokio::spawn(follow_changes(
-        state.clone(),
-        raft.subscribe_changes(),
-        shutdown,
-    ));
+    let follow = tokio::spawn(follow_changes(state.clone(), changes, shutdown));
     tracing::info!(
         node_id = cluster.node_id,
         peer = %cluster.peer_listen,
@@ -153,13 +153,19 @@ async fn follow_changes(
     mut changes: broadcast::Receiver<MetaChange>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    react(&state, None).await;
     loop {
         let change = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,
             change = changes.recv() => change,
         };
         match change {
-            Ok(MetaChange::Applied(applied)) => react(&state, Some(&applied.command)).await,
+            Ok(MetaChange::Applied(applied)) => {
+                note_producer(&state, &applied.command, &applied.response);
+                if affects_serving(&applied.command) {
+                    react(&state, Some(&applied.command)).await;
+                }
+            }
             Ok(MetaChange::SnapshotInstalled { .. }) => react(&state, None).await,
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::warn!(
@@ -170,6 +176,38 @@ async fn follow_changes(
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+/// Whether `command` changes what this node serves (topics) or allows (the
+/// ACL). Offsets, access requests still pending, recipients and producer
+/// ids need nothing more than the store they were applied to: the hot
+/// path (consumer offset commits) takes no lock and reloads nothing.
+fn affects_serving(command: &MetaCommand) -> bool {
+    matches!(
+        command,
+        MetaCommand::CreateTopic { .. }
+            | MetaCommand::DeleteTopic { .. }
+            | MetaCommand::PutAcl { .. }
+            | MetaCommand::RemoveAcl { .. }
+            | MetaCommand::RevokeAcl { .. }
+            | MetaCommand::ExpireGrants { .. }
+            | MetaCommand::ApproveAccessRequest { .. }
+    )
+}
+
+/// A producer id issued or re-epoched through any node: this node's cache
+/// of epochs follows, so a fenced instance is fenced here too.
+fn note_producer(state: &BrokerState, command: &MetaCommand, response: &MetaResponse) {
+    if let (
+        MetaCommand::InitProducer { principal, .. },
+        MetaResponse::Producer(ProducerOutcome::Issued { producer_id, epoch }),
+    ) = (command, response)
+    {
+        state
+            .partitions
+            .producer_epochs()
+            .note_issued(*producer_id, *epoch, principal);
     }
 }
 

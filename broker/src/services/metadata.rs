@@ -93,7 +93,9 @@ impl Metadata {
     }
 
     /// [`submit`](Self::submit) for callers on a blocking thread (the
-    /// maintenance task).
+    /// maintenance pass, producer-id requests run through `blocking`). In
+    /// a cluster it waits for the proposal on the runtime, which tokio
+    /// allows on its blocking threads only: never call it from async code.
     ///
     /// # Errors
     ///

@@ -441,11 +441,19 @@ pub fn remove_expired(state: &BrokerState, now: i64) -> Result<Vec<AclEntry>, Br
     // The recipient entries to remove with their grants: those that still
     // name the request's key. The command carries them as read, and one
     // replaced in the meantime stays.
-    let recipients = state
+    let read = state
         .meta
         .read(|v| {
+            let rules_due = v
+                .acls()?
+                .iter()
+                .any(|e| e.rule.expires_at.is_some_and(|t| t <= now));
+            let mut requests_due = false;
             let mut removals = Vec::new();
             for req in v.access_requests()? {
+                if req.state == AccessState::Approved && req.expires_at.is_some_and(|t| t <= now) {
+                    requests_due = true;
+                }
                 if req.state != AccessState::Approved || req.expires_at.is_none_or(|t| t > now) {
                     continue;
                 }
@@ -462,9 +470,15 @@ pub fn remove_expired(state: &BrokerState, now: i64) -> Result<Vec<AclEntry>, Br
                     });
                 }
             }
-            Ok::<_, MetaError>(removals)
+            Ok::<_, MetaError>((rules_due || requests_due, removals))
         })
         .map_err(|e| BrokerError::internal("reading expired grants", e))?;
+    // Nothing due: no command, so a quiet cluster's metadata log does not
+    // grow by one entry per node and maintenance pass.
+    let (due, recipients) = read;
+    if !due {
+        return Ok(Vec::new());
+    }
     let answer = state.metadata.submit_blocking(MetaCommand::ExpireGrants {
         now_ms: now,
         recipients,

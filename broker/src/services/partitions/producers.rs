@@ -395,15 +395,29 @@ impl ProducerEpochs {
             ));
         };
         if let InitOutcome::Issued { producer_id, epoch } = outcome {
-            self.cache().insert(
-                producer_id,
-                IssuedProducer {
-                    epoch,
-                    principal: Some(principal.to_owned()),
-                },
-            );
+            self.note_issued(producer_id, epoch, principal);
         }
         Ok(outcome)
+    }
+
+    /// Records that `producer_id` now has `epoch` and belongs to
+    /// `principal` (issued here, or through another node of the cluster).
+    /// An epoch older than the one known is ignored.
+    pub fn note_issued(&self, producer_id: u64, epoch: u16, principal: &str) {
+        let mut cache = self.cache();
+        if cache
+            .get(&producer_id)
+            .is_some_and(|known| known.epoch > epoch)
+        {
+            return;
+        }
+        cache.insert(
+            producer_id,
+            IssuedProducer {
+                epoch,
+                principal: Some(principal.to_owned()),
+            },
+        );
     }
 }
 
@@ -471,6 +485,20 @@ mod binding_tests {
                 .expect("init"),
             InitOutcome::NotOwned
         );
+    }
+
+    #[test]
+    fn an_epoch_issued_through_another_node_fences_here_and_never_goes_back() {
+        let epochs = ProducerEpochs::new();
+        let meta = MetaStore::in_memory().expect("meta");
+        epochs.note_issued(9, 3, "alice");
+        epochs.note_issued(9, 2, "alice");
+        let issued = epochs.current(&meta, 9).expect("read").expect("known");
+        assert_eq!(issued.epoch, 3, "an older epoch arriving late is ignored");
+        epochs.note_issued(9, 4, "alice");
+        let issued = epochs.current(&meta, 9).expect("read").expect("known");
+        assert_eq!(issued.epoch, 4);
+        assert!(issued.is_owned_by("alice"));
     }
 
     #[test]
