@@ -294,6 +294,15 @@ pub enum LogError {
         /// The partition directory.
         dir: PathBuf,
     },
+
+    /// The directory holds a segment of a replicated partition (Raft
+    /// frames), which a single-node log does not read.
+    #[error("cannot open segment {} as a single-node log: it belongs to a replicated partition \
+             (its frames are Raft entries); open it through the partition's Raft group", segment.display())]
+    RaftSegment {
+        /// The segment file.
+        segment: PathBuf,
+    },
 }
 
 impl LogError {

@@ -12,7 +12,9 @@
 //!      4    2 version        1
 //!      6    2 flags          bit 0: frames are NOT encrypted (benchmarks
 //!                            only; refused by `PartitionLog::open`);
-//!                            other bits zero
+//!                            bit 1: the frames are Raft frames of a
+//!                            replicated partition (`raft_format.rs`;
+//!                            never with bit 0); other bits zero
 //!      8   16 topic_id
 //!     24    4 partition
 //!     28   16 segment_id     128 random bits, new for every segment
@@ -68,6 +70,7 @@ use std::fmt;
 pub(crate) use strongbox_protocol::codec::Reader;
 use strongbox_protocol::error::ReadError;
 
+pub use super::raft_format::FLAG_RAFT_FRAMES;
 use crate::aead::{MAC_LEN, NONCE_LEN, TAG_LEN};
 
 /// The log format version written in segment headers, AADs and envelopes.
@@ -173,7 +176,7 @@ impl From<ReadError> for FormatError {
 /// The plaintext header at the start of every segment file.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
-    /// Flags; [`FLAG_UNENCRYPTED`] is the only one defined.
+    /// Flags: [`FLAG_UNENCRYPTED`] and [`FLAG_RAFT_FRAMES`].
     pub flags: u16,
     /// The topic's 128-bit id.
     pub topic_id: [u8; 16],
@@ -204,6 +207,12 @@ impl SegmentHeader {
     /// True unless the benchmark-only plaintext flag is set.
     pub fn encrypted(&self) -> bool {
         self.flags & FLAG_UNENCRYPTED == 0
+    }
+
+    /// True when the frames are Raft frames ([`FLAG_RAFT_FRAMES`]): the
+    /// segment belongs to a replicated partition.
+    pub fn raft_frames(&self) -> bool {
+        self.flags & FLAG_RAFT_FRAMES != 0
     }
 
     /// The 64 header bytes.
@@ -249,8 +258,14 @@ impl SegmentHeader {
         if stored != computed {
             return Err(FormatError::Checksum { stored, computed });
         }
-        if flags & !FLAG_UNENCRYPTED != 0 {
+        if flags & !(FLAG_UNENCRYPTED | FLAG_RAFT_FRAMES) != 0 {
             return Err(FormatError::UnknownFlags(flags));
+        }
+        if flags & FLAG_UNENCRYPTED != 0 && flags & FLAG_RAFT_FRAMES != 0 {
+            return Err(FormatError::Invalid {
+                field: "flags",
+                detail: "a replicated partition's segment is always encrypted".into(),
+            });
         }
         Ok(Self {
             flags,

@@ -559,6 +559,11 @@ pub(crate) fn check_header(
             ),
         });
     }
+    if header.raft_frames() {
+        return Err(LogError::RaftSegment {
+            segment: path.to_path_buf(),
+        });
+    }
     if header.encrypted() != ctx.encrypted {
         return Err(LogError::CorruptHeader {
             segment: path.to_path_buf(),
