@@ -303,6 +303,16 @@ pub enum LogError {
         /// The segment file.
         segment: PathBuf,
     },
+
+    /// An entry appended to a replicated log does not continue it, or its
+    /// payload does not fit its kind.
+    #[error("cannot append Raft entry {index}: {reason}")]
+    InvalidRaftAppend {
+        /// The entry's index.
+        index: u64,
+        /// Why it does not fit.
+        reason: String,
+    },
 }
 
 impl LogError {

@@ -470,6 +470,17 @@ impl Seal {
     /// [`FormatError`] for a short input, a wrong marker or magic, or
     /// facts that contradict each other.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        Self::decode_with_min_frame(bytes, (FRAME_HEADER_LEN + MIN_BATCH_LEN + TAG_LEN) as u64)
+    }
+
+    /// [`Seal::decode`] for a segment whose smallest frame is
+    /// `min_frame_len` bytes (a Raft segment's blank frame is smaller than
+    /// any version-1 frame).
+    ///
+    /// # Errors
+    ///
+    /// As [`Seal::decode`].
+    pub fn decode_with_min_frame(bytes: &[u8], min_frame_len: u64) -> Result<Self, FormatError> {
         let mut r = Reader::new(bytes);
         let marker = r.u32()?;
         let magic = r.array::<4>()?;
@@ -492,7 +503,7 @@ impl Seal {
         }
         let min_end = seal
             .frame_count
-            .checked_mul((FRAME_HEADER_LEN + MIN_BATCH_LEN + TAG_LEN) as u64)
+            .checked_mul(min_frame_len)
             .and_then(|b| b.checked_add(SEGMENT_HEADER_LEN as u64));
         if min_end.is_none_or(|m| seal.frames_end < m) {
             return Err(FormatError::Invalid {

@@ -80,6 +80,7 @@ mod offline;
 mod partition;
 mod producer_scan;
 mod quarantine;
+pub mod raft;
 pub mod raft_format;
 mod read;
 mod read_buffer;

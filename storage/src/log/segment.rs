@@ -89,7 +89,7 @@ impl SegmentCrypto {
         }
     }
 
-    fn open_frame(
+    pub(crate) fn open_frame(
         &self,
         nonce: &[u8; 12],
         aad: &[u8],
