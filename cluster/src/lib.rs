@@ -12,6 +12,9 @@
 //! durable ends, the audit head and the other node-local tables never
 //! leave a node.
 //!
+//! [`partition`] holds the storage of a partition group, the other kind of
+//! group a cluster runs: its Raft log is the partition's own encrypted log.
+//!
 //! What is not here: the network. [`MetaRaft::start`] takes any
 //! `openraft::network::RaftNetworkFactory`; the peer transport provides the
 //! real one, and the receiving side calls [`MetaRaft::raft`].
@@ -68,6 +71,7 @@ mod local;
 pub mod log_store;
 pub mod net;
 mod node;
+pub mod partition;
 pub mod snapshot_format;
 pub mod state_machine;
 pub mod types;

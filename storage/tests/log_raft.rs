@@ -456,3 +456,39 @@ fn frames_on_disk(dir: &Path, keys: &Arc<TestKeys>) -> Vec<SeenFrame> {
     }
     out
 }
+
+#[test]
+fn an_altered_seal_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let keys = TestKeys::new();
+    let log = open(dir.path(), &keys, 600);
+    for i in 0..8u64 {
+        append(&log, vec![records(1, i, &[b"value-one", b"value-two"])]);
+    }
+    log.close().expect("close");
+    let segments = raw_segments(dir.path());
+    assert!(segments.len() > 1);
+    let flip_mac = |path: &Path| {
+        let mut data = std::fs::read(path).expect("read");
+        let last = data.len() - 1;
+        data[last] ^= 1;
+        std::fs::write(path, &data).expect("write");
+    };
+    // The oldest segment's seal: the log opens, reading it fails.
+    flip_mac(&segments[0].0);
+    let log = open(dir.path(), &keys, 600);
+    let err = log.entries(0..1).expect_err("altered seal");
+    assert!(matches!(err, LogError::SealInvalid { .. }), "{err}");
+    drop(log);
+    flip_mac(&segments[0].0);
+    // The newest seal says where the log ends: checked at open.
+    flip_mac(&segments.last().expect("newest").0);
+    let err = RaftLog::open(
+        dir.path(),
+        config(0, 600, Durability::Fsync),
+        keys.clone(),
+        LogEnv::default(),
+    )
+    .expect_err("altered newest seal");
+    assert!(matches!(err, LogError::SealInvalid { .. }), "{err}");
+}

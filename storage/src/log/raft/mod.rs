@@ -303,6 +303,19 @@ impl RaftLog {
         self.lock().next_offset
     }
 
+    /// The record offsets of the entry at `index` (`base_offset`,
+    /// `record_count`), from the frame table in memory: no I/O. `None` when
+    /// the log does not hold that index.
+    pub fn offsets_of(&self, index: u64) -> Option<(u64, u32)> {
+        let inner = self.lock();
+        let seg = inner.segs.iter().rev().find(|s| s.seg.base <= index)?;
+        let first = seg.frames.first()?.header.log_id.index;
+        let at = usize::try_from(index.checked_sub(first)?).ok()?;
+        let loc = seg.frames.get(at)?;
+        (loc.header.log_id.index == index)
+            .then_some((loc.header.base_offset, loc.header.record_count))
+    }
+
     /// The entries whose indexes are in `range`, above the last purged one
     /// and up to the last written one (written, not necessarily durable),
     /// in order. Indexes the log does not hold are left out.

@@ -7,7 +7,8 @@
 //!    its data.
 //! 2. Every segment must be a Raft segment of this topic and partition
 //!    whose name is its first index; all but the newest must be sealed,
-//!    with a seal at the very end. Their frame headers are walked (they
+//!    with a seal at the very end (the newest seal's MAC is verified now,
+//!    the others' when their key is first used). Their frame headers are walked (they
 //!    are plaintext): indexes follow each other from the first, offsets
 //!    follow each other, and the seal's frame count and next index agree.
 //!    Frames are authenticated when they are read.
@@ -194,8 +195,14 @@ fn open_segment(ctx: &LogCtx, base: u64, is_last: bool) -> Result<Option<SegFram
                 seal.max_timestamp,
             );
             seg.set_sealed(seal, false);
-            // Verifies the seal's MAC.
-            seg.crypto(ctx)?;
+            if is_last {
+                // The newest seal says where the log ends, which Raft relies
+                // on before it reads anything: its MAC is checked now. Older
+                // seals are checked when their key is first used (as in a
+                // single-node log, so a segment under a destroyed KEK does
+                // not stop the log from opening).
+                seg.crypto(ctx)?;
+            }
             let frames = walk_headers(&seg, file.as_ref(), seal.frames_end)?;
             let count = frames.len() as u64;
             let next = frames
