@@ -1,0 +1,278 @@
+//! The Kubernetes manifests (`deploy/kubernetes`), rendered by the real
+//! `kubectl kustomize` (no cluster is needed to render; none is used) and
+//! held against the broker's configuration. For each pod of the
+//! StatefulSet, the test finds the `broker.toml` its arguments name (after
+//! `$(POD_NAME)` expansion, through its ConfigMap mount), loads it with the
+//! broker's own loader, lays out the files the pod's mounts provide and
+//! runs the broker's whole validation on them. Then:
+//!
+//! - the container, Service and NetworkPolicy ports are the client, peer
+//!   and metrics ports the configuration listens on, with their protocols;
+//! - every `initial_members` peer and client address is the name the
+//!   headless Service gives that node's pod, at the pod's port, the same
+//!   list on every node;
+//! - the TLS files and the HSM PIN come from the node's own Secrets (no
+//!   other node's certificate is visible in its container), the data and
+//!   checkpoint directories from two claimed volumes;
+//! - each node Certificate carries exactly the node URI of that node's
+//!   `node_id` and trust domain, and the DNS names clients check;
+//! - the probes ask `/healthz` and `/readyz` on the metrics port; the
+//!   security context, disruption budget and grace period are as
+//!   documented; the administrator's pod reaches every node with a
+//!   superuser's certificate.
+//!
+//! The second test breaks a copy of the directory in one place at a time
+//! and expects the checks to refuse each copy, so none of them passes
+//! vacuously. A missing kubectl fails both tests: scripts/test-all unpacks
+//! Debian's kubernetes-client when there is none.
+
+mod deploy_kubernetes_support;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use deploy_kubernetes_support::{Manifests, checks};
+use serde_json::Value;
+
+fn layout() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .join("deploy/kubernetes")
+}
+
+/// Renders the kustomization in `dir` and checks it with its
+/// `admin-cli.json`.
+fn render_and_check(dir: &Path) -> Result<()> {
+    let rendered = Manifests::render(dir)?;
+    let admin: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("admin-cli.json"))?)
+        .context("admin-cli.json")?;
+    checks::check(&rendered, &admin)
+}
+
+#[test]
+fn the_manifests_agree_with_the_broker_configuration() -> Result<()> {
+    render_and_check(&layout())
+}
+
+/// One way to break the layout: in `file`, replace the first `from` with
+/// `to`; the checks must then fail with a message containing `expect`.
+struct Breakage {
+    file: &'static str,
+    from: &'static str,
+    to: &'static str,
+    expect: &'static str,
+}
+
+const BREAKAGES: &[Breakage] = &[
+    Breakage {
+        file: "service-nodes.yaml",
+        from: "port: 7444",
+        to: "port: 7445",
+        expect: "Service strongbox-nodes: port 7445/UDP leads to container port 7444",
+    },
+    Breakage {
+        file: "service-client.yaml",
+        from: "targetPort: client",
+        to: "targetPort: peer",
+        expect: "not the client listener 7443/UDP",
+    },
+    Breakage {
+        file: "statefulset.yaml",
+        from: "containerPort: 9644",
+        to: "containerPort: 9645",
+        expect: "metrics.listen = 0.0.0.0:9644",
+    },
+    Breakage {
+        file: "statefulset.yaml",
+        from: "path: /readyz",
+        to: "path: /metrics",
+        expect: "readinessProbe asks /metrics, not /readyz",
+    },
+    Breakage {
+        file: "statefulset.yaml",
+        from: "- /etc/strongbox/config/$(POD_NAME).toml",
+        to: "- /etc/strongbox/config/strongbox-0.toml",
+        expect: "pod strongbox-1 runs /etc/strongbox/config/strongbox-0.toml, whose \
+                 cluster.node_id is 1, not 2",
+    },
+    Breakage {
+        file: "statefulset.yaml",
+        from: "path: strongbox-1/hsm.pin",
+        to: "path: strongbox-1/pin",
+        expect: "keys.pkcs11.pin_file: cannot read",
+    },
+    Breakage {
+        file: "statefulset.yaml",
+        from: "name: strongbox-node-2-tls",
+        to: "name: strongbox-node-3-tls",
+        expect: "pod strongbox-1: Certificate strongbox-node-3 names",
+    },
+    Breakage {
+        file: "statefulset.yaml",
+        from: "path: strongbox-1/ca.crt",
+        to: "path: strongbox-0/node-2-ca.crt",
+        expect: "pod strongbox-0: the Secret strongbox-node-2-tls of Certificate \
+                 strongbox-node-2 is visible under /etc/strongbox/node",
+    },
+    Breakage {
+        file: "statefulset.yaml",
+        from: "port: metrics",
+        to: "port: client",
+        expect: "startupProbe asks port 7443/UDP, not metrics.listen's 9644",
+    },
+    Breakage {
+        file: "statefulset.yaml",
+        from: "defaultMode: 288",
+        to: "defaultMode: 292",
+        expect: "the node key is readable by others (mode 444)",
+    },
+    Breakage {
+        file: "statefulset.yaml",
+        from: "mountPath: /var/lib/strongbox\n",
+        to: "mountPath: /var/lib/strongbox-data\n",
+        expect: "broker.data_dir /var/lib/strongbox/data is on no mount",
+    },
+    Breakage {
+        file: "statefulset.yaml",
+        from: "readOnlyRootFilesystem: true",
+        to: "readOnlyRootFilesystem: false",
+        expect: "StatefulSet strongbox: the root file system is writable",
+    },
+    Breakage {
+        file: "statefulset.yaml",
+        from: "terminationGracePeriodSeconds: 45",
+        to: "terminationGracePeriodSeconds: 25",
+        expect: "no time after listener.shutdown_grace",
+    },
+    Breakage {
+        file: "config/strongbox-0.toml",
+        from: "{ id = 3, peer = \"strongbox-2.",
+        to: "{ id = 3, peer = \"strongbox-3.",
+        expect: "pod strongbox-0: node 3's peer address \
+                 strongbox-3.strongbox-nodes.strongbox.svc.cluster.local:7444 is not \
+                 strongbox-2.strongbox-nodes.strongbox.svc.cluster.local:7444",
+    },
+    Breakage {
+        file: "config/strongbox-1.toml",
+        from: "  { id = 3,",
+        to: "  # { id = 3,",
+        expect: "pod strongbox-1: initial_members differ from pod strongbox-0's",
+    },
+    Breakage {
+        file: "config/strongbox-2.toml",
+        from: "superusers = [\"spiffe://strongbox.example/strongbox/admin\"]",
+        to: "superusers = []",
+        expect: "pod strongbox-2: the admin principal spiffe://strongbox.example/strongbox/admin \
+                 is not among acl.superusers",
+    },
+    Breakage {
+        file: "config/strongbox-2.toml",
+        from: "listen = \"0.0.0.0:9644\"",
+        to: "listen = \"127.0.0.1:9644\"",
+        expect: "pod strongbox-2: metrics.listen = 127.0.0.1:9644 is not reachable",
+    },
+    Breakage {
+        file: "certificates.yaml",
+        from: "spiffe://strongbox.example/strongbox/node/2",
+        to: "spiffe://strongbox.example/strongbox/node/5",
+        expect: "node 2 needs exactly [spiffe://strongbox.example/strongbox/node/2]",
+    },
+    Breakage {
+        file: "certificates.yaml",
+        from: "- strongbox-1.strongbox-nodes.strongbox.svc.cluster.local",
+        to: "- strongbox-1.strongbox-nodes.strongbox.svc",
+        expect: "lacks the DNS name strongbox-1.strongbox-nodes.strongbox.svc.cluster.local",
+    },
+    Breakage {
+        file: "networkpolicy.yaml",
+        from: "kubernetes.io/metadata.name: monitoring",
+        to: "kubernetes.io/metadata.name: default",
+        expect: "the metrics port admits more than the monitoring namespace",
+    },
+    Breakage {
+        file: "networkpolicy.yaml",
+        from: "port: 7444",
+        to: "port: 7445",
+        expect: "port 7445 is none of the broker container's ports",
+    },
+    Breakage {
+        file: "networkpolicy.yaml",
+        from: "    - from:\n        - podSelector:\n",
+        to: "    - from:\n        - namespaceSelector: {}\n          podSelector:\n",
+        expect: "the peer port admits more than the brokers",
+    },
+    Breakage {
+        file: "certificates.yaml",
+        from: "    - client auth\n",
+        to: "",
+        expect: "Certificate strongbox-node-1: usage \"client auth\" missing",
+    },
+    Breakage {
+        file: "poddisruptionbudget.yaml",
+        from: "maxUnavailable: 1",
+        to: "maxUnavailable: 2",
+        expect: "a majority must stay up",
+    },
+    Breakage {
+        file: "admin-profile.yaml",
+        from: "\"strongbox-2.strongbox-nodes.strongbox.svc.cluster.local:7443\"",
+        to: "\"strongbox.strongbox.svc.cluster.local:7443\"",
+        expect: "the admin profile lists",
+    },
+    Breakage {
+        file: "admin-cli.json",
+        from: "\"secretName\": \"strongbox-admin-tls\"",
+        to: "\"secretName\": \"strongbox-node-1-tls\"",
+        expect: "Certificate strongbox-node-1: a client certificate only",
+    },
+];
+
+/// Copies the files of `from` (one level of subdirectories) into `to`.
+fn copy_layout(from: &Path, to: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            copy_layout(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn each_check_refuses_a_broken_copy() -> Result<()> {
+    let mut missed = Vec::new();
+    for b in BREAKAGES {
+        let tmp = tempfile::tempdir()?;
+        copy_layout(&layout(), tmp.path())?;
+        let path = tmp.path().join(b.file);
+        let text = std::fs::read_to_string(&path)?;
+        ensure!(
+            text.contains(b.from),
+            "{} no longer contains {:?}: update this breakage",
+            b.file,
+            b.from
+        );
+        std::fs::write(&path, text.replacen(b.from, b.to, 1))?;
+        match render_and_check(tmp.path()) {
+            Ok(()) => missed.push(format!("{}: {:?} -> {:?} passed", b.file, b.from, b.to)),
+            Err(e) => {
+                let message = format!("{e:#}");
+                if !message.contains(b.expect) {
+                    missed.push(format!(
+                        "{}: {:?} -> {:?} failed for another reason: {message}",
+                        b.file, b.from, b.to
+                    ));
+                }
+            }
+        }
+    }
+    if !missed.is_empty() {
+        bail!("{}", missed.join("\n"));
+    }
+    Ok(())
+}
