@@ -72,6 +72,42 @@ const BREAKAGES: &[Breakage] = &[
         expect: "Service strongbox-nodes: port 7445/UDP leads to container port 7444",
     },
     Breakage {
+        file: "service-nodes.yaml",
+        from: "publishNotReadyAddresses: true",
+        to: "publishNotReadyAddresses: false",
+        expect: "Service strongbox-nodes must publish not-ready pods",
+    },
+    Breakage {
+        file: "statefulset.yaml",
+        from: "automountServiceAccountToken: false",
+        to: "automountServiceAccountToken: true",
+        expect: "StatefulSet strongbox: a service account token is mounted",
+    },
+    Breakage {
+        file: "statefulset.yaml",
+        from: "                - ALL\n",
+        to: "                - NET_RAW\n",
+        expect: "StatefulSet strongbox: capabilities are not all dropped",
+    },
+    Breakage {
+        file: "statefulset.yaml",
+        from: "            limits:\n              cpu: \"2\"\n              memory: 2Gi\n",
+        to: "",
+        expect: "has no /resources/limits/cpu",
+    },
+    Breakage {
+        file: "statefulset.yaml",
+        from: "name: strongbox-node-1-hsm",
+        to: "name: strongbox-node-1-tls",
+        expect: "pod strongbox-0: the PIN comes from a certificate's Secret",
+    },
+    Breakage {
+        file: "config/strongbox-1.toml",
+        from: "export_dir = \"/var/lib/strongbox-checkpoints\"",
+        to: "export_dir = \"/var/lib/strongbox/checkpoints\"",
+        expect: "pod strongbox-1: checkpoints on the data directory's volume (data)",
+    },
+    Breakage {
         file: "service-client.yaml",
         from: "targetPort: client",
         to: "targetPort: peer",
