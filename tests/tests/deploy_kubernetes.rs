@@ -21,10 +21,12 @@
 //!   documented; the administrator's pod reaches every node with a
 //!   superuser's certificate.
 //!
-//! The second test breaks a copy of the directory in one place at a time
-//! and expects the checks to refuse each copy, so none of them passes
-//! vacuously. A missing kubectl fails both tests: scripts/test-all unpacks
-//! Debian's kubernetes-client when there is none.
+//! Another test breaks a copy of the directory in one place at a time and
+//! expects the checks to refuse each copy, so none of them passes
+//! vacuously; a third adds node 4 to a copy the way docs/OPERATIONS.md
+//! says (a node that joins through seeds) and expects the checks to accept
+//! it. A missing kubectl fails the tests: scripts/test-all unpacks Debian's
+//! kubernetes-client when there is none.
 
 mod deploy_kubernetes_support;
 
@@ -310,5 +312,139 @@ fn each_check_refuses_a_broken_copy() -> Result<()> {
     if !missed.is_empty() {
         bail!("{}", missed.join("\n"));
     }
+    Ok(())
+}
+
+/// In `text`, `from` replaced by `to` once; an error when `from` is not
+/// there.
+fn edit(text: &str, from: &str, to: &str) -> Result<String> {
+    ensure!(text.contains(from), "{from:?} is no longer in the layout");
+    Ok(text.replacen(from, to, 1))
+}
+
+/// The steps of docs/OPERATIONS.md ("Growing and shrinking") that add node
+/// 4 as pod strongbox-3, applied to a copy of `dir`.
+fn add_node_4(dir: &Path) -> Result<()> {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f));
+    let write = |f: &str, text: String| std::fs::write(dir.join(f), text);
+
+    // 1. Its Certificate: a copy of node 3's.
+    let certs = read("certificates.yaml")?;
+    let start = certs
+        .find("---\n# Node 3")
+        .context("node 3's Certificate")?;
+    let end = certs
+        .find("---\n# The administrator")
+        .context("the admin's")?;
+    let node4 = certs[start..end]
+        .replace("Node 3", "Node 4")
+        .replace("strongbox-2.", "strongbox-3.")
+        .replace("node-3", "node-4")
+        .replace("node/3", "node/4");
+    write(
+        "certificates.yaml",
+        format!("{}{node4}{}", &certs[..end], &certs[end..]),
+    )?;
+
+    // 2. Its HSM token and PIN Secret are outside the layout.
+
+    // 3. Its configuration: node 3's with its own id, names and token, and
+    // the running nodes' peer addresses as seeds.
+    let node3 = read("config/strongbox-2.toml")?;
+    let members = node3
+        .find("initial_members = [")
+        .context("initial_members")?;
+    let config = node3[..members]
+        .replace("Node 3", "Node 4")
+        .replace("pod strongbox-2", "pod strongbox-3")
+        .replace("node_id = 3", "node_id = 4")
+        .replace("strongbox-2.", "strongbox-3.")
+        .replace("strongbox-node-3", "strongbox-node-4");
+    let seeds = (0..3)
+        .map(|o| format!("  \"strongbox-{o}.strongbox-nodes.strongbox.svc.cluster.local:7444\",\n"))
+        .collect::<String>();
+    write(
+        "config/strongbox-3.toml",
+        format!("{config}seeds = [\n{seeds}]\n"),
+    )?;
+    let kustomization = read("kustomization.yaml")?;
+    write(
+        "kustomization.yaml",
+        edit(
+            &kustomization,
+            "      - config/strongbox-2.toml\n",
+            "      - config/strongbox-2.toml\n      - config/strongbox-3.toml\n",
+        )?,
+    )?;
+
+    // 4. Its Secrets projected for pod strongbox-3, four replicas, and its
+    // client address in the admin profile.
+    let sts = read("statefulset.yaml")?;
+    let sources: String = [
+        "              - secret:",
+        "                  name: strongbox-node-4-tls",
+        "                  items:",
+        "                    - key: tls.crt",
+        "                      path: strongbox-3/tls.crt",
+        "                    - key: tls.key",
+        "                      path: strongbox-3/tls.key",
+        "                    - key: ca.crt",
+        "                      path: strongbox-3/ca.crt",
+        "              - secret:",
+        "                  name: strongbox-node-4-hsm",
+        "                  items:",
+        "                    - key: pin",
+        "                      path: strongbox-3/hsm.pin",
+    ]
+    .iter()
+    .map(|l| format!("{l}\n"))
+    .collect();
+    let sts = edit(
+        &sts,
+        "        - name: tmp\n          emptyDir:",
+        &format!("{sources}        - name: tmp\n          emptyDir:"),
+    )?;
+    write(
+        "statefulset.yaml",
+        edit(&sts, "replicas: 3", "replicas: 4")?,
+    )?;
+    let profile = read("admin-profile.yaml")?;
+    let last = "      \"strongbox-2.strongbox-nodes.strongbox.svc.cluster.local:7443\",\n";
+    write(
+        "admin-profile.yaml",
+        edit(
+            &profile,
+            last,
+            &format!(
+                "{last}      \"strongbox-3.strongbox-nodes.strongbox.svc.cluster.local:7443\",\n"
+            ),
+        )?,
+    )?;
+    Ok(())
+}
+
+#[test]
+fn a_node_added_as_documented_joins_through_seeds() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    copy_layout(&layout(), tmp.path())?;
+    add_node_4(tmp.path())?;
+    render_and_check(tmp.path()).context("four nodes, as OPERATIONS.md adds them")?;
+
+    // A seed that is no running pod's peer address is refused.
+    let config = tmp.path().join("config/strongbox-3.toml");
+    let text = std::fs::read_to_string(&config)?;
+    std::fs::write(
+        &config,
+        edit(
+            &text,
+            "\"strongbox-0.strongbox-nodes",
+            "\"strongbox-9.strongbox-nodes",
+        )?,
+    )?;
+    let err = render_and_check(tmp.path()).expect_err("a seed no pod answers on");
+    ensure!(
+        format!("{err:#}").contains("pod strongbox-3: the seed strongbox-9."),
+        "{err:#}"
+    );
     Ok(())
 }
