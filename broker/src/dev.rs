@@ -58,9 +58,11 @@ use strongbox_storage::io::{FileIo, durable};
 use crate::pki::{CertSpec, PkiError, TestCa, write_file};
 
 pub mod cluster;
+mod join;
 mod revoke;
 
 pub use cluster::{DevCluster, DevNode, PEER_PORT_OFFSET, ensure_cluster_dir, plan_nodes};
+pub use join::{NewNode, new_node};
 pub use revoke::{Revocation, revoke};
 
 /// Where `dev` puts its directory unless told otherwise.

@@ -100,14 +100,17 @@ enum Command {
         /// P+I-1 of --listen HOST:P (metrics: M+I-1 of --metrics-listen,
         /// peer: P+100+I-1). SIGTERM or SIGINT stops every node still
         /// running and exits; a node that dies is not restarted (its serve
-        /// command is printed, to start it again by hand). In this
-        /// version the nodes check their [cluster] section but serve
-        /// independently: no peer listener, no replication.
+        /// command is printed, to start it again by hand). The nodes form
+        /// one metadata group (topics, ACL rules, offsets, access requests
+        /// and recipients are replicated); partition data is not
+        /// replicated yet: each node keeps its own log. `strongbox-broker
+        /// pki new-node` makes a further node to add.
         #[arg(long, value_name = "N", default_value_t = 1,
               value_parser = clap::value_parser!(u16).range(1..=9))]
         cluster: u16,
     },
-    /// The development CA: revoke a certificate it issued.
+    /// The development CA: revoke a certificate it issued, or make a
+    /// further node for a development cluster.
     #[command(subcommand)]
     Pki(PkiCommand),
     /// Check a stopped broker's data directory offline.
@@ -245,12 +248,43 @@ Examples:
         #[arg(value_name = "NAME|CERT")]
         who: String,
     },
+    /// Make one more node for a development cluster, to add it to the
+    /// running cluster.
+    ///
+    /// Creates DIR/node-ID/ like the nodes of `dev --cluster N`: a node
+    /// certificate from DIR's development CA (URI SAN
+    /// spiffe://strongbox.dev/strongbox/node/ID), a key store, a data
+    /// directory and a broker.toml whose [cluster] section joins through
+    /// the existing nodes' peer addresses (seeds) rather than forming a
+    /// cluster. Its ports follow the cluster's numbering from node 1's
+    /// config (node ID on client port P+ID-1 when node 1 has P; peer and
+    /// metrics likewise). `dev` neither starts it nor rewrites its ports.
+    /// Prints the node's serve command and the `strongbox cluster add-node`
+    /// command that adds it: until a member adds it, the node serves no
+    /// cluster metadata.
+    ///
+    /// Exit status: 0 created, 1 failure (nothing is left behind).
+    #[command(after_help = "\
+Examples:
+  strongbox-broker pki new-node 4
+  strongbox-broker pki new-node --data-dir ./strongbox-dev 4")]
+    NewNode {
+        /// The development cluster's directory.
+        #[arg(long, value_name = "DIR", default_value = "strongbox-dev")]
+        data_dir: PathBuf,
+        /// The new node's id: one no node of this cluster ever had.
+        #[arg(value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
+        id: u64,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Pki(PkiCommand::Revoke { data_dir, who }) = &cli.command {
         return revoke(data_dir, who);
+    }
+    if let Command::Pki(PkiCommand::NewNode { data_dir, id }) = &cli.command {
+        return new_node(data_dir, *id);
     }
     if let Command::Checkpoint(CheckpointCommand::PublicKey(args)) = &cli.command {
         return strongbox_broker::checkpoint::cli::run_public_key(args);
@@ -343,6 +377,37 @@ fn revoke(dir: &Path, who: &str) -> ExitCode {
                 "a running `strongbox-broker dev` on {} loads it within 5 s (tls.crl_reload), \
                  or at once on SIGHUP, and closes the connections that use the certificate",
                 dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", one_message(&anyhow::Error::new(e)));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn new_node(dir: &Path, id: u64) -> ExitCode {
+    match dev::new_node(dir, id) {
+        Ok(made) => {
+            let n = &made.node;
+            let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("strongbox-broker"));
+            println!(
+                "created node {} in {}: client {}, peer {}, metrics {}",
+                n.id,
+                n.dir.display(),
+                n.listen,
+                n.peer,
+                n.metrics
+            );
+            println!("start it:\n  {}", n.serve_command(&exe));
+            println!(
+                "then add it through any running node (it catches up as a learner, then votes):\n  \
+                 strongbox --profile {} cluster add-node {} {} {}",
+                dir.join("profiles/admin.toml").display(),
+                n.id,
+                n.peer,
+                n.listen
             );
             ExitCode::SUCCESS
         }

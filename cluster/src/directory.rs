@@ -89,6 +89,20 @@ mod tests {
     }
 
     #[test]
+    fn a_host_name_is_resolved() {
+        let d = Directory::new(BTreeMap::from([(
+            1,
+            NodeInfo {
+                peer_addr: "localhost:7001".into(),
+                client_addr: String::new(),
+            },
+        )]));
+        let addr = d.address_of(1).expect("localhost resolves");
+        assert!(addr.ip().is_loopback(), "{addr}");
+        assert_eq!(addr.port(), 7001);
+    }
+
+    #[test]
     fn a_node_waiting_to_be_added_accepts_any_node() {
         let d = Directory::new(BTreeMap::new());
         assert!(d.is_member(42));

@@ -67,6 +67,7 @@ pub use openraft;
 mod apply;
 pub mod command;
 mod directory;
+pub mod groups;
 mod local;
 pub mod log_store;
 pub mod net;

@@ -572,6 +572,32 @@ impl MetaRaft {
         }
     }
 
+    /// Waits until the leader this node knows, or the term, differs from
+    /// `seen` (`(leader, term)`), and returns the new pair; at once when
+    /// it differs already.
+    ///
+    /// # Errors
+    ///
+    /// [`ProposeError::Stopped`] when the node stopped.
+    pub async fn leader_change(
+        &self,
+        seen: (Option<NodeId>, u64),
+    ) -> Result<(Option<NodeId>, u64), ProposeError> {
+        let mut rx = self.raft.metrics();
+        loop {
+            let now = {
+                let m = rx.borrow_watched();
+                (m.current_leader, m.current_term)
+            };
+            if now != seen {
+                return Ok(now);
+            }
+            rx.changed()
+                .await
+                .map_err(|_| ProposeError::Stopped("metrics closed".into()))?;
+        }
+    }
+
     /// Builds a snapshot now (and purges the log behind it as the policy
     /// allows), instead of waiting for the snapshot policy.
     ///

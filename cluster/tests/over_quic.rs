@@ -3,81 +3,24 @@
 //! follower forwarded to the leader, and the group going on without its
 //! leader.
 
+mod quic_support;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
-use rustls::RootCertStore;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use strongbox_cluster::command::{AclRuleSpec, AclSpec, DurabilitySpec, EffectSpec, TopicSpec};
 use strongbox_cluster::net::{Forwarded, PeerNetwork, RaftService};
 use strongbox_cluster::{
     Directory, MetaCommand, MetaRaft, MetaRaftConfig, MetaResponse, NodeId, NodeInfo, ProposeError,
     Role,
 };
-use strongbox_peer::{LogObserver, NodeTls, PeerConfig, PeerEndpoint};
+use strongbox_peer::{LogObserver, PeerConfig, PeerEndpoint};
 use strongbox_storage::meta::MetaStore;
-use strongbox_tls::KeyExchange;
 
-const TRUST_DOMAIN: &str = "cluster.test";
+use quic_support::Pki;
+
 const WAIT: Duration = Duration::from_secs(20);
-
-struct Pki {
-    issuer: Issuer<'static, KeyPair>,
-    der: CertificateDer<'static>,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "cluster test CA");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-        let cert = params.self_signed(&key).expect("CA");
-        Self {
-            der: cert.der().clone(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    fn node_tls(&self, id: NodeId) -> NodeTls {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("node {id}"));
-        params.subject_alt_names.push(SanType::URI(
-            format!("spiffe://{TRUST_DOMAIN}/strongbox/node/{id}")
-                .try_into()
-                .expect("uri"),
-        ));
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let now = SystemTime::now();
-        params.not_before = (now - Duration::from_secs(3600)).into();
-        params.not_after = (now + Duration::from_secs(24 * 3600)).into();
-        let cert = params.signed_by(&key, &self.issuer).expect("node cert");
-        let mut roots = RootCertStore::empty();
-        roots.add(self.der.clone()).expect("root");
-        NodeTls::new(
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            roots,
-            TRUST_DOMAIN,
-            KeyExchange::PreferHybrid,
-        )
-        .expect("node tls")
-    }
-}
 
 struct Node {
     raft: MetaRaft,

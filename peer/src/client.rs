@@ -322,9 +322,13 @@ impl PeerClient {
     }
 
     async fn dial(&self, to: NodeId) -> Result<quinn::Connection, PeerError> {
-        let addr = self
-            .addresses
-            .address_of(to)
+        // An address book may resolve a host name (a Kubernetes pod's DNS
+        // name, say), which blocks: off the runtime's worker threads.
+        let book = self.addresses.clone();
+        let addr = tokio::task::spawn_blocking(move || book.address_of(to))
+            .await
+            .ok()
+            .flatten()
             .ok_or(PeerError::UnknownNode(to))?;
         let (config, verifier) = self.shared.tls.client_config(
             to,

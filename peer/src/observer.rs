@@ -27,7 +27,8 @@ where
 }
 
 /// Where each node's peer listener is. Asked whenever a connection to a
-/// node has to be (re)established.
+/// node has to be (re)established, on a blocking thread: an implementation
+/// may resolve host names.
 pub trait AddressBook: Send + Sync {
     /// The peer address of node `id`, `None` when it is unknown.
     fn address_of(&self, id: NodeId) -> Option<SocketAddr>;

@@ -359,14 +359,7 @@ impl BrokerProcess {
     ///
     /// The endpoint is off or does not answer.
     pub fn metrics_text(&self) -> Result<String> {
-        use std::io::{Read, Write};
-        let addr = self.metrics.ok_or_else(|| anyhow!("metrics are off"))?;
-        let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text)?;
-        Ok(text)
+        metrics_text_at(self.metrics.ok_or_else(|| anyhow!("metrics are off"))?)
     }
 
     /// The sum of every sample of the metric family `name`.
@@ -394,6 +387,22 @@ impl Drop for BrokerProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// The Prometheus text of `/metrics` at `addr` (the HTTP response,
+/// headers included).
+///
+/// # Errors
+///
+/// Nothing answers at `addr`.
+pub fn metrics_text_at(addr: SocketAddr) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Resident memory of process `pid`, in KiB (for sampling from a task

@@ -164,7 +164,8 @@ pub fn ensure_cluster_dir(dir: &Path, nodes: &[DevNode]) -> Result<DevCluster, D
     };
     let created = if complete(dir) {
         let extra = dir.join(format!("node-{}", nodes.len() + 1));
-        if extra.exists() {
+        // A node added later (`pki new-node`) is not one of dev's nodes.
+        if extra.exists() && !super::join::is_added_node(&extra.join("broker.toml")) {
             return Err(DevError::Incomplete {
                 dir: dir.to_path_buf(),
                 missing: format!(
@@ -261,7 +262,7 @@ fn build(root: &Path, dir: &Path, nodes: &[DevNode]) -> Result<(), DevError> {
         .write_to(&node_dir.join("tls"), "node")?;
         write_file(
             &node_dir.join("broker.toml"),
-            node_toml(n, nodes)?.as_bytes(),
+            node_toml(n, Joining::Initial(nodes))?.as_bytes(),
             false,
         )?;
         for sub in ["tls", "keys", "data"] {
@@ -290,9 +291,19 @@ fn profile_toml(name: &str, brokers: &[String]) -> String {
     )
 }
 
+/// How a node's `[cluster]` section finds its cluster.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Joining<'a> {
+    /// One of the nodes that form a new cluster together.
+    Initial(&'a [DevNode]),
+    /// A node added later: it joins through these peer addresses once a
+    /// member adds it.
+    Seeds(&'a [String]),
+}
+
 /// A node's config: the single-node development config with the node's
 /// own certificate, the shared CA and CRL, and a `[cluster]` section.
-fn node_toml(node: &DevNode, nodes: &[DevNode]) -> Result<String, DevError> {
+pub(super) fn node_toml(node: &DevNode, joining: Joining<'_>) -> Result<String, DevError> {
     let base = broker_toml(node.listen);
     let mut doc: toml_edit::DocumentMut = base.parse().map_err(|e| DevError::Config {
         path: node.config.clone(),
@@ -322,14 +333,27 @@ fn node_toml(node: &DevNode, nodes: &[DevNode]) -> Result<String, DevError> {
         quoted(&node.peer.to_string()),
         quoted(DEV_TRUST_DOMAIN),
     );
-    for n in nodes {
-        let _ = write!(
-            text,
-            "\n[[cluster.initial_members]]\nid = {}\npeer = {}\nclient = {}\n",
-            n.id,
-            quoted(&n.peer.to_string()),
-            quoted(&n.listen.to_string())
-        );
+    match joining {
+        Joining::Initial(nodes) => {
+            for n in nodes {
+                let _ = write!(
+                    text,
+                    "\n[[cluster.initial_members]]\nid = {}\npeer = {}\nclient = {}\n",
+                    n.id,
+                    quoted(&n.peer.to_string()),
+                    quoted(&n.listen.to_string())
+                );
+            }
+        }
+        Joining::Seeds(seeds) => {
+            let list: Vec<String> = seeds.iter().map(|s| quoted(s)).collect();
+            let _ = write!(
+                text,
+                "# A node added to a running cluster: it waits until a member adds it\n\
+                 # (`strongbox cluster add-node`), then catches up.\nseeds = [{}]\n",
+                list.join(", ")
+            );
+        }
     }
     Ok(text)
 }

@@ -138,13 +138,40 @@ pub async fn start(
         raft: raft.clone(),
         network,
     });
+    let leader = tokio::spawn(log_leader_changes(raft.clone(), shutdown.clone()));
     let follow = tokio::spawn(follow_changes(state.clone(), changes, shutdown));
     tracing::info!(
         node_id = cluster.node_id,
         peer = %cluster.peer_listen,
         "peer listener bound; metadata writes go through the cluster"
     );
-    Ok((ClusterNode { raft, endpoint }, vec![follow]))
+    Ok((ClusterNode { raft, endpoint }, vec![follow, leader]))
+}
+
+/// Logs each change of the metadata leader this node sees, with the term:
+/// when an election ended, and who won it, for operators (and for the
+/// failover tests, which time elections from these lines).
+async fn log_leader_changes(raft: MetaRaft, mut shutdown: watch::Receiver<bool>) {
+    let mut seen = (None, 0);
+    loop {
+        let now = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            now = raft.leader_change(seen) => match now {
+                Ok(now) => now,
+                Err(_) => return,
+            },
+        };
+        match now.0 {
+            Some(leader) if seen.0 != Some(leader) => {
+                tracing::info!(leader, term = now.1, "metadata leader elected");
+            }
+            None if seen.0.is_some() => {
+                tracing::warn!(term = now.1, "metadata leader lost; an election follows");
+            }
+            _ => {}
+        }
+        seen = now;
+    }
 }
 
 /// Follows what the group applies on this node.
