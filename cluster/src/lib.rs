@@ -73,6 +73,7 @@ pub mod log_store;
 pub mod net;
 mod node;
 pub mod partition;
+pub mod partition_groups;
 pub mod snapshot_format;
 pub mod state_machine;
 pub mod types;

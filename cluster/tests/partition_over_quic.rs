@@ -15,10 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use openraft::error::{ClientWriteError, RaftError};
-use strongbox_cluster::groups::{GroupId, GroupNetwork, GroupRouter};
-use strongbox_cluster::partition::{
-    BatchBytes, PartitionConfig, PartitionLogStore, PartitionStateMachine,
+use strongbox_cluster::groups::GroupId;
+use strongbox_cluster::partition_groups::{
+    PartitionGroupConfig, PartitionGroupError, PartitionGroups, Replica,
 };
 use strongbox_cluster::{NodeId, NodeInfo};
 use strongbox_peer::{LogObserver, PeerConfig, PeerEndpoint};
@@ -28,7 +27,6 @@ use strongbox_storage::log::raft::RaftLog;
 use strongbox_storage::log::raft_format::RaftFrameKind;
 use strongbox_storage::log::{LogConfig, LogEnv};
 use strongbox_storage::meta::MetaStore;
-use tokio::sync::watch;
 
 use quic_support::Pki;
 
@@ -40,42 +38,34 @@ const GROUP: GroupId = GroupId {
 const MARKER: &str = "REPLICATED-PLAINTEXT-MARKER-7f3a";
 const RECORDS_PER_BATCH: u32 = 10;
 
-type PartitionRaft = openraft::Raft<PartitionConfig, PartitionStateMachine>;
-
 /// Peer addresses by node id, filled once every endpoint is bound.
 type Addresses = Arc<Mutex<BTreeMap<NodeId, SocketAddr>>>;
-
-struct Replica {
-    raft: PartitionRaft,
-    log: Arc<RaftLog>,
-    committed: watch::Receiver<u64>,
-}
 
 struct Node {
     id: NodeId,
     root: PathBuf,
     keys: Arc<KeyManager>,
     endpoint: PeerEndpoint,
-    router: Arc<GroupRouter<PartitionConfig, PartitionStateMachine>>,
-    replica: Replica,
+    groups: PartitionGroups,
 }
 
-fn raft_config() -> Arc<openraft::Config> {
-    Arc::new(
-        openraft::Config {
-            cluster_name: "partition-test".into(),
-            heartbeat_interval: 100,
-            election_timeout_min: 800,
-            election_timeout_max: 1600,
-            ..Default::default()
-        }
-        .validate()
-        .expect("config"),
-    )
+impl Node {
+    fn replica(&self, group: GroupId) -> Replica {
+        self.groups.get(group).expect("a replica of the group")
+    }
+}
+
+fn timing() -> PartitionGroupConfig {
+    PartitionGroupConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        election_timeout_min: Duration::from_millis(800),
+        election_timeout_max: Duration::from_millis(1600),
+    }
 }
 
 /// Binds node `id`'s endpoint at `addr` (port 0 for any) and starts its
-/// replica from the files under `root` (new or left by an earlier run).
+/// replicas of `groups` (each with its replica list) from the files under
+/// `root` (new, or left by an earlier run).
 async fn start_node(
     pki: &Pki,
     id: NodeId,
@@ -83,6 +73,7 @@ async fn start_node(
     root: &Path,
     keys: Arc<KeyManager>,
     addresses: &Addresses,
+    groups: &[(GroupId, Vec<NodeId>)],
 ) -> Node {
     let known = addresses.clone();
     let endpoint = PeerEndpoint::bind(
@@ -96,41 +87,52 @@ async fn start_node(
     let client = endpoint.client(Arc::new(move |peer: NodeId| {
         known.lock().expect("addresses").get(&peer).copied()
     }));
-    let log = Arc::new(
-        RaftLog::open(
-            root.join("orders-0"),
-            LogConfig::new(GROUP.topic, GROUP.partition, KekScope::Broker),
-            keys.clone(),
-            LogEnv::default(),
-        )
-        .expect("raft log"),
-    );
-    let sm = PartitionStateMachine::open(log.clone()).expect("state machine");
-    let committed = sm.subscribe_committed();
-    let raft = PartitionRaft::new(
-        id,
-        raft_config(),
-        GroupNetwork::<PartitionConfig>::new(client, GROUP),
-        PartitionLogStore::new(log.clone()),
-        sm,
-    )
-    .await
-    .expect("raft");
-    let router = Arc::new(GroupRouter::new());
-    router.insert(GROUP, raft.clone());
-    endpoint.serve(router.clone());
-    Node {
+    let runtime = PartitionGroups::new(id, client, &timing()).expect("groups");
+    endpoint.serve(runtime.router());
+    let node = Node {
         id,
         root: root.to_path_buf(),
         keys,
         endpoint,
-        router,
-        replica: Replica {
-            raft,
-            log,
-            committed,
-        },
+        groups: runtime,
+    };
+    for (group, replicas) in groups {
+        if replicas.contains(&id) {
+            start_replica(&node, *group, replicas, addresses).await;
+        }
     }
+    node
+}
+
+async fn start_replica(node: &Node, group: GroupId, replicas: &[NodeId], addresses: &Addresses) {
+    let log = Arc::new(
+        RaftLog::open(
+            node.root.join(group.to_string().replace('/', "-")),
+            LogConfig::new(group.topic, group.partition, KekScope::Broker),
+            node.keys.clone(),
+            LogEnv::default(),
+        )
+        .expect("raft log"),
+    );
+    let members: Vec<(NodeId, NodeInfo)> = {
+        let known = addresses.lock().expect("addresses");
+        replicas
+            .iter()
+            .map(|id| {
+                (
+                    *id,
+                    NodeInfo {
+                        peer_addr: known.get(id).map(ToString::to_string).unwrap_or_default(),
+                        client_addr: String::new(),
+                    },
+                )
+            })
+            .collect()
+    };
+    node.groups
+        .start(group, &members, log)
+        .await
+        .expect("start the replica");
 }
 
 /// The node's own keys: a file key provider and metadata store of its own.
@@ -155,33 +157,41 @@ fn batch(seq: u32) -> Bytes {
     b.finish().expect("finish")
 }
 
-/// Writes `batch` through whichever node leads now, retrying while the
-/// group has no leader; returns the batch's base offset.
-async fn write(nodes: &BTreeMap<NodeId, Node>, batch: Bytes) -> u64 {
+/// Writes `batch` to `group` through node `via`, following `NotLeader`
+/// answers to the leader they name and retrying while none is known;
+/// returns the batch's base offset.
+async fn write(nodes: &BTreeMap<NodeId, Node>, group: GroupId, batch: Bytes) -> u64 {
     let deadline = tokio::time::Instant::now() + WAIT;
+    let mut via = *nodes.keys().next().expect("a node");
     loop {
-        for node in nodes.values() {
-            match node
-                .replica
-                .raft
-                .client_write(BatchBytes(batch.clone()))
-                .await
-            {
-                Ok(done) => return done.response().base_offset,
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {}
-                Err(e) => panic!("write through node {}: {e}", node.id),
+        let node = nodes.get(&via).expect("a running node");
+        match node.groups.write(group, batch.clone()).await {
+            Ok(appended) => return appended.base_offset,
+            Err(PartitionGroupError::NotLeader {
+                leader: Some(leader),
+                ..
+            }) if nodes.contains_key(&leader) => via = leader,
+            Err(PartitionGroupError::NotLeader { .. } | PartitionGroupError::NotRunning(_)) => {
+                // No leader known here yet, or a node that holds no
+                // replica: try the next node after a pause.
+                via = nodes
+                    .keys()
+                    .copied()
+                    .find(|id| *id > via)
+                    .unwrap_or(*nodes.keys().next().expect("a node"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            Err(e) => panic!("write through node {via}: {e}"),
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "no leader took the write"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-async fn wait_committed(node: &Node, offset: u64) {
-    let mut rx = node.replica.committed.clone();
+async fn wait_committed(node: &Node, group: GroupId, offset: u64) {
+    let mut rx = node.replica(group).committed;
     tokio::time::timeout(WAIT, rx.wait_for(|c| *c >= offset))
         .await
         .unwrap_or_else(|_| panic!("node {} did not commit up to {offset}", node.id))
@@ -189,8 +199,8 @@ async fn wait_committed(node: &Node, offset: u64) {
 }
 
 /// The record batches of a replica's log, in order, with their offsets.
-fn batches(node: &Node) -> Vec<(u64, Bytes)> {
-    node.replica
+fn batches(node: &Node, group: GroupId) -> Vec<(u64, Bytes)> {
+    node.replica(group)
         .log
         .entries(0..u64::MAX)
         .expect("entries")
@@ -216,22 +226,27 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replicated_partition_keeps_every_acknowledged_batch_across_a_leader_loss() {
-    let pki = Pki::new();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let addresses: Addresses = Arc::default();
+/// Binds three nodes and starts their replicas of `groups`.
+async fn three_nodes(
+    pki: &Pki,
+    root: &Path,
+    addresses: &Addresses,
+    groups: &[(GroupId, Vec<NodeId>)],
+) -> BTreeMap<NodeId, Node> {
     let mut nodes = BTreeMap::new();
+    // Every endpoint is bound (and its address known) before any group
+    // starts, so that a group formed at once reaches all its members.
     for id in 1..=3 {
-        let root = tmp.path().join(format!("node-{id}"));
-        std::fs::create_dir_all(&root).expect("root");
+        let dir = root.join(format!("node-{id}"));
+        std::fs::create_dir_all(&dir).expect("root");
         let node = start_node(
-            &pki,
+            pki,
             id,
             "127.0.0.1:0".parse().expect("addr"),
-            &root,
-            node_keys(&root),
-            &addresses,
+            &dir,
+            node_keys(&dir),
+            addresses,
+            &[],
         )
         .await;
         addresses
@@ -240,54 +255,70 @@ async fn a_replicated_partition_keeps_every_acknowledged_batch_across_a_leader_l
             .insert(id, node.endpoint.local_addr().expect("addr"));
         nodes.insert(id, node);
     }
-    let members: BTreeMap<NodeId, NodeInfo> = addresses
-        .lock()
-        .expect("addresses")
-        .iter()
-        .map(|(id, addr)| {
-            (
-                *id,
-                NodeInfo {
-                    peer_addr: addr.to_string(),
-                    client_addr: String::new(),
-                },
-            )
-        })
-        .collect();
-    nodes[&1]
-        .replica
-        .raft
-        .initialize(members)
-        .await
-        .expect("initialize");
+    for node in nodes.values() {
+        for (group, replicas) in groups {
+            if replicas.contains(&node.id) {
+                start_replica(node, *group, replicas, addresses).await;
+            }
+        }
+    }
+    nodes
+}
+
+fn no_plaintext_under(root: &Path) {
+    for file in files_under(root) {
+        let bytes = std::fs::read(&file).expect("read");
+        assert!(
+            !bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
+            "plaintext in {}",
+            file.display()
+        );
+    }
+}
+
+async fn stop(nodes: BTreeMap<NodeId, Node>) {
+    for node in nodes.values() {
+        node.groups.stop_all().await;
+        node.endpoint.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_partition_keeps_every_acknowledged_batch_across_a_leader_loss() {
+    let pki = Pki::new();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let addresses: Addresses = Arc::default();
+    let layout = [(GROUP, vec![1, 2, 3])];
+    let mut nodes = three_nodes(&pki, tmp.path(), &addresses, &layout).await;
 
     // Acknowledged batches, with the offsets the leader gave them.
     let mut acknowledged = Vec::new();
     for seq in 0..40 {
         let b = batch(seq);
-        acknowledged.push((write(&nodes, b.clone()).await, b));
+        acknowledged.push((write(&nodes, GROUP, b.clone()).await, b));
     }
-    let end = acknowledged
-        .last()
-        .map(|(base, _)| base + u64::from(RECORDS_PER_BATCH))
-        .expect("written");
-    assert_eq!(end, 40 * u64::from(RECORDS_PER_BATCH));
+    let end = 40 * u64::from(RECORDS_PER_BATCH);
+    assert_eq!(
+        acknowledged
+            .last()
+            .map(|(base, _)| base + u64::from(RECORDS_PER_BATCH)),
+        Some(end)
+    );
     for node in nodes.values() {
-        wait_committed(node, end).await;
-        assert_eq!(batches(node), acknowledged, "replica of node {}", node.id);
+        wait_committed(node, GROUP, end).await;
+        assert_eq!(
+            batches(node, GROUP),
+            acknowledged,
+            "replica of node {}",
+            node.id
+        );
     }
 
     // The leader's node goes away.
-    let leader = nodes[&1]
-        .replica
-        .raft
-        .current_leader()
-        .await
-        .expect("a leader");
+    let leader = nodes[&1].groups.leader(GROUP).expect("a leader");
     let gone = nodes.remove(&leader).expect("leader node");
     let gone_addr = gone.endpoint.local_addr().expect("addr");
-    gone.router.remove(GROUP);
-    gone.replica.raft.shutdown().await.expect("shutdown");
+    gone.groups.stop_all().await;
     gone.endpoint.close().await;
     let (gone_root, gone_keys) = (gone.root.clone(), gone.keys.clone());
     drop(gone);
@@ -295,35 +326,87 @@ async fn a_replicated_partition_keeps_every_acknowledged_batch_across_a_leader_l
     // The two others elect a leader and take more writes.
     for seq in 40..60 {
         let b = batch(seq);
-        acknowledged.push((write(&nodes, b.clone()).await, b));
+        acknowledged.push((write(&nodes, GROUP, b.clone()).await, b));
     }
     let end = 60 * u64::from(RECORDS_PER_BATCH);
     for node in nodes.values() {
-        wait_committed(node, end).await;
-        assert_ne!(node.replica.raft.current_leader().await, Some(leader));
-        assert_eq!(batches(node), acknowledged, "replica of node {}", node.id);
+        wait_committed(node, GROUP, end).await;
+        assert_ne!(node.groups.leader(GROUP), Some(leader));
+        assert_eq!(
+            batches(node, GROUP),
+            acknowledged,
+            "replica of node {}",
+            node.id
+        );
     }
 
     // It comes back from its own files and catches up.
-    let back = start_node(&pki, leader, gone_addr, &gone_root, gone_keys, &addresses).await;
-    wait_committed(&back, end).await;
-    assert_eq!(batches(&back), acknowledged, "the returned replica");
+    let back = start_node(
+        &pki, leader, gone_addr, &gone_root, gone_keys, &addresses, &layout,
+    )
+    .await;
+    wait_committed(&back, GROUP, end).await;
+    assert_eq!(batches(&back, GROUP), acknowledged, "the returned replica");
     nodes.insert(leader, back);
 
     // Each node sealed its replica under its own keys: the published
     // values appear in no file of any node.
-    for node in nodes.values() {
-        for file in files_under(&node.root) {
-            let bytes = std::fs::read(&file).expect("read");
-            assert!(
-                !bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
-                "plaintext in {}",
-                file.display()
-            );
+    no_plaintext_under(tmp.path());
+    stop(nodes).await;
+}
+
+/// Two partitions with different replica sets on the same three nodes:
+/// each runs exactly where it is placed, a write through a node that does
+/// not lead is answered with the leader to go to, and the two logs stay
+/// apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_run_where_they_are_placed_and_writes_find_their_leader() {
+    let pki = Pki::new();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let addresses: Addresses = Arc::default();
+    let wide = GROUP;
+    let narrow = GroupId {
+        topic: GROUP.topic,
+        partition: 1,
+    };
+    let layout = [(wide, vec![1, 2, 3]), (narrow, vec![3, 2])];
+    let nodes = three_nodes(&pki, tmp.path(), &addresses, &layout).await;
+    assert_eq!(nodes[&1].groups.groups(), vec![wide]);
+    assert_eq!(nodes[&2].groups.groups(), vec![wide, narrow]);
+    assert_eq!(nodes[&3].groups.groups(), vec![wide, narrow]);
+
+    let mut in_wide = Vec::new();
+    let mut in_narrow = Vec::new();
+    for seq in 0..10 {
+        let b = batch(seq);
+        in_wide.push((write(&nodes, wide, b.clone()).await, b));
+        let b = batch(100 + seq);
+        in_narrow.push((write(&nodes, narrow, b.clone()).await, b));
+    }
+    // Node 3 formed the narrow group (first of its replicas); whoever
+    // leads it, node 1 does not run it.
+    let narrow_leader = nodes[&3].groups.leader(narrow).expect("a leader");
+    assert!([2, 3].contains(&narrow_leader));
+    assert!(matches!(
+        nodes[&1].groups.write(narrow, batch(999)).await,
+        Err(PartitionGroupError::NotRunning(g)) if g == narrow
+    ));
+    let follower = if narrow_leader == 2 { 3 } else { 2 };
+    match nodes[&follower].groups.write(narrow, batch(998)).await {
+        Err(PartitionGroupError::NotLeader { leader, .. }) => {
+            assert_eq!(leader, Some(narrow_leader));
         }
+        other => panic!("a write through the narrow group's follower: {other:?}"),
+    }
+    let end = 10 * u64::from(RECORDS_PER_BATCH);
+    for id in [2, 3] {
+        wait_committed(&nodes[&id], narrow, end).await;
+        assert_eq!(batches(&nodes[&id], narrow), in_narrow, "node {id}");
     }
     for node in nodes.values() {
-        node.replica.raft.shutdown().await.expect("shutdown");
-        node.endpoint.close().await;
+        wait_committed(node, wide, end).await;
+        assert_eq!(batches(node, wide), in_wide, "node {}", node.id);
     }
+    no_plaintext_under(tmp.path());
+    stop(nodes).await;
 }
