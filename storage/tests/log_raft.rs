@@ -492,3 +492,40 @@ fn an_altered_seal_is_refused() {
     .expect_err("altered newest seal");
     assert!(matches!(err, LogError::SealInvalid { .. }), "{err}");
 }
+
+/// openraft reads entries while its core truncates: a read sees the log
+/// before or after a truncation, never a frame cut under it.
+#[test]
+fn reads_running_beside_truncations_never_fail() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let keys = TestKeys::new();
+    let log = Arc::new(open(dir.path(), &keys, 600));
+    append(&log, vec![blank(1, 0)]);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (log, stop) = (Arc::clone(&log), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let got = log
+                    .entries(0..u64::MAX)
+                    .expect("a read beside a truncation");
+                for pair in got.windows(2) {
+                    assert_eq!(pair[0].log_id.index + 1, pair[1].log_id.index);
+                }
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for term in 1..=40 {
+        let last = log.state().last_entry.map_or(0, |l| l.index);
+        for i in 1..=3 {
+            append(&log, vec![records(term, last + i, &[b"0123456789abcdef"])]);
+        }
+        log.truncate_after(Some(last + 1)).expect("truncate");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let reads = reader.join().expect("reader");
+    assert!(reads > 0);
+}

@@ -58,7 +58,7 @@ mod write;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -130,6 +130,11 @@ impl RaftLogState {
 pub struct RaftLog {
     ctx: Arc<LogCtx>,
     inner: Mutex<Inner>,
+    /// Held shared by readers for a whole read and exclusively by what
+    /// removes frames (truncation, purge), so a read never sees a frame
+    /// cut or deleted under it: openraft requires reads to be atomic.
+    /// Appends only add frames and do not take it.
+    shape: RwLock<()>,
     sync: Arc<SyncShared>,
     flusher: Mutex<Option<JoinHandle<()>>>,
 }
@@ -249,6 +254,7 @@ impl RaftLog {
         Ok(Self {
             ctx,
             inner: Mutex::new(inner),
+            shape: RwLock::new(()),
             sync,
             flusher: Mutex::new(Some(flusher)),
         })
@@ -324,6 +330,7 @@ impl RaftLog {
     ///
     /// A frame that does not authenticate, or I/O errors.
     pub fn entries(&self, range: Range<u64>) -> Result<Vec<StoredEntry>, LogError> {
+        let _shape = self.read_shape();
         let wanted: Vec<(Arc<Segment>, Vec<Loc>)> = {
             let inner = self.lock();
             let floor = inner
@@ -335,13 +342,15 @@ impl RaftLog {
                 .segs
                 .iter()
                 .filter_map(|s| {
-                    let locs: Vec<Loc> = s
-                        .frames
-                        .iter()
-                        .filter(|l| (start..range.end).contains(&l.header.log_id.index))
-                        .copied()
-                        .collect();
-                    (!locs.is_empty()).then(|| (Arc::clone(&s.seg), locs))
+                    // A segment's frames hold consecutive indexes from its
+                    // first: the wanted ones are one slice of them.
+                    let first = s.frames.first()?.header.log_id.index;
+                    let from = usize::try_from(start.saturating_sub(first)).ok()?;
+                    let to = usize::try_from(range.end.saturating_sub(first))
+                        .unwrap_or(usize::MAX)
+                        .min(s.frames.len());
+                    let locs = s.frames.get(from..to)?;
+                    (!locs.is_empty()).then(|| (Arc::clone(&s.seg), locs.to_vec()))
                 })
                 .collect()
         };
@@ -379,6 +388,14 @@ impl RaftLog {
             .iter()
             .map(|s| s.seg.log_path.clone())
             .collect()
+    }
+
+    fn read_shape(&self) -> RwLockReadGuard<'_, ()> {
+        self.shape.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_shape(&self) -> RwLockWriteGuard<'_, ()> {
+        self.shape.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

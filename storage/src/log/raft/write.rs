@@ -374,6 +374,7 @@ impl RaftLog {
     ///
     /// I/O errors (the log is then failed; opening it again recovers).
     pub fn truncate_after(&self, keep: Option<u64>) -> Result<(), LogError> {
+        let _shape = self.write_shape();
         let mut inner = self.lock();
         self.ensure_writable(&inner)?;
         let from = match keep {
@@ -474,6 +475,7 @@ impl RaftLog {
     ///
     /// I/O errors.
     pub fn purge(&self, log_id: RaftLogId, log_start_offset: Option<u64>) -> Result<(), LogError> {
+        let _shape = self.write_shape();
         let mut inner = self.lock();
         self.ensure_writable(&inner)?;
         if inner
