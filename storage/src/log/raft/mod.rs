@@ -300,7 +300,7 @@ impl RaftLog {
     /// The opaque bytes the caller stored with [`RaftLog::save_snapshot_meta`]
     /// (empty when none).
     pub fn snapshot_meta(&self) -> Vec<u8> {
-        self.lock().state.membership.clone()
+        self.lock().state.snapshot_meta.clone()
     }
 
     /// The records' offsets the log has handed out end here: the offset the

@@ -116,7 +116,7 @@ fn read_state(ctx: &LogCtx) -> Result<RaftState, LogError> {
         last_purged: None,
         log_start_offset: 0,
         written_at_ms: 0,
-        membership: Vec::new(),
+        snapshot_meta: Vec::new(),
     };
     let file = match ctx.io.open(&path, OpenMode::Read) {
         Ok(f) => f,

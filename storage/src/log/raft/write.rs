@@ -356,10 +356,10 @@ impl RaftLog {
     pub fn save_snapshot_meta(&self, meta: Vec<u8>) -> Result<(), LogError> {
         let mut inner = self.lock();
         self.ensure_writable(&inner)?;
-        let old = std::mem::replace(&mut inner.state.membership, meta);
+        let old = std::mem::replace(&mut inner.state.snapshot_meta, meta);
         let result = self.write_state(&mut inner);
         if result.is_err() {
-            inner.state.membership = old;
+            inner.state.snapshot_meta = old;
         }
         result
     }
