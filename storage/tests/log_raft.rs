@@ -529,3 +529,68 @@ fn reads_running_beside_truncations_never_fail() {
     let reads = reader.join().expect("reader");
     assert!(reads > 0);
 }
+
+/// A follower whose log diverged from its new leader's installs the
+/// leader's snapshot: its entries that contradict the snapshot go, and its
+/// records continue at the snapshot's offsets, not at its own.
+#[test]
+fn a_snapshot_over_a_diverged_log_keeps_the_snapshots_offsets() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let keys = TestKeys::new();
+    let log = open(dir.path(), &keys, 1 << 20);
+    for i in 0..6u64 {
+        append(&log, vec![records(1, i, &[b"old-history"])]);
+    }
+    // The snapshot ends at index 3 in term 2: this log's index 3 is term 1.
+    log.purge(id(2, 3), Some(1000)).expect("install");
+    assert!(
+        all(&log).is_empty(),
+        "the diverged entries after it are gone"
+    );
+    assert_eq!(log.state().next_offset, 1000);
+    append(&log, vec![records(2, 4, &[b"new"])]);
+    assert_eq!(all(&log)[0].base_offset, 1000);
+
+    // Entries after the snapshot whose offsets disagree with it go too,
+    // even when the entry at its index matches.
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = open(dir.path(), &keys, 1 << 20);
+    for i in 0..6u64 {
+        append(&log, vec![records(1, i, &[b"a", b"b"])]);
+    }
+    log.purge(id(1, 2), Some(50)).expect("install");
+    assert!(all(&log).is_empty());
+    assert_eq!(log.state().next_offset, 50);
+
+    // And ones that agree stay.
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = open(dir.path(), &keys, 1 << 20);
+    for i in 0..6u64 {
+        append(&log, vec![records(1, i, &[b"a", b"b"])]);
+    }
+    log.purge(id(1, 2), Some(6)).expect("install");
+    assert_eq!(all(&log).len(), 3);
+    assert_eq!(log.state().next_offset, 12);
+}
+
+/// A truncation that leaves no entry after a purge or a reset continues
+/// at the log start, not at the offset of a removed entry.
+#[test]
+fn truncating_everything_after_a_reset_continues_at_the_log_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let keys = TestKeys::new();
+    let log = open(dir.path(), &keys, 1 << 20);
+    append(&log, vec![records(1, 0, &[b"a"])]);
+    log.purge(id(2, 40), Some(1000)).expect("reset");
+    append(
+        &log,
+        vec![records(2, 41, &[b"x", b"y"]), records(2, 42, &[b"z"])],
+    );
+    log.truncate_after(Some(40)).expect("truncate all");
+    assert_eq!(log.state().next_offset, 1000);
+    drop(log);
+    let log = open(dir.path(), &keys, 1 << 20);
+    assert_eq!(log.state().next_offset, 1000);
+    append(&log, vec![records(3, 41, &[b"w"])]);
+    assert_eq!(all(&log)[0].base_offset, 1000);
+}

@@ -257,9 +257,16 @@ fn check_log(log: &RaftLog, expected: &Expected) {
         found.insert(e.log_id.index, (e.log_id.term, sha256(&e.payload)));
     }
     for (index, want) in expected {
-        let got = found
-            .get(index)
-            .unwrap_or_else(|| panic!("reported entry {index} is missing"));
+        let got = found.get(index).unwrap_or_else(|| {
+            panic!(
+                "reported entry {index} (term {}) is missing; the log holds {:?}..={:?} in \
+                 segments {:?}",
+                want.0,
+                entries.first().map(|e| e.log_id),
+                entries.last().map(|e| e.log_id),
+                log.segment_paths()
+            )
+        });
         assert_eq!(got, want, "reported entry {index} reads back intact");
     }
 }
