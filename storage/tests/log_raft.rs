@@ -594,3 +594,19 @@ fn truncating_everything_after_a_reset_continues_at_the_log_start() {
     append(&log, vec![records(3, 41, &[b"w"])]);
     assert_eq!(all(&log)[0].base_offset, 1000);
 }
+
+#[test]
+fn entries_never_show_their_records_in_debug_output() {
+    let mut value = b"value ".to_vec();
+    value.extend_from_slice(MARKER);
+    let entry = records(1, 0, &[&value]);
+    let shown = format!("{entry:?}");
+    assert!(!shown.contains("PLAINTEXT-MARKER"), "{shown}");
+    let dir = tempfile::tempdir().expect("tmp");
+    let keys = TestKeys::new();
+    let log = open(dir.path(), &keys, 1 << 20);
+    append(&log, vec![entry]);
+    let shown = format!("{:?}", all(&log));
+    assert!(!shown.contains("PLAINTEXT-MARKER"), "{shown}");
+    assert!(shown.contains("payload_len"), "{shown}");
+}

@@ -76,8 +76,9 @@ use super::raft_format::{RaftFrameHeader, RaftFrameKind, RaftLogId, RaftState, R
 use super::recovery::shred_envelope;
 use super::segment::{LogCtx, Segment, SegmentCrypto};
 
-/// One entry to append.
-#[derive(Debug, Clone)]
+/// One entry to append. Its `Debug` shows the payload's length only:
+/// records never reach a log.
+#[derive(Clone)]
 pub struct RaftEntry {
     /// Its log id.
     pub log_id: RaftLogId,
@@ -88,8 +89,9 @@ pub struct RaftEntry {
     pub payload: Bytes,
 }
 
-/// One entry read back, authenticated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One entry read back, authenticated. Its `Debug` shows the payload's
+/// length only.
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoredEntry {
     /// Its log id.
     pub log_id: RaftLogId,
@@ -101,6 +103,28 @@ pub struct StoredEntry {
     pub record_count: u32,
     /// The plaintext payload, as appended.
     pub payload: Bytes,
+}
+
+impl std::fmt::Debug for RaftEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftEntry")
+            .field("log_id", &self.log_id)
+            .field("kind", &self.kind)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for StoredEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredEntry")
+            .field("log_id", &self.log_id)
+            .field("kind", &self.kind)
+            .field("base_offset", &self.base_offset)
+            .field("record_count", &self.record_count)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
 }
 
 /// Where the log stands.
