@@ -492,3 +492,121 @@ fn an_altered_seal_is_refused() {
     .expect_err("altered newest seal");
     assert!(matches!(err, LogError::SealInvalid { .. }), "{err}");
 }
+
+/// openraft reads entries while its core truncates: a read sees the log
+/// before or after a truncation, never a frame cut under it.
+#[test]
+fn reads_running_beside_truncations_never_fail() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let keys = TestKeys::new();
+    let log = Arc::new(open(dir.path(), &keys, 600));
+    append(&log, vec![blank(1, 0)]);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (log, stop) = (Arc::clone(&log), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let got = log
+                    .entries(0..u64::MAX)
+                    .expect("a read beside a truncation");
+                for pair in got.windows(2) {
+                    assert_eq!(pair[0].log_id.index + 1, pair[1].log_id.index);
+                }
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for term in 1..=40 {
+        let last = log.state().last_entry.map_or(0, |l| l.index);
+        for i in 1..=3 {
+            append(&log, vec![records(term, last + i, &[b"0123456789abcdef"])]);
+        }
+        log.truncate_after(Some(last + 1)).expect("truncate");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let reads = reader.join().expect("reader");
+    assert!(reads > 0);
+}
+
+/// A follower whose log diverged from its new leader's installs the
+/// leader's snapshot: its entries that contradict the snapshot go, and its
+/// records continue at the snapshot's offsets, not at its own.
+#[test]
+fn a_snapshot_over_a_diverged_log_keeps_the_snapshots_offsets() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let keys = TestKeys::new();
+    let log = open(dir.path(), &keys, 1 << 20);
+    for i in 0..6u64 {
+        append(&log, vec![records(1, i, &[b"old-history"])]);
+    }
+    // The snapshot ends at index 3 in term 2: this log's index 3 is term 1.
+    log.purge(id(2, 3), Some(1000)).expect("install");
+    assert!(
+        all(&log).is_empty(),
+        "the diverged entries after it are gone"
+    );
+    assert_eq!(log.state().next_offset, 1000);
+    append(&log, vec![records(2, 4, &[b"new"])]);
+    assert_eq!(all(&log)[0].base_offset, 1000);
+
+    // Entries after the snapshot whose offsets disagree with it go too,
+    // even when the entry at its index matches.
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = open(dir.path(), &keys, 1 << 20);
+    for i in 0..6u64 {
+        append(&log, vec![records(1, i, &[b"a", b"b"])]);
+    }
+    log.purge(id(1, 2), Some(50)).expect("install");
+    assert!(all(&log).is_empty());
+    assert_eq!(log.state().next_offset, 50);
+
+    // And ones that agree stay.
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = open(dir.path(), &keys, 1 << 20);
+    for i in 0..6u64 {
+        append(&log, vec![records(1, i, &[b"a", b"b"])]);
+    }
+    log.purge(id(1, 2), Some(6)).expect("install");
+    assert_eq!(all(&log).len(), 3);
+    assert_eq!(log.state().next_offset, 12);
+}
+
+/// A truncation that leaves no entry after a purge or a reset continues
+/// at the log start, not at the offset of a removed entry.
+#[test]
+fn truncating_everything_after_a_reset_continues_at_the_log_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let keys = TestKeys::new();
+    let log = open(dir.path(), &keys, 1 << 20);
+    append(&log, vec![records(1, 0, &[b"a"])]);
+    log.purge(id(2, 40), Some(1000)).expect("reset");
+    append(
+        &log,
+        vec![records(2, 41, &[b"x", b"y"]), records(2, 42, &[b"z"])],
+    );
+    log.truncate_after(Some(40)).expect("truncate all");
+    assert_eq!(log.state().next_offset, 1000);
+    drop(log);
+    let log = open(dir.path(), &keys, 1 << 20);
+    assert_eq!(log.state().next_offset, 1000);
+    append(&log, vec![records(3, 41, &[b"w"])]);
+    assert_eq!(all(&log)[0].base_offset, 1000);
+}
+
+#[test]
+fn entries_never_show_their_records_in_debug_output() {
+    let mut value = b"value ".to_vec();
+    value.extend_from_slice(MARKER);
+    let entry = records(1, 0, &[&value]);
+    let shown = format!("{entry:?}");
+    assert!(!shown.contains("PLAINTEXT-MARKER"), "{shown}");
+    let dir = tempfile::tempdir().expect("tmp");
+    let keys = TestKeys::new();
+    let log = open(dir.path(), &keys, 1 << 20);
+    append(&log, vec![entry]);
+    let shown = format!("{:?}", all(&log));
+    assert!(!shown.contains("PLAINTEXT-MARKER"), "{shown}");
+    assert!(shown.contains("payload_len"), "{shown}");
+}

@@ -166,7 +166,7 @@ fn state_file_layout() {
         last_purged: Some(log_id(4, 1, 99)),
         log_start_offset: 4096,
         written_at_ms: 1_700_000_000_000,
-        membership: br#"{"m":1}"#.to_vec(),
+        snapshot_meta: br#"{"m":1}"#.to_vec(),
     };
     let expected = h("
         53425253 0001 000b                   magic SBRS, version 1, flags: vote, committed vote, purged
@@ -177,7 +177,7 @@ fn state_file_layout() {
         0000000000000004 0000000000000001 0000000000000063    last purged: term 4, node 1, index 99
         0000000000001000                     log start offset 4096
         0000018bcfe56800                     written at
-        00000007 7b226d223a317d              membership, 7 bytes
+        00000007 7b226d223a317d              snapshot meta, 7 bytes
         3441c617                             crc32c
     ");
     assert_eq!(state.encode().expect("encode"), expected);

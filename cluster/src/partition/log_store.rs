@@ -89,6 +89,16 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(log_io)
 }
 
+/// Runs blocking work that already speaks `io::Error` off the async
+/// threads.
+pub(crate) async fn blocking_io<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io::Error::other(format!("partition storage task: {e}")))?
+}
+
 pub(crate) fn to_storage_id(id: &PartitionLogId) -> RaftLogId {
     RaftLogId {
         term: id.leader_id.term,

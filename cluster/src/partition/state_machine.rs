@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use strongbox_storage::log::raft::RaftLog;
 use tokio::sync::watch;
 
-use super::log_store::{blocking, to_storage_id};
+use super::log_store::{blocking_io, to_storage_id};
 use super::types::{
     Appended, PartitionConfig, PartitionLogId, PartitionMembership, PartitionSnapshotMeta,
 };
@@ -205,16 +205,7 @@ impl RaftSnapshotBuilder<PartitionConfig> for PartitionStateMachine {
 
     async fn build_snapshot(&mut self) -> Result<PartitionSnapshot, io::Error> {
         let this = self.clone();
-        blocking(move || this.build().map_err(from_io)).await
-    }
-}
-
-/// Carries an io error through `blocking`, which takes log errors.
-fn from_io(e: io::Error) -> strongbox_storage::log::LogError {
-    strongbox_storage::log::LogError::Io {
-        op: "running",
-        path: "partition state machine".into(),
-        source: e,
+        blocking_io(move || this.build()).await
     }
 }
 
@@ -287,7 +278,7 @@ impl RaftStateMachine<PartitionConfig> for PartitionStateMachine {
     ) -> Result<(), io::Error> {
         let this = self.clone();
         let meta = meta.clone();
-        blocking(move || this.install(&meta, &snapshot).map_err(from_io)).await
+        blocking_io(move || this.install(&meta, &snapshot)).await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<PartitionSnapshot>, io::Error> {

@@ -58,9 +58,10 @@
 //!     92    8 log_start_offset   the offset of the first record after the
 //!                                purged entries
 //!    100    8 written_at_ms      i64
-//!    108    4 membership_len m   0..=65536
-//!    112    m membership         the membership in force at last_purged, as
-//!                                the cluster crate encodes it (opaque here)
+//!    108    4 meta_len m         0..=65536
+//!    112    m snapshot_meta      the caller's snapshot meta (the cluster
+//!                                crate's: its last log id, membership and
+//!                                log start offset, JSON); opaque here
 //!  112+m    4 crc32c             CRC-32C of every byte before it
 //! ```
 
@@ -88,7 +89,7 @@ pub const RAFT_STATE_FILE: &str = "raft.state";
 pub const RAFT_STATE_MAGIC: [u8; 4] = *b"SBRS";
 /// The state file's format version.
 pub const RAFT_STATE_VERSION: u16 = 1;
-/// Bytes of the state file before the membership.
+/// Bytes of the state file before the snapshot meta.
 pub const RAFT_STATE_FIXED_LEN: usize = 112;
 
 const STATE_VOTE: u16 = 0x0001;
@@ -369,9 +370,10 @@ pub struct RaftState {
     pub log_start_offset: u64,
     /// When the file was written, ms since the Unix epoch.
     pub written_at_ms: i64,
-    /// The membership in force at `last_purged`, encoded by the cluster
-    /// crate; empty when none was recorded.
-    pub membership: Vec<u8>,
+    /// The caller's snapshot meta (its last log id, membership and log
+    /// start; the cluster crate's JSON), opaque here; empty when none was
+    /// stored.
+    pub snapshot_meta: Vec<u8>,
 }
 
 impl RaftState {
@@ -379,12 +381,15 @@ impl RaftState {
     ///
     /// # Errors
     ///
-    /// [`FormatError::Invalid`] for a membership over [`MAX_CONTROL_LEN`].
+    /// [`FormatError::Invalid`] for a snapshot meta over [`MAX_CONTROL_LEN`].
     pub fn encode(&self) -> Result<Vec<u8>, FormatError> {
-        if self.membership.len() > MAX_CONTROL_LEN {
+        if self.snapshot_meta.len() > MAX_CONTROL_LEN {
             return Err(FormatError::Invalid {
-                field: "membership_len",
-                detail: format!("{} bytes, at most {MAX_CONTROL_LEN}", self.membership.len()),
+                field: "meta_len",
+                detail: format!(
+                    "{} bytes, at most {MAX_CONTROL_LEN}",
+                    self.snapshot_meta.len()
+                ),
             });
         }
         let mut flags = 0u16;
@@ -412,7 +417,7 @@ impl RaftState {
         }
         let committed = self.committed.unwrap_or(zero);
         let purged = self.last_purged.unwrap_or(zero);
-        let mut out = Vec::with_capacity(RAFT_STATE_FIXED_LEN + self.membership.len() + 4);
+        let mut out = Vec::with_capacity(RAFT_STATE_FIXED_LEN + self.snapshot_meta.len() + 4);
         out.extend_from_slice(&RAFT_STATE_MAGIC);
         out.extend_from_slice(&RAFT_STATE_VERSION.to_be_bytes());
         out.extend_from_slice(&flags.to_be_bytes());
@@ -428,9 +433,9 @@ impl RaftState {
         out.extend_from_slice(&self.log_start_offset.to_be_bytes());
         out.extend_from_slice(&self.written_at_ms.to_be_bytes());
         // Checked against MAX_CONTROL_LEN above.
-        let m = u32::try_from(self.membership.len()).unwrap_or(u32::MAX);
+        let m = u32::try_from(self.snapshot_meta.len()).unwrap_or(u32::MAX);
         out.extend_from_slice(&m.to_be_bytes());
-        out.extend_from_slice(&self.membership);
+        out.extend_from_slice(&self.snapshot_meta);
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         Ok(out)
@@ -471,11 +476,11 @@ impl RaftState {
         let m = usize::try_from(r.u32()?).unwrap_or(usize::MAX);
         if m > MAX_CONTROL_LEN {
             return Err(FormatError::Invalid {
-                field: "membership_len",
+                field: "meta_len",
                 detail: format!("{m} bytes, at most {MAX_CONTROL_LEN}"),
             });
         }
-        let membership = r.take(m)?.to_vec();
+        let snapshot_meta = r.take(m)?.to_vec();
         let body_len = bytes.len().saturating_sub(r.remaining());
         let stored = r.u32()?;
         if r.remaining() != 0 {
@@ -526,7 +531,7 @@ impl RaftState {
             last_purged,
             log_start_offset,
             written_at_ms,
-            membership,
+            snapshot_meta,
         })
     }
 }
@@ -626,7 +631,7 @@ mod tests {
             last_purged: Some(id(5, 6, 7)),
             log_start_offset: 8,
             written_at_ms: 9,
-            membership: b"{}".to_vec(),
+            snapshot_meta: b"{}".to_vec(),
         };
         let bytes = s.encode().expect("encode");
         assert_eq!(RaftState::decode(&bytes), Ok(s.clone()));
@@ -653,7 +658,7 @@ mod tests {
             Err(FormatError::UnsupportedVersion(2))
         );
         let big = RaftState {
-            membership: vec![0; MAX_CONTROL_LEN + 1],
+            snapshot_meta: vec![0; MAX_CONTROL_LEN + 1],
             ..s
         };
         assert!(big.encode().is_err());
@@ -710,7 +715,7 @@ mod tests {
                                   vote in proptest::option::of((any::<u64>(), any::<u64>(), any::<bool>())),
                                   committed in any_log_id(), purged in any_log_id(),
                                   start: u64, at: i64,
-                                  membership in proptest::collection::vec(any::<u8>(), 0..300)) {
+                                  snapshot_meta in proptest::collection::vec(any::<u8>(), 0..300)) {
             let s = RaftState {
                 topic_id: topic,
                 partition,
@@ -719,10 +724,10 @@ mod tests {
                 last_purged: purged,
                 log_start_offset: start,
                 written_at_ms: at,
-                membership,
+                snapshot_meta,
             };
             let bytes = s.encode().expect("encode");
-            prop_assert_eq!(bytes.len(), RAFT_STATE_FIXED_LEN + s.membership.len() + 4);
+            prop_assert_eq!(bytes.len(), RAFT_STATE_FIXED_LEN + s.snapshot_meta.len() + 4);
             prop_assert_eq!(RaftState::decode(&bytes), Ok(s));
         }
 

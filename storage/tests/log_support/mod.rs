@@ -275,3 +275,96 @@ impl Rng {
         if n == 0 { 0 } else { self.next_u64() % n }
     }
 }
+
+/// A frame of a Raft segment found by the raw reader.
+#[derive(Debug, Clone)]
+pub struct RawRaftFrame {
+    pub position: usize,
+    pub index: u64,
+    pub term: u64,
+    pub node_id: u64,
+    pub kind: u8,
+    pub base_offset: u64,
+    pub record_count: u32,
+    /// The 44 header bytes.
+    pub header: Vec<u8>,
+    /// Ciphertext and tag.
+    pub sealed: Vec<u8>,
+}
+
+/// A Raft segment file parsed without the code under test (the layout
+/// from docs/STORAGE.md, "Replicated segments").
+#[derive(Debug, Clone)]
+pub struct RawRaftSegment {
+    pub flags: u16,
+    pub segment_id: [u8; 16],
+    pub first_index: u64,
+    pub frames: Vec<RawRaftFrame>,
+    pub frames_end: usize,
+    pub sealed: bool,
+    pub file_len: usize,
+}
+
+pub fn raw_raft_segment(path: &Path) -> Option<RawRaftSegment> {
+    let data = std::fs::read(path).ok()?;
+    if data.len() < 64 {
+        return None;
+    }
+    let be64 = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
+    let mut pos = 64;
+    let mut frames = Vec::new();
+    let mut sealed = false;
+    while pos + 44 <= data.len() {
+        let len = u32::from_be_bytes(data[pos..pos + 4].try_into().ok()?);
+        if len == u32::MAX {
+            sealed = data.len() == pos + 80 && &data[pos + 4..pos + 8] == b"SBSL";
+            break;
+        }
+        let end = pos + 44 + len as usize;
+        if end > data.len() {
+            break;
+        }
+        let h = &data[pos..pos + 44];
+        frames.push(RawRaftFrame {
+            position: pos,
+            index: be64(&h[4..12]),
+            term: be64(&h[12..20]),
+            node_id: be64(&h[20..28]),
+            kind: h[28],
+            base_offset: be64(&h[32..40]),
+            record_count: u32::from_be_bytes(h[40..44].try_into().ok()?),
+            header: h.to_vec(),
+            sealed: data[pos + 44..end].to_vec(),
+        });
+        pos = end;
+    }
+    Some(RawRaftSegment {
+        flags: u16::from_be_bytes([data[6], data[7]]),
+        segment_id: data[28..44].try_into().ok()?,
+        first_index: be64(&data[44..52]),
+        frames,
+        frames_end: pos,
+        sealed,
+        file_len: data.len(),
+    })
+}
+
+/// The documented nonce of a Raft frame: `00 00 00 01 ‖ index`.
+pub fn raft_nonce(index: u64) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[3] = 1;
+    n[4..].copy_from_slice(&index.to_be_bytes());
+    n
+}
+
+/// The documented AAD of a Raft frame, from its raw header.
+pub fn raft_aad(topic: &[u8; 16], partition: u32, segment_id: &[u8; 16], header: &[u8]) -> Vec<u8> {
+    let mut aad = vec![0, 2];
+    aad.extend_from_slice(topic);
+    aad.extend_from_slice(&partition.to_be_bytes());
+    aad.extend_from_slice(segment_id);
+    aad.extend_from_slice(&header[4..28]); // index, term, node id
+    aad.push(header[28]); // kind
+    aad.extend_from_slice(&header[32..44]); // base offset, record count
+    aad
+}

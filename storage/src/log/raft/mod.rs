@@ -58,7 +58,7 @@ mod write;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -76,8 +76,9 @@ use super::raft_format::{RaftFrameHeader, RaftFrameKind, RaftLogId, RaftState, R
 use super::recovery::shred_envelope;
 use super::segment::{LogCtx, Segment, SegmentCrypto};
 
-/// One entry to append.
-#[derive(Debug, Clone)]
+/// One entry to append. Its `Debug` shows the payload's length only:
+/// records never reach a log.
+#[derive(Clone)]
 pub struct RaftEntry {
     /// Its log id.
     pub log_id: RaftLogId,
@@ -88,8 +89,9 @@ pub struct RaftEntry {
     pub payload: Bytes,
 }
 
-/// One entry read back, authenticated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One entry read back, authenticated. Its `Debug` shows the payload's
+/// length only.
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoredEntry {
     /// Its log id.
     pub log_id: RaftLogId,
@@ -101,6 +103,28 @@ pub struct StoredEntry {
     pub record_count: u32,
     /// The plaintext payload, as appended.
     pub payload: Bytes,
+}
+
+impl std::fmt::Debug for RaftEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftEntry")
+            .field("log_id", &self.log_id)
+            .field("kind", &self.kind)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for StoredEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredEntry")
+            .field("log_id", &self.log_id)
+            .field("kind", &self.kind)
+            .field("base_offset", &self.base_offset)
+            .field("record_count", &self.record_count)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
 }
 
 /// Where the log stands.
@@ -130,6 +154,11 @@ impl RaftLogState {
 pub struct RaftLog {
     ctx: Arc<LogCtx>,
     inner: Mutex<Inner>,
+    /// Held shared by readers for a whole read and exclusively by what
+    /// removes frames (truncation, purge), so a read never sees a frame
+    /// cut or deleted under it: openraft requires reads to be atomic.
+    /// Appends only add frames and do not take it.
+    shape: RwLock<()>,
     sync: Arc<SyncShared>,
     flusher: Mutex<Option<JoinHandle<()>>>,
 }
@@ -249,6 +278,7 @@ impl RaftLog {
         Ok(Self {
             ctx,
             inner: Mutex::new(inner),
+            shape: RwLock::new(()),
             sync,
             flusher: Mutex::new(Some(flusher)),
         })
@@ -294,7 +324,7 @@ impl RaftLog {
     /// The opaque bytes the caller stored with [`RaftLog::save_snapshot_meta`]
     /// (empty when none).
     pub fn snapshot_meta(&self) -> Vec<u8> {
-        self.lock().state.membership.clone()
+        self.lock().state.snapshot_meta.clone()
     }
 
     /// The records' offsets the log has handed out end here: the offset the
@@ -324,6 +354,7 @@ impl RaftLog {
     ///
     /// A frame that does not authenticate, or I/O errors.
     pub fn entries(&self, range: Range<u64>) -> Result<Vec<StoredEntry>, LogError> {
+        let _shape = self.read_shape();
         let wanted: Vec<(Arc<Segment>, Vec<Loc>)> = {
             let inner = self.lock();
             let floor = inner
@@ -335,13 +366,15 @@ impl RaftLog {
                 .segs
                 .iter()
                 .filter_map(|s| {
-                    let locs: Vec<Loc> = s
-                        .frames
-                        .iter()
-                        .filter(|l| (start..range.end).contains(&l.header.log_id.index))
-                        .copied()
-                        .collect();
-                    (!locs.is_empty()).then(|| (Arc::clone(&s.seg), locs))
+                    // A segment's frames hold consecutive indexes from its
+                    // first: the wanted ones are one slice of them.
+                    let first = s.frames.first()?.header.log_id.index;
+                    let from = usize::try_from(start.saturating_sub(first)).ok()?;
+                    let to = usize::try_from(range.end.saturating_sub(first))
+                        .unwrap_or(usize::MAX)
+                        .min(s.frames.len());
+                    let locs = s.frames.get(from..to)?;
+                    (!locs.is_empty()).then(|| (Arc::clone(&s.seg), locs.to_vec()))
                 })
                 .collect()
         };
@@ -379,6 +412,14 @@ impl RaftLog {
             .iter()
             .map(|s| s.seg.log_path.clone())
             .collect()
+    }
+
+    fn read_shape(&self) -> RwLockReadGuard<'_, ()> {
+        self.shape.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_shape(&self) -> RwLockWriteGuard<'_, ()> {
+        self.shape.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

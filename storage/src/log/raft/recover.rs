@@ -36,7 +36,7 @@ use super::super::format::{
 };
 use super::super::raft_format::{RAFT_STATE_FILE, RaftState};
 use super::super::recovery::{load_envelope, put_seal, shred_envelope};
-use super::super::segment::{LogCtx, Segment};
+use super::super::segment::{FrameFault, LogCtx, Segment};
 use super::frames::{self, MIN_RAFT_FRAME_LEN};
 use super::{Loc, SegFrames, delete_segment};
 
@@ -116,7 +116,7 @@ fn read_state(ctx: &LogCtx) -> Result<RaftState, LogError> {
         last_purged: None,
         log_start_offset: 0,
         written_at_ms: 0,
-        membership: Vec::new(),
+        snapshot_meta: Vec::new(),
     };
     let file = match ctx.io.open(&path, OpenMode::Read) {
         Ok(f) => f,
@@ -310,21 +310,28 @@ fn recover_tail(
     let mut frames_found: Vec<Loc> = Vec::new();
     let mut max_ts = i64::MIN;
     let mut pos = SEGMENT_HEADER_LEN as u64;
+    let mut cut_reason = String::new();
     while pos < len {
         let expected = frames_found
             .last()
             .map_or(Some(base), |l| l.header.log_id.index.checked_add(1));
         let Some(expected) = expected else { break };
-        let Ok((h, payload)) =
-            frames::read_frame(&seg, file.as_ref(), &crypto, pos, len, Some(expected))
-        else {
-            break;
-        };
+        let (h, payload) =
+            match frames::read_frame(&seg, file.as_ref(), &crypto, pos, len, Some(expected)) {
+                Ok(frame) => frame,
+                // A failed read says nothing about the bytes: never cut on it.
+                Err(FrameFault::Io(e)) => return Err(e),
+                Err(FrameFault::Invalid { reason, .. }) => {
+                    cut_reason = reason;
+                    break;
+                }
+            };
         let loc = Loc {
             header: h,
             position: pos,
         };
-        if check_follows(&seg, frames_found.last(), &loc).is_err() {
+        if let Err(e) = check_follows(&seg, frames_found.last(), &loc) {
+            cut_reason = e.to_string();
             break;
         }
         if h.kind == super::super::raft_format::RaftFrameKind::Records
@@ -340,6 +347,7 @@ fn recover_tail(
             segment = %seg.log_path.display(),
             position = pos,
             bytes = len.saturating_sub(pos),
+            reason = %cut_reason,
             "cutting the torn tail of a Raft segment (entries never reported flushed)"
         );
     }

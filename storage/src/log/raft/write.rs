@@ -356,10 +356,10 @@ impl RaftLog {
     pub fn save_snapshot_meta(&self, meta: Vec<u8>) -> Result<(), LogError> {
         let mut inner = self.lock();
         self.ensure_writable(&inner)?;
-        let old = std::mem::replace(&mut inner.state.membership, meta);
+        let old = std::mem::replace(&mut inner.state.snapshot_meta, meta);
         let result = self.write_state(&mut inner);
         if result.is_err() {
-            inner.state.membership = old;
+            inner.state.snapshot_meta = old;
         }
         result
     }
@@ -374,6 +374,7 @@ impl RaftLog {
     ///
     /// I/O errors (the log is then failed; opening it again recovers).
     pub fn truncate_after(&self, keep: Option<u64>) -> Result<(), LogError> {
+        let _shape = self.write_shape();
         let mut inner = self.lock();
         self.ensure_writable(&inner)?;
         let from = match keep {
@@ -397,7 +398,6 @@ impl RaftLog {
     }
 
     fn truncate_locked(&self, inner: &mut Inner, from: u64) -> Result<(), LogError> {
-        let mut first_removed_offset = None;
         while let Some(last) = inner.segs.last() {
             let Some(k) = last
                 .frames
@@ -409,7 +409,6 @@ impl RaftLog {
             let Some(cut) = last.frames.get(k).copied() else {
                 break;
             };
-            first_removed_offset = Some(cut.header.base_offset);
             if k == 0 {
                 if let Some(seg) = inner.segs.pop() {
                     delete_segment(&self.ctx, &seg.seg)?;
@@ -454,9 +453,17 @@ impl RaftLog {
             }
             break;
         }
-        if let Some(offset) = first_removed_offset {
-            inner.next_offset = offset;
-        }
+        // The next record follows the last frame kept; with none kept, it
+        // takes the log start (where the purged entries, or a snapshot,
+        // end), never a removed frame's offset, which may come from a
+        // history the snapshot replaced.
+        inner.next_offset = inner
+            .segs
+            .iter()
+            .rev()
+            .find_map(|s| s.frames.last())
+            .and_then(|l| l.header.next_offset())
+            .unwrap_or(inner.state.log_start_offset);
         self.sync.truncated(from);
         tracing::info!(dir = %self.ctx.dir.display(), from, "truncated Raft log");
         Ok(())
@@ -468,12 +475,17 @@ impl RaftLog {
     /// is partly purged are no longer read. A purge past the last entry
     /// (a follower reset to its leader's log start) removes every segment;
     /// the next record then gets `log_start_offset`, or the log's next
-    /// offset when that is `None`.
+    /// offset when that is `None`. Given a `log_start_offset` (a snapshot
+    /// is being installed), entries that contradict the snapshot (another
+    /// entry at `log_id`'s index, or later entries whose offsets do not
+    /// start at `log_start_offset`) are removed first: they belong to a
+    /// history the committed snapshot replaced.
     ///
     /// # Errors
     ///
     /// I/O errors.
     pub fn purge(&self, log_id: RaftLogId, log_start_offset: Option<u64>) -> Result<(), LogError> {
+        let _shape = self.write_shape();
         let mut inner = self.lock();
         self.ensure_writable(&inner)?;
         if inner
@@ -483,8 +495,31 @@ impl RaftLog {
         {
             return Ok(());
         }
-        let mut locs = inner.segs.iter().flat_map(|s| s.frames.iter());
-        let after = locs.find(|l| l.header.log_id.index > log_id.index).copied();
+        let find = |inner: &Inner, pred: &dyn Fn(&Loc) -> bool| {
+            inner
+                .segs
+                .iter()
+                .flat_map(|s| s.frames.iter())
+                .find(|l| pred(l))
+                .copied()
+        };
+        let mut after = find(&inner, &|l| l.header.log_id.index > log_id.index);
+        if let Some(start) = log_start_offset {
+            // A snapshot's end is committed. Entries here that contradict it
+            // (another entry at its last index, or entries after it whose
+            // offsets do not start at its log start) come from a history it
+            // replaced, were never committed, and go.
+            let at = find(&inner, &|l| l.header.log_id.index == log_id.index);
+            let diverged = at.is_some_and(|l| l.header.log_id != log_id)
+                || after.is_some_and(|l| l.header.base_offset != start);
+            if diverged {
+                self.sync_active(&mut inner)?;
+                inner.active = None;
+                self.sync.stop_file();
+                self.truncate_locked(&mut inner, log_id.index.saturating_add(1))?;
+                after = None;
+            }
+        }
         let past_end = inner.last_entry().is_none_or(|l| l.index <= log_id.index);
         let start = match after {
             Some(loc) => loc.header.base_offset,
