@@ -37,6 +37,7 @@ use std::marker::PhantomData;
 use std::sync::{Arc, RwLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use openraft::entry::RaftEntry;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
@@ -272,12 +273,40 @@ where
 {
     type SnapshotData = Vec<u8>;
 
+    /// Sends the entries openraft asks for, or, when they do not fit in one
+    /// peer call, the longest prefix (halving) that does: a follower that
+    /// takes the prefix is answered to openraft as a partial success up to
+    /// the prefix's last entry, and openraft sends the rest next. A single
+    /// entry too large for a call fails (the peer endpoint's `max_payload`
+    /// must exceed the largest record batch).
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<C>,
+        mut rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        self.call(METHOD_GROUP_APPEND, &rpc, &option).await
+        let max = usize::try_from(self.client.max_payload()).unwrap_or(usize::MAX);
+        let network = |e: String| RPCError::Network(NetworkError::from_string(e));
+        let mut payload = encode_call(self.group, &rpc).map_err(network)?;
+        let mut cut = None;
+        while payload.len() > max && rpc.entries.len() > 1 {
+            let keep = rpc.entries.len() / 2;
+            rpc.entries.truncate(keep);
+            cut = rpc.entries.last().map(RaftEntry::log_id);
+            payload = encode_call(self.group, &rpc).map_err(network)?;
+        }
+        let answer = self
+            .client
+            .call_raw_within(self.target, METHOD_GROUP_APPEND, payload, option.hard_ttl())
+            .await
+            .map_err(|e| rpc_error(&e))?;
+        let answer: AppendEntriesResponse<C> =
+            decode(&answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        Ok(match (answer, cut) {
+            (AppendEntriesResponse::Success, Some(last)) => {
+                AppendEntriesResponse::PartialSuccess(Some(last))
+            }
+            (answer, _) => answer,
+        })
     }
 
     async fn vote(

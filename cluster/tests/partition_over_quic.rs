@@ -63,23 +63,30 @@ fn timing() -> PartitionGroupConfig {
     }
 }
 
+/// What every node of a test cluster shares.
+struct Env<'a> {
+    pki: &'a Pki,
+    addresses: &'a Addresses,
+    peer: &'a PeerConfig,
+}
+
 /// Binds node `id`'s endpoint at `addr` (port 0 for any) and starts its
 /// replicas of `groups` (each with its replica list) from the files under
 /// `root` (new, or left by an earlier run).
 async fn start_node(
-    pki: &Pki,
+    env: &Env<'_>,
     id: NodeId,
     addr: SocketAddr,
     root: &Path,
     keys: Arc<KeyManager>,
-    addresses: &Addresses,
     groups: &[(GroupId, Vec<NodeId>)],
 ) -> Node {
+    let (pki, addresses, peer) = (env.pki, env.addresses, env.peer);
     let known = addresses.clone();
     let endpoint = PeerEndpoint::bind(
         addr,
         pki.node_tls(id),
-        PeerConfig::default(),
+        peer.clone(),
         Arc::new(|peer: NodeId| (1..=3).contains(&peer)),
         Arc::new(LogObserver),
     )
@@ -232,6 +239,7 @@ async fn three_nodes(
     root: &Path,
     addresses: &Addresses,
     groups: &[(GroupId, Vec<NodeId>)],
+    peer: &PeerConfig,
 ) -> BTreeMap<NodeId, Node> {
     let mut nodes = BTreeMap::new();
     // Every endpoint is bound (and its address known) before any group
@@ -239,13 +247,17 @@ async fn three_nodes(
     for id in 1..=3 {
         let dir = root.join(format!("node-{id}"));
         std::fs::create_dir_all(&dir).expect("root");
-        let node = start_node(
+        let env = Env {
             pki,
+            addresses,
+            peer,
+        };
+        let node = start_node(
+            &env,
             id,
             "127.0.0.1:0".parse().expect("addr"),
             &dir,
             node_keys(&dir),
-            addresses,
             &[],
         )
         .await;
@@ -289,7 +301,14 @@ async fn a_replicated_partition_keeps_every_acknowledged_batch_across_a_leader_l
     let tmp = tempfile::tempdir().expect("tempdir");
     let addresses: Addresses = Arc::default();
     let layout = [(GROUP, vec![1, 2, 3])];
-    let mut nodes = three_nodes(&pki, tmp.path(), &addresses, &layout).await;
+    let mut nodes = three_nodes(
+        &pki,
+        tmp.path(),
+        &addresses,
+        &layout,
+        &PeerConfig::default(),
+    )
+    .await;
 
     // Acknowledged batches, with the offsets the leader gave them.
     let mut acknowledged = Vec::new();
@@ -341,10 +360,12 @@ async fn a_replicated_partition_keeps_every_acknowledged_batch_across_a_leader_l
     }
 
     // It comes back from its own files and catches up.
-    let back = start_node(
-        &pki, leader, gone_addr, &gone_root, gone_keys, &addresses, &layout,
-    )
-    .await;
+    let env = Env {
+        pki: &pki,
+        addresses: &addresses,
+        peer: &PeerConfig::default(),
+    };
+    let back = start_node(&env, leader, gone_addr, &gone_root, gone_keys, &layout).await;
     wait_committed(&back, GROUP, end).await;
     assert_eq!(batches(&back, GROUP), acknowledged, "the returned replica");
     nodes.insert(leader, back);
@@ -370,7 +391,14 @@ async fn partitions_run_where_they_are_placed_and_writes_find_their_leader() {
         partition: 1,
     };
     let layout = [(wide, vec![1, 2, 3]), (narrow, vec![3, 2])];
-    let nodes = three_nodes(&pki, tmp.path(), &addresses, &layout).await;
+    let nodes = three_nodes(
+        &pki,
+        tmp.path(),
+        &addresses,
+        &layout,
+        &PeerConfig::default(),
+    )
+    .await;
     assert_eq!(nodes[&1].groups.groups(), vec![wide]);
     assert_eq!(nodes[&2].groups.groups(), vec![wide, narrow]);
     assert_eq!(nodes[&3].groups.groups(), vec![wide, narrow]);
@@ -408,5 +436,49 @@ async fn partitions_run_where_they_are_placed_and_writes_find_their_leader() {
         assert_eq!(batches(node, wide), in_wide, "node {}", node.id);
     }
     no_plaintext_under(tmp.path());
+    stop(nodes).await;
+}
+
+/// A follower behind by more than one peer call can carry catches up: the
+/// leader's entries go out in prefixes that fit (each a partial success to
+/// openraft), not in one call the transport refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_one_peer_call_reaches_a_returning_follower() {
+    let pki = Pki::new();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let addresses: Addresses = Arc::default();
+    let layout = [(GROUP, vec![1, 2, 3])];
+    // Calls of at most 64 KiB; batches of about 12 KiB.
+    let small = PeerConfig {
+        max_payload: 64 * 1024,
+        ..PeerConfig::default()
+    };
+    let nodes = three_nodes(&pki, tmp.path(), &addresses, &layout, &small).await;
+    let big = |seq: u32| {
+        let mut b = BatchBuilder::new(1_700_000_000_000);
+        let value = format!("{MARKER} {seq} {}", "x".repeat(1000));
+        for i in 0..12 {
+            b.push(1_700_000_000_000 + i, None, &[], value.as_bytes())
+                .expect("push");
+        }
+        b.finish().expect("finish")
+    };
+    write(&nodes, GROUP, big(0)).await;
+    // Node 3's replica stops (its node stays up) while 40 batches, about
+    // 480 KiB, are written; then it starts again from its files.
+    let leader = nodes[&1].groups.leader(GROUP).expect("a leader");
+    let lagging = if leader == 3 { 2 } else { 3 };
+    nodes[&lagging].groups.stop(GROUP).await.expect("stop");
+    let mut acknowledged = vec![];
+    for seq in 1..=40 {
+        let b = big(seq);
+        acknowledged.push((write(&nodes, GROUP, b.clone()).await, b));
+    }
+    start_replica(&nodes[&lagging], GROUP, &[1, 2, 3], &addresses).await;
+    let end = 41 * 12;
+    wait_committed(&nodes[&lagging], GROUP, end).await;
+    let held = batches(&nodes[&lagging], GROUP);
+    assert_eq!(held.len(), 41);
+    assert_eq!(&held[1..], &acknowledged[..]);
     stop(nodes).await;
 }

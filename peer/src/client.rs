@@ -54,6 +54,12 @@ impl PeerClient {
         }
     }
 
+    /// The largest request payload this client sends (the endpoint's
+    /// `max_payload`); a call with a larger one is refused locally.
+    pub fn max_payload(&self) -> u32 {
+        self.shared.config.max_payload
+    }
+
     /// Calls `method` on node `to` with an opaque payload and returns the
     /// response's payload. Dials `to` first when there is no open
     /// connection; the whole call is bounded by the configured call

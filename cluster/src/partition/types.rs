@@ -57,7 +57,9 @@ impl<'de> Deserialize<'de> for BatchBytes {
                 Ok(BatchBytes(Bytes::from(out)))
             }
         }
-        deserializer.deserialize_bytes(Visit)
+        // Owned: a batch may be larger than a decoder's scratch buffer for
+        // borrowed bytes (CBOR's is 4 KiB).
+        deserializer.deserialize_byte_buf(Visit)
     }
 }
 
@@ -96,6 +98,21 @@ pub type PartitionSnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<Pa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_batch_survives_cbor_as_the_group_transport_sends_it() {
+        // Larger than the CBOR decoder's 4 KiB scratch buffer for borrowed
+        // bytes: decoded as owned bytes.
+        let b = BatchBytes(Bytes::from(vec![0xA5; 1 << 20]));
+        let mut wire = Vec::new();
+        ciborium::into_writer(&b, &mut wire).expect("encode");
+        assert!(
+            wire.len() < (1 << 20) + 16,
+            "bytes, not a sequence of numbers"
+        );
+        let back: BatchBytes = ciborium::from_reader(&wire[..]).expect("decode");
+        assert_eq!(back, b);
+    }
 
     #[test]
     fn batch_bytes_survive_json_and_hide_their_contents() {
