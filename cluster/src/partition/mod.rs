@@ -12,8 +12,10 @@
 //! - [`PartitionStateMachine`]: the committed offset; a snapshot is "the
 //!   log starts here".
 //!
-//! Not here yet: the group's network over the peer link, its place in the
-//! broker's partition service, consumer reads up to the committed offset.
+//! The group's network over the peer link is [`crate::groups`], a node's
+//! replicas are run by [`crate::partition_groups`]. Not here yet: their
+//! place in the broker's partition service, consumer reads up to the
+//! committed offset.
 
 mod log_store;
 mod state_machine;
