@@ -1,0 +1,486 @@
+//! Network partitions of a three-node cluster's metadata group, with real
+//! processes on 127.0.0.1. The directory comes from `strongbox-broker dev
+//! --cluster 3 --no-start`; each node's config is rewritten so that the
+//! nodes reach one another through a UDP relay in this test
+//! (`strongbox_tests::relay`), which cuts one node off and heals it while
+//! every process keeps running.
+//!
+//! Cut off, the metadata leader cannot commit: the two others elect a new
+//! leader within 5 s (timed from their own log lines) and take admin
+//! writes, while a write sent to the old leader is refused and stored
+//! nowhere. Healed, the old leader follows the new one and has what was
+//! written meanwhile. A cut-off follower refuses writes, the majority goes
+//! on, and the follower catches up once healed.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail, ensure};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use strongbox_protocol::ErrorCode;
+use strongbox_tests::relay::Relay;
+use strongbox_tests::{binary, cli};
+
+/// Generous bound for each wait; only the election is timed, by the nodes'
+/// own logs.
+const WAIT: Duration = Duration::from_secs(40);
+
+/// How long the majority may take to elect a new leader after the cut.
+const ELECTION_BOUND: Duration = Duration::from_secs(5);
+
+/// A base port `P` with `P..P+3` and `P+100..P+103` free on UDP, and a base
+/// `M` with `M..M+3` free on TCP: found by binding port 0 and checking the
+/// neighbours, retried on a race.
+fn free_ports() -> Result<(u16, u16)> {
+    for _ in 0..200 {
+        let probe = UdpSocket::bind("127.0.0.1:0")?;
+        let p = probe.local_addr()?.port();
+        drop(probe);
+        if p > 60_000 {
+            continue;
+        }
+        let udp_free = (0..3)
+            .flat_map(|i| [p + i, p + 100 + i])
+            .all(|port| UdpSocket::bind(("127.0.0.1", port)).is_ok());
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let m = tcp.local_addr()?.port();
+        drop(tcp);
+        let tcp_free =
+            m < 60_000 && (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", m + i)).is_ok());
+        if udp_free && tcp_free {
+            return Ok((p, m));
+        }
+    }
+    bail!("no free port range found")
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > WAIT {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// A node started with its serve command, stopped by its PID when dropped.
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Three nodes whose peer traffic goes through `relay`.
+struct Cluster {
+    // Dropped in this order: the nodes stop before the relay and the
+    // directory go.
+    nodes: Vec<Node>,
+    relay: Relay,
+    dir: PathBuf,
+    /// Node `i`'s client port is `p + i - 1`.
+    p: u16,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Prepares the directory with `dev --cluster 3 --no-start`, points
+    /// every peer address at the relay, starts the three nodes and waits
+    /// for a metadata leader.
+    fn start() -> Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("cluster");
+        let (p, m) = free_ports()?;
+        let out = Command::new(binary("strongbox-broker"))
+            .args(["dev", "--cluster", "3", "--no-start", "--listen"])
+            .arg(format!("127.0.0.1:{p}"))
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{m}"))
+            .arg("--data-dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .output()
+            .context("running dev --cluster 3 --no-start")?;
+        ensure!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        for id in 1..=3 {
+            let config = dir.join(format!("node-{id}/broker.toml"));
+            ensure!(
+                text.contains(&format!("serve --config {}", config.display())),
+                "{text}"
+            );
+            ensure!(
+                !dir.join(format!("node-{id}/broker.pid")).exists(),
+                "node {id} was started"
+            );
+        }
+        // Nothing listens on the client ports: no node was started.
+        for port in p..p + 3 {
+            UdpSocket::bind(("127.0.0.1", port))
+                .with_context(|| format!("port {port} is taken after --no-start"))?;
+        }
+
+        let real: Vec<(u64, SocketAddr)> = (1..=3u16)
+            .map(|id| (u64::from(id), SocketAddr::from(([127, 0, 0, 1], p + 99 + id))))
+            .collect();
+        let relay = Relay::start(&real)?;
+        for id in 1..=3 {
+            point_at_relay(&dir.join(format!("node-{id}/broker.toml")), id, &relay)?;
+        }
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            relay,
+            dir,
+            p,
+            _tmp: tmp,
+        };
+        for id in 1..=3 {
+            let node = cluster.serve(id)?;
+            cluster.nodes.push(node);
+        }
+        for id in 1..=3 {
+            let profile = cluster.profile(id)?;
+            let mut last = String::new();
+            wait_until(&format!("node {id} to answer"), || {
+                match cli(&profile, &["whoami"]) {
+                    Ok(o) if o.status.success() => true,
+                    Ok(o) => {
+                        last = String::from_utf8_lossy(&o.stderr).into_owned();
+                        false
+                    }
+                    Err(_) => false,
+                }
+            })
+            .with_context(|| last.clone())?;
+        }
+        Ok(cluster)
+    }
+
+    fn serve(&self, id: u64) -> Result<Node> {
+        let log = std::fs::File::create(self.log(id))?;
+        let child = Command::new(binary("strongbox-broker"))
+            .args(["serve", "--config"])
+            .arg(self.dir.join(format!("node-{id}/broker.toml")))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting node {id}"))?;
+        Ok(Node(child))
+    }
+
+    fn log(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node-{id}/broker.log"))
+    }
+
+    /// The admin profile naming only node `id`'s client address.
+    fn profile(&self, id: u64) -> Result<PathBuf> {
+        let port = self.p + u16::try_from(id - 1)?;
+        let path = self.dir.join(format!("profiles/admin-node-{id}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "broker = \"127.0.0.1:{port}\"\nserver_name = \"localhost\"\n\
+                 ca = \"../ca/ca.pem\"\ncert = \"admin.pem\"\nkey = \"admin.key\"\n"
+            ),
+        )?;
+        Ok(path)
+    }
+
+    /// Runs the CLI against node `id` only.
+    fn cli(&self, id: u64, args: &[&str]) -> Result<Output> {
+        cli(&self.profile(id)?, args)
+    }
+
+    /// `topic create NAME --partitions 1` through node `id`.
+    fn create_topic(&self, id: u64, name: &str) -> Result<Output> {
+        self.cli(id, &["topic", "create", name, "--partitions", "1"])
+    }
+
+    /// Whether node `id` serves topic `name`.
+    fn has_topic(&self, id: u64, name: &str) -> Result<bool> {
+        Ok(self
+            .cli(id, &["topic", "describe", name])?
+            .status
+            .success())
+    }
+
+    /// Node `id`'s `cluster status --json`.
+    fn status(&self, id: u64) -> Result<serde_json::Value> {
+        let out = self.cli(id, &["--json", "cluster", "status"])?;
+        ensure!(out.status.success(), "{out:?}");
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Waits until node `id` reports a leader of three members other than
+    /// `not`; returns the leader's id and term.
+    fn wait_for_leader(&self, id: u64, not: Option<u64>) -> Result<(u64, u64)> {
+        let mut found = None;
+        let mut last = String::new();
+        wait_until(&format!("a metadata leader, seen from node {id}"), || {
+            let Ok(status) = self.status(id) else {
+                return false;
+            };
+            last = status.to_string();
+            let members = status["nodes"].as_array().map_or(0, Vec::len);
+            let leader = status["leader"].as_u64();
+            found = leader.zip(status["term"].as_u64());
+            members == 3 && leader.is_some() && leader != not
+        })
+        .with_context(|| last.clone())?;
+        found.context("no leader")
+    }
+}
+
+/// Rewrites node `id`'s broker.toml so that it advertises its relay address
+/// and knows every member by its relay address; `peer_listen` stays the
+/// node's own.
+fn point_at_relay(config: &Path, id: u64, relay: &Relay) -> Result<()> {
+    let text = std::fs::read_to_string(config)?;
+    let mut doc: toml_edit::DocumentMut = text.parse()?;
+    let cluster = doc["cluster"]
+        .as_table_mut()
+        .context("no [cluster] table")?;
+    cluster["peer_advertise"] = toml_edit::value(relay.addr(id).to_string());
+    let members = cluster["initial_members"]
+        .as_array_of_tables_mut()
+        .context("no cluster.initial_members")?;
+    let mut seen = 0;
+    for member in members.iter_mut() {
+        let member_id = member["id"]
+            .as_integer()
+            .and_then(|i| u64::try_from(i).ok())
+            .context("a member without an id")?;
+        member["peer"] = toml_edit::value(relay.addr(member_id).to_string());
+        seen += 1;
+    }
+    ensure!(seen == 3, "{seen} initial members in {}", config.display());
+    std::fs::write(config, doc.to_string())?;
+    Ok(())
+}
+
+/// When the node writing `log` first logged `leader` as the metadata leader
+/// at or after `since` (the line `metadata leader elected leader=<id>`,
+/// stamped RFC 3339).
+fn elected_at(log: &Path, leader: u64, since: SystemTime) -> Option<SystemTime> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let mark = format!("leader={leader}");
+    text.lines()
+        .filter(|l| l.contains("metadata leader elected"))
+        .filter(|l| l.split_whitespace().any(|w| w == mark))
+        .filter_map(|l| humantime::parse_rfc3339(l.split_whitespace().next()?).ok())
+        .find(|at| *at >= since)
+}
+
+/// An admin write through node `id` that cannot reach a majority: the
+/// client library gets the `no_leader` code, and the CLI prints the
+/// broker's message. Returns how long the CLI waited and what it printed.
+fn expect_no_leader(cluster: &Cluster, id: u64, topic: &str) -> Result<(Duration, String)> {
+    let profile = cluster.profile(id)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let refused = rt.block_on(async {
+        let client = strongbox_tests::client::connect(&profile).await?;
+        let answer = client
+            .admin()
+            .create_topic(topic, strongbox_tests::client::topic(1))
+            .await;
+        client.close().await;
+        anyhow::Ok(answer)
+    })?;
+    match refused {
+        Ok(info) => bail!("node {id} created {topic}: {info:?}"),
+        Err(e) => ensure!(
+            e.code() == Some(ErrorCode::NoLeader),
+            "node {id} refused with another error: {e} ({:?})",
+            e.code()
+        ),
+    }
+    let asked = Instant::now();
+    let out = cluster.create_topic(id, topic)?;
+    let waited = asked.elapsed();
+    ensure!(!out.status.success(), "the CLI created {topic}: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    ensure!(
+        err.starts_with("error: the cluster's metadata has no leader that answers")
+            && err.ends_with("retry once a majority of the nodes is up"),
+        "the CLI printed: {err}"
+    );
+    Ok((waited, err))
+}
+
+/// The metadata leader, cut off from the two others, loses the cluster:
+/// they elect a new leader within 5 s and take writes; a write sent to the
+/// old leader is refused `no_leader` and stored nowhere. Healed, the old
+/// leader follows the new one at its term, has what was written during the
+/// cut, and takes writes again (forwarded to the new leader).
+#[test]
+fn an_isolated_metadata_leader_is_replaced_and_follows_after_healing() -> Result<()> {
+    let cluster = Cluster::start()?;
+    let (old, _) = cluster.wait_for_leader(1, None)?;
+    let out = cluster.create_topic(old, "part.before")?;
+    ensure!(out.status.success(), "{out:?}");
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    for &id in &others {
+        wait_until(&format!("part.before on node {id}"), || {
+            cluster.has_topic(id, "part.before").unwrap_or(false)
+        })?;
+    }
+
+    // Cut the leader off.
+    let cut = SystemTime::now();
+    cluster.relay.cut(&[old]);
+    let (new, term) = cluster.wait_for_leader(others[0], Some(old))?;
+    ensure!(others.contains(&new), "node {new} leads, not one of {others:?}");
+    let elected = others
+        .iter()
+        .filter_map(|&id| elected_at(&cluster.log(id), new, cut))
+        .min()
+        .context("neither node of the majority logged the new leader")?;
+    let took = elected.duration_since(cut).unwrap_or_default();
+    ensure!(
+        took <= ELECTION_BOUND,
+        "node {new} became the metadata leader {took:?} after the cut"
+    );
+    eprintln!("new leader {new} (term {term}) elected {took:?} after the cut of node {old}");
+
+    // The majority takes writes, through either of its nodes.
+    for (i, &id) in others.iter().enumerate() {
+        let name = format!("part.during-{i}");
+        let out = cluster.create_topic(id, &name)?;
+        ensure!(out.status.success(), "through node {id}: {out:?}");
+    }
+    for &id in &others {
+        for i in 0..others.len() {
+            let name = format!("part.during-{i}");
+            wait_until(&format!("{name} on node {id}"), || {
+                cluster.has_topic(id, &name).unwrap_or(false)
+            })?;
+        }
+    }
+
+    // The old leader cannot commit: refused after its wait for a leader.
+    let (waited, err) = expect_no_leader(&cluster, old, "part.lost")?;
+    eprintln!("write through the isolated old leader refused after {waited:?}: {err}");
+    ensure!(
+        cluster.relay.counts().dropped > 0,
+        "{:?}",
+        cluster.relay.counts()
+    );
+    // It saw none of the majority's writes and stored its own nowhere.
+    for id in 1..=3 {
+        ensure!(
+            !cluster.has_topic(id, "part.lost")?,
+            "node {id} has the refused topic"
+        );
+    }
+    ensure!(
+        !cluster.has_topic(old, "part.during-0")?,
+        "the isolated node got a write it could not have received"
+    );
+
+    // Healed: the old leader follows the new one and catches up.
+    cluster.relay.heal(&[old]);
+    let mut last = String::new();
+    wait_until(&format!("node {old} to follow node {new}"), || {
+        let Ok(status) = cluster.status(old) else {
+            return false;
+        };
+        last = status.to_string();
+        let me = status["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["id"] == old))
+            .cloned()
+            .unwrap_or_default();
+        status["leader"] == new && status["term"] == term && me["role"] == "follower"
+    })
+    .with_context(|| last.clone())?;
+    for i in 0..others.len() {
+        let name = format!("part.during-{i}");
+        wait_until(&format!("{name} on node {old}"), || {
+            cluster.has_topic(old, &name).unwrap_or(false)
+        })?;
+    }
+    // A write through it now reaches the leader.
+    let out = cluster.create_topic(old, "part.after")?;
+    ensure!(out.status.success(), "through node {old}: {out:?}");
+    for id in 1..=3 {
+        wait_until(&format!("part.after on node {id}"), || {
+            cluster.has_topic(id, "part.after").unwrap_or(false)
+        })?;
+        ensure!(
+            !cluster.has_topic(id, "part.lost")?,
+            "node {id} has the refused topic after healing"
+        );
+    }
+    ensure!(
+        cluster.wait_for_leader(old, None)? == (new, term),
+        "the leadership changed after healing"
+    );
+    Ok(())
+}
+
+/// A follower cut off from the two others refuses writes while the leader
+/// and the other follower go on; healed, it catches up on every write made
+/// meanwhile and takes writes again.
+#[test]
+fn an_isolated_follower_refuses_writes_and_catches_up_after_healing() -> Result<()> {
+    let cluster = Cluster::start()?;
+    let (leader, _) = cluster.wait_for_leader(1, None)?;
+    let follower = (1..=3).find(|id| *id != leader).context("a follower")?;
+    let other = (1..=3)
+        .find(|id| *id != leader && *id != follower)
+        .context("another follower")?;
+    wait_until(&format!("node {follower} to know the leader"), || {
+        cluster
+            .status(follower)
+            .is_ok_and(|s| s["leader"] == leader)
+    })?;
+
+    cluster.relay.cut(&[follower]);
+    // The majority takes writes, through the leader and the other follower.
+    let names = ["part.while-cut-0", "part.while-cut-1", "part.while-cut-2"];
+    for (i, name) in names.iter().enumerate() {
+        let through = if i % 2 == 0 { leader } else { other };
+        let out = cluster.create_topic(through, name)?;
+        ensure!(out.status.success(), "through node {through}: {out:?}");
+    }
+    // The isolated follower refuses.
+    let (waited, err) = expect_no_leader(&cluster, follower, "part.refused")?;
+    eprintln!("write through the isolated follower refused after {waited:?}: {err}");
+    for name in names {
+        ensure!(
+            !cluster.has_topic(follower, name)?,
+            "the isolated follower has {name}"
+        );
+    }
+
+    cluster.relay.heal(&[follower]);
+    for name in names {
+        wait_until(&format!("{name} on node {follower}"), || {
+            cluster.has_topic(follower, name).unwrap_or(false)
+        })?;
+    }
+    let out = cluster.create_topic(follower, "part.healed")?;
+    ensure!(out.status.success(), "through node {follower}: {out:?}");
+    for id in 1..=3 {
+        wait_until(&format!("part.healed on node {id}"), || {
+            cluster.has_topic(id, "part.healed").unwrap_or(false)
+        })?;
+        ensure!(
+            !cluster.has_topic(id, "part.refused")?,
+            "node {id} has the refused topic"
+        );
+    }
+    Ok(())
+}
