@@ -484,3 +484,92 @@ fn an_isolated_follower_refuses_writes_and_catches_up_after_healing() -> Result<
     }
     Ok(())
 }
+
+/// A write the leader accepted in the instant it was cut off (while its
+/// leader lease still ran) is appended to its log but can never commit: it
+/// stays unanswered for longer than any refusal would take, the majority
+/// elects a new leader and writes over that log position, and after
+/// healing the old leader's uncommitted entry is discarded. The write is
+/// answered with an error (its outcome unknown to the broker, which says
+/// so in its log), and the topic exists on no node.
+#[test]
+fn a_write_pending_on_an_isolated_leader_is_discarded_after_healing() -> Result<()> {
+    let cluster = Cluster::start()?;
+    let (old, _) = cluster.wait_for_leader(1, None)?;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    // Connected before the cut, with a request timeout longer than the
+    // test needs, so that only the broker's answer ends the request.
+    let mut config = strongbox_client::ClientConfig::from_profile(cluster.profile(old)?)?;
+    config.request_timeout = Duration::from_secs(90);
+    let client = rt.block_on(strongbox_client::Client::connect(config))?;
+
+    cluster.relay.cut(&[old]);
+    let sent = Instant::now();
+    let admin = client.admin();
+    let pending = rt.spawn(async move {
+        admin
+            .create_topic("part.pending", strongbox_tests::client::topic(1))
+            .await
+    });
+    let (new, term) = cluster.wait_for_leader(others[0], Some(old))?;
+    let out = cluster.create_topic(new, "part.majority")?;
+    ensure!(out.status.success(), "through node {new}: {out:?}");
+    // Unanswered for longer than a refusal for want of a leader takes
+    // (10 s): the old leader took the write and waits for it to commit.
+    while sent.elapsed() < Duration::from_secs(13) {
+        ensure!(
+            !pending.is_finished(),
+            "the write through the isolated leader was answered after {:?}",
+            sent.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(!pending.is_finished(), "answered before the heal");
+
+    cluster.relay.heal(&[old]);
+    let healed = Instant::now();
+    let answer = rt.block_on(async {
+        tokio::time::timeout(WAIT, pending)
+            .await
+            .context("the pending write was not answered after healing")
+    })??;
+    eprintln!(
+        "pending write answered {:?} after healing: {answer:?}",
+        healed.elapsed()
+    );
+    match answer {
+        Ok(info) => bail!("the write through the isolated leader succeeded: {info:?}"),
+        Err(e) => ensure!(
+            e.code() == Some(ErrorCode::Internal),
+            "another refusal: {e} ({:?})",
+            e.code()
+        ),
+    }
+    let log = std::fs::read_to_string(cluster.log(old))?;
+    ensure!(
+        log.contains("leadership changed before the change committed"),
+        "node {old}'s log does not say why"
+    );
+    // The old leader follows the new one, has the majority's topic, and
+    // the discarded one is nowhere.
+    wait_until(&format!("node {old} to follow node {new}"), || {
+        cluster
+            .status(old)
+            .is_ok_and(|s| s["leader"] == new && s["term"] == term)
+    })?;
+    wait_until(&format!("part.majority on node {old}"), || {
+        cluster.has_topic(old, "part.majority").unwrap_or(false)
+    })?;
+    for id in 1..=3 {
+        ensure!(
+            !cluster.has_topic(id, "part.pending")?,
+            "node {id} has the discarded topic"
+        );
+    }
+    rt.block_on(client.close());
+    Ok(())
+}
