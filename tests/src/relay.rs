@@ -49,6 +49,9 @@ struct Shared {
     dropped: AtomicU64,
     /// Node `M`'s real peer address → `M`: who sent a datagram.
     senders: HashMap<SocketAddr, u64>,
+    /// (from, to) → datagrams node `from` sent from its own peer address to
+    /// node `to`'s relay address that were forwarded.
+    links: Mutex<HashMap<(u64, u64), u64>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -162,6 +165,21 @@ impl Relay {
         }
     }
 
+    /// How many datagrams node `from` sent from its own peer address to
+    /// node `to`'s relay address, and the relay forwarded: traffic on the
+    /// connections `from` dialed to `to` (not `from`'s answers on the
+    /// connections `to` dialed, which come back through `from`'s relay
+    /// address).
+    pub fn forwarded_between(&self, from: u64, to: u64) -> u64 {
+        self.shared
+            .links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(from, to))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// What the relay forwarded and dropped so far.
     pub fn counts(&self) -> Counts {
         Counts {
@@ -206,6 +224,14 @@ fn front_loop(shared: &Arc<Shared>, id: u64, front: &UdpSocket, real: SocketAddr
         };
         if !shared.pass(id, from) {
             continue;
+        }
+        if let Some(&sender) = shared.senders.get(&from) {
+            *shared
+                .links
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry((sender, id))
+                .or_default() += 1;
         }
         let upstream = match upstreams.get(&from) {
             Some(u) => u.clone(),
@@ -360,6 +386,8 @@ mod tests {
         assert_eq!(got, b"before");
         two.send_to(b"answer", upstream)?;
         assert_eq!(recv(&one, wait), Some((b"answer".to_vec(), relay.addr(2))));
+        assert_eq!(relay.forwarded_between(1, 2), 1);
+        assert_eq!(relay.forwarded_between(2, 1), 0);
 
         relay.cut(&[1]);
         let before = relay.counts();
@@ -379,9 +407,16 @@ mod tests {
         assert_eq!(during.dropped, before.dropped + 3, "{during:?}");
         assert_eq!(during.forwarded, before.forwarded + 1, "{during:?}");
 
+        assert_eq!(
+            relay.forwarded_between(1, 2),
+            1,
+            "a dropped one was counted"
+        );
+
         relay.heal(&[1]);
         one.send_to(b"after", relay.addr(2))?;
         assert_eq!(recv(&two, wait), Some((b"after".to_vec(), upstream)));
+        assert_eq!(relay.forwarded_between(1, 2), 2);
         two.send_to(b"welcome back", upstream)?;
         assert_eq!(
             recv(&one, wait),
