@@ -29,6 +29,32 @@ struct Running {
     child: Option<Child>,
 }
 
+/// `--no-start`: prepares the directory as [`run`] does and prints each
+/// node's ports and serve command, starting nothing.
+pub(crate) fn prepare(
+    dir: &Path,
+    count: u16,
+    listen: SocketAddr,
+    metrics: SocketAddr,
+) -> anyhow::Result<()> {
+    let nodes = dev::plan_nodes(dir, count, listen, metrics)?;
+    let cluster = dev::ensure_cluster_dir(dir, &nodes)
+        .with_context(|| format!("development cluster {}", dir.display()))?;
+    let exe = std::env::current_exe().context("finding this program's path")?;
+    if cluster.created {
+        println!("created development cluster directory {}", dir.display());
+    }
+    println!("development cluster of {count} nodes prepared; no node started");
+    for n in &cluster.nodes {
+        println!(
+            "node {}: client {} (QUIC), peer {}, metrics http://{}/metrics",
+            n.id, n.listen, n.peer, n.metrics
+        );
+        println!("  serve command: {}", n.serve_command(&exe));
+    }
+    Ok(())
+}
+
 /// Prepares the directory, starts the nodes and waits for a stop signal.
 pub(crate) async fn run(
     dir: &Path,

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! strongbox-broker serve --config /etc/strongbox/broker.toml
-//! strongbox-broker dev [--data-dir ./strongbox-dev] [--listen 127.0.0.1:7443] [--cluster N]
+//! strongbox-broker dev [--data-dir ./strongbox-dev] [--listen 127.0.0.1:7443] [--cluster N [--no-start]]
 //! strongbox-broker verify --data-dir DIR [--config FILE] [--json]
 //! strongbox-broker inspect --data-dir DIR --topic T [--partition N] [--from OFFSET] [--count N] [--json]
 //! strongbox-broker pki revoke [--data-dir DIR] NAME|CERT.pem
@@ -108,6 +108,11 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = 1,
               value_parser = clap::value_parser!(u16).range(1..=9))]
         cluster: u16,
+        /// With --cluster N (2 or more): create the directory (or write
+        /// the current ports into it) and print each node's ports and serve
+        /// command, but start no node; exits at once.
+        #[arg(long, requires = "cluster")]
+        no_start: bool,
     },
     /// The development CA: revoke a certificate it issued, or make a
     /// further node for a development cluster.
@@ -441,8 +446,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             metrics_listen,
             cluster,
+            no_start,
         } if cluster > 1 => {
             let metrics = metrics_listen.unwrap_or_else(|| dev::default_metrics_listen(listen));
+            if no_start {
+                return dev_cluster::prepare(&data_dir, cluster, listen, metrics);
+            }
             dev_cluster::run(
                 &data_dir,
                 cluster,
@@ -453,11 +462,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Dev { no_start: true, .. } => anyhow::bail!(
+            "--no-start prepares a development cluster: give --cluster N with N of 2 or more"
+        ),
         Command::Dev {
             data_dir,
             listen,
             metrics_listen,
             cluster: _,
+            no_start: false,
         } => run_dev(&data_dir, listen, metrics_listen, signals).await,
         // Handled in `main`, before a runtime starts.
         Command::Verify(_)
