@@ -58,6 +58,9 @@ pub enum Forwarded {
         /// The leader it knows of.
         leader: Option<(NodeId, NodeInfo)>,
     },
+    /// The entry was appended, then the leader lost its leadership before
+    /// it committed: it may or may not be applied (the message says so).
+    OutcomeUnknown(String),
     /// The proposal failed otherwise; the message says how.
     Failed(String),
 }
@@ -267,6 +270,9 @@ impl RaftService {
                 let answer = match self.node.propose(command).await {
                     Ok(response) => Forwarded::Applied(response),
                     Err(ProposeError::NotLeader { leader }) => Forwarded::NotLeader { leader },
+                    Err(e @ ProposeError::OutcomeUnknown { .. }) => {
+                        Forwarded::OutcomeUnknown(e.to_string())
+                    }
                     Err(e) => Forwarded::Failed(e.to_string()),
                 };
                 to_json(&answer).map_err(|e| failed(&e))

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use strongbox_cluster::net::{Forwarded, PeerNetwork};
 use strongbox_cluster::{MetaCommand, MetaRaft, MetaResponse, NodeId, ProposeError, Refusal};
+use strongbox_peer::PeerError;
 use strongbox_protocol::ErrorCode;
 use strongbox_storage::meta::{MetaStore, is_node_local_topic};
 
@@ -143,15 +144,27 @@ impl ClusterLink {
     pub async fn propose(&self, command: MetaCommand) -> Result<MetaResponse, BrokerError> {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         let mut last = String::from("no leader is known");
+        // The leader a forward went to without an answer, if one did.
+        let mut unanswered = None;
         loop {
             match self.raft.propose(command.clone()).await {
                 Ok(answer) => return Ok(answer),
                 Err(ProposeError::NotLeader {
                     leader: Some((leader, _)),
                 }) => match self.network.forward(leader, &command).await {
-                    Ok(Forwarded::Applied(answer)) => return Ok(answer),
+                    Ok(Forwarded::Applied(answer)) => {
+                        return match (unanswered, answer) {
+                            (Some(first), MetaResponse::Refused(refusal)) => {
+                                self.repeat_refused(&command, &refusal, first)
+                            }
+                            (_, answer) => Ok(answer),
+                        };
+                    }
                     Ok(Forwarded::NotLeader { .. }) => {
                         last = format!("node {leader} is no longer the leader");
+                    }
+                    Ok(Forwarded::OutcomeUnknown(message)) => {
+                        return Err(outcome_unknown(&command, &message));
                     }
                     Ok(Forwarded::Failed(message)) => {
                         return Err(BrokerError::internal(
@@ -159,9 +172,20 @@ impl ClusterLink {
                             message,
                         ));
                     }
+                    // The leader may have taken the command: it is sent again
+                    // (a cut link is the usual cause, and the command did not
+                    // get through), but a refusal of the repeat may be the
+                    // first copy's doing, and the answer must say so.
+                    Err(e @ (PeerError::Timeout { .. } | PeerError::ConnectionLost { .. })) => {
+                        last = format!("the leader, node {leader}, did not answer: {e}");
+                        unanswered = Some(leader);
+                    }
                     Err(e) => last = format!("cannot reach the leader, node {leader}: {e}"),
                 },
                 Err(ProposeError::NotLeader { leader: None }) => {}
+                Err(e @ ProposeError::OutcomeUnknown { .. }) => {
+                    return Err(outcome_unknown(&command, &e.to_string()));
+                }
                 Err(e @ ProposeError::NoQuorum(_)) => last = e.to_string(),
                 Err(e) => return Err(BrokerError::internal(&format!("proposing {command}"), e)),
             }
@@ -177,6 +201,50 @@ impl ClusterLink {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+impl ClusterLink {
+    /// The answer when a command sent again, after its first forward got
+    /// no answer, is refused: the first copy may have been applied. A topic
+    /// created by the first copy (same name and id) is that command's
+    /// success; any other refusal says that it may be the first copy's doing.
+    fn repeat_refused(
+        &self,
+        command: &MetaCommand,
+        refusal: &Refusal,
+        first: NodeId,
+    ) -> Result<MetaResponse, BrokerError> {
+        if let (MetaCommand::CreateTopic { topic, .. }, Refusal::TopicExists(_)) =
+            (command, refusal)
+        {
+            let stored = self.raft.meta().read(|r| r.topic(&topic.name));
+            if let Ok(Some(entry)) = stored
+                && entry.topic_id == topic.topic_id
+            {
+                return Ok(MetaResponse::Done);
+            }
+        }
+        let plain = refusal_error(refusal);
+        Err(BrokerError::new(
+            plain.code,
+            format!(
+                "{}; the first attempt, forwarded to node {first}, got no answer and may have \
+                 made this change: check before sending it again",
+                plain.message
+            ),
+        ))
+    }
+}
+
+/// The answer to a write whose fate is unknown: `timeout`, with what to do.
+fn outcome_unknown(command: &MetaCommand, why: &str) -> BrokerError {
+    BrokerError::new(
+        ErrorCode::Timeout,
+        format!(
+            "{command}: {why}; it may or may not have been applied: check (describe or list) \
+             before sending it again"
+        ),
+    )
 }
 
 impl Metadata {

@@ -86,18 +86,20 @@ async fn acl_grant(state: &Arc<BrokerState>, rule: AclRule) -> Result<AdminRespo
     // Compile first: a bad pattern is refused before anything is stored.
     crate::acl::AclSnapshot::compile(0, std::iter::empty::<String>(), vec![rule.clone()])
         .map_err(|e| BrokerError::new(ErrorCode::InvalidRequest, e.to_string()))?;
-    let _guard = state.admin_lock.lock().await;
     let entry = AclEntry {
         rule: rule.clone(),
         request_id: None,
         created_at: now_ms(),
     };
+    // Proposed without the admin lock (a proposal can wait for a leader);
+    // the live rules are rebuilt under it.
     state
         .metadata
         .submit(MetaCommand::PutAcl {
             acl: AclSpec::from(&entry),
         })
         .await?;
+    let _guard = state.admin_lock.lock().await;
     state.reload_acl()?;
     tracing::info!(target: "strongbox::audit", principal = %rule.principal, topic = %rule.topic, operations = %rule.operations, effect = ?rule.effect, "ACL rule granted");
     Ok(AdminResponse::Acls(rules_for(state, &rule.principal)))
@@ -108,13 +110,14 @@ async fn acl_grant(state: &Arc<BrokerState>, rule: AclRule) -> Result<AdminRespo
 /// with none. Rules of the config file are not touched: the answer says to
 /// edit the file when only they match.
 async fn acl_revoke(state: &Arc<BrokerState>, rule: AclRule) -> Result<AdminResponse, BrokerError> {
-    let _guard = state.admin_lock.lock().await;
+    // As for a grant: proposed without the admin lock, applied under it.
     let answer = state
         .metadata
         .submit(MetaCommand::RevokeAcl {
             rule: AclRuleSpec::from(&rule),
         })
         .await?;
+    let _guard = state.admin_lock.lock().await;
     let MetaResponse::AclRevoked { changed } = answer else {
         return Err(BrokerError::internal(
             "revoking the ACL rule",

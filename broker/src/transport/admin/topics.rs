@@ -150,7 +150,6 @@ async fn create_topic(
 ) -> Result<AdminResponse, BrokerError> {
     validate_topic_name(name, false)?;
     let config = resolve_config(config, &state.config.topics)?;
-    let _guard = state.admin_lock.lock().await;
     if state.partitions.topics().get(name).is_some() {
         return Err(BrokerError::new(
             ErrorCode::TopicExists,
@@ -172,6 +171,10 @@ async fn create_topic(
         .validate()
         .map_err(|e| BrokerError::new(ErrorCode::InvalidConfig, e.to_string()))?;
     let partitions = usize::try_from(entry.config.partitions).unwrap_or(usize::MAX);
+    // Proposed without the admin lock: a proposal can wait (for a leader,
+    // for a majority) and must not hold up every other admin write and
+    // the node's following of the group. The group refuses a second topic
+    // of the same name, so the check above needs no lock.
     state
         .metadata
         .submit(MetaCommand::CreateTopic {
@@ -179,7 +182,13 @@ async fn create_topic(
             replicas: vec![vec![state.metadata.node_id()]; partitions],
         })
         .await?;
-    let topic = open_topic(state, entry).await?;
+    let _guard = state.admin_lock.lock().await;
+    // In a cluster the node may already serve it: it follows what the
+    // group applies, this command included.
+    let topic = match state.partitions.topics().get(name) {
+        Some(served) if served.entry.topic_id == entry.topic_id => served,
+        _ => open_topic(state, entry).await?,
+    };
     tracing::info!(target: "strongbox::audit", topic = %name, partitions = topic.partition_count(), dedicated_kek = topic.entry.config.dedicated_kek, "topic created");
     Ok(AdminResponse::Topic(topic.describe()))
 }
