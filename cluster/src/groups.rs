@@ -38,7 +38,7 @@ use std::sync::{Arc, RwLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use openraft::entry::RaftEntry;
-use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
@@ -48,8 +48,9 @@ use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::{Raft, RaftTypeConfig};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use strongbox_peer::{HandlerError, PeerClient, PeerError, PeerHandler};
+use strongbox_peer::{HandlerError, PeerClient, PeerHandler};
 
+use crate::net::{rpc_error, split_snapshot};
 use crate::types::NodeId;
 
 /// AppendEntries of a group (heartbeats included).
@@ -220,21 +221,6 @@ where
     }
 }
 
-/// A failed call as openraft sees it. A replica that does not run the
-/// group (yet) counts as unreachable, like a node that is down: openraft
-/// backs off and tries again.
-fn rpc_error<C: RaftTypeConfig>(e: &PeerError) -> RPCError<C> {
-    match e {
-        PeerError::UnknownNode(_)
-        | PeerError::Unreachable { .. }
-        | PeerError::Handshake { .. }
-        | PeerError::ConnectionLost { .. }
-        | PeerError::Timeout { .. }
-        | PeerError::Remote { .. } => RPCError::Unreachable(Unreachable::new(e)),
-        _ => RPCError::Network(NetworkError::new(e)),
-    }
-}
-
 impl<C: RaftTypeConfig> GroupConnection<C> {
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
@@ -363,17 +349,6 @@ where
     }
 }
 
-/// A snapshot call's header and body.
-fn split_snapshot(body: &[u8]) -> Result<(&[u8], &[u8]), GroupCallError> {
-    let short = || GroupCallError::Decode("a snapshot call shorter than its header".into());
-    let (len, rest) = body.split_first_chunk::<4>().ok_or_else(short)?;
-    let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| short())?;
-    if rest.len() < len {
-        return Err(short());
-    }
-    Ok(rest.split_at(len))
-}
-
 /// The groups this node runs, by id, and the peer handler that answers
 /// their messages.
 pub struct GroupRouter<C: RaftTypeConfig, SM: RaftStateMachine<C>> {
@@ -487,7 +462,8 @@ where
                 encode(&answer)
             }
             _ => {
-                let (header, data) = split_snapshot(body).map_err(|e| failed(&e))?;
+                let (header, data) = split_snapshot(body)
+                    .ok_or_else(|| failed(&"a snapshot call shorter than its header"))?;
                 let header: SnapshotHeader<VoteOf<C>, SnapshotMetaOf<C>> =
                     decode(header).map_err(|e| failed(&e))?;
                 let snapshot = SnapshotOf::<C, Vec<u8>> {
@@ -574,19 +550,6 @@ mod tests {
         assert_eq!(id.to_string(), "abababababababababababababababab/16909060");
         for cut in 0..GROUP_ID_LEN {
             assert!(GroupId::split(&call[..cut]).is_err(), "cut {cut}");
-        }
-    }
-
-    #[test]
-    fn a_snapshot_call_splits_into_header_and_body() {
-        let mut body = vec![0, 0, 0, 3];
-        body.extend_from_slice(b"abcdef");
-        assert_eq!(
-            split_snapshot(&body).expect("split"),
-            (&b"abc"[..], &b"def"[..])
-        );
-        for cut in 0..7 {
-            assert!(split_snapshot(&body[..cut]).is_err(), "cut {cut}");
         }
     }
 

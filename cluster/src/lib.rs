@@ -83,8 +83,8 @@ pub use directory::Directory;
 pub use local::apply_local;
 pub use log_store::MetaLogStore;
 pub use node::{
-    ClusterError, ClusterStatus, MemberStatus, MetaRaft, MetaRaftConfig, ProposeError, RAFT_DIR,
-    Role, raft_dir,
+    ClusterError, ClusterStatus, MAX_VOTERS, MemberStatus, MetaRaft, MetaRaftConfig, ProposeError,
+    RAFT_DIR, Role, raft_dir,
 };
 pub use state_machine::{AppliedCommand, MetaChange, MetaStateMachine, RaftSnapshot, SnapshotData};
 pub use types::{LogId, NodeId, NodeInfo, Raft, TypeConfig};

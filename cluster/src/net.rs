@@ -117,15 +117,18 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     }
 }
 
-/// A failed call as openraft sees it: a node it cannot reach (openraft
-/// backs off) or a network failure.
-fn rpc_error(e: &PeerError) -> RPCError<TypeConfig> {
+/// A failed call as openraft sees it: a node it cannot reach, or one that
+/// could not answer (its handler failed: a group not running there yet, a
+/// `Raft` shutting down), which openraft backs off from; or a network
+/// failure.
+pub(crate) fn rpc_error<C: openraft::RaftTypeConfig>(e: &PeerError) -> RPCError<C> {
     match e {
         PeerError::UnknownNode(_)
         | PeerError::Unreachable { .. }
         | PeerError::Handshake { .. }
         | PeerError::ConnectionLost { .. }
-        | PeerError::Timeout { .. } => RPCError::Unreachable(Unreachable::new(e)),
+        | PeerError::Timeout { .. }
+        | PeerError::Remote { .. } => RPCError::Unreachable(Unreachable::new(e)),
         _ => RPCError::Network(NetworkError::new(e)),
     }
 }
@@ -146,7 +149,7 @@ impl PeerConnection {
             .client
             .call_raw_within(self.target, method, payload, option.hard_ttl())
             .await
-            .map_err(|e| rpc_error(&e))?;
+            .map_err(|e| rpc_error::<TypeConfig>(&e))?;
         serde_json::from_slice(&answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
 }
@@ -206,7 +209,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 option.hard_ttl(),
             )
             .await
-            .map_err(|e| match rpc_error(&e) {
+            .map_err(|e| match rpc_error::<TypeConfig>(&e) {
                 RPCError::Unreachable(u) => StreamingError::Unreachable(u),
                 _ => StreamingError::Network(NetworkError::new(&e)),
             })?;
@@ -253,7 +256,9 @@ impl RaftService {
                 to_json(&answer).map_err(|e| failed(&e))
             }
             METHOD_SNAPSHOT => {
-                let (header, data) = split_snapshot(&payload)?;
+                let (header, data) = split_snapshot(&payload).ok_or_else(|| {
+                    HandlerError::failed("a snapshot call shorter than its header")
+                })?;
                 let header: SnapshotHeader = decode(header)?;
                 let snapshot = RaftSnapshot {
                     meta: header.meta,
@@ -299,15 +304,13 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, HandlerErro
         .map_err(|e| HandlerError::failed(format!("the request does not decode: {e}")))
 }
 
-/// A snapshot call's header and body.
-fn split_snapshot(payload: &[u8]) -> Result<(&[u8], &[u8]), HandlerError> {
-    let short = || HandlerError::failed("a snapshot call shorter than its header");
-    let (len, rest) = payload.split_first_chunk::<4>().ok_or_else(short)?;
-    let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| short())?;
-    if rest.len() < len {
-        return Err(short());
-    }
-    Ok(rest.split_at(len))
+/// A snapshot call's header and body: a u32 big-endian length, that many
+/// bytes of header, the rest the body. `None` when it is shorter than it
+/// says.
+pub(crate) fn split_snapshot(payload: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = payload.split_first_chunk::<4>()?;
+    let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+    (rest.len() >= len).then(|| rest.split_at(len))
 }
 
 #[cfg(test)]
@@ -321,8 +324,8 @@ mod tests {
         let (h, b) = split_snapshot(&payload).expect("split");
         assert_eq!((h, b), (&b"abc"[..], &b"def"[..]));
         for cut in 0..7 {
-            assert!(split_snapshot(&payload[..cut]).is_err(), "cut {cut}");
+            assert!(split_snapshot(&payload[..cut]).is_none(), "cut {cut}");
         }
-        assert!(split_snapshot(&[0, 0, 0, 9, 1]).is_err());
+        assert!(split_snapshot(&[0, 0, 0, 9, 1]).is_none());
     }
 }

@@ -26,6 +26,11 @@ use crate::log_store::MetaLogStore;
 use crate::state_machine::{MetaChange, MetaStateMachine, SnapshotData};
 use crate::types::{LogId, NodeId, NodeInfo, Raft, TypeConfig};
 
+/// Most voters of the metadata group: `cluster add-node` makes a node a
+/// voter up to this many, and a learner beyond. Five voters survive two
+/// failures; more would slow every commit and survive no more in practice.
+pub const MAX_VOTERS: usize = 5;
+
 /// The directory of the group's files inside a node's data directory.
 pub const RAFT_DIR: &str = "raft";
 
@@ -392,15 +397,33 @@ impl MetaRaft {
         Ok(())
     }
 
-    /// `cluster add-node`: adds `id` as a learner, waits for it to catch
-    /// up, then makes it a voter.
+    /// `cluster add-node`: adds `id` as a learner and waits for it to catch
+    /// up; then makes it a voter while the group has fewer than
+    /// [`MAX_VOTERS`] voters, and otherwise leaves it a learner (it follows
+    /// the group and serves, without voting). Adding a learner again
+    /// promotes it once there is room. Returns true when `id` votes.
     ///
     /// # Errors
     ///
     /// As [`MetaRaft::add_learner`].
-    pub async fn add_node(&self, id: NodeId, info: NodeInfo) -> Result<(), ProposeError> {
+    pub async fn add_node(&self, id: NodeId, info: NodeInfo) -> Result<bool, ProposeError> {
         self.add_learner(id, info).await?;
-        self.promote(id).await
+        let voters: BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if voters.contains(&id) {
+            return Ok(true);
+        }
+        if voters.len() >= MAX_VOTERS {
+            return Ok(false);
+        }
+        self.promote(id).await?;
+        Ok(true)
     }
 
     /// `cluster remove-node`: removes `id` from the group, voter or learner.

@@ -271,3 +271,54 @@ async fn a_learner_is_added_promoted_and_a_node_removed() {
         Err(strongbox_cluster::ProposeError::NotLeader { leader: Some((id, _)) }) if id == leader
     ));
 }
+
+/// `add_node` makes voters up to five and learners beyond; adding a
+/// learner again promotes it once a voter has left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_node_makes_five_voters_and_learners_beyond() {
+    let mut c = TestCluster::start_group(fast_config, &[1, 2, 3]).await;
+    let leader = c.leader().await;
+    for id in [4, 5] {
+        c.start(id).await;
+        assert!(
+            c.node(leader).add_node(id, info(id)).await.expect("add"),
+            "node {id} votes"
+        );
+    }
+    c.start(6).await;
+    assert!(
+        !c.node(leader).add_node(6, info(6)).await.expect("add"),
+        "a sixth node stays a learner"
+    );
+    let voters = |c: &TestCluster| -> BTreeSet<NodeId> {
+        c.node(leader)
+            .status()
+            .members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| m.id)
+            .collect()
+    };
+    assert_eq!(voters(&c), BTreeSet::from([1, 2, 3, 4, 5]));
+    let gone = [1, 2, 3, 4, 5]
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    c.node(leader).remove_node(gone).await.expect("remove");
+    c.node(leader)
+        .wait_for(WAIT, "the removal", |s| {
+            s.members.iter().all(|m| m.id != gone)
+        })
+        .await
+        .expect("removed");
+    assert!(
+        c.node(leader)
+            .add_node(6, info(6))
+            .await
+            .expect("add again"),
+        "the learner is promoted once there is room"
+    );
+    let mut expected: BTreeSet<NodeId> = BTreeSet::from([1, 2, 3, 4, 5, 6]);
+    expected.remove(&gone);
+    assert_eq!(voters(&c), expected);
+}

@@ -505,6 +505,7 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 pub mod access;
 pub mod cli_checks;
+pub mod cluster;
 pub mod relay;
 pub mod running_cli;
 pub mod softhsm;

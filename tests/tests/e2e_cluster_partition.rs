@@ -14,71 +14,22 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use strongbox_protocol::ErrorCode;
+use strongbox_tests::cluster::{
+    Process, WAIT, elected_at, free_ports, profile_of, serve, wait_until,
+};
 use strongbox_tests::relay::Relay;
 use strongbox_tests::{binary, cli};
-
-/// Generous bound for each wait; only the election is timed, by the nodes'
-/// own logs.
-const WAIT: Duration = Duration::from_secs(40);
 
 /// How long the majority may take to elect a new leader after the cut.
 const ELECTION_BOUND: Duration = Duration::from_secs(5);
 
-/// A base port `P` with `P..P+3` and `P+100..P+103` free on UDP, and a base
-/// `M` with `M..M+3` free on TCP: found by binding port 0 and checking the
-/// neighbours, retried on a race.
-fn free_ports() -> Result<(u16, u16)> {
-    for _ in 0..200 {
-        let probe = UdpSocket::bind("127.0.0.1:0")?;
-        let p = probe.local_addr()?.port();
-        drop(probe);
-        if p > 60_000 {
-            continue;
-        }
-        let udp_free = (0..3)
-            .flat_map(|i| [p + i, p + 100 + i])
-            .all(|port| UdpSocket::bind(("127.0.0.1", port)).is_ok());
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let m = tcp.local_addr()?.port();
-        drop(tcp);
-        let tcp_free =
-            m < 60_000 && (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", m + i)).is_ok());
-        if udp_free && tcp_free {
-            return Ok((p, m));
-        }
-    }
-    bail!("no free port range found")
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<()> {
-    let start = Instant::now();
-    while !done() {
-        if start.elapsed() > WAIT {
-            bail!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
-}
-
 /// A node started with its serve command, stopped by its PID when dropped.
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        let _ = self.0.wait();
-    }
-}
+type Node = Process;
 
 /// Three nodes whose peer traffic goes through `relay`.
 struct Cluster {
@@ -99,7 +50,7 @@ impl Cluster {
     fn start() -> Result<Self> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("cluster");
-        let (p, m) = free_ports()?;
+        let (p, m) = free_ports(3)?;
         let out = Command::new(binary("strongbox-broker"))
             .args(["dev", "--cluster", "3", "--no-start", "--listen"])
             .arg(format!("127.0.0.1:{p}"))
@@ -171,16 +122,10 @@ impl Cluster {
     }
 
     fn serve(&self, id: u64) -> Result<Node> {
-        let log = std::fs::File::create(self.log(id))?;
-        let child = Command::new(binary("strongbox-broker"))
-            .args(["serve", "--config"])
-            .arg(self.dir.join(format!("node-{id}/broker.toml")))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting node {id}"))?;
-        Ok(Node(child))
+        serve(
+            &self.dir.join(format!("node-{id}/broker.toml")),
+            &self.log(id),
+        )
     }
 
     fn log(&self, id: u64) -> PathBuf {
@@ -189,16 +134,7 @@ impl Cluster {
 
     /// The admin profile naming only node `id`'s client address.
     fn profile(&self, id: u64) -> Result<PathBuf> {
-        let port = self.p + u16::try_from(id - 1)?;
-        let path = self.dir.join(format!("profiles/admin-node-{id}.toml"));
-        std::fs::write(
-            &path,
-            format!(
-                "broker = \"127.0.0.1:{port}\"\nserver_name = \"localhost\"\n\
-                 ca = \"../ca/ca.pem\"\ncert = \"admin.pem\"\nkey = \"admin.key\"\n"
-            ),
-        )?;
-        Ok(path)
+        profile_of(&self.dir, "admin", self.p + u16::try_from(id - 1)?)
     }
 
     /// Runs the CLI against node `id` only.
@@ -268,19 +204,6 @@ fn point_at_relay(config: &Path, id: u64, relay: &Relay) -> Result<()> {
     ensure!(seen == 3, "{seen} initial members in {}", config.display());
     std::fs::write(config, doc.to_string())?;
     Ok(())
-}
-
-/// When the node writing `log` first logged `leader` as the metadata leader
-/// at or after `since` (the line `metadata leader elected leader=<id>`,
-/// stamped RFC 3339).
-fn elected_at(log: &Path, leader: u64, since: SystemTime) -> Option<SystemTime> {
-    let text = std::fs::read_to_string(log).ok()?;
-    let mark = format!("leader={leader}");
-    text.lines()
-        .filter(|l| l.contains("metadata leader elected"))
-        .filter(|l| l.split_whitespace().any(|w| w == mark))
-        .filter_map(|l| humantime::parse_rfc3339(l.split_whitespace().next()?).ok())
-        .find(|at| *at >= since)
 }
 
 /// An admin write through node `id`, which cannot reach a majority, made

@@ -6,56 +6,18 @@
 //! added and removed; the peer listener's mutual-TLS refusals; SIGTERM to
 //! `dev` stops the rest.
 
-use std::net::UdpSocket;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use strongbox_broker::pki::{CertSpec, TestCa};
+use strongbox_tests::cluster::{
+    Process, WAIT, elected_at, free_ports, profile_of, serve, wait_until,
+};
 use strongbox_tests::{binary, cli, metrics_text_at, raw};
-
-/// Generous bound for each wait; nothing asserts on timing.
-const WAIT: Duration = Duration::from_secs(40);
-
-/// A base port `P` with `P..P+4` and `P+100..P+104` free on UDP, and a
-/// base `M` with `M..M+4` free on TCP (three nodes and one to add): found
-/// by binding port 0 and checking the neighbours, retried on a race.
-fn free_ports() -> Result<(u16, u16)> {
-    for _ in 0..200 {
-        let probe = UdpSocket::bind("127.0.0.1:0")?;
-        let p = probe.local_addr()?.port();
-        drop(probe);
-        if p > 60_000 {
-            continue;
-        }
-        let udp_free = (0..4)
-            .flat_map(|i| [p + i, p + 100 + i])
-            .all(|port| UdpSocket::bind(("127.0.0.1", port)).is_ok());
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let m = tcp.local_addr()?.port();
-        drop(tcp);
-        let tcp_free =
-            m < 60_000 && (0..4).all(|i| std::net::TcpListener::bind(("127.0.0.1", m + i)).is_ok());
-        if udp_free && tcp_free {
-            return Ok((p, m));
-        }
-    }
-    bail!("no free port range found")
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<()> {
-    let start = Instant::now();
-    while !done() {
-        if start.elapsed() > WAIT {
-            bail!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
-}
 
 fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
@@ -73,54 +35,7 @@ fn profile_for(dir: &Path, port: u16) -> Result<std::path::PathBuf> {
     profile_of(dir, "admin", port)
 }
 
-/// `who`'s profile (admin, alice, bob) naming only the node at `port`.
-fn profile_of(dir: &Path, who: &str, port: u16) -> Result<std::path::PathBuf> {
-    let path = dir.join(format!("profiles/{who}-{port}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "broker = \"127.0.0.1:{port}\"\nserver_name = \"localhost\"\nca = \"../ca/ca.pem\"\n\
-             cert = \"{who}.pem\"\nkey = \"{who}.key\"\n"
-        ),
-    )?;
-    Ok(path)
-}
-
-/// When the node writing `log` first logged `leader` as the metadata
-/// leader at or after `since` (the line `metadata leader elected
-/// leader=<id>`, stamped RFC 3339).
-fn elected_at(log: &Path, leader: u64, since: SystemTime) -> Option<SystemTime> {
-    let text = std::fs::read_to_string(log).ok()?;
-    let mark = format!("leader={leader}");
-    text.lines()
-        .filter(|l| l.contains("metadata leader elected"))
-        .filter(|l| l.split_whitespace().any(|w| w == mark))
-        .filter_map(|l| humantime::parse_rfc3339(l.split_whitespace().next()?).ok())
-        .find(|at| *at >= since)
-}
-
-struct Dev(Child);
-
-/// A node started by hand (`serve`), stopped by its PID when dropped.
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        let _ = self.0.wait();
-    }
-}
+type Dev = Process;
 
 fn start(dir: &Path, p: u16, m: u16) -> Result<Dev> {
     let log = std::fs::File::create(dir.with_extension("dev.log"))?;
@@ -136,7 +51,7 @@ fn start(dir: &Path, p: u16, m: u16) -> Result<Dev> {
         .stderr(log)
         .spawn()
         .context("starting dev --cluster 3")?;
-    Ok(Dev(child))
+    Ok(Process(child))
 }
 
 /// Waits until the node behind `profile` reports a leader among `nodes`
@@ -164,7 +79,7 @@ fn wait_for_leader(profile: &Path, nodes: usize, not: Option<u64>) -> Result<u64
 fn dev_cluster_shares_its_metadata_and_outlives_its_leader() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("cluster");
-    let (p, m) = free_ports()?;
+    let (p, m) = free_ports(4)?;
     let mut dev = start(&dir, p, m)?;
     let pid_files: Vec<_> = (1..=3)
         .map(|i| dir.join(format!("node-{i}/broker.pid")))
@@ -358,7 +273,7 @@ fn dev_cluster_shares_its_metadata_and_outlives_its_leader() -> Result<()> {
 fn a_revoke_through_one_node_refuses_produce_on_another_within_a_second() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("cluster");
-    let (p, m) = free_ports()?;
+    let (p, m) = free_ports(4)?;
     let _dev = start(&dir, p, m)?;
     wait_until("three PID files", || {
         (1..=3).all(|i| read_pid(&dir.join(format!("node-{i}/broker.pid"))).is_some())
@@ -446,7 +361,7 @@ fn members(profile: &Path) -> Result<Vec<(u64, String)>> {
 fn a_node_is_added_to_a_running_cluster_and_removed_again() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("cluster");
-    let (p, m) = free_ports()?;
+    let (p, m) = free_ports(4)?;
     let _dev = start(&dir, p, m)?;
     wait_until("three PID files", || {
         (1..=3).all(|i| read_pid(&dir.join(format!("node-{i}/broker.pid"))).is_some())
@@ -488,17 +403,7 @@ fn a_node_is_added_to_a_running_cluster_and_removed_again() -> Result<()> {
         .output()?;
     ensure!(!again.status.success(), "node 4 made twice: {again:?}");
 
-    let log = std::fs::File::create(dir.join("node-4/broker.log"))?;
-    let _node4 = Node(
-        Command::new(binary("strongbox-broker"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting node 4")?,
-    );
+    let _node4 = serve(&config, &dir.join("node-4/broker.log"))?;
     let node4 = profile_for(&dir, p + 3)?;
     wait_until("node 4 to answer", || {
         cli(&node4, &["whoami"]).is_ok_and(|o| o.status.success())
@@ -612,7 +517,7 @@ async fn peer_request(
 fn the_peer_port_of_a_running_node_refuses_the_mtls_matrix() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("cluster");
-    let (p, m) = free_ports()?;
+    let (p, m) = free_ports(4)?;
     let _dev = start(&dir, p, m)?;
     wait_until("three PID files", || {
         (1..=3).all(|i| read_pid(&dir.join(format!("node-{i}/broker.pid"))).is_some())

@@ -205,14 +205,14 @@ async fn change_membership(
     verb: &str,
     id: u64,
     info: Option<NodeInfo>,
-) -> Result<(), BrokerError> {
+) -> Result<Option<bool>, BrokerError> {
     let Some(link) = ctx.state.metadata.cluster() else {
         return Err(membership_refusal(ctx, verb, id));
     };
     let done = match info {
         Some(info) => {
             match tokio::time::timeout(CATCH_UP_WAIT, link.raft.add_node(id, info)).await {
-                Ok(done) => done,
+                Ok(done) => done.map(Some),
                 Err(_) => {
                     return Err(BrokerError::new(
                         ErrorCode::InvalidRequest,
@@ -226,7 +226,7 @@ async fn change_membership(
                 }
             }
         }
-        None => link.raft.remove_node(id).await,
+        None => link.raft.remove_node(id).await.map(|()| None),
     };
     done.map_err(|e| match e {
         ProposeError::NotLeader { leader } => BrokerError::new(
@@ -260,6 +260,15 @@ pub(super) async fn add_node(
         client_addr: client_addr.clone(),
     };
     let outcome = change_membership(ctx, "add", id, Some(info)).await;
+    let done = match outcome {
+        Ok(Some(false)) => format!(
+            "node {id} added as a learner: it follows the metadata group without voting (the \
+             group has {} voters already)",
+            strongbox_cluster::MAX_VOTERS
+        ),
+        _ => format!("node {id} added as a voter"),
+    };
+    let outcome = outcome.map(drop);
     let event = AuditEvent::new(
         AuditAction::ClusterAddNode,
         if outcome.is_ok() {
@@ -272,13 +281,13 @@ pub(super) async fn add_node(
     .principal(&ctx.principal)
     .detail("peer_addr", peer_addr)
     .detail("client_addr", client_addr);
-    membership_outcome(ctx, event, outcome, format!("node {id} added"))
+    membership_outcome(ctx, event, outcome, done)
 }
 
 /// Removes a node (`admin` on `*`); audited, refused or not.
 pub(super) async fn remove_node(ctx: &ConnCtx, id: u64) -> Result<AdminResponse, BrokerError> {
     Authorizer::new(ctx).check(Operations::ADMIN, BROKER_WIDE)?;
-    let outcome = change_membership(ctx, "remove", id, None).await;
+    let outcome = change_membership(ctx, "remove", id, None).await.map(drop);
     let event = AuditEvent::new(
         AuditAction::ClusterRemoveNode,
         if outcome.is_ok() {
