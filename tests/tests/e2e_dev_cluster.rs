@@ -233,14 +233,7 @@ fn dev_cluster_shares_its_metadata_and_outlives_its_leader() -> Result<()> {
             "{out:?}"
         );
     }
-    let out = cli(
-        &first,
-        &["topic", "create", "demo.after", "--partitions", "1"],
-    )?;
-    ensure!(out.status.success(), "{out:?}");
-    wait_until("the new topic on the other survivor", || {
-        cli(&second, &["topic", "describe", "demo.after"]).is_ok_and(|o| o.status.success())
-    })?;
+    create_topic_seen(&first, "demo.after", &second)?;
     ensure!(!pid_files[gone].exists(), "the killed node was restarted");
     ensure!(dev.0.try_wait()?.is_none(), "dev exited");
 
@@ -340,6 +333,16 @@ fn a_revoke_through_one_node_refuses_produce_on_another_within_a_second() -> Res
     Ok(())
 }
 
+/// Creates topic `name` through the node of profile `via`, and waits until
+/// the node of profile `on` serves it.
+fn create_topic_seen(via: &Path, name: &str, on: &Path) -> Result<()> {
+    let out = cli(via, &["topic", "create", name, "--partitions", "1"])?;
+    ensure!(out.status.success(), "{out:?}");
+    wait_until(&format!("{name} on the other node"), || {
+        cli(on, &["topic", "describe", name]).is_ok_and(|o| o.status.success())
+    })
+}
+
 /// The metadata group's members as node `profile` reports them: id → role.
 fn members(profile: &Path) -> Result<Vec<(u64, String)>> {
     let out = cli(profile, &["--json", "cluster", "status"])?;
@@ -432,14 +435,7 @@ fn a_node_is_added_to_a_running_cluster_and_removed_again() -> Result<()> {
     // It caught up on what was there before, and follows what comes after.
     let out = cli(&node4, &["topic", "describe", "demo.before"])?;
     ensure!(out.status.success(), "{out:?}");
-    let out = cli(
-        &node1,
-        &["topic", "create", "demo.with-four", "--partitions", "1"],
-    )?;
-    ensure!(out.status.success(), "{out:?}");
-    wait_until("the new topic on node 4", || {
-        cli(&node4, &["topic", "describe", "demo.with-four"]).is_ok_and(|o| o.status.success())
-    })?;
+    create_topic_seen(&node1, "demo.with-four", &node4)?;
 
     // Removed: the group is three again and keeps administering.
     let out = cli(&through, &["cluster", "remove-node", "4"])?;
@@ -451,14 +447,7 @@ fn a_node_is_added_to_a_running_cluster_and_removed_again() -> Result<()> {
     })
     .with_context(|| format!("{last:?}"))?;
     let node2 = profile_for(&dir, p + 1)?;
-    let out = cli(
-        &node1,
-        &["topic", "create", "demo.after-four", "--partitions", "1"],
-    )?;
-    ensure!(out.status.success(), "{out:?}");
-    wait_until("the topic made after the removal on node 2", || {
-        cli(&node2, &["topic", "describe", "demo.after-four"]).is_ok_and(|o| o.status.success())
-    })?;
+    create_topic_seen(&node1, "demo.after-four", &node2)?;
 
     // Both changes are in the audit trail of the node that made them.
     let out = cli(&through, &["--json", "audit", "tail"])?;
