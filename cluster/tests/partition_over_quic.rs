@@ -24,7 +24,6 @@ use strongbox_peer::{LogObserver, PeerConfig, PeerEndpoint};
 use strongbox_protocol::batch::BatchBuilder;
 use strongbox_storage::keys::{FileKeyProvider, KekScope, KeyManager};
 use strongbox_storage::log::raft::RaftLog;
-use strongbox_storage::log::raft_format::RaftFrameKind;
 use strongbox_storage::log::{LogConfig, LogEnv};
 use strongbox_storage::meta::MetaStore;
 
@@ -205,16 +204,15 @@ async fn wait_committed(node: &Node, group: GroupId, offset: u64) {
         .expect("committed offset");
 }
 
-/// The record batches of a replica's log, in order, with their offsets.
+/// The committed record batches of a replica, in order, with their
+/// offsets: what a consumer of that replica reads.
 fn batches(node: &Node, group: GroupId) -> Vec<(u64, Bytes)> {
-    node.replica(group)
+    let replica = node.replica(group);
+    let committed = *replica.committed.borrow();
+    replica
         .log
-        .entries(0..u64::MAX)
-        .expect("entries")
-        .into_iter()
-        .filter(|e| e.kind == RaftFrameKind::Records)
-        .map(|e| (e.base_offset, e.payload))
-        .collect()
+        .records(0, committed, usize::MAX)
+        .expect("records")
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {

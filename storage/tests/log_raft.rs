@@ -122,6 +122,50 @@ fn record_and_control_entries_read_back_with_their_offsets() {
 }
 
 #[test]
+fn consumers_read_record_batches_by_offset_up_to_an_end() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let keys = TestKeys::new();
+    let log = open(dir.path(), &keys, 1 << 20);
+    let a = records(1, 2, &[b"a", b"b", b"c"]);
+    let d = records(2, 4, &[b"d"]);
+    let e = records(2, 5, &[b"e", b"f"]);
+    append(
+        &log,
+        vec![
+            membership(1, 0, b"{\"voters\":[1]}"),
+            blank(1, 1),
+            a.clone(),
+            blank(2, 3),
+            d.clone(),
+            e.clone(),
+        ],
+    );
+    let read = |from, end, max| log.records(from, end, max).expect("records");
+    let everything = vec![
+        (0, a.payload.clone()),
+        (3, d.payload.clone()),
+        (4, e.payload),
+    ];
+    // From the start, from inside a batch (its whole batch), control
+    // frames left out.
+    assert_eq!(read(0, u64::MAX, usize::MAX), everything);
+    assert_eq!(read(1, u64::MAX, usize::MAX), everything);
+    assert_eq!(read(3, u64::MAX, usize::MAX), everything[1..].to_vec());
+    // Up to an end: the batch starting at it is not read.
+    assert_eq!(read(0, 4, usize::MAX), everything[..2].to_vec());
+    assert_eq!(read(0, 3, usize::MAX), everything[..1].to_vec());
+    // A byte budget takes at least one batch.
+    assert_eq!(read(0, u64::MAX, 1), everything[..1].to_vec());
+    // Nothing at or past the end, or past the last batch.
+    assert!(read(4, 4, usize::MAX).is_empty());
+    assert!(read(6, u64::MAX, usize::MAX).is_empty());
+    // Purged entries are not read.
+    log.purge(id(2, 4), None).expect("purge");
+    assert_eq!(read(0, u64::MAX, usize::MAX), everything[2..].to_vec());
+    log.close().expect("close");
+}
+
+#[test]
 fn entries_out_of_place_or_of_the_wrong_shape_are_refused() {
     let dir = tempfile::tempdir().expect("tmp");
     let keys = TestKeys::new();

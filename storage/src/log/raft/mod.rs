@@ -405,6 +405,72 @@ impl RaftLog {
         Ok(out)
     }
 
+    /// What a consumer reads from offset `from`: the record batch holding
+    /// `from` and the batches after it, as `(base_offset, batch)`, in order,
+    /// stopping before the first batch at or past offset `end` (for a
+    /// replicated partition, the committed offset: a batch is committed
+    /// whole or not at all) and once about `max_bytes` of frames are taken
+    /// (always at least one batch). Control frames are skipped; entries at
+    /// or below the last purged one are not read. Empty when `from` is at or
+    /// past `end` or past the last batch.
+    ///
+    /// # Errors
+    ///
+    /// As [`RaftLog::entries`].
+    pub fn records(
+        &self,
+        from: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Bytes)>, LogError> {
+        if from >= end {
+            return Ok(Vec::new());
+        }
+        let range = {
+            let inner = self.lock();
+            let floor = inner
+                .state
+                .last_purged
+                .map_or(0, |p| p.index.saturating_add(1));
+            let (mut first, mut last, mut taken) = (None, None, 0usize);
+            'segments: for s in &inner.segs {
+                // Frames end at non-decreasing offsets (a control frame ends
+                // where it starts): skip those that end at or before `from`.
+                let skip = s.frames.partition_point(|l| {
+                    l.header
+                        .base_offset
+                        .saturating_add(u64::from(l.header.record_count))
+                        <= from
+                });
+                for loc in s.frames.get(skip..).unwrap_or_default() {
+                    let h = &loc.header;
+                    if h.record_count == 0 || h.log_id.index < floor {
+                        continue;
+                    }
+                    if h.base_offset >= end {
+                        break 'segments;
+                    }
+                    first.get_or_insert(h.log_id.index);
+                    last = Some(h.log_id.index);
+                    taken = taken.saturating_add(usize::try_from(h.len).unwrap_or(usize::MAX));
+                    if taken >= max_bytes {
+                        break 'segments;
+                    }
+                }
+            }
+            match (first, last) {
+                (Some(a), Some(b)) => a..b.saturating_add(1),
+                _ => return Ok(Vec::new()),
+            }
+        };
+        Ok(self
+            .entries(range)?
+            .into_iter()
+            .filter(|e| e.kind == RaftFrameKind::Records)
+            .map(|e| (e.base_offset, e.payload))
+            .collect())
+    }
+
     /// The segments' files, oldest first (for describe output and tests).
     pub fn segment_paths(&self) -> Vec<PathBuf> {
         self.lock()
