@@ -471,20 +471,22 @@ fn peer_denials(addr: std::net::SocketAddr, reason: &str) -> Result<f64> {
 }
 
 /// Connects to a peer listener presenting `identity` and sends one request
-/// frame claiming to come from node `claimed`; `Ok` with the answer's
-/// bytes when the node served the stream.
-async fn peer_request(
+/// frame of `method` with `payload`, claiming to come from node `claimed`;
+/// `Ok` with the answer's bytes when the node served the stream.
+async fn peer_call(
     addr: std::net::SocketAddr,
     ca_pem: &[u8],
     identity: raw::Identity,
     claimed: u64,
+    method: u16,
+    payload: bytes::Bytes,
 ) -> std::result::Result<Vec<u8>, String> {
     let config = raw::client_config(ca_pem, Some(identity), &[strongbox_peer::ALPN])
         .map_err(|e| e.to_string())?;
     let conn = raw::connect(addr, config)
         .await
         .map_err(|e| e.to_string())?;
-    let frame = strongbox_peer::frame::Frame::request(2, claimed, bytes::Bytes::from_static(b"{}"))
+    let frame = strongbox_peer::frame::Frame::request(method, claimed, payload)
         .map_err(|e| e.to_string())?
         .encode();
     let exchange = async {
@@ -548,7 +550,14 @@ fn the_peer_port_of_a_running_node_refuses_the_mtls_matrix() -> Result<()> {
         .build()?;
     for (reason, identity, claimed) in cases {
         let before = peer_denials(metrics, reason)?;
-        let answer = rt.block_on(peer_request(peer, &ca_pem, identity, claimed));
+        let answer = rt.block_on(peer_call(
+            peer,
+            &ca_pem,
+            identity,
+            claimed,
+            2,
+            bytes::Bytes::from_static(b"{}"),
+        ));
         match (&answer, reason) {
             (Err(_), _) => {}
             // The refusal of a forged sender may come as an error frame
@@ -592,6 +601,27 @@ fn the_peer_port_of_a_running_node_refuses_the_mtls_matrix() -> Result<()> {
         })
     })
     .with_context(|| trail.clone())?;
+    // An honest member's call for a partition group the node does not run
+    // reaches the node's group router, which says so.
+    let mut group_call = [0x42u8; 21];
+    group_call[20] = 0xA0; // an empty CBOR map after the 20-byte group id
+    let answer = rt
+        .block_on(peer_call(
+            peer,
+            &ca_pem,
+            node_cert(&ca, 1, false)?,
+            1,
+            strongbox_cluster::groups::METHOD_GROUP_VOTE,
+            bytes::Bytes::copy_from_slice(&group_call),
+        ))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let f = strongbox_peer::frame::Frame::decode(&answer, 1 << 20)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (code, message) = f.error_parts().context("an error frame")?;
+    ensure!(
+        code == strongbox_peer::ErrorCode::HandlerFailed.as_u16() && message.contains("no group"),
+        "{code}: {message}"
+    );
     // None of it disturbed the group.
     ensure!(
         wait_for_leader(&node2, 3, None)? == leader,

@@ -12,7 +12,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use strongbox_cluster::groups::Routes;
 use strongbox_cluster::net::{PeerNetwork, RaftService};
+use strongbox_cluster::partition_groups::{PartitionGroupConfig, PartitionGroups};
 use strongbox_cluster::{
     Directory, MetaChange, MetaCommand, MetaRaft, MetaRaftConfig, MetaResponse, NodeInfo,
     ProducerOutcome, raft_dir,
@@ -27,16 +29,20 @@ use crate::services::metadata::ClusterLink;
 use crate::services::{BrokerState, StartError};
 use crate::tls::{load_certs, load_key};
 
-/// A running node of the metadata group.
+/// A running node of the metadata group, and its replicas of the
+/// partition groups.
 #[derive(Debug)]
 pub struct ClusterNode {
     raft: MetaRaft,
+    partitions: Arc<PartitionGroups>,
     endpoint: PeerEndpoint,
 }
 
 impl ClusterNode {
-    /// Leaves the group: stops the raft node and closes the peer listener.
+    /// Leaves the groups: stops the partition replicas and the metadata
+    /// group's raft node, then closes the peer listener.
     pub async fn stop(self) {
+        self.partitions.stop_all().await;
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "stopping the metadata group node");
         }
@@ -123,7 +129,25 @@ pub async fn start(
     // Subscribed before the node takes messages: nothing applied from now
     // on is missed, and the follower's first pass catches up on the rest.
     let changes = raft.subscribe_changes();
-    endpoint.serve(Arc::new(RaftService::new(raft.clone())));
+    // Partition groups share the endpoint: their methods go to their
+    // router. The node runs no replica until the partition service starts
+    // one; a group call meanwhile is answered "no group" (handler_failed).
+    let partitions = Arc::new(
+        PartitionGroups::new(
+            cluster.node_id,
+            endpoint.client(directory.clone()),
+            &PartitionGroupConfig {
+                heartbeat_interval: cluster.heartbeat_interval.0,
+                election_timeout_min: cluster.election_timeout_min.0,
+                election_timeout_max: cluster.election_timeout_max.0,
+            },
+        )
+        .map_err(|e| start_err("partition groups")(&e))?,
+    );
+    endpoint.serve(Arc::new(Routes {
+        meta: Arc::new(RaftService::new(raft.clone())),
+        groups: partitions.router(),
+    }));
 
     // A new cluster forms on the lowest id of its initial members, once:
     // a node whose files hold a group already rejoins it.
@@ -145,7 +169,14 @@ pub async fn start(
         peer = %cluster.peer_listen,
         "peer listener bound; metadata writes go through the cluster"
     );
-    Ok((ClusterNode { raft, endpoint }, vec![follow, leader]))
+    Ok((
+        ClusterNode {
+            raft,
+            partitions,
+            endpoint,
+        },
+        vec![follow, leader],
+    ))
 }
 
 /// Logs each change of the metadata leader this node sees, with the term:
