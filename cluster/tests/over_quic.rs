@@ -138,12 +138,8 @@ async fn propose_via(node: &Node, command: MetaCommand) -> MetaResponse {
     }
 }
 
-async fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !ready() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_until(what: &str, ready: impl FnMut() -> bool) {
+    quic_support::wait_until(what, WAIT, ready).await;
 }
 
 fn topic(name: &str) -> TopicSpec {

@@ -73,3 +73,12 @@ impl Pki {
         .expect("node tls")
     }
 }
+
+/// Polls `ready` every 50 ms until it holds; fails the test after `within`.
+pub async fn wait_until(what: &str, within: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !ready() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
